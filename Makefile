@@ -1,0 +1,51 @@
+# kvfs — set-up, demo, tests, benchmarks.  Everything installs into .venv (idempotent).
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kvfs-installed
+export HF_HUB_OFFLINE := 1
+export VLLM_LOGGING_LEVEL ?= WARNING
+
+.PHONY: setup demo test test-fast test-vllm033 bench bench-gpu lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[vllm,test]'
+	# vLLM pulls CUDA builds of these; they break imports beside CPU torch and kvfs does not use them.
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/python -m kvfs.demo
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not vllm"
+
+# vLLM 0.33.0 cannot be installed by plain pip (it requires a certifi release that does not exist yet):
+# its requirements are pinned in requirements/vllm-0.33.0.txt and vllm itself goes in with --no-deps.
+VENV033 := .venv-vllm033
+test-vllm033:
+	test -x $(VENV033)/bin/python || $(PY) -m venv $(VENV033)
+	$(VENV033)/bin/pip install -q --disable-pip-version-check -r requirements/vllm-0.33.0.txt
+	$(VENV033)/bin/pip install -q --disable-pip-version-check --no-deps vllm==0.33.0
+	$(VENV033)/bin/pip install -q --disable-pip-version-check --no-deps -e .
+	$(VENV033)/bin/python -m pytest -q -p no:cacheprovider -m vllm tests/connector
+
+bench: setup
+	$(BIN)/python -m kvfs.bench
+	$(BIN)/python -m evictor.bench
+
+bench-gpu: setup
+	$(BIN)/python -m connector.bench
+
+lint: setup
+	$(BIN)/ruff check kvfs evictor connector tests
+	$(BIN)/ruff format --check kvfs evictor connector tests
+
+clean:
+	rm -rf $(VENV) $(VENV033) .pytest_cache demo-data bench-data

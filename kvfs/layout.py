@@ -1,0 +1,159 @@
+"""The directory scheme shared by the connector, the evictor and the CLI.
+
+Compatible with vLLM's ``FileMapper`` (and llm-d's FS connector, from which it came):
+
+    <root>/<model>_<digest12>/config.json
+    <root>/<model>_<digest12>[_r<rank>]/<hhh>/<hh>_g<group>/<hash>.<ext>
+
+``ext`` is ``kvfs`` for kvfs block files (self-validating header) and ``bin`` for stock raw files.  kvfs
+namespaces carry ``kvfs_format`` in their fingerprint fields, so their directory never equals a stock one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+BlockFormat = Literal["kvfs", "bin"]
+BLOCK_FORMATS: tuple[BlockFormat, ...] = ("kvfs", "bin")
+KVFS_FORMAT_VERSION = 1
+CONFIG_FILENAME = "config.json"
+META_DIRNAME = ".kvfs"
+JOURNAL_DIRNAME = "journal"
+TEMP_SUFFIX = ".tmp"
+DIGEST_LEN = 12
+
+_NS_RE = re.compile(r"^(?P<ns>.+_[0-9a-f]{12})(?:_r(?P<rank>\d+))?$")
+_BUCKET1_RE = re.compile(r"^[0-9a-f]{3}$")
+_BUCKET2_RE = re.compile(r"^(?P<b2>[0-9a-f]{2})_g(?P<group>\d+)$")
+_BLOCK_RE = re.compile(r"^(?P<hash>[0-9a-f]{16,128})\.(?P<ext>kvfs|bin)$")
+
+
+def canonical_json(fields: Mapping[str, Any]) -> str:
+    """The exact serialisation vLLM hashes: sorted keys, compact separators."""
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+
+def fingerprint_sha256(fields: Mapping[str, Any]) -> bytes:
+    """Full 32-byte digest of the fingerprint; kvfs block headers carry it."""
+    return hashlib.sha256(canonical_json(fields).encode("utf-8")).digest()
+
+
+def namespace_name(fields: Mapping[str, Any]) -> str:
+    """`<model with / replaced by _>_<sha256[:12]>`; `fields` must contain `model_name`."""
+    model = str(fields["model_name"]).replace("/", "_")
+    return f"{model}_{fingerprint_sha256(fields).hex()[:DIGEST_LEN]}"
+
+
+def kvfs_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Fingerprint fields of a kvfs-format namespace: the stock fields plus the format marker."""
+    return {**fields, "kvfs_format": KVFS_FORMAT_VERSION}
+
+
+@dataclass(frozen=True, slots=True)
+class BlockKey:
+    """Identity of one block file; `rank` is None for namespaces written without `_r<rank>`."""
+
+    namespace: str
+    rank: int | None
+    group: int
+    block_hash: str
+    fmt: BlockFormat
+
+    def relpath(self) -> str:
+        rank_dir = self.namespace if self.rank is None else f"{self.namespace}_r{self.rank}"
+        h = self.block_hash
+        return f"{rank_dir}/{h[:3]}/{h[3:5]}_g{self.group}/{h}.{self.fmt}"
+
+
+def block_relpath(key: BlockKey) -> str:
+    return key.relpath()
+
+
+def parse_block_relpath(relpath: str) -> BlockKey | None:
+    """Parse `<ns>[_r<rank>]/<hhh>/<hh>_g<g>/<hash>.<ext>`; None when the path is not a block file."""
+    parts = relpath.split("/")
+    if len(parts) != 4:
+        return None
+    ns_dir, bucket1, bucket2, name = parts
+    ns_match = _NS_RE.match(ns_dir)
+    b2_match = _BUCKET2_RE.match(bucket2)
+    block_match = _BLOCK_RE.match(name)
+    if not (ns_match and b2_match and block_match and _BUCKET1_RE.match(bucket1)):
+        return None
+    block_hash = block_match["hash"]
+    if block_hash[:3] != bucket1 or block_hash[3:5] != b2_match["b2"]:
+        return None
+    rank = ns_match["rank"]
+    return BlockKey(
+        namespace=ns_match["ns"],
+        rank=int(rank) if rank is not None else None,
+        group=int(b2_match["group"]),
+        block_hash=block_hash,
+        fmt=block_match["ext"],  # type: ignore[arg-type]
+    )
+
+
+def parse_namespace_dir(name: str) -> tuple[str, int | None] | None:
+    """`<ns>_r3` → (`<ns>`, 3); `<ns>` → (`<ns>`, None); anything else → None."""
+    match = _NS_RE.match(name)
+    if not match:
+        return None
+    rank = match["rank"]
+    return match["ns"], int(rank) if rank is not None else None
+
+
+def is_temp_name(name: str) -> bool:
+    """Writers' in-flight files (`<final>_<random>.tmp`, vLLM's and ours); orphans once their writer died."""
+    return name.endswith(TEMP_SUFFIX)
+
+
+def temp_name_for(final_name: str) -> str:
+    """A unique temp name in the final file's directory, so rename is atomic on every POSIX filesystem."""
+    return f"{final_name}_{secrets.token_hex(8)}{TEMP_SUFFIX}"
+
+
+def model_of_namespace(namespace: str) -> str:
+    """Model part of a namespace directory name (`/` was replaced by `_`; the digest dropped)."""
+    return namespace[: -(DIGEST_LEN + 1)] if _NS_RE.match(namespace) else namespace
+
+
+def journal_dir(root: str | os.PathLike[str]) -> Path:
+    return Path(root) / META_DIRNAME / JOURNAL_DIRNAME
+
+
+def write_namespace_config(
+    root: str | os.PathLike[str], fields: Mapping[str, Any], *, file_mode: int = 0o660
+) -> Path:
+    """Create `<root>/<ns>/config.json` atomically (temp + rename) if absent; return its path."""
+    ns_dir = Path(root) / namespace_name(fields)
+    ns_dir.mkdir(parents=True, exist_ok=True)
+    path = ns_dir / CONFIG_FILENAME
+    if path.exists():
+        return path
+    tmp = ns_dir / temp_name_for(CONFIG_FILENAME)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode)
+    try:
+        os.write(fd, json.dumps(dict(fields), sort_keys=True, indent=2).encode("utf-8") + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return path
+
+
+def read_namespace_config(root: str | os.PathLike[str], namespace: str) -> dict[str, Any] | None:
+    """The fingerprint fields of a namespace, or None when config.json is absent or unreadable."""
+    try:
+        with open(Path(root) / namespace / CONFIG_FILENAME, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

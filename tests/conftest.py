@@ -1,0 +1,67 @@
+"""Shared fixtures: a fresh PostgreSQL database per test, catalog URLs for both backends."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PG_HOST = os.environ.get("KVFS_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("KVFS_TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("KVFS_TEST_PG_USER", "postgres")
+PG_ADMIN_DB = os.environ.get("KVFS_TEST_PG_DB", "test")
+
+
+def _pg_admin_connect():  # type: ignore[no-untyped-def]
+    import psycopg
+
+    return psycopg.connect(
+        host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=PG_ADMIN_DB, autocommit=True, connect_timeout=3
+    )
+
+
+def pg_available() -> str | None:
+    """None when the server answers, else the reason it does not."""
+    try:
+        with _pg_admin_connect() as conn:
+            conn.execute("select 1")
+    except Exception as exc:  # noqa: BLE001 - any failure means "not available", reported as the skip reason
+        return f"PostgreSQL at {PG_HOST}:{PG_PORT} does not answer: {exc}"
+    return None
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped afterwards.
+
+    Skips with the reason when no server answers, unless KVFS_REQUIRE_POSTGRES=1 (CI), where it fails.
+    """
+    reason = pg_available()
+    if reason:
+        if os.environ.get("KVFS_REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    name = f"kvfs_t_{secrets.token_hex(6)}"
+    with _pg_admin_connect() as conn:
+        conn.execute(f'create database "{name}"')
+    try:
+        yield f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        with _pg_admin_connect() as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'catalog.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Runs a test once per catalog backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.db'}"
+    return request.getfixturevalue("pg_url")
