@@ -1,0 +1,74 @@
+"""Every Prometheus metric of the kvfs core, defined once (names `kvfs_*`).
+
+Hot paths use the pre-bound label children below (``STORE_OUTCOME[...]``, ``LOAD_MISS[...]``) so counting costs
+one locked add, not a label lookup.  Other parts may append their own definitions at the end of this file.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# --- block files (kvfs/blockfile.py) -------------------------------------------------------------------------
+BLOCK_STORES = Counter("kvfs_block_stores_total", "Block store attempts by outcome.", ["outcome"])
+BLOCK_STORE_BYTES = Counter("kvfs_block_store_bytes_total", "Payload bytes written by successful stores.")
+BLOCK_LOAD_HITS = Counter("kvfs_block_load_hits_total", "Block loads that validated and returned the payload.")
+BLOCK_LOAD_BYTES = Counter("kvfs_block_load_bytes_total", "Payload bytes returned by successful loads.")
+BLOCK_LOAD_MISSES = Counter(
+    "kvfs_block_load_misses_total", "Block loads that returned a miss, by reason.", ["reason"]
+)
+O_DIRECT_FALLBACKS = Counter(
+    "kvfs_o_direct_fallbacks_total",
+    "Times O_DIRECT was wanted but buffered I/O was used (probe failed, unaligned buffer, EINVAL).",
+    ["reason"],
+)
+NOT_A_BLOCK = Counter("kvfs_not_a_block_total", "Files under the root that are not block files.")
+
+# --- journal (kvfs/journal.py) -------------------------------------------------------------------------------
+JOURNAL_RECORDS_WRITTEN = Counter("kvfs_journal_records_written_total", "Journal records written to segments.")
+JOURNAL_RECORDS_DROPPED = Counter(
+    "kvfs_journal_records_dropped_total",
+    "Journal records dropped by a writer (buffer full, encode error or write error).",
+    ["reason"],
+)
+JOURNAL_WRITE_ERRORS = Counter("kvfs_journal_write_errors_total", "I/O errors while writing journal segments.")
+JOURNAL_SEGMENTS_CLOSED = Counter(
+    "kvfs_journal_segments_closed_total", "Journal segments closed with an end record."
+)
+JOURNAL_RECORDS_READ = Counter("kvfs_journal_records_read_total", "Valid journal records decoded by readers.")
+JOURNAL_BAD_RECORDS = Counter(
+    "kvfs_journal_bad_records_total",
+    "Malformed journal records skipped (corrupt = bad bytes resynced over; torn_tail = a dead writer's tail).",
+    ["reason"],
+)
+JOURNAL_PENDING = Gauge("kvfs_journal_pending_records", "Records queued in this process's journal writers.")
+
+# --- safety (kvfs/safety.py) ---------------------------------------------------------------------------------
+UNSAFE_PATHS_REFUSED = Counter(
+    "kvfs_unsafe_paths_refused_total",
+    "Deletions refused because the path was absolute, had `..`, crossed a symlink or was not a regular file.",
+    ["reason"],
+)
+UNLINKS = Counter("kvfs_unlinks_total", "Root-confined unlink attempts by result.", ["result"])
+
+# --- catalog (kvfs/catalog) ----------------------------------------------------------------------------------
+CATALOG_ERRORS = Counter("kvfs_catalog_errors_total", "Catalog operations that failed.", ["op"])
+
+# --- timings -------------------------------------------------------------------------------------------------
+JOURNAL_FLUSH_SECONDS = Histogram(
+    "kvfs_journal_flush_seconds",
+    "Time a journal writer spends per background flush.",
+    buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0),
+)
+
+# --- catalog and scan (kvfs/catalog, kvfs/scan.py) -----------------------------------------------------------
+CATALOG_UNKNOWN_ACCESSES = Counter(
+    "kvfs_catalog_unknown_accesses_total",
+    "Journal access records for blocks the catalog does not know (ignored: the file was evicted or never stored).",
+)
+CATALOG_ROWS_UPSERTED = Counter("kvfs_catalog_rows_upserted_total", "Block rows inserted or updated.")
+CATALOG_ROWS_REMOVED = Counter(
+    "kvfs_catalog_rows_removed_total", "Block rows removed, by why.", ["why"]
+)  # why: evicted | missing
+SCAN_FILES = Counter("kvfs_scan_files_total", "Block files seen by reconciliation scans.")
+SCAN_ERRORS = Counter("kvfs_scan_errors_total", "Directories or entries a scan could not read.")
+SCAN_LAST_DURATION = Gauge("kvfs_scan_last_duration_seconds", "Wall time of the last completed scan.")
