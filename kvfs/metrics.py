@@ -11,7 +11,9 @@ from prometheus_client import Counter, Gauge, Histogram
 # --- block files (kvfs/blockfile.py) -------------------------------------------------------------------------
 BLOCK_STORES = Counter("kvfs_block_stores_total", "Block store attempts by outcome.", ["outcome"])
 BLOCK_STORE_BYTES = Counter("kvfs_block_store_bytes_total", "Payload bytes written by successful stores.")
-BLOCK_LOAD_HITS = Counter("kvfs_block_load_hits_total", "Block loads that validated and returned the payload.")
+BLOCK_LOAD_HITS = Counter(
+    "kvfs_block_load_hits_total", "Block loads that validated and returned the payload."
+)
 BLOCK_LOAD_BYTES = Counter("kvfs_block_load_bytes_total", "Payload bytes returned by successful loads.")
 BLOCK_LOAD_MISSES = Counter(
     "kvfs_block_load_misses_total", "Block loads that returned a miss, by reason.", ["reason"]
@@ -24,13 +26,17 @@ O_DIRECT_FALLBACKS = Counter(
 NOT_A_BLOCK = Counter("kvfs_not_a_block_total", "Files under the root that are not block files.")
 
 # --- journal (kvfs/journal.py) -------------------------------------------------------------------------------
-JOURNAL_RECORDS_WRITTEN = Counter("kvfs_journal_records_written_total", "Journal records written to segments.")
+JOURNAL_RECORDS_WRITTEN = Counter(
+    "kvfs_journal_records_written_total", "Journal records written to segments."
+)
 JOURNAL_RECORDS_DROPPED = Counter(
     "kvfs_journal_records_dropped_total",
     "Journal records dropped by a writer (buffer full, encode error or write error).",
     ["reason"],
 )
-JOURNAL_WRITE_ERRORS = Counter("kvfs_journal_write_errors_total", "I/O errors while writing journal segments.")
+JOURNAL_WRITE_ERRORS = Counter(
+    "kvfs_journal_write_errors_total", "I/O errors while writing journal segments."
+)
 JOURNAL_SEGMENTS_CLOSED = Counter(
     "kvfs_journal_segments_closed_total", "Journal segments closed with an end record."
 )

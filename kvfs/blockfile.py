@@ -1,0 +1,683 @@
+"""Self-validating block files: a 4096-byte header, then the payload (O_DIRECT-aligned).
+
+Header (little-endian; the rest of the 4096 bytes is zero):
+
+    off  size  field
+      0     8  magic            b"KVFSBLK1"
+      8     2  format version   1
+     10     2  checksum algo    kvfs.checksum.CHECKSUM_ALGO_ID (1 = xxh3-64)
+     12     4  header size      4096
+     16     8  payload length
+     24     8  payload checksum xxh3-64 of the payload
+     32    32  fingerprint      sha256 of the namespace's canonical fingerprint JSON
+     64     2  key length
+     66     2  flags            0 (reserved)
+     68     n  key              the vLLM offload key bytes (n <= MAX_KEY_LEN)
+   4088     8  header checksum  xxh3-64 of bytes [0, 4088)
+
+Publishing is atomic: a unique `O_EXCL` temp file in the final directory, a full write (short writes looped),
+optional fsync (`Durability`), close, rename.  A reader therefore sees either no file or a complete one; a
+writer killed at any instant leaves at most a `*.tmp` orphan.
+
+Default durability is `none`: after a *host* crash a renamed file may hold unwritten pages, but its payload
+checksum then fails and the load is an ordinary miss (vLLM recomputes), so paying an fsync per block buys
+nothing for a cache.  `data` / `data+dir` exist for filesystems or operators that want the file (and its name)
+on stable storage before the store completes.
+
+Loads and stores never raise for I/O problems: a load returns a `LoadResult` with a `MissReason`, a store a
+`StoreResult` with `FAILED`; both are counted in `kvfs.metrics`.
+
+O_DIRECT: call `probe_o_direct(root)` once and pass its answer as `direct=`.  Direct I/O needs 4096-aligned
+buffers (mmap'd or pinned memory); an unaligned buffer or a filesystem that refuses O_DIRECT falls back to
+buffered I/O for that call, counted in `kvfs_o_direct_fallbacks_total{reason}`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import logging
+import mmap
+import os
+import secrets
+import struct
+import threading
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Final
+
+import xxhash
+
+from kvfs import metrics
+from kvfs.checksum import CHECKSUM_ALGO_ID, Buffer, checksum64
+from kvfs.layout import temp_name_for
+
+log = logging.getLogger(__name__)
+
+HEADER_SIZE: Final = 4096
+MAGIC: Final = b"KVFSBLK1"
+FORMAT_VERSION: Final = 1
+ALIGNMENT: Final = 4096  # O_DIRECT buffer/offset/length alignment that every Linux filesystem accepts
+_FIXED = struct.Struct("<8sHHIQQ32sHH")  # magic .. flags; the key follows
+_HEADER_CHECKSUM_OFFSET: Final = HEADER_SIZE - 8
+MAX_KEY_LEN: Final = _HEADER_CHECKSUM_OFFSET - _FIXED.size
+FINGERPRINT_LEN: Final = 32
+_O_DIRECT: Final = getattr(os, "O_DIRECT", 0)
+_O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
+_VERIFY_CHUNK: Final = 8 << 20
+
+
+class Durability(StrEnum):
+    NONE = "none"
+    DATA = "data"
+    DATA_DIR = "data+dir"
+
+
+class StoreOutcome(StrEnum):
+    STORED = "stored"
+    EXISTS = "exists"
+    FAILED = "failed"
+
+
+class MissReason(StrEnum):
+    MISSING = "missing"
+    TRUNCATED = "truncated"
+    BAD_MAGIC = "bad_magic"
+    BAD_VERSION = "bad_version"
+    BAD_HEADER = "bad_header"
+    FINGERPRINT_MISMATCH = "fingerprint_mismatch"
+    KEY_MISMATCH = "key_mismatch"
+    CHECKSUM_MISMATCH = "checksum_mismatch"
+    IO_ERROR = "io_error"
+
+
+@dataclass(frozen=True, slots=True)
+class BlockIdentity:
+    """What a block file must prove it is: the namespace fingerprint digest and the offload key."""
+
+    fingerprint: bytes
+    key: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.fingerprint) != FINGERPRINT_LEN:
+            raise ValueError(f"fingerprint must be {FINGERPRINT_LEN} bytes, got {len(self.fingerprint)}")
+        if len(self.key) > MAX_KEY_LEN:
+            raise ValueError(f"key must be at most {MAX_KEY_LEN} bytes, got {len(self.key)}")
+
+
+@dataclass(slots=True)
+class StoreResult:
+    outcome: StoreOutcome
+    nbytes: int
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class LoadResult:
+    """`payload` is the bytes when no `out` buffer was given; with `out`, the first `nbytes` of it hold them."""
+
+    ok: bool
+    reason: MissReason | None
+    nbytes: int
+    payload: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BlockHeader:
+    version: int
+    checksum_algo: int
+    payload_len: int
+    payload_checksum: int
+    fingerprint: bytes
+    key: bytes
+
+
+_STORE_COUNT = {o: metrics.BLOCK_STORES.labels(outcome=o.value) for o in StoreOutcome}
+_MISS_COUNT = {r: metrics.BLOCK_LOAD_MISSES.labels(reason=r.value) for r in MissReason}
+
+
+# --- header ---------------------------------------------------------------------------------------------------
+
+
+def encode_header(ident: BlockIdentity, payload_len: int, payload_checksum: int) -> bytes:
+    """The 4096 header bytes for a payload."""
+    buf = bytearray(HEADER_SIZE)
+    _FIXED.pack_into(
+        buf,
+        0,
+        MAGIC,
+        FORMAT_VERSION,
+        CHECKSUM_ALGO_ID,
+        HEADER_SIZE,
+        payload_len,
+        payload_checksum,
+        ident.fingerprint,
+        len(ident.key),
+        0,
+    )
+    buf[_FIXED.size : _FIXED.size + len(ident.key)] = ident.key
+    struct.pack_into(
+        "<Q", buf, _HEADER_CHECKSUM_OFFSET, checksum64(memoryview(buf)[:_HEADER_CHECKSUM_OFFSET])
+    )
+    return bytes(buf)
+
+
+def parse_header(buf: Buffer) -> BlockHeader | MissReason:
+    """Validate header bytes (magic, version, header checksum, fields); a `MissReason` when they are bad."""
+    view = memoryview(buf).cast("B") if not isinstance(buf, bytes) else memoryview(buf)
+    if len(view) < HEADER_SIZE:
+        got = bytes(view[: len(MAGIC)])
+        return MissReason.TRUNCATED if MAGIC.startswith(got) else MissReason.BAD_MAGIC
+    magic, version, algo, header_size, payload_len, payload_sum, fingerprint, key_len, _flags = (
+        _FIXED.unpack_from(view, 0)
+    )
+    if magic != MAGIC:
+        return MissReason.BAD_MAGIC
+    if version != FORMAT_VERSION:
+        return MissReason.BAD_VERSION
+    (stored_sum,) = struct.unpack_from("<Q", view, _HEADER_CHECKSUM_OFFSET)
+    if checksum64(view[:_HEADER_CHECKSUM_OFFSET]) != stored_sum:
+        return MissReason.BAD_HEADER
+    if algo != CHECKSUM_ALGO_ID or header_size != HEADER_SIZE or key_len > MAX_KEY_LEN:
+        return MissReason.BAD_HEADER
+    key = bytes(view[_FIXED.size : _FIXED.size + key_len])
+    return BlockHeader(version, algo, payload_len, payload_sum, fingerprint, key)
+
+
+# --- buffers and O_DIRECT -------------------------------------------------------------------------------------
+
+
+def aligned_buffer(nbytes: int) -> mmap.mmap:
+    """A zeroed, page-aligned anonymous buffer of at least `nbytes` (rounded up to ALIGNMENT), for O_DIRECT."""
+    return mmap.mmap(-1, max(ALIGNMENT, _round_up(nbytes)))
+
+
+def _round_up(n: int) -> int:
+    return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
+
+
+def _is_aligned(view: memoryview) -> bool:
+    """True when the buffer's address is ALIGNMENT-aligned (read-only buffers cannot be inspected: False)."""
+    if view.readonly or len(view) == 0:
+        return False
+    try:
+        anchor = ctypes.c_char.from_buffer(view)
+    except (TypeError, ValueError):
+        return False
+    address = ctypes.addressof(anchor)
+    del anchor
+    return address % ALIGNMENT == 0
+
+
+def _byte_view(buf: Buffer) -> memoryview:
+    view = memoryview(buf)
+    if not view.c_contiguous:
+        raise ValueError("block payload buffers must be C-contiguous")
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+def _set_direct(fd: int, on: bool) -> None:
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, (flags | _O_DIRECT) if on else (flags & ~_O_DIRECT))
+
+
+_tls = threading.local()
+
+
+def _tls_header_buffer() -> mmap.mmap:
+    buf = getattr(_tls, "header", None)
+    if buf is None:
+        buf = _tls.header = aligned_buffer(HEADER_SIZE)
+    return buf
+
+
+_probe_lock = threading.Lock()
+_probe_cache: dict[int, bool] = {}
+
+
+def probe_o_direct(directory: str | os.PathLike[str], *, refresh: bool = False) -> bool:
+    """Whether O_DIRECT writes and reads work in `directory`'s filesystem (cached per filesystem).
+
+    Writes, reads back and removes one aligned page in `directory`.  On failure logs a warning and counts
+    `kvfs_o_direct_fallbacks_total{reason="probe"}`: callers then use buffered I/O.
+    """
+    try:
+        dev = os.stat(directory).st_dev
+    except OSError as exc:
+        return _probe_failed(directory, f"cannot stat: {exc}")
+    with _probe_lock:
+        if not refresh and dev in _probe_cache:
+            return _probe_cache[dev]
+        ok = _probe_once(os.fspath(directory))
+        _probe_cache[dev] = ok
+        return ok
+
+
+def _probe_once(directory: str) -> bool:
+    if not _O_DIRECT:
+        return _probe_failed(directory, "this platform has no O_DIRECT")
+    path = os.path.join(directory, f".o_direct_probe_{secrets.token_hex(8)}.tmp")
+    page = aligned_buffer(ALIGNMENT)
+    page[:8] = b"kvfsprob"
+    back = aligned_buffer(ALIGNMENT)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_DIRECT | _O_CLOEXEC, 0o600)
+        try:
+            if os.write(fd, page) != ALIGNMENT:
+                return _probe_failed(directory, "short O_DIRECT write")
+        finally:
+            os.close(fd)
+        fd = os.open(path, os.O_RDONLY | _O_DIRECT | _O_CLOEXEC)
+        try:
+            if os.readv(fd, [back]) != ALIGNMENT or back[:8] != b"kvfsprob":
+                return _probe_failed(directory, "O_DIRECT read-back mismatch")
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return _probe_failed(directory, str(exc))
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    log.info("O_DIRECT works in %s", directory)
+    return True
+
+
+def _probe_failed(directory: str | os.PathLike[str], why: str) -> bool:
+    metrics.O_DIRECT_FALLBACKS.labels(reason="probe").inc()
+    log.warning(
+        "O_DIRECT is NOT usable in %s (%s): block I/O falls back to buffered reads/writes", directory, why
+    )
+    return False
+
+
+def _direct_fallback(reason: str) -> None:
+    metrics.O_DIRECT_FALLBACKS.labels(reason=reason).inc()
+    log.debug("O_DIRECT fallback to buffered I/O: %s", reason)
+
+
+# --- low-level loops ------------------------------------------------------------------------------------------
+
+
+def _pwrite_all(fd: int, views: list[memoryview], offset: int) -> int:
+    """Write every byte of `views` at `offset`, looping over short writes."""
+    pending = [v for v in views if len(v)]
+    written = 0
+    while pending:
+        n = os.pwritev(fd, pending, offset + written)
+        if n <= 0:
+            raise OSError(errno.EIO, "write made no progress")
+        written += n
+        while pending and n >= len(pending[0]):
+            n -= len(pending.pop(0))
+        if n:
+            pending[0] = pending[0][n:]
+    return written
+
+
+def _pread_full(fd: int, view: memoryview, offset: int) -> int:
+    """Read up to len(view) bytes at `offset`, looping over short reads; fewer only at end of file."""
+    total = 0
+    while total < len(view):
+        n = os.preadv(fd, [view[total:]], offset + total)
+        if n == 0:
+            break
+        total += n
+    return total
+
+
+# --- store ----------------------------------------------------------------------------------------------------
+
+_umask_lock = threading.Lock()
+_umask_value: int | None = None
+
+
+def _umask() -> int:
+    """The process umask, read once (from /proc without the set-and-restore race when possible)."""
+    global _umask_value
+    if _umask_value is None:
+        with _umask_lock:
+            if _umask_value is None:
+                value = None
+                try:
+                    with open("/proc/self/status", encoding="ascii") as fh:
+                        for line in fh:
+                            if line.startswith("Umask:"):
+                                value = int(line.split()[1], 8)
+                except (OSError, ValueError):
+                    value = None
+                if value is None:
+                    value = os.umask(0o022)
+                    os.umask(value)
+                _umask_value = value
+    return _umask_value
+
+
+def dir_mode_for(file_mode: int) -> int:
+    """Directories get the file mode plus search (x) wherever it grants read: 0o660 -> 0o770."""
+    return file_mode | ((file_mode & 0o444) >> 2)
+
+
+def store_block(
+    path: str | os.PathLike[str],
+    payload: Buffer,
+    ident: BlockIdentity,
+    *,
+    durability: Durability = Durability.NONE,
+    file_mode: int = 0o660,
+    direct: bool = False,
+) -> StoreResult:
+    """Publish `payload` as a block file at `path` atomically; never raises for I/O errors.
+
+    Returns EXISTS (without writing) when the final file is already there, or appears before the rename.
+    `file_mode` is applied exactly, whatever the process umask (one fchmod when the umask would strip bits).
+    """
+    path = os.fspath(path)
+    view = _byte_view(payload)
+    nbytes = len(view)
+    if os.path.exists(path):
+        _STORE_COUNT[StoreOutcome.EXISTS].inc()
+        return StoreResult(StoreOutcome.EXISTS, 0)
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, temp_name_for(name))
+    fd = -1
+    try:
+        fd = _open_temp(tmp, directory, file_mode, direct)
+        use_direct = bool(direct and _O_DIRECT and fcntl.fcntl(fd, fcntl.F_GETFL) & _O_DIRECT)
+        header = encode_header(ident, nbytes, checksum64(view))
+        _write_block(fd, header, view, use_direct)
+        if durability is not Durability.NONE:
+            os.fdatasync(fd)
+        os.close(fd)
+        fd = -1
+        if os.path.exists(path):
+            _remove_quietly(tmp)
+            _STORE_COUNT[StoreOutcome.EXISTS].inc()
+            return StoreResult(StoreOutcome.EXISTS, 0)
+        try:
+            os.rename(tmp, path)
+        except FileExistsError:  # filesystems that refuse to replace: another writer won the race
+            _remove_quietly(tmp)
+            _STORE_COUNT[StoreOutcome.EXISTS].inc()
+            return StoreResult(StoreOutcome.EXISTS, 0)
+        if durability is Durability.DATA_DIR:
+            _fsync_dir(directory)
+    except OSError as exc:
+        if fd >= 0:
+            os.close(fd)
+        _remove_quietly(tmp)
+        _STORE_COUNT[StoreOutcome.FAILED].inc()
+        log.debug("store of %s failed: %s", path, exc)
+        return StoreResult(StoreOutcome.FAILED, 0, f"{type(exc).__name__}: {exc}")
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        _remove_quietly(tmp)
+        raise
+    _STORE_COUNT[StoreOutcome.STORED].inc()
+    metrics.BLOCK_STORE_BYTES.inc(nbytes)
+    return StoreResult(StoreOutcome.STORED, nbytes)
+
+
+def _open_temp(tmp: str, directory: str, file_mode: int, direct: bool) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC
+    if direct and _O_DIRECT:
+        flags |= _O_DIRECT
+    try:
+        fd = _open_creating_dirs(tmp, directory, flags, file_mode)
+    except OSError as exc:
+        if not (flags & _O_DIRECT) or exc.errno != errno.EINVAL:
+            raise
+        _direct_fallback("open")
+        fd = _open_creating_dirs(tmp, directory, flags & ~_O_DIRECT, file_mode)
+    if file_mode & _umask():
+        os.fchmod(fd, file_mode)
+    return fd
+
+
+def _open_creating_dirs(tmp: str, directory: str, flags: int, file_mode: int) -> int:
+    try:
+        return os.open(tmp, flags, file_mode)
+    except FileNotFoundError:
+        _makedirs(directory, dir_mode_for(file_mode))
+        return os.open(tmp, flags, file_mode)
+
+
+def _makedirs(directory: str, mode: int) -> None:
+    """mkdir -p with `mode` applied exactly (umask would otherwise strip the group bits)."""
+    parent = os.path.dirname(directory)
+    if parent and parent != directory and not os.path.isdir(parent):
+        _makedirs(parent, mode)
+    try:
+        os.mkdir(directory, mode)
+    except FileExistsError:
+        return
+    if mode & _umask():
+        os.chmod(directory, mode)
+
+
+def _write_block(fd: int, header: bytes, view: memoryview, use_direct: bool) -> None:
+    nbytes = len(view)
+    if not use_direct:
+        _pwrite_all(fd, [memoryview(header), view], 0)
+        return
+    hbuf = _tls_header_buffer()
+    hbuf[:HEADER_SIZE] = header
+    head = memoryview(hbuf)[:HEADER_SIZE]
+    if nbytes and not _is_aligned(view):
+        _direct_fallback("unaligned_buffer")
+        _set_direct(fd, False)
+        _pwrite_all(fd, [head, view], 0)
+        return
+    aligned = nbytes // ALIGNMENT * ALIGNMENT
+    try:
+        _pwrite_all(fd, [head, view[:aligned]], 0)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        _direct_fallback("write_einval")
+        _set_direct(fd, False)
+        _pwrite_all(fd, [head, view], 0)
+        return
+    if aligned < nbytes:  # O_DIRECT lengths must be aligned: the tail goes through the page cache
+        _set_direct(fd, False)
+        _pwrite_all(fd, [view[aligned:]], HEADER_SIZE + aligned)
+
+
+def _fsync_dir(directory: str) -> None:
+    dfd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+# --- load -----------------------------------------------------------------------------------------------------
+
+
+def _miss(reason: MissReason) -> LoadResult:
+    _MISS_COUNT[reason].inc()
+    return LoadResult(False, reason, 0, None)
+
+
+def load_block(
+    path: str | os.PathLike[str],
+    ident: BlockIdentity,
+    out: Buffer | None = None,
+    *,
+    direct: bool = False,
+) -> LoadResult:
+    """Read and validate a block file; never raises for I/O or content problems (a counted miss instead).
+
+    With `out` (a writable buffer at least as long as the payload) the payload lands in `out[:nbytes]` and
+    `payload` is None; a block longer than `out` is BAD_HEADER (not the layout the caller expects).  Without
+    `out` the payload is returned as bytes.
+    """
+    out_view = None
+    if out is not None:
+        out_view = _byte_view(out)
+        if out_view.readonly:
+            raise TypeError("load_block: `out` must be a writable buffer")
+    flags = os.O_RDONLY | _O_CLOEXEC
+    use_direct = bool(direct and _O_DIRECT)
+    try:
+        try:
+            fd = os.open(path, flags | (_O_DIRECT if use_direct else 0))
+        except OSError as exc:
+            if not use_direct or exc.errno != errno.EINVAL:
+                raise
+            _direct_fallback("open")
+            use_direct = False
+            fd = os.open(path, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        return _miss(MissReason.MISSING)
+    except OSError:
+        return _miss(MissReason.IO_ERROR)
+    try:
+        return _load_open(fd, ident, out_view, use_direct)
+    except OSError:
+        return _miss(MissReason.IO_ERROR)
+    finally:
+        os.close(fd)
+
+
+def _load_open(fd: int, ident: BlockIdentity, out_view: memoryview | None, use_direct: bool) -> LoadResult:
+    size = os.fstat(fd).st_size
+    if use_direct:
+        hbuf = _tls_header_buffer()
+        got = _pread_full(fd, memoryview(hbuf)[:HEADER_SIZE], 0)
+        header = parse_header(memoryview(hbuf)[:got])
+    else:
+        header = parse_header(os.pread(fd, HEADER_SIZE, 0))
+    if isinstance(header, MissReason):
+        return _miss(header)
+    if header.fingerprint != ident.fingerprint:
+        return _miss(MissReason.FINGERPRINT_MISMATCH)
+    if header.key != ident.key:
+        return _miss(MissReason.KEY_MISMATCH)
+    n = header.payload_len
+    if size < HEADER_SIZE + n:
+        return _miss(MissReason.TRUNCATED)
+    if size > HEADER_SIZE + n:
+        return _miss(MissReason.BAD_HEADER)
+    if out_view is not None and len(out_view) < n:
+        return _miss(MissReason.BAD_HEADER)
+    payload: bytes | None = None
+    if out_view is not None:
+        target = out_view
+        got = _read_payload(fd, target, n, use_direct)
+    elif use_direct:
+        scratch = aligned_buffer(n)
+        target = memoryview(scratch)
+        got = _read_payload(fd, target, n, use_direct)
+    else:
+        payload = os.pread(fd, n, HEADER_SIZE)
+        while len(payload) < n:  # pread may return short on some filesystems
+            more = os.pread(fd, n - len(payload), HEADER_SIZE + len(payload))
+            if not more:
+                break
+            payload += more
+        target = memoryview(payload)
+        got = len(payload)
+    if got < n:
+        return _miss(MissReason.TRUNCATED)
+    if checksum64(target[:n]) != header.payload_checksum:
+        return _miss(MissReason.CHECKSUM_MISMATCH)
+    if payload is None and out_view is None:
+        payload = bytes(target[:n])
+    metrics.BLOCK_LOAD_HITS.inc()
+    metrics.BLOCK_LOAD_BYTES.inc(n)
+    return LoadResult(True, None, n, payload)
+
+
+def _read_payload(fd: int, target: memoryview, n: int, use_direct: bool) -> int:
+    if not use_direct or n == 0:
+        return _pread_full(fd, target[:n], HEADER_SIZE)
+    if not _is_aligned(target):
+        _direct_fallback("unaligned_buffer")
+        _set_direct(fd, False)
+        return _pread_full(fd, target[:n], HEADER_SIZE)
+    rounded = _round_up(n)
+    if len(target) >= rounded:  # the read stops at end of file, so reading the rounded length is exact
+        return _pread_full(fd, target[:rounded], HEADER_SIZE)
+    aligned = n // ALIGNMENT * ALIGNMENT
+    got = _pread_full(fd, target[:aligned], HEADER_SIZE) if aligned else 0
+    if got < aligned:
+        return got
+    _set_direct(fd, False)
+    return got + _pread_full(fd, target[aligned:n], HEADER_SIZE + aligned)
+
+
+# --- inspection (verify, scan) --------------------------------------------------------------------------------
+
+
+def read_header(path: str | os.PathLike[str]) -> BlockHeader | MissReason:
+    """The validated header of a block file, or why it is not one (not counted as a load miss)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return MissReason.MISSING
+    except OSError:
+        return MissReason.IO_ERROR
+    try:
+        return parse_header(os.pread(fd, HEADER_SIZE, 0))
+    except OSError:
+        return MissReason.IO_ERROR
+    finally:
+        os.close(fd)
+
+
+def check_block_file(
+    path: str | os.PathLike[str], expected_fingerprint: bytes | None = None
+) -> MissReason | None:
+    """Full check of one block file (header, length, payload checksum); None when it is sound.
+
+    Streams the payload in 8 MiB chunks, so memory stays flat for any block size.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return MissReason.MISSING
+    except OSError:
+        return MissReason.IO_ERROR
+    try:
+        header = parse_header(os.pread(fd, HEADER_SIZE, 0))
+        if isinstance(header, MissReason):
+            return header
+        if expected_fingerprint is not None and header.fingerprint != expected_fingerprint:
+            return MissReason.FINGERPRINT_MISMATCH
+        size = os.fstat(fd).st_size
+        if size < HEADER_SIZE + header.payload_len:
+            return MissReason.TRUNCATED
+        if size > HEADER_SIZE + header.payload_len:
+            return MissReason.BAD_HEADER
+        hasher = xxhash.xxh3_64()
+        offset, remaining = HEADER_SIZE, header.payload_len
+        while remaining:
+            chunk = os.pread(fd, min(remaining, _VERIFY_CHUNK), offset)
+            if not chunk:
+                return MissReason.TRUNCATED
+            hasher.update(chunk)
+            offset += len(chunk)
+            remaining -= len(chunk)
+        if hasher.intdigest() != header.payload_checksum:
+            return MissReason.CHECKSUM_MISMATCH
+        return None
+    except OSError:
+        return MissReason.IO_ERROR
+    finally:
+        os.close(fd)
+
+
+def block_path(root: str | os.PathLike[str], relpath: str) -> Path:
+    """`root / relpath` as a Path (convenience for callers holding a `BlockKey.relpath()`)."""
+    return Path(root) / relpath
