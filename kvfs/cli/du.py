@@ -1,0 +1,177 @@
+"""`kvfs du`: usage from the catalog (no crawling), by namespace, model, rank or last-access age."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+from sqlalchemy import case, func, select
+
+from kvfs.catalog.models import NO_RANK, Block
+from kvfs.cli.app import KvfsContext, pass_state
+from kvfs.cli.output import age, emit_json, size, table
+from kvfs.cli.scanstate import last_scan_orphans
+
+# Last-access age buckets for `--by age`: (label, upper bound in seconds).
+AGE_BUCKETS: tuple[tuple[str, float], ...] = (
+    ("<1h", 3600.0),
+    ("1h-1d", 86400.0),
+    ("1d-7d", 7 * 86400.0),
+    ("7d-30d", 30 * 86400.0),
+    (">=30d", float("inf")),
+)
+
+
+def _group(
+    key: dict[str, Any], files: int, nbytes: int, la_min: float | None, la_max: float | None
+) -> dict[str, Any]:
+    return {
+        **key,
+        "files": int(files),
+        "bytes": int(nbytes or 0),
+        "last_access_min": la_min,
+        "last_access_max": la_max,
+    }
+
+
+def groups_by_model(namespaces: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    merged: dict[str, dict[str, Any]] = {}
+    for ns in namespaces:
+        model = ns["model"] or "?"
+        g = merged.setdefault(model, _group({"model": model, "namespaces": 0}, 0, 0, None, None))
+        g["namespaces"] += 1
+        g["files"] += ns["files"]
+        g["bytes"] += ns["bytes"]
+        for k, pick in (("last_access_min", min), ("last_access_max", max)):
+            if ns[k] is not None:
+                g[k] = ns[k] if g[k] is None else pick(g[k], ns[k])
+    return sorted(merged.values(), key=lambda g: -g["bytes"])
+
+
+def groups_by_rank(state: KvfsContext) -> list[dict[str, Any]]:
+    catalog = state.catalog()
+    names = {ns.id: ns.name for ns in catalog.namespaces()}
+    query = select(
+        Block.namespace_id,
+        Block.rank,
+        func.count(),
+        func.sum(Block.size),
+        func.min(Block.last_access),
+        func.max(Block.last_access),
+    ).group_by(Block.namespace_id, Block.rank)
+    with catalog.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    out = [
+        _group({"namespace": names.get(ns_id, "?"), "rank": None if rank == NO_RANK else rank}, n, b, lo, hi)
+        for ns_id, rank, n, b, lo, hi in rows
+    ]
+    return sorted(out, key=lambda g: (g["namespace"], -1 if g["rank"] is None else g["rank"]))
+
+
+def groups_by_age(state: KvfsContext, now: float) -> list[dict[str, Any]]:
+    catalog = state.catalog()
+    whens = [(Block.last_access >= now - bound, index) for index, (_, bound) in enumerate(AGE_BUCKETS[:-1])]
+    bucket = case(*whens, else_=len(AGE_BUCKETS) - 1).label("bucket")
+    query = select(
+        bucket, func.count(), func.sum(Block.size), func.min(Block.last_access), func.max(Block.last_access)
+    ).group_by(bucket)
+    with catalog.engine.connect() as conn:
+        found = {int(b): (n, s, lo, hi) for b, n, s, lo, hi in conn.execute(query).all()}
+    out = []
+    for index, (label, _) in enumerate(AGE_BUCKETS):
+        n, s, lo, hi = found.get(index, (0, 0, None, None))
+        out.append(_group({"age": label}, n, s, lo, hi))
+    return out
+
+
+def usage_json(state: KvfsContext, by: str, now: float) -> dict[str, Any]:
+    catalog = state.catalog()
+    usage = catalog.usage()
+    namespaces = [
+        {
+            "namespace": u.namespace,
+            "model": u.model,
+            "files": u.files,
+            "bytes": u.bytes,
+            "last_access_min": u.last_access_min,
+            "last_access_max": u.last_access_max,
+        }
+        for u in usage.namespaces
+    ]
+    orphans = last_scan_orphans(catalog)
+    data: dict[str, Any] = {
+        "total_files": usage.total_files,
+        "total_bytes": usage.total_bytes,
+        "namespaces": namespaces,
+        "tmp_orphans": {"files": orphans.files, "bytes": orphans.bytes, "scanned_at": orphans.time},
+        "by": by,
+    }
+    if by == "model":
+        data["groups"] = groups_by_model(namespaces)
+    elif by == "rank":
+        data["groups"] = groups_by_rank(state)
+    elif by == "age":
+        data["groups"] = groups_by_age(state, now)
+    else:
+        data["groups"] = namespaces
+    return data
+
+
+@click.command()
+@click.option(
+    "--by",
+    type=click.Choice(["namespace", "model", "rank", "age"]),
+    default="namespace",
+    show_default=True,
+    help="How to group the usage table (JSON always has `namespaces`; `groups` follows --by).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_state
+def du(state: KvfsContext, by: str, as_json: bool) -> None:
+    """Show usage from the catalog: files and bytes per namespace (or model, rank, age).
+
+    Answers from the catalog alone (run `kvfs scan` first on a new catalog).  Temp-file orphans are the figure
+    of the last scan.
+    """
+    now = time.time()
+    data = usage_json(state, by, now)
+    if as_json:
+        emit_json(data)
+        return
+    first = {"namespace": "namespace", "model": "model", "rank": "namespace", "age": "last access"}[by]
+    headers: list[str] = [first]
+    if by == "rank":
+        headers.append("rank")
+    if by == "model":
+        headers.append("namespaces")
+    headers += ["files", "bytes", "share", "oldest access", "newest access"]
+    total = data["total_bytes"] or 1
+    rows = []
+    for g in data["groups"]:
+        label = g.get("namespace") if by in ("namespace", "rank") else g.get(by if by != "age" else "age")
+        row: list[Any] = [label]
+        if by == "rank":
+            row.append("-" if g["rank"] is None else g["rank"])
+        if by == "model":
+            row.append(g["namespaces"])
+        row += [
+            f"{g['files']:,}",
+            size(g["bytes"]),
+            f"{100 * g['bytes'] / total:.1f}%",
+            age(g["last_access_min"], now),
+            age(g["last_access_max"], now),
+        ]
+        rows.append(row)
+    width = len(headers)
+    right = tuple(range(1 if by not in ("rank", "model") else 2, width - 2))
+    click.echo(table(headers, rows, right=right))
+    click.echo(f"total: {data['total_files']:,} files, {size(data['total_bytes'])}")
+    orphans = data["tmp_orphans"]
+    if orphans["scanned_at"] is None:
+        click.echo("temp files: unknown (no scan recorded; run `kvfs scan`)")
+    else:
+        click.echo(
+            f"temp files: {orphans['files']:,} ({size(orphans['bytes'])}) at the last scan, "
+            f"{age(orphans['scanned_at'], now)}"
+        )

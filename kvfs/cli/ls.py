@@ -1,0 +1,75 @@
+"""`kvfs ls NAMESPACE`: a namespace's blocks in eviction order (first = next to go)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import click
+
+from kvfs.cli.app import KvfsContext, pass_state
+from kvfs.cli.output import age, emit_json, size, table
+from kvfs.policy import DEFAULT_POLICY, get_policy
+
+# protect_after for "show everything": later than any real timestamp.
+_NEVER_PROTECTED = float(1 << 52)
+
+
+@click.command(name="ls")
+@click.argument("namespace")
+@click.option(
+    "--limit",
+    "-n",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="Blocks to show (0: all).",
+)
+@click.option(
+    "--policy",
+    default=DEFAULT_POLICY,
+    show_default=True,
+    help="Eviction policy whose order is shown (see `kvfs gc --help`).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_state
+def ls(state: KvfsContext, namespace: str, limit: int, policy: str, as_json: bool) -> None:
+    """List NAMESPACE's blocks in eviction order: the first line is the block `kvfs gc` would delete first."""
+    catalog = state.catalog()
+    ids = {ns.name: ns.id for ns in catalog.namespaces()}
+    if namespace not in ids:
+        known = ", ".join(sorted(ids)) or "none: run `kvfs scan`"
+        raise click.ClickException(f"unknown namespace {namespace!r} (known: {known})")
+    order = get_policy(policy)
+    stream = order.candidates(
+        catalog, namespace_ids=[ids[namespace]], protect_after=_NEVER_PROTECTED, limit_bytes=1 << 62
+    )
+    try:
+        blocks = list(itertools.islice(stream, limit or None))
+    finally:
+        stream.close()  # type: ignore[attr-defined]
+    now = time.time()
+    if as_json:
+        emit_json(
+            {
+                "namespace": namespace,
+                "policy": order.name,
+                "blocks": [
+                    {
+                        "path": c.key.relpath(),
+                        "rank": c.key.rank,
+                        "group": c.key.group,
+                        "hash": c.key.block_hash,
+                        "format": c.key.fmt,
+                        "size": c.size,
+                        "last_access": c.last_access,
+                    }
+                    for c in blocks
+                ],
+            }
+        )
+        return
+    rows = [(n + 1, c.key.relpath(), size(c.size), age(c.last_access, now)) for n, c in enumerate(blocks)]
+    click.echo(table(("#", "path", "size", "last access"), rows, right=(0, 2)))
+    if limit and len(blocks) == limit:
+        click.echo(f"(first {limit} in {order.name} order; --limit 0 for all)")

@@ -1,0 +1,61 @@
+"""`kvfs scan`: reconcile the catalog with the tree."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from kvfs.cli.app import KvfsContext, pass_state
+from kvfs.cli.output import emit_json, size, table
+from kvfs.cli.scanstate import record_scan
+
+
+def run_scan(state: KvfsContext, *, quiet: bool) -> Any:
+    """Scan the root into the catalog (progress bar only on a terminal) and remember its temp orphans."""
+    from kvfs.scan import scan_tree
+
+    root = state.require_root()
+    catalog = state.catalog()
+    result = scan_tree(root, catalog, progress=not quiet and sys.stderr.isatty())
+    record_scan(catalog, result)
+    return result
+
+
+def scan_json(result: Any) -> dict[str, Any]:
+    return {
+        "files": result.files,
+        "bytes": result.bytes,
+        "blocks_added": result.blocks_added,
+        "blocks_removed": result.blocks_removed,
+        "not_blocks": result.not_blocks,
+        "tmp_orphans": {"files": len(result.tmp_orphans), "bytes": sum(o.size for o in result.tmp_orphans)},
+        "duration_s": round(result.duration_s, 3),
+    }
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_state
+def scan(state: KvfsContext, as_json: bool) -> None:
+    """Walk the root and reconcile the catalog: add new block files, drop rows whose files are gone.
+
+    Files no journal has reported get last access = max(atime, mtime).  Temp files (`*.tmp`) are counted as
+    orphans for `kvfs du` and `kvfs gc --orphans-older-than`.
+    """
+    result = run_scan(state, quiet=as_json)
+    data = scan_json(result)
+    if as_json:
+        emit_json(data)
+        return
+    rows = [
+        ("block files", data["files"], size(data["bytes"])),
+        ("added to catalog", data["blocks_added"], ""),
+        ("removed (gone)", data["blocks_removed"], ""),
+        ("not blocks", data["not_blocks"], ""),
+        ("temp files", data["tmp_orphans"]["files"], size(data["tmp_orphans"]["bytes"])),
+    ]
+    click.echo(table(("", "files", "bytes"), rows, right=(1, 2)))
+    rate = data["files"] / result.duration_s if result.duration_s > 0 else 0.0
+    click.echo(f"scanned {state.root} in {result.duration_s:.2f}s ({rate:,.0f} files/s)")

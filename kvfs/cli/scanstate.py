@@ -1,0 +1,58 @@
+"""What `kvfs du` reports about temp files: the summary of the last scan, kept in the catalog.
+
+Counting temp files needs a walk of the whole tree, which `du` must not do (it answers from the catalog in
+well under a second).  So every scan stores its orphan count and bytes under one `kvfs_meta` key, and `du`
+shows that figure with the time it was taken.  Anything that runs `scan_tree` (the CLI, the evictor) can call
+`record_scan` so the figure stays current.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, insert, select
+
+from kvfs.catalog.models import KvfsMeta
+
+if TYPE_CHECKING:
+    from kvfs.catalog import Catalog
+
+LAST_SCAN_KEY = "last_scan_orphans"
+
+
+@dataclass(frozen=True, slots=True)
+class OrphanSummary:
+    files: int
+    bytes: int
+    time: float | None  # when the scan that counted them ended; None: no scan recorded yet
+
+
+def record_scan(catalog: Catalog, result: Any, *, now: float | None = None) -> OrphanSummary:
+    """Store the temp-file summary of a `ScanResult` (anything with `tmp_orphans`)."""
+    summary = OrphanSummary(
+        files=len(result.tmp_orphans),
+        bytes=sum(o.size for o in result.tmp_orphans),
+        time=time.time() if now is None else now,
+    )
+    value = json.dumps({"files": summary.files, "bytes": summary.bytes, "time": summary.time})
+    with catalog.engine.connect() as conn:
+        conn = conn.execution_options(kvfs_write=True)
+        with conn.begin():
+            conn.execute(delete(KvfsMeta).where(KvfsMeta.key == LAST_SCAN_KEY))
+            conn.execute(insert(KvfsMeta).values(key=LAST_SCAN_KEY, value=value))
+    return summary
+
+
+def last_scan_orphans(catalog: Catalog) -> OrphanSummary:
+    with catalog.engine.connect() as conn:
+        value = conn.execute(select(KvfsMeta.value).where(KvfsMeta.key == LAST_SCAN_KEY)).scalar()
+    if value is None:
+        return OrphanSummary(0, 0, None)
+    try:
+        data = json.loads(value)
+        return OrphanSummary(int(data["files"]), int(data["bytes"]), float(data["time"]))
+    except (ValueError, KeyError, TypeError):
+        return OrphanSummary(0, 0, None)

@@ -1,0 +1,461 @@
+"""One eviction pass: turn limits into a victim list (`plan_gc`), then delete it safely (`execute_plan`).
+
+The `kvfs gc` command and the evictor run exactly this code.  Planning reads only the catalog (no crawling):
+the policy streams blocks in eviction order from SQL and the planner stops as soon as each limit is met.
+Execution deletes through `RootGuard` (root-confined, never following symlinks), in batches, giving the caller
+a chance to drop victims that were used since they were chosen (`recheck`), then removes the catalog rows and
+writes the eviction log.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kvfs import metrics
+from kvfs.layout import BlockKey, journal_dir, parse_namespace_dir
+from kvfs.policy import EvictionPolicy, get_policy
+
+if TYPE_CHECKING:
+    from kvfs.catalog import Catalog
+    from kvfs.scan import OrphanInfo
+
+# "Everything that matches": larger than any real tree, small enough for every SQL integer type.
+_ALL_BYTES = 1 << 62
+
+
+class EvictReason(StrEnum):
+    CAPACITY = "capacity"
+    TTL = "ttl"
+    QUOTA = "quota"
+    RETIRED = "retired"
+    ORPHAN = "orphan"
+    CORRUPT = "corrupt"
+
+
+@dataclass(frozen=True)
+class GcLimits:
+    """What one pass enforces.  `None` switches a limit off.
+
+    With `namespace` set, every limit applies to that namespace alone (`max_bytes` caps its usage).
+    `min_age` protects blocks whose last access or creation is that recent, whatever the other limits say.
+    """
+
+    max_bytes: int | None = None
+    ttl: float | None = None
+    quotas: Mapping[str, int] = field(default_factory=dict)
+    retire: Sequence[str] = ()
+    orphan_grace: float | None = None
+    min_age: float = 0.0
+    namespace: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Victim:
+    key: BlockKey
+    size: int
+    reason: EvictReason
+    # The recency the block was chosen on: the recheck spares it if the catalog now says it was used since.
+    last_access: float = 0.0
+    block_id: int | None = None
+
+
+@dataclass(slots=True)
+class Tally:
+    files: int = 0
+    bytes: int = 0
+
+    def add(self, nbytes: int, files: int = 1) -> None:
+        self.files += files
+        self.bytes += nbytes
+
+    def as_dict(self) -> dict[str, int]:
+        return {"files": self.files, "bytes": self.bytes}
+
+
+@dataclass
+class GcPlan:
+    victims: list[Victim]
+    orphans: list[OrphanInfo]
+    by_reason: dict[EvictReason, Tally]
+    by_namespace: dict[str, Tally]
+    total_files: int
+    total_bytes: int
+    # Catalog usage the plan was computed from (in the pass's scope) and the policy that ordered it.
+    usage_files: int = 0
+    usage_bytes: int = 0
+    policy: str = ""
+    now: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy,
+            "planned_files": self.total_files,
+            "planned_bytes": self.total_bytes,
+            "usage_files": self.usage_files,
+            "usage_bytes": self.usage_bytes,
+            "by_reason": {str(r): t.as_dict() for r, t in self.by_reason.items()},
+            "by_namespace": {ns: t.as_dict() for ns, t in self.by_namespace.items()},
+        }
+
+
+@dataclass
+class GcResult:
+    deleted_files: int
+    deleted_bytes: int
+    by_reason: dict[EvictReason, Tally]
+    skipped_recently_used: int
+    dry_run: bool
+    # Files already gone when we came to delete them (their rows are removed too), paths RootGuard refused
+    # (symlinks, non-regular files), and unlink errors (rows kept: a later pass retries).
+    missing: int = 0
+    refused: int = 0
+    errors: int = 0
+    by_namespace: dict[str, Tally] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "deleted_files": self.deleted_files,
+            "deleted_bytes": self.deleted_bytes,
+            "by_reason": {str(r): t.as_dict() for r, t in self.by_reason.items()},
+            "by_namespace": {ns: t.as_dict() for ns, t in self.by_namespace.items()},
+            "dry_run": self.dry_run,
+            "skipped_recently_used": self.skipped_recently_used,
+            "missing": self.missing,
+            "refused": self.refused,
+            "errors": self.errors,
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+class _Planner:
+    def __init__(self, catalog: Catalog, policy: EvictionPolicy, protect_after: float) -> None:
+        self.catalog = catalog
+        self.policy = policy
+        self.protect_after = protect_after
+        self.chosen: dict[int | BlockKey, Victim] = {}
+        self.chosen_bytes_by_ns: dict[str, int] = {}
+        self.chosen_bytes = 0
+
+    def take(
+        self,
+        namespace_ids: Sequence[int] | None,
+        reason: EvictReason,
+        *,
+        need_bytes: int = _ALL_BYTES,
+        protect_after: float | None = None,
+        in_scope_chosen: int = 0,
+    ) -> None:
+        """Add candidates of `reason` until `need_bytes` more are chosen; already chosen blocks are skipped."""
+        if need_bytes <= 0:
+            return
+        protect = self.protect_after if protect_after is None else min(protect_after, self.protect_after)
+        # The policy may offer blocks an earlier reason already took: ask for that much more.
+        limit = min(_ALL_BYTES, need_bytes + in_scope_chosen)
+        freed = 0
+        stream: Iterator[Any] = self.policy.candidates(
+            self.catalog, namespace_ids=namespace_ids, protect_after=protect, limit_bytes=limit
+        )
+        try:
+            for cand in stream:
+                ident: int | BlockKey = cand.block_id if cand.block_id is not None else cand.key
+                if ident in self.chosen:
+                    continue
+                self.chosen[ident] = Victim(cand.key, cand.size, reason, cand.last_access, cand.block_id)
+                ns = cand.key.namespace
+                self.chosen_bytes_by_ns[ns] = self.chosen_bytes_by_ns.get(ns, 0) + cand.size
+                self.chosen_bytes += cand.size
+                freed += cand.size
+                if freed >= need_bytes:
+                    break
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+
+
+def plan_gc(
+    catalog: Catalog,
+    limits: GcLimits,
+    *,
+    now: float | None = None,
+    policy: EvictionPolicy | str | None = None,
+    orphans: Sequence[OrphanInfo] = (),
+) -> GcPlan:
+    """Choose the victims of one pass, from the catalog alone.
+
+    Reasons are applied in this order, each skipping what an earlier one took: retired namespaces (named in
+    `limits.retire` or marked retired in the catalog), TTL, per-namespace quotas (policy order within the
+    namespace), capacity (policy order over the scope until usage <= `max_bytes`), then temp-file orphans
+    older than `orphan_grace` (from `orphans`, as found by a scan).  Raises ValueError for an unknown namespace.
+    """
+    now = time.time() if now is None else now
+    if policy is None or isinstance(policy, str):
+        policy = get_policy(policy)
+    infos = {ns.name: ns for ns in catalog.namespaces()}
+
+    def ns_id(name: str) -> int:
+        info = infos.get(name)
+        if info is None:
+            raise ValueError(f"unknown namespace {name!r} (not in the catalog: run `kvfs scan` first?)")
+        return info.id
+
+    scope_name = limits.namespace
+    scope_ids = None if scope_name is None else [ns_id(scope_name)]
+    usage = catalog.usage()
+    ns_usage = {u.namespace: u for u in usage.namespaces}
+    if scope_name is None:
+        usage_files, usage_bytes = usage.total_files, usage.total_bytes
+    else:
+        scoped = ns_usage.get(scope_name)
+        usage_files, usage_bytes = (scoped.files, scoped.bytes) if scoped else (0, 0)
+
+    planner = _Planner(catalog, policy, now - limits.min_age)
+
+    retired = [ns_id(name) for name in dict.fromkeys(limits.retire)]
+    retired += [
+        info.id
+        for info in infos.values()
+        if info.retired and info.id not in retired and (scope_name is None or info.name == scope_name)
+    ]
+    for rid in retired:
+        planner.take([rid], EvictReason.RETIRED)
+
+    if limits.ttl is not None:
+        planner.take(scope_ids, EvictReason.TTL, protect_after=now - limits.ttl)
+
+    for name, quota in limits.quotas.items():
+        if scope_name is not None and name != scope_name:
+            continue
+        if name not in infos:
+            continue  # a quota for a namespace nobody has written yet
+        chosen_here = planner.chosen_bytes_by_ns.get(name, 0)
+        current = (ns_usage[name].bytes if name in ns_usage else 0) - chosen_here
+        planner.take(
+            [ns_id(name)], EvictReason.QUOTA, need_bytes=current - quota, in_scope_chosen=chosen_here
+        )
+
+    if limits.max_bytes is not None:
+        chosen_here = (
+            planner.chosen_bytes if scope_name is None else planner.chosen_bytes_by_ns.get(scope_name, 0)
+        )
+        excess = usage_bytes - chosen_here - limits.max_bytes
+        planner.take(scope_ids, EvictReason.CAPACITY, need_bytes=excess, in_scope_chosen=chosen_here)
+
+    victims = list(planner.chosen.values())
+    by_reason: dict[EvictReason, Tally] = {}
+    by_namespace: dict[str, Tally] = {}
+    for v in victims:
+        by_reason.setdefault(v.reason, Tally()).add(v.size)
+        by_namespace.setdefault(v.key.namespace, Tally()).add(v.size)
+
+    old_orphans: list[OrphanInfo] = []
+    if limits.orphan_grace is not None:
+        cutoff = now - limits.orphan_grace
+        for orphan in orphans:
+            ns = orphan_namespace(orphan.relpath)
+            if orphan.mtime < cutoff and (scope_name is None or ns == scope_name):
+                old_orphans.append(orphan)
+                by_reason.setdefault(EvictReason.ORPHAN, Tally()).add(orphan.size)
+                by_namespace.setdefault(ns or "", Tally()).add(orphan.size)
+
+    return GcPlan(
+        victims=victims,
+        orphans=old_orphans,
+        by_reason=by_reason,
+        by_namespace=by_namespace,
+        total_files=len(victims) + len(old_orphans),
+        total_bytes=planner.chosen_bytes + sum(o.size for o in old_orphans),
+        usage_files=usage_files,
+        usage_bytes=usage_bytes,
+        policy=policy.name,
+        now=now,
+    )
+
+
+def orphan_namespace(relpath: str) -> str | None:
+    """Namespace of a temp file's path (`<ns>[_r<rank>]/...`), None when it is not under one."""
+    parsed = parse_namespace_dir(relpath.split("/", 1)[0])
+    return parsed[0] if parsed else None
+
+
+# --- execution -------------------------------------------------------------------------------------------
+
+Recheck = Callable[[list[Victim]], list[Victim]]
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def execute_plan(
+    root: str | os.PathLike[str],
+    catalog: Catalog,
+    plan: GcPlan,
+    *,
+    dry_run: bool,
+    recheck: Recheck | None = None,
+    batch_size: int = 1000,
+    now: float | None = None,
+) -> GcResult:
+    """Delete the plan's victims (and orphans) under `root`, batch by batch.
+
+    Before each batch `recheck` (if given) returns the victims still to delete: the evictor ingests the
+    journals there and drops blocks used since they were chosen.  Files are unlinked by `RootGuard` (relative
+    paths only, no symlink followed, regular files only).  Rows of files now gone are removed; a file that
+    could not be deleted keeps its row.  One eviction-log row per namespace and reason.  `dry_run` deletes
+    nothing and reports nothing deleted.
+    """
+    from kvfs.safety import RootGuard
+
+    start = time.monotonic()
+    result = GcResult(0, 0, {}, 0, dry_run)
+    if dry_run:
+        result.duration_s = time.monotonic() - start
+        return result
+    now = time.time() if now is None else now
+    guard = RootGuard(root)
+    log: dict[tuple[str, EvictReason], Tally] = {}
+
+    def count(namespace: str, reason: EvictReason, nbytes: int) -> None:
+        result.deleted_files += 1
+        result.deleted_bytes += nbytes
+        result.by_reason.setdefault(reason, Tally()).add(nbytes)
+        result.by_namespace.setdefault(namespace, Tally()).add(nbytes)
+        log.setdefault((namespace, reason), Tally()).add(nbytes)
+
+    for batch in _chunks(plan.victims, max(1, batch_size)):
+        victims = list(batch)
+        if recheck is not None:
+            kept = recheck(victims)
+            result.skipped_recently_used += len(victims) - len(kept)
+            metrics.GC_SKIPPED_RECENT.inc(len(victims) - len(kept))
+            victims = kept
+        if not victims:
+            continue
+        gone = _unlink_batch(guard, root, [v.key.relpath() for v in victims], result)
+        removed_ids: list[int] = []
+        removed_keys: list[BlockKey] = []
+        for victim, deleted, missing in zip(victims, *gone, strict=True):
+            if deleted:
+                count(victim.key.namespace, victim.reason, victim.size)
+                metrics.GC_DELETED_FILES.labels(str(victim.reason)).inc()
+                metrics.GC_DELETED_BYTES.labels(str(victim.reason)).inc(victim.size)
+            if deleted or missing:
+                if victim.block_id is not None:
+                    removed_ids.append(victim.block_id)
+                else:
+                    removed_keys.append(victim.key)
+        if removed_ids:
+            catalog.remove_block_ids(removed_ids)
+        if removed_keys:
+            catalog.remove_blocks(removed_keys)
+
+    for batch in _chunks(plan.orphans, max(1, batch_size)):
+        deleted_flags, _missing = _unlink_batch(guard, root, [o.relpath for o in batch], result)
+        for orphan, deleted in zip(batch, deleted_flags, strict=True):
+            if deleted:
+                count(orphan_namespace(orphan.relpath) or "", EvictReason.ORPHAN, orphan.size)
+                metrics.GC_DELETED_FILES.labels(str(EvictReason.ORPHAN)).inc()
+                metrics.GC_DELETED_BYTES.labels(str(EvictReason.ORPHAN)).inc(orphan.size)
+
+    for (namespace, reason), tally in log.items():
+        catalog.log_eviction(now, namespace, str(reason), tally.files, tally.bytes)
+    result.duration_s = time.monotonic() - start
+    return result
+
+
+def _unlink_batch(
+    guard: Any, root: str | os.PathLike[str], relpaths: list[str], result: GcResult
+) -> tuple[list[bool], list[bool]]:
+    """Unlink `relpaths`; per path: (deleted by us, already gone).  Refusals and errors leave both False."""
+    stats = guard.unlink_many(relpaths)
+    result.missing += stats.missing
+    result.refused += stats.refused
+    result.errors += stats.errors
+    if stats.refused:
+        metrics.GC_UNLINK_FAILURES.labels("refused").inc(stats.refused)
+    if stats.errors:
+        metrics.GC_UNLINK_FAILURES.labels("error").inc(stats.errors)
+    if stats.deleted == len(relpaths):
+        return [True] * len(relpaths), [False] * len(relpaths)
+    # Not all deleted: find out which are still there (rare; costs one lstat per path of this batch).
+    base = Path(root)
+    still_there = [os.path.lexists(base / rel) for rel in relpaths]
+    if stats.missing == 0:
+        return [not s for s in still_there], [False] * len(relpaths)
+    if stats.deleted == 0:
+        return [False] * len(relpaths), [not s for s in still_there]
+    # Some deleted and some already missing: which is which is not observable afterwards; attribute the
+    # deletions to the first gone paths (the totals stay exact, only the per-reason split may shift).
+    deleted_flags, missing_flags, left = [], [], stats.deleted
+    for there in still_there:
+        ours = not there and left > 0
+        left -= ours
+        deleted_flags.append(ours)
+        missing_flags.append(not there and not ours)
+    return deleted_flags, missing_flags
+
+
+def make_recency_recheck(catalog: Catalog, *, ingest: Callable[[], Any] | None = None) -> Recheck:
+    """A `recheck` that first runs `ingest` (journals → catalog), then spares every victim whose catalog
+    last_access moved past the one it was chosen on, or whose row is gone (deleted or re-scanned away)."""
+
+    def recheck(victims: list[Victim]) -> list[Victim]:
+        if ingest is not None:
+            ingest()
+        current = catalog.last_access_of(v.key for v in victims)
+        return [v for v in victims if v.key in current and current[v.key] <= v.last_access]
+
+    return recheck
+
+
+@dataclass(slots=True)
+class IngestResult:
+    records: int = 0
+    bad_records: int = 0
+    segments_removed: int = 0
+
+
+def ingest_journals(
+    root: str | os.PathLike[str],
+    catalog: Catalog,
+    *,
+    remove_finished: bool = False,
+    batch_records: int = 50_000,
+) -> IngestResult:
+    """Apply every pending journal record to the catalog (offsets advance in the same transaction).
+
+    `remove_finished` also deletes fully consumed closed segments.  Leave it off when another catalog (an
+    evictor's) may still need them: the CLI does, so it never takes records away from the evictor.
+    """
+    from kvfs.journal import JournalReader
+
+    out = IngestResult()
+    if not journal_dir(root).is_dir():
+        return out
+    reader = JournalReader(root)
+    offsets = dict(catalog.journal_offsets())
+    while True:
+        batch = reader.read(offsets, max_records=batch_records)
+        changed = {k: v for k, v in batch.offsets.items() if offsets.get(k) != v}
+        if batch.records or changed:
+            catalog.apply_journal(batch.records, batch.offsets)
+        offsets.update(batch.offsets)
+        out.records += len(batch.records)
+        out.bad_records += batch.bad_records
+        if remove_finished and batch.finished:
+            reader.remove(batch.finished)
+            catalog.forget_segments(batch.finished)
+            for name in batch.finished:
+                offsets.pop(name, None)
+            out.segments_removed += len(batch.finished)
+        if not batch.records and not changed:
+            return out

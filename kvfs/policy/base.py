@@ -1,0 +1,50 @@
+"""What an eviction policy is: an ordering of catalog blocks, streamed from SQL.
+
+A policy only decides *order*.  Which limits apply (capacity, TTL, quotas, retired namespaces) and how many
+blocks to take is the planner's job (`kvfs.gc.plan_gc`); deleting them is the executor's.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from kvfs.layout import BlockKey
+
+if TYPE_CHECKING:
+    from kvfs.catalog import Catalog
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One block offered for eviction, with the recency it was chosen on (for the pre-delete recheck)."""
+
+    block_id: int
+    key: BlockKey
+    size: int
+    last_access: float
+
+
+class EvictionPolicy(ABC):
+    """Orders blocks for eviction.  Implementations stream their SQL: never load the whole catalog."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def candidates(
+        self,
+        catalog: Catalog,
+        *,
+        namespace_ids: Sequence[int] | None,
+        protect_after: float,
+        limit_bytes: int,
+    ) -> Iterator[Candidate]:
+        """Yield blocks in eviction order until at least `limit_bytes` have been offered (or none are left).
+
+        `namespace_ids=None` means every namespace.  Blocks whose `last_access` or `created` is >= `protect_after`
+        are never offered (in-flight writes and blocks just read).  The caller may stop iterating early; the
+        generator then releases its database resources.
+        """

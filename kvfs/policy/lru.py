@@ -1,0 +1,84 @@
+"""Least recently used: oldest last access first; ties evict the deeper chain position first.
+
+A prefix chain's head is needed by every request that shares the prefix, its tail only by the longest ones, so
+among equally old blocks the tail goes first and the head outlives it.  Blocks of unknown position (-1, e.g.
+found by a scan) sort after every known position of the same age.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from sqlalchemy import Select, select
+
+from kvfs.catalog.models import NO_RANK, Block
+from kvfs.layout import BlockKey
+from kvfs.policy import register_policy
+from kvfs.policy.base import Candidate, EvictionPolicy
+
+if TYPE_CHECKING:
+    from kvfs.catalog import Catalog
+
+# Rows fetched per round trip; the planner usually stops long before the end of the stream.
+STREAM_CHUNK = 5000
+
+
+def block_columns() -> tuple[Any, ...]:
+    """The columns a Candidate is built from, in `candidate_from_row` order."""
+    return (
+        Block.id,
+        Block.namespace_id,
+        Block.rank,
+        Block.grp,
+        Block.block_hash,
+        Block.fmt,
+        Block.size,
+        Block.last_access,
+    )
+
+
+def eligible(query: Select[Any], namespace_ids: Sequence[int] | None, protect_after: float) -> Select[Any]:
+    """Restrict to the scope and drop protected blocks (recent last access or creation)."""
+    query = query.where(Block.last_access < protect_after, Block.created < protect_after)
+    if namespace_ids is not None:
+        query = query.where(Block.namespace_id.in_(list(namespace_ids)))
+    return query
+
+
+def stream_candidates(
+    catalog: Catalog, query: Select[Any], limit_bytes: int, *, chunk: int = STREAM_CHUNK
+) -> Iterator[Candidate]:
+    """Run `query` (selecting `block_columns()`) with a streaming cursor; stop once `limit_bytes` are offered."""
+    names = {ns.id: ns.name for ns in catalog.namespaces()}
+    offered = 0
+    with catalog.engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=chunk).execute(query)
+        try:
+            for block_id, ns_id, rank, grp, block_hash, fmt, size, last_access in result:
+                key = BlockKey(names[ns_id], None if rank == NO_RANK else rank, grp, block_hash, fmt)
+                yield Candidate(block_id, key, size, last_access)
+                offered += size
+                if offered >= limit_bytes:
+                    return
+        finally:
+            result.close()
+
+
+@register_policy
+class LruPolicy(EvictionPolicy):
+    name: ClassVar[str] = "lru"
+    description: ClassVar[str] = "oldest last access first; ties: deeper prefix-chain position first"
+
+    def candidates(
+        self,
+        catalog: Catalog,
+        *,
+        namespace_ids: Sequence[int] | None,
+        protect_after: float,
+        limit_bytes: int,
+    ) -> Iterator[Candidate]:
+        query = eligible(select(*block_columns()), namespace_ids, protect_after).order_by(
+            Block.last_access.asc(), Block.chain_pos.desc(), Block.id.asc()
+        )
+        return stream_candidates(catalog, query, limit_bytes)
