@@ -1,0 +1,59 @@
+"""Prometheus metrics of the evictor (`kvfs_evictor_*`, plus per-namespace `kvfs_namespace_*`).
+
+Defined once here, in the default registry, so `/metrics` also carries the core library's `kvfs_*` metrics.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+NAMESPACE_BYTES = Gauge("kvfs_namespace_bytes", "Bytes of block files per namespace (catalog)", ["namespace"])
+NAMESPACE_FILES = Gauge("kvfs_namespace_files", "Block files per namespace (catalog)", ["namespace"])
+USAGE_BYTES = Gauge("kvfs_evictor_usage_bytes", "Used bytes the watermarks are compared with")
+CAPACITY_BYTES = Gauge("kvfs_evictor_capacity_bytes", "Capacity the watermarks are percentages of")
+USAGE_RATIO = Gauge("kvfs_evictor_usage_ratio", "Usage / capacity (0..1)")
+WATERMARK_RATIO = Gauge("kvfs_evictor_watermark_ratio", "Configured watermarks (0..1)", ["mark"])
+OVER_HIGH_WATERMARK = Gauge("kvfs_evictor_over_high_watermark", "1 while a capacity eviction is due")
+
+EVICTED_FILES = Counter("kvfs_evictor_evicted_files", "Files evicted, by reason", ["reason"])
+EVICTED_BYTES = Counter("kvfs_evictor_evicted_bytes", "Bytes freed by eviction, by reason", ["reason"])
+RECHECK_SPARED = Counter(
+    "kvfs_evictor_recheck_spared_files", "Victims spared because they were accessed after being chosen"
+)
+ENFORCE_PASSES = Counter("kvfs_evictor_enforce_passes", "Enforcement passes, by outcome", ["outcome"])
+ENFORCE_SECONDS = Histogram(
+    "kvfs_evictor_enforce_seconds",
+    "Duration of one enforcement pass",
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+PLAN_SECONDS = Gauge("kvfs_evictor_last_plan_seconds", "Duration of the last victim selection")
+
+JOURNAL_RECORDS = Counter("kvfs_evictor_journal_records", "Journal records applied to the catalog")
+JOURNAL_BAD_RECORDS_SEEN = Counter(
+    "kvfs_evictor_journal_bad_records", "Malformed or torn journal records skipped during ingest"
+)
+JOURNAL_BACKLOG_BYTES = Gauge("kvfs_evictor_journal_backlog_bytes", "Journal bytes not yet ingested")
+JOURNAL_LAG_SECONDS = Gauge(
+    "kvfs_evictor_journal_lag_seconds", "Age of the newest record at the moment it was ingested"
+)
+JOURNAL_SEGMENTS_REMOVED = Counter("kvfs_evictor_journal_segments_removed", "Fully ingested segments removed")
+TREE_EVENTS = Counter("kvfs_evictor_tree_events", "Block file events from the tree watcher", ["kind"])
+
+SCAN_SECONDS = Gauge("kvfs_evictor_scan_duration_seconds", "Duration of the last reconciliation scan")
+SCAN_FILES_PER_SECOND = Gauge("kvfs_evictor_scan_files_per_second", "Rate of the last reconciliation scan")
+SCAN_LAST_TIME = Gauge("kvfs_evictor_scan_last_timestamp_seconds", "End of the last reconciliation scan")
+SCANS = Counter("kvfs_evictor_scans", "Reconciliation scans, by outcome", ["outcome"])
+ORPHANS_KNOWN = Gauge("kvfs_evictor_orphans_known", "Temp files known (from scans and the watcher)")
+
+# Every stat/scandir/statvfs the evictor issues (or the polling watcher issues for it), by source: under the
+# watermark with watch=off or inotify only `journal` and `statvfs` move.
+METADATA_OPS = Counter("kvfs_evictor_metadata_ops", "Filesystem metadata operations, by source", ["source"])
+
+IS_LEADER = Gauge("kvfs_evictor_leader", "1 while this instance is the leader (enforces and writes)")
+LEADER_CHANGES = Counter(
+    "kvfs_evictor_leader_changes", "Times this instance gained or lost leadership", ["change"]
+)
+READY = Gauge("kvfs_evictor_ready", "1 while /readyz answers 200")
+ERRORS = Counter(
+    "kvfs_evictor_errors", "Errors by kind (catalog, journal, scan, delete, watch, config)", ["kind"]
+)

@@ -1,0 +1,480 @@
+"""The `kvfs-evictor` service: wires settings, catalog, leader election, feeds, enforcement and HTTP together.
+
+Threads: the HTTP server; a leadership loop (PostgreSQL followers retry the lock); a journal-ingest loop woken by
+the journal watcher or the fallback timer; APScheduler jobs for enforcement and reconciliation scans; the
+watchdog observers.  Only the leader ingests, watches, scans and enforces: followers write nothing (so journal
+records are never applied twice) and stay ready to take over.  Catalog failures put the service in a
+not-ready state and every catalog user backs off (0.5 s doubling to 30 s) until a probe succeeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from datetime import UTC
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from evictor import metrics
+from evictor.enforce import Enforcer, PassReport
+from evictor.http import StatusServer
+from evictor.ingest import JournalIngester
+from evictor.leader import AlreadyRunningError, FileLockElector, LeaderElector, make_elector
+from evictor.settings import Settings
+from evictor.watch import OrphanTracker, TreeFeed, Watchers
+
+if TYPE_CHECKING:
+    from kvfs.catalog import Catalog
+
+log = logging.getLogger("kvfs.evictor")
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_ALREADY_RUNNING = 3
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def is_catalog_error(exc: BaseException) -> bool:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from kvfs.catalog import CatalogError
+
+    return isinstance(exc, SQLAlchemyError | CatalogError | ConnectionError)
+
+
+class Backoff:
+    """Catalog outage state: not ready, and nobody touches the catalog until `retry_at`."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
+        self.first, self.cap = first, cap
+        self.delay = 0.0
+        self.retry_at = 0.0
+        self.failing_since: float | None = None
+        self.last_error = ""
+        self._lock = threading.Lock()
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self.delay = self.first if self.delay == 0 else min(self.cap, self.delay * 2)
+            self.retry_at = time.monotonic() + self.delay
+            if self.failing_since is None:
+                self.failing_since = time.time()
+                log.warning("catalog unreachable, retrying with backoff: %s", _first_line(exc))
+            self.last_error = _first_line(exc)
+
+    def succeeded(self) -> None:
+        with self._lock:
+            if self.failing_since is not None:
+                log.info("catalog reachable again after %.1fs", time.time() - self.failing_since)
+            self.delay, self.retry_at, self.failing_since, self.last_error = 0.0, 0.0, None, ""
+
+    @property
+    def failing(self) -> bool:
+        return self.failing_since is not None
+
+    def wait_needed(self) -> float:
+        return max(0.0, self.retry_at - time.monotonic())
+
+
+class EvictorService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.root = Path(settings.root)
+        self.stopping = threading.Event()
+        self.started = time.time()
+        self.backoff = Backoff()
+        self.catalog: Catalog | None = None
+        self.elector: LeaderElector = make_elector(settings.catalog)
+        self.orphans = OrphanTracker()
+        self.http: StatusServer | None = None
+        self.scheduler: BackgroundScheduler | None = None
+        self.ingester: JournalIngester | None = None
+        self.tree: TreeFeed | None = None
+        self.enforcer: Enforcer | None = None
+        self.watchers: Watchers | None = None
+        self._journal_wakeup = threading.Event()
+        self._duty_lock = threading.Lock()  # leadership transitions
+        self._leading = False
+        self.initial_scan_done = False
+        self.last_scan: dict[str, Any] | None = None
+        self._threads: list[threading.Thread] = []
+
+    # ---- start / stop --------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Everything but the wait; raises AlreadyRunningError for a held SQLite catalog."""
+        if isinstance(self.elector, FileLockElector):
+            self.elector.try_acquire()  # refuse to start before opening anything
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"root {self.root} is not a directory")
+        self.http = StatusServer(
+            self.settings.metrics_host,
+            self.settings.metrics_port,
+            health=self.health,
+            ready=self.ready,
+            status=self.status,
+        )
+        self.http.start()
+        log.info(
+            "kvfs-evictor starting: root %s, catalog %s, http :%d%s",
+            self.root,
+            _redact(self.settings.catalog),
+            self.http.port,
+            ", DRY RUN" if self.settings.dry_run else "",
+        )
+        self._spawn(self._leadership_loop, "evictor-leader")
+        self._spawn(self._journal_loop, "evictor-journal")
+
+    def _spawn(self, target: Any, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _open_catalog(self) -> bool:
+        """Open (create/upgrade) the catalog, honouring the backoff; True once open."""
+        if self.catalog is not None:
+            return True
+        if self.backoff.wait_needed() > 0:
+            return False
+        from kvfs.catalog import Catalog
+
+        try:
+            self.catalog = Catalog.open(self.settings.catalog, root=self.root)
+        except Exception as exc:  # noqa: BLE001 - CatalogError or a driver error: retried with backoff
+            metrics.ERRORS.labels("catalog").inc()
+            self.backoff.failed(exc)
+            return False
+        self.backoff.succeeded()
+        self.ingester = JournalIngester(self.root, self.catalog)
+        self.ingester.ensure_dir()
+        self.tree = TreeFeed(self.root, self.catalog, self.orphans)
+        self.enforcer = Enforcer(
+            self.settings,
+            self.catalog,
+            ingest=self._ingest_now,
+            orphans=self.orphans.snapshot,
+            forget_orphans=self.orphans.discard,
+            still_leader=self.elector.still_leader,
+            stopping=self.stopping,
+        )
+        log.info("catalog open: %s", _redact(self.settings.catalog))
+        return True
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._journal_wakeup.set()
+        log.info("stopping")
+        self._step_down()
+        if self.scheduler is not None:
+            # Jobs see `stopping` (a paused or deleting pass drops its remaining batches) and end quickly.
+            done = threading.Thread(target=self.scheduler.shutdown, kwargs={"wait": True}, daemon=True)
+            done.start()
+            done.join(timeout=5)
+        with contextlib.suppress(Exception):  # the session ends with the process anyway
+            self.elector.release()
+        if self.catalog is not None:
+            with contextlib.suppress(Exception):
+                self.catalog.close()
+        if self.http is not None:
+            self.http.stop()
+        log.info("stopped")
+
+    def wait(self) -> None:
+        while not self.stopping.wait(1.0):
+            pass
+
+    # ---- leadership -----------------------------------------------------------------------------------------
+    def _leadership_loop(self) -> None:
+        while not self.stopping.is_set():
+            if self._open_catalog():
+                try:
+                    leader = self.elector.try_acquire()
+                except Exception as exc:  # noqa: BLE001
+                    metrics.ERRORS.labels("leader").inc()
+                    log.warning("leader election failed: %s", _first_line(exc))
+                    leader = False
+                if leader and not self._leading:
+                    self._take_duties()
+                elif not leader and self._leading:
+                    self._step_down()
+            self.stopping.wait(self.settings.leader_retry)
+
+    def _take_duties(self) -> None:
+        with self._duty_lock:
+            if self._leading or self.stopping.is_set():
+                return
+            log.info("leader: ingesting journals, watching (%s) and enforcing", self.settings.watch)
+            self._leading = True
+            self.initial_scan_done = not self.settings.startup_scan
+            assert self.ingester is not None and self.tree is not None
+            self.watchers = Watchers(
+                self.settings.watch,
+                self.settings.watch_poll_interval,
+                self.root,
+                self.ingester.ensure_dir(),
+                self._journal_wakeup.set,
+                self.tree,
+            )
+            try:
+                self.watchers.start()
+            except OSError as exc:  # e.g. inotify watch limit: the timer and scans still cover us
+                metrics.ERRORS.labels("watch").inc()
+                log.error(
+                    "cannot start the %s watcher (%s); relying on journals and scans",
+                    self.settings.watch,
+                    exc,
+                )
+            sched = BackgroundScheduler(
+                job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+            )
+            if self.settings.startup_scan:
+                sched.add_job(self._scan_job, "date", id="startup-scan")
+            if self.settings.scan_interval > 0:
+                sched.add_job(self._scan_job, "interval", seconds=self.settings.scan_interval, id="scan")
+            sched.add_job(
+                self._enforce_job,
+                "interval",
+                seconds=self.settings.enforce_interval,
+                id="enforce",
+                next_run_time=_now_dt(),
+            )
+            sched.start()
+            self.scheduler = sched
+            self._journal_wakeup.set()
+
+    def _step_down(self) -> None:
+        with self._duty_lock:
+            if not self._leading:
+                return
+            self._leading = False
+            log.info("stepping down: watchers and enforcement stopped")
+            if self.watchers is not None:
+                self.watchers.stop()
+                self.watchers = None
+            sched, self.scheduler = self.scheduler, None
+        if sched is not None and not self.stopping.is_set():
+            sched.shutdown(wait=False)
+        elif sched is not None:
+            self.scheduler = sched  # stop() waits for it
+
+    # ---- feeds ----------------------------------------------------------------------------------------------
+    def _ingest_now(self) -> None:
+        """Journals and tree events into the catalog now (raises on catalog errors)."""
+        assert self.ingester is not None and self.tree is not None
+        self.ingester.ingest()
+        self.tree.apply()
+
+    def _journal_loop(self) -> None:
+        """Ingest as soon as the watcher fires (debounced) or every journal_interval."""
+        while not self.stopping.is_set():
+            self._journal_wakeup.wait(self.settings.journal_interval)
+            self._journal_wakeup.clear()
+            if self.stopping.is_set():
+                break
+            if not self._leading or self.catalog is None:
+                continue
+            wait = self.backoff.wait_needed()
+            if wait > 0:
+                self.stopping.wait(wait)
+                continue
+            try:
+                self._ingest_now()
+                self.backoff.succeeded()
+            except Exception as exc:  # noqa: BLE001
+                self._failed("journal", exc)
+            self.stopping.wait(0.05)  # debounce bursts of watcher events
+
+    def _failed(self, kind: str, exc: BaseException) -> None:
+        if is_catalog_error(exc):
+            metrics.ERRORS.labels("catalog").inc()
+            self.backoff.failed(exc)
+        else:
+            metrics.ERRORS.labels(kind).inc()
+            log.exception("%s failed: %s", kind, _first_line(exc))
+
+    def _scan_job(self) -> None:
+        if not self._leading or self.stopping.is_set() or self.catalog is None:
+            return
+        if self.backoff.wait_needed() > 0:
+            return
+        from kvfs.scan import scan_tree
+
+        started = time.time()
+        try:
+            result = scan_tree(self.root, self.catalog)
+        except Exception as exc:  # noqa: BLE001
+            metrics.SCANS.labels("failed").inc()
+            self._failed("scan", exc)
+            return
+        self.orphans.replace_all(list(result.tmp_orphans))
+        metrics.SCANS.labels("ok").inc()
+        metrics.METADATA_OPS.labels("scan").inc(result.files + result.not_blocks + len(result.tmp_orphans))
+        metrics.SCAN_SECONDS.set(result.duration_s)
+        metrics.SCAN_FILES_PER_SECOND.set(result.files / result.duration_s if result.duration_s > 0 else 0)
+        metrics.SCAN_LAST_TIME.set(time.time())
+        self.last_scan = {
+            "started": started,
+            "duration_s": round(result.duration_s, 3),
+            "files": result.files,
+            "bytes": result.bytes,
+            "blocks_added": result.blocks_added,
+            "blocks_removed": result.blocks_removed,
+            "not_blocks": result.not_blocks,
+            "tmp_orphans": len(result.tmp_orphans),
+        }
+        log.info(
+            "scan: %d block files (%d added, %d removed from the catalog), %d not blocks, %d temp files in %.2fs",
+            result.files,
+            result.blocks_added,
+            result.blocks_removed,
+            result.not_blocks,
+            len(result.tmp_orphans),
+            result.duration_s,
+        )
+        self.initial_scan_done = True
+
+    def _enforce_job(self) -> None:
+        if not self._leading or self.stopping.is_set() or self.enforcer is None:
+            return
+        if not self.initial_scan_done:
+            return  # capacity decisions on a half-known tree would pick the wrong victims
+        if self.backoff.wait_needed() > 0:
+            return
+        try:
+            report = self.enforcer.run_pass()
+            self.backoff.succeeded()
+        except Exception as exc:  # noqa: BLE001
+            metrics.ENFORCE_PASSES.labels("failed").inc()
+            self._failed("enforce", exc)
+            return
+        metrics.ENFORCE_PASSES.labels("evicted" if report.planned_files else "idle").inc()
+
+    # ---- probes and status ----------------------------------------------------------------------------------
+    def health(self) -> tuple[bool, str]:
+        if self.stopping.is_set():
+            return False, "stopping"
+        dead = [t.name for t in self._threads if not t.is_alive()]
+        if dead:
+            return False, f"threads died: {', '.join(dead)}"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        ok, reason = self._ready()
+        metrics.READY.set(1 if ok else 0)
+        return ok, reason
+
+    def _ready(self) -> tuple[bool, str]:
+        if self.stopping.is_set():
+            return False, "stopping"
+        if self.catalog is None:
+            return False, f"catalog not open: {self.backoff.last_error or 'connecting'}"
+        if self.backoff.failing:
+            return False, f"catalog unreachable: {self.backoff.last_error}"
+        return True, "leader" if self._leading else "follower"
+
+    def status(self) -> dict[str, Any]:
+        ready, why = self.ready()
+        s = self.settings
+        last: PassReport | None = self.enforcer.last if self.enforcer else None
+        out: dict[str, Any] = {
+            "pid": os.getpid(),
+            "started": self.started,
+            "root": str(self.root),
+            "catalog": _redact(s.catalog),
+            "ready": ready,
+            "ready_reason": why,
+            "leader": self._leading,
+            "election": self.elector.describe(),
+            "dry_run": s.dry_run,
+            "policy": s.policy,
+            "watch": s.watch,
+            "watermarks": {
+                "high_pct": s.high_watermark,
+                "low_pct": s.low_watermark,
+                "max_bytes": s.max_bytes,
+            },
+            "limits": {
+                "ttl_s": s.ttl,
+                "quotas": s.quotas,
+                "retire": list(s.retire),
+                "min_age_s": s.min_age,
+                "orphan_grace_s": s.orphan_grace,
+            },
+            "initial_scan_done": self.initial_scan_done,
+            "last_scan": self.last_scan,
+            "phase": self.enforcer.phase if self.enforcer else "starting",
+            "paused_batches": self.enforcer.paused_batches if self.enforcer else 0,
+            "last_pass": last.to_json() if last else None,
+            "usage": None,
+            "journal": None,
+            "orphans_known": len(self.orphans.snapshot()),
+        }
+        if last is not None:
+            cap = last.capacity
+            out["usage"] = {
+                "used_bytes": cap.used,
+                "capacity_bytes": cap.capacity,
+                "ratio": round(cap.ratio, 4),
+                "source": cap.source,
+                "catalog_bytes": cap.catalog_bytes,
+                "catalog_files": cap.catalog_files,
+                "namespaces": [
+                    {"namespace": n.namespace, "files": n.files, "bytes": n.bytes} for n in cap.namespaces
+                ],
+            }
+        if self.ingester is not None:
+            st = self.ingester.last
+            out["journal"] = {
+                "backlog_bytes": st.backlog_bytes,
+                "last_lag_s": st.lag_s,
+                "records_ingested": self.ingester.total_records,
+                "last_success": self.ingester.last_success,
+            }
+        return out
+
+
+def _now_dt() -> Any:
+    from datetime import datetime
+
+    return datetime.now(UTC)
+
+
+def _redact(url: str) -> str:
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        user = cred.split(":", 1)[0]
+        return f"{scheme}://{user}{':***' if ':' in cred else ''}@{host}"
+    return url
+
+
+def run_service(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; the exit code."""
+    service = EvictorService(settings)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        service.stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        service.start()
+    except AlreadyRunningError as exc:
+        log.error("%s", exc)
+        return EXIT_ALREADY_RUNNING
+    except (FileNotFoundError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_CONFIG
+    service.wait()
+    service.stop()
+    return EXIT_OK

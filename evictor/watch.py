@@ -1,0 +1,237 @@
+"""Watchers: the journal folder (ingest sooner than the fallback timer) and the data tree (writers with no journal).
+
+The tree watcher feeds block files of writers that keep no journal (vLLM's stock fs tier, llm-d: `.bin` files)
+into the catalog: upsert on create/move-in, remove on delete/move-out; temp files are tracked as potential
+orphans.  inotify sees only this host's writes; on NFS, Lustre or CephFS use `watch=polling`, whose every poll
+stats the whole tree (counted in `kvfs_evictor_metadata_ops_total{source="watch"}`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserverVFS
+
+from evictor import metrics
+from kvfs.layout import META_DIRNAME, is_temp_name, parse_block_relpath
+
+if TYPE_CHECKING:
+    from kvfs.scan import OrphanInfo
+
+    from kvfs.catalog import Catalog
+
+log = logging.getLogger("kvfs.evictor.watch")
+
+
+def _counting_stat(path: Any) -> os.stat_result:
+    metrics.METADATA_OPS.labels("watch").inc()
+    return os.stat(path)
+
+
+def _counting_scandir(path: Any) -> Any:
+    metrics.METADATA_OPS.labels("watch").inc()
+    return os.scandir(path)
+
+
+def make_observer(mode: str, poll_interval: float) -> Any:
+    if mode == "polling":
+        return PollingObserverVFS(_counting_stat, _counting_scandir, polling_interval=poll_interval)
+    return Observer()
+
+
+class _Trigger(FileSystemEventHandler):
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self.callback()
+
+
+class OrphanTracker:
+    """Temp files known from the last scan and the tree watcher, by relpath."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: dict[str, OrphanInfo] = {}
+
+    def replace_all(self, orphans: list[OrphanInfo]) -> None:
+        with self._lock:
+            self._items = {o.relpath: o for o in orphans}
+            metrics.ORPHANS_KNOWN.set(len(self._items))
+
+    def add(self, orphan: OrphanInfo) -> None:
+        with self._lock:
+            self._items[orphan.relpath] = orphan
+            metrics.ORPHANS_KNOWN.set(len(self._items))
+
+    def discard(self, relpaths: list[str]) -> None:
+        with self._lock:
+            for rel in relpaths:
+                self._items.pop(rel, None)
+            metrics.ORPHANS_KNOWN.set(len(self._items))
+
+    def snapshot(self) -> list[OrphanInfo]:
+        with self._lock:
+            return list(self._items.values())
+
+
+class _TreeHandler(FileSystemEventHandler):
+    """Queues (kind, relpath) for block files and temp files; the service applies them in batches."""
+
+    def __init__(self, root: Path, sink: Callable[[str, str], None]) -> None:
+        self.root = str(root)
+        self.sink = sink
+
+    def _rel(self, path: str | bytes) -> str | None:
+        path = os.fsdecode(path)
+        rel = os.path.relpath(path, self.root)
+        if rel.startswith("..") or rel == META_DIRNAME or rel.startswith(META_DIRNAME + "/"):
+            return None
+        return rel
+
+    def _emit(self, kind: str, path: str | bytes) -> None:
+        rel = self._rel(path)
+        if rel is None:
+            return
+        name = rel.rsplit("/", 1)[-1]
+        if is_temp_name(name) or parse_block_relpath(rel) is not None:
+            self.sink(kind, rel)
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self._emit("present", event.src_path)
+
+    def on_closed(self, event: FileSystemEvent) -> None:
+        self._emit("present", event.src_path)
+
+    def on_deleted(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self._emit("gone", event.src_path)
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self._emit("gone", event.src_path)
+            self._emit("present", event.dest_path)
+
+
+class TreeFeed:
+    """Applies queued tree events to the catalog: stat at apply time (the file's state now is what counts)."""
+
+    def __init__(self, root: Path, catalog: Catalog, orphans: OrphanTracker) -> None:
+        self.root = root
+        self.catalog = catalog
+        self.orphans = orphans
+        self._lock = threading.Lock()
+        self._pending: dict[str, str] = {}
+
+    def handler(self) -> FileSystemEventHandler:
+        return _TreeHandler(self.root, self._queue)
+
+    def _queue(self, kind: str, rel: str) -> None:
+        with self._lock:
+            self._pending[rel] = kind
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def apply(self) -> int:
+        """Apply queued events; on a catalog error they are re-queued (newer events for a path win)."""
+        from kvfs.scan import OrphanInfo
+
+        from kvfs.catalog import BlockRow
+
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        if not pending:
+            return 0
+        rows, gone, orphan_gone = [], [], []
+        for rel, kind in pending.items():
+            key = parse_block_relpath(rel)
+            st = None
+            if kind == "present":
+                metrics.METADATA_OPS.labels("watch").inc()
+                try:
+                    st = os.lstat(self.root / rel)
+                except OSError:
+                    st = None  # moved or deleted again since the event
+            if key is None:  # a temp file
+                if st is not None:
+                    self.orphans.add(OrphanInfo(rel, st.st_size, st.st_mtime))
+                else:
+                    orphan_gone.append(rel)
+                continue
+            if st is not None:
+                if key.fmt == "kvfs":
+                    continue  # kvfs writers journal their stores: the journal's times are authoritative
+                metrics.TREE_EVENTS.labels("upsert").inc()
+                # Same recency rule as the scan for files no journal describes.
+                seen = max(st.st_atime, st.st_mtime)
+                rows.append(BlockRow(key=key, size=st.st_size, created=st.st_mtime, last_access=seen))
+            else:
+                metrics.TREE_EVENTS.labels("remove").inc()
+                gone.append(key)
+        self.orphans.discard(orphan_gone)
+        try:
+            if rows:
+                self.catalog.upsert_blocks(rows)
+            if gone:
+                self.catalog.remove_blocks(gone)
+        except Exception:
+            with self._lock:
+                for rel, kind in pending.items():
+                    self._pending.setdefault(rel, kind)
+            raise
+        return len(rows) + len(gone)
+
+
+class Watchers:
+    """Starts/stops the journal-folder and tree observers per the `watch` setting."""
+
+    def __init__(
+        self,
+        mode: str,
+        poll_interval: float,
+        root: Path,
+        journal_path: Path,
+        on_journal: Callable[[], None],
+        tree: TreeFeed,
+    ) -> None:
+        self.mode = mode
+        self.poll_interval = poll_interval
+        self.root = root
+        self.journal_path = journal_path
+        self.on_journal = on_journal
+        self.tree = tree
+        self._observers: list[Any] = []
+
+    def start(self) -> None:
+        if self.mode == "off":
+            return
+        if self.mode == "inotify":
+            # Polling the journal folder would only duplicate the fallback timer.
+            jobs = Observer()
+            jobs.schedule(_Trigger(self.on_journal), str(self.journal_path), recursive=False)
+            self._observers.append(jobs)
+        tree = make_observer(self.mode, self.poll_interval)
+        tree.schedule(self.tree.handler(), str(self.root), recursive=True)
+        self._observers.append(tree)
+        for obs in self._observers:
+            obs.daemon = True
+            obs.start()
+        log.info("watching %s (%s)", self.root, self.mode)
+
+    def stop(self) -> None:
+        for obs in self._observers:
+            obs.stop()
+        for obs in self._observers:
+            obs.join(timeout=2)
+        self._observers.clear()
