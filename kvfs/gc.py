@@ -311,15 +311,22 @@ def execute_plan(
     journals there and drops blocks used since they were chosen.  Files are unlinked by `RootGuard` (relative
     paths only, no symlink followed, regular files only).  Rows of files now gone are removed; a file that
     could not be deleted keeps its row.  One eviction-log row per namespace and reason.  `dry_run` deletes
-    nothing and reports nothing deleted.
+    nothing and reports what the pass would delete (with `dry_run=True`).
     """
     from kvfs.safety import RootGuard
 
     start = time.monotonic()
-    result = GcResult(0, 0, {}, 0, dry_run)
     if dry_run:
-        result.duration_s = time.monotonic() - start
-        return result
+        return GcResult(
+            plan.total_files,
+            plan.total_bytes,
+            {r: Tally(t.files, t.bytes) for r, t in plan.by_reason.items()},
+            0,
+            True,
+            by_namespace={ns: Tally(t.files, t.bytes) for ns, t in plan.by_namespace.items()},
+            duration_s=time.monotonic() - start,
+        )
+    result = GcResult(0, 0, {}, 0, False)
     now = time.time() if now is None else now
     guard = RootGuard(root)
     log: dict[tuple[str, EvictReason], Tally] = {}

@@ -1,0 +1,154 @@
+"""`kvfs gc`: one eviction pass through the planner and executor the evictor runs."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from kvfs.cli.app import KvfsContext, pass_state
+from kvfs.cli.output import emit_json, size, table
+from kvfs.cli.params import DURATION, SIZE
+from kvfs.cli.scan import run_scan, scan_json
+from kvfs.gc import GcLimits, GcPlan, GcResult, execute_plan, ingest_journals, make_recency_recheck, plan_gc
+from kvfs.policy import DEFAULT_POLICY, available_policies
+
+
+def _print_plan(plan: GcPlan, result: GcResult) -> None:
+    if not plan.total_files:
+        click.echo(
+            f"nothing to evict: {plan.usage_files:,} files, {size(plan.usage_bytes)} in scope "
+            f"({plan.policy} order)"
+        )
+        return
+    click.echo(
+        f"plan ({plan.policy} order): {plan.total_files:,} files, {size(plan.total_bytes)} "
+        f"of {plan.usage_files:,} files, {size(plan.usage_bytes)}"
+    )
+    reason_rows = [(str(r), f"{t.files:,}", size(t.bytes)) for r, t in plan.by_reason.items()]
+    click.echo(table(("reason", "files", "bytes"), reason_rows, right=(1, 2)))
+    ns_rows = [
+        (ns or "(outside namespaces)", f"{t.files:,}", size(t.bytes)) for ns, t in plan.by_namespace.items()
+    ]
+    click.echo(table(("namespace", "files", "bytes"), ns_rows, right=(1, 2)))
+    if result.dry_run:
+        click.echo("dry run: nothing deleted")
+        return
+    line = f"deleted {result.deleted_files:,} files, {size(result.deleted_bytes)} in {result.duration_s:.2f}s"
+    extras = [
+        f"{n:,} {what}"
+        for n, what in (
+            (result.skipped_recently_used, "spared (used since planning)"),
+            (result.missing, "already gone"),
+            (result.refused, "refused (unsafe path)"),
+            (result.errors, "failed"),
+        )
+        if n
+    ]
+    click.echo(line + (f"; {', '.join(extras)}" if extras else ""))
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Show the plan; delete nothing.")
+@click.option(
+    "--max-bytes", type=SIZE, help="Capacity: evict in policy order until usage <= SIZE (500GiB, 10G)."
+)
+@click.option("--ttl", type=DURATION, help="Evict blocks not accessed for DURATION (30s, 10m, 2h, 7d).")
+@click.option(
+    "--namespace", "namespace", metavar="NS", help="Limit the pass (and --max-bytes) to one namespace."
+)
+@click.option(
+    "--retire", multiple=True, metavar="NS", help="Delete every block of namespace NS (repeatable)."
+)
+@click.option(
+    "--orphans-older-than",
+    type=DURATION,
+    help="Delete temp files (*.tmp) older than DURATION (scans the tree to find them).",
+)
+@click.option(
+    "--min-age",
+    type=DURATION,
+    default="0s",
+    show_default=True,
+    help="Never touch blocks accessed or created more recently than this.",
+)
+@click.option(
+    "--policy",
+    default=DEFAULT_POLICY,
+    show_default=True,
+    help="Eviction order (registered policies: kvfs.policy).",
+)
+@click.option(
+    "--scan/--no-scan",
+    "scan_first",
+    default=None,
+    help="Reconcile the catalog with the tree first [default: only when the catalog is empty or "
+    "--orphans-older-than is given].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_state
+def gc(
+    state: KvfsContext,
+    dry_run: bool,
+    max_bytes: int | None,
+    ttl: float | None,
+    namespace: str | None,
+    retire: tuple[str, ...],
+    orphans_older_than: float | None,
+    min_age: float,
+    policy: str,
+    scan_first: bool | None,
+    as_json: bool,
+) -> None:
+    """Run one eviction pass: retired namespaces, TTL, quotas, capacity (--max-bytes), old temp files.
+
+    Plans from the catalog in policy order, exactly as the evictor does, after ingesting pending journal
+    records so recency is current; then deletes (unless --dry-run) through root-confined, symlink-refusing
+    unlinks, removes the rows and logs the pass.  Namespace quotas set in the catalog apply too.
+    """
+    if policy not in available_policies():
+        raise click.BadParameter(
+            f"unknown policy {policy!r} (available: {', '.join(available_policies())})",
+            param_hint="'--policy'",
+        )
+    root = state.require_root()
+    catalog = state.catalog()
+    ingested = ingest_journals(root, catalog)
+    if scan_first is None:
+        scan_first = orphans_older_than is not None or catalog.block_count() == 0
+    orphans: list[Any] = []
+    scanned: dict[str, Any] | None = None
+    if scan_first:
+        scan_result = run_scan(state, quiet=as_json)
+        scanned = scan_json(scan_result)
+        orphans = list(scan_result.tmp_orphans)
+    quotas = {ns.name: ns.quota_bytes for ns in catalog.namespaces() if ns.quota_bytes is not None}
+    limits = GcLimits(
+        max_bytes=max_bytes,
+        ttl=ttl,
+        quotas=quotas,
+        retire=retire,
+        orphan_grace=orphans_older_than,
+        min_age=min_age,
+        namespace=namespace,
+    )
+    now = time.time()
+    plan = plan_gc(catalog, limits, now=now, policy=policy, orphans=orphans)
+    recheck = make_recency_recheck(catalog, ingest=lambda: ingest_journals(root, catalog))
+    result = execute_plan(root, catalog, plan, dry_run=dry_run, recheck=recheck, now=now)
+    if as_json:
+        emit_json(
+            {
+                **result.to_json(),
+                "plan": plan.to_json(),
+                "journal_records_ingested": ingested.records,
+                "scan": scanned,
+            }
+        )
+        return
+    if scanned is not None:
+        click.echo(
+            f"scanned: {scanned['files']:,} block files, {scanned['tmp_orphans']['files']:,} temp files"
+        )
+    _print_plan(plan, result)
