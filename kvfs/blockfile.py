@@ -440,11 +440,12 @@ def _open_temp(tmp: str, directory: str, file_mode: int, direct: bool) -> int:
 
 
 def _open_creating_dirs(tmp: str, directory: str, flags: int, file_mode: int) -> int:
-    try:
-        return os.open(tmp, flags, file_mode)
-    except FileNotFoundError:
-        _makedirs(directory, dir_mode_for(file_mode))
-        return os.open(tmp, flags, file_mode)
+    for _ in range(3):  # an evictor may remove an emptied bucket directory between our mkdir and open
+        try:
+            return os.open(tmp, flags, file_mode)
+        except FileNotFoundError:
+            _makedirs(directory, dir_mode_for(file_mode))
+    return os.open(tmp, flags, file_mode)
 
 
 def _makedirs(directory: str, mode: int) -> None:
