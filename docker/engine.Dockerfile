@@ -1,0 +1,20 @@
+# syntax=docker/dockerfile:1
+# A vLLM engine with the kvfs connector installed. Build from the repository root:
+#   docker build -f docker/engine.Dockerfile -t kvfs-engine:0.1.0 .
+# The vLLM tag must match the vllm pin of pyproject.toml's `vllm` extra (checked by tests/manifests). Pinned by
+# tag; pin `@sha256:...` from your registry mirror for byte-identical rebuilds.
+
+FROM vllm/vllm-openai:v0.32.0
+# vLLM, torch and their dependencies stay exactly as the image ships them: kvfs goes in with --no-deps and
+# only the dependencies vLLM does not already require are added, pinned.
+COPY docker/requirements-engine.txt /tmp/kvfs-src/docker/
+RUN python3 -m pip install --no-cache-dir --no-deps -r /tmp/kvfs-src/docker/requirements-engine.txt
+COPY pyproject.toml README.md /tmp/kvfs-src/
+COPY kvfs /tmp/kvfs-src/kvfs
+COPY evictor /tmp/kvfs-src/evictor
+COPY connector /tmp/kvfs-src/connector
+RUN python3 -m pip install --no-cache-dir --no-deps /tmp/kvfs-src && rm -rf /tmp/kvfs-src \
+    && python3 -c "import kvfs, connector"
+# Engines run as uid 1000 / gid 2000 (manifests/base); HOME and caches are redirected to writable mounts there.
+ENV PYTHONHASHSEED=0
+ENTRYPOINT ["vllm", "serve"]
