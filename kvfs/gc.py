@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kvfs import metrics
 from kvfs.layout import BlockKey, journal_dir, parse_namespace_dir
 from kvfs.policy import EvictionPolicy, get_policy
+from kvfs.safety import RootGuard
 
 if TYPE_CHECKING:
     from kvfs.catalog import Catalog
@@ -313,8 +313,6 @@ def execute_plan(
     could not be deleted keeps its row.  One eviction-log row per namespace and reason.  `dry_run` deletes
     nothing and reports what the pass would delete (with `dry_run=True`).
     """
-    from kvfs.safety import RootGuard
-
     start = time.monotonic()
     if dry_run:
         return GcResult(
@@ -347,7 +345,7 @@ def execute_plan(
             victims = kept
         if not victims:
             continue
-        gone = _unlink_batch(guard, root, [v.key.relpath() for v in victims], result)
+        gone = _unlink_batch(guard, [v.key.relpath() for v in victims], result)
         removed_ids: list[int] = []
         removed_keys: list[BlockKey] = []
         for victim, deleted, missing in zip(victims, *gone, strict=True):
@@ -366,7 +364,7 @@ def execute_plan(
             catalog.remove_blocks(removed_keys)
 
     for batch in _chunks(plan.orphans, max(1, batch_size)):
-        deleted_flags, _missing = _unlink_batch(guard, root, [o.relpath for o in batch], result)
+        deleted_flags, _missing = _unlink_batch(guard, [o.relpath for o in batch], result)
         for orphan, deleted in zip(batch, deleted_flags, strict=True):
             if deleted:
                 count(orphan_namespace(orphan.relpath) or "", EvictReason.ORPHAN, orphan.size)
@@ -379,10 +377,8 @@ def execute_plan(
     return result
 
 
-def _unlink_batch(
-    guard: Any, root: str | os.PathLike[str], relpaths: list[str], result: GcResult
-) -> tuple[list[bool], list[bool]]:
-    """Unlink `relpaths`; per path: (deleted by us, already gone).  Refusals and errors leave both False."""
+def _unlink_batch(guard: RootGuard, relpaths: list[str], result: GcResult) -> tuple[list[bool], list[bool]]:
+    """Unlink `relpaths`; per path: (deleted by us, already gone).  Refused or failed paths get both False."""
     stats = guard.unlink_many(relpaths)
     result.missing += stats.missing
     result.refused += stats.refused
@@ -393,21 +389,20 @@ def _unlink_batch(
         metrics.GC_UNLINK_FAILURES.labels("error").inc(stats.errors)
     if stats.deleted == len(relpaths):
         return [True] * len(relpaths), [False] * len(relpaths)
-    # Not all deleted: find out which are still there (rare; costs one lstat per path of this batch).
-    base = Path(root)
-    still_there = [os.path.lexists(base / rel) for rel in relpaths]
+    kept = set(stats.not_deleted)
+    gone = [rel not in kept for rel in relpaths]
     if stats.missing == 0:
-        return [not s for s in still_there], [False] * len(relpaths)
+        return gone, [False] * len(relpaths)
     if stats.deleted == 0:
-        return [False] * len(relpaths), [not s for s in still_there]
-    # Some deleted and some already missing: which is which is not observable afterwards; attribute the
-    # deletions to the first gone paths (the totals stay exact, only the per-reason split may shift).
+        return [False] * len(relpaths), gone
+    # Some deleted by us, some already gone: which is which is not reported per path.  Attribute the
+    # deletions to the first gone paths: the totals stay exact, only the per-reason split may shift.
     deleted_flags, missing_flags, left = [], [], stats.deleted
-    for there in still_there:
-        ours = not there and left > 0
+    for is_gone in gone:
+        ours = is_gone and left > 0
         left -= ours
         deleted_flags.append(ours)
-        missing_flags.append(not there and not ours)
+        missing_flags.append(is_gone and not ours)
     return deleted_flags, missing_flags
 
 

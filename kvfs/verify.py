@@ -26,6 +26,7 @@ from kvfs.layout import (
     parse_namespace_dir,
     read_namespace_config,
 )
+from kvfs.safety import RootGuard
 
 if TYPE_CHECKING:
     from kvfs.catalog import Catalog
@@ -176,7 +177,6 @@ def _delete_corrupt(
     catalog: Catalog | None,
 ) -> None:
     from kvfs.gc import EvictReason
-    from kvfs.safety import RootGuard
 
     guard = RootGuard(root)
     sizes = {c.path: c.size for c in result.corrupt}

@@ -50,6 +50,8 @@ def stream_candidates(
     catalog: Catalog, query: Select[Any], limit_bytes: int, *, chunk: int = STREAM_CHUNK
 ) -> Iterator[Candidate]:
     """Run `query` (selecting `block_columns()`) with a streaming cursor; stop once `limit_bytes` are offered."""
+    if limit_bytes <= 0:
+        return
     names = {ns.id: ns.name for ns in catalog.namespaces()}
     offered = 0
     with catalog.engine.connect() as conn:
