@@ -1,0 +1,616 @@
+"""The `Catalog` facade: every read and write other parts make, as bulk SQL on SQLite or PostgreSQL.
+
+Hot paths (bulk upserts, journal apply, deletes) go through the driver's `executemany` with positional
+tuples, one statement text per dialect: that keeps the per-row cost close to raw `sqlite3` (see
+kvfs/bench/catalog.py).  Everything else uses SQLAlchemy Core or the ORM session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time as _time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import islice
+from typing import Any, Literal
+
+from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from kvfs import metrics
+from kvfs.catalog.engine import create_catalog_engine, default_catalog_url, describe_url, parse_catalog_url
+from kvfs.catalog.errors import CatalogError
+from kvfs.catalog.models import NO_RANK, Namespace
+from kvfs.catalog.records import (
+    ApplyStats,
+    BlockRow,
+    EvictionEntry,
+    NamespaceInfo,
+    NamespaceUsage,
+    Usage,
+)
+from kvfs.catalog.schema import SCHEMA_VERSION, ensure_schema, read_schema_version
+from kvfs.layout import BlockKey, model_of_namespace
+
+# Journal record kinds (kvfs.journal.RecordKind is an IntEnum with these values; compared as ints so the
+# catalog does not import the journal module).
+_STORE = 1
+_ACCESS = 2
+
+UPSERT_CHUNK = 20_000
+KEY_CHUNK = 500
+BlockOrder = Literal["lru", "mru", "created", "size"]
+_ORDER_SQL: dict[str, str] = {
+    "lru": "b.last_access ASC, b.chain_pos DESC, b.id ASC",
+    "mru": "b.last_access DESC, b.chain_pos ASC, b.id DESC",
+    "created": "b.created ASC, b.id ASC",
+    "size": "b.size DESC, b.id ASC",
+}
+_KEY_COLS = "namespace_id, rank, grp, block_hash, fmt"
+_KEY_WHERE = "namespace_id = {p} AND rank = {p} AND grp = {p} AND block_hash = {p} AND fmt = {p}"
+
+
+class _Sql:
+    """The hot statements in one dialect's positional parameter style."""
+
+    def __init__(self, dialect: str) -> None:
+        p = "?" if dialect == "sqlite" else "%s"
+        greatest = "max" if dialect == "sqlite" else "GREATEST"
+        self.upsert = (
+            f"INSERT INTO blocks ({_KEY_COLS}, size, created, last_access, hits, chain_pos, state, seen) "
+            f"VALUES ({', '.join([p] * 12)}) "
+            f"ON CONFLICT ({_KEY_COLS}) DO UPDATE SET size = excluded.size, "
+            f"last_access = {greatest}(blocks.last_access, excluded.last_access), "
+            "hits = blocks.hits + excluded.hits, "
+            "chain_pos = CASE WHEN excluded.chain_pos >= 0 THEN excluded.chain_pos ELSE blocks.chain_pos END, "
+            f"seen = {greatest}(blocks.seen, excluded.seen)"
+        )
+        self.access = (
+            f"UPDATE blocks SET last_access = {greatest}(last_access, {p}), hits = hits + {p} "
+            f"WHERE {_KEY_WHERE.format(p=p)}"
+        )
+        self.delete = f"DELETE FROM blocks WHERE {_KEY_WHERE.format(p=p)}"
+        self.delete_id = f"DELETE FROM blocks WHERE id = {p}"
+        self.offset = (
+            f'INSERT INTO journal_offsets (segment, "offset", updated) VALUES ({p}, {p}, {p}) '
+            f'ON CONFLICT (segment) DO UPDATE SET "offset" = {greatest}(journal_offsets."offset", '
+            'excluded."offset"), updated = excluded.updated'
+        )
+        self.forget = f"DELETE FROM journal_offsets WHERE segment = {p}"
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def _rank_in(rank: int | None) -> int:
+    return NO_RANK if rank is None else rank
+
+
+def _rank_out(rank: int) -> int | None:
+    return None if rank == NO_RANK else rank
+
+
+class Catalog:
+    """Block catalog on SQLite (local file, WAL) or PostgreSQL.  Thread-safe: each call uses its own connection."""
+
+    def __init__(self, engine: Engine, *, description: str) -> None:
+        self._engine = engine
+        self.description = description
+        self.dialect: str = engine.dialect.name
+        self._sql = _Sql(self.dialect)
+        self._ns_ids: dict[str, int] = {}
+        self._ns_names: dict[int, str] = {}
+        self._ns_lock = threading.Lock()
+
+    # --- opening -----------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str | None = None, *, root: str | os.PathLike[str] | None = None) -> Catalog:
+        """Open (creating or upgrading the schema) the catalog at `url` (default: `default_catalog_url()`).
+
+        `root` is the kvfs root: a SQLite file inside it is refused.  Raises CatalogError with a one-line reason.
+        """
+        parsed = parse_catalog_url(url if url is not None else default_catalog_url())
+        engine = create_catalog_engine(parsed, root=root)
+        catalog = cls(engine, description=describe_url(parsed))
+        try:
+            with catalog._write() as conn:
+                ensure_schema(conn)
+        except CatalogError:
+            engine.dispose()
+            raise
+        except DBAPIError as exc:
+            engine.dispose()
+            raise CatalogError(f"cannot prepare catalog {catalog.description}: {exc.orig}") from exc
+        return catalog
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Catalog({self.description})"
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def session(self) -> Session:
+        """An ORM session for ad-hoc queries (policies); the caller commits or closes it."""
+        return Session(self._engine)
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction (SQLite: BEGIN IMMEDIATE, so it waits for the lock instead of failing later)."""
+        with self._engine.connect() as conn:
+            conn.execution_options(kvfs_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn, conn.begin():
+            yield conn
+
+    def schema_version(self) -> int:
+        with self._read() as conn:
+            version = read_schema_version(conn)
+        assert version is not None
+        return version
+
+    # --- namespaces --------------------------------------------------------------------------------------
+
+    def ensure_namespace(
+        self,
+        name: str,
+        *,
+        model: str | None = None,
+        fingerprint: str | None = None,
+        fmt: str | None = None,
+    ) -> int:
+        """Id of namespace `name`, creating it; fills model/fingerprint/fmt where still unknown."""
+        known = self._ns_ids.get(name)
+        if known is not None and model is None and fingerprint is None and fmt is None:
+            return known
+        with self._write() as conn:
+            row = conn.execute(
+                select(Namespace.id, Namespace.model, Namespace.fingerprint, Namespace.fmt).where(
+                    Namespace.name == name
+                )
+            ).first()
+            if row is None:
+                ns_id = conn.execute(
+                    Namespace.__table__.insert()
+                    .values(
+                        name=name,
+                        model=model if model is not None else model_of_namespace(name),
+                        fingerprint=fingerprint,
+                        fmt=fmt,
+                        created=_time.time(),
+                        quota_bytes=None,
+                        retired=False,
+                    )
+                    .returning(Namespace.id)
+                ).scalar_one()
+            else:
+                ns_id = row.id
+                changes: dict[str, Any] = {}
+                if model is not None and row.model != model:
+                    changes["model"] = model
+                if fingerprint is not None and row.fingerprint is None:
+                    changes["fingerprint"] = fingerprint
+                if fmt is not None and row.fmt is None:
+                    changes["fmt"] = fmt
+                if changes:
+                    conn.execute(Namespace.__table__.update().where(Namespace.id == ns_id).values(**changes))
+        self._remember_namespace(name, ns_id)
+        return ns_id
+
+    def _remember_namespace(self, name: str, ns_id: int) -> None:
+        with self._ns_lock:
+            self._ns_ids[name] = ns_id
+            self._ns_names[ns_id] = name
+
+    def namespace_id(self, name: str) -> int | None:
+        """Id of an existing namespace (no creation), None if unknown."""
+        known = self._ns_ids.get(name)
+        if known is not None:
+            return known
+        with self._read() as conn:
+            ns_id = conn.execute(select(Namespace.id).where(Namespace.name == name)).scalar()
+        if ns_id is not None:
+            self._remember_namespace(name, ns_id)
+        return ns_id
+
+    def _namespace_ids(self, names: Iterable[str], *, create: bool) -> dict[str, int]:
+        result: dict[str, int] = {}
+        missing: list[str] = []
+        for name in set(names):
+            ns_id = self._ns_ids.get(name)
+            if ns_id is None:
+                missing.append(name)
+            else:
+                result[name] = ns_id
+        for name in missing:
+            ns_id = self.ensure_namespace(name) if create else self.namespace_id(name)
+            if ns_id is not None:
+                result[name] = ns_id
+        return result
+
+    def _namespace_name(self, ns_id: int) -> str:
+        name = self._ns_names.get(ns_id)
+        if name is None:
+            self.namespaces()  # refreshes the cache
+            name = self._ns_names[ns_id]
+        return name
+
+    def namespaces(self) -> list[NamespaceInfo]:
+        t = Namespace.__table__.c
+        with self._read() as conn:
+            rows = conn.execute(
+                select(
+                    t.id, t.name, t.model, t.fingerprint, t.created, t.quota_bytes, t.retired, t.fmt
+                ).order_by(t.name)
+            ).all()
+        infos = [
+            NamespaceInfo(
+                id=r.id,
+                name=r.name,
+                model=r.model,
+                fingerprint=r.fingerprint,
+                created=r.created,
+                quota_bytes=r.quota_bytes,
+                retired=bool(r.retired),
+                fmt=r.fmt,
+            )
+            for r in rows
+        ]
+        for info in infos:
+            self._remember_namespace(info.name, info.id)
+        return infos
+
+    def _update_namespace(self, name: str, **values: Any) -> None:
+        with self._write() as conn:
+            result = conn.execute(Namespace.__table__.update().where(Namespace.name == name).values(**values))
+        if result.rowcount == 0:
+            raise CatalogError(f"unknown namespace {name!r}")
+
+    def set_quota(self, name: str, quota_bytes: int | None) -> None:
+        if quota_bytes is not None and quota_bytes < 0:
+            raise CatalogError(f"quota must not be negative: {quota_bytes}")
+        self._update_namespace(name, quota_bytes=quota_bytes)
+
+    def set_retired(self, name: str, retired: bool) -> None:
+        self._update_namespace(name, retired=retired)
+
+    # --- blocks: bulk writes -----------------------------------------------------------------------------
+
+    def _block_params(self, rows: Sequence[BlockRow], seen: float) -> list[tuple[Any, ...]]:
+        ids = self._ns_ids
+        if any(row.key.namespace not in ids for row in rows):
+            self._namespace_ids((row.key.namespace for row in rows), create=True)
+        return [
+            (
+                ids[(k := row.key).namespace],
+                NO_RANK if k.rank is None else k.rank,
+                k.group,
+                k.block_hash,
+                k.fmt,
+                row.size,
+                row.created,
+                row.last_access,
+                row.hits,
+                row.chain_pos,
+                0,
+                seen,
+            )
+            for row in rows
+        ]
+
+    def upsert_blocks(self, rows: Iterable[BlockRow], *, seen: float = 0.0) -> int:
+        """Insert new blocks; existing ones get the new size, last_access = max(old, new), hits added.
+
+        `seen` is the scan generation (the scan's start time) for rows coming from a scan; see prune_missing.
+        One transaction; returns the number of rows given.
+        """
+        rows = rows if isinstance(rows, list) else list(rows)
+        # Namespaces are created in their own transactions, before the write lock is taken.
+        self._namespace_ids({row.key.namespace for row in rows}, create=True)
+        total = 0
+        with self._write() as conn:
+            for chunk in _chunks(rows, UPSERT_CHUNK):
+                params = self._block_params(chunk, seen)
+                conn.exec_driver_sql(self._sql.upsert, params)
+                total += len(params)
+        metrics.CATALOG_ROWS_UPSERTED.inc(total)
+        return total
+
+    def apply_journal(self, records: Sequence[Any], offsets: Mapping[str, int]) -> ApplyStats:
+        """Apply journal records and save the reader's new offsets, in ONE transaction.
+
+        STORE: upsert (created = record time if new, last_access = max).  ACCESS: last_access = max, hits += 1;
+        an access to a block the catalog does not know is ignored and counted.
+        """
+        stores: dict[BlockKey, BlockRow] = {}
+        accesses: dict[BlockKey, list[float]] = {}  # key -> [max time, count]
+        for rec in records:
+            kind = int(rec.kind)
+            if kind == _STORE:
+                prev = stores.get(rec.key)
+                if prev is None:
+                    stores[rec.key] = BlockRow(rec.key, rec.size, rec.time, rec.time, rec.chain_pos)
+                else:
+                    prev.size = rec.size
+                    prev.created = min(prev.created, rec.time)
+                    prev.last_access = max(prev.last_access, rec.time)
+                    if rec.chain_pos >= 0:
+                        prev.chain_pos = rec.chain_pos
+            elif kind == _ACCESS:
+                acc = accesses.get(rec.key)
+                if acc is None:
+                    accesses[rec.key] = [rec.time, 1]
+                else:
+                    acc[0] = max(acc[0], rec.time)
+                    acc[1] += 1
+        store_rows = list(stores.values())
+        store_params = self._block_params(store_rows, 0.0) if store_rows else []
+        ns_ids = self._namespace_ids({key.namespace for key in accesses}, create=False)
+        access_keys: list[BlockKey] = []
+        access_params = []
+        unknown = 0
+        for key, (when, count) in accesses.items():
+            ns_id = ns_ids.get(key.namespace)
+            if ns_id is None:
+                unknown += int(count)
+                continue
+            access_keys.append(key)
+            access_params.append(
+                (when, int(count), ns_id, _rank_in(key.rank), key.group, key.block_hash, key.fmt)
+            )
+        now = _time.time()
+        offset_params = [(name, int(off), now) for name, off in offsets.items()]
+        with self._write() as conn:
+            if store_params:
+                conn.exec_driver_sql(self._sql.upsert, store_params)
+            if access_params:
+                matched = self._executemany_count(conn, self._sql.access, access_params)
+                if matched < len(access_params):
+                    # rowcount says how many keys matched, not which: look the rest up to count their records.
+                    present = self._get_blocks(conn, access_keys)
+                    unknown += sum(int(accesses[k][1]) for k in access_keys if k not in present)
+            if offset_params:
+                conn.exec_driver_sql(self._sql.offset, offset_params)
+        n_access = sum(int(c) for _, c in accesses.values())
+        if unknown:
+            metrics.CATALOG_UNKNOWN_ACCESSES.inc(unknown)
+        metrics.CATALOG_ROWS_UPSERTED.inc(len(store_params))
+        return ApplyStats(stores=len(store_params), accesses=n_access - unknown, unknown_accesses=unknown)
+
+    @staticmethod
+    def _executemany_count(conn: Connection, sql: str, params: list[tuple[Any, ...]]) -> int:
+        """Run `sql` for each parameter tuple; total affected rows."""
+        result = conn.exec_driver_sql(sql, params)
+        return max(result.rowcount, 0)
+
+    def remove_blocks(self, keys: Iterable[BlockKey]) -> int:
+        """Delete the rows of `keys` (unknown keys ignored); returns rows deleted."""
+        keys = list(keys)
+        if not keys:
+            return 0
+        ns_ids = self._namespace_ids({k.namespace for k in keys}, create=False)
+        params = [
+            (ns_ids[k.namespace], _rank_in(k.rank), k.group, k.block_hash, k.fmt)
+            for k in keys
+            if k.namespace in ns_ids
+        ]
+        if not params:
+            return 0
+        with self._write() as conn:
+            deleted = self._executemany_count(conn, self._sql.delete, params)
+        metrics.CATALOG_ROWS_REMOVED.labels(why="evicted").inc(deleted)
+        return deleted
+
+    def remove_block_ids(self, block_ids: Iterable[int]) -> int:
+        params = [(int(i),) for i in block_ids]
+        if not params:
+            return 0
+        with self._write() as conn:
+            deleted = self._executemany_count(conn, self._sql.delete_id, params)
+        metrics.CATALOG_ROWS_REMOVED.labels(why="evicted").inc(deleted)
+        return deleted
+
+    def prune_missing(
+        self, scan_start: float, *, grace: float = 60.0, keep_namespaces: Iterable[str] = ()
+    ) -> int:
+        """Drop rows a scan started at `scan_start` did not see (their files are gone).
+
+        A row survives when the scan saw it (`seen >= scan_start`) or when it was created after
+        `scan_start - grace` (a block written, and journaled, while the walk was running; `grace` absorbs
+        clock skew between the writer's host and this one).  `keep_namespaces`: namespaces the walk could not
+        read completely, whose rows are all kept.
+        """
+        cutoff = scan_start - grace
+        keep_ids = sorted(self._namespace_ids(keep_namespaces, create=False).values())
+        sql = "DELETE FROM blocks WHERE seen < :start AND created < :cutoff"
+        params: dict[str, Any] = {"start": scan_start, "cutoff": cutoff}
+        if keep_ids:
+            sql += " AND namespace_id NOT IN ({})".format(", ".join(f":k{i}" for i in range(len(keep_ids))))
+            params.update({f"k{i}": ns_id for i, ns_id in enumerate(keep_ids)})
+        with self._write() as conn:
+            deleted = conn.execute(text(sql), params).rowcount
+        metrics.CATALOG_ROWS_REMOVED.labels(why="missing").inc(deleted)
+        return deleted
+
+    # --- blocks: reads -----------------------------------------------------------------------------------
+
+    def block_count(self, namespace: str | None = None) -> int:
+        with self._read() as conn:
+            if namespace is None:
+                return int(conn.execute(text("SELECT count(*) FROM blocks")).scalar_one())
+            ns_id = self.namespace_id(namespace)
+            if ns_id is None:
+                return 0
+            return int(
+                conn.execute(
+                    text("SELECT count(*) FROM blocks WHERE namespace_id = :n"), {"n": ns_id}
+                ).scalar_one()
+            )
+
+    def usage(self) -> Usage:
+        """Files, bytes and last-access range per namespace, by one aggregate over the (covering) LRU index."""
+        with self._read() as conn:
+            agg = conn.execute(
+                text(
+                    "SELECT namespace_id, count(*), coalesce(sum(size), 0), min(last_access), max(last_access) "
+                    "FROM blocks GROUP BY namespace_id"
+                )
+            ).all()
+            names = conn.execute(select(Namespace.id, Namespace.name, Namespace.model)).all()
+        by_id = {row[0]: row for row in agg}
+        per_ns = []
+        for ns_id, name, model in sorted(names, key=lambda r: r[1]):
+            a = by_id.get(ns_id)
+            per_ns.append(
+                NamespaceUsage(
+                    namespace=name,
+                    model=model,
+                    files=int(a[1]) if a else 0,
+                    bytes=int(a[2]) if a else 0,
+                    last_access_min=float(a[3]) if a else None,
+                    last_access_max=float(a[4]) if a else None,
+                )
+            )
+        return Usage(
+            total_files=sum(u.files for u in per_ns),
+            total_bytes=sum(u.bytes for u in per_ns),
+            namespaces=per_ns,
+        )
+
+    def iter_blocks(
+        self,
+        *,
+        namespace: str | None = None,
+        order: BlockOrder = "lru",
+        limit: int | None = None,
+        batch: int = 5000,
+    ) -> Iterator[BlockRow]:
+        """Blocks in `order` ("lru": oldest access first, deeper chain position first on ties), streamed."""
+        if order not in _ORDER_SQL:
+            raise CatalogError(f"unknown block order {order!r} (one of {', '.join(_ORDER_SQL)})")
+        sql = (
+            "SELECT b.id, n.name, b.rank, b.grp, b.block_hash, b.fmt, b.size, b.created, b.last_access, "
+            "b.chain_pos, b.hits FROM blocks b JOIN namespaces n ON n.id = b.namespace_id"
+        )
+        params: dict[str, Any] = {}
+        if namespace is not None:
+            ns_id = self.namespace_id(namespace)
+            if ns_id is None:
+                return
+            sql += " WHERE b.namespace_id = :ns"
+            params["ns"] = ns_id
+        sql += f" ORDER BY {_ORDER_SQL[order]}"
+        if limit is not None:
+            sql += " LIMIT :limit"
+            params["limit"] = int(limit)
+        with self._engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=batch).execute(text(sql), params)
+            for r in result:
+                yield BlockRow(
+                    key=BlockKey(r[1], _rank_out(r[2]), r[3], r[4], r[5]),
+                    size=int(r[6]),
+                    created=float(r[7]),
+                    last_access=float(r[8]),
+                    chain_pos=int(r[9]),
+                    hits=int(r[10]),
+                    block_id=int(r[0]),
+                )
+
+    def get_blocks(self, keys: Iterable[BlockKey]) -> dict[BlockKey, BlockRow]:
+        """The catalog rows of `keys` that exist."""
+        with self._read() as conn:
+            return self._get_blocks(conn, keys)
+
+    def _get_blocks(self, conn: Connection, keys: Iterable[BlockKey]) -> dict[BlockKey, BlockRow]:
+        found: dict[BlockKey, BlockRow] = {}
+        by_ns: dict[str, list[BlockKey]] = {}
+        for key in keys:
+            by_ns.setdefault(key.namespace, []).append(key)
+        ns_ids = self._namespace_ids(by_ns, create=False)
+        for name, ns_keys in by_ns.items():
+            ns_id = ns_ids.get(name)
+            if ns_id is None:
+                continue
+            wanted = set(ns_keys)
+            for chunk in _chunks(sorted({k.block_hash for k in ns_keys}), KEY_CHUNK):
+                rows = conn.execute(
+                    text(
+                        "SELECT id, rank, grp, block_hash, fmt, size, created, last_access, chain_pos, hits "
+                        "FROM blocks WHERE namespace_id = :ns AND block_hash IN ("
+                        + ", ".join(f":h{i}" for i in range(len(chunk)))
+                        + ")"
+                    ),
+                    {"ns": ns_id, **{f"h{i}": h for i, h in enumerate(chunk)}},
+                ).all()
+                for r in rows:
+                    key = BlockKey(name, _rank_out(r[1]), r[2], r[3], r[4])
+                    if key in wanted:
+                        found[key] = BlockRow(
+                            key, int(r[5]), float(r[6]), float(r[7]), int(r[8]), int(r[9]), int(r[0])
+                        )
+        return found
+
+    def last_access_of(self, keys: Iterable[BlockKey]) -> dict[BlockKey, float]:
+        """Current last_access of the `keys` still in the catalog (the evictor's pre-delete recheck)."""
+        return {key: row.last_access for key, row in self.get_blocks(keys).items()}
+
+    # --- journal offsets ---------------------------------------------------------------------------------
+
+    def journal_offsets(self) -> dict[str, int]:
+        with self._read() as conn:
+            rows = conn.execute(text('SELECT segment, "offset" FROM journal_offsets')).all()
+        return {segment: int(offset) for segment, offset in rows}
+
+    def forget_segments(self, names: Iterable[str]) -> int:
+        """Drop the offsets of segments the reader removed."""
+        params = [(name,) for name in names]
+        if not params:
+            return 0
+        with self._write() as conn:
+            return self._executemany_count(conn, self._sql.forget, params)
+
+    # --- eviction log ------------------------------------------------------------------------------------
+
+    def log_eviction(self, time: float, namespace: str, reason: str, files: int, bytes: int) -> None:
+        with self._write() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO evictions (time, namespace, reason, files, bytes) "
+                    "VALUES (:t, :ns, :reason, :files, :bytes)"
+                ),
+                {"t": time, "ns": namespace, "reason": str(reason), "files": files, "bytes": bytes},
+            )
+
+    def eviction_log(self, limit: int = 100) -> list[EvictionEntry]:
+        """Most recent first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT time, namespace, reason, files, bytes FROM evictions ORDER BY time DESC, id DESC "
+                    "LIMIT :limit"
+                ),
+                {"limit": int(limit)},
+            ).all()
+        return [EvictionEntry(float(r[0]), r[1], r[2], int(r[3]), int(r[4])) for r in rows]
+
+
+__all__ = ["Catalog", "SCHEMA_VERSION"]

@@ -1,0 +1,101 @@
+"""SQLAlchemy 2.0 typed models of the catalog (the latest schema version).
+
+Times are float epoch seconds (UTC).  `blocks.rank` is -1 for namespaces written without `_r<rank>`, so the
+unique key works (NULLs are distinct in a unique index).  Upgrades from older versions live in `schema.py`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only aliases the rowid for exactly "INTEGER PRIMARY KEY"; PostgreSQL gets a 64-bit key.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+NO_RANK = -1
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class KvfsMeta(Base):
+    __tablename__ = "kvfs_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
+class Namespace(Base):
+    __tablename__ = "namespaces"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(512), unique=True)
+    model: Mapped[str | None] = mapped_column(String(512))
+    fingerprint: Mapped[str | None] = mapped_column(String(64))  # sha256 hex of the fingerprint fields
+    fmt: Mapped[str | None] = mapped_column(String(8))  # "kvfs" | "bin" | None (unknown yet)
+    created: Mapped[float] = mapped_column(Float)
+    quota_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    retired: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class BlockState:
+    """Values of `blocks.state`."""
+
+    PRESENT = 0
+    CORRUPT = 1
+
+
+class Block(Base):
+    __tablename__ = "blocks"
+    __table_args__ = (
+        UniqueConstraint("namespace_id", "rank", "grp", "block_hash", "fmt", name="uq_blocks_key"),
+        # LRU order per namespace; `size` makes it covering for usage() and capacity planning.
+        Index("ix_blocks_ns_lru", "namespace_id", "last_access", "size"),
+        Index("ix_blocks_lru", "last_access"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    namespace_id: Mapped[int] = mapped_column(Integer, ForeignKey("namespaces.id"))
+    rank: Mapped[int] = mapped_column(Integer)
+    grp: Mapped[int] = mapped_column(Integer)
+    block_hash: Mapped[str] = mapped_column(String(128))
+    fmt: Mapped[str] = mapped_column(String(8))
+    size: Mapped[int] = mapped_column(BigInteger)
+    created: Mapped[float] = mapped_column(Float)
+    last_access: Mapped[float] = mapped_column(Float)
+    hits: Mapped[int] = mapped_column(BigInteger, default=0)
+    chain_pos: Mapped[int] = mapped_column(Integer, default=-1)
+    state: Mapped[int] = mapped_column(Integer, default=BlockState.PRESENT)
+    # Start time of the last scan that saw the file (0 = never seen by a scan); see Catalog.prune_missing.
+    seen: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class JournalOffset(Base):
+    __tablename__ = "journal_offsets"
+
+    segment: Mapped[str] = mapped_column(String(255), primary_key=True)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    updated: Mapped[float] = mapped_column(Float)
+
+
+class Eviction(Base):
+    __tablename__ = "evictions"
+    __table_args__ = (Index("ix_evictions_time", "time"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    time: Mapped[float] = mapped_column(Float)
+    namespace: Mapped[str] = mapped_column(String(512))
+    reason: Mapped[str] = mapped_column(String(32))
+    files: Mapped[int] = mapped_column(BigInteger)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class Lease(Base):
+    """Evictor leader election (the logic is the evictor's)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,67 @@
+"""Plain data the catalog takes and returns (no SQLAlchemy objects leak out of the facade)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kvfs.layout import BlockKey
+
+
+@dataclass(slots=True)
+class BlockRow:
+    """One block as the catalog knows it; `block_id` is set on rows read back from the catalog."""
+
+    key: BlockKey
+    size: int
+    created: float
+    last_access: float
+    chain_pos: int = -1
+    hits: int = 0
+    block_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceInfo:
+    id: int
+    name: str
+    model: str | None
+    fingerprint: str | None
+    created: float
+    quota_bytes: int | None
+    retired: bool
+    fmt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceUsage:
+    namespace: str
+    model: str | None
+    files: int
+    bytes: int
+    last_access_min: float | None
+    last_access_max: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    total_files: int
+    total_bytes: int
+    namespaces: list[NamespaceUsage] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class EvictionEntry:
+    time: float
+    namespace: str
+    reason: str
+    files: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyStats:
+    """What one `apply_journal` call did."""
+
+    stores: int
+    accesses: int
+    unknown_accesses: int

@@ -1,0 +1,83 @@
+"""Schema versions: a fresh database gets the latest models; an older one gets the upgrade steps in order.
+
+`kvfs_meta.schema_version` records the version.  Each step moves a database from version N-1 to N with plain
+DDL valid on SQLite and PostgreSQL (never by importing today's models, which describe only the latest version).
+Creating and upgrading run in one write transaction under a lock, so concurrent openers do it once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Connection, inspect, text
+
+from kvfs.catalog.errors import CatalogError
+from kvfs.catalog.models import Base
+
+SCHEMA_VERSION = 2
+_VERSION_KEY = "schema_version"
+# Arbitrary constant key for pg_advisory_xact_lock: serialises schema creation between processes.
+_PG_SCHEMA_LOCK = 0x6B766673
+
+
+def _v2_scan_generation_and_leases(conn: Connection) -> None:
+    """v2: `blocks.seen` (scan generation, so a scan can drop rows of vanished files) and evictor leases."""
+    conn.execute(text("ALTER TABLE blocks ADD COLUMN seen FLOAT NOT NULL DEFAULT 0"))
+    conn.execute(
+        text(
+            "CREATE TABLE leases (name VARCHAR(128) NOT NULL PRIMARY KEY, "
+            "holder VARCHAR(255) NOT NULL, expires_at FLOAT NOT NULL)"
+        )
+    )
+
+
+# UPGRADES[v] upgrades a database at version v-1 to version v.
+UPGRADES: dict[int, Callable[[Connection], None]] = {
+    2: _v2_scan_generation_and_leases,
+}
+
+
+def read_schema_version(conn: Connection) -> int | None:
+    """The recorded version, or None for an empty database."""
+    tables = set(inspect(conn).get_table_names())
+    if "kvfs_meta" not in tables:
+        if tables & {"blocks", "namespaces"}:
+            raise CatalogError("database has kvfs-like tables but no kvfs_meta: not a kvfs catalog")
+        if tables:
+            raise CatalogError(
+                f"database is not empty and not a kvfs catalog (tables: {', '.join(sorted(tables))})"
+            )
+        return None
+    row = conn.execute(text("SELECT value FROM kvfs_meta WHERE key = :k"), {"k": _VERSION_KEY}).first()
+    if row is None:
+        raise CatalogError("kvfs_meta has no schema_version: damaged catalog")
+    try:
+        return int(row[0])
+    except ValueError as exc:
+        raise CatalogError(f"kvfs_meta.schema_version is not a number: {row[0]!r}") from exc
+
+
+def ensure_schema(conn: Connection) -> int:
+    """Create or upgrade the schema inside the caller's write transaction; return the version found before."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_SCHEMA_LOCK})
+    found = read_schema_version(conn)
+    if found is None:
+        Base.metadata.create_all(conn)
+        conn.execute(
+            text("INSERT INTO kvfs_meta (key, value) VALUES (:k, :v)"),
+            {"k": _VERSION_KEY, "v": str(SCHEMA_VERSION)},
+        )
+        return 0
+    if found > SCHEMA_VERSION:
+        raise CatalogError(
+            f"catalog schema version {found} is newer than this kvfs understands ({SCHEMA_VERSION}): upgrade kvfs"
+        )
+    if found < 1:
+        raise CatalogError(f"catalog schema version {found} is invalid")
+    for version in range(found + 1, SCHEMA_VERSION + 1):
+        UPGRADES[version](conn)
+        conn.execute(
+            text("UPDATE kvfs_meta SET value = :v WHERE key = :k"), {"k": _VERSION_KEY, "v": str(version)}
+        )
+    return found
