@@ -1,0 +1,104 @@
+"""The connector's own settings, read from vLLM's ``kv_connector_extra_config`` (no vLLM import).
+
+Every key is optional except ``root``; unknown ``kvfs_*`` keys are rejected so a typo is not silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kvfs.units import parse_duration, parse_size
+
+DEFAULT_ROOT = "/mnt/files-storage"
+# One pinned staging buffer per I/O thread: the cap bounds pinned memory whatever the thread count.
+DEFAULT_MAX_STAGING = 4 << 30
+DEFAULT_STORE_BUDGET_S = 10.0
+DEFAULT_LOOKUP_TTL_S = 2.0
+
+
+class ConfigError(ValueError):
+    """A wrong connector setting; the message names the key."""
+
+
+def default_io_threads() -> int:
+    """Sized to the host: one thread per CPU the process may run on, at most 32."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 4
+    return max(2, min(32, cpus))
+
+
+@dataclass(frozen=True)
+class KvfsConnectorConfig:
+    root: str = DEFAULT_ROOT
+    io_threads: int = 0  # 0 = default_io_threads()
+    max_staging_bytes: int = DEFAULT_MAX_STAGING
+    store_budget_s: float = DEFAULT_STORE_BUDGET_S
+    lookup_ttl_s: float = DEFAULT_LOOKUP_TTL_S
+    durability: str = "none"
+    direct_io: bool = False
+    journal: bool = True
+    model_revision: str | None = None
+    file_mode: int = 0o660
+
+    @property
+    def threads(self) -> int:
+        return self.io_threads or default_io_threads()
+
+    @classmethod
+    def from_extra(cls, extra: Mapping[str, Any]) -> KvfsConnectorConfig:
+        """Parse the ``kvfs_*`` keys (``root`` may also be spelled ``kvfs_root``)."""
+        known = {
+            "kvfs_root",
+            "kvfs_io_threads",
+            "kvfs_max_staging",
+            "kvfs_store_budget",
+            "kvfs_lookup_ttl",
+            "kvfs_durability",
+            "kvfs_direct_io",
+            "kvfs_journal",
+            "kvfs_model_revision",
+            "kvfs_file_mode",
+        }
+        unknown = sorted(k for k in extra if k.startswith("kvfs_") and k not in known)
+        if unknown:
+            raise ConfigError(f"unknown kvfs connector setting(s) {unknown}; known: {sorted(known)}")
+        try:
+            root = str(extra.get("kvfs_root", extra.get("root", DEFAULT_ROOT)))
+            threads = int(extra.get("kvfs_io_threads", 0))
+            staging = extra.get("kvfs_max_staging", DEFAULT_MAX_STAGING)
+            staging_b = parse_size(staging) if isinstance(staging, str) else int(staging)
+            budget = extra.get("kvfs_store_budget", DEFAULT_STORE_BUDGET_S)
+            budget_s = parse_duration(budget) if isinstance(budget, str) else float(budget)
+            ttl = extra.get("kvfs_lookup_ttl", DEFAULT_LOOKUP_TTL_S)
+            ttl_s = parse_duration(ttl) if isinstance(ttl, str) else float(ttl)
+            mode = extra.get("kvfs_file_mode", 0o660)
+            file_mode = int(mode, 8) if isinstance(mode, str) else int(mode)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bad kvfs connector setting: {exc}") from exc
+        durability = str(extra.get("kvfs_durability", "none"))
+        if durability not in ("none", "data", "data+dir"):
+            raise ConfigError(f"kvfs_durability must be none, data or data+dir, not {durability!r}")
+        if threads < 0:
+            raise ConfigError(f"kvfs_io_threads must be >= 0 (0 = sized to the host), not {threads}")
+        if staging_b <= 0 or budget_s < 0 or ttl_s < 0:
+            raise ConfigError("kvfs_max_staging must be > 0; kvfs_store_budget and kvfs_lookup_ttl >= 0")
+        if not os.path.isabs(root):
+            raise ConfigError(f"kvfs_root must be an absolute path, not {root!r}")
+        revision = extra.get("kvfs_model_revision")
+        return cls(
+            root=root,
+            io_threads=threads,
+            max_staging_bytes=staging_b,
+            store_budget_s=budget_s,
+            lookup_ttl_s=ttl_s,
+            durability=durability,
+            direct_io=bool(extra.get("kvfs_direct_io", False)),
+            journal=bool(extra.get("kvfs_journal", True)),
+            model_revision=None if revision is None else str(revision),
+            file_mode=file_mode,
+        )

@@ -1,0 +1,319 @@
+"""The worker's I/O engine: a pool of threads, each with its own pinned staging buffer (and, on CUDA, its own
+device staging buffer and stream), moving whole chunks between the KV cache and block files.
+
+Loads take priority over stores.  A store waits behind the compute stream through a CUDA event recorded at
+submit time.  Stores queue under a time budget: a store that would wait (or has waited) longer than the budget
+is dropped, counted, and reported as not stored.  Failed loads are reported with the GPU blocks they should
+have filled, so the connector can have vLLM recompute exactly those tokens.  No vLLM import: the GPU check and
+the benchmark use this module on machines without vLLM.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from connector import metrics
+from connector.copier import GroupCopier
+from kvfs.blockfile import (
+    BlockIdentity,
+    Durability,
+    LoadResult,
+    MissReason,
+    StoreOutcome,
+    load_block,
+    store_block,
+)
+from kvfs.layout import BlockKey
+
+if TYPE_CHECKING:
+    from kvfs.journal import JournalWriter
+
+log = logging.getLogger("kvfs.connector")
+
+
+@dataclass
+class FileOp:
+    """One block file <-> `block_ids` of one KV group."""
+
+    job_id: int
+    is_load: bool
+    path: str
+    ident: BlockIdentity
+    copier: GroupCopier
+    block_ids: Sequence[int]
+    # Chunk-relative index of block_ids[0] (loads: inside the file payload; stores: recorded in the identity).
+    first: int
+    # Blocks in the file payload (stores: len(block_ids)).
+    file_blocks: int
+    block_key: BlockKey | None = None
+    event: object | None = None  # torch.cuda.Event recorded on the compute stream (stores)
+    enqueued: float = field(default_factory=time.monotonic)
+
+    @property
+    def nbytes(self) -> int:
+        return self.copier.payload_bytes(self.file_blocks)
+
+
+@dataclass
+class JobDone:
+    job_id: int
+    is_load: bool
+    success: bool
+    nbytes: int
+    seconds: float
+    failed_block_ids: list[int]
+    files_ok: int = 0
+    files_failed: int = 0
+
+
+@dataclass
+class _Job:
+    is_load: bool
+    remaining: int
+    started: float
+    nbytes: int = 0
+    ok: int = 0
+    failed: int = 0
+    failed_block_ids: list[int] = field(default_factory=list)
+
+
+class IoPool:
+    def __init__(
+        self,
+        *,
+        threads: int,
+        max_file_bytes: int,
+        device: torch.device,
+        max_staging_bytes: int = 4 << 30,
+        store_budget_s: float = 10.0,
+        durability: Durability = Durability.NONE,
+        direct: bool = False,
+        file_mode: int = 0o660,
+        journal: JournalWriter | None = None,
+    ) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        per_thread = max_file_bytes * (2 if self.cuda else 1)
+        cap = max(1, max_staging_bytes // max(1, per_thread))
+        if threads > cap:
+            log.warning(
+                "kvfs: %d I/O threads would need %d MiB of staging; capped to %d threads by max staging %d MiB",
+                threads,
+                threads * per_thread >> 20,
+                cap,
+                max_staging_bytes >> 20,
+            )
+        self.threads = max(1, min(threads, cap))
+        self.max_file_bytes = max_file_bytes
+        self.store_budget_s = store_budget_s
+        self.durability = durability
+        self.direct = direct
+        self.file_mode = file_mode
+        self.journal = journal
+        self.staging_bytes = self.threads * per_thread
+        metrics.STAGING_BYTES.set(self.staging_bytes)
+
+        self._cv = threading.Condition()
+        self._loads: deque[FileOp] = deque()
+        self._stores: deque[FileOp] = deque()
+        self._jobs: dict[int, _Job] = {}
+        self._done: list[JobDone] = []
+        self._store_ema_s = 0.0  # per-file store time, for the drop-at-submit estimate
+        self._stopping = False
+        self._workers = [
+            threading.Thread(target=self._run, name=f"kvfs-io-{i}", daemon=True) for i in range(self.threads)
+        ]
+        for w in self._workers:
+            w.start()
+
+    # -- submission (called from the worker's main thread; never blocks on I/O) --
+
+    def submit(self, job_id: int, ops: Sequence[FileOp], *, is_load: bool) -> None:
+        now = time.monotonic()
+        with self._cv:
+            job = _Job(is_load=is_load, remaining=len(ops), started=now)
+            self._jobs[job_id] = job
+            if not ops:
+                self._finish_locked(job_id, job)
+                return
+            dropped: list[FileOp] = []
+            for op in ops:
+                if is_load:
+                    self._loads.append(op)
+                elif self._store_wait_estimate_locked() > self.store_budget_s:
+                    dropped.append(op)
+                else:
+                    self._stores.append(op)
+            metrics.QUEUED_STORES.set(len(self._stores))
+            for op in dropped:
+                metrics.STORES.labels("dropped").inc()
+                self._op_done_locked(op, ok=False, nbytes=0)
+            self._cv.notify_all()
+
+    def _store_wait_estimate_locked(self) -> float:
+        return (len(self._stores) + 1) / self.threads * self._store_ema_s
+
+    # -- completion --
+
+    def _op_done_locked(self, op: FileOp, *, ok: bool, nbytes: int) -> None:
+        job = self._jobs[op.job_id]
+        job.remaining -= 1
+        job.nbytes += nbytes
+        if ok:
+            job.ok += 1
+        else:
+            job.failed += 1
+            job.failed_block_ids.extend(int(b) for b in op.block_ids)
+        if job.remaining == 0:
+            self._finish_locked(op.job_id, job)
+
+    def _finish_locked(self, job_id: int, job: _Job) -> None:
+        del self._jobs[job_id]
+        self._done.append(
+            JobDone(
+                job_id=job_id,
+                is_load=job.is_load,
+                success=job.failed == 0,
+                nbytes=job.nbytes,
+                seconds=time.monotonic() - job.started,
+                failed_block_ids=job.failed_block_ids,
+                files_ok=job.ok,
+                files_failed=job.failed,
+            )
+        )
+        self._cv.notify_all()
+
+    def take_finished(self) -> list[JobDone]:
+        with self._cv:
+            done, self._done = self._done, []
+        return done
+
+    def wait(self, job_ids: Iterable[int], timeout: float | None = None) -> bool:
+        """Block until none of `job_ids` is in flight (their results stay queued for take_finished)."""
+        ids = set(job_ids)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cv:
+            while ids & self._jobs.keys():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cv.wait(remaining)
+        return True
+
+    def pending_jobs(self) -> int:
+        with self._cv:
+            return len(self._jobs)
+
+    def shutdown(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        for w in self._workers:
+            w.join(timeout=30)
+
+    # -- I/O threads --
+
+    def _next_op(self) -> FileOp | None:
+        with self._cv:
+            while not self._loads and not self._stores and not self._stopping:
+                self._cv.wait()
+            if self._loads:
+                return self._loads.popleft()
+            if self._stores:
+                op = self._stores.popleft()
+                metrics.QUEUED_STORES.set(len(self._stores))
+                return op
+            return None
+
+    def _run(self) -> None:
+        host = torch.empty(self.max_file_bytes, dtype=torch.uint8, pin_memory=self.cuda)
+        host_mv = memoryview(host.numpy())
+        dev = torch.empty(self.max_file_bytes, dtype=torch.uint8, device=self.device) if self.cuda else None
+        stream = torch.cuda.Stream(device=self.device) if self.cuda else None
+        while True:
+            op = self._next_op()
+            if op is None:
+                return
+            try:
+                if op.is_load:
+                    ok, nbytes = self._load(op, host, host_mv, dev, stream)
+                else:
+                    ok, nbytes = self._store(op, host, host_mv, dev, stream)
+            except Exception:  # noqa: BLE001 - one bad file must never kill an I/O thread or the engine
+                log.exception("kvfs: %s of %s failed", "load" if op.is_load else "store", op.path)
+                metrics.LOAD_MISSES.labels("io_error").inc() if op.is_load else metrics.STORES.labels(
+                    "failed"
+                ).inc()
+                ok, nbytes = False, 0
+            with self._cv:
+                self._op_done_locked(op, ok=ok, nbytes=nbytes)
+
+    def _store(self, op, host, host_mv, dev, stream) -> tuple[bool, int]:  # type: ignore[no-untyped-def]
+        if self.store_budget_s and time.monotonic() - op.enqueued > self.store_budget_s:
+            metrics.STORES.labels("dropped").inc()
+            return False, 0
+        started = time.monotonic()
+        n = op.nbytes
+        if self.cuda:
+            with torch.cuda.stream(stream):
+                if op.event is not None:
+                    stream.wait_event(op.event)
+                op.copier.gather(op.block_ids, dev[:n])
+                host[:n].copy_(dev[:n], non_blocking=True)
+            stream.synchronize()
+        else:
+            op.copier.gather(op.block_ids, host[:n])
+        result = store_block(
+            op.path,
+            host_mv[:n],
+            op.ident,
+            durability=self.durability,
+            file_mode=self.file_mode,
+            direct=self.direct,
+        )
+        elapsed = time.monotonic() - started
+        with self._cv:
+            self._store_ema_s = elapsed if self._store_ema_s == 0 else 0.9 * self._store_ema_s + 0.1 * elapsed
+        metrics.STORES.labels(str(result.outcome)).inc()
+        if result.outcome == StoreOutcome.STORED:
+            metrics.STORE_BYTES.inc(n)
+            if self.journal is not None and op.block_key is not None:
+                self.journal.record_store(op.block_key, n)
+            return True, n
+        if result.outcome == StoreOutcome.EXISTS:
+            if self.journal is not None and op.block_key is not None:
+                self.journal.record_access(op.block_key)
+            return True, 0
+        log.warning("kvfs: store of %s failed: %s", op.path, result.error)
+        return False, 0
+
+    def _load(self, op, host, host_mv, dev, stream) -> tuple[bool, int]:  # type: ignore[no-untyped-def]
+        n = op.nbytes
+        result = load_block(op.path, op.ident, host_mv[:n], direct=self.direct)
+        if result.ok and result.nbytes != n:
+            # A shorter payload is another block range or layout: never scatter a partial chunk.
+            result = LoadResult(False, MissReason.TRUNCATED, result.nbytes)
+        if not result.ok:
+            reason = str(result.reason) if result.reason is not None else "io_error"
+            metrics.LOADS.labels("missed").inc()
+            metrics.LOAD_MISSES.labels(reason).inc()
+            log.info("kvfs: load of %s missed (%s); its tokens are recomputed", op.path, reason)
+            return False, 0
+        if self.cuda:
+            with torch.cuda.stream(stream):
+                dev[:n].copy_(host[:n], non_blocking=True)
+                op.copier.scatter(dev[:n], op.block_ids, file_blocks=op.file_blocks, first=op.first)
+            stream.synchronize()
+        else:
+            op.copier.scatter(host[:n], op.block_ids, file_blocks=op.file_blocks, first=op.first)
+        metrics.LOADS.labels("ok").inc()
+        metrics.LOAD_BYTES.inc(n)
+        return True, n

@@ -1,0 +1,29 @@
+"""kvfs counters of the connector (vLLM's own `vllm:kv_offload_*` transfer metrics are fed separately)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+STORES = Counter(
+    "kvfs_connector_stores_total",
+    "Block files the connector tried to store, by outcome (stored, exists, failed, dropped).",
+    ["outcome"],
+)
+STORE_BYTES = Counter("kvfs_connector_store_bytes_total", "Payload bytes written to new block files.")
+LOADS = Counter("kvfs_connector_loads_total", "Block file loads, by outcome (ok, missed).", ["outcome"])
+LOAD_MISSES = Counter(
+    "kvfs_connector_load_misses_total",
+    "Loads that found no usable block file (recomputed), by reason (missing, truncated, corrupt, ...).",
+    ["reason"],
+)
+LOAD_BYTES = Counter("kvfs_connector_load_bytes_total", "Payload bytes read from block files.")
+LOOKUPS = Counter(
+    "kvfs_connector_lookups_total", "Scheduler lookups answered, by result (hit, miss, retry).", ["result"]
+)
+EXISTENCE_CHECKS = Counter(
+    "kvfs_connector_existence_checks_total", "Files stat()ed by the off-thread existence checker."
+)
+QUEUED_STORES = Gauge("kvfs_connector_queued_stores", "Block files waiting in the store queue.")
+STAGING_BYTES = Gauge(
+    "kvfs_connector_staging_bytes", "Pinned host (+ device) staging memory held by I/O threads."
+)
