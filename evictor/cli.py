@@ -161,7 +161,7 @@ def status_cmd(url: str, catalog_url: str | None, timeout: float, as_json: bool)
         if catalog_url is None:
             raise click.ClickException(
                 f"no evictor answers at {url} ({exc}); pass --catalog to read the catalog"
-            )
+            ) from None
         try:
             data = _catalog_status(catalog_url)
         except Exception as exc2:  # noqa: BLE001 - CatalogError or driver error: one line for people
