@@ -141,6 +141,7 @@ def write_namespace_config(
     tmp = ns_dir / temp_name_for(CONFIG_FILENAME)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode)
     try:
+        os.fchmod(fd, file_mode)  # the exact mode, whatever the process umask
         os.write(fd, json.dumps(dict(fields), sort_keys=True, indent=2).encode("utf-8") + b"\n")
         os.fsync(fd)
     finally:
