@@ -1,0 +1,221 @@
+"""The connector's data path on CPU tensors with real block files: gather -> file -> scatter, partial chunks,
+two groups, the store time budget, and every way a file can go bad between lookup and load."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+
+from connector import metrics
+from connector.copier import GroupCopier
+from connector.iopool import FileOp, IoPool
+from connector.naming import file_identity_key
+from kvfs.blockfile import HEADER_SIZE, BlockIdentity, store_block
+
+FP = bytes(range(32))
+BPC = 4  # GPU blocks per file
+
+
+def make_layers(num_layers: int, num_blocks: int, page: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    # Padded rows (page + 16) like vLLM's padded pages: only `page` bytes are payload.
+    return [
+        torch.randint(-128, 127, (num_blocks, page + 16), generator=g, dtype=torch.int8)
+        for _ in range(num_layers)
+    ]
+
+
+@pytest.fixture
+def pool():
+    p = IoPool(threads=3, max_file_bytes=BPC * 3 * 256, device=torch.device("cpu"), store_budget_s=30.0)
+    yield p
+    p.shutdown()
+
+
+def op(
+    tmp_path, copier, ids, *, load, key=b"k" * 36, first=0, file_blocks=BPC, job=1, fp=FP, ident_range=None
+):
+    rng = ident_range or ((0, file_blocks) if load else (first, len(ids)))
+    return FileOp(
+        job_id=job,
+        is_load=load,
+        path=str(tmp_path / "ns_0123456789ab" / "abc" / "de_g0" / (key.hex()[:40] + ".kvfs")),
+        ident=BlockIdentity(fp, file_identity_key(key, *rng)),
+        copier=copier,
+        block_ids=ids,
+        first=first if load else 0,
+        file_blocks=file_blocks,
+    )
+
+
+def run(pool: IoPool, job: int, ops: list[FileOp], *, load: bool):
+    pool.submit(job, ops, is_load=load)
+    assert pool.wait([job], timeout=30)
+    (done,) = [d for d in pool.take_finished() if d.job_id == job]
+    return done
+
+
+def pages(layers, ids, page):
+    return [t[ids, :page].clone() for t in layers]
+
+
+def test_round_trip_bit_exact_and_padding_untouched(tmp_path, pool):
+    page = 64
+    src = make_layers(3, 32, page, seed=1)
+    dst = make_layers(3, 32, page, seed=2)
+    dst_before = [t.clone() for t in dst]
+    store_ids, load_ids = [5, 17, 2, 30], [0, 1, 2, 3]
+    done = run(pool, 1, [op(tmp_path, GroupCopier(src, [page] * 3), store_ids, load=False)], load=False)
+    assert done.success and done.nbytes == BPC * 3 * page
+    done = run(pool, 2, [op(tmp_path, GroupCopier(dst, [page] * 3), load_ids, load=True, job=2)], load=True)
+    assert done.success and not done.failed_block_ids
+    for s, d in zip(pages(src, store_ids, page), pages(dst, load_ids, page), strict=True):
+        assert torch.equal(s, d)
+    for d, before in zip(dst, dst_before, strict=True):
+        assert torch.equal(d[:, page:], before[:, page:])  # padding beyond the page is never written
+        assert torch.equal(d[4:], before[4:])  # other blocks untouched
+
+
+def test_partial_load_inside_a_chunk(tmp_path, pool):
+    page = 32
+    src, dst = make_layers(2, 16, page, 3), make_layers(2, 16, page, 4)
+    run(pool, 1, [op(tmp_path, GroupCopier(src, [page] * 2), [8, 9, 10, 11], load=False)], load=False)
+    # Load blocks 1..3 of the file (a request whose first GPU block is not chunk-aligned).
+    done = run(
+        pool, 2, [op(tmp_path, GroupCopier(dst, [page] * 2), [0, 1, 2], load=True, first=1, job=2)], load=True
+    )
+    assert done.success
+    for s, d in zip(pages(src, [9, 10, 11], page), pages(dst, [0, 1, 2], page), strict=True):
+        assert torch.equal(s, d)
+
+
+def test_two_groups_with_different_page_sizes(tmp_path, pool):
+    g0 = make_layers(2, 8, 64, 5)
+    g1 = make_layers(3, 8, 32, 6)
+    c0, c1 = GroupCopier(g0, [64, 64]), GroupCopier(g1, [32, 32, 32])
+    ops = [
+        op(tmp_path, c0, [0, 1, 2, 3], load=False, key=b"a" * 36),
+        op(tmp_path, c1, [4, 5, 6, 7], load=False, key=b"b" * 36),
+    ]
+    assert run(pool, 1, ops, load=False).success
+    d0, d1 = make_layers(2, 8, 64, 7), make_layers(3, 8, 32, 8)
+    ops = [
+        op(tmp_path, GroupCopier(d0, [64, 64]), [7, 6, 5, 4], load=True, key=b"a" * 36, job=2),
+        op(tmp_path, GroupCopier(d1, [32] * 3), [3, 2, 1, 0], load=True, key=b"b" * 36, job=2),
+    ]
+    assert run(pool, 2, ops, load=True).success
+    for s, d in zip(pages(g0, [0, 1, 2, 3], 64), pages(d0, [7, 6, 5, 4], 64), strict=True):
+        assert torch.equal(s, d)
+    for s, d in zip(pages(g1, [4, 5, 6, 7], 32), pages(d1, [3, 2, 1, 0], 32), strict=True):
+        assert torch.equal(s, d)
+
+
+def _corrupt(path: str, how: str) -> None:
+    if how == "deleted":
+        os.unlink(path)
+    elif how == "truncated":
+        os.truncate(path, os.path.getsize(path) - 100)
+    elif how == "bitflip":
+        with open(path, "r+b") as fh:
+            fh.seek(HEADER_SIZE + 77)
+            byte = fh.read(1)
+            fh.seek(HEADER_SIZE + 77)
+            fh.write(bytes([byte[0] ^ 0x10]))
+    elif how == "foreign":
+        # Same path, a file written for another model/layout (another fingerprint), same size.
+        size = os.path.getsize(path) - HEADER_SIZE
+        os.unlink(path)
+        assert store_block(path, b"\x01" * size, BlockIdentity(b"\xff" * 32, b"k" * 36)).outcome == "stored"
+    elif how == "other_range":
+        # A file of the same key holding a different block range (a partial chunk).
+        os.unlink(path)
+        assert store_block(
+            path, b"\x01" * 64 * 2, BlockIdentity(FP, file_identity_key(b"k" * 36, 2, 1))
+        ).outcome
+
+
+@pytest.mark.parametrize("how", ["deleted", "truncated", "bitflip", "foreign", "other_range"])
+def test_bad_file_between_lookup_and_load_is_a_reported_miss(tmp_path, pool, how):
+    page = 64
+    src, dst = make_layers(2, 8, page, 9), make_layers(2, 8, page, 10)
+    dst_before = [t.clone() for t in dst]
+    store = op(tmp_path, GroupCopier(src, [page] * 2), [0, 1, 2, 3], load=False)
+    assert run(pool, 1, [store], load=False).success
+    _corrupt(store.path, how)
+    misses_before = sum(
+        s.value for m in metrics.LOAD_MISSES.collect() for s in m.samples if s.name.endswith("_total")
+    )
+    done = run(
+        pool, 2, [op(tmp_path, GroupCopier(dst, [page] * 2), [4, 5, 6, 7], load=True, job=2)], load=True
+    )
+    assert not done.success
+    assert sorted(done.failed_block_ids) == [4, 5, 6, 7]
+    for d, before in zip(dst, dst_before, strict=True):
+        assert torch.equal(d, before)  # nothing half-written into the KV cache
+    misses_after = sum(
+        s.value for m in metrics.LOAD_MISSES.collect() for s in m.samples if s.name.endswith("_total")
+    )
+    assert misses_after == misses_before + 1
+
+
+def test_one_bad_file_fails_only_its_blocks(tmp_path, pool):
+    page = 32
+    src, dst = make_layers(1, 8, page, 11), make_layers(1, 8, page, 12)
+    c = GroupCopier(src, [page])
+    ops = [
+        op(tmp_path, c, [0, 1, 2, 3], load=False, key=b"a" * 36),
+        op(tmp_path, c, [4, 5, 6, 7], load=False, key=b"b" * 36),
+    ]
+    assert run(pool, 1, ops, load=False).success
+    os.unlink(ops[1].path)
+    d = GroupCopier(dst, [page])
+    loads = [
+        op(tmp_path, d, [0, 1, 2, 3], load=True, key=b"a" * 36, job=2),
+        op(tmp_path, d, [4, 5, 6, 7], load=True, key=b"b" * 36, job=2),
+    ]
+    done = run(pool, 2, loads, load=True)
+    assert not done.success and sorted(done.failed_block_ids) == [4, 5, 6, 7]
+    assert done.files_ok == 1 and torch.equal(dst[0][:4, :page], src[0][:4, :page])
+
+
+def test_existing_file_is_not_rewritten(tmp_path, pool):
+    page = 32
+    src = make_layers(1, 8, page, 13)
+    c = GroupCopier(src, [page])
+    first = op(tmp_path, c, [0, 1, 2, 3], load=False)
+    assert run(pool, 1, [first], load=False).success
+    mtime = os.stat(first.path).st_mtime_ns
+    done = run(pool, 2, [op(tmp_path, c, [4, 5, 6, 7], load=False, job=2)], load=False)
+    assert done.success and done.nbytes == 0  # EXISTS: nothing written
+    assert os.stat(first.path).st_mtime_ns == mtime
+
+
+def test_store_past_the_time_budget_is_dropped_and_not_reported_stored(tmp_path):
+    pool = IoPool(threads=1, max_file_bytes=4096, device=torch.device("cpu"), store_budget_s=0.5)
+    try:
+        page = 32
+        c = GroupCopier(make_layers(1, 8, page, 14), [page])
+        late = op(tmp_path, c, [0, 1, 2, 3], load=False)
+        late.enqueued = time.monotonic() - 5.0  # queued behind slow storage for longer than the budget
+        dropped_before = metrics.STORES.labels("dropped")._value.get()
+        done = run(pool, 1, [late], load=False)
+        assert not done.success and done.files_failed == 1
+        assert not os.path.exists(late.path)
+        assert metrics.STORES.labels("dropped")._value.get() == dropped_before + 1
+        # The estimate at submit time drops too once stores are known to be slow.
+        pool._store_ema_s = 10.0
+        done = run(pool, 2, [op(tmp_path, c, [0, 1, 2, 3], load=False, job=2)], load=False)
+        assert not done.success and not os.path.exists(late.path)
+    finally:
+        pool.shutdown()
+
+
+def test_staging_is_bounded_by_the_cap():
+    pool = IoPool(threads=16, max_file_bytes=1 << 20, device=torch.device("cpu"), max_staging_bytes=4 << 20)
+    try:
+        assert pool.threads == 4 and pool.staging_bytes == 4 << 20
+    finally:
+        pool.shutdown()
