@@ -1,0 +1,177 @@
+"""The real service in subprocesses: capacity, LRU by journal, TTL, quotas, orphans, grace, recheck, dry-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from evictor_helpers import bytes_on_disk, files_on_disk, run_writer, wait_for
+
+from kvfs.catalog import Catalog
+
+pytestmark = pytest.mark.slow
+
+KIB = 1024
+FILE = 64 * KIB  # 4 KiB header + 60 KiB payload
+PAYLOAD = FILE - 4096
+
+
+def test_capacity_converges_lru_by_journal_not_mtime(root: Path, catalog_url: str, start_evictor) -> None:
+    """40 blocks written while the evictor runs, beyond the cap: the least recently used by journal go."""
+    n = 40
+    cap = n * FILE  # high 85% = 34 blocks; low 70% = 28 blocks
+    ev = start_evictor(root, catalog_url, "--max-bytes", str(cap), "--min-age", "60s")
+    ev.wait_leader()
+    now = time.time()
+    times = [now - 10_000 + 10 * i for i in range(n)]  # block i used at times[i]: 0 is the LRU
+    mtimes = [now - 50_000 - 10 * i for i in range(n)]  # file times say the opposite (and are all older)
+    written = run_writer(root, "org/model-lru", times, mtimes=mtimes, payload=PAYLOAD)
+    assert all(w["size"] == FILE for w in written)
+    order = [w["relpath"] for w in written]
+
+    wait_for(lambda: bytes_on_disk(root) <= 0.70 * cap, timeout=20, what="usage under the low watermark")
+    time.sleep(1.0)  # a few more passes: nothing more goes once under the low watermark
+    present = files_on_disk(root)
+    survivors = [i for i, rel in enumerate(order) if rel in present]
+    evicted = [i for i, rel in enumerate(order) if rel not in present]
+    assert evicted, "nothing was evicted"
+    assert max(evicted) < min(survivors), f"not LRU by journal: evicted {evicted}"
+    assert len(survivors) >= 28 - 1  # not more than needed (one pass may see a partial journal flush)
+    ev.wait_log(r"evicted \d+ files.*capacity: \d+ files")
+
+    # The catalog agrees with the disk, and the eviction log says why.
+    with Catalog.open(catalog_url) as cat:
+        assert cat.block_count() == len(present)
+        reasons = {e.reason for e in cat.eviction_log(10)}
+        assert "capacity" in reasons
+    assert ev.metric("kvfs_evictor_evicted_files_total", 'reason="capacity"') == len(evicted)
+    assert ev.stop() == 0
+
+
+def test_ttl_quota_orphans_and_grace(root: Path, sqlite_url: str, start_evictor) -> None:
+    """Existing store, evictor started afterwards: the start-up scan and journals give it everything."""
+    now = time.time()
+    old = [now - 7200 - i for i in range(6)]
+    a = run_writer(root, "org/model-a", old, mtimes=[t - 10 for t in old], payload=PAYLOAD)
+    b_times = [now - 900 + 60 * i for i in range(8)]  # within the TTL; quota keeps 4
+    b = run_writer(root, "org/model-b", b_times, mtimes=[t - 10 for t in b_times], payload=PAYLOAD)
+    c = run_writer(root, "org/model-c", [now] * 4, payload=PAYLOAD)  # fresh: the grace window protects them
+    ns_b = b[0]["relpath"].split("/")[0].rsplit("_r", 1)[0]
+    ns_c = c[0]["relpath"].split("/")[0].rsplit("_r", 1)[0]
+    # temp files of dead writers: one past the orphan grace, one not
+    d = root / a[0]["relpath"]
+    stale_tmp = d.with_name(d.name + "_dead0001.tmp")
+    stale_tmp.write_bytes(b"x" * 1000)
+    os.utime(stale_tmp, (now - 7200, now - 7200))
+    fresh_tmp = d.with_name(d.name + "_live0001.tmp")
+    fresh_tmp.write_bytes(b"y" * 1000)
+
+    ev = start_evictor(
+        root,
+        sqlite_url,
+        "--max-bytes",
+        "1GiB",
+        "--ttl",
+        "1h",
+        "--min-age",
+        "2m",
+        "--orphan-grace",
+        "30m",
+        "--quota",
+        f"{ns_b}={4 * FILE}",
+        "--quota",
+        f"{ns_c}=0",
+    )
+    present_a = lambda: {w["relpath"] for w in a} & files_on_disk(root)  # noqa: E731
+    wait_for(lambda: not present_a(), timeout=20, what="TTL eviction of model-a")
+    wait_for(lambda: not stale_tmp.exists(), timeout=10, what="the stale temp file to go")
+    wait_for(lambda: len({w["relpath"] for w in b} & files_on_disk(root)) == 4, timeout=10, what="quota of b")
+    time.sleep(1.0)
+    on_disk = files_on_disk(root)
+    assert {w["relpath"] for w in b[4:]} <= on_disk, "the quota must keep b's most recently used blocks"
+    assert {w["relpath"] for w in c} <= on_disk, "blocks inside min_age were evicted"
+    assert fresh_tmp.exists(), "a temp file inside the orphan grace was deleted"
+    log = ev.log()
+    assert "ttl: 6 files" in log and "quota: 4 files" in log and "orphan: 1 files" in log
+    assert ev.stop() == 0
+
+
+def test_victim_accessed_between_choice_and_delete_survives(
+    root: Path, sqlite_url: str, start_evictor
+) -> None:
+    now = time.time()
+    n = 10
+    times = [now - 5000 + i for i in range(n)]
+    written = run_writer(root, "org/model-race", times, mtimes=[t - 100 for t in times], payload=PAYLOAD)
+    victim = root / written[0]["relpath"]
+    cap = n * FILE
+    ev = start_evictor(
+        root,
+        sqlite_url,
+        "--max-bytes",
+        str(int(cap / 0.8)),
+        "--high-watermark",
+        "50",
+        "--low-watermark",
+        "40",
+        "--pause-before-delete",
+        "2s",
+    )
+    ev.wait_log(r"pausing 2\.0s before deleting a batch")
+    assert victim.exists()
+    # A reader uses the oldest block (the first victim) while the evictor sits between planning and unlinking.
+    run_writer(root, "org/model-race", [], accesses=[[0, time.time()]], writer_id="reader-1")
+    ev.wait_log(r"evicted 4 files", timeout=20)  # 5 chosen (down to the low watermark), 1 spared
+    assert victim.exists(), "a block accessed after being chosen was deleted"
+    assert len(files_on_disk(root)) == n - 4
+    assert ev.metric("kvfs_evictor_recheck_spared_files_total") == 1
+    assert "recheck: 1 of 5 victims were used since they were chosen" in ev.log()
+    assert ev.stop() == 0
+
+
+def test_dry_run_deletes_nothing(root: Path, sqlite_url: str, start_evictor) -> None:
+    now = time.time()
+    written = run_writer(root, "org/model-dry", [now - 3000 + i for i in range(10)], payload=PAYLOAD)
+    before = files_on_disk(root)
+    ev = start_evictor(root, sqlite_url, "--max-bytes", str(5 * FILE), "--ttl", "1s", "--dry-run")
+    ev.wait_log(r"dry-run: would evict 10 files")
+    time.sleep(0.7)
+    assert files_on_disk(root) == before == {w["relpath"] for w in written}
+    assert ev.metric("kvfs_evictor_evicted_files_total", 'reason="ttl"') == 0
+    assert ev.stop() == 0
+
+
+def test_http_endpoints_and_sigterm(root: Path, sqlite_url: str, start_evictor) -> None:
+    ev = start_evictor(root, sqlite_url, "--max-bytes", "1G", "--log-format", "json")
+    ev.wait_leader()
+    assert ev.get("/healthz")[0] == 200
+    wait_for(lambda: ev.get("/readyz")[0] == 200, what="ready")
+    code, body = ev.get("/metrics")
+    text = body.decode()
+    assert code == 200
+    for name in (
+        "kvfs_evictor_leader 1.0",
+        "kvfs_evictor_watermark_ratio",
+        "kvfs_evictor_metadata_ops_total",
+        "kvfs_evictor_journal_backlog_bytes",
+    ):
+        assert name in text, name
+    assert ev.get("/nope")[0] == 404
+    status = ev.status()
+    assert status["leader"] and status["watermarks"]["high_pct"] == 85
+    assert ev.log().lstrip().startswith("{")  # JSON log lines
+    t0 = time.monotonic()
+    assert ev.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - t0 < 5, "SIGTERM must stop the service within seconds"
+
+
+def test_second_instance_on_sqlite_refused(root: Path, sqlite_url: str, start_evictor) -> None:
+    first = start_evictor(root, sqlite_url)
+    first.wait_leader()
+    second = start_evictor(root, sqlite_url, wait=False)
+    assert second.proc.wait(20) == 3
+    assert "already runs on the SQLite catalog" in second.log()
+    assert first.proc.poll() is None
