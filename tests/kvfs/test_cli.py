@@ -1,0 +1,305 @@
+"""The `kvfs` CLI through click's runner (real files, real SQLite/PostgreSQL catalogs) and the console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kvfs.blockfile import BlockIdentity, StoreOutcome, store_block
+from kvfs.cli import main
+from kvfs.journal import JournalWriter
+from kvfs.layout import BlockKey, fingerprint_sha256, kvfs_fields, namespace_name, write_namespace_config
+
+PAYLOAD = 512
+KVFS_BIN = Path(sys.executable).with_name("kvfs")
+
+
+class Site:
+    """A root with real block files in two namespaces; block n last accessed `age(n)` seconds ago."""
+
+    def __init__(self, root: Path, catalog_url: str) -> None:
+        self.root = root
+        self.catalog_url = catalog_url
+        self.namespaces: dict[str, tuple[str, bytes]] = {}
+        self.keys: dict[int, BlockKey] = {}
+        self.file_size = 0
+
+    def namespace(self, model: str) -> str:
+        fields = kvfs_fields({"model_name": model, "block_size": 16})
+        write_namespace_config(self.root, fields)
+        self.namespaces[model] = (namespace_name(fields), fingerprint_sha256(fields))
+        return namespace_name(fields)
+
+    def block(self, model: str, n: int, age_s: float, *, rank: int = 0) -> BlockKey:
+        ns, fp = self.namespaces[model]
+        key = BlockKey(ns, rank, 0, f"{n:03x}{n % 256:02x}{n:027x}", "kvfs")
+        path = self.root / key.relpath()
+        assert store_block(path, b"x" * PAYLOAD, BlockIdentity(fp, b"k%d" % n)).outcome is StoreOutcome.STORED
+        stamp = time.time() - age_s
+        os.utime(path, (stamp, stamp))
+        self.keys[n] = key
+        self.file_size = path.stat().st_size
+        return key
+
+    def path(self, n: int) -> Path:
+        return self.root / self.keys[n].relpath()
+
+    def present(self) -> set[int]:
+        return {n for n in self.keys if self.path(n).exists()}
+
+    def invoke(self, *args: str, env: dict[str, str] | None = None):
+        runner = CliRunner()
+        return runner.invoke(main, ["--root", str(self.root), "--catalog", self.catalog_url, *args], env=env)
+
+    def json(self, *args: str) -> dict:
+        result = self.invoke(*args, "--json")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+
+@pytest.fixture
+def site(tmp_path: Path, catalog_url: str) -> Site:
+    root = tmp_path / "root"
+    root.mkdir()
+    s = Site(root, catalog_url)
+    s.namespace("org/alpha")
+    s.namespace("org/beta")
+    for n in range(1, 7):  # alpha: 1 (oldest, 6 h) .. 6 (1 h)
+        s.block("org/alpha", n, (7 - n) * 3600)
+    for n in range(11, 14):  # beta: 11..13, 3 days old, on rank 1
+        s.block("org/beta", n, 3 * 86400 + n, rank=1)
+    return s
+
+
+def test_scan_then_du_json_has_the_exact_keys(site: Site) -> None:
+    scanned = site.json("scan")
+    assert scanned["files"] == 9 and scanned["blocks_added"] == 9
+    du = site.json("du")
+    assert set(du) >= {"total_files", "total_bytes", "namespaces", "tmp_orphans"}
+    assert du["total_files"] == 9
+    assert du["total_bytes"] == 9 * site.file_size
+    assert set(du["tmp_orphans"]) >= {"files", "bytes"}
+    by_ns = {ns["namespace"]: ns for ns in du["namespaces"]}
+    alpha, _ = site.namespaces["org/alpha"]
+    assert set(by_ns[alpha]) == {"namespace", "model", "files", "bytes", "last_access_min", "last_access_max"}
+    assert by_ns[alpha]["files"] == 6 and by_ns[alpha]["model"] == "org/alpha"
+    assert by_ns[alpha]["last_access_min"] < by_ns[alpha]["last_access_max"]
+
+
+def test_du_groups_by_model_rank_and_age(site: Site) -> None:
+    site.json("scan")
+    models = {g["model"]: g for g in site.json("du", "--by", "model")["groups"]}
+    assert models["org/alpha"]["files"] == 6 and models["org/beta"]["files"] == 3
+    ranks = site.json("du", "--by", "rank")["groups"]
+    assert sorted((g["rank"], g["files"]) for g in ranks) == [(0, 6), (1, 3)]
+    ages = {g["age"]: g["files"] for g in site.json("du", "--by", "age")["groups"]}
+    assert ages == {"<1h": 0, "1h-1d": 6, "1d-7d": 3, "7d-30d": 0, ">=30d": 0}
+    table = site.invoke("du", "--by", "age")
+    assert table.exit_code == 0 and "1h-1d" in table.output and "total: 9 files" in table.output
+
+
+def test_du_reports_temp_files_of_the_last_scan(site: Site) -> None:
+    before = site.json("du")["tmp_orphans"]
+    assert before == {"files": 0, "bytes": 0, "scanned_at": None}
+    (site.path(1).parent / (site.path(1).name + "_deadbeef.tmp")).write_bytes(b"t" * 100)
+    site.json("scan")
+    after = site.json("du")["tmp_orphans"]
+    assert (after["files"], after["bytes"]) == (1, 100) and after["scanned_at"] > 0
+
+
+def test_ls_lists_a_namespace_in_eviction_order(site: Site) -> None:
+    site.json("scan")
+    alpha, _ = site.namespaces["org/alpha"]
+    listing = site.json("ls", alpha)
+    assert [b["path"] for b in listing["blocks"]] == [site.keys[n].relpath() for n in range(1, 7)]
+    assert listing["policy"] == "lru"
+    assert len(site.json("ls", alpha, "--limit", "2")["blocks"]) == 2
+    text = site.invoke("ls", alpha, "--limit", "1")
+    assert text.exit_code == 0 and site.keys[1].relpath() in text.output
+    unknown = site.invoke("ls", "nope_000000000000")
+    assert unknown.exit_code != 0 and "unknown namespace" in unknown.output
+
+
+def test_gc_dry_run_deletes_nothing(site: Site) -> None:
+    site.json("scan")
+    out = site.json("gc", "--dry-run", "--max-bytes", str(3 * site.file_size))
+    assert {"deleted_files", "deleted_bytes", "by_reason", "dry_run"} <= set(out)
+    assert out["dry_run"] is True
+    assert out["deleted_files"] == 6  # what it would delete
+    assert out["by_reason"] == {"capacity": {"files": 6, "bytes": 6 * site.file_size}}
+    assert site.present() == set(site.keys)
+    assert site.json("du")["total_files"] == 9
+
+
+def test_gc_max_bytes_evicts_lru_and_prints_the_plan(site: Site) -> None:
+    site.json("scan")
+    result = site.invoke("gc", "--max-bytes", str(4 * site.file_size))
+    assert result.exit_code == 0, result.output
+    assert "capacity" in result.output and "deleted 5 files" in result.output
+    # The three 3-day-old beta blocks go first, then alpha's two oldest.
+    assert site.present() == {3, 4, 5, 6}
+    assert site.json("du")["total_files"] == 4
+
+
+def test_gc_scans_first_when_the_catalog_is_empty(site: Site) -> None:
+    out = site.json("gc", "--ttl", "2d")
+    assert out["scan"] is not None and out["scan"]["files"] == 9
+    assert out["deleted_files"] == 3 and out["by_reason"] == {
+        "ttl": {"files": 3, "bytes": 3 * site.file_size}
+    }
+    assert site.present() == set(range(1, 7))
+
+
+def test_gc_retire_namespace_and_orphans(site: Site) -> None:
+    beta, _ = site.namespaces["org/beta"]
+    old_tmp = site.path(1).parent / (site.path(1).name + "_0123abcd.tmp")
+    new_tmp = site.path(2).parent / (site.path(2).name + "_4567cdef.tmp")
+    for tmp, age_s in ((old_tmp, 7200), (new_tmp, 5)):
+        tmp.write_bytes(b"partial")
+        os.utime(tmp, (time.time() - age_s, time.time() - age_s))
+    out = site.json("gc", "--retire", beta, "--orphans-older-than", "1h")
+    assert out["by_reason"]["retired"]["files"] == 3
+    assert out["by_reason"]["orphan"] == {"files": 1, "bytes": 7}
+    assert not old_tmp.exists() and new_tmp.exists()
+    assert site.present() == set(range(1, 7))
+
+
+def test_gc_namespace_scope(site: Site) -> None:
+    alpha, _ = site.namespaces["org/alpha"]
+    out = site.json("gc", "--namespace", alpha, "--max-bytes", str(4 * site.file_size))
+    assert out["deleted_files"] == 2
+    assert site.present() == {3, 4, 5, 6, 11, 12, 13}
+
+
+def test_gc_ingests_journals_before_planning(site: Site) -> None:
+    site.json("scan")
+    with JournalWriter(site.root, writer_id="engine-a") as writer:
+        writer.record_access(site.keys[1])  # the oldest alpha block was just read
+    out = site.json(
+        "gc", "--namespace", site.namespaces["org/alpha"][0], "--max-bytes", str(5 * site.file_size)
+    )
+    assert out["journal_records_ingested"] == 1
+    assert site.present() >= {1} and not site.path(2).exists()
+
+
+def test_gc_never_deletes_through_a_planted_symlink(site: Site, tmp_path: Path) -> None:
+    site.json("scan")
+    outside = tmp_path / "outside.kvfs"
+    outside.write_bytes(b"not yours")
+    site.path(1).unlink()
+    site.path(1).symlink_to(outside)
+    out = site.json("gc", "--max-bytes", "0")
+    assert outside.read_bytes() == b"not yours"
+    assert site.path(1).is_symlink()
+    assert out["deleted_files"] == 8 and out["refused"] == 1
+
+
+def test_policy_option(site: Site) -> None:
+    bad = site.invoke("gc", "--policy", "nope", "--dry-run")
+    assert bad.exit_code == 2 and "unknown policy 'nope'" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["gc", "--max-bytes", "12parsecs"], "not a size"),
+        (["gc", "--ttl", "soon"], "not a duration"),
+        (["gc", "--min-age", "-5s"], "not a duration"),
+        (["du", "--by", "colour"], "Invalid value for '--by'"),
+    ],
+)
+def test_bad_values_give_one_line(site: Site, args: list[str], message: str) -> None:
+    result = site.invoke(*args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert "Traceback" not in result.output
+
+
+def one_line_failure(result) -> str:
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    return lines[0]
+
+
+def test_bad_root(tmp_path: Path, sqlite_url: str) -> None:
+    runner = CliRunner()
+    for command in ("scan", "gc", "verify"):
+        result = runner.invoke(main, ["--root", str(tmp_path / "missing"), "--catalog", sqlite_url, command])
+        assert "does not exist" in one_line_failure(result)
+    afile = tmp_path / "file"
+    afile.write_text("")
+    result = runner.invoke(main, ["--root", str(afile), "--catalog", sqlite_url, "scan"])
+    assert result.exit_code == 2 and "is a file" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://someone@localhost/kvfs",
+        "postgresql+psycopg://nobody@127.0.0.1:1/nothing",
+        "sqlite:///:memory:",
+        "sqlite:///" + "/proc/no/such/dir/c.db",
+    ],
+)
+def test_bad_catalog_url(tmp_path: Path, url: str) -> None:
+    result = CliRunner().invoke(main, ["--root", str(tmp_path), "--catalog", url, "du"])
+    assert "Traceback" not in result.output
+    one_line_failure(result)
+
+
+def test_sqlite_catalog_inside_the_root_is_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["--root", str(tmp_path), "--catalog", str(tmp_path / "c.db"), "du"])
+    assert "unsafe" in one_line_failure(result)
+    assert not (tmp_path / "c.db").exists()
+
+
+def test_environment_variables(site: Site) -> None:
+    result = CliRunner().invoke(
+        main, ["scan", "--json"], env={"KVFS_ROOT": str(site.root), "KVFS_CATALOG": site.catalog_url}
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["files"] == 9
+
+
+def test_help_lists_every_command() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for command in ("scan", "du", "ls", "gc", "verify"):
+        assert f"  {command} " in result.output
+
+
+@pytest.mark.slow
+def test_installed_console_script(tmp_path: Path) -> None:
+    assert KVFS_BIN.exists(), f"console script not installed at {KVFS_BIN}"
+    root = tmp_path / "root"
+    root.mkdir()
+    site = Site(root, f"sqlite:///{tmp_path / 'catalog.db'}")
+    site.namespace("org/alpha")
+    site.block("org/alpha", 1, 60)
+    env = {**os.environ, "KVFS_ROOT": str(root), "KVFS_CATALOG": site.catalog_url}
+    scan = subprocess.run([KVFS_BIN, "scan", "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert scan.returncode == 0, scan.stderr
+    assert json.loads(scan.stdout)["files"] == 1
+    du = subprocess.run([KVFS_BIN, "du"], env=env, capture_output=True, text=True, timeout=120)
+    assert du.returncode == 0 and "total: 1 files" in du.stdout
+    bad = subprocess.run(
+        [KVFS_BIN, "--root", str(tmp_path / "nope"), "gc"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 1
+    assert bad.stderr.strip().count("\n") == 0 and "does not exist" in bad.stderr
+    assert "Traceback" not in bad.stderr + bad.stdout
