@@ -1,0 +1,139 @@
+"""The Grafana dashboard is well-formed and every metric it queries is one kvfs or vLLM really exports."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from manifest_render import MANIFESTS, rendered
+
+DASHBOARD = MANIFESTS / "grafana" / "kvfs-dashboard.json"
+METRIC = re.compile(r"\b(kvfs_[a-z0-9_]+|vllm:[a-z0-9_:]+)")
+SUFFIXES = ("_total", "_created", "_bucket", "_sum", "_count")
+
+
+def dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text())
+
+
+def queries() -> list[tuple[str, str]]:
+    return [(p["title"], t["expr"]) for p in dashboard()["panels"] for t in p.get("targets", [])]
+
+
+@functools.cache
+def kvfs_exposed_names() -> frozenset[str]:
+    """Sample names the kvfs processes expose: the metrics modules' families, with Prometheus' suffixes."""
+    import prometheus_client
+
+    for module in ("kvfs.metrics", "evictor.metrics", "connector.metrics"):
+        importlib.import_module(module)
+    names: set[str] = set()
+    for family in prometheus_client.REGISTRY.collect():
+        if family.type == "counter":
+            names |= {family.name + "_total", family.name + "_created"}
+        elif family.type in ("histogram", "summary"):
+            names |= {family.name + s for s in ("_bucket", "_sum", "_count", "_created")}
+        else:
+            names.add(family.name)
+    return frozenset(n for n in names if n.startswith("kvfs_"))
+
+
+@functools.cache
+def vllm_metric_literals() -> frozenset[str]:
+    """Every "vllm:..." string literal in the installed vLLM sources (read, not imported: importing is slow)."""
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("vLLM is not installed (the vllm extra)")
+    found: set[str] = set()
+    for root in spec.submodule_search_locations:
+        for path in Path(root).rglob("*.py"):
+            found |= set(re.findall(r"[\"'](vllm:[a-z0-9_:]+)[\"']", path.read_text(errors="replace")))
+    return frozenset(found)
+
+
+def test_dashboard_is_well_formed() -> None:
+    d = dashboard()
+    assert d["uid"] and d["title"] and d["schemaVersion"] >= 36
+    ids = [p["id"] for p in d["panels"]]
+    assert len(ids) == len(set(ids))
+    assert any(v["type"] == "datasource" and v["query"] == "prometheus" for v in d["templating"]["list"])
+    for p in d["panels"]:
+        g = p["gridPos"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24, p["title"]
+        if p["type"] != "row":
+            assert p["targets"], p["title"]
+            refs = [t["refId"] for t in p["targets"]]
+            assert len(refs) == len(set(refs)), p["title"]
+            assert p["datasource"]["uid"] == "${datasource}", p["title"]
+
+
+def test_dashboard_covers_kvfs_and_vllm_offload_metrics() -> None:
+    used = {m for _, expr in queries() for m in METRIC.findall(expr)}
+    assert any(m.startswith("kvfs_evictor_") for m in used)
+    assert any(m.startswith("kvfs_connector_") for m in used)
+    assert any(m.startswith("vllm:kv_offload_") for m in used)
+
+
+def unknown_kvfs_metrics(qs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    exposed = kvfs_exposed_names()
+    return [
+        (t, m) for t, expr in qs for m in METRIC.findall(expr) if m.startswith("kvfs_") and m not in exposed
+    ]
+
+
+def unknown_vllm_metrics(qs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    literals = vllm_metric_literals()
+    missing = []
+    for title, expr in qs:
+        for m in METRIC.findall(expr):
+            if not m.startswith("vllm:"):
+                continue
+            base = next((m[: -len(s)] for s in SUFFIXES if m.endswith(s) and m[: -len(s)] in literals), m)
+            if base not in literals:
+                missing.append((title, m))
+    return missing
+
+
+def test_every_kvfs_metric_queried_is_exported() -> None:
+    assert unknown_kvfs_metrics(queries()) == []
+
+
+@pytest.mark.vllm
+def test_every_vllm_metric_queried_exists_in_vllm() -> None:
+    assert unknown_vllm_metrics(queries()) == []
+
+
+def test_metric_checks_catch_misspelt_metrics() -> None:
+    bad = [("p", "rate(kvfs_evictor_evicted_byte_total[5m]) + kvfs_evictor_usage_bytes_total")]
+    assert [m for _, m in unknown_kvfs_metrics(bad)] == [
+        "kvfs_evictor_evicted_byte_total",
+        "kvfs_evictor_usage_bytes_total",
+    ]
+    assert unknown_kvfs_metrics([("p", "kvfs_evictor_usage_bytes + kvfs_evictor_evicted_bytes_total")]) == []
+
+
+@pytest.mark.vllm
+def test_vllm_metric_check_catches_misspelt_metrics() -> None:
+    good = "rate(vllm:kv_offload_store_bytes_total[5m])"
+    assert unknown_vllm_metrics([("p", good)]) == []
+    assert unknown_vllm_metrics([("p", "rate(vllm:kv_offload_stored_bytes_total[5m])")])
+
+
+def test_dashboard_jobs_match_the_scraped_services() -> None:
+    # The Prometheus operator labels samples with job=<Service name>; the dashboard's defaults must match.
+    services = {d["metadata"]["name"] for d in rendered("base") if d["kind"] == "Service"}
+    defaults = {
+        v["name"]: v["current"]["value"] for v in dashboard()["templating"]["list"] if v["type"] == "custom"
+    }
+    assert defaults["evictor_job"] in services and defaults["engine_job"] in services
+
+
+def test_dashboard_ships_in_the_base_as_a_sidecar_configmap() -> None:
+    (cm,) = [d for d in rendered("base") if d["metadata"]["name"] == "kvfs-grafana-dashboard"]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(cm["data"]["kvfs-dashboard.json"]) == dashboard()

@@ -1,0 +1,235 @@
+"""The Dockerfiles parse, pin their bases and dependencies, copy what exists, and agree with the manifests.
+
+Images are not built here (no registry is reachable in CI); these checks catch the mistakes that would only
+show at build or run time: an unpinned base, a dependency missing from the image, a vLLM image that does not
+match the vLLM the connector is tested with, a uid that differs from the manifests'.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, requires
+from pathlib import Path
+
+import manifest_checks as mc
+import pytest
+from manifest_render import REPO, rendered
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+DOCKER = REPO / "docker"
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+KNOWN_INSTRUCTIONS = {
+    "FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME", "USER",
+    "WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Instruction:
+    line: int
+    op: str
+    args: str
+
+
+def parse_dockerfile(path: Path) -> list[Instruction]:
+    """Instructions with continuation lines joined and comments dropped (the Dockerfile grammar we use)."""
+    out: list[Instruction] = []
+    pending = ""
+    start = 0
+    for n, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if pending and line.startswith("#"):
+            continue
+        if not pending:
+            start = n
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        text = pending + line
+        pending = ""
+        op, _, args = text.partition(" ")
+        out.append(Instruction(start, op.upper(), args.strip()))
+    assert not pending, f"{path.name}: dangling line continuation"
+    return out
+
+
+def dockerfiles() -> list[Path]:
+    return sorted(DOCKER.glob("*.Dockerfile"))
+
+
+def requirement_pins(path: Path) -> dict[str, Version]:
+    pins: dict[str, Version] = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        req = Requirement(line)
+        spec = list(req.specifier)
+        assert len(spec) == 1 and spec[0].operator == "==", f"{path.name}: {line} is not pinned with =="
+        pins[canonicalize_name(req.name)] = Version(spec[0].version)
+    return pins
+
+
+def pyproject_requirements() -> dict[str, Requirement]:
+    return {
+        canonicalize_name(Requirement(r).name): Requirement(r) for r in PYPROJECT["project"]["dependencies"]
+    }
+
+
+def runtime_closure() -> set[str]:
+    """Names of pyproject's dependencies and everything they need on this platform (from installed metadata)."""
+    seen: set[str] = set()
+    todo = list(pyproject_requirements().values())
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        if name in seen:
+            continue
+        seen.add(name)
+        for sub in requires(name) or []:
+            s = Requirement(sub)
+            extras = req.extras or {""}
+            if s.marker is None or any(s.marker.evaluate({"extra": e}) for e in extras):
+                todo.append(s)
+    return seen
+
+
+def test_there_are_two_images() -> None:
+    assert {p.name for p in dockerfiles()} == {"engine.Dockerfile", "evictor.Dockerfile"}
+
+
+@pytest.mark.parametrize("path", dockerfiles(), ids=lambda p: p.name)
+def test_dockerfile_parses_and_pins_its_bases(path: Path) -> None:
+    instructions = parse_dockerfile(path)
+    assert instructions[0].op == "FROM"
+    assert {i.op for i in instructions} <= KNOWN_INSTRUCTIONS
+    stages: set[str] = set()
+    for i in instructions:
+        if i.op != "FROM":
+            continue
+        words = i.args.split()
+        image = words[0]
+        if image in stages:
+            continue
+        name, _, tag = image.partition("@")[0].rpartition(":")
+        assert name and tag and tag != "latest" and "$" not in image, (
+            f"{path.name}:{i.line}: unpinned {image}"
+        )
+        if len(words) == 3 and words[1].upper() == "AS":
+            stages.add(words[2])
+
+
+@pytest.mark.parametrize("path", dockerfiles(), ids=lambda p: p.name)
+def test_copied_sources_exist_and_are_not_dockerignored(path: Path) -> None:
+    ignore = [ln.strip() for ln in Path(f"{path}.dockerignore").read_text().splitlines()]
+    patterns = [ln for ln in ignore if ln and not ln.startswith("#")]
+    for i in parse_dockerfile(path):
+        if i.op != "COPY" or "--from=" in i.args:
+            continue
+        sources = [w for w in i.args.split() if not w.startswith("--")][:-1]
+        for src in sources:
+            assert (REPO / src).exists(), f"{path.name}:{i.line}: COPY {src}: no such path"
+            # Docker's rule: the last matching pattern wins; "!" re-includes.
+            included = True
+            for pat in patterns:
+                neg = pat.startswith("!")
+                pat = pat.lstrip("!")
+                if fnmatch.fnmatch(src, pat) or fnmatch.fnmatch(src, pat.removesuffix("/**")):
+                    included = neg
+            assert included, f"{path.name}:{i.line}: COPY {src} is excluded by {path.name}.dockerignore"
+
+
+def test_evictor_requirements_are_the_exact_runtime_closure() -> None:
+    pins = requirement_pins(DOCKER / "requirements-evictor.txt")
+    assert set(pins) == runtime_closure()
+    for name, req in pyproject_requirements().items():
+        assert pins[name] in req.specifier, f"{name}=={pins[name]} violates pyproject's {req}"
+
+
+@pytest.mark.vllm
+def test_engine_requirements_add_exactly_what_vllm_lacks() -> None:
+    try:
+        vllm_reqs = [Requirement(r) for r in requires("vllm") or []]
+    except PackageNotFoundError:
+        pytest.skip("vLLM is not installed (the vllm extra)")
+    vllm_needs = {
+        canonicalize_name(r.name) for r in vllm_reqs if r.marker is None or r.marker.evaluate({"extra": ""})
+    }
+    engine = requirement_pins(DOCKER / "requirements-engine.txt")
+    evictor = requirement_pins(DOCKER / "requirements-evictor.txt")
+    # Everything kvfs needs is either already a vLLM requirement or added by the engine image...
+    assert runtime_closure() - vllm_needs <= set(engine)
+    # ...and the engine image never re-pins a package vLLM itself requires (that could break vLLM).
+    assert not set(engine) & vllm_needs
+    assert {n: evictor[n] for n in engine} == engine, "both images must use the same pins"
+
+
+def test_engine_image_is_the_vllm_release_the_connector_is_tested_with() -> None:
+    (pin,) = [
+        Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["vllm"] if r.startswith("vllm")
+    ]
+    (version,) = [s.version for s in pin.specifier if s.operator == "=="]
+    bases = [i.args.split()[0] for i in parse_dockerfile(DOCKER / "engine.Dockerfile") if i.op == "FROM"]
+    assert bases == [f"vllm/vllm-openai:v{version}"]
+
+
+def test_evictor_image_python_is_supported_by_the_project() -> None:
+    from packaging.specifiers import SpecifierSet
+
+    supported = SpecifierSet(PYPROJECT["project"]["requires-python"])
+    for i in parse_dockerfile(DOCKER / "evictor.Dockerfile"):
+        if i.op == "FROM" and i.args.startswith("python:"):
+            version = re.match(r"python:(\d+\.\d+\.\d+)-", i.args)
+            assert version and Version(version.group(1)) in supported, i.args
+
+
+def test_images_run_as_the_manifests_identity_and_serve_the_evictor_port() -> None:
+    from evictor.settings import SETTINGS_SCHEMA
+
+    docs = list(rendered("base"))
+    (ev,) = mc.evictors(docs)
+    psc = ev.pod["securityContext"]
+    users = [i.args for i in parse_dockerfile(DOCKER / "evictor.Dockerfile") if i.op == "USER"]
+    assert users == [f"{psc['runAsUser']}:{psc['runAsGroup']}"]
+    exposed = [i.args for i in parse_dockerfile(DOCKER / "evictor.Dockerfile") if i.op == "EXPOSE"]
+    assert exposed == [SETTINGS_SCHEMA["metrics_port"].default]
+    ep = [i.args for i in parse_dockerfile(DOCKER / "evictor.Dockerfile") if i.op == "ENTRYPOINT"]
+    assert ep == ['["kvfs-evictor"]'] and "kvfs-evictor" in PYPROJECT["project"]["scripts"]
+    assert "kvfs" in PYPROJECT["project"]["scripts"]
+
+
+@pytest.mark.parametrize("tree", ["base", "postgres", "gc-cronjob"])
+def test_manifest_image_tags_are_the_project_version(tree: str) -> None:
+    version = PYPROJECT["project"]["version"]
+    for w in mc.iter_workloads(rendered(tree)):
+        image = w.container["image"]
+        if image.startswith("kvfs/"):
+            assert image.endswith(f":{version}"), f"{w.name}: {image} (project version {version})"
+
+
+def test_dockerfile_parser_sees_continuations_and_rejects_dangling_ones(tmp_path: Path) -> None:
+    good = tmp_path / "good.Dockerfile"
+    good.write_text("FROM a:1 AS b\n# c\nRUN x \\\n  # inner comment\n  && y\nUSER 1:2\n")
+    assert [(i.op, i.args) for i in parse_dockerfile(good)] == [
+        ("FROM", "a:1 AS b"),
+        ("RUN", "x  && y"),
+        ("USER", "1:2"),
+    ]
+    bad = tmp_path / "bad.Dockerfile"
+    bad.write_text("FROM a:1\nRUN x \\\n")
+    with pytest.raises(AssertionError, match="dangling"):
+        parse_dockerfile(bad)
+
+
+def test_requirement_pins_refuse_ranges(tmp_path: Path) -> None:
+    loose = tmp_path / "r.txt"
+    loose.write_text("click==8.5.1  # ok\nsqlalchemy>=2.0\n")
+    with pytest.raises(AssertionError, match="not pinned"):
+        requirement_pins(loose)
