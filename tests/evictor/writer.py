@@ -66,6 +66,8 @@ def main(spec: dict[str, Any]) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(temp_name_for(path.name))
             tmp.write_bytes(payload)
+            if mtimes is not None:  # times set before the rename: the file appears complete, as it was
+                os.utime(tmp, (mtimes[i], mtimes[i]))
             os.replace(tmp, path)
         if mtimes is not None:
             os.utime(path, (mtimes[i], mtimes[i]))
