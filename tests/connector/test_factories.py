@@ -1,0 +1,139 @@
+"""Both entry points load through vLLM's own factories from configuration; bad settings fail clearly."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+
+import pytest
+
+pytest.importorskip("vllm")
+pytestmark = pytest.mark.vllm
+
+import torch  # noqa: E402
+from vllm.v1.kv_offload.factory import OffloadingSpecFactory  # noqa: E402
+from vllm.v1.kv_offload.tiering.factory import SecondaryTierFactory  # noqa: E402
+
+from connector.config import ConfigError  # noqa: E402
+from tests.connector.vllm_helpers import offloading_config  # noqa: E402
+
+SPEC = {"spec_name": "KvfsOffloadingSpec", "spec_module_path": "connector.spec"}
+
+
+def test_spec_loads_through_vllm_factory(tmp_path):
+    from connector.manager import KvfsManager
+    from connector.spec import KvfsOffloadingSpec
+
+    config = offloading_config({**SPEC, "kvfs_root": str(tmp_path), "kvfs_journal": False})
+    assert OffloadingSpecFactory.get_spec_cls(config.extra_config) is KvfsOffloadingSpec
+    spec = OffloadingSpecFactory.create_spec(config)
+    assert isinstance(spec, KvfsOffloadingSpec)
+    manager = spec.get_manager()
+    try:
+        assert isinstance(manager, KvfsManager) and spec.get_manager() is manager
+        fields = json.loads((tmp_path / spec.namespace.name / "config.json").read_text())
+        assert fields["model_name"] == "meta-llama/Llama-3.1-8B" and fields["dtype"] == "bfloat16"
+        assert fields["gpu_blocks_per_file"] == 4 and fields["kvfs_format"] == 1
+    finally:
+        manager.shutdown()
+
+
+def test_fingerprint_changes_with_anything_that_changes_bytes(tmp_path):
+    from connector.spec import KvfsOffloadingSpec
+
+    extra = {**SPEC, "kvfs_root": str(tmp_path), "kvfs_journal": False}
+    base = KvfsOffloadingSpec(offloading_config(extra)).namespace.name
+    variants = [
+        offloading_config(extra, dtype="float16"),
+        offloading_config(extra, blocks_per_chunk=8),
+        offloading_config(extra, tokens_per_block=32),
+        offloading_config(extra, world_size=2),
+        offloading_config(extra, kv_bytes_per_block=2048),
+        offloading_config(extra, layers=3),
+        offloading_config({**extra, "kvfs_model_revision": "abc123"}),
+    ]
+    names = {KvfsOffloadingSpec(c).namespace.name for c in variants}
+    assert base not in names and len(names) == len(variants)
+    assert KvfsOffloadingSpec(offloading_config(extra)).namespace.name == base  # deterministic
+
+
+def test_worker_refuses_to_run_without_the_failure_channel(tmp_path):
+    from connector.spec import KvfsOffloadingSpec
+
+    spec = KvfsOffloadingSpec(offloading_config({**SPEC, "kvfs_root": str(tmp_path), "kvfs_journal": False}))
+    with pytest.raises(RuntimeError, match="KvfsOffloadingConnector"):
+        spec.get_worker(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        ({"kvfs_root": "relative/dir"}, "absolute"),
+        ({"kvfs_durabilty": "data"}, "unknown kvfs connector setting"),
+        ({"kvfs_durability": "always"}, "kvfs_durability"),
+        ({"kvfs_io_threads": -1}, "kvfs_io_threads"),
+        ({"kvfs_store_budget": "soon"}, "bad kvfs connector setting"),
+    ],
+)
+def test_bad_settings_are_rejected_with_the_key_named(extra, match):
+    from connector.spec import KvfsOffloadingSpec
+
+    with pytest.raises(ConfigError, match=match):
+        KvfsOffloadingSpec(offloading_config({**SPEC, **extra}))
+
+
+def test_tier_loads_through_vllm_factory(tmp_path):
+    from connector.tier import KvfsTier
+
+    primary = torch.zeros(8, 4096, dtype=torch.uint8)
+    spec = type("Spec", (), {"config": offloading_config({})})()
+    tier_config = {
+        "type": "KvfsTier",
+        "module_path": "connector.tier",
+        "root": str(tmp_path),
+        "journal": False,
+    }
+    assert SecondaryTierFactory.get_tier_class(tier_config) is KvfsTier
+    tier = SecondaryTierFactory.create_secondary_tier(tier_config, memoryview(primary.numpy()), spec)
+    try:
+        assert isinstance(tier, KvfsTier) and tier.block_size_bytes == 4096
+        assert (tmp_path / tier.namespace.name / "config.json").exists()
+    finally:
+        tier.shutdown()
+
+
+def test_unsupported_vllm_version_is_a_clear_error(monkeypatch):
+    import vllm
+
+    import connector.compat as compat
+
+    monkeypatch.setattr(vllm, "__version__", "0.31.0")
+    with pytest.raises(ImportError, match="0.32.x and 0.33.x"):
+        importlib.reload(compat)
+    monkeypatch.undo()
+    importlib.reload(compat)
+    assert compat.VLLM_MINOR in compat.SUPPORTED_MINORS
+
+
+def test_nondeterministic_hash_seed_warns_loudly(tmp_path, monkeypatch, caplog):
+    from connector.naming import warn_unshareable
+
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    fields = {"model_name": "m", "prefix_hash_algo": "xxhash"}
+    assert any("PYTHONHASHSEED" in w for w in warn_unshareable(str(tmp_path), fields))
+    monkeypatch.setenv("PYTHONHASHSEED", "42")
+    assert warn_unshareable(str(tmp_path), fields) == []
+
+
+def test_sibling_namespace_with_another_hash_algo_warns(tmp_path):
+    from connector.naming import warn_unshareable
+    from kvfs.layout import write_namespace_config
+
+    other = {"model_name": "m", "dtype": "bf16", "prefix_hash_algo": "sha256_cbor"}
+    write_namespace_config(tmp_path, other)
+    mine = {**other, "prefix_hash_algo": "sha256"}
+    warnings = warn_unshareable(str(tmp_path), mine)
+    assert len(warnings) == 1 and "sha256_cbor" in warnings[0]
+    assert warn_unshareable(str(tmp_path), {**mine, "dtype": "fp16"}) == []
+    assert os.path.isdir(tmp_path)

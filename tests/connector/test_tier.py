@@ -1,0 +1,183 @@
+"""KvfsTier behind vLLM's CPU tier: store -> lookup -> load through real files, bad files, two replicas."""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import numpy as np
+import pytest
+
+pytest.importorskip("vllm")
+pytestmark = pytest.mark.vllm
+
+import torch  # noqa: E402
+from vllm.v1.kv_offload.base import LookupResult, ReqContext  # noqa: E402
+from vllm.v1.kv_offload.tiering.base import TransferJob  # noqa: E402
+from vllm.v1.kv_offload.tiering.factory import SecondaryTierFactory  # noqa: E402
+
+from kvfs.blockfile import HEADER_SIZE, BlockIdentity, store_block  # noqa: E402
+from kvfs.journal import JournalReader  # noqa: E402
+from tests.connector.vllm_helpers import offloading_config, poll  # noqa: E402
+
+ROW = 8192
+CHUNKS = 8
+
+
+class Primary:
+    """vLLM's CPU tier memory as the tier sees it: a memoryview of rows, one chunk each."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        g = torch.Generator().manual_seed(seed or 0)
+        self.rows = (
+            torch.randint(0, 255, (CHUNKS, ROW), generator=g, dtype=torch.uint8)
+            if seed is not None
+            else torch.zeros(CHUNKS, ROW, dtype=torch.uint8)
+        )
+        self.view = memoryview(self.rows.numpy())
+
+
+def make_tier(root, primary: Primary, journal: bool = False):  # type: ignore[no-untyped-def]
+    spec = type("Spec", (), {"config": offloading_config({})})()
+    cfg = {
+        "type": "KvfsTier",
+        "module_path": "connector.tier",
+        "root": str(root),
+        "journal": journal,
+        "io_threads": 2,
+    }
+    return SecondaryTierFactory.create_secondary_tier(cfg, primary.view, spec)
+
+
+def keys(n: int) -> list[bytes]:
+    return [secrets.token_bytes(32) + (0).to_bytes(4, "big") for _ in range(n)]
+
+
+def job(job_id: int, ks: list[bytes], chunk_ids: list[int], promotion: bool) -> TransferJob:
+    return TransferJob(
+        job_id=job_id,
+        keys=ks,
+        chunk_ids=np.array(chunk_ids, dtype=np.int64),
+        is_promotion=promotion,
+        req_context=ReqContext("r"),
+    )
+
+
+def finish(tier, job_id):  # type: ignore[no-untyped-def]
+    got = []
+    poll(lambda: got.extend(r for r in tier.get_finished_jobs()) or any(r.job_id == job_id for r in got))
+    return next(r for r in got if r.job_id == job_id)
+
+
+def lookup(tier, key):  # type: ignore[no-untyped-def]
+    ctx = ReqContext("q")
+    return poll(lambda: (r := tier.lookup(key, ctx)) != LookupResult.RETRY and r)
+
+
+@pytest.fixture
+def stored(tmp_path):
+    src = Primary(seed=1)
+    tier = make_tier(tmp_path, src, journal=True)
+    ks = keys(3)
+    result = finish(tier, (tier.submit_store(job(1, ks, [0, 3, 5], False)), 1)[1])
+    assert result.success and set(result.successful_keys) == set(ks)
+    yield tier, src, ks
+    tier.shutdown()
+
+
+def test_round_trip_through_real_files(stored, tmp_path):
+    tier, src, ks = stored
+    assert (
+        tier.lookup(keys(1)[0], ReqContext("q")) == LookupResult.RETRY
+    )  # never blocks: asked again next step
+    assert all(lookup(tier, k) == LookupResult.HIT for k in ks)
+    files = [p for p in tmp_path.rglob("*.kvfs")]
+    assert len(files) == 3
+    dst = Primary()
+    reader = make_tier(tmp_path, dst)
+    try:
+        assert all(lookup(reader, k) == LookupResult.HIT for k in ks)
+        reader.submit_load(job(2, ks, [7, 1, 2], True))
+        result = finish(reader, 2)
+        assert result.success and result.transfer_bytes == 3 * ROW
+        for s, d in ((0, 7), (3, 1), (5, 2)):
+            assert torch.equal(src.rows[s], dst.rows[d])
+        assert not dst.rows[0].any()
+    finally:
+        reader.shutdown()
+
+
+def test_store_records_and_stored_events(stored, tmp_path):
+    tier, _src, ks = stored
+    events = poll(lambda: list(tier.take_events()))
+    assert events and not events[0].removed and set(events[0].keys) == set(ks)
+    tier.journal.flush()
+    batch = JournalReader(tmp_path).read({})
+    assert sorted(r.key.block_hash for r in batch.records) == sorted(k[:-4].hex() for k in ks)
+
+
+def test_already_present_chunks_are_not_rewritten(stored, tmp_path):
+    tier, _src, ks = stored
+    assert all(lookup(tier, k) == LookupResult.HIT for k in ks)
+    path = tier.namespace.path(ks[0])
+    mtime = os.stat(path).st_mtime_ns
+    result = finish(tier, (tier.submit_store(job(9, ks, [1, 2, 4], False)), 9)[1])
+    assert result.success and os.stat(path).st_mtime_ns == mtime
+
+
+def corrupt(path: str, how: str) -> None:
+    if how == "deleted":
+        os.unlink(path)
+    elif how == "truncated":
+        os.truncate(path, HEADER_SIZE + 100)
+    elif how == "bitflip":
+        with open(path, "r+b") as fh:
+            fh.seek(HEADER_SIZE + 1000)
+            b = fh.read(1)
+            fh.seek(HEADER_SIZE + 1000)
+            fh.write(bytes([b[0] ^ 1]))
+    elif how == "foreign":
+        os.unlink(path)
+        store_block(path, b"\0" * ROW, BlockIdentity(b"\x07" * 32, b"x"))
+
+
+@pytest.mark.parametrize("how", ["deleted", "truncated", "bitflip", "foreign"])
+def test_bad_file_between_lookup_and_load_is_recomputed(stored, how):
+    tier, src, ks = stored
+    assert all(lookup(tier, k) == LookupResult.HIT for k in ks)
+    corrupt(tier.namespace.path(ks[1]), how)
+    slot2_before = src.rows[2].clone()
+    tier.submit_load(job(3, ks, [1, 2, 4], True))  # into other slots of the same CPU tier
+    result = finish(tier, 3)
+    assert not result.success
+    assert set(result.successful_keys) == {ks[0], ks[2]}  # the good chunks still load
+    assert torch.equal(src.rows[1], src.rows[0]) and torch.equal(src.rows[4], src.rows[5])
+    assert tier.lookup(ks[1], ReqContext("q")) == LookupResult.MISS  # recomputed, not retried forever
+    assert torch.equal(src.rows[2], slot2_before)  # the bad chunk's slot is not half-written
+
+
+def test_two_replicas_on_one_root_share_blocks(tmp_path):
+    a_mem, b_mem = Primary(seed=5), Primary()
+    a, b = make_tier(tmp_path, a_mem, journal=True), make_tier(tmp_path, b_mem, journal=True)
+    try:
+        ks = keys(2)
+        assert lookup(b, ks[0]) == LookupResult.MISS
+        assert finish(a, (a.submit_store(job(1, ks, [2, 6], False)), 1)[1]).success
+        b.cache.clear()  # b's MISS answer ages out (TTL); a fresh query sees a's files
+        assert all(lookup(b, k) == LookupResult.HIT for k in ks)
+        b.submit_load(job(2, ks, [0, 1], True))
+        assert finish(b, 2).success
+        assert torch.equal(a_mem.rows[2], b_mem.rows[0]) and torch.equal(a_mem.rows[6], b_mem.rows[1])
+    finally:
+        a.shutdown()
+        b.shutdown()
+
+
+def test_vanished_block_is_announced_removed(stored):
+    tier, _src, ks = stored
+    poll(lambda: list(tier.take_events()))  # the stored event
+    os.unlink(tier.namespace.path(ks[0]))
+    tier.cache._known[ks[0]] = (True, 0.0)  # an old answer: the next query refreshes it in the background
+    assert tier.lookup(ks[0], ReqContext("q")) == LookupResult.HIT  # stale but non-blocking
+    events = poll(lambda: [e for e in tier.take_events() if e.removed])
+    assert events and events[0].keys == [ks[0]]
