@@ -9,6 +9,8 @@ CLI's arguments through its click command.
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 import posixpath
 import shlex
@@ -295,6 +297,108 @@ def check_shared_claim(docs: Any) -> list[str]:
     return problems
 
 
+# Keys of the kv-transfer-config that must be exactly what the connector documents (the rest is tuning).
+CONNECTOR_IDENTITY = ("kv_connector", "kv_connector_module_path", "kv_role", "kv_load_failure_policy")
+SPEC_IDENTITY = ("spec_name", "spec_module_path")
+
+
+def module_source(module: str) -> ast.Module | None:
+    """The parsed source of a module, found without importing it (vLLM imports are slow and need no GPU here)."""
+    top, _, rest = module.partition(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    base = Path(next(iter(spec.submodule_search_locations)))
+    parts = rest.split(".") if rest else []
+    for candidate in (base.joinpath(*parts).with_suffix(".py"), base.joinpath(*parts, "__init__.py")):
+        if parts and candidate.exists():
+            return ast.parse(candidate.read_text())
+    return ast.parse((base / "__init__.py").read_text()) if not parts else None
+
+
+def defines_class(module: str, name: str) -> bool:
+    tree = module_source(module)
+    return tree is not None and any(isinstance(n, ast.ClassDef) and n.name == name for n in tree.body)
+
+
+def documented_connector_config() -> Obj:
+    """The kv-transfer-config JSON of connector.spec.CONNECTOR_HINT (the connector's own usage line)."""
+    tree = module_source("connector.spec")
+    for node in tree.body if tree else []:
+        if isinstance(node, ast.Assign) and any(
+            getattr(t, "id", None) == "CONNECTOR_HINT" for t in node.targets
+        ):
+            hint = ast.literal_eval(node.value)
+            return json.loads(shlex.split(hint)[1])
+    raise ValueError("connector.spec defines no CONNECTOR_HINT")
+
+
+def kv_transfer_fields() -> set[str] | None:
+    """Field names of vLLM's KVTransferConfig, read from the installed source (None: vLLM not installed)."""
+    tree = module_source("vllm.config.kv_transfer")
+    if tree is None:
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == "KVTransferConfig":
+            return {
+                n.target.id
+                for n in node.body
+                if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+            }
+    return None
+
+
+def check_connector_config(docs: Any) -> list[str]:
+    """Engines load the kvfs connector exactly as the connector documents it, with settings it accepts."""
+    from connector.config import ConfigError, KvfsConnectorConfig
+
+    problems: list[str] = []
+    documented = documented_connector_config()
+    vllm_fields = kv_transfer_fields()
+    for w in engines(docs):
+        try:
+            cfg = kv_transfer_config(w)
+        except ValueError as exc:  # json.JSONDecodeError included
+            problems.append(f"{w.name}: {KV_TRANSFER_FLAG} is not JSON: {exc}")
+            continue
+        extra = cfg.get("kv_connector_extra_config") or {}
+        for key in CONNECTOR_IDENTITY:
+            if cfg.get(key) != documented.get(key):
+                problems.append(
+                    f"{w.name}: {key}={cfg.get(key)!r}, the connector documents {documented.get(key)!r}"
+                )
+        for key in SPEC_IDENTITY:
+            if extra.get(key) != documented["kv_connector_extra_config"].get(key):
+                problems.append(
+                    f"{w.name}: kv_connector_extra_config.{key}={extra.get(key)!r} is not the documented one"
+                )
+        if cfg.get("kv_connector_module_path") and not defines_class(
+            cfg["kv_connector_module_path"], cfg["kv_connector"]
+        ):
+            problems.append(
+                f"{w.name}: {cfg['kv_connector_module_path']} defines no class {cfg['kv_connector']}"
+            )
+        if extra.get("spec_module_path") and not defines_class(
+            extra["spec_module_path"], extra.get("spec_name", "")
+        ):
+            problems.append(
+                f"{w.name}: {extra['spec_module_path']} defines no class {extra.get('spec_name')}"
+            )
+        if vllm_fields is not None and (unknown := set(cfg) - vllm_fields):
+            problems.append(f"{w.name}: vLLM's KVTransferConfig has no field(s) {sorted(unknown)}")
+        try:
+            KvfsConnectorConfig.from_extra(extra)
+        except ConfigError as exc:
+            problems.append(f"{w.name}: the connector would refuse its settings: {exc}")
+        env = env_of(w.container)
+        if not env.get("PYTHONHASHSEED", "").isdigit():
+            problems.append(f"{w.name}: PYTHONHASHSEED is not pinned to a number (block names would differ)")
+    seeds = {env_of(w.container).get("PYTHONHASHSEED") for w in engines(docs)}
+    if len(seeds) > 1:
+        problems.append(f"engines use different PYTHONHASHSEEDs: {sorted(map(str, seeds))}")
+    return problems
+
+
 def check_roots(docs: Any) -> list[str]:
     """The evictor's `root` and the CLI jobs' `--root` equal the engines' connector root, which is mounted."""
     problems: list[str] = []
@@ -562,6 +666,7 @@ def check_evictor_singleton(docs: Any) -> list[str]:
 
 
 ALL_CHECKS = (
+    check_connector_config,
     check_shared_claim,
     check_roots,
     check_evictor_config_keys,

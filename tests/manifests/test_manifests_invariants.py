@@ -176,7 +176,50 @@ def _rolling_update_on_sqlite(d):  # type: ignore[no-untyped-def]
     evictor(d).obj["spec"]["strategy"] = {"type": "RollingUpdate"}
 
 
+def _stock_offloading_connector(d):  # type: ignore[no-untyped-def]
+    w = engine(d)
+    args = w.container["args"]
+    i = args.index(mc.KV_TRANSFER_FLAG) + 1
+    cfg = json.loads(args[i])
+    cfg["kv_connector"] = "OffloadingConnector"
+    del cfg["kv_connector_module_path"]
+    args[i] = json.dumps(cfg)
+
+
+def _typo_in_transfer_config(d):  # type: ignore[no-untyped-def]
+    w = engine(d)
+    args = w.container["args"]
+    i = args.index(mc.KV_TRANSFER_FLAG) + 1
+    cfg = json.loads(args[i])
+    cfg["kv_load_failure_polcy"] = cfg.pop("kv_load_failure_policy")
+    args[i] = json.dumps(cfg)
+
+
+def _typo_in_connector_setting(d):  # type: ignore[no-untyped-def]
+    set_extra(engine(d), kvfs_io_thread=8)
+
+
+def _hash_seed_unpinned(d):  # type: ignore[no-untyped-def]
+    w = engine(d)
+    w.container["env"] = [e for e in w.container["env"] if e["name"] != "PYTHONHASHSEED"]
+
+
+def _transfer_config_not_json(d):  # type: ignore[no-untyped-def]
+    args = engine(d).container["args"]
+    i = args.index(mc.KV_TRANSFER_FLAG) + 1
+    args[i] = args[i].replace('"kv_role"', "kv_role")
+
+
 BREAKAGES = {
+    "stock OffloadingConnector": (_stock_offloading_connector, mc.check_connector_config, "kv_connector="),
+    "typo in kv-transfer-config": (
+        _typo_in_transfer_config,
+        mc.check_connector_config,
+        "kv_load_failure_polcy",
+    ),
+    "typo in a connector setting": (_typo_in_connector_setting, mc.check_connector_config, "would refuse"),
+    "PYTHONHASHSEED unpinned": (_hash_seed_unpinned, mc.check_connector_config, "PYTHONHASHSEED"),
+    "kv-transfer-config not JSON": (_transfer_config_not_json, mc.check_connector_config, "not JSON"),
     "evictor mounts the claim elsewhere": (
         _evictor_mounts_other_path,
         mc.check_shared_claim,
