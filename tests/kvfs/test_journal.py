@@ -288,7 +288,7 @@ def test_rotation_by_size_and_by_age(tmp_path: Path) -> None:
         writer.append(rec(1))
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            if JournalReader(tmp_path / "age").read({}).finished:
+            if JournalReader(tmp_path / "age").read({}).finished and writer.current_segment is None:
                 break
             time.sleep(0.05)
         batch = JournalReader(tmp_path / "age").read({})
