@@ -61,7 +61,9 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
 def test_toml_config_and_env_lists(tmp_path: Path) -> None:
     cfg = tmp_path / "evictor.toml"
     cfg.write_text('root = "/data"\nmin_age = "30s"\ndry_run = true\n[quotas]\nns_a = "5GiB"\n')
-    s = load_settings({}, environ={"KVFS_CONFIG": str(cfg), "KVFS_RETIRE": "a, b", "KVFS_QUOTAS": "x=1K,y=2K"})
+    s = load_settings(
+        {}, environ={"KVFS_CONFIG": str(cfg), "KVFS_RETIRE": "a, b", "KVFS_QUOTAS": "x=1K,y=2K"}
+    )
     assert s.min_age == 30 and s.dry_run is True and s.root == Path("/data")
     assert s.quotas == {"x": 1000, "y": 2000}  # env replaces the file's mapping
     assert s.retire == ("a", "b")
