@@ -1,0 +1,234 @@
+"""The direct spec on CPU tensors: manager lookups (never blocking), worker stores/loads through real files,
+unaligned and multi-group jobs, tensor-parallel ranks, bad files ending as reported failures, two replicas."""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import pytest
+
+pytest.importorskip("vllm")
+pytestmark = pytest.mark.vllm
+
+import torch  # noqa: E402
+from vllm.v1.kv_offload.base import (  # noqa: E402
+    CanonicalKVCacheRef,
+    CanonicalKVCaches,
+    CanonicalKVCacheTensor,
+    GPULoadStoreSpec,
+    LookupResult,
+    ReqContext,
+)
+
+from connector.manager import KvfsLoadStoreSpec  # noqa: E402
+from connector.naming import file_identity_key  # noqa: E402
+from connector.spec import KvfsOffloadingSpec  # noqa: E402
+from tests.connector.vllm_helpers import offloading_config, poll  # noqa: E402
+
+BPC = 4
+PAGE = 256
+BLOCKS = 32
+
+
+def kv_caches(groups: int, layers: int, seed: int) -> tuple[CanonicalKVCaches, list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    tensors = [
+        torch.randint(-128, 127, (BLOCKS, PAGE), generator=g, dtype=torch.int8)
+        for _ in range(groups * layers)
+    ]
+    caches = CanonicalKVCaches(
+        tensors=[CanonicalKVCacheTensor(t, PAGE) for t in tensors],
+        group_data_refs=[
+            [CanonicalKVCacheRef(g * layers + i, PAGE) for i in range(layers)] for g in range(groups)
+        ],
+    )
+    return caches, tensors
+
+
+def make_spec(root, *, groups=1, world_size=1, rank=0) -> KvfsOffloadingSpec:  # type: ignore[no-untyped-def]
+    extra = {"kvfs_root": str(root), "kvfs_io_threads": 2, "block_size": 64}
+    spec = KvfsOffloadingSpec(
+        offloading_config(extra, groups=groups, blocks_per_chunk=BPC, world_size=world_size, rank=rank)
+    )
+    spec.failure_channel = True
+    return spec
+
+
+def key(group: int = 0) -> bytes:
+    return secrets.token_bytes(32) + group.to_bytes(4, "big")
+
+
+def finished(worker, job_id):  # type: ignore[no-untyped-def]
+    got = []
+    poll(lambda: got.extend(worker.get_finished()) or any(r.job_id == job_id for r in got))
+    return next(r for r in got if r.job_id == job_id)
+
+
+@pytest.fixture
+def replica(tmp_path):
+    spec = make_spec(tmp_path)
+    caches, tensors = kv_caches(1, 3, seed=1)
+    worker = spec.get_worker(caches)
+    manager = spec.get_manager()
+    yield spec, manager, worker, tensors
+    worker.shutdown()
+    manager.shutdown()
+
+
+def test_store_lookup_load_round_trip(replica, tmp_path):
+    spec, manager, worker, tensors = replica
+    ctx = ReqContext("r1")
+    ks = [key(), key()]
+    assert manager.lookup(ks[0], ctx) == LookupResult.RETRY  # answered off-thread, never blocks the step
+    assert poll(lambda: manager.lookup(ks[0], ctx) == LookupResult.MISS)
+    out = manager.prepare_store(ks, ctx)
+    assert out is not None and out.keys_to_store == ks
+    src_ids = [3, 9, 12, 0, 5, 6, 7, 8]
+    assert worker.submit_store(1, GPULoadStoreSpec(src_ids, [8], [0]), out.store_spec)
+    result = finished(worker, 1)
+    assert result.success and result.transfer_size == 2 * BPC * 3 * PAGE
+    manager.complete_store(ks, ctx)
+    events = poll(lambda: list(manager.take_events()))
+    assert events[0].keys == ks and not events[0].removed
+    manager.cache.clear()
+    assert poll(lambda: all(manager.lookup(k, ctx) == LookupResult.HIT for k in ks))
+    # Load both chunks into other blocks of a second replica's KV cache.
+    other = make_spec(tmp_path)
+    caches, dst = kv_caches(1, 3, seed=2)
+    w2 = other.get_worker(caches)
+    try:
+        dst_ids = [20, 21, 22, 23, 24, 25, 26, 27]
+        assert w2.submit_load(2, manager.prepare_load(ks, ctx), GPULoadStoreSpec(dst_ids, [8], [0]))
+        assert finished(w2, 2).success
+        for s, d in zip(tensors, dst, strict=True):
+            assert torch.equal(s[src_ids], d[dst_ids])
+    finally:
+        w2.shutdown()
+
+
+def test_unaligned_load_start_inside_the_first_chunk(replica):
+    _spec, manager, worker, tensors = replica
+    ks = [key(), key()]
+    worker.submit_store(1, GPULoadStoreSpec(list(range(8)), [8], [0]), KvfsLoadStoreSpec(ks))
+    assert finished(worker, 1).success
+    # The GPU prefix cache holds logical blocks 0-1: load logical blocks 2..7 (chunk 0 from block 2).
+    worker.submit_load(2, KvfsLoadStoreSpec(ks), GPULoadStoreSpec([10, 11, 12, 13, 14, 15], [6], [2]))
+    assert finished(worker, 2).success
+    for t in tensors:
+        assert torch.equal(t[[2, 3, 4, 5, 6, 7]], t[[10, 11, 12, 13, 14, 15]])
+
+
+def test_two_groups(tmp_path):
+    spec = make_spec(tmp_path, groups=2)
+    caches, tensors = kv_caches(2, 2, seed=3)
+    worker = spec.get_worker(caches)
+    try:
+        k0, k1 = key(0), key(1)
+        worker.submit_store(
+            1, GPULoadStoreSpec([0, 1, 2, 3, 4, 5, 6, 7], [4, 4], [0, 0]), KvfsLoadStoreSpec([k0, k1])
+        )
+        assert finished(worker, 1).success
+        assert os.path.exists(spec.namespace.path(k0)) and "_g1/" in spec.namespace.path(k1)
+        worker.submit_load(
+            2, KvfsLoadStoreSpec([k0, k1]), GPULoadStoreSpec([16, 17, 18, 19, 20, 21, 22, 23], [4, 4], [0, 0])
+        )
+        assert finished(worker, 2).success
+        for t in tensors[:2]:
+            assert torch.equal(t[[0, 1, 2, 3]], t[[16, 17, 18, 19]])
+        for t in tensors[2:]:
+            assert torch.equal(t[[4, 5, 6, 7]], t[[20, 21, 22, 23]])
+    finally:
+        worker.shutdown()
+
+
+def test_tensor_parallel_hit_needs_every_rank(tmp_path):
+    ranks = [make_spec(tmp_path, world_size=2, rank=r) for r in (0, 1)]
+    workers = [s.get_worker(kv_caches(1, 2, seed=10 + i)[0]) for i, s in enumerate(ranks)]
+    manager = ranks[0].get_manager()
+    try:
+        k = key()
+        workers[0].submit_store(1, GPULoadStoreSpec([0, 1, 2, 3], [4], [0]), KvfsLoadStoreSpec([k]))
+        assert finished(workers[0], 1).success
+        assert "_r0/" in ranks[0].namespace.path(k, 0)
+        ctx = ReqContext("r")
+        assert poll(lambda: manager.lookup(k, ctx) == LookupResult.MISS)  # rank 1's file is missing
+        workers[1].submit_store(1, GPULoadStoreSpec([0, 1, 2, 3], [4], [0]), KvfsLoadStoreSpec([k]))
+        assert finished(workers[1], 1).success
+        manager.cache.clear()
+        assert poll(lambda: manager.lookup(k, ctx) == LookupResult.HIT)
+    finally:
+        for w in workers:
+            w.shutdown()
+        manager.shutdown()
+
+
+@pytest.mark.parametrize("how", ["deleted", "truncated", "bitflip", "foreign_layout"])
+def test_bad_file_between_lookup_and_load_reports_failed_blocks(replica, tmp_path, how):
+    spec, manager, worker, tensors = replica
+    ks = [key(), key()]
+    worker.submit_store(1, GPULoadStoreSpec(list(range(8)), [8], [0]), KvfsLoadStoreSpec(ks))
+    assert finished(worker, 1).success
+    ctx = ReqContext("r")
+    assert poll(lambda: all(manager.lookup(k, ctx) == LookupResult.HIT for k in ks))
+    path = spec.namespace.path(ks[1])
+    if how == "deleted":
+        os.unlink(path)
+    elif how == "truncated":
+        os.truncate(path, os.path.getsize(path) // 2)
+    elif how == "bitflip":
+        with open(path, "r+b") as fh:
+            fh.seek(-5, os.SEEK_END)
+            b = fh.read(1)
+            fh.seek(-5, os.SEEK_END)
+            fh.write(bytes([b[0] ^ 0x80]))
+    else:
+        # Another layout's file of the same key (a replica with 5 layers: another fingerprint), same size.
+        from kvfs.blockfile import BlockIdentity, store_block
+
+        foreign = KvfsOffloadingSpec(
+            offloading_config({"kvfs_root": str(tmp_path), "kvfs_journal": False}, layers=5)
+        )
+        assert foreign.namespace.fingerprint != spec.namespace.fingerprint
+        size = os.path.getsize(path)
+        os.unlink(path)
+        ident = BlockIdentity(foreign.namespace.fingerprint, file_identity_key(ks[1], 0, BPC))
+        assert store_block(path, b"\0" * (size - 4096), ident).outcome == "stored"
+    before = [t[[20, 21, 22, 23, 24, 25, 26, 27]].clone() for t in tensors]
+    worker.submit_load(2, KvfsLoadStoreSpec(ks), GPULoadStoreSpec([20, 21, 22, 23, 24, 25, 26, 27], [8], [0]))
+    result = finished(worker, 2)
+    assert not result.success
+    assert sorted(worker.failed_load_blocks[2]) == [24, 25, 26, 27]  # only the bad chunk's blocks
+    for t, b in zip(tensors, before, strict=True):
+        assert torch.equal(t[[20, 21, 22, 23]], t[[0, 1, 2, 3]])  # the good chunk loaded
+        assert torch.equal(t[[24, 25, 26, 27]], b[4:])  # the bad one left untouched for recompute
+
+
+def test_dropped_store_is_never_announced(replica):
+    _spec, manager, worker, _tensors = replica
+    worker.pool.store_budget_s = 0.001
+    worker.pool._store_ema_s = 1.0  # storage known to be slow: the store is dropped at submit
+    k = key()
+    ctx = ReqContext("r")
+    worker.submit_store(1, GPULoadStoreSpec([0, 1, 2, 3], [4], [0]), KvfsLoadStoreSpec([k]))
+    assert not finished(worker, 1).success
+    manager.complete_store([k], ctx)  # vLLM completes the job either way
+    assert manager.cache.wait_idle()
+    assert list(manager.take_events()) == []
+    assert manager.cache.take_unverified() == [k]
+
+
+def test_journal_records_stores_and_accesses(replica, tmp_path):
+    from kvfs.journal import JournalReader, RecordKind
+
+    _spec, manager, worker, _ = replica
+    k = key()
+    worker.submit_store(1, GPULoadStoreSpec([0, 1, 2, 3], [4], [0]), KvfsLoadStoreSpec([k]))
+    assert finished(worker, 1).success
+    manager.prepare_load([k], ReqContext("r"))
+    worker.pool.journal.flush()
+    manager.journal.flush()
+    records = JournalReader(tmp_path).read({}).records
+    kinds = sorted((r.kind, r.key.block_hash) for r in records)
+    assert kinds == [(RecordKind.STORE, k[:-4].hex()), (RecordKind.ACCESS, k[:-4].hex())]
+    assert next(r for r in records if r.kind == RecordKind.STORE).size == BPC * 3 * PAGE
