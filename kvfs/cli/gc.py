@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -11,6 +12,7 @@ from kvfs.cli.app import KvfsContext, pass_state
 from kvfs.cli.output import emit_json, size, table
 from kvfs.cli.params import DURATION, SIZE
 from kvfs.cli.scan import run_scan, scan_json
+from kvfs.cli.scanstate import record_orphans
 from kvfs.gc import GcLimits, GcPlan, GcResult, execute_plan, ingest_journals, make_recency_recheck, plan_gc
 from kvfs.policy import DEFAULT_POLICY, available_policies
 
@@ -137,6 +139,9 @@ def gc(
     plan = plan_gc(catalog, limits, now=now, policy=policy, orphans=orphans)
     recheck = make_recency_recheck(catalog, ingest=lambda: ingest_journals(root, catalog))
     result = execute_plan(root, catalog, plan, dry_run=dry_run, recheck=recheck, now=now)
+    if scanned is not None and plan.orphans and not dry_run:
+        # du reports the last scan's temp files: take out the ones this pass deleted.
+        record_orphans(catalog, [o for o in orphans if os.path.lexists(root / o.relpath)])
     if as_json:
         emit_json(
             {

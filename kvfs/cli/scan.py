@@ -10,6 +10,7 @@ import click
 from kvfs.cli.app import KvfsContext, pass_state
 from kvfs.cli.output import emit_json, size, table
 from kvfs.cli.scanstate import record_scan
+from kvfs.gc import ingest_journals
 
 
 def run_scan(state: KvfsContext, *, quiet: bool) -> Any:
@@ -21,6 +22,11 @@ def run_scan(state: KvfsContext, *, quiet: bool) -> Any:
     result = scan_tree(root, catalog, progress=not quiet and sys.stderr.isatty())
     record_scan(catalog, result)
     return result
+
+
+def ingest_pending(state: KvfsContext) -> int:
+    """Apply pending journal records (segments are left for the evictor); returns the records applied."""
+    return ingest_journals(state.require_root(), state.catalog()).records
 
 
 def scan_json(result: Any) -> dict[str, Any]:
@@ -41,11 +47,13 @@ def scan_json(result: Any) -> dict[str, Any]:
 def scan(state: KvfsContext, as_json: bool) -> None:
     """Walk the root and reconcile the catalog: add new block files, drop rows whose files are gone.
 
-    Files no journal has reported get last access = max(atime, mtime).  Temp files (`*.tmp`) are counted as
-    orphans for `kvfs du` and `kvfs gc --orphans-older-than`.
+    Files no journal has reported get last access = max(atime, mtime); pending journal records are applied
+    after the walk.  Temp files (`*.tmp`) are counted as orphans for `kvfs du` and
+    `kvfs gc --orphans-older-than`.
     """
     result = run_scan(state, quiet=as_json)
     data = scan_json(result)
+    data["journal_records_ingested"] = ingest_pending(state)
     if as_json:
         emit_json(data)
         return
@@ -55,6 +63,7 @@ def scan(state: KvfsContext, as_json: bool) -> None:
         ("removed (gone)", data["blocks_removed"], ""),
         ("not blocks", data["not_blocks"], ""),
         ("temp files", data["tmp_orphans"]["files"], size(data["tmp_orphans"]["bytes"])),
+        ("journal records applied", data["journal_records_ingested"], ""),
     ]
     click.echo(table(("", "files", "bytes"), rows, right=(1, 2)))
     rate = data["files"] / result.duration_s if result.duration_s > 0 else 0.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,11 +33,13 @@ class OrphanSummary:
 
 def record_scan(catalog: Catalog, result: Any, *, now: float | None = None) -> OrphanSummary:
     """Store the temp-file summary of a `ScanResult` (anything with `tmp_orphans`)."""
-    summary = OrphanSummary(
-        files=len(result.tmp_orphans),
-        bytes=sum(o.size for o in result.tmp_orphans),
-        time=time.time() if now is None else now,
-    )
+    return record_orphans(catalog, result.tmp_orphans, now=now)
+
+
+def record_orphans(catalog: Catalog, orphans: Iterable[Any], *, now: float | None = None) -> OrphanSummary:
+    """Store the count and bytes of `orphans` (objects with `size`), e.g. what a gc pass left of a scan's."""
+    sizes = [o.size for o in orphans]
+    summary = OrphanSummary(files=len(sizes), bytes=sum(sizes), time=time.time() if now is None else now)
     value = json.dumps({"files": summary.files, "bytes": summary.bytes, "time": summary.time})
     with catalog.engine.connect() as conn:
         conn = conn.execution_options(kvfs_write=True)
