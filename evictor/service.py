@@ -310,6 +310,9 @@ class EvictorService:
 
         started = time.time()
         try:
+            # Journals first: the scan keeps journaled recency, so rows it creates itself are only the
+            # files no journal describes.
+            self._ingest_now()
             result = scan_tree(self.root, self.catalog)
         except Exception as exc:  # noqa: BLE001
             metrics.SCANS.labels("failed").inc()

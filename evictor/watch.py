@@ -23,9 +23,8 @@ from evictor import metrics
 from kvfs.layout import META_DIRNAME, is_temp_name, parse_block_relpath
 
 if TYPE_CHECKING:
-    from kvfs.scan import OrphanInfo
-
     from kvfs.catalog import Catalog
+    from kvfs.scan import OrphanInfo
 
 log = logging.getLogger("kvfs.evictor.watch")
 
@@ -145,9 +144,8 @@ class TreeFeed:
 
     def apply(self) -> int:
         """Apply queued events; on a catalog error they are re-queued (newer events for a path win)."""
-        from kvfs.scan import OrphanInfo
-
         from kvfs.catalog import BlockRow
+        from kvfs.scan import OrphanInfo
 
         with self._lock:
             pending, self._pending = self._pending, {}
@@ -231,6 +229,7 @@ class Watchers:
 
     def stop(self) -> None:
         for obs in self._observers:
+            obs.unschedule_all()  # watchdog keeps inotify callbacks per path otherwise (a restart re-adds them)
             obs.stop()
         for obs in self._observers:
             obs.join(timeout=2)

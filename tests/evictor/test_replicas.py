@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from evictor_helpers import files_on_disk, run_writer, wait_for
+from writer import key_for
 
 from kvfs.catalog import Catalog
 
@@ -71,7 +72,16 @@ def test_catalog_outage_not_ready_then_recovers_without_losing_records(
                 "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s", (dbname,)
             )
             # Records journaled during the outage must reach the catalog afterwards.
-            run_writer(root, "org/model-out", [now - 50 + i for i in range(10)], payload=1024, first=5)
+            times = [now - 50 + i for i in range(10)]
+            run_writer(
+                root,
+                "org/model-out",
+                times,
+                payload=1024,
+                first=5,
+                mtimes=[t - 30 for t in times],  # a scan alone would record these older times
+                accesses=[[5, now - 20], [6, now - 20], [6, now - 19]],
+            )
             wait_for(lambda: ev.get("/readyz")[0] == 503, timeout=10, what="readyz to report the outage")
             assert b"catalog unreachable" in ev.get("/readyz")[1]
             assert ev.get("/healthz")[0] == 200  # alive, just not ready
@@ -82,6 +92,12 @@ def test_catalog_outage_not_ready_then_recovers_without_losing_records(
     wait_for(lambda: ev.status()["leader"], timeout=10, what="leadership after the outage")
     with Catalog.open(pg_url) as cat:
         wait_for(lambda: cat.block_count() == 15, timeout=10, what="all 15 journaled blocks in the catalog")
+        keys = [key_for("org/model-out", i) for i in range(5, 15)]
+        rows = cat.get_blocks(keys)
+        got = [(round(rows[k].last_access, 3), rows[k].hits) for k in keys]
+        want = [(round(t, 3), 0) for t in times]
+        want[0], want[1] = (round(now - 20, 3), 1), (round(now - 19, 3), 2)
+        assert got == want, "journal records written during the outage were lost or applied twice"
     assert ev.metric("kvfs_evictor_errors_total", 'kind="catalog"') >= 1
     assert "catalog reachable again" in ev.log()
     assert ev.stop() == 0
