@@ -147,6 +147,7 @@ def decode_records(data: bytes | memoryview, *, final: bool, max_records: int | 
     limit = max_records if max_records is not None else -1
     pos = 0
     bad = torn = 0
+    garbage_start = -1  # start of the current run of undecodable bytes, counted once when the run ends
     closed = False
     while pos < n:
         if len(records) == limit:
@@ -157,7 +158,7 @@ def decode_records(data: bytes | memoryview, *, final: bool, max_records: int | 
             if sync == SYNC and 0 < blen <= _MAX_BODY:
                 end = pos + 8 + blen
                 if end > n and not final:
-                    break  # a live writer's record still being written
+                    break  # a live writer's record still being written (or garbage: decided later)
                 if end <= n:
                     body = view[pos + 8 : end]
                     if crc32(body) == crc:
@@ -165,6 +166,9 @@ def decode_records(data: bytes | memoryview, *, final: bool, max_records: int | 
                         if kind == _KIND_END and blen == 1:
                             closed = True
                             pos = end
+                            if garbage_start >= 0:
+                                bad += 1
+                                garbage_start = -1
                             continue
                         if kind in _RECORD_KINDS and blen >= body_size:
                             _, fmt, rank, group, chain_pos, size, when, ns_len, hash_len = unpack_body(
@@ -198,17 +202,24 @@ def decode_records(data: bytes | memoryview, *, final: bool, max_records: int | 
         elif not final:
             break  # fewer bytes than a frame header: wait for the writer
         if ok:
+            if garbage_start >= 0:
+                bad += 1
+                garbage_start = -1
             continue
-        # Bad bytes at `pos`: skip to the next sync marker (counted once per garbage run).
+        # Bad bytes at `pos`: skip to the next sync marker.
+        if garbage_start < 0:
+            garbage_start = pos
         nxt = find(SYNC, pos + 1)
         if nxt == -1:
             if not final:
                 break  # may be a record still arriving; decide once the segment is closed or abandoned
             torn += 1
+            garbage_start = -1
             pos = n
             break
-        bad += 1
         pos = nxt
+    if garbage_start >= 0:  # stopped inside a run (live segment): leave it unconsumed and uncounted
+        pos = garbage_start
     return _Decoded(records, pos, bad, torn, closed)
 
 
