@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -34,18 +35,41 @@ class KustomizeMissing(RuntimeError):
     pass
 
 
+# `labels:` and the patch forms the trees use need kustomize 5 (kubectl 1.27+ embeds it; Debian's own
+# kubernetes-client 1.20 embeds kustomize 2, which cannot render them).
+MIN_KUSTOMIZE = (5, 0)
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    match = re.search(r"v?(\d+)\.(\d+)", text)
+    return (int(match.group(1)), int(match.group(2))) if match else ()
+
+
 @functools.cache
 def kustomize_command() -> tuple[str, ...]:
     """The argv prefix that renders a kustomization directory given as the next argument."""
+    found: list[str] = []
     if exe := shutil.which("kustomize"):
-        return (exe, "build")
+        out = subprocess.run([exe, "version"], capture_output=True, text=True, timeout=60).stdout
+        if _version_tuple(out) >= MIN_KUSTOMIZE:
+            return (exe, "build")
+        found.append(f"{exe} ({out.strip() or 'unknown version'})")
     if exe := shutil.which("kubectl"):
-        probe = subprocess.run([exe, "kustomize", "--help"], capture_output=True, text=True, timeout=60)
-        if probe.returncode == 0:
+        proc = subprocess.run(
+            [exe, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=60
+        )
+        try:
+            version = json.loads(proc.stdout).get("kustomizeVersion", "")
+        except json.JSONDecodeError:
+            version = ""
+        if _version_tuple(version) >= MIN_KUSTOMIZE:
             return (exe, "kustomize")
+        found.append(f"{exe} (kustomize {version or 'unknown'})")
     raise KustomizeMissing(
-        "no kustomize implementation found: install `kustomize`, or `kubectl` (which embeds it; Debian: "
-        "apt-get install kubectl or kubernetes-client) -- see docs/deploy.md"
+        "no kustomize >= 5 found"
+        + (f" (found {', '.join(found)})" if found else "")
+        + ": install `kustomize` 5.x "
+        "or `kubectl` 1.27+ (which embeds it) -- see docs/deploy.md"
     )
 
 

@@ -9,6 +9,7 @@ import pytest
 from manifest_render import (
     MANIFESTS,
     OLDEST_K8S,
+    KustomizeMissing,
     k8s_versions,
     kustomization_dirs,
     kustomize_command,
@@ -102,3 +103,17 @@ def test_images_are_pinned(tree: str) -> None:
             image = c["image"]
             name, _, tag = image.rpartition(":")
             assert name and tag and tag != "latest" and "/" not in tag, f"{obj['metadata']['name']}: {image}"
+
+
+def test_an_old_kustomize_is_refused_with_a_clear_message(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Debian's kubernetes-client: kubectl 1.20 embedding kustomize 2, which cannot render these trees.
+    fake = tmp_path / "kubectl"
+    fake.write_text('#!/bin/sh\necho \'{"clientVersion": {}, "kustomizeVersion": "v2.0.3"}\'\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    kustomize_command.cache_clear()
+    try:
+        with pytest.raises(KustomizeMissing, match=r"kustomize >= 5.*v2\.0\.3"):
+            kustomize_command()
+    finally:
+        kustomize_command.cache_clear()
