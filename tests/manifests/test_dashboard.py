@@ -9,11 +9,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 import pytest
 from manifest_render import MANIFESTS, rendered
 
 DASHBOARD = MANIFESTS / "grafana" / "kvfs-dashboard.json"
-METRIC = re.compile(r"\b(kvfs_[a-z0-9_]+|vllm:[a-z0-9_:]+)")
+COUNTER_SAMPLES = ("_total", "_bucket", "_count", "_sum")
+RATE_FUNCTIONS = {"rate", "irate", "increase"}
 SUFFIXES = ("_total", "_created", "_bucket", "_sum", "_count")
 
 
@@ -23,6 +25,41 @@ def dashboard() -> dict[str, Any]:
 
 def queries() -> list[tuple[str, str]]:
     return [(p["title"], t["expr"]) for p in dashboard()["panels"] for t in p.get("targets", [])]
+
+
+def _names_in(node: Any) -> list[str]:
+    names: list[str] = []
+
+    def visit(n: Any) -> None:
+        if isinstance(n, promql_parser.VectorSelector) and n.name:
+            names.append(n.name)
+
+    promql_parser.walk(node, visit)
+    return names
+
+
+def selected_metrics(expr: str) -> list[str]:
+    """Metric names the query selects, from the parsed PromQL (raises ValueError on a syntax error)."""
+    return _names_in(promql_parser.parse(expr))
+
+
+def type_errors(expr: str) -> list[str]:
+    """rate()/increase() over something that is not a counter sample, histogram_quantile() without buckets."""
+    errors: list[str] = []
+
+    def visit(node: Any) -> None:
+        if not isinstance(node, promql_parser.Call):
+            return
+        inner = [m for arg in node.args for m in _names_in(arg)]
+        if node.func.name in RATE_FUNCTIONS:
+            errors.extend(
+                f"{node.func.name}({m}): not a counter" for m in inner if not m.endswith(COUNTER_SAMPLES)
+            )
+        if node.func.name == "histogram_quantile" and not any(m.endswith("_bucket") for m in inner):
+            errors.append(f"histogram_quantile over {inner}: no _bucket series")
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return errors
 
 
 @functools.cache
@@ -73,7 +110,7 @@ def test_dashboard_is_well_formed() -> None:
 
 
 def test_dashboard_covers_kvfs_and_vllm_offload_metrics() -> None:
-    used = {m for _, expr in queries() for m in METRIC.findall(expr)}
+    used = {m for _, expr in queries() for m in selected_metrics(expr)}
     assert any(m.startswith("kvfs_evictor_") for m in used)
     assert any(m.startswith("kvfs_connector_") for m in used)
     assert any(m.startswith("vllm:kv_offload_") for m in used)
@@ -82,7 +119,7 @@ def test_dashboard_covers_kvfs_and_vllm_offload_metrics() -> None:
 def unknown_kvfs_metrics(qs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     exposed = kvfs_exposed_names()
     return [
-        (t, m) for t, expr in qs for m in METRIC.findall(expr) if m.startswith("kvfs_") and m not in exposed
+        (t, m) for t, expr in qs for m in selected_metrics(expr) if m.startswith("kvfs_") and m not in exposed
     ]
 
 
@@ -90,7 +127,7 @@ def unknown_vllm_metrics(qs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     literals = vllm_metric_literals()
     missing = []
     for title, expr in qs:
-        for m in METRIC.findall(expr):
+        for m in selected_metrics(expr):
             if not m.startswith("vllm:"):
                 continue
             base = next((m[: -len(s)] for s in SUFFIXES if m.endswith(s) and m[: -len(s)] in literals), m)
@@ -137,3 +174,26 @@ def test_dashboard_ships_in_the_base_as_a_sidecar_configmap() -> None:
     (cm,) = [d for d in rendered("base") if d["metadata"]["name"] == "kvfs-grafana-dashboard"]
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["kvfs-dashboard.json"]) == dashboard()
+
+
+def test_every_query_parses_and_rates_only_counters() -> None:
+    problems = []
+    for title, expr in queries():
+        try:
+            problems += [f"{title}: {e}" for e in type_errors(expr)]
+        except ValueError as exc:
+            problems.append(f"{title}: {exc}")
+    assert problems == []
+
+
+def test_promql_checks_catch_syntax_and_type_mistakes() -> None:
+    with pytest.raises(ValueError):
+        selected_metrics("sum by (reason (rate(kvfs_evictor_evicted_bytes_total[5m]))")
+    assert type_errors("rate(kvfs_evictor_usage_bytes[5m])") == [
+        "rate(kvfs_evictor_usage_bytes): not a counter"
+    ]
+    assert type_errors("histogram_quantile(0.9, sum by (le) (rate(kvfs_evictor_enforce_seconds_sum[5m])))")
+    assert (
+        type_errors("histogram_quantile(0.9, sum by (le) (rate(kvfs_evictor_enforce_seconds_bucket[5m])))")
+        == []
+    )
