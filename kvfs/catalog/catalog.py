@@ -39,7 +39,13 @@ from kvfs.layout import BlockKey, model_of_namespace
 _STORE = 1
 _ACCESS = 2
 
+_KEY_COLS = "namespace_id, rank, grp, block_hash, fmt"
 UPSERT_CHUNK = 20_000
+# PostgreSQL: from this many rows on, COPY into a temp table and merge with one INSERT ... SELECT (several
+# times faster than executemany, which still costs a round trip's worth of work per row).
+PG_COPY_MIN_ROWS = 500
+_BLOCK_COLS = f"{_KEY_COLS}, size, created, last_access, hits, chain_pos, state, seen"
+_PG_STAGE = "kvfs_blocks_stage"
 KEY_CHUNK = 500
 BlockOrder = Literal["lru", "mru", "created", "size"]
 _ORDER_SQL: dict[str, str] = {
@@ -48,7 +54,6 @@ _ORDER_SQL: dict[str, str] = {
     "created": "b.created ASC, b.id ASC",
     "size": "b.size DESC, b.id ASC",
 }
-_KEY_COLS = "namespace_id, rank, grp, block_hash, fmt"
 _KEY_WHERE = "namespace_id = {p} AND rank = {p} AND grp = {p} AND block_hash = {p} AND fmt = {p}"
 
 
@@ -79,6 +84,53 @@ class _Sql:
             'excluded."offset"), updated = excluded.updated'
         )
         self.forget = f"DELETE FROM journal_offsets WHERE segment = {p}"
+
+
+def _merge_duplicate_keys(params: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """One tuple per key (a single INSERT ... SELECT may not touch a row twice), merged like the upsert does."""
+    merged: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for p in params:
+        k = p[:5]
+        old = merged.get(k)
+        if old is None:
+            merged[k] = p
+        else:
+            merged[k] = (
+                *k,
+                p[5],
+                old[6],  # created: the first one, as an upsert keeps the existing row's
+                max(old[7], p[7]),
+                old[8] + p[8],
+                p[9] if p[9] >= 0 else old[9],
+                p[10],
+                max(old[11], p[11]),
+            )
+    return list(merged.values()) if len(merged) != len(params) else params
+
+
+def _pg_copy_upsert(conn: Connection, params: list[tuple[Any, ...]]) -> None:
+    """COPY the rows into a session temp table, then merge them with the same conflict rules as `_Sql.upsert`."""
+    params = _merge_duplicate_keys(params)
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur:
+        cur.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_PG_STAGE} (namespace_id integer, rank integer, grp integer, "
+            "block_hash text, fmt text, size bigint, created double precision, last_access double precision, "
+            "hits bigint, chain_pos integer, state integer, seen double precision) ON COMMIT DELETE ROWS"
+        )
+        with cur.copy(f"COPY {_PG_STAGE} ({_BLOCK_COLS}) FROM STDIN") as copy:
+            for p in params:
+                copy.write_row(p)
+        cur.execute(
+            f"INSERT INTO blocks ({_BLOCK_COLS}) SELECT {_BLOCK_COLS} FROM {_PG_STAGE} "
+            f"ON CONFLICT ({_KEY_COLS}) DO UPDATE SET size = excluded.size, "
+            "last_access = GREATEST(blocks.last_access, excluded.last_access), "
+            "hits = blocks.hits + excluded.hits, "
+            "chain_pos = CASE WHEN excluded.chain_pos >= 0 THEN excluded.chain_pos ELSE blocks.chain_pos END, "
+            "seen = GREATEST(blocks.seen, excluded.seen)"
+        )
+        cur.execute(f"TRUNCATE {_PG_STAGE}")
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -330,7 +382,7 @@ class Catalog:
         with self._write() as conn:
             for chunk in _chunks(rows, UPSERT_CHUNK):
                 params = self._block_params(chunk, seen)
-                conn.exec_driver_sql(self._sql.upsert, params)
+                self._upsert_params(conn, params)
                 total += len(params)
         metrics.CATALOG_ROWS_UPSERTED.inc(total)
         return total
@@ -381,7 +433,7 @@ class Catalog:
         offset_params = [(name, int(off), now) for name, off in offsets.items()]
         with self._write() as conn:
             if store_params:
-                conn.exec_driver_sql(self._sql.upsert, store_params)
+                self._upsert_params(conn, store_params)
             if access_params:
                 matched = self._executemany_count(conn, self._sql.access, access_params)
                 if matched < len(access_params):
@@ -395,6 +447,12 @@ class Catalog:
             metrics.CATALOG_UNKNOWN_ACCESSES.inc(unknown)
         metrics.CATALOG_ROWS_UPSERTED.inc(len(store_params))
         return ApplyStats(stores=len(store_params), accesses=n_access - unknown, unknown_accesses=unknown)
+
+    def _upsert_params(self, conn: Connection, params: list[tuple[Any, ...]]) -> None:
+        if self.dialect == "postgresql" and len(params) >= PG_COPY_MIN_ROWS:
+            _pg_copy_upsert(conn, params)
+        else:
+            conn.exec_driver_sql(self._sql.upsert, params)
 
     @staticmethod
     def _executemany_count(conn: Connection, sql: str, params: list[tuple[Any, ...]]) -> int:

@@ -245,6 +245,17 @@ def test_large_upsert_spans_chunks(cat: Catalog) -> None:
     assert usage.total_files == n and usage.total_bytes == n * (n - 1) // 2
 
 
+def test_duplicate_keys_in_one_bulk_batch_merge(cat: Catalog) -> None:
+    """Large enough for PostgreSQL's COPY path (one INSERT ... SELECT may not touch a row twice)."""
+    rows = [BlockRow(key(i), 1, 1.0, 1.0) for i in range(1000)]
+    rows.append(BlockRow(key(1), 99, 0.5, 50.0, chain_pos=4, hits=2))
+    rows.append(BlockRow(key(1), 77, 3.0, 40.0, chain_pos=-1, hits=1))
+    cat.upsert_blocks(rows)
+    row = cat.get_blocks([key(1)])[key(1)]
+    assert (row.size, row.created, row.last_access, row.chain_pos, row.hits) == (77, 1.0, 50.0, 4, 3)
+    assert cat.block_count() == 1000
+
+
 def test_remove_blocks(cat: Catalog) -> None:
     cat.upsert_blocks(BlockRow(key(i), 10, 1.0, 1.0) for i in range(5))
     before = counter("kvfs_catalog_rows_removed_total", why="evicted")
