@@ -57,12 +57,14 @@ def stream_candidates(
     with catalog.engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=chunk).execute(query)
         try:
-            for block_id, ns_id, rank, grp, block_hash, fmt, size, last_access in result:
-                key = BlockKey(names[ns_id], None if rank == NO_RANK else rank, grp, block_hash, fmt)
-                yield Candidate(block_id, key, size, last_access)
-                offered += size
-                if offered >= limit_bytes:
-                    return
+            # Whole partitions (one fetchmany each): per-row fetch overhead dominated planning time.
+            for rows in result.partitions():
+                for block_id, ns_id, rank, grp, block_hash, fmt, size, last_access in rows:
+                    key = BlockKey(names[ns_id], None if rank == NO_RANK else rank, grp, block_hash, fmt)
+                    yield Candidate(block_id, key, size, last_access)
+                    offered += size
+                    if offered >= limit_bytes:
+                        return
         finally:
             result.close()
 
