@@ -65,16 +65,18 @@ class ExistenceCache:
                     self._queued.add(key)
                     self._pending.append(key)
                     self._wake.set()
-                metrics.LOOKUPS.labels("retry").inc()
+                metrics.LOOKUP_RETRY.inc()
                 return Presence.RETRY
             exists, checked = entry
             if now - checked > self._ttl and key not in self._queued:
                 self._queued.add(key)
                 self._pending.append(key)
                 self._wake.set()
-        presence = Presence.HIT if exists else Presence.MISS
-        metrics.LOOKUPS.labels(presence.value).inc()
-        return presence
+        if exists:
+            metrics.LOOKUP_HIT.inc()
+            return Presence.HIT
+        metrics.LOOKUP_MISS.inc()
+        return Presence.MISS
 
     def known_present(self, key: bytes) -> bool:
         with self._lock:

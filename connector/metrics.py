@@ -27,3 +27,8 @@ QUEUED_STORES = Gauge("kvfs_connector_queued_stores", "Block files waiting in th
 STAGING_BYTES = Gauge(
     "kvfs_connector_staging_bytes", "Pinned host (+ device) staging memory held by I/O threads."
 )
+
+# Pre-bound children for the scheduler's hot path (a label lookup costs more than the count).
+LOOKUP_HIT = LOOKUPS.labels("hit")
+LOOKUP_MISS = LOOKUPS.labels("miss")
+LOOKUP_RETRY = LOOKUPS.labels("retry")

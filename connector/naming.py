@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from kvfs.layout import (
@@ -87,11 +88,12 @@ class Namespace:
     fields: dict[str, Any] = field(hash=False)
     world_size: int = 1
 
-    @property
+    # Cached: computed per block key on the scheduler's hot path otherwise (a sha256 of the fields each time).
+    @cached_property
     def name(self) -> str:
         return namespace_name(self.fields)
 
-    @property
+    @cached_property
     def fingerprint(self) -> bytes:
         return fingerprint_sha256(self.fields)
 
