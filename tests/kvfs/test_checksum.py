@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import mmap
+import os
 
+import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvfs.checksum import CHECKSUM_ALGO_ID, CHECKSUM_ALGO_NAME, checksum64
+from kvfs.checksum import CHECKSUM_ALGO_ID, CHECKSUM_ALGO_NAME, GIL_RELEASE_MIN_BYTES, checksum64
 
 
 def test_known_vectors() -> None:
@@ -35,3 +37,10 @@ def test_single_bit_flip_changes_checksum(data: bytes, draw: st.DataObject) -> N
     flipped = bytearray(data)
     flipped[bit // 8] ^= 1 << (bit % 8)
     assert checksum64(bytes(flipped)) != checksum64(data)
+
+
+def test_streaming_path_for_large_buffers_equals_one_shot() -> None:
+    for n in (GIL_RELEASE_MIN_BYTES, GIL_RELEASE_MIN_BYTES + 1, 3 << 20):
+        data = os.urandom(n)
+        assert checksum64(data) == xxhash.xxh3_64_intdigest(data)
+        assert checksum64(memoryview(bytearray(data))) == xxhash.xxh3_64_intdigest(data)
