@@ -15,6 +15,7 @@ COPY evictor /tmp/kvfs-src/evictor
 COPY connector /tmp/kvfs-src/connector
 RUN python3 -m pip install --no-cache-dir --no-deps /tmp/kvfs-src && rm -rf /tmp/kvfs-src \
     && python3 -c "import kvfs, connector"
+COPY --chmod=0755 docker/engine-entrypoint.sh /usr/local/bin/kvfs-engine-entrypoint
 # Engines run as uid 1000 / gid 2000 (manifests/base); HOME and caches are redirected to writable mounts there.
 ENV PYTHONHASHSEED=0
-ENTRYPOINT ["vllm", "serve"]
+ENTRYPOINT ["kvfs-engine-entrypoint", "vllm", "serve"]

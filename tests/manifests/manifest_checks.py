@@ -269,6 +269,34 @@ def sqlite_path(url: str) -> str | None:
 # ------------------------------------------------------------------------------------------------- checks
 
 
+ENGINE_COMMAND = ["kvfs-engine-entrypoint", "vllm", "serve"]
+
+
+def check_engine_metrics(docs: Any) -> list[str]:
+    """Engines run vLLM through the image's wrapper with a writable multiprocess metrics directory.
+
+    The kvfs connector counts in vLLM's engine-core and worker processes; only with PROMETHEUS_MULTIPROC_DIR
+    does vLLM's /metrics (the API-server process) carry those counters, and the wrapper empties the directory
+    of a previous run's files.
+    """
+    problems: list[str] = []
+    for w in engines(docs):
+        if argv(w.container)[:3] != ENGINE_COMMAND:
+            problems.append(f"{w.name}: command {argv(w.container)[:3]} is not {ENGINE_COMMAND}")
+        directory = env_of(w.container).get("PROMETHEUS_MULTIPROC_DIR")
+        if not directory:
+            problems.append(
+                f"{w.name}: no PROMETHEUS_MULTIPROC_DIR: /metrics would miss the connector's counters"
+            )
+            continue
+        held = mount_for(w, directory)
+        if held is None or held[0].get("readOnly"):
+            problems.append(f"{w.name}: PROMETHEUS_MULTIPROC_DIR {directory} is not on a writable volume")
+        elif claim_of(held[1]) is not None:
+            problems.append(f"{w.name}: PROMETHEUS_MULTIPROC_DIR {directory} is on a shared claim")
+    return problems
+
+
 def check_shared_claim(docs: Any) -> list[str]:
     """Engines, evictors and CLI jobs mount the same RWX claim at the same path (the engines' path)."""
     problems: list[str] = []
@@ -667,6 +695,7 @@ def check_evictor_singleton(docs: Any) -> list[str]:
 
 ALL_CHECKS = (
     check_connector_config,
+    check_engine_metrics,
     check_shared_claim,
     check_roots,
     check_evictor_config_keys,

@@ -8,6 +8,7 @@ match the vLLM the connector is tested with, a uid that differs from the manifes
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import tomllib
 from dataclasses import dataclass
@@ -233,3 +234,13 @@ def test_requirement_pins_refuse_ranges(tmp_path: Path) -> None:
     loose.write_text("click==8.5.1  # ok\nsqlalchemy>=2.0\n")
     with pytest.raises(AssertionError, match="not pinned"):
         requirement_pins(loose)
+
+
+def test_engine_image_entrypoint_is_the_manifests_command() -> None:
+    docs = list(rendered("base"))
+    (engine,) = mc.engines(docs)
+    entry = [i.args for i in parse_dockerfile(DOCKER / "engine.Dockerfile") if i.op == "ENTRYPOINT"]
+    assert entry == [json.dumps(mc.ENGINE_COMMAND)]
+    assert mc.argv(engine.container)[:3] == mc.ENGINE_COMMAND
+    copies = [i.args.split() for i in parse_dockerfile(DOCKER / "engine.Dockerfile") if i.op == "COPY"]
+    assert any(c[-1] == f"/usr/local/bin/{mc.ENGINE_COMMAND[0]}" for c in copies)

@@ -210,7 +210,32 @@ def _transfer_config_not_json(d):  # type: ignore[no-untyped-def]
     args[i] = args[i].replace('"kv_role"', "kv_role")
 
 
+def _no_multiproc_dir(d):  # type: ignore[no-untyped-def]
+    w = engine(d)
+    w.container["env"] = [e for e in w.container["env"] if e["name"] != "PROMETHEUS_MULTIPROC_DIR"]
+
+
+def _multiproc_dir_on_root_fs(d):  # type: ignore[no-untyped-def]
+    w = engine(d)
+    next(e for e in w.container["env"] if e["name"] == "PROMETHEUS_MULTIPROC_DIR")["value"] = "/var/run/prom"
+
+
+def _engine_without_wrapper(d):  # type: ignore[no-untyped-def]
+    engine(d).container["command"] = ["vllm", "serve"]
+
+
 BREAKAGES = {
+    "no PROMETHEUS_MULTIPROC_DIR": (
+        _no_multiproc_dir,
+        mc.check_engine_metrics,
+        "no PROMETHEUS_MULTIPROC_DIR",
+    ),
+    "metrics dir on root fs": (
+        _multiproc_dir_on_root_fs,
+        mc.check_engine_metrics,
+        "not on a writable volume",
+    ),
+    "engine without entrypoint wrapper": (_engine_without_wrapper, mc.check_engine_metrics, "is not"),
     "stock OffloadingConnector": (_stock_offloading_connector, mc.check_connector_config, "kv_connector="),
     "typo in kv-transfer-config": (
         _typo_in_transfer_config,
