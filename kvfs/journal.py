@@ -9,7 +9,7 @@ writes them, so no locking is needed on the shared mount.  A segment is a sequen
     body      kind u8 | fmt u8 | rank i32 (-1 = none) | group u32 | chain_pos i32 | size u64 | time f64
               | namespace length u8 | hash length u8 | namespace utf-8 | hash (raw bytes, or ASCII hex when odd)
 
-A closed segment ends with an END record (kind 0x7f).  `JournalWriter.append` only enqueues (no lock, no I/O);
+A closed segment ends with an END record (kind 0x7f, the rest of the fixed body zero).  `JournalWriter.append` only enqueues (no lock, no I/O);
 a daemon thread encodes and writes the queue at least every `flush_interval` seconds, then fsyncs (so readers
 on NFS-like mounts see whole records), and rotates segments by size and age.
 
@@ -52,8 +52,10 @@ _KIND_END: Final = 0x7F
 _HASH_ASCII: Final = 0x80  # fmt-byte flag: the hash is stored as ASCII hex (odd length)
 _FMT_CODES: Final = {"kvfs": 0, "bin": 1}
 _FMT_NAMES: Final = ("kvfs", "bin")
-_END_BODY: Final = bytes([_KIND_END])
+_END_BODY: Final = bytes([_KIND_END]) + bytes(_BODY.size - 1)  # a full fixed body: every record has one
 END_RECORD: Final = _FRAME.pack(SYNC, len(_END_BODY), zlib.crc32(_END_BODY)) + _END_BODY
+_HEAD = struct.Struct("<2sHI" + _BODY.format[1:])  # frame + fixed body, decoded in one call
+_HEAD_SIZE: Final = _HEAD.size
 SEGMENT_SUFFIX: Final = ".jnl"
 SEGMENT_RE: Final = re.compile(r"^(?P<writer>[A-Za-z0-9_-]+)\.(?P<seq>\d{8,})\.jnl$")
 _MAX_READ_PER_SEGMENT: Final = 64 << 20
@@ -134,15 +136,20 @@ def decode_records(data: bytes | memoryview, *, final: bool, max_records: int | 
     then an incomplete or unparseable tail is skipped and counted as torn; otherwise decoding stops before it,
     since a live writer may still be completing it.
     """
+    if not isinstance(data, bytes):
+        data = bytes(data)
     view = memoryview(data)
-    n = len(view)
+    n = len(data)
     records: list[JournalRecord] = []
     append = records.append
-    find = bytes(view).find if not isinstance(data, bytes) else data.find
-    unpack_frame = _FRAME.unpack_from
-    unpack_body = _BODY.unpack_from
+    find = data.find
+    unpack_head = _HEAD.unpack_from
+    head_size = _HEAD_SIZE
     body_size = _BODY.size
+    max_body = _MAX_BODY
     crc32 = zlib.crc32
+    kinds = _RECORD_KINDS
+    fmt_names = _FMT_NAMES
     ns_cache: dict[bytes, str] = {}
     limit = max_records if max_records is not None else -1
     pos = 0
@@ -152,60 +159,49 @@ def decode_records(data: bytes | memoryview, *, final: bool, max_records: int | 
     while pos < n:
         if len(records) == limit:
             break
-        ok = False
-        if n - pos >= 8:
-            sync, blen, crc = unpack_frame(view, pos)
-            if sync == SYNC and 0 < blen <= _MAX_BODY:
-                end = pos + 8 + blen
-                if end > n and not final:
-                    break  # a live writer's record still being written (or garbage: decided later)
-                if end <= n:
-                    body = view[pos + 8 : end]
-                    if crc32(body) == crc:
-                        kind = body[0]
-                        if kind == _KIND_END and blen == 1:
-                            closed = True
+        if n - pos < head_size:
+            if not final:
+                break  # a record still arriving: wait for the writer
+        else:
+            sync, blen, crc, kind, fmt, rank, group, chain_pos, size, when, ns_len, hash_len = unpack_head(
+                data, pos
+            )
+            end = pos + 8 + blen
+            if sync == SYNC and body_size <= blen <= max_body:
+                if end > n:
+                    if not final:
+                        break  # a live writer's record still being written (or garbage: decided later)
+                elif crc32(view[pos + 8 : end]) == crc:
+                    if kind in kinds and blen == body_size + ns_len + hash_len and (fmt & 0x7F) < 2:
+                        a = pos + head_size
+                        ns_raw = data[a : a + ns_len]
+                        ns = ns_cache.get(ns_raw)
+                        if ns is None:
+                            try:
+                                ns = ns_cache[ns_raw] = ns_raw.decode("utf-8")
+                            except UnicodeDecodeError:
+                                ns = None
+                        if ns is not None:
+                            raw_hash = data[a + ns_len : end]
+                            block_hash = (
+                                raw_hash.decode("ascii", "replace") if fmt & _HASH_ASCII else raw_hash.hex()
+                            )
+                            key = BlockKey(
+                                ns, None if rank < 0 else rank, group, block_hash, fmt_names[fmt & 0x7F]
+                            )
+                            append(JournalRecord(kinds[kind], key, when, size, chain_pos))
                             pos = end
                             if garbage_start >= 0:
                                 bad += 1
                                 garbage_start = -1
                             continue
-                        if kind in _RECORD_KINDS and blen >= body_size:
-                            _, fmt, rank, group, chain_pos, size, when, ns_len, hash_len = unpack_body(
-                                body, 0
-                            )
-                            if blen == body_size + ns_len + hash_len and (fmt & 0x7F) < 2:
-                                ns_raw = bytes(body[body_size : body_size + ns_len])
-                                ns = ns_cache.get(ns_raw)
-                                if ns is None:
-                                    try:
-                                        ns = ns_cache[ns_raw] = ns_raw.decode("utf-8")
-                                    except UnicodeDecodeError:
-                                        ns = None
-                                if ns is not None:
-                                    raw_hash = body[body_size + ns_len : end]
-                                    block_hash = (
-                                        bytes(raw_hash).decode("ascii", "replace")
-                                        if fmt & _HASH_ASCII
-                                        else raw_hash.hex()
-                                    )
-                                    key = BlockKey(
-                                        ns,
-                                        None if rank < 0 else rank,
-                                        group,
-                                        block_hash,
-                                        _FMT_NAMES[fmt & 0x7F],
-                                    )
-                                    append(JournalRecord(_RECORD_KINDS[kind], key, when, size, chain_pos))
-                                    pos = end
-                                    ok = True
-        elif not final:
-            break  # fewer bytes than a frame header: wait for the writer
-        if ok:
-            if garbage_start >= 0:
-                bad += 1
-                garbage_start = -1
-            continue
+                    elif kind == _KIND_END and blen == body_size:
+                        closed = True
+                        pos = end
+                        if garbage_start >= 0:
+                            bad += 1
+                            garbage_start = -1
+                        continue
         # Bad bytes at `pos`: skip to the next sync marker.
         if garbage_start < 0:
             garbage_start = pos
