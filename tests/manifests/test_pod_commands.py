@@ -19,6 +19,7 @@ import manifest_checks as mc
 import pytest
 from manifest_render import rendered
 from pod_sandbox import REPO, PodSandbox, free_port, http_get
+from promql_checks import selected_metrics
 
 from kvfs.blockfile import BlockIdentity, StoreOutcome, store_block
 from kvfs.layout import BlockKey, fingerprint_sha256, kvfs_fields, namespace_name, write_namespace_config
@@ -123,8 +124,6 @@ def _base(name: str) -> str:
 
 
 def _families(expr: str) -> set[str]:
-    from test_dashboard import selected_metrics
-
     return {_base(name) for name in selected_metrics(expr)}
 
 
