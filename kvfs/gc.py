@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -142,7 +143,6 @@ class _Planner:
         self.protect_after = protect_after
         self.chosen: dict[int | BlockKey, Victim] = {}
         self.chosen_bytes_by_ns: dict[str, int] = {}
-        self.chosen_files_by_ns: dict[str, int] = {}
         self.by_reason: dict[EvictReason, Tally] = {}
         self.chosen_bytes = 0
 
@@ -164,21 +164,21 @@ class _Planner:
         stream: Iterator[Any] = self.policy.candidates(
             self.catalog, namespace_ids=namespace_ids, protect_after=protect, limit_bytes=limit
         )
-        # Hot loop (100k+ candidates per pass): locals only, tallies per namespace summed once at the end.
+        # Hot loop (100k+ candidates per pass): locals only; per-namespace file counts are taken at the end.
         chosen = self.chosen
         bytes_by_ns: dict[str, int] = {}
-        files_by_ns: dict[str, int] = {}
         freed = files = 0
         try:
             for cand in stream:
-                ident: int | BlockKey = cand.block_id if cand.block_id is not None else cand.key
+                block_id = cand.block_id
+                ident: int | BlockKey = block_id if block_id is not None else cand.key
                 if ident in chosen:
                     continue
                 size = cand.size
-                chosen[ident] = Victim(cand.key, size, reason, cand.last_access, cand.block_id)
-                ns = cand.key.namespace
+                key = cand.key
+                chosen[ident] = Victim(key, size, reason, cand.last_access, block_id)
+                ns = key.namespace
                 bytes_by_ns[ns] = bytes_by_ns.get(ns, 0) + size
-                files_by_ns[ns] = files_by_ns.get(ns, 0) + 1
                 freed += size
                 files += 1
                 if freed >= need_bytes:
@@ -189,7 +189,6 @@ class _Planner:
                 close()
         for ns, nbytes in bytes_by_ns.items():
             self.chosen_bytes_by_ns[ns] = self.chosen_bytes_by_ns.get(ns, 0) + nbytes
-            self.chosen_files_by_ns[ns] = self.chosen_files_by_ns.get(ns, 0) + files_by_ns[ns]
         self.chosen_bytes += freed
         if files:
             self.by_reason.setdefault(reason, Tally()).add(freed, files)
@@ -268,9 +267,8 @@ def plan_gc(
 
     victims = list(planner.chosen.values())
     by_reason = planner.by_reason
-    by_namespace = {
-        ns: Tally(planner.chosen_files_by_ns[ns], nbytes) for ns, nbytes in planner.chosen_bytes_by_ns.items()
-    }
+    files_by_ns = Counter(v.key.namespace for v in victims)
+    by_namespace = {ns: Tally(files_by_ns[ns], nbytes) for ns, nbytes in planner.chosen_bytes_by_ns.items()}
 
     old_orphans: list[OrphanInfo] = []
     if limits.orphan_grace is not None:
