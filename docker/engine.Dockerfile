@@ -1,5 +1,5 @@
-# syntax=docker/dockerfile:1
-# A vLLM engine with the kvfs connector installed. Build from the repository root:
+# A vLLM engine with the kvfs connector installed. Build from the repository root with BuildKit
+# (Docker 23+: COPY --chmod, and docker/engine.Dockerfile.dockerignore keeps the context small):
 #   docker build -f docker/engine.Dockerfile -t kvfs-engine:0.1.0 .
 # The vLLM tag must match the vllm pin of pyproject.toml's `vllm` extra (checked by tests/manifests). Pinned by
 # tag; pin `@sha256:...` from your registry mirror for byte-identical rebuilds.

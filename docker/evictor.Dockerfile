@@ -1,5 +1,5 @@
-# syntax=docker/dockerfile:1
-# kvfs-evictor and the kvfs CLI: slim, no vLLM, no torch. Build from the repository root:
+# kvfs-evictor and the kvfs CLI: slim, no vLLM, no torch. Build from the repository root with BuildKit
+# (Docker 23+: RUN --mount, and docker/evictor.Dockerfile.dockerignore keeps the context small):
 #   docker build -f docker/evictor.Dockerfile -t kvfs-evictor:0.1.0 .
 # Base image pinned by tag; no registry was reachable where this was written, so no digest: pin
 # `python:3.11.14-slim-bookworm@sha256:...` from your registry mirror for byte-identical rebuilds.
