@@ -10,6 +10,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import subprocess
+import sys
 import tomllib
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, requires
@@ -244,3 +246,39 @@ def test_engine_image_entrypoint_is_the_manifests_command() -> None:
     assert mc.argv(engine.container)[:3] == mc.ENGINE_COMMAND
     copies = [i.args.split() for i in parse_dockerfile(DOCKER / "engine.Dockerfile") if i.op == "COPY"]
     assert any(c[-1] == f"/usr/local/bin/{mc.ENGINE_COMMAND[0]}" for c in copies)
+
+
+IMPORT_EVERYTHING_THE_EVICTOR_IMAGE_RUNS = """
+import json, sys
+before = set(sys.modules)
+import click
+import evictor.__main__, evictor.service, evictor.cli
+from kvfs.cli import main
+ctx = click.Context(main)
+commands = {name: main.get_command(ctx, name) is not None for name in main.list_commands(ctx)}
+from importlib.metadata import packages_distributions
+dists = packages_distributions()
+# Only modules loaded from files: Cython's "cython_runtime" and other in-memory modules belong to no package.
+new = {m.split(".")[0] for m in set(sys.modules) - before if getattr(sys.modules[m], "__file__", None)}
+third_party = {m: dists.get(m, ["?"]) for m in new if m not in sys.stdlib_module_names and not m.startswith("_")}
+print(json.dumps({"commands": commands, "modules": third_party}))
+"""
+
+
+def test_evictor_image_runs_on_its_pinned_requirements_alone() -> None:
+    # The slim image has exactly requirements-evictor.txt + kvfs: the evictor and every `kvfs` command must
+    # import nothing else (no vLLM, no torch, nothing undeclared).
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORT_EVERYTHING_THE_EVICTOR_IMAGE_RUNS],
+        capture_output=True, text=True, cwd=REPO, timeout=120, check=True,
+    )  # fmt: skip
+    report = json.loads(out.stdout)
+    assert all(report["commands"].values()), report["commands"]
+    allowed = set(requirement_pins(DOCKER / "requirements-evictor.txt")) | {"kvfs"}
+    foreign = {
+        module: dists
+        for module, dists in report["modules"].items()
+        if not any(canonicalize_name(d) in allowed for d in dists)
+    }
+    assert foreign == {}, "modules the evictor image would not have"
+    assert not {"torch", "vllm", "connector"} & set(report["modules"])
