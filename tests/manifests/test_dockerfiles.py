@@ -265,20 +265,30 @@ print(json.dumps({"commands": commands, "modules": third_party}))
 """
 
 
-def test_evictor_image_runs_on_its_pinned_requirements_alone() -> None:
-    # The slim image has exactly requirements-evictor.txt + kvfs: the evictor and every `kvfs` command must
-    # import nothing else (no vLLM, no torch, nothing undeclared).
+def modules_outside_the_evictor_image(extra_import: str = "") -> tuple[dict[str, bool], dict[str, list[str]]]:
+    """(kvfs commands found, third-party modules imported that the slim image's requirements do not provide)."""
     out = subprocess.run(
-        [sys.executable, "-c", IMPORT_EVERYTHING_THE_EVICTOR_IMAGE_RUNS],
+        [sys.executable, "-c", IMPORT_EVERYTHING_THE_EVICTOR_IMAGE_RUNS.replace("import click\n", f"import click\n{extra_import}\n", 1)],
         capture_output=True, text=True, cwd=REPO, timeout=120, check=True,
     )  # fmt: skip
     report = json.loads(out.stdout)
-    assert all(report["commands"].values()), report["commands"]
     allowed = set(requirement_pins(DOCKER / "requirements-evictor.txt")) | {"kvfs"}
     foreign = {
         module: dists
         for module, dists in report["modules"].items()
         if not any(canonicalize_name(d) in allowed for d in dists)
     }
+    return report["commands"], foreign
+
+
+def test_evictor_image_runs_on_its_pinned_requirements_alone() -> None:
+    # The slim image has exactly requirements-evictor.txt + kvfs: the evictor and every `kvfs` command must
+    # import nothing else (no vLLM, no torch, nothing undeclared).
+    commands, foreign = modules_outside_the_evictor_image()
+    assert commands and all(commands.values()), commands
     assert foreign == {}, "modules the evictor image would not have"
-    assert not {"torch", "vllm", "connector"} & set(report["modules"])
+
+
+def test_evictor_image_check_catches_an_undeclared_import() -> None:
+    _, foreign = modules_outside_the_evictor_image("import pytest")
+    assert "pytest" in foreign
