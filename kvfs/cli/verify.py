@@ -11,6 +11,21 @@ from kvfs.cli.output import emit_json, size, table
 from kvfs.verify import DEFAULT_THREADS, verify_tree
 
 
+class _Counter:
+    """A one-line running count on stderr (the total is unknown until the walk ends)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, n: int) -> None:
+        self.count += n
+        click.echo(f"\rverifying: {self.count:,} files", nl=False, err=True)
+
+    def done(self) -> None:
+        if self.count:
+            click.echo(err=True)
+
+
 @click.command()
 @click.option("--namespace", metavar="NS", help="Check one namespace only.")
 @click.option(
@@ -37,21 +52,17 @@ def verify(
     """
     root = state.require_root()
     catalog = state.catalog() if delete_corrupt else None
-    show_progress = not as_json and sys.stderr.isatty()
-    if show_progress:
-        with click.progressbar(length=0, label="verifying", file=sys.stderr, show_pos=True) as bar:
-            result = verify_tree(
-                root,
-                namespace=namespace,
-                threads=threads,
-                delete_corrupt=delete_corrupt,
-                catalog=catalog,
-                progress=bar.update,
-            )
-    else:
-        result = verify_tree(
-            root, namespace=namespace, threads=threads, delete_corrupt=delete_corrupt, catalog=catalog
-        )
+    progress = _Counter() if not as_json and sys.stderr.isatty() else None
+    result = verify_tree(
+        root,
+        namespace=namespace,
+        threads=threads,
+        delete_corrupt=delete_corrupt,
+        catalog=catalog,
+        progress=progress,
+    )
+    if progress is not None:
+        progress.done()
     remaining = len(result.corrupt) - result.deleted
     if as_json:
         emit_json(result.to_json())
