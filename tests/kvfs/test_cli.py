@@ -303,3 +303,19 @@ def test_installed_console_script(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert bad.stderr.strip().count("\n") == 0 and "does not exist" in bad.stderr
     assert "Traceback" not in bad.stderr + bad.stdout
+
+
+def test_optional_commands_are_listed_only_when_importable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvfs.cli import app
+
+    monkeypatch.setattr(
+        app,
+        "OPTIONAL_COMMANDS",
+        {"usage-again": "kvfs.cli.du:du", "ghost": "kvfs_no_such_package.cli:ghost"},
+    )
+    listing = CliRunner().invoke(main, ["--help"])
+    assert "usage-again" in listing.output and "ghost" not in listing.output
+    missing = CliRunner().invoke(main, ["ghost"])
+    assert missing.exit_code == 2 and "No such command 'ghost'" in missing.output
+    lazy = CliRunner().invoke(main, ["usage-again", "--help"])
+    assert lazy.exit_code == 0 and "--by" in lazy.output
