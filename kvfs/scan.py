@@ -1,8 +1,8 @@
 """Reconcile the catalog with the tree: a parallel walk that upserts every block and drops vanished ones.
 
-The walk lists the namespace directories, then hands each `<ns>[_r<rank>]/<hhh>` bucket to a thread pool
-(`os.scandir` and `lstat` release the GIL, and on a network filesystem the walk is latency-bound, so threads
-overlap round trips).  Nothing is followed through a symlink: `DirEntry.is_dir/is_file(follow_symlinks=False)`
+The walk lists the namespace directories, then hands groups of `<ns>[_r<rank>]/<hhh>` buckets to a thread
+pool on network filesystems (there the walk is latency-bound and `os.scandir`/`lstat` release the GIL, so
+threads overlap round trips); on a local disk one thread is fastest.  Nothing is followed through a symlink: `DirEntry.is_dir/is_file(follow_symlinks=False)`
 and `DirEntry.stat(follow_symlinks=False)` (an lstat) only.  Blocks are upserted in batches tagged with the
 scan's start time (`seen`); afterwards rows not seen and created before the scan started are dropped
 (`Catalog.prune_missing`), so blocks journaled while the walk ran survive.  Namespaces whose walk hit an
@@ -14,17 +14,20 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import click
 
 from kvfs import metrics
 from kvfs.catalog import BlockRow, Catalog
+from kvfs.catalog.engine import NETWORK_FILESYSTEMS, filesystem_type
 from kvfs.layout import (
     CONFIG_FILENAME,
     META_DIRNAME,
@@ -38,7 +41,11 @@ from kvfs.layout import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_THREADS = 8
+# Local disks: one thread.  readdir/lstat of a cached tree take microseconds, so threads only add GIL
+# hand-offs (measured by kvfs/bench/scan.py: 2 threads ran at ~0.6x the speed of 1).  Network filesystems:
+# each lstat is a round trip, and threads overlap them.
+LOCAL_THREADS = 1
+NETWORK_THREADS = 16
 DEFAULT_BATCH = 10_000
 # Rows created less than this long before the scan started are never pruned: absorbs clock skew between
 # the writers' hosts (journal times) and this one.
@@ -48,6 +55,8 @@ _BUCKET1_RE = re.compile(r"[0-9a-f]{3}")
 _BUCKET2_RE = re.compile(r"([0-9a-f]{2})_g(\d+)")
 _HEX_RE = re.compile(r"[0-9a-f]{16,128}")
 _EXTS = {"kvfs": "kvfs", "bin": "bin"}
+_S_IFMT = stat.S_IFMT(0o177777)
+_S_IFREG = stat.S_IFREG
 
 
 class ScanError(Exception):
@@ -76,15 +85,31 @@ class ScanResult:
     namespaces: int = 0
 
 
+# One block found by the walk: (group, block_hash, fmt, size, created = mtime, last_access = max(atime, mtime)).
+# Plain tuples, not BlockKey/BlockRow objects: building those cost more than the lstat on a local disk.
+FoundBlock = tuple[int, str, str, int, float, float]
+
+
 @dataclass(slots=True)
 class WalkBatch:
-    """What one bucket (`<ns>[_r<rank>]/<hhh>`) or one namespace directory's own level held."""
+    """What some buckets of one namespace directory (`<ns>[_r<rank>]`), or the top levels, held."""
 
-    blocks: list[BlockRow] = field(default_factory=list)
+    namespace: str | None = None
+    rank: int | None = None
+    found: list[FoundBlock] = field(default_factory=list)
     orphans: list[OrphanInfo] = field(default_factory=list)
     not_blocks: int = 0
     errors: int = 0
     incomplete: set[str] = field(default_factory=set)  # namespaces whose walk hit an error here
+
+    @property
+    def blocks(self) -> list[BlockRow]:
+        assert self.namespace is not None or not self.found
+        ns, rank = self.namespace or "", self.rank
+        return [
+            BlockRow(BlockKey(ns, rank, g, h, f), size, created, last)  # type: ignore[arg-type]
+            for g, h, f, size, created, last in self.found
+        ]
 
 
 def _orphan(relpath: str, entry: os.DirEntry[str]) -> OrphanInfo | None:
@@ -97,9 +122,9 @@ def _orphan(relpath: str, entry: os.DirEntry[str]) -> OrphanInfo | None:
 
 def _scan_bucket(root: str, rank_dir: str, namespace: str, rank: int | None, bucket: str) -> WalkBatch:
     """Walk `<rank_dir>/<bucket>/<hh>_g<group>/<hash>.<ext>`; everything unexpected is counted, not followed."""
-    out = WalkBatch()
+    out = WalkBatch(namespace, rank)
     rel1 = f"{rank_dir}/{bucket}"
-    blocks = out.blocks
+    found = out.found
     try:
         level1 = list(os.scandir(f"{root}/{rel1}"))
     except FileNotFoundError:
@@ -143,11 +168,8 @@ def _scan_bucket(root: str, rank_dir: str, namespace: str, rank: int | None, buc
                     else:
                         out.not_blocks += 1
                     continue
-                if not entry.is_file(follow_symlinks=False):
-                    out.not_blocks += 1  # a symlink or directory named like a block is not one
-                    continue
                 try:
-                    st = entry.stat(follow_symlinks=False)
+                    st = entry.stat(follow_symlinks=False)  # lstat: a symlink is reported as one
                 except FileNotFoundError:
                     continue
                 except OSError as exc:
@@ -155,16 +177,12 @@ def _scan_bucket(root: str, rank_dir: str, namespace: str, rank: int | None, buc
                     out.errors += 1
                     out.incomplete.add(namespace)
                     continue
+                if st.st_mode & _S_IFMT != _S_IFREG:
+                    out.not_blocks += 1  # a symlink or directory named like a block is not one
+                    continue
                 mtime = st.st_mtime
                 atime = st.st_atime
-                blocks.append(
-                    BlockRow(
-                        BlockKey(namespace, rank, group, stem, fmt),  # type: ignore[arg-type]
-                        st.st_size,
-                        mtime,
-                        atime if atime > mtime else mtime,
-                    )
-                )
+                found.append((group, stem, fmt, st.st_size, mtime, atime if atime > mtime else mtime))
     return out
 
 
@@ -218,40 +236,74 @@ def _list_root(root: str) -> tuple[list[_NamespaceDir], WalkBatch]:
     return dirs, top
 
 
+def _scan_buckets(
+    root: str, rank_dir: str, namespace: str, rank: int | None, buckets: list[str]
+) -> WalkBatch:
+    """Several buckets of one namespace directory as one task (a bucket alone is too little work per task)."""
+    out = WalkBatch(namespace, rank)
+    for bucket in buckets:
+        one = _scan_bucket(root, rank_dir, namespace, rank, bucket)
+        out.found += one.found
+        out.orphans += one.orphans
+        out.not_blocks += one.not_blocks
+        out.errors += one.errors
+        out.incomplete |= one.incomplete
+    return out
+
+
+def default_threads(root: str | os.PathLike[str]) -> int:
+    """Walker threads for `root`: NETWORK_THREADS on a network filesystem, else LOCAL_THREADS."""
+    fstype = filesystem_type(os.path.realpath(root))
+    return NETWORK_THREADS if fstype in NETWORK_FILESYSTEMS else LOCAL_THREADS
+
+
 def walk_tree(
     root: str | os.PathLike[str],
     *,
-    threads: int = DEFAULT_THREADS,
+    threads: int | None = None,
     on_bucket: Callable[[int, int], None] | None = None,
 ) -> Iterator[WalkBatch]:
-    """Yield one WalkBatch per bucket (plus one for the top levels), buckets walked by `threads` threads.
+    """Yield WalkBatches covering the whole tree, bucket groups walked by `threads` threads.
 
-    The first batch carries the namespaces' own level; `on_bucket(done, total)` reports progress.
+    The first batch carries the namespaces' own level; `on_bucket(done, total)` reports progress in buckets.
     """
     root_s = os.fspath(root)
     dirs, top = _list_root(root_s)
     yield top
-    tasks = [(d.name, d.namespace, d.rank, b) for d in dirs for b in d.buckets]
-    total = len(tasks)
+    if threads is None:
+        threads = default_threads(root_s)
+    total = sum(len(d.buckets) for d in dirs)
+    # ~16 tasks per thread, 8..256 buckets each: enough to balance, few enough that scheduling is noise.
+    per_task = min(256, max(8, total // (max(1, threads) * 16)))
+    tasks = [
+        (d.name, d.namespace, d.rank, d.buckets[i : i + per_task])
+        for d in dirs
+        for i in range(0, len(d.buckets), per_task)
+    ]
     done = 0
     if on_bucket:
         on_bucket(0, total)
-    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="kvfs-scan") as pool:
-        pending: set[Future[WalkBatch]] = set()
+    if threads <= 1:
+        for task in tasks:
+            batch = _scan_buckets(root_s, *task)
+            done += len(task[3])
+            if on_bucket:
+                on_bucket(done, total)
+            yield batch
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kvfs-scan") as pool:
         it = iter(tasks)
-        # Bounded submission: at most a few tasks per thread in flight, so results do not pile up in memory.
-        window = max(4, threads * 4)
-        for task in it:
-            pending.add(pool.submit(_scan_bucket, root_s, *task))
-            if len(pending) >= window:
-                break
+        # Bounded submission (a few tasks per thread in flight), so results never pile up in memory.
+        pending: dict[Future[WalkBatch], int] = {}
+        for task in islice(it, threads * 2):
+            pending[pool.submit(_scan_buckets, root_s, *task)] = len(task[3])
         while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
+                done += pending.pop(fut)
                 nxt = next(it, None)
                 if nxt is not None:
-                    pending.add(pool.submit(_scan_bucket, root_s, *nxt))
-                done += 1
+                    pending[pool.submit(_scan_buckets, root_s, *nxt)] = len(nxt[3])
                 if on_bucket:
                     on_bucket(done, total)
                 yield fut.result()
@@ -323,13 +375,15 @@ def scan_tree(
     root: str | os.PathLike[str],
     catalog: Catalog,
     *,
-    threads: int = DEFAULT_THREADS,
+    threads: int | None = None,
     progress: bool = False,
     batch_size: int = DEFAULT_BATCH,
     prune: bool = True,
     prune_grace: float = DEFAULT_PRUNE_GRACE_S,
 ) -> ScanResult:
     """Walk `root`, upsert every block into `catalog`, drop rows of vanished files, list temp orphans.
+
+    `threads`: walker threads (default: `default_threads(root)`).
 
     Blocks seen for the first time get created = mtime and last_access = max(atime, mtime); known blocks
     keep their journaled recency unless the file's atime is newer.
@@ -342,7 +396,8 @@ def scan_tree(
     files = nbytes = not_blocks = errors = 0
     orphans: list[OrphanInfo] = []
     incomplete: set[str] = set()
-    pending: list[BlockRow] = []
+    pending: list[tuple[str, int | None, list[FoundBlock]]] = []
+    pending_rows = 0
     names = set(namespaces_in(root_s))
     _register_namespaces(root_s, catalog, names)
     try:
@@ -351,16 +406,17 @@ def scan_tree(
             orphans.extend(batch.orphans)
             errors += batch.errors
             incomplete |= batch.incomplete
-            if batch.blocks:
-                files += len(batch.blocks)
-                nbytes += sum(row.size for row in batch.blocks)
+            if batch.found and batch.namespace is not None:
+                files += len(batch.found)
+                nbytes += sum(f[3] for f in batch.found)
                 bar.files = files
-                pending.extend(batch.blocks)
-                if len(pending) >= batch_size:
-                    catalog.upsert_blocks(pending, seen=started)
-                    pending = []
+                pending.append((batch.namespace, batch.rank, batch.found))
+                pending_rows += len(batch.found)
+                if pending_rows >= batch_size:
+                    catalog.upsert_scanned(pending, seen=started)
+                    pending, pending_rows = [], 0
         if pending:
-            catalog.upsert_blocks(pending, seen=started)
+            catalog.upsert_scanned(pending, seen=started)
     finally:
         bar.close()
     added = catalog.block_count() - before

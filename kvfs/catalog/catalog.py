@@ -387,6 +387,27 @@ class Catalog:
         metrics.CATALOG_ROWS_UPSERTED.inc(total)
         return total
 
+    def upsert_scanned(
+        self,
+        batches: Sequence[tuple[str, int | None, Sequence[tuple[int, str, str, int, float, float]]]],
+        *,
+        seen: float,
+    ) -> int:
+        """`upsert_blocks` for the scan's compact rows: (namespace, rank, [(group, hash, fmt, size, created,
+        last_access), ...]) groups, without building a BlockKey per file.  One transaction."""
+        ns_ids = self._namespace_ids({ns for ns, _, _ in batches}, create=True)
+        params = [
+            (ns_id, r, g, h, f, size, created, last, 0, -1, 0, seen)
+            for ns, rank, found in batches
+            for ns_id, r in ((ns_ids[ns], _rank_in(rank)),)
+            for g, h, f, size, created, last in found
+        ]
+        with self._write() as conn:
+            for chunk in _chunks(params, UPSERT_CHUNK):
+                self._upsert_params(conn, chunk)
+        metrics.CATALOG_ROWS_UPSERTED.inc(len(params))
+        return len(params)
+
     def apply_journal(self, records: Sequence[Any], offsets: Mapping[str, int]) -> ApplyStats:
         """Apply journal records and save the reader's new offsets, in ONE transaction.
 

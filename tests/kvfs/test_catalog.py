@@ -480,3 +480,18 @@ def test_raw_sqlite_sees_the_same_rows(sqlite_url: str) -> None:
     conn = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))
     assert conn.execute("SELECT size, last_access, rank FROM blocks").fetchall() == [(10, 2.0, -1)]
     conn.close()
+
+
+def test_sqlite_on_a_network_filesystem_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvfs.catalog import engine
+
+    assert engine.filesystem_type(str(tmp_path)) not in engine.NETWORK_FILESYSTEMS
+    monkeypatch.setattr(engine, "filesystem_type", lambda path: "lustre")
+    with pytest.raises(CatalogError, match="on a lustre filesystem"):
+        Catalog.open(str(tmp_path / "c.db"))
+
+
+def test_filesystem_type_reads_mountinfo() -> None:
+    from kvfs.catalog.engine import filesystem_type
+
+    assert filesystem_type("/proc/self") == "proc"

@@ -309,3 +309,11 @@ def test_scan_racing_a_journaling_writer_loses_nothing(tmp_path: Path, sqlite_ur
     assert scans >= 2
     assert len(on_disk) == 1500
     assert in_catalog == on_disk
+
+
+def test_thread_default_follows_the_filesystem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvfs import scan
+
+    assert scan.default_threads(tmp_path) == scan.LOCAL_THREADS
+    monkeypatch.setattr(scan, "filesystem_type", lambda path: "nfs4")
+    assert scan.default_threads(tmp_path) == scan.NETWORK_THREADS
