@@ -636,6 +636,60 @@ def check_security(docs: Any) -> list[str]:
     return problems
 
 
+RESTRICTED_VOLUME_TYPES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret",
+}  # fmt: skip
+
+
+def check_pod_security_restricted(docs: Any) -> list[str]:
+    """The namespace enforces Pod Security "restricted" and every pod of the rendering meets it.
+
+    The rules of the restricted profile (which includes baseline) that a pod spec can break, per container and
+    init container: no host namespaces or ports, not privileged, no privilege escalation, non-root with a
+    non-zero uid, seccomp RuntimeDefault/Localhost, capabilities drop ALL and add at most NET_BIND_SERVICE, and
+    only the allowed volume types.
+    """
+    problems: list[str] = []
+    namespaces = find(docs, "Namespace")
+    for ns in namespaces:
+        level = ((ns.get("metadata") or {}).get("labels") or {}).get("pod-security.kubernetes.io/enforce")
+        if level != "restricted":
+            problems.append(f"{ident(ns)}: enforces Pod Security {level!r}, not 'restricted'")
+    for obj in docs:
+        pod = pod_spec(obj)
+        if pod is None:
+            continue
+        psc = pod.get("securityContext") or {}
+        for key in ("hostNetwork", "hostPID", "hostIPC"):
+            if pod.get(key):
+                problems.append(f"{ident(obj)}: {key}")
+        for v in pod.get("volumes") or []:
+            kinds = set(v) - {"name"}
+            if not kinds <= RESTRICTED_VOLUME_TYPES:
+                problems.append(f"{ident(obj)}: volume {v.get('name')} of type {sorted(kinds)}")
+        for c in containers(pod) + list(pod.get("initContainers") or []):
+            csc = c.get("securityContext") or {}
+            where = f"{ident(obj)}[{c.get('name')}]"
+
+            def eff(key: str, csc: Obj = csc, psc: Obj = psc) -> Any:
+                return csc.get(key, psc.get(key))
+
+            if csc.get("privileged"):
+                problems.append(f"{where}: privileged")
+            if csc.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{where}: allowPrivilegeEscalation is not false")
+            if eff("runAsNonRoot") is not True or eff("runAsUser") == 0:
+                problems.append(f"{where}: may run as root")
+            if (eff("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
+                problems.append(f"{where}: seccompProfile is not RuntimeDefault or Localhost")
+            caps = csc.get("capabilities") or {}
+            if "ALL" not in (caps.get("drop") or []) or set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+                problems.append(f"{where}: capabilities must drop ALL and add at most NET_BIND_SERVICE")
+            if any(p.get("hostPort") for p in c.get("ports") or []):
+                problems.append(f"{where}: hostPort")
+    return problems
+
+
 def check_identity(docs: Any) -> list[str]:
     """Engines, evictors and CLI jobs share uid, gid and fsGroup, so the evictor can unlink engines' files."""
     ids = {
@@ -702,6 +756,7 @@ ALL_CHECKS = (
     check_ports,
     check_catalog_location,
     check_security,
+    check_pod_security_restricted,
     check_identity,
     check_references,
     check_evictor_singleton,

@@ -224,7 +224,29 @@ def _engine_without_wrapper(d):  # type: ignore[no-untyped-def]
     engine(d).container["command"] = ["vllm", "serve"]
 
 
+def _namespace_baseline(d):  # type: ignore[no-untyped-def]
+    mc.find(d, "Namespace")[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] = "baseline"
+
+
+def _engine_host_network(d):  # type: ignore[no-untyped-def]
+    engine(d).pod["hostNetwork"] = True
+
+
+def _engine_adds_sys_admin(d):  # type: ignore[no-untyped-def]
+    engine(d).container["securityContext"]["capabilities"]["add"] = ["SYS_ADMIN"]
+
+
+def _hostpath_models(d):  # type: ignore[no-untyped-def]
+    vol = next(v for v in engine(d).pod["volumes"] if v["name"] == "models")
+    vol.pop("emptyDir")
+    vol["hostPath"] = {"path": "/models"}
+
+
 BREAKAGES = {
+    "namespace not restricted": (_namespace_baseline, mc.check_pod_security_restricted, "'baseline'"),
+    "engine on host network": (_engine_host_network, mc.check_pod_security_restricted, "hostNetwork"),
+    "engine adds SYS_ADMIN": (_engine_adds_sys_admin, mc.check_pod_security_restricted, "capabilities"),
+    "hostPath volume": (_hostpath_models, mc.check_pod_security_restricted, "hostPath"),
     "no PROMETHEUS_MULTIPROC_DIR": (
         _no_multiproc_dir,
         mc.check_engine_metrics,
