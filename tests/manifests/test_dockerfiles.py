@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, requires
 from pathlib import Path
 
+import dockerfile
 import manifest_checks as mc
 import pytest
 from manifest_render import REPO, rendered
@@ -36,31 +37,17 @@ KNOWN_INSTRUCTIONS = {
 class Instruction:
     line: int
     op: str
-    args: str
+    flags: tuple[str, ...]
+    words: tuple[str, ...]
+    json: bool
 
 
 def parse_dockerfile(path: Path) -> list[Instruction]:
-    """Instructions with continuation lines joined and comments dropped (the Dockerfile grammar we use)."""
-    out: list[Instruction] = []
-    pending = ""
-    start = 0
-    for n, raw in enumerate(path.read_text().splitlines(), 1):
-        line = raw.strip()
-        if not pending and (not line or line.startswith("#")):
-            continue
-        if pending and line.startswith("#"):
-            continue
-        if not pending:
-            start = n
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        text = pending + line
-        pending = ""
-        op, _, args = text.partition(" ")
-        out.append(Instruction(start, op.upper(), args.strip()))
-    assert not pending, f"{path.name}: dangling line continuation"
-    return out
+    """Instructions as BuildKit reads them (the `dockerfile` package wraps Docker's own Go parser)."""
+    return [
+        Instruction(c.start_line, c.cmd.upper(), tuple(c.flags), tuple(c.value), c.json)
+        for c in dockerfile.parse_file(str(path))
+    ]
 
 
 def dockerfiles() -> list[Path]:
@@ -117,7 +104,7 @@ def test_dockerfile_parses_and_pins_its_bases(path: Path) -> None:
     for i in instructions:
         if i.op != "FROM":
             continue
-        words = i.args.split()
+        words = list(i.words)
         image = words[0]
         if image in stages:
             continue
@@ -134,9 +121,9 @@ def test_copied_sources_exist_and_are_not_dockerignored(path: Path) -> None:
     ignore = [ln.strip() for ln in Path(f"{path}.dockerignore").read_text().splitlines()]
     patterns = [ln for ln in ignore if ln and not ln.startswith("#")]
     for i in parse_dockerfile(path):
-        if i.op != "COPY" or "--from=" in i.args:
+        if i.op != "COPY" or any(f.startswith("--from=") for f in i.flags):
             continue
-        sources = [w for w in i.args.split() if not w.startswith("--")][:-1]
+        sources = list(i.words[:-1])
         for src in sources:
             assert (REPO / src).exists(), f"{path.name}:{i.line}: COPY {src}: no such path"
             # Docker's rule: the last matching pattern wins; "!" re-includes.
@@ -179,7 +166,7 @@ def test_engine_image_is_the_vllm_release_the_connector_is_tested_with() -> None
         Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["vllm"] if r.startswith("vllm")
     ]
     (version,) = [s.version for s in pin.specifier if s.operator == "=="]
-    bases = [i.args.split()[0] for i in parse_dockerfile(DOCKER / "engine.Dockerfile") if i.op == "FROM"]
+    bases = [i.words[0] for i in parse_dockerfile(DOCKER / "engine.Dockerfile") if i.op == "FROM"]
     assert bases == [f"vllm/vllm-openai:v{version}"]
 
 
@@ -188,9 +175,9 @@ def test_evictor_image_python_is_supported_by_the_project() -> None:
 
     supported = SpecifierSet(PYPROJECT["project"]["requires-python"])
     for i in parse_dockerfile(DOCKER / "evictor.Dockerfile"):
-        if i.op == "FROM" and i.args.startswith("python:"):
-            version = re.match(r"python:(\d+\.\d+\.\d+)-", i.args)
-            assert version and Version(version.group(1)) in supported, i.args
+        if i.op == "FROM" and i.words[0].startswith("python:"):
+            version = re.match(r"python:(\d+\.\d+\.\d+)-", i.words[0])
+            assert version and Version(version.group(1)) in supported, i.words
 
 
 def test_images_run_as_the_manifests_identity_and_serve_the_evictor_port() -> None:
@@ -199,12 +186,11 @@ def test_images_run_as_the_manifests_identity_and_serve_the_evictor_port() -> No
     docs = list(rendered("base"))
     (ev,) = mc.evictors(docs)
     psc = ev.pod["securityContext"]
-    users = [i.args for i in parse_dockerfile(DOCKER / "evictor.Dockerfile") if i.op == "USER"]
-    assert users == [f"{psc['runAsUser']}:{psc['runAsGroup']}"]
-    exposed = [i.args for i in parse_dockerfile(DOCKER / "evictor.Dockerfile") if i.op == "EXPOSE"]
-    assert exposed == [SETTINGS_SCHEMA["metrics_port"].default]
-    ep = [i.args for i in parse_dockerfile(DOCKER / "evictor.Dockerfile") if i.op == "ENTRYPOINT"]
-    assert ep == ['["kvfs-evictor"]'] and "kvfs-evictor" in PYPROJECT["project"]["scripts"]
+    instructions = parse_dockerfile(DOCKER / "evictor.Dockerfile")
+    assert [i.words for i in instructions if i.op == "USER"] == [(f"{psc['runAsUser']}:{psc['runAsGroup']}",)]
+    assert [i.words for i in instructions if i.op == "EXPOSE"] == [(SETTINGS_SCHEMA["metrics_port"].default,)]
+    (ep,) = [i for i in instructions if i.op == "ENTRYPOINT"]
+    assert ep.json and ep.words == ("kvfs-evictor",) and "kvfs-evictor" in PYPROJECT["project"]["scripts"]
     assert "kvfs" in PYPROJECT["project"]["scripts"]
 
 
@@ -217,18 +203,15 @@ def test_manifest_image_tags_are_the_project_version(tree: str) -> None:
             assert image.endswith(f":{version}"), f"{w.name}: {image} (project version {version})"
 
 
-def test_dockerfile_parser_sees_continuations_and_rejects_dangling_ones(tmp_path: Path) -> None:
+def test_dockerfile_parser_joins_continuations_and_keeps_flags(tmp_path: Path) -> None:
     good = tmp_path / "good.Dockerfile"
-    good.write_text("FROM a:1 AS b\n# c\nRUN x \\\n  # inner comment\n  && y\nUSER 1:2\n")
-    assert [(i.op, i.args) for i in parse_dockerfile(good)] == [
-        ("FROM", "a:1 AS b"),
-        ("RUN", "x  && y"),
-        ("USER", "1:2"),
-    ]
-    bad = tmp_path / "bad.Dockerfile"
-    bad.write_text("FROM a:1\nRUN x \\\n")
-    with pytest.raises(AssertionError, match="dangling"):
-        parse_dockerfile(bad)
+    good.write_text(
+        "FROM a:1 AS b\n# c\nRUN x \\\n  # inner comment\n  && y\nCOPY --chmod=0755 s /d\nUSER 1:2\n"
+    )
+    got = [(i.line, i.op, i.flags, i.words) for i in parse_dockerfile(good)]
+    assert got[0] == (1, "FROM", (), ("a:1", "AS", "b"))
+    assert got[1][1] == "RUN" and got[1][3][0].split() == ["x", "&&", "y"]
+    assert got[2:] == [(6, "COPY", ("--chmod=0755",), ("s", "/d")), (7, "USER", (), ("1:2",))]
 
 
 def test_requirement_pins_refuse_ranges(tmp_path: Path) -> None:
@@ -241,10 +224,10 @@ def test_requirement_pins_refuse_ranges(tmp_path: Path) -> None:
 def test_engine_image_entrypoint_is_the_manifests_command() -> None:
     docs = list(rendered("base"))
     (engine,) = mc.engines(docs)
-    entry = [i.args for i in parse_dockerfile(DOCKER / "engine.Dockerfile") if i.op == "ENTRYPOINT"]
-    assert entry == [json.dumps(mc.ENGINE_COMMAND)]
+    entry = [i.words for i in parse_dockerfile(DOCKER / "engine.Dockerfile") if i.op == "ENTRYPOINT"]
+    assert entry == [tuple(mc.ENGINE_COMMAND)]
     assert mc.argv(engine.container)[:3] == mc.ENGINE_COMMAND
-    copies = [i.args.split() for i in parse_dockerfile(DOCKER / "engine.Dockerfile") if i.op == "COPY"]
+    copies = [i.words for i in parse_dockerfile(DOCKER / "engine.Dockerfile") if i.op == "COPY"]
     assert any(c[-1] == f"/usr/local/bin/{mc.ENGINE_COMMAND[0]}" for c in copies)
 
 
