@@ -8,12 +8,13 @@ FROM vllm/vllm-openai:v0.32.0
 # vLLM, torch and their dependencies stay exactly as the image ships them: kvfs goes in with --no-deps and
 # only the dependencies vLLM does not already require are added, pinned.
 COPY docker/requirements-engine.txt /tmp/kvfs-src/docker/
-RUN python3 -m pip install --no-cache-dir --no-deps -r /tmp/kvfs-src/docker/requirements-engine.txt
+# The vLLM image installs its own Python packages with uv (on its PATH) into the system interpreter: so do we.
+RUN uv pip install --system --no-cache --no-deps -r /tmp/kvfs-src/docker/requirements-engine.txt
 COPY pyproject.toml README.md /tmp/kvfs-src/
 COPY kvfs /tmp/kvfs-src/kvfs
 COPY evictor /tmp/kvfs-src/evictor
 COPY connector /tmp/kvfs-src/connector
-RUN python3 -m pip install --no-cache-dir --no-deps /tmp/kvfs-src && rm -rf /tmp/kvfs-src \
+RUN uv pip install --system --no-cache --no-deps /tmp/kvfs-src && rm -rf /tmp/kvfs-src \
     && python3 -c "import kvfs, connector"
 COPY --chmod=0755 docker/engine-entrypoint.sh /usr/local/bin/kvfs-engine-entrypoint
 # Engines run as uid 1000 / gid 2000 (manifests/base); HOME and caches are redirected to writable mounts there.
