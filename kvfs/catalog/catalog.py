@@ -513,14 +513,15 @@ class Catalog:
     ) -> int:
         """Drop rows a scan started at `scan_start` did not see (their files are gone).
 
-        A row survives when the scan saw it (`seen >= scan_start`) or when it was created after
-        `scan_start - grace` (a block written, and journaled, while the walk was running; `grace` absorbs
-        clock skew between the writer's host and this one).  `keep_namespaces`: namespaces the walk could not
+        A row survives when the scan saw it (`seen >= scan_start`) or when it was created or used after
+        `scan_start - grace`: a block stored (or re-stored over a row whose file had vanished) or read while
+        the walk was running, which the walk may have passed by; `grace` absorbs clock skew between the
+        writers' hosts and this one.  `keep_namespaces`: namespaces the walk could not
         read completely, whose rows are all kept.
         """
         cutoff = scan_start - grace
         keep_ids = sorted(self._namespace_ids(keep_namespaces, create=False).values())
-        sql = "DELETE FROM blocks WHERE seen < :start AND created < :cutoff"
+        sql = "DELETE FROM blocks WHERE seen < :start AND created < :cutoff AND last_access < :cutoff"
         params: dict[str, Any] = {"start": scan_start, "cutoff": cutoff}
         if keep_ids:
             sql += " AND namespace_id NOT IN ({})".format(", ".join(f":k{i}" for i in range(len(keep_ids))))

@@ -279,8 +279,10 @@ def test_prune_missing_spares_seen_and_recent_rows(cat: Catalog) -> None:
         [BlockRow(key(4), 1, created=10.0, last_access=10.0)], seen=500.0
     )  # seen by an older scan
     cat.upsert_blocks([BlockRow(key(5, ns=NS2), 1, created=10.0, last_access=10.0)])  # unreadable namespace
-    assert cat.prune_missing(scan_start, grace=60.0, keep_namespaces=[NS2, "unknown_000000000000"]) == 2
-    assert {r.key for r in cat.iter_blocks()} == {key(1), key(3), key(5, ns=NS2)}
+    cat.upsert_blocks([BlockRow(key(6), 1, created=10.0, last_access=995.0)])  # re-stored during the walk
+    cat.upsert_blocks([BlockRow(key(7), 1, created=10.0, last_access=939.0)])  # used before the grace window
+    assert cat.prune_missing(scan_start, grace=60.0, keep_namespaces=[NS2, "unknown_000000000000"]) == 3
+    assert {r.key for r in cat.iter_blocks()} == {key(1), key(3), key(5, ns=NS2), key(6)}
 
 
 # --- journal -----------------------------------------------------------------------------------------------
