@@ -9,6 +9,8 @@ writes the eviction log.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import time
 from collections import Counter
@@ -212,6 +214,32 @@ def plan_gc(
     caller has just computed it (saves one aggregate over the catalog).  Raises ValueError for an unknown
     namespace.
     """
+    with _cyclic_gc_paused():
+        return _plan(catalog, limits, now=now, policy=policy, orphans=orphans, usage=usage)
+
+
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Planning allocates 100k+ small acyclic objects; the cyclic collector's passes over them cost ~25% of
+    the planning time and find nothing, so it is paused for the duration (reference counting still frees)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _plan(
+    catalog: Catalog,
+    limits: GcLimits,
+    *,
+    now: float | None,
+    policy: EvictionPolicy | str | None,
+    orphans: Sequence[OrphanInfo],
+    usage: Usage | None,
+) -> GcPlan:
     now = time.time() if now is None else now
     if policy is None or isinstance(policy, str):
         policy = get_policy(policy)

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import random
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -70,24 +69,31 @@ def median_time(fn: Callable[[], object], runs: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
-def raw_sqlite(path: str, sql: str, rows: int | None = None) -> Callable[[], int]:
-    """Run `sql` with the stdlib module on a fresh connection; fetch `rows` rows (all when None)."""
+def raw_query(catalog: Catalog, sql: str, rows: int | None = None) -> Callable[[], int]:
+    """Run `sql` on the bare driver connection (sqlite3 / psycopg), no SQLAlchemy and no Python objects built;
+    fetch `rows` rows in chunks of 5000 (a server-side cursor on PostgreSQL), or all when None."""
 
     def run() -> int:
-        conn = sqlite3.connect(path)
+        raw = catalog.engine.raw_connection()
         try:
-            cur = conn.execute(sql)
+            driver = raw.driver_connection
+            named = catalog.dialect == "postgresql" and rows is not None
+            cur = driver.cursor(name="kvfs_bench") if named else driver.cursor()  # type: ignore[union-attr]
+            cur.execute(sql)
             if rows is None:
-                return len(cur.fetchall())
-            got = 0
-            while got < rows:
-                chunk = cur.fetchmany(5000)
-                if not chunk:
-                    break
-                got += len(chunk)
+                got = len(cur.fetchall())
+            else:
+                got = 0
+                while got < rows:
+                    chunk = cur.fetchmany(5000)
+                    if not chunk:
+                        break
+                    got += len(chunk)
+            cur.close()
             return got
         finally:
-            conn.close()
+            raw.rollback()
+            raw.close()
 
     return run
 
@@ -145,16 +151,14 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         proc_s, _ = median_time(du_process, max(3, args.runs // 2))
-        base_du_s = None
-        if sqlite_path:
-            base_du_s, _ = median_time(
-                raw_sqlite(
-                    sqlite_path,
-                    "SELECT namespace_id, count(*), sum(size), min(last_access), max(last_access) "
-                    "FROM blocks GROUP BY namespace_id",
-                ),
-                args.runs,
-            )
+        base_du_s, _ = median_time(
+            raw_query(
+                catalog,
+                "SELECT namespace_id, count(*), sum(size), min(last_access), max(last_access) "
+                "FROM blocks GROUP BY namespace_id",
+            ),
+            args.runs,
+        )
 
         target = usage.total_bytes - args.victims * BLOCK_SIZE
         limits = GcLimits(max_bytes=target)
@@ -162,19 +166,17 @@ def main(argv: list[str] | None = None) -> int:
         plan_s, plan = median_time(lambda: plan_gc(catalog, limits, policy=policy), args.runs)
         assert plan is not None and len(plan.victims) == args.victims, len(plan.victims)  # type: ignore[attr-defined]
         plan_pre_s, _ = median_time(lambda: plan_gc(catalog, limits, policy=policy, usage=usage), args.runs)
-        base_plan_s = None
-        if sqlite_path:
-            # The policy's own statement (same WHERE and ORDER BY), fetched in the same chunks, no Python objects.
-            base_plan_s, _ = median_time(
-                raw_sqlite(
-                    sqlite_path,
-                    "SELECT id, namespace_id, rank, grp, block_hash, fmt, size, last_access FROM blocks "
-                    f"WHERE last_access < {time.time() + 1e6} AND created < {time.time() + 1e6} "
-                    "ORDER BY last_access, chain_pos DESC, id",
-                    rows=args.victims,
-                ),
-                args.runs,
-            )
+        # The policy's own statement (same WHERE and ORDER BY), fetched in the same chunks, no Python objects.
+        base_plan_s, _ = median_time(
+            raw_query(
+                catalog,
+                "SELECT id, namespace_id, rank, grp, block_hash, fmt, size, last_access FROM blocks "
+                f"WHERE last_access < {time.time() + 1e6} AND created < {time.time() + 1e6} "
+                "ORDER BY last_access, chain_pos DESC, id",
+                rows=args.victims,
+            ),
+            args.runs,
+        )
 
     def ratio(ours: float, base: float | None) -> str:
         return f"   baseline {base:.3f}s  ({ours / base:.1f}x the raw query)" if base else ""
