@@ -16,6 +16,8 @@ from itertools import islice
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -171,7 +173,7 @@ class Catalog:
         engine = create_catalog_engine(parsed, root=root)
         catalog = cls(engine, description=describe_url(parsed))
         try:
-            with catalog._write() as conn:
+            with catalog._write("open") as conn:
                 ensure_schema(conn)
         except CatalogError:
             engine.dispose()
@@ -202,20 +204,31 @@ class Catalog:
         return Session(self._engine)
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """A write transaction (SQLite: BEGIN IMMEDIATE, so it waits for the lock instead of failing later)."""
-        with self._engine.connect() as conn:
-            conn.execution_options(kvfs_write=True)
-            with conn.begin():
-                yield conn
+    def _write(self, op: str) -> Iterator[Connection]:
+        """A write transaction (SQLite: BEGIN IMMEDIATE, so it waits for the lock instead of failing later).
+
+        Database errors are counted in `kvfs_catalog_errors_total{op}` and re-raised unchanged.
+        """
+        try:
+            with self._engine.connect() as conn:
+                conn.execution_options(kvfs_write=True)
+                with conn.begin():
+                    yield conn
+        except DBAPIError:
+            metrics.CATALOG_ERRORS.labels(op=op).inc()
+            raise
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self._engine.connect() as conn, conn.begin():
-            yield conn
+    def _read(self, op: str) -> Iterator[Connection]:
+        try:
+            with self._engine.connect() as conn, conn.begin():
+                yield conn
+        except DBAPIError:
+            metrics.CATALOG_ERRORS.labels(op=op).inc()
+            raise
 
     def schema_version(self) -> int:
-        with self._read() as conn:
+        with self._read("schema_version") as conn:
             version = read_schema_version(conn)
         assert version is not None
         return version
@@ -234,15 +247,16 @@ class Catalog:
         known = self._ns_ids.get(name)
         if known is not None and model is None and fingerprint is None and fmt is None:
             return known
-        with self._write() as conn:
-            row = conn.execute(
-                select(Namespace.id, Namespace.model, Namespace.fingerprint, Namespace.fmt).where(
-                    Namespace.name == name
-                )
-            ).first()
+        query = select(Namespace.id, Namespace.model, Namespace.fingerprint, Namespace.fmt).where(
+            Namespace.name == name
+        )
+        with self._write("ensure_namespace") as conn:
+            row = conn.execute(query).first()
             if row is None:
-                ns_id = conn.execute(
-                    Namespace.__table__.insert()
+                # Another process may create it concurrently (PostgreSQL): insert-or-nothing, then read it back.
+                dialect_insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+                conn.execute(
+                    dialect_insert(Namespace)
                     .values(
                         name=name,
                         model=model if model is not None else model_of_namespace(name),
@@ -252,19 +266,19 @@ class Catalog:
                         quota_bytes=None,
                         retired=False,
                     )
-                    .returning(Namespace.id)
-                ).scalar_one()
-            else:
-                ns_id = row.id
-                changes: dict[str, Any] = {}
-                if model is not None and row.model != model:
-                    changes["model"] = model
-                if fingerprint is not None and row.fingerprint is None:
-                    changes["fingerprint"] = fingerprint
-                if fmt is not None and row.fmt is None:
-                    changes["fmt"] = fmt
-                if changes:
-                    conn.execute(Namespace.__table__.update().where(Namespace.id == ns_id).values(**changes))
+                    .on_conflict_do_nothing(index_elements=["name"])
+                )
+                row = conn.execute(query).one()
+            ns_id = row.id
+            changes: dict[str, Any] = {}
+            if model is not None and row.model != model:
+                changes["model"] = model
+            if fingerprint is not None and row.fingerprint is None:
+                changes["fingerprint"] = fingerprint
+            if fmt is not None and row.fmt is None:
+                changes["fmt"] = fmt
+            if changes:
+                conn.execute(Namespace.__table__.update().where(Namespace.id == ns_id).values(**changes))
         self._remember_namespace(name, ns_id)
         return ns_id
 
@@ -278,7 +292,7 @@ class Catalog:
         known = self._ns_ids.get(name)
         if known is not None:
             return known
-        with self._read() as conn:
+        with self._read("namespace_id") as conn:
             ns_id = conn.execute(select(Namespace.id).where(Namespace.name == name)).scalar()
         if ns_id is not None:
             self._remember_namespace(name, ns_id)
@@ -308,7 +322,7 @@ class Catalog:
 
     def namespaces(self) -> list[NamespaceInfo]:
         t = Namespace.__table__.c
-        with self._read() as conn:
+        with self._read("namespaces") as conn:
             rows = conn.execute(
                 select(
                     t.id, t.name, t.model, t.fingerprint, t.created, t.quota_bytes, t.retired, t.fmt
@@ -332,7 +346,7 @@ class Catalog:
         return infos
 
     def _update_namespace(self, name: str, **values: Any) -> None:
-        with self._write() as conn:
+        with self._write("update_namespace") as conn:
             result = conn.execute(Namespace.__table__.update().where(Namespace.name == name).values(**values))
         if result.rowcount == 0:
             raise CatalogError(f"unknown namespace {name!r}")
@@ -379,7 +393,7 @@ class Catalog:
         # Namespaces are created in their own transactions, before the write lock is taken.
         self._namespace_ids({row.key.namespace for row in rows}, create=True)
         total = 0
-        with self._write() as conn:
+        with self._write("upsert_blocks") as conn:
             for chunk in _chunks(rows, UPSERT_CHUNK):
                 params = self._block_params(chunk, seen)
                 self._upsert_params(conn, params)
@@ -402,7 +416,7 @@ class Catalog:
             for ns_id, r in ((ns_ids[ns], _rank_in(rank)),)
             for g, h, f, size, created, last in found
         ]
-        with self._write() as conn:
+        with self._write("upsert_scanned") as conn:
             for chunk in _chunks(params, UPSERT_CHUNK):
                 self._upsert_params(conn, chunk)
         metrics.CATALOG_ROWS_UPSERTED.inc(len(params))
@@ -452,7 +466,7 @@ class Catalog:
             )
         now = _time.time()
         offset_params = [(name, int(off), now) for name, off in offsets.items()]
-        with self._write() as conn:
+        with self._write("apply_journal") as conn:
             if store_params:
                 self._upsert_params(conn, store_params)
             if access_params:
@@ -494,7 +508,7 @@ class Catalog:
         ]
         if not params:
             return 0
-        with self._write() as conn:
+        with self._write("remove_blocks") as conn:
             deleted = self._executemany_count(conn, self._sql.delete, params)
         metrics.CATALOG_ROWS_REMOVED.labels(why="evicted").inc(deleted)
         return deleted
@@ -503,7 +517,7 @@ class Catalog:
         params = [(int(i),) for i in block_ids]
         if not params:
             return 0
-        with self._write() as conn:
+        with self._write("remove_block_ids") as conn:
             deleted = self._executemany_count(conn, self._sql.delete_id, params)
         metrics.CATALOG_ROWS_REMOVED.labels(why="evicted").inc(deleted)
         return deleted
@@ -526,7 +540,7 @@ class Catalog:
         if keep_ids:
             sql += " AND namespace_id NOT IN ({})".format(", ".join(f":k{i}" for i in range(len(keep_ids))))
             params.update({f"k{i}": ns_id for i, ns_id in enumerate(keep_ids)})
-        with self._write() as conn:
+        with self._write("prune_missing") as conn:
             deleted = conn.execute(text(sql), params).rowcount
         metrics.CATALOG_ROWS_REMOVED.labels(why="missing").inc(deleted)
         return deleted
@@ -534,7 +548,7 @@ class Catalog:
     # --- blocks: reads -----------------------------------------------------------------------------------
 
     def block_count(self, namespace: str | None = None) -> int:
-        with self._read() as conn:
+        with self._read("block_count") as conn:
             if namespace is None:
                 return int(conn.execute(text("SELECT count(*) FROM blocks")).scalar_one())
             ns_id = self.namespace_id(namespace)
@@ -548,7 +562,7 @@ class Catalog:
 
     def usage(self) -> Usage:
         """Files, bytes and last-access range per namespace, by one aggregate over the (covering) LRU index."""
-        with self._read() as conn:
+        with self._read("usage") as conn:
             agg = conn.execute(
                 text(
                     "SELECT namespace_id, count(*), coalesce(sum(size), 0), min(last_access), max(last_access) "
@@ -617,7 +631,7 @@ class Catalog:
 
     def get_blocks(self, keys: Iterable[BlockKey]) -> dict[BlockKey, BlockRow]:
         """The catalog rows of `keys` that exist."""
-        with self._read() as conn:
+        with self._read("get_blocks") as conn:
             return self._get_blocks(conn, keys)
 
     def _get_blocks(self, conn: Connection, keys: Iterable[BlockKey]) -> dict[BlockKey, BlockRow]:
@@ -656,7 +670,7 @@ class Catalog:
     # --- journal offsets ---------------------------------------------------------------------------------
 
     def journal_offsets(self) -> dict[str, int]:
-        with self._read() as conn:
+        with self._read("journal_offsets") as conn:
             rows = conn.execute(text('SELECT segment, "offset" FROM journal_offsets')).all()
         return {segment: int(offset) for segment, offset in rows}
 
@@ -665,13 +679,13 @@ class Catalog:
         params = [(name,) for name in names]
         if not params:
             return 0
-        with self._write() as conn:
+        with self._write("forget_segments") as conn:
             return self._executemany_count(conn, self._sql.forget, params)
 
     # --- eviction log ------------------------------------------------------------------------------------
 
     def log_eviction(self, time: float, namespace: str, reason: str, files: int, bytes: int) -> None:
-        with self._write() as conn:
+        with self._write("log_eviction") as conn:
             conn.execute(
                 text(
                     "INSERT INTO evictions (time, namespace, reason, files, bytes) "
@@ -682,7 +696,7 @@ class Catalog:
 
     def eviction_log(self, limit: int = 100) -> list[EvictionEntry]:
         """Most recent first."""
-        with self._read() as conn:
+        with self._read("eviction_log") as conn:
             rows = conn.execute(
                 text(
                     "SELECT time, namespace, reason, files, bytes FROM evictions ORDER BY time DESC, id DESC "

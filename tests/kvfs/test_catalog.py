@@ -338,8 +338,10 @@ def test_apply_journal_is_one_transaction(cat: Catalog) -> None:
         JournalRecord(RecordKind.STORE, key(2), 2.0, size=1),
         JournalRecord(RecordKind.STORE, key(3), 2.0, size=None),  # type: ignore[arg-type]  # NOT NULL violation
     ]
+    errors_before = counter("kvfs_catalog_errors_total", op="apply_journal")
     with pytest.raises(Exception, match="(?i)null"):
         cat.apply_journal(bad, {"a.jnl": 20})
+    assert counter("kvfs_catalog_errors_total", op="apply_journal") - errors_before == 1
     assert {r.key for r in cat.iter_blocks()} == {key(1)}
     assert cat.journal_offsets() == {"a.jnl": 10}
 
@@ -497,3 +499,28 @@ def test_filesystem_type_reads_mountinfo() -> None:
     from kvfs.catalog.engine import filesystem_type
 
     assert filesystem_type("/proc/self") == "proc"
+
+
+def test_concurrent_namespace_creation(catalog_url: str) -> None:
+    """Processes racing to create the same namespaces all get the same ids."""
+    Catalog.open(catalog_url).close()
+    script = textwrap.dedent(
+        """
+        import sys
+        from kvfs.catalog import Catalog
+        catalog = Catalog.open(sys.argv[1])
+        print(" ".join(str(catalog.ensure_namespace(f"ns{i}_0123456789ab")) for i in range(30)))
+        """
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, catalog_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(4)
+    ]
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+        outputs.append(out.split())
+    assert all(o == outputs[0] for o in outputs) and len(set(outputs[0])) == 30
