@@ -28,11 +28,13 @@ from collections.abc import Callable
 
 import torch
 
+from connector.access import AccessRecorder
 from connector.copier import GroupCopier
 from connector.iopool import FileOp, IoPool
 from connector.lookup import ExistenceCache, Presence
 from connector.naming import Namespace, file_identity_key
 from kvfs.blockfile import HEADER_SIZE, BlockIdentity, probe_o_direct
+from kvfs.checksum import checksum64
 from kvfs.journal import JournalWriter
 
 LAYERS, HEADS, HEAD_DIM, BLOCK_TOKENS, BPC = 32, 8, 128, 16, 16
@@ -64,14 +66,19 @@ def parallel(threads: int, items: list, fn: Callable) -> float:  # type: ignore[
     """Run fn(item, thread_index) over items on `threads` threads; return wall seconds."""
     lock = threading.Lock()
     queue = list(items)
+    errors: list[BaseException] = []
 
     def worker(idx: int) -> None:
         while True:
             with lock:
-                if not queue:
+                if not queue or errors:
                     return
                 item = queue.pop()
-            fn(item, idx)
+            try:
+                fn(item, idx)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+                errors.append(exc)
+                return
 
     ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
     t0 = time.perf_counter()
@@ -79,13 +86,15 @@ def parallel(threads: int, items: list, fn: Callable) -> float:  # type: ignore[
         t.start()
     for t in ts:
         t.join()
+    if errors:
+        raise errors[0]
     return time.perf_counter() - t0
 
 
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.device = torch.device("cuda")
+        self.device = torch.device("cpu" if args.cpu else "cuda")
         self.files = args.files
         nblocks = self.files * BPC * 2
         g = torch.Generator(device=self.device).manual_seed(0)
@@ -108,11 +117,11 @@ class Bench:
         h = self.keys[i][:32].hex()
         return os.path.join(root, "bench_0123456789ab", h[:3], h[3:5] + "_g0", h + ".kvfs")
 
-    def ops(self, root: str, load: bool) -> list[FileOp]:
+    def ops(self, root: str, load: bool, job_id: int) -> list[FileOp]:
         ids = self.load_ids if load else self.store_ids
         return [
             FileOp(
-                job_id=1,
+                job_id=job_id,
                 is_load=load,
                 path=self.path(root, i),
                 ident=BlockIdentity(self.fp, file_identity_key(self.keys[i], 0, BPC)),
@@ -144,15 +153,15 @@ class Bench:
         try:
             for _ in range(self.args.reps):
                 self.clear(root)
-                torch.cuda.synchronize()
+                torch.cuda.synchronize() if self.device.type == "cuda" else None
                 t = time.perf_counter()
-                pool.submit(1, self.ops(root, False), is_load=False)
+                pool.submit(1, self.ops(root, False, 1), is_load=False)
                 pool.wait([1])
                 stores.append(total / (time.perf_counter() - t) / GB)
                 assert all(d.success for d in pool.take_finished()), "store failed"
                 drop_caches(direct)
                 t = time.perf_counter()
-                pool.submit(2, self.ops(root, True), is_load=True)
+                pool.submit(2, self.ops(root, True, 2), is_load=True)
                 pool.wait([2])
                 loads.append(total / (time.perf_counter() - t) / GB)
                 assert all(d.success for d in pool.take_finished()), "load failed"
@@ -165,8 +174,11 @@ class Bench:
             "staging_mib": staging / 2**20,
         }
 
-    def raw(self, root: str, threads: int, direct: bool, durability: str) -> dict[str, float]:
-        """Plain file write/read of the same sizes with the same threads, from/to per-thread pinned buffers."""
+    def raw(
+        self, root: str, threads: int, direct: bool, durability: str, checksum: bool = False
+    ) -> dict[str, float]:
+        """Plain file write/read of the same sizes with the same threads, from/to per-thread buffers; with
+        `checksum`, plus one xxh3 pass over the payload (the extra memory pass a self-validating file costs)."""
         import mmap
 
         size = HEADER_SIZE + self.file_bytes
@@ -179,6 +191,8 @@ class Bench:
             os.makedirs(os.path.dirname(p), exist_ok=True)
 
         def write(p: str, idx: int) -> None:
+            if checksum:
+                checksum64(memoryview(bufs[idx])[HEADER_SIZE:])
             fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | flags, 0o644)
             try:
                 os.pwritev(fd, [bufs[idx]], 0)
@@ -193,6 +207,8 @@ class Bench:
                 os.preadv(fd, [bufs[idx]], 0)
             finally:
                 os.close(fd)
+            if checksum:
+                checksum64(memoryview(bufs[idx])[HEADER_SIZE:])
 
         total = self.files * self.file_bytes
         writes, reads = [], []
@@ -205,7 +221,11 @@ class Bench:
             reads.append(total / parallel(threads, paths, read) / GB)
         for p in paths:
             os.unlink(p)
-        return {"raw_write": statistics.median(writes), "raw_read": statistics.median(reads)}
+        suffix = "_ck" if checksum else ""
+        return {
+            f"raw_write{suffix}": statistics.median(writes),
+            f"raw_read{suffix}": statistics.median(reads),
+        }
 
     def naive(self, root: str, threads: int, durability: str) -> float:
         """Per file: each layer's pages `.cpu()` (pageable), written one after another."""
@@ -217,7 +237,7 @@ class Bench:
         def store(i: int, _idx: int) -> None:
             with open(paths[i], "wb") as fh:
                 for t in self.kv:
-                    fh.write(t.index_select(0, ids[i]).cpu().numpy().tobytes())
+                    fh.write(t.index_select(0, ids[i]).view(torch.int16).cpu().numpy().tobytes())
                 if durability != "none":
                     fh.flush()
                     os.fdatasync(fh.fileno())
@@ -259,6 +279,7 @@ def scheduler_step_bench(root: str, tree_files: int, chunks: int = 100, steps: i
     build_s = time.perf_counter() - t0
     cache = ExistenceCache(ns.paths_all_ranks, ttl_s=2.0)
     journal = JournalWriter(root, writer_id="bench-sched")
+    recorder = AccessRecorder(journal, ns)
     prompt = keys[:chunks]
     try:
         # Cold: every chunk unknown -> RETRY, queued for the background checker.
@@ -273,13 +294,12 @@ def scheduler_step_bench(root: str, tree_files: int, chunks: int = 100, steps: i
         for _ in range(steps):
             t = time.perf_counter()
             hits = [cache.query(k) for k in prompt]
-            for k in prompt:  # prepare_load: one access record per chunk
-                journal.record_access(ns.block_key(k))
+            recorder.record(prompt)  # prepare_load: access records, journaled off-thread
             warm.append((time.perf_counter() - t) * 1e6)
             assert all(h is Presence.HIT for h in hits)
     finally:
         cache.shutdown()
-        journal.close()
+        recorder.close()
     return {
         "tree_files": tree_files,
         "tree_build_s": build_s,
@@ -302,14 +322,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tree-files", type=int, default=1_000_000)
     parser.add_argument("--no-triton", action="store_true")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--cpu", action="store_true", help="dry run on CPU tensors (no pinned-copy limit)")
     args = parser.parse_args(argv)
     results: dict[str, object] = {"torch": torch.__version__, "threads": args.threads, "files": args.files}
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() or args.cpu:
         bench = Bench(args)
-        results["device"] = torch.cuda.get_device_name()
+        results["device"] = "cpu" if args.cpu else torch.cuda.get_device_name()
         results["file_mib"] = bench.file_bytes / 2**20
         results["triton_copy"] = bench.copier.triton
-        d2h, h2d = pinned_bandwidth(bench.device, args.reps)
+        # On CPU (a dry run of this script) there is no copy engine: its limit is taken as unbounded.
+        d2h, h2d = (float("inf"), float("inf")) if args.cpu else pinned_bandwidth(bench.device, args.reps)
         results["pinned_d2h"], results["pinned_h2d"] = d2h, h2d
         print(
             f"device {results['device']}, torch {torch.__version__}, triton copy {bench.copier.triton}, "
@@ -324,11 +346,14 @@ def main(argv: list[str] | None = None) -> int:
             durability = "none"
             print(f"\n[{target}] {root} (O_DIRECT {'on' if direct else 'off'})")
             print(
-                "threads | store | raw write | store/min(pinned,raw) | load | raw read | load/min(pinned,raw) | naive store | store/naive | staging MiB"
+                "threads | store | raw write | store/min(pinned,raw) | load | raw read | load/min(pinned,raw) | "
+                "naive store | store/naive | staging MiB | raw write+xxh3 | raw read+xxh3 | "
+                "store/min(pinned,raw+xxh3) | load/min(pinned,raw+xxh3)"
             )
             for threads in [int(x) for x in args.threads.split(",")]:
                 ours = bench.kvfs(root, threads, direct, durability)
                 raw = bench.raw(root, threads, direct, durability)
+                raw.update(bench.raw(root, threads, direct, durability, checksum=True))
                 naive = bench.naive(root, threads, durability)
                 row = {
                     "target": target,
@@ -339,12 +364,15 @@ def main(argv: list[str] | None = None) -> int:
                     "store_ratio": ours["store"] / min(d2h, raw["raw_write"]),
                     "load_ratio": ours["load"] / min(h2d, raw["raw_read"]),
                     "naive_ratio": ours["store"] / naive,
+                    "store_vs_raw_ck": ours["store"] / min(d2h, raw["raw_write_ck"]),
+                    "load_vs_raw_ck": ours["load"] / min(h2d, raw["raw_read_ck"]),
                 }
                 rows.append(row)
                 print(
                     f"{threads:7d} | {ours['store']:5.1f} | {raw['raw_write']:9.1f} | {row['store_ratio']:21.2f} | "
                     f"{ours['load']:4.1f} | {raw['raw_read']:8.1f} | {row['load_ratio']:20.2f} | {naive:11.2f} | "
-                    f"{row['naive_ratio']:11.1f} | {ours['staging_mib']:.0f}",
+                    f"{row['naive_ratio']:11.1f} | {ours['staging_mib']:11.0f} | {raw['raw_write_ck']:14.1f} | "
+                    f"{raw['raw_read_ck']:13.1f} | {row['store_vs_raw_ck']:26.2f} | {row['load_vs_raw_ck']:25.2f}",
                     flush=True,
                 )
             bench.clear(root)

@@ -164,7 +164,10 @@ class IoPool:
     # -- completion --
 
     def _op_done_locked(self, op: FileOp, *, ok: bool, nbytes: int) -> None:
-        job = self._jobs[op.job_id]
+        job = self._jobs.get(op.job_id)
+        if job is None:  # an operation whose job was never submitted: a caller bug, never a dead I/O thread
+            log.error("kvfs: finished operation of unknown job %d (%s)", op.job_id, op.path)
+            return
         job.remaining -= 1
         job.nbytes += nbytes
         if ok:

@@ -64,14 +64,16 @@ class ExistenceCache:
                 if key not in self._queued:
                     self._queued.add(key)
                     self._pending.append(key)
-                    self._wake.set()
+                    if not self._wake.is_set():
+                        self._wake.set()
                 metrics.LOOKUP_RETRY.inc()
                 return Presence.RETRY
             exists, checked = entry
             if now - checked > self._ttl and key not in self._queued:
                 self._queued.add(key)
                 self._pending.append(key)
-                self._wake.set()
+                if not self._wake.is_set():
+                    self._wake.set()
         if exists:
             metrics.LOOKUP_HIT.inc()
             return Presence.HIT

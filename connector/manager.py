@@ -8,6 +8,7 @@ from collections.abc import Collection, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
+from connector.access import AccessRecorder
 from connector.compat import (
     LoadStoreSpec,
     LookupResult,
@@ -53,6 +54,7 @@ class KvfsManager(OffloadingManager):
         self.namespace = namespace
         self.cache = ExistenceCache(namespace.paths_all_ranks, ttl_s=lookup_ttl_s)
         self.journal = journal
+        self.recorder = AccessRecorder(journal, namespace) if journal is not None else None
         self._lock = threading.Lock()
         self._config_info = config_info or {}
 
@@ -72,11 +74,12 @@ class KvfsManager(OffloadingManager):
         self._record_access(keys)
 
     def _record_access(self, keys: Iterable[bytes]) -> None:
-        if self.journal is None:
-            return
-        for key in keys:
-            for rank in range(self.namespace.world_size):
-                self.journal.record_access(self.namespace.block_key(key, rank))
+        if self.recorder is not None:
+            self.recorder.record(keys)
+
+    def flush_journal(self) -> None:
+        if self.recorder is not None:
+            self.recorder.flush()
 
     def prepare_store(self, keys: Collection[bytes], req_context: ReqContext) -> PrepareStoreOutput | None:
         # Keys known to be on the mount need no GPU copy; the workers still dedupe racing writers (EXISTS).
@@ -110,5 +113,5 @@ class KvfsManager(OffloadingManager):
 
     def shutdown(self) -> None:
         self.cache.shutdown()
-        if self.journal is not None:
-            self.journal.flush()
+        if self.recorder is not None:
+            self.recorder.close()

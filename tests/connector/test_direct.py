@@ -227,7 +227,7 @@ def test_journal_records_stores_and_accesses(replica, tmp_path):
     assert finished(worker, 1).success
     manager.prepare_load([k], ReqContext("r"))
     worker.pool.journal.flush()
-    manager.journal.flush()
+    manager.flush_journal()
     records = JournalReader(tmp_path).read({}).records
     kinds = sorted((r.kind, r.key.block_hash) for r in records)
     assert kinds == [(RecordKind.STORE, k[:-4].hex()), (RecordKind.ACCESS, k[:-4].hex())]

@@ -1,0 +1,58 @@
+"""Access records for the journal, written off the scheduler thread (no vLLM import)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from connector.naming import Namespace
+
+if TYPE_CHECKING:
+    from kvfs.journal import JournalWriter
+
+
+class AccessRecorder:
+    """Journals access records from a background thread: the scheduler thread only appends (time, keys)."""
+
+    def __init__(self, journal: JournalWriter, namespace: Namespace) -> None:
+        self.journal = journal
+        self.namespace = namespace
+        self._queue: deque[tuple[float, list[bytes]]] = deque()
+        self._wake = threading.Event()
+        self._stop = False
+        self._drain_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="kvfs-access-journal", daemon=True)
+        self._thread.start()
+
+    def record(self, keys: Iterable[bytes]) -> None:
+        self._queue.append((time.time(), list(keys)))
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def _drain(self) -> None:
+        with self._drain_lock:
+            while self._queue:
+                when, keys = self._queue.popleft()
+                for key in keys:
+                    for rank in range(self.namespace.world_size):
+                        self.journal.record_access(self.namespace.block_key(key, rank), now=when)
+
+    def _run(self) -> None:
+        while not self._stop:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            self._drain()
+
+    def flush(self) -> None:
+        self._drain()
+        self.journal.flush()
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=5)
+        self.flush()
+        self.journal.close()
