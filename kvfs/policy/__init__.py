@@ -7,6 +7,7 @@ Every module in this package that defines an `EvictionPolicy` subclass registers
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
 
 from kvfs.policy.base import Candidate, EvictionPolicy
@@ -26,7 +27,10 @@ __all__ = [
 DEFAULT_POLICY = "lru"
 
 POLICIES: dict[str, type[EvictionPolicy]] = {}
+# Modules of this package that failed to import: name → error (see _discover).
+BROKEN_MODULES: dict[str, str] = {}
 _discovered = False
+log = logging.getLogger("kvfs.policy")
 
 
 class UnknownPolicyError(ValueError):
@@ -43,12 +47,19 @@ def register_policy(cls: type[EvictionPolicy]) -> type[EvictionPolicy]:
 
 
 def _discover() -> None:
+    """Import every module of the package once.  A module that fails to import is logged and skipped, so a
+    broken optional policy never takes the others (and `kvfs gc`) down with it."""
     global _discovered
     if _discovered:
         return
     for info in pkgutil.iter_modules(__path__):
-        if info.name != "base" and not info.name.startswith("_"):
+        if info.name == "base" or info.name.startswith("_"):
+            continue
+        try:
             importlib.import_module(f"{__name__}.{info.name}")
+        except Exception as exc:  # noqa: BLE001 - reported, and named in get_policy's error
+            BROKEN_MODULES[info.name] = f"{type(exc).__name__}: {exc}"
+            log.warning("eviction policy module %s.%s failed to import: %s", __name__, info.name, exc)
     _discovered = True
 
 
@@ -64,6 +75,7 @@ def get_policy(name: str | None = None) -> EvictionPolicy:
     try:
         return POLICIES[name]()
     except KeyError:
+        broken = "".join(f"; module {m} failed to import: {e}" for m, e in BROKEN_MODULES.items())
         raise UnknownPolicyError(
-            f"unknown eviction policy {name!r} (available: {', '.join(available_policies())})"
+            f"unknown eviction policy {name!r} (available: {', '.join(available_policies())}){broken}"
         ) from None

@@ -107,3 +107,25 @@ def test_registry() -> None:
     assert get_policy(None).name == DEFAULT_POLICY
     with pytest.raises(UnknownPolicyError, match="unknown eviction policy 'nope'.*lru"):
         get_policy("nope")
+
+
+def test_a_policy_module_that_fails_to_import_does_not_break_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pkgutil
+
+    import kvfs.policy as registry
+
+    real = pkgutil.iter_modules
+
+    def with_a_broken_one(path):  # type: ignore[no-untyped-def]
+        yield from real(path)
+        yield pkgutil.ModuleInfo(None, "no_such_policy_module", False)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(registry, "_discovered", False)
+    monkeypatch.setattr(registry, "BROKEN_MODULES", {})
+    monkeypatch.setattr(registry.pkgutil, "iter_modules", with_a_broken_one)
+    assert "lru" in registry.available_policies()
+    assert "no_such_policy_module" in registry.BROKEN_MODULES
+    with pytest.raises(UnknownPolicyError, match="no_such_policy_module failed to import"):
+        get_policy("smart")
