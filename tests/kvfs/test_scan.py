@@ -317,3 +317,19 @@ def test_thread_default_follows_the_filesystem(tmp_path: Path, monkeypatch: pyte
     assert scan.default_threads(tmp_path) == scan.LOCAL_THREADS
     monkeypatch.setattr(scan, "filesystem_type", lambda path: "nfs4")
     assert scan.default_threads(tmp_path) == scan.NETWORK_THREADS
+
+
+def test_rescan_refreshes_changed_files_only(tree: Tree, catalog_url: str) -> None:
+    grown, read_since, untouched = [k for k in tree.keys if k.fmt == "bin"][:3]
+    with Catalog.open(catalog_url) as catalog:
+        scan_tree(tree.root, catalog)
+        (tree.root / grown.relpath()).write_bytes(b"g" * 4000)  # a stock writer replaced the file
+        os.utime(tree.root / grown.relpath(), (OLD, OLD))
+        os.utime(tree.root / read_since.relpath(), (OLD + 7000, OLD))  # a journal-less reader touched atime
+        catalog.upsert_blocks([BlockRow(untouched, tree.keys[untouched], OLD, OLD + 9000)])  # journal: newer
+        result = scan_tree(tree.root, catalog)
+        rows = catalog.get_blocks([grown, read_since, untouched])
+    assert (result.blocks_added, result.blocks_removed) == (0, 0)
+    assert (rows[grown].size, rows[grown].last_access) == (4000, OLD)
+    assert (rows[read_since].size, rows[read_since].last_access) == (tree.keys[read_since], OLD + 7000)
+    assert rows[untouched].last_access == OLD + 9000  # never lowered by older file times
