@@ -1,0 +1,161 @@
+"""The `slru` and `2q` policies on real catalogs (SQLite and PostgreSQL): order, scope, protection, history."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from sqlalchemy import text
+
+from kvfs.catalog import BlockRow, Catalog
+from kvfs.gc import GcLimits, plan_gc
+from kvfs.layout import BlockKey
+from kvfs.policy import get_policy
+from kvfs.policy.history import history_size, sync
+from kvfs.policy.slru import SegmentedLruPolicy
+from kvfs.policy.twoq import TwoQueuePolicy
+
+NS = "org_model_0123456789ab"
+OTHER = "org_other_0123456789ab"
+NEVER_PROTECTED = float("inf")
+
+
+def key(n: int, ns: str = NS, rank: int | None = None) -> BlockKey:
+    return BlockKey(ns, rank, 0, f"{n:016x}{n:016x}", "kvfs")
+
+
+def num(k: BlockKey) -> int:
+    return int(k.block_hash[:16], 16)
+
+
+def row(n: int, last: float, *, hits: int = 0, pos: int = 0, size: int = 100, ns: str = NS) -> BlockRow:
+    return BlockRow(key(n, ns), size, created=min(last, 1.0), last_access=last, chain_pos=pos, hits=hits)
+
+
+def order(
+    catalog: Catalog, policy, *, limit: int = 1 << 40, protect: float = NEVER_PROTECTED, ns=None
+) -> list[int]:
+    ids = None if ns is None else [catalog.namespace_id(ns)]
+    stream = policy.candidates(catalog, namespace_ids=ids, protect_after=protect, limit_bytes=limit)
+    return [num(c.key) for c in stream]
+
+
+@pytest.fixture
+def catalog(catalog_url: str):
+    cat = Catalog.open(catalog_url)
+    yield cat
+    cat.close()
+
+
+def test_probation_surplus_then_lru_then_rest_of_probation(catalog: Catalog) -> None:
+    # Blocks 1-6 never reused (probation), 7-9 reused; ages interleaved.
+    catalog.upsert_blocks(
+        [row(1, 10), row(2, 20), row(3, 30), row(4, 40), row(5, 50), row(6, 60)]
+        + [row(7, 5, hits=2), row(8, 15, hits=1), row(9, 25, hits=1)]
+    )
+    policy = SegmentedLruPolicy(probation_share=0.5)
+    # Free 300 of 900 bytes: 600 stay; probation may keep 300 of them, holds 600: its oldest 300 go first.
+    assert order(catalog, policy, limit=300) == [1, 2, 3]
+    # Free everything: surplus of probation (all of it: nothing stays), then the reused blocks by LRU.
+    assert order(catalog, policy) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    # Free 500: 400 stay, probation keeps 200 -> 4 probation blocks first, then LRU of the reused ones.
+    assert order(catalog, policy, limit=500) == [1, 2, 3, 4, 7]
+    # Share 1.0: probation never in surplus; reused blocks go first, then probation.
+    assert order(catalog, SegmentedLruPolicy(probation_share=1.0), limit=300) == [7, 8, 9]
+
+
+def test_ties_evict_deeper_chain_position_first_and_protection_applies(catalog: Catalog) -> None:
+    catalog.upsert_blocks([row(1, 10, pos=0), row(2, 10, pos=1), row(3, 10, pos=2), row(4, 50, pos=0)])
+    policy = get_policy("slru")
+    assert order(catalog, policy) == [3, 2, 1, 4]
+    # Blocks used at or after protect_after are never offered.
+    assert order(catalog, policy, protect=50) == [3, 2, 1]
+
+
+def test_namespace_scope(catalog: Catalog) -> None:
+    catalog.upsert_blocks([row(1, 10), row(2, 20, ns=OTHER), row(3, 30)])
+    assert order(catalog, get_policy("slru"), ns=NS) == [1, 3]
+    assert order(catalog, get_policy("2q"), ns=OTHER) == [2]
+
+
+def test_stream_stops_at_limit_and_closes(catalog: Catalog) -> None:
+    catalog.upsert_blocks([row(n, float(n)) for n in range(1, 50)])
+    stream = get_policy("2q").candidates(catalog, namespace_ids=None, protect_after=1e9, limit_bytes=1 << 40)
+    first = list(itertools.islice(stream, 3))
+    stream.close()
+    assert [num(c.key) for c in first] == [1, 2, 3]
+    # The catalog is still writable (no cursor left holding it).
+    catalog.upsert_blocks([row(99, 100.0)])
+
+
+def test_invalid_parameters() -> None:
+    with pytest.raises(ValueError, match="probation share"):
+        SegmentedLruPolicy(probation_share=1.5)
+    with pytest.raises(ValueError, match="horizon"):
+        TwoQueuePolicy(horizon=-1)
+
+
+def _hits(catalog: Catalog, n: int) -> int:
+    return catalog.get_blocks([key(n)])[key(n)].hits
+
+
+def test_restored_block_skips_probation_across_restarts(catalog_url: str) -> None:
+    cat = Catalog.open(catalog_url)
+    cat.upsert_blocks([row(1, 10), row(2, 20), row(3, 30)])
+    assert order(cat, get_policy("2q")) == [1, 2, 3]  # first pass: history of 1, 2, 3 recorded
+    cat.remove_blocks([key(1)])  # block 1 evicted...
+    cat.close()
+
+    # ...the evictor restarts (new process: new catalog object, new policy instance)...
+    cat = Catalog.open(catalog_url)
+    cat.upsert_blocks(
+        [BlockRow(key(1), 100, created=40.0, last_access=40.0)]
+    )  # ...and block 1 is stored again
+    cat.upsert_blocks([BlockRow(key(4), 100, created=41.0, last_access=41.0)])  # a new block, never seen
+    policy = TwoQueuePolicy(probation_share=0.0)
+    # Block 1 counts as reused (hits 1): it goes after every never-reused block, 4 included.
+    assert order(cat, policy) == [2, 3, 4, 1]
+    assert _hits(cat, 1) == 1 and _hits(cat, 4) == 0
+    # Idempotent: another pass neither counts the re-store again nor changes the order.
+    assert order(cat, policy) == [2, 3, 4, 1]
+    assert _hits(cat, 1) == 1
+    cat.close()
+
+
+def test_other_rank_of_a_known_block_is_not_a_restore(catalog: Catalog) -> None:
+    catalog.upsert_blocks([BlockRow(key(1, rank=0), 100, 10.0, 10.0)])
+    sync(catalog)
+    catalog.upsert_blocks([BlockRow(key(1, rank=1), 100, 11.0, 11.0)])
+    sync(catalog)
+    assert catalog.get_blocks([key(1, rank=1)])[key(1, rank=1)].hits == 0
+
+
+def test_history_is_pruned_beyond_the_horizon(catalog: Catalog) -> None:
+    catalog.upsert_blocks([row(n, float(n)) for n in range(1, 11)])  # recency span 1..10
+    sync(catalog, horizon=1.0)
+    assert history_size(catalog) == 10
+    catalog.remove_blocks([key(n) for n in range(1, 10)])
+    catalog.upsert_blocks([row(11, 20.0)])
+    # The tier now spans 10..20 (10 s).  Horizon 3: history back to 20 - 30 is kept: all of it.
+    sync(catalog, horizon=3.0)
+    assert history_size(catalog) == 11
+    # Horizon 1: history last seen before 20 - 10 goes (the evicted blocks 1-9).
+    sync(catalog, horizon=1.0)
+    with catalog.engine.connect() as conn:
+        left = conn.execute(
+            text("SELECT count(*) FROM policy_block_history WHERE last_seen < 10")
+        ).scalar_one()
+    assert left == 0 and history_size(catalog) == 2
+
+
+def test_plan_gc_with_2q_frees_enough_and_prefers_one_off_blocks(catalog: Catalog) -> None:
+    # 10 reused blocks (old), 10 never reused (newer): a 50% cut takes the one-off blocks first.
+    catalog.upsert_blocks([row(n, float(n), hits=3) for n in range(1, 11)])
+    catalog.upsert_blocks([row(n, float(n)) for n in range(11, 21)])
+    plan = plan_gc(catalog, GcLimits(max_bytes=1000), now=1000.0, policy="2q")
+    assert plan.total_bytes == 1000 and plan.policy == "2q"
+    chosen = sorted(num(v.key) for v in plan.victims)
+    # Probation may keep 10% of the 1000 bytes that stay: 9 one-off blocks go, then the LRU reused block.
+    assert chosen == [1, *range(11, 20)]
+    lru = plan_gc(catalog, GcLimits(max_bytes=1000), now=1000.0, policy="lru")
+    assert sorted(num(v.key) for v in lru.victims) == list(range(1, 11))
