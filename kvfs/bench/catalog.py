@@ -5,7 +5,9 @@
 Baseline: plain `INSERT` of pre-built tuples with the stdlib `sqlite3` module into a table with the catalog's
 own columns, unique key and indexes, same pragmas (WAL, synchronous=NORMAL, cache_size), one transaction.  The catalog
 figure includes everything `Catalog.upsert_blocks` does from `BlockRow` objects (namespace ids, tuple
-building, `INSERT ... ON CONFLICT DO UPDATE`).  Goal: >= 0.5x the baseline.  Also: re-upserting the same rows
+building, sorting into key order, `INSERT ... ON CONFLICT DO UPDATE`).  Because the catalog sorts, the
+baseline is run twice: on the rows as given and on the same rows pre-sorted (the stronger baseline; the goal
+is judged against it).  Goal: >= 0.5x the baseline.  Also: re-upserting the same rows
 (every row a conflict → update), `usage()` on the full catalog (the `kvfs du` query; goal < 1 s at 1M rows)
 and `apply_journal` of access records.  Medians of `--runs` runs.
 """
@@ -132,19 +134,28 @@ def main(argv: list[str] | None = None) -> int:
     params = baseline_params(rows)
     n_access = min(args.rows, 200_000)
     accesses = [JournalRecord(RecordKind.ACCESS, r.key, r.last_access + 60) for r in rows[:n_access]]
+    sorted_params = sorted(params, key=lambda p: p[:4])
     raw: list[float] = []
+    raw_sorted: list[float] = []
     cat: list[dict[str, float]] = []
     for run in range(args.runs):
         with tempfile.TemporaryDirectory(dir=args.tmp, prefix="kvfs-bench-catalog-") as tmp:
             raw.append(raw_sqlite_insert(Path(tmp) / "raw.db", params))
+            raw_sorted.append(raw_sqlite_insert(Path(tmp) / "raw-sorted.db", sorted_params))
             cat.append(run_catalog(f"sqlite:///{tmp}/catalog.db", rows, accesses))
-        print(f"  run {run + 1}: raw {raw[-1]:.2f}s, catalog insert {cat[-1]['insert']:.2f}s", flush=True)
+        print(
+            f"  run {run + 1}: raw {raw[-1]:.2f}s, raw key-ordered {raw_sorted[-1]:.2f}s, "
+            f"catalog insert {cat[-1]['insert']:.2f}s",
+            flush=True,
+        )
 
     def med(key: str) -> float:
         return statistics.median(c[key] for c in cat)
 
     raw_s = statistics.median(raw)
+    raw_sorted_s = statistics.median(raw_sorted)
     print(f"raw sqlite3 executemany INSERT (baseline) {fmt_rate(args.rows, raw_s)}")
+    print(f"  same, rows pre-sorted in key order      {fmt_rate(args.rows, raw_sorted_s)}")
     print(f"catalog upsert_blocks, new rows          {fmt_rate(args.rows, med('insert'))}")
     print(f"catalog upsert_blocks, all conflicts     {fmt_rate(args.rows, med('update'))}")
     print(f"catalog apply_journal, access records    {fmt_rate(n_access, med('journal'))}")
@@ -152,7 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         f"catalog usage() on {args.rows:,} rows       {med('usage') * 1000:.0f} ms (goal < 1000 ms at 1M rows)"
     )
     ratio = raw_s / med("insert")
-    print(f"RATIO upsert/raw = {ratio:.2f}x (goal >= 0.5x): {'PASS' if ratio >= 0.5 else 'BELOW GOAL'}")
+    ratio_sorted = raw_sorted_s / med("insert")
+    print(f"ratio upsert/raw (rows as given) = {ratio:.2f}x")
+    verdict = "PASS" if ratio_sorted >= 0.5 else "BELOW GOAL"
+    print(
+        f"RATIO upsert/raw key-ordered = {ratio_sorted:.2f}x (goal >= 0.5x against the stronger baseline): {verdict}"
+    )
 
     if args.pg:
         pg = run_catalog(args.pg, rows, accesses)
