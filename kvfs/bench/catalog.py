@@ -6,8 +6,8 @@ Baseline: plain `INSERT` of pre-built tuples with the stdlib `sqlite3` module in
 own columns, unique key and indexes, same pragmas (WAL, synchronous=NORMAL, cache_size), one transaction.  The catalog
 figure includes everything `Catalog.upsert_blocks` does from `BlockRow` objects (namespace ids, tuple
 building, sorting into key order, `INSERT ... ON CONFLICT DO UPDATE`).  Because the catalog sorts, the
-baseline is run twice: on the rows as given and on the same rows pre-sorted (the stronger baseline; the goal
-is judged against it).  Goal: >= 0.5x the baseline.  Also: re-upserting the same rows
+baseline is run twice: on the rows as given and on the same rows pre-sorted (the goal is judged against the faster
+of the two).  Goal: >= 0.5x the baseline.  Also: re-upserting the same rows
 (every row a conflict → update), `usage()` on the full catalog (the `kvfs du` query; goal < 1 s at 1M rows)
 and `apply_journal` of access records.  Medians of `--runs` runs.
 """
@@ -162,13 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"catalog usage() on {args.rows:,} rows       {med('usage') * 1000:.0f} ms (goal < 1000 ms at 1M rows)"
     )
-    ratio = raw_s / med("insert")
-    ratio_sorted = raw_sorted_s / med("insert")
-    print(f"ratio upsert/raw (rows as given) = {ratio:.2f}x")
-    verdict = "PASS" if ratio_sorted >= 0.5 else "BELOW GOAL"
-    print(
-        f"RATIO upsert/raw key-ordered = {ratio_sorted:.2f}x (goal >= 0.5x against the stronger baseline): {verdict}"
-    )
+    given, ordered = raw_s / med("insert"), raw_sorted_s / med("insert")
+    print(f"ratio upsert/raw: {given:.2f}x (rows as given), {ordered:.2f}x (key-ordered)")
+    ratio = min(given, ordered)
+    verdict = "PASS" if ratio >= 0.5 else "BELOW GOAL"
+    print(f"RATIO upsert/faster raw baseline = {ratio:.2f}x (goal >= 0.5x): {verdict}")
 
     if args.pg:
         pg = run_catalog(args.pg, rows, accesses)
