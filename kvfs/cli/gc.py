@@ -11,7 +11,7 @@ import click
 from kvfs.cli.app import KvfsContext, pass_state
 from kvfs.cli.output import emit_json, size, table
 from kvfs.cli.params import DURATION, SIZE
-from kvfs.cli.scan import run_scan, scan_json
+from kvfs.cli.scan import remove_journals_option, run_scan, scan_json
 from kvfs.cli.scanstate import record_orphans
 from kvfs.gc import GcLimits, GcPlan, GcResult, execute_plan, ingest_journals, make_recency_recheck, plan_gc
 from kvfs.policy import DEFAULT_POLICY, available_policies
@@ -88,6 +88,7 @@ def _print_plan(plan: GcPlan, result: GcResult) -> None:
     help="Reconcile the catalog with the tree first [default: only when the catalog is empty or "
     "--orphans-older-than is given].",
 )
+@remove_journals_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_state
 def gc(
@@ -101,6 +102,7 @@ def gc(
     min_age: float,
     policy: str,
     scan_first: bool | None,
+    remove_journals: bool,
     as_json: bool,
 ) -> None:
     """Run one eviction pass: retired namespaces, TTL, quotas, capacity (--max-bytes), old temp files.
@@ -116,7 +118,8 @@ def gc(
         )
     root = state.require_root()
     catalog = state.catalog()
-    ingested = ingest_journals(root, catalog)
+    # A dry run changes nothing on the mount: journal segments stay even with --remove-journals.
+    ingested = ingest_journals(root, catalog, remove_finished=remove_journals and not dry_run)
     if scan_first is None:
         scan_first = orphans_older_than is not None or catalog.block_count() == 0
     orphans: list[Any] = []
@@ -148,6 +151,7 @@ def gc(
                 **result.to_json(),
                 "plan": plan.to_json(),
                 "journal_records_ingested": ingested.records,
+                "journal_segments_removed": ingested.segments_removed,
                 "scan": scanned,
             }
         )

@@ -10,7 +10,7 @@ import click
 from kvfs.cli.app import KvfsContext, pass_state
 from kvfs.cli.output import emit_json, size, table
 from kvfs.cli.scanstate import record_scan
-from kvfs.gc import ingest_journals
+from kvfs.gc import IngestResult, ingest_journals
 
 
 def run_scan(state: KvfsContext, *, quiet: bool) -> Any:
@@ -24,9 +24,18 @@ def run_scan(state: KvfsContext, *, quiet: bool) -> Any:
     return result
 
 
-def ingest_pending(state: KvfsContext) -> int:
-    """Apply pending journal records (segments are left for the evictor); returns the records applied."""
-    return ingest_journals(state.require_root(), state.catalog()).records
+# Journal segments are left in place by default: an evictor keeping its own catalog may not have read them yet.
+remove_journals_option = click.option(
+    "--remove-journals",
+    is_flag=True,
+    help="Also delete journal segments that are closed and fully applied to this catalog (only when no "
+    "evictor with another catalog reads them).",
+)
+
+
+def ingest_pending(state: KvfsContext, *, remove: bool = False) -> IngestResult:
+    """Apply pending journal records to the catalog; `remove` also deletes fully consumed closed segments."""
+    return ingest_journals(state.require_root(), state.catalog(), remove_finished=remove)
 
 
 def scan_json(result: Any) -> dict[str, Any]:
@@ -42,9 +51,10 @@ def scan_json(result: Any) -> dict[str, Any]:
 
 
 @click.command()
+@remove_journals_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_state
-def scan(state: KvfsContext, as_json: bool) -> None:
+def scan(state: KvfsContext, remove_journals: bool, as_json: bool) -> None:
     """Walk the root and reconcile the catalog: add new block files, drop rows whose files are gone.
 
     Files no journal has reported get last access = max(atime, mtime); pending journal records are applied
@@ -53,7 +63,9 @@ def scan(state: KvfsContext, as_json: bool) -> None:
     """
     result = run_scan(state, quiet=as_json)
     data = scan_json(result)
-    data["journal_records_ingested"] = ingest_pending(state)
+    ingested = ingest_pending(state, remove=remove_journals)
+    data["journal_records_ingested"] = ingested.records
+    data["journal_segments_removed"] = ingested.segments_removed
     if as_json:
         emit_json(data)
         return

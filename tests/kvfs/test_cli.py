@@ -319,3 +319,20 @@ def test_optional_commands_are_listed_only_when_importable(monkeypatch: pytest.M
     assert missing.exit_code == 2 and "No such command 'ghost'" in missing.output
     lazy = CliRunner().invoke(main, ["usage-again", "--help"])
     assert lazy.exit_code == 0 and "--by" in lazy.output
+
+
+def test_journal_segments_are_kept_unless_asked(site: Site) -> None:
+    journal = site.root / ".kvfs" / "journal"
+    with JournalWriter(site.root, writer_id="engine-b") as writer:
+        writer.record_access(site.keys[3])
+    segments = sorted(p.name for p in journal.iterdir())
+    assert segments
+    first = site.json("scan")
+    assert first["journal_records_ingested"] == 1 and first["journal_segments_removed"] == 0
+    assert sorted(p.name for p in journal.iterdir()) == segments
+    dry = site.json("gc", "--dry-run", "--remove-journals")
+    assert dry["journal_segments_removed"] == 0 and sorted(p.name for p in journal.iterdir()) == segments
+    out = site.json("gc", "--remove-journals")
+    assert out["journal_records_ingested"] == 0  # applied once, by the scan
+    assert out["journal_segments_removed"] == len(segments)
+    assert list(journal.iterdir()) == []
