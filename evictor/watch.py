@@ -15,7 +15,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserverVFS
 
@@ -45,12 +56,34 @@ def make_observer(mode: str, poll_interval: float) -> Any:
     return Observer()
 
 
+_WRITE_EVENTS = frozenset(("created", "modified", "moved", "closed", "deleted"))
+# inotify masks without IN_OPEN / IN_ACCESS / IN_CLOSE_NOWRITE: our own reads (scans, journal reads, watchdog's
+# re-walk after a queue overflow) must not generate events, or an overflow feeds itself forever.
+_TREE_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    FileClosedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
+]
+_JOURNAL_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    FileClosedEvent,
+]
+
+
 class _Trigger(FileSystemEventHandler):
     def __init__(self, callback: Callable[[], None]) -> None:
         self.callback = callback
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
+        # Only writers' changes: our own reads of a segment (opened / closed_no_write) must not wake us again.
+        if not event.is_directory and event.event_type in _WRITE_EVENTS:
             self.callback()
 
 
@@ -217,10 +250,15 @@ class Watchers:
         if self.mode == "inotify":
             # Polling the journal folder would only duplicate the fallback timer.
             jobs = Observer()
-            jobs.schedule(_Trigger(self.on_journal), str(self.journal_path), recursive=False)
+            jobs.schedule(
+                _Trigger(self.on_journal),
+                str(self.journal_path),
+                recursive=False,
+                event_filter=_JOURNAL_EVENTS,
+            )
             self._observers.append(jobs)
         tree = make_observer(self.mode, self.poll_interval)
-        tree.schedule(self.tree.handler(), str(self.root), recursive=True)
+        tree.schedule(self.tree.handler(), str(self.root), recursive=True, event_filter=_TREE_EVENTS)
         self._observers.append(tree)
         for obs in self._observers:
             obs.daemon = True

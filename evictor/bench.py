@@ -1,0 +1,408 @@
+"""Evictor benchmarks, each printed next to a baseline measured in the same run.
+
+    python -m evictor.bench [--blocks 1000000] [--victims 100000] [--files 20000] [--records 200000]
+                            [--tree-files 20000] [--runs 3] [--only plan,delete,ingest,rss,metaops]
+
+* plan:    victim selection (`plan_gc`, default policy) of --victims blocks from a --blocks SQLite catalog.
+           Baseline: the bare `SELECT ... ORDER BY last_access LIMIT` with the stdlib sqlite3 module.  Goal < 1 s.
+* delete:  `execute_plan` (RootGuard unlink + catalog rows + eviction log, recheck hook included) over --files
+           fresh files, against a raw `os.unlink` loop over as many fresh files.  Goal >= 0.8x.
+* ingest:  journal records → SQLite catalog (`JournalIngester`: read, decode, apply, offsets in one
+           transaction).  Baseline: decoding alone (`JournalReader.read`).  Goal >= 100k records/s.
+* rss:     peak RSS (VmHWM) of a real `kvfs-evictor` process over the --blocks catalog, through a pass that
+           plans and applies --victims evictions.  Baseline: a bare interpreter importing the same modules.
+           Goal < 300 MB.
+* metaops: filesystem metadata syscalls (stat family, getdents64, statfs, openat) of a real `kvfs-evictor`
+           under the watermark over a --tree-files tree, counted by strace over a steady-state window, per
+           minute; next to llm-d's PVC evictor model (one stat per file per second) and the polling watcher.
+Medians of --runs runs where a run is repeatable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from evictor.ingest import JournalIngester
+from kvfs.catalog import BlockRow, Catalog
+from kvfs.gc import GcLimits, execute_plan, plan_gc
+from kvfs.journal import JournalReader, JournalWriter
+from kvfs.layout import BlockKey
+from kvfs.policy import DEFAULT_POLICY, get_policy
+
+BLOCK_SIZE = 2 << 20
+NAMESPACES = ["org_model-a_0123456789ab", "org_model-b_a1b2c3d4e5f6", "org_model-c_fedcba987654"]
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _rows(n: int, *, seed: int = 7, now: float | None = None) -> list[BlockRow]:
+    rng = random.Random(seed)
+    now = time.time() if now is None else now
+    rows = []
+    for i in range(n):
+        key = BlockKey(NAMESPACES[i % 3], i % 2, 0, f"{rng.getrandbits(128):032x}", "kvfs")
+        t = now - 3600 - rng.random() * 86400
+        rows.append(BlockRow(key, BLOCK_SIZE, t, t, chain_pos=i % 64))
+    return rows
+
+
+def build_catalog(path: Path, blocks: int) -> str:
+    url = f"sqlite:///{path}"
+    t0 = time.perf_counter()
+    with Catalog.open(url) as cat:
+        for start in range(0, blocks, 200_000):
+            cat.upsert_blocks(_rows(min(200_000, blocks - start), seed=start))
+    print(f"  built a {blocks:,}-block SQLite catalog in {time.perf_counter() - t0:.1f}s", flush=True)
+    return url
+
+
+# ---- plan ----------------------------------------------------------------------------------------------------
+def bench_plan(url: str, db: Path, blocks: int, victims: int, runs: int) -> dict[str, Any]:
+    policy = get_policy(DEFAULT_POLICY)
+    times, base = [], []
+    with Catalog.open(url) as cat:
+        total = cat.usage().total_bytes
+        limits = GcLimits(max_bytes=total - victims * BLOCK_SIZE, min_age=600)
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            plan = plan_gc(cat, limits, policy=policy)
+            times.append(time.perf_counter() - t0)
+            assert len(plan.victims) == victims, (len(plan.victims), victims)
+    for _ in range(runs):
+        conn = sqlite3.connect(db)
+        t0 = time.perf_counter()
+        got = conn.execute(
+            "select id, size from blocks where last_access < ? order by last_access limit ?",
+            (time.time() - 600, victims),
+        ).fetchall()
+        base.append(time.perf_counter() - t0)
+        conn.close()
+        assert len(got) == victims
+    out = {"plan_s": _median(times), "raw_select_s": _median(base), "victims": victims, "blocks": blocks}
+    print(
+        f"plan: {victims:,} victims of {blocks:,} blocks in {out['plan_s']:.3f}s (goal < 1 s); "
+        f"bare sqlite3 ORDER BY last_access LIMIT: {out['raw_select_s']:.3f}s "
+        f"({out['plan_s'] / out['raw_select_s']:.1f}x)",
+        flush=True,
+    )
+    return out
+
+
+# ---- delete --------------------------------------------------------------------------------------------------
+def _make_files(root: Path, keys: list[BlockKey]) -> None:
+    for key in keys:
+        path = root / key.relpath()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o660)
+        os.write(fd, b"k" * 4096)
+        os.close(fd)
+
+
+def _raw_unlink(paths: list[str]) -> float:
+    t0 = time.perf_counter()
+    for p in paths:
+        os.unlink(p)
+    return len(paths) / (time.perf_counter() - t0)
+
+
+def _settle() -> None:
+    # Evicted files are old: their creation is on disk.  Both sides start from that state (and neither pays
+    # for the other's pending metadata writes).
+    os.sync()
+    time.sleep(0.5)
+
+
+def bench_delete(work: Path, files: int, runs: int) -> dict[str, Any]:
+    """The same number of files on each side, created together and synced; the order alternates between runs."""
+    raw_rates, evict_rates = [], []
+    for run in range(runs):
+        root = work / f"delete-{run}"
+        root.mkdir()
+        rows = _rows(2 * files, seed=1000 + run)
+        raw_keys = [r.key for r in rows[:files]]
+        ev_rows = rows[files:]
+        for r in ev_rows:
+            r.size = 4096
+        _make_files(root, [r.key for r in rows])
+        paths = [str(root / k.relpath()) for k in raw_keys]
+        with Catalog.open(f"sqlite:///{work / f'delete-{run}.db'}") as cat:
+            cat.upsert_blocks(ev_rows)
+            plan = plan_gc(cat, GcLimits(max_bytes=0), policy=DEFAULT_POLICY)
+            assert len(plan.victims) == files
+
+            def recheck(batch: list[Any], cat: Catalog = cat) -> list[Any]:
+                seen = cat.last_access_of([v.key for v in batch])  # what the evictor's recheck does
+                return [v for v in batch if seen.get(v.key) == v.last_access]
+
+            def evict(cat: Catalog = cat, plan: Any = plan, root: Path = root) -> float:
+                t0 = time.perf_counter()
+                result = execute_plan(root, cat, plan, dry_run=False, recheck=recheck, batch_size=1000)
+                rate = files / (time.perf_counter() - t0)
+                assert result.deleted_files == files, result
+                return rate
+
+            for side in ("raw", "evict") if run % 2 == 0 else ("evict", "raw"):
+                _settle()
+                if side == "raw":
+                    raw_rates.append(_raw_unlink(paths))
+                else:
+                    evict_rates.append(evict())
+        shutil.rmtree(root)
+    out = {"raw_unlink_per_s": _median(raw_rates), "evict_per_s": _median(evict_rates), "files": files}
+    out["ratio"] = out["evict_per_s"] / out["raw_unlink_per_s"]
+    print(
+        f"delete: execute_plan {out['evict_per_s']:,.0f} files/s (RootGuard + catalog rows + recheck) vs raw "
+        f"os.unlink loop {out['raw_unlink_per_s']:,.0f} files/s: {out['ratio']:.2f}x (goal >= 0.8x); "
+        f"runs: {[round(r) for r in evict_rates]} vs {[round(r) for r in raw_rates]}",
+        flush=True,
+    )
+    return out
+
+
+# ---- ingest --------------------------------------------------------------------------------------------------
+def bench_ingest(work: Path, records: int, runs: int) -> dict[str, Any]:
+    rates, decode_rates = [], []
+    for run in range(runs):
+        root = work / f"ingest-{run}"
+        root.mkdir()
+        rows = _rows(records // 2, seed=2000 + run)
+        with JournalWriter(root, writer_id=f"bench-{run}", max_segment_bytes=64 << 20, fsync=False) as writer:
+            for r in rows:
+                writer.record_store(r.key, r.size, r.chain_pos, now=r.created)
+            for r in rows:
+                writer.record_access(r.key, now=r.created + 1)
+        t0 = time.perf_counter()
+        batch = JournalReader(root).read({})
+        decode_rates.append(len(batch.records) / (time.perf_counter() - t0))
+        assert len(batch.records) == 2 * len(rows)
+        with Catalog.open(f"sqlite:///{work / f'ingest-{run}.db'}") as cat:
+            ingester = JournalIngester(root, cat)
+            t0 = time.perf_counter()
+            stats = ingester.ingest()
+            rates.append(stats.records / (time.perf_counter() - t0))
+            assert stats.records == 2 * len(rows) and cat.block_count() == len(rows)
+        shutil.rmtree(root)
+    out = {"records_per_s": _median(rates), "decode_only_per_s": _median(decode_rates), "records": records}
+    print(
+        f"ingest: {out['records_per_s']:,.0f} records/s into SQLite (goal >= 100k/s); decoding alone "
+        f"{out['decode_only_per_s']:,.0f} records/s ({out['records_per_s'] / out['decode_only_per_s']:.2f}x)",
+        flush=True,
+    )
+    return out
+
+
+# ---- real evictor processes ----------------------------------------------------------------------------------
+def _spawn(args: list[str], log: Path, prefix: list[str] | None = None) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    cmd = [*(prefix or []), sys.executable, "-m", "evictor", *args]
+    return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env)  # noqa: SIM115
+
+
+def _port(log: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = re.search(r"http :(\d+)", log.read_text(errors="replace"))
+        if m:
+            return int(m[1])
+        if proc.poll() is not None:
+            raise RuntimeError(f"evictor exited: {log.read_text()}")
+        time.sleep(0.1)
+    raise RuntimeError("evictor did not start")
+
+
+def _status(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=30) as resp:
+        return json.load(resp)
+
+
+def _vm(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def bench_rss(work: Path, url: str, blocks: int, victims: int) -> dict[str, Any]:
+    root = work / "rss-root"
+    root.mkdir()
+    with Catalog.open(url) as cat:
+        total = cat.usage().total_bytes
+    # Over the high watermark by `victims` blocks' worth beyond the low one: one pass plans and applies them
+    # (the files do not exist: RootGuard reports them missing and their rows go, the real code path).
+    max_bytes = int((total - victims * BLOCK_SIZE) / 0.90)  # low watermark 90%, high 95%
+    log = work / "rss.log"
+    args = ["--root", str(root), "--catalog", url, "--max-bytes", str(max_bytes), "--no-startup-scan",
+            "--scan-interval", "0", "--watch", "off", "--min-age", "0", "--metrics-host", "127.0.0.1",
+            "--metrics-port", "0", "--enforce-interval", "1", "--high-watermark", "95",
+            "--low-watermark", "90"]  # fmt: skip
+    proc = _spawn(args, log)
+    try:
+        port = _port(log, proc)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            last = _status(port).get("last_pass")
+            if last and last.get("result"):
+                break
+            time.sleep(0.5)
+        else:
+            raise RuntimeError(f"no eviction pass within 300s: {log.read_text()[-2000:]}")
+        time.sleep(3)  # a few more passes over the now smaller catalog
+        hwm, rss = _vm(proc.pid, "VmHWM"), _vm(proc.pid, "VmRSS")
+        result = last["result"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    bare = subprocess.run(
+        [sys.executable, "-c", "import evictor.service, kvfs.catalog, kvfs.gc, kvfs.scan, apscheduler, watchdog;"
+         "print(open('/proc/self/status').read())"],  # fmt: skip
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    bare_hwm = int(re.search(r"VmHWM:\s+(\d+)", bare.stdout)[1]) * 1024  # type: ignore[index]
+    out = {
+        "peak_rss_bytes": hwm,
+        "rss_after_bytes": rss,
+        "bare_import_rss_bytes": bare_hwm,
+        "pass_deleted_files": result["deleted_files"] + result.get("missing", 0),
+        "pass_duration_s": last["duration_s"],
+        "pass_plan_s": last["plan_s"],
+    }
+    print(
+        f"rss: evictor peak {hwm / 2**20:.0f} MiB (goal < 300 MB) over a {blocks:,}-block catalog, through a pass "
+        f"of {out['pass_deleted_files']:,} evictions (plan {last['plan_s']:.2f}s, pass {last['duration_s']:.1f}s); "
+        f"bare interpreter with the same imports {bare_hwm / 2**20:.0f} MiB",
+        flush=True,
+    )
+    return out
+
+
+def _count_syscalls(trace: Path, t_from: float, t_to: float) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    pat = re.compile(r"^(?:\[pid\s+\d+\]\s+|\d+\s+)?(\d+\.\d+)\s+(\w+)\(")
+    for line in trace.read_text(errors="replace").splitlines():
+        m = pat.match(line)
+        if m and t_from <= float(m[1]) <= t_to:
+            counts[m[2]] = counts.get(m[2], 0) + 1
+    return counts
+
+
+def bench_metaops(work: Path, tree_files: int, window: float) -> dict[str, Any]:
+    if shutil.which("strace") is None:
+        print("metaops: skipped (strace not installed)")
+        return {}
+    root = work / "meta-root"
+    root.mkdir()
+    _make_files(root, [r.key for r in _rows(tree_files, seed=3000)])
+    results: dict[str, Any] = {"tree_files": tree_files, "window_s": window}
+    for mode in ("off", "inotify", "polling"):
+        url = f"sqlite:///{work / f'meta-{mode}.db'}"
+        trace = work / f"meta-{mode}.strace"
+        log = work / f"meta-{mode}.log"
+        poll = 2.0
+        args = ["--root", str(root), "--catalog", url, "--max-bytes", "1PB", "--watch", mode,
+                "--watch-poll-interval", str(poll), "--min-age", "0", "--metrics-host", "127.0.0.1",
+                "--metrics-port", "0", "--enforce-interval", "5", "--journal-interval", "1"]  # fmt: skip
+        prefix = ["strace", "-f", "-ttt", "-qq", "-o", str(trace),
+                  "-e", "trace=%stat,%lstat,%fstat,%statfs,getdents64,openat,unlink,unlinkat"]  # fmt: skip
+        proc = _spawn(args, log, prefix)
+        try:
+            port = _port(log, proc, timeout=120)
+            deadline = time.monotonic() + 300
+            while not _status(port).get("last_scan"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no start-up scan")
+                time.sleep(0.5)
+            time.sleep(2 * poll + 1)  # past the polling watcher's initial snapshot
+            t_from = time.time()
+            time.sleep(window)
+            t_to = time.time()
+            status = _status(port)
+            passes = status["last_pass"]
+        finally:
+            # SIGTERM to the evictor itself (strace would only detach); strace ends with its tracee.
+            try:
+                os.kill(_status(port)["pid"], signal.SIGTERM)
+            except Exception:  # noqa: BLE001 - not started: stop strace and its child
+                proc.send_signal(signal.SIGKILL)
+            proc.wait(60)
+        counts = _count_syscalls(trace, t_from, t_to)
+        total = sum(counts.values())
+        per_min = total * 60 / window
+        scale = poll / 30.0  # the default watch_poll_interval is 30 s
+        results[mode] = {"syscalls": counts, "per_minute": per_min, "last_pass": bool(passes)}
+        extra = (
+            f" (at the default 30 s poll interval: {per_min * scale:,.0f}/min)" if mode == "polling" else ""
+        )
+        print(
+            f"metaops: watch={mode}: {per_min:,.0f} metadata syscalls/min under the watermark over "
+            f"{tree_files:,} files{extra}; {dict(sorted(counts.items()))}",
+            flush=True,
+        )
+        trace.unlink()
+    llmd = tree_files * 60
+    results["llmd_model_per_minute"] = llmd
+    print(f"metaops: llm-d PVC evictor model (1 stat per file per second): {llmd:,} stats/min", flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m evictor.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--blocks", type=int, default=1_000_000)
+    ap.add_argument("--victims", type=int, default=100_000)
+    ap.add_argument("--files", type=int, default=20_000)
+    ap.add_argument("--records", type=int, default=200_000)
+    ap.add_argument("--tree-files", type=int, default=20_000)
+    ap.add_argument("--window", type=float, default=20.0, help="metaops measurement window, seconds")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--only", default="plan,delete,ingest,rss,metaops")
+    ap.add_argument("--workdir", default=None, help="where to build (default: a temp dir, removed)")
+    ap.add_argument("--json", dest="json_out", default=None, help="also write the figures to this file")
+    args = ap.parse_args(argv)
+    only = set(args.only.split(","))
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="kvfs-evictor-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"evictor bench in {work} (cpus: {os.cpu_count()})", flush=True)
+    figures: dict[str, Any] = {}
+    steps: list[tuple[str, Callable[[], Any]]] = []
+    db = work / "big.db"
+    url = f"sqlite:///{db}"
+    if only & {"plan", "rss"}:
+        steps.append(("build", lambda: build_catalog(db, args.blocks)))
+    steps += [
+        ("plan", lambda: bench_plan(url, db, args.blocks, args.victims, args.runs)),
+        ("delete", lambda: bench_delete(work, args.files, args.runs)),
+        ("ingest", lambda: bench_ingest(work, args.records, args.runs)),
+        ("rss", lambda: bench_rss(work, url, args.blocks, args.victims)),
+        ("metaops", lambda: bench_metaops(work, args.tree_files, args.window)),
+    ]
+    try:
+        for name, step in steps:
+            if name == "build" or name in only:
+                figures[name] = step()
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(figures, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
