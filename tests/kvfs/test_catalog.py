@@ -524,3 +524,18 @@ def test_concurrent_namespace_creation(catalog_url: str) -> None:
         assert proc.returncode == 0, err.decode()
         outputs.append(out.split())
     assert all(o == outputs[0] for o in outputs) and len(set(outputs[0])) == 30
+
+
+def test_corrupt_sqlite_file_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.db"
+    path.write_bytes(b"not a database at all " * 200)
+    with pytest.raises(CatalogError, match="file is not a database") as info:
+        Catalog.open(str(path))
+    assert "\n" not in str(info.value)
+    assert path.read_bytes().startswith(b"not a database")  # left as it was
+
+
+def test_password_is_not_printed(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError) as info:
+        Catalog.open("postgresql://bob:hunter2@127.0.0.1:1/kvfs")
+    assert "hunter2" not in str(info.value) and "bob:***@" in str(info.value)
