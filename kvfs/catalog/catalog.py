@@ -494,6 +494,7 @@ class Catalog:
             if store_params:
                 self._upsert_params(conn, store_params)
             if access_params:
+                access_params.sort(key=lambda p: p[2:6])  # key order, as for upserts
                 matched = self._executemany_count(conn, self._sql.access, access_params)
                 if matched < len(access_params):
                     # rowcount says how many keys matched, not which: look the rest up to count their records.
