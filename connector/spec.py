@@ -19,7 +19,7 @@ from connector.compat import (
     group_index_of,
     namespace_fields,
 )
-from connector.config import KvfsConnectorConfig
+from connector.config import ConfigError, KvfsConnectorConfig
 from connector.manager import KvfsManager
 from connector.naming import PAYLOAD_DIRECT, Namespace
 from connector.worker import KvfsWorker
@@ -48,6 +48,13 @@ class KvfsOffloadingSpec(OffloadingSpec):
     def __init__(self, config: OffloadingConfig) -> None:
         super().__init__(config)
         self.kvfs = KvfsConnectorConfig.from_extra(self.extra_config)
+        if int(self.extra_config.get("sync_load_budget_bytes", 0) or 0) > 0 and len(config.groups) > 1:
+            # vLLM 0.33 synchronous loads can report failures only as block ids, which its scheduler refuses
+            # for models with several KV groups: a vanished file would then take the engine down.
+            raise ConfigError(
+                "sync_load_budget_bytes must be 0 with kvfs for models with several KV cache groups "
+                "(failed synchronous loads cannot be recomputed there)"
+            )
         self.namespace = Namespace(
             root=self.kvfs.root,
             fields=namespace_fields(config, payload=PAYLOAD_DIRECT, revision=self.kvfs.model_revision),

@@ -137,3 +137,12 @@ def test_sibling_namespace_with_another_hash_algo_warns(tmp_path):
     assert len(warnings) == 1 and "sha256_cbor" in warnings[0]
     assert warn_unshareable(str(tmp_path), {**mine, "dtype": "fp16"}) == []
     assert os.path.isdir(tmp_path)
+
+
+def test_sync_loads_refused_where_their_failures_cannot_be_recomputed(tmp_path):
+    from connector.spec import KvfsOffloadingSpec
+
+    extra = {**SPEC, "kvfs_root": str(tmp_path), "kvfs_journal": False, "sync_load_budget_bytes": 1 << 20}
+    with pytest.raises(ConfigError, match="sync_load_budget_bytes"):
+        KvfsOffloadingSpec(offloading_config(extra, groups=2))
+    assert KvfsOffloadingSpec(offloading_config(extra, groups=1)).namespace.name
