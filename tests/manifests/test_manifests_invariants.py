@@ -376,3 +376,14 @@ def test_gc_cronjob_flag_check_rejects_bad_commands(args: list[str], error: str)
     with pytest.raises(click.ClickException) as info:
         mc.cli_invocation(job)
     assert error.lower() in info.value.format_message().lower()
+
+
+def test_catalog_volume_holds_ten_million_blocks() -> None:
+    # The SQLite catalog's footprint, measured on a small catalog (fixed overheads make this an overestimate).
+    from catalog_footprint import bytes_per_block
+
+    from kvfs.units import parse_size
+
+    (pvc,) = mc.find(docs_of("base"), "PersistentVolumeClaim", "kvfs-evictor-catalog")
+    size = parse_size(pvc["spec"]["resources"]["requests"]["storage"].replace("Gi", "GiB"))
+    assert size / bytes_per_block(20_000) >= 10_000_000
