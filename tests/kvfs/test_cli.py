@@ -16,6 +16,7 @@ from kvfs.blockfile import BlockIdentity, StoreOutcome, store_block
 from kvfs.cli import main
 from kvfs.journal import JournalWriter
 from kvfs.layout import BlockKey, fingerprint_sha256, kvfs_fields, namespace_name, write_namespace_config
+from kvfs.policy import DEFAULT_POLICY
 
 PAYLOAD = 512
 KVFS_BIN = Path(sys.executable).with_name("kvfs")
@@ -117,11 +118,12 @@ def test_du_reports_temp_files_of_the_last_scan(site: Site) -> None:
 def test_ls_lists_a_namespace_in_eviction_order(site: Site) -> None:
     site.json("scan")
     alpha, _ = site.namespaces["org/alpha"]
-    listing = site.json("ls", alpha)
+    listing = site.json("ls", alpha, "--policy", "lru")
     assert [b["path"] for b in listing["blocks"]] == [site.keys[n].relpath() for n in range(1, 7)]
     assert listing["policy"] == "lru"
     assert len(site.json("ls", alpha, "--limit", "2")["blocks"]) == 2
-    text = site.invoke("ls", alpha, "--limit", "1")
+    assert site.json("ls", alpha)["policy"] == DEFAULT_POLICY
+    text = site.invoke("ls", alpha, "--limit", "1", "--policy", "lru")
     assert text.exit_code == 0 and site.keys[1].relpath() in text.output
     unknown = site.invoke("ls", "nope_000000000000")
     assert unknown.exit_code != 0 and "unknown namespace" in unknown.output
@@ -140,7 +142,7 @@ def test_gc_dry_run_deletes_nothing(site: Site) -> None:
 
 def test_gc_max_bytes_evicts_lru_and_prints_the_plan(site: Site) -> None:
     site.json("scan")
-    result = site.invoke("gc", "--max-bytes", str(4 * site.file_size))
+    result = site.invoke("gc", "--policy", "lru", "--max-bytes", str(4 * site.file_size))
     assert result.exit_code == 0, result.output
     assert "capacity" in result.output and "deleted 5 files" in result.output
     # The three 3-day-old beta blocks go first, then alpha's two oldest.
@@ -173,7 +175,7 @@ def test_gc_retire_namespace_and_orphans(site: Site) -> None:
 
 def test_gc_namespace_scope(site: Site) -> None:
     alpha, _ = site.namespaces["org/alpha"]
-    out = site.json("gc", "--namespace", alpha, "--max-bytes", str(4 * site.file_size))
+    out = site.json("gc", "--policy", "lru", "--namespace", alpha, "--max-bytes", str(4 * site.file_size))
     assert out["deleted_files"] == 2
     assert site.present() == {3, 4, 5, 6, 11, 12, 13}
 
@@ -183,7 +185,13 @@ def test_gc_ingests_journals_before_planning(site: Site) -> None:
     with JournalWriter(site.root, writer_id="engine-a") as writer:
         writer.record_access(site.keys[1])  # the oldest alpha block was just read
     out = site.json(
-        "gc", "--namespace", site.namespaces["org/alpha"][0], "--max-bytes", str(5 * site.file_size)
+        "gc",
+        "--policy",
+        "lru",
+        "--namespace",
+        site.namespaces["org/alpha"][0],
+        "--max-bytes",
+        str(5 * site.file_size),
     )
     assert out["journal_records_ingested"] == 1
     assert site.present() >= {1} and not site.path(2).exists()

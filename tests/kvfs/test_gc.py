@@ -93,7 +93,7 @@ def fill(tree: Tree, count: int = 10) -> None:
 
 
 def run(tree: Tree, limits: GcLimits, **kw):
-    plan = plan_gc(tree.catalog, limits, now=NOW)
+    plan = plan_gc(tree.catalog, limits, now=NOW, policy="lru")
     return plan, execute_plan(tree.root, tree.catalog, plan, now=NOW, **({"dry_run": False} | kw))
 
 
@@ -239,7 +239,7 @@ def test_planted_symlinks_are_never_followed(tree: Tree, tmp_path: Path) -> None
 
 def test_recheck_spares_blocks_accessed_after_planning(tree: Tree) -> None:
     fill(tree, 4)
-    plan = plan_gc(tree.catalog, GcLimits(max_bytes=0), now=NOW)
+    plan = plan_gc(tree.catalog, GcLimits(max_bytes=0), now=NOW, policy="lru")
     assert len(plan.victims) == 4
     # A reader touches block 2 between planning and deletion: its access is journaled.
     writer = JournalWriter(tree.root, writer_id="reader-1")
@@ -256,7 +256,7 @@ def test_recheck_spares_blocks_accessed_after_planning(tree: Tree) -> None:
 
 def test_recheck_drops_victims_whose_rows_are_gone(tree: Tree) -> None:
     fill(tree, 2)
-    plan = plan_gc(tree.catalog, GcLimits(max_bytes=0), now=NOW)
+    plan = plan_gc(tree.catalog, GcLimits(max_bytes=0), now=NOW, policy="lru")
     tree.catalog.remove_blocks([tree.keys[1]])
     result = execute_plan(
         tree.root, tree.catalog, plan, dry_run=False, recheck=make_recency_recheck(tree.catalog), now=NOW
@@ -267,7 +267,7 @@ def test_recheck_drops_victims_whose_rows_are_gone(tree: Tree) -> None:
 
 def test_victims_without_block_id_are_removed_by_key(tree: Tree) -> None:
     fill(tree, 2)
-    plan = plan_gc(tree.catalog, GcLimits(max_bytes=0), now=NOW)
+    plan = plan_gc(tree.catalog, GcLimits(max_bytes=0), now=NOW, policy="lru")
     plan.victims = [Victim(v.key, v.size, v.reason, v.last_access, None) for v in plan.victims]
     execute_plan(tree.root, tree.catalog, plan, dry_run=False, now=NOW)
     assert tree.catalog.block_count() == 0 and tree.present() == set()
@@ -287,5 +287,5 @@ def test_ingest_journals_applies_stores_and_accesses_without_removing_segments(t
     assert ingest_journals(tree.root, tree.catalog).records == 0
     assert any(tree.root.joinpath(".kvfs/journal").iterdir())
     # Block 1 is now the most recent: LRU takes 2 then 3 first.
-    plan = plan_gc(tree.catalog, GcLimits(max_bytes=tree.size), now=NOW + 10)
+    plan = plan_gc(tree.catalog, GcLimits(max_bytes=tree.size), now=NOW + 10, policy="lru")
     assert [num(v) for v in plan.victims] == [2, 3]
