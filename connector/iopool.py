@@ -252,9 +252,11 @@ class IoPool:
                     ok, nbytes = self._store(op, host, host_mv, dev, stream)
             except Exception:  # noqa: BLE001 - one bad file must never kill an I/O thread or the engine
                 log.exception("kvfs: %s of %s failed", "load" if op.is_load else "store", op.path)
-                metrics.LOAD_MISSES.labels("io_error").inc() if op.is_load else metrics.STORES.labels(
-                    "failed"
-                ).inc()
+                if op.is_load:
+                    metrics.LOADS.labels("missed").inc()
+                    metrics.LOAD_MISSES.labels("io_error").inc()
+                else:
+                    metrics.STORES.labels("failed").inc()
                 ok, nbytes = False, 0
             with self._cv:
                 self._op_done_locked(op, ok=ok, nbytes=nbytes)

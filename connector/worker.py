@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
+from connector import metrics
 from connector.compat import (
     CanonicalKVCaches,
     GPULoadStoreSpec,
@@ -143,7 +144,13 @@ class KvfsWorker(OffloadingWorker):
         )
 
     def submit_store(self, job_id: int, src_spec: GPULoadStoreSpec, dst_spec: LoadStoreSpec) -> bool:
-        ops = self._ops(job_id, False, dst_spec, src_spec)
+        try:
+            ops = self._ops(job_id, False, dst_spec, src_spec)
+        except (TypeError, ValueError, KeyError):
+            # vLLM asserts on a refused submit: complete the job with nothing stored (never announced).
+            log.exception("kvfs: cannot plan store job %d; storing nothing", job_id)
+            metrics.STORES.labels("failed").inc()
+            ops = []
         if self.pool.cuda:
             # Stores run after everything already queued on the compute stream (the KV being written).
             event = torch.cuda.Event()
@@ -187,3 +194,5 @@ class KvfsWorker(OffloadingWorker):
 
     def shutdown(self) -> None:
         self.pool.shutdown()
+        if self.pool.journal is not None:
+            self.pool.journal.close()

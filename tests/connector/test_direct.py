@@ -232,3 +232,17 @@ def test_journal_records_stores_and_accesses(replica, tmp_path):
     kinds = sorted((r.kind, r.key.block_hash) for r in records)
     assert kinds == [(RecordKind.STORE, k[:-4].hex()), (RecordKind.ACCESS, k[:-4].hex())]
     assert next(r for r in records if r.kind == RecordKind.STORE).size == BPC * 3 * PAGE
+
+
+def test_unplannable_jobs_complete_without_crashing(replica):
+    _spec, _manager, worker, tensors = replica
+    before = [t[[8, 9, 10, 11]].clone() for t in tensors]
+    # A key of a KV group this worker does not have: the store completes, nothing written or announced.
+    assert worker.submit_store(1, GPULoadStoreSpec([0, 1, 2, 3], [4], [0]), KvfsLoadStoreSpec([key(group=7)]))
+    assert finished(worker, 1).transfer_size == 0
+    # More GPU blocks than the keys cover: the load fails as a whole and its blocks are reported.
+    assert worker.submit_load(2, KvfsLoadStoreSpec([key()]), GPULoadStoreSpec([8, 9, 10, 11, 12], [5], [0]))
+    assert not finished(worker, 2).success
+    assert sorted(worker.failed_load_blocks[2]) == [8, 9, 10, 11, 12]
+    for t, b in zip(tensors, before, strict=True):
+        assert torch.equal(t[[8, 9, 10, 11]], b)
