@@ -134,6 +134,7 @@ class Replica:
         self.block_ids: dict[str, list[int]] = {}
         self.scheduled: dict[str, list[int]] = {}
         self.invalid_reported: set[int] = set()
+        self.transfer_bytes = {"load": 0, "store": 0}
         self.before_worker = None  # hook: runs after schedule(), before the worker acts
 
     def add(self, req_id: str, tokens: list[int], max_tokens: int = 2) -> None:
@@ -168,6 +169,9 @@ class Replica:
         invalid = self.worker.get_block_ids_with_load_errors()
         self.invalid_reported |= invalid
         worker_meta = self.worker.build_connector_worker_meta()
+        if worker_meta is not None:  # what vLLM turns into vllm:kv_offload_{load,store}_bytes
+            self.transfer_bytes["load"] += worker_meta.transfer_stats.load.bytes
+            self.transfer_bytes["store"] += worker_meta.transfer_stats.store.bytes
         self.worker.clear_connector_metadata()
         running = [r.request_id for r in self.scheduler.running if r.request_id in out.num_scheduled_tokens]
         output = ModelRunnerOutput(
@@ -227,6 +231,9 @@ def test_prompt_is_stored_then_loaded_by_another_replica(stored, model_dir):
             for pa, pb in zip(a.page(a_blocks[i]), b.page(b_blocks[i]), strict=True):
                 assert torch.equal(pa.view(torch.int16), pb.view(torch.int16))
         assert not b.invalid_reported
+        page = GPU_BLOCK * 2 * KV_HEADS * HEAD * 2 * len(LAYERS)
+        assert a.transfer_bytes["store"] == 4 * (CHUNK // GPU_BLOCK) * page  # vLLM's offload metrics are fed
+        assert b.transfer_bytes["load"] == 4 * (CHUNK // GPU_BLOCK) * page
     finally:
         b.shutdown()
 
