@@ -83,16 +83,20 @@ def _statements(dialect: str) -> dict[str, str]:
     return {
         "revive": (
             "UPDATE blocks SET hits = hits + 1 WHERE hits = 0 "
-            "AND ((id > :lo AND id <= :hi) OR last_access >= :since) AND EXISTS ("
+            "AND ((id > :lo AND id <= :hi) OR last_access > :since) AND EXISTS ("
             "SELECT 1 FROM policy_block_history h WHERE h.namespace_id = blocks.namespace_id "
             "AND h.rank = blocks.rank AND h.grp = blocks.grp "
             f"AND h.hash_prefix = substr(blocks.block_hash, 1, {HASH_PREFIX}) AND h.created < blocks.created)"
         ),
+        # Two index range scans (new ids; recent accesses), merged: an OR would scan the whole table.
         "record": (
             "INSERT INTO policy_block_history (namespace_id, rank, grp, hash_prefix, created, last_seen) "
-            f"SELECT b.namespace_id, b.rank, b.grp, {prefix}, max(b.created), max(b.last_access) FROM blocks b "
-            "WHERE (b.id > :lo AND b.id <= :hi) OR b.last_access >= :since "
-            f"GROUP BY b.namespace_id, b.rank, b.grp, {prefix} "
+            "SELECT namespace_id, rank, grp, hp, max(created), max(last_access) FROM ("
+            f"SELECT b.namespace_id, b.rank, b.grp, {prefix} AS hp, b.created, b.last_access FROM blocks b "
+            "WHERE b.id > :lo AND b.id <= :hi UNION ALL "
+            f"SELECT b.namespace_id, b.rank, b.grp, {prefix} AS hp, b.created, b.last_access FROM blocks b "
+            "WHERE b.last_access > :since) changed "
+            "WHERE true GROUP BY namespace_id, rank, grp, hp "
             "ON CONFLICT (namespace_id, rank, grp, hash_prefix) DO UPDATE SET "
             f"created = {greatest}(policy_block_history.created, excluded.created), "
             f"last_seen = {greatest}(policy_block_history.last_seen, excluded.last_seen)"
@@ -103,7 +107,11 @@ def _statements(dialect: str) -> dict[str, str]:
             "INSERT INTO policy_state (name, block_id, access_time) VALUES (:name, :block_id, :access_time) "
             "ON CONFLICT (name) DO UPDATE SET block_id = excluded.block_id, access_time = excluded.access_time"
         ),
-        "span": "SELECT max(id), min(last_access), max(last_access) FROM blocks",
+        # Three scalar subqueries: each is one index lookup (together in one SELECT they would scan).
+        "span": (
+            "SELECT (SELECT max(id) FROM blocks), (SELECT min(last_access) FROM blocks), "
+            "(SELECT max(last_access) FROM blocks)"
+        ),
     }
 
 

@@ -23,6 +23,7 @@ from kvfs.replay import (
     simulate_lru,
     unique_blocks,
 )
+from kvfs.replay.oracles import simulate_oracle_dead_lru, simulate_oracle_frequency
 from kvfs.tracegen import generate, write_trace
 
 SINGLE = [[1], [2], [1], [3], [2], [1]]
@@ -69,6 +70,14 @@ def test_lru_evicts_the_tail_of_a_chain_first(tmp_path: Path) -> None:
     assert simulate_catalog_policy(trace, 3, policy="2q", workdir=tmp_path).hit_blocks == 2
 
 
+def test_oracles_use_their_knowledge() -> None:
+    # Capacity 2; at r3 one of 1 (never used again) and 2 (used at r4) must go.  LRU drops 2 (older).
+    trace = [[1], [2], [1], [3], [2]]
+    assert simulate_lru(trace, 2).hit_blocks == 1
+    assert simulate_oracle_dead_lru(trace, 2).hit_blocks == 2  # drops the dead block 1: r2 and r4 hit
+    assert simulate_oracle_frequency(trace, 2).hit_blocks == 2
+
+
 def _brute_force_best(requests: list[list[int]], capacity: int) -> int:
     """Most block hits any eviction choice achieves (evicting exactly the excess, never the current request)."""
 
@@ -103,7 +112,13 @@ def test_policies_never_beat_the_brute_force_optimum_on_prefix_traces(seed: int)
     trace = [rng.choice(chains)[: rng.randint(1, 3)] for _ in range(9)]
     capacity = 4
     best = _brute_force_best(trace, capacity)
-    for sim in (simulate_belady, simulate_lru, simulate_fifo):
+    for sim in (
+        simulate_belady,
+        simulate_lru,
+        simulate_fifo,
+        simulate_oracle_frequency,
+        simulate_oracle_dead_lru,
+    ):
         assert sim(trace, capacity).hit_blocks <= best
     assert simulate_catalog_policy(trace, capacity, policy="2q").hit_blocks <= best
 
