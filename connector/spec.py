@@ -55,10 +55,13 @@ class KvfsOffloadingSpec(OffloadingSpec):
                 "sync_load_budget_bytes must be 0 with kvfs for models with several KV cache groups "
                 "(failed synchronous loads cannot be recomputed there)"
             )
+        # Pure-MLA TP-only engines hold identical KV on every rank: vLLM then lets rank 0 alone store, and
+        # every rank reads that one file (no `_r<rank>` directories).
+        self.replicated_layout = bool(getattr(config, "replicated_layout", False))
         self.namespace = Namespace(
             root=self.kvfs.root,
             fields=namespace_fields(config, payload=PAYLOAD_DIRECT, revision=self.kvfs.model_revision),
-            world_size=config.parallel.world_size,
+            world_size=1 if self.replicated_layout else config.parallel.world_size,
         )
         self.namespace.publish_config()
         self._manager: KvfsManager | None = None

@@ -246,3 +246,32 @@ def test_unplannable_jobs_complete_without_crashing(replica):
     assert sorted(worker.failed_load_blocks[2]) == [8, 9, 10, 11, 12]
     for t, b in zip(tensors, before, strict=True):
         assert torch.equal(t[[8, 9, 10, 11]], b)
+
+
+def test_replicated_layout_ranks_share_one_file(tmp_path):
+    extra = {"kvfs_root": str(tmp_path), "kvfs_io_threads": 1, "kvfs_journal": False}
+    specs = []
+    for rank in (0, 1):
+        spec = KvfsOffloadingSpec(
+            offloading_config(extra, blocks_per_chunk=BPC, world_size=2, rank=rank, replicated_layout=True)
+        )
+        spec.failure_channel = True
+        specs.append(spec)
+    assert specs[0].replicated_layout and specs[0].namespace.world_size == 1
+    caches0, src = kv_caches(1, 2, seed=20)
+    caches1, dst = kv_caches(1, 2, seed=21)
+    w0, w1 = specs[0].get_worker(caches0), specs[1].get_worker(caches1)
+    try:
+        k = key()
+        w0.submit_store(1, GPULoadStoreSpec([0, 1, 2, 3], [4], [0]), KvfsLoadStoreSpec([k]))
+        assert finished(w0, 1).success
+        assert "_r" not in os.path.basename(
+            os.path.dirname(os.path.dirname(os.path.dirname(specs[0].namespace.path(k))))
+        )
+        w1.submit_load(2, KvfsLoadStoreSpec([k]), GPULoadStoreSpec([4, 5, 6, 7], [4], [0]))
+        assert finished(w1, 2).success  # rank 1 reads rank 0's file: the bytes are identical on every rank
+        for s, d in zip(src, dst, strict=True):
+            assert torch.equal(s[[0, 1, 2, 3]], d[[4, 5, 6, 7]])
+    finally:
+        w0.shutdown()
+        w1.shutdown()

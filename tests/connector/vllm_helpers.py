@@ -26,6 +26,7 @@ def offloading_config(
     kv_bytes_per_block: int = 1024,
     model: str = "meta-llama/Llama-3.1-8B",
     dtype: str = "bfloat16",
+    replicated_layout: bool = False,
 ) -> OffloadingConfig:
     return OffloadingConfig(
         groups=tuple(
@@ -54,6 +55,7 @@ def offloading_config(
             data_parallel_rank_local=None,
             is_parallelism_agnostic=False,
         ),
+        replicated_layout=replicated_layout,
     )
 
 
