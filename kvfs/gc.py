@@ -391,6 +391,7 @@ def execute_plan(
         gone = _unlink_batch(guard, [v.key.relpath() for v in victims], result)
         removed_ids: list[int] = []
         removed_keys: list[BlockKey] = []
+        emptied: dict[str, str] = {}  # bucket directory -> one relpath in it, for retired namespaces
         for victim, deleted, missing in zip(victims, *gone, strict=True):
             if deleted:
                 count(victim.key.namespace, victim.reason, victim.size)
@@ -401,10 +402,16 @@ def execute_plan(
                     removed_ids.append(victim.block_id)
                 else:
                     removed_keys.append(victim.key)
+                if victim.reason is EvictReason.RETIRED:
+                    emptied.setdefault(victim.key.relpath().rsplit("/", 1)[0], victim.key.relpath())
         if removed_ids:
             catalog.remove_block_ids(removed_ids)
         if removed_keys:
             catalog.remove_blocks(removed_keys)
+        # A retired namespace is written no more: drop its emptied bucket directories (never the namespace
+        # directory itself, depth 1).  Other reasons leave directories alone, as a writer may be filling them.
+        for relpath in emptied.values():
+            guard.rmdir_empty_parents(relpath, stop_at_depth=1)
 
     for batch in _chunks(plan.orphans, max(1, batch_size)):
         deleted_flags, _missing = _unlink_batch(guard, [o.relpath for o in batch], result)

@@ -289,3 +289,15 @@ def test_ingest_journals_applies_stores_and_accesses_without_removing_segments(t
     # Block 1 is now the most recent: LRU takes 2 then 3 first.
     plan = plan_gc(tree.catalog, GcLimits(max_bytes=tree.size), now=NOW + 10, policy="lru")
     assert [num(v) for v in plan.victims] == [2, 3]
+
+
+def test_retired_namespace_leaves_no_empty_bucket_directories(tree: Tree) -> None:
+    fill(tree, 3)
+    for n in range(11, 15):
+        tree.add(tree.ns_b, n, NOW - 100)
+    run(tree, GcLimits(retire=[tree.ns_b]))
+    rank_dir = tree.root / f"{tree.ns_b}_r0"
+    assert rank_dir.is_dir() and list(rank_dir.iterdir()) == []  # depth 1 stays, its buckets are gone
+    assert (tree.root / tree.ns_b / "config.json").exists()
+    # Other namespaces' directories are untouched.
+    assert tree.present() == {1, 2, 3}
