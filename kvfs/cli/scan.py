@@ -45,6 +45,7 @@ def scan_json(result: Any) -> dict[str, Any]:
         "blocks_added": result.blocks_added,
         "blocks_removed": result.blocks_removed,
         "not_blocks": result.not_blocks,
+        "errors": result.errors,
         "tmp_orphans": {"files": len(result.tmp_orphans), "bytes": sum(o.size for o in result.tmp_orphans)},
         "duration_s": round(result.duration_s, 3),
     }
@@ -74,6 +75,7 @@ def scan(state: KvfsContext, remove_journals: bool, as_json: bool) -> None:
         ("added to catalog", data["blocks_added"], ""),
         ("removed (gone)", data["blocks_removed"], ""),
         ("not blocks", data["not_blocks"], ""),
+        ("unreadable entries", data["errors"], ""),
         ("temp files", data["tmp_orphans"]["files"], size(data["tmp_orphans"]["bytes"])),
         ("journal records applied", data["journal_records_ingested"], ""),
     ]
