@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
+import os
 import time
 import urllib.error
 import urllib.request
@@ -60,7 +60,11 @@ def run_cmd(**flags: Any) -> None:
         raise click.UsageError(str(exc)) from None
     setup_logging(settings.log_format, settings.log_level)
     logging.getLogger("kvfs.evictor").debug("settings: %s", settings.to_json())
-    sys.exit(run_service(settings))
+    code = run_service(settings)
+    logging.shutdown()
+    # Not sys.exit: a reconciliation scan still walking a huge tree must not hold the process past SIGTERM
+    # (everything that needs closing was closed by run_service).
+    os._exit(code)
 
 
 def _fetch_status(url: str, timeout: float) -> dict[str, Any]:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from evictor_helpers import bytes_on_disk, files_on_disk, run_writer, wait_for
 
+from evictor.cli import evictor as evictor_cli
 from kvfs.catalog import Catalog
 
 pytestmark = pytest.mark.slow
@@ -163,6 +166,12 @@ def test_http_endpoints_and_sigterm(root: Path, sqlite_url: str, start_evictor) 
     status = ev.status()
     assert status["leader"] and status["watermarks"]["high_pct"] == 85
     assert ev.log().lstrip().startswith("{")  # JSON log lines
+    # `kvfs evictor status` reads the live service
+    out = CliRunner().invoke(evictor_cli, ["status", "--url", f"http://127.0.0.1:{ev.port}"])
+    assert out.exit_code == 0, out.output
+    assert "leader, ready" in out.output and "high 85.0%, low 70.0% of 953.7 MiB" in out.output
+    out = CliRunner().invoke(evictor_cli, ["status", "--url", f"http://127.0.0.1:{ev.port}", "--json"])
+    assert json.loads(out.output)["leader"] is True
     t0 = time.monotonic()
     assert ev.stop(signal.SIGTERM) == 0
     assert time.monotonic() - t0 < 5, "SIGTERM must stop the service within seconds"
