@@ -85,7 +85,9 @@ def groups_by_age(state: KvfsContext, now: float) -> list[dict[str, Any]]:
     return out
 
 
-def usage_json(state: KvfsContext, by: str, now: float) -> dict[str, Any]:
+def usage_json(state: KvfsContext, by: str, now: float) -> tuple[dict[str, Any], float | None]:
+    """du's JSON (exactly `total_files`, `total_bytes`, `namespaces`, `tmp_orphans` {`files`, `bytes`}, plus
+    `by` and `groups` for a grouping other than by namespace) and the time of the last scan (None: never)."""
     catalog = state.catalog()
     usage = catalog.usage()
     namespaces = [
@@ -104,18 +106,17 @@ def usage_json(state: KvfsContext, by: str, now: float) -> dict[str, Any]:
         "total_files": usage.total_files,
         "total_bytes": usage.total_bytes,
         "namespaces": namespaces,
-        "tmp_orphans": {"files": orphans.files, "bytes": orphans.bytes, "scanned_at": orphans.time},
-        "by": by,
+        "tmp_orphans": {"files": orphans.files, "bytes": orphans.bytes},
     }
+    if by != "namespace":
+        data["by"] = by
     if by == "model":
         data["groups"] = groups_by_model(namespaces)
     elif by == "rank":
         data["groups"] = groups_by_rank(state)
     elif by == "age":
         data["groups"] = groups_by_age(state, now)
-    else:
-        data["groups"] = namespaces
-    return data
+    return data, orphans.time
 
 
 @click.command()
@@ -124,7 +125,7 @@ def usage_json(state: KvfsContext, by: str, now: float) -> dict[str, Any]:
     type=click.Choice(["namespace", "model", "rank", "age"]),
     default="namespace",
     show_default=True,
-    help="How to group the usage table (JSON always has `namespaces`; `groups` follows --by).",
+    help="How to group the usage table (JSON always has `namespaces`; other groupings add `by` and `groups`).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_state
@@ -135,7 +136,7 @@ def du(state: KvfsContext, by: str, as_json: bool) -> None:
     of the last scan.
     """
     now = time.time()
-    data = usage_json(state, by, now)
+    data, scanned_at = usage_json(state, by, now)
     if as_json:
         emit_json(data)
         return
@@ -148,8 +149,8 @@ def du(state: KvfsContext, by: str, as_json: bool) -> None:
     headers += ["files", "bytes", "share", "oldest access", "newest access"]
     total = data["total_bytes"] or 1
     rows = []
-    for g in data["groups"]:
-        label = g.get("namespace") if by in ("namespace", "rank") else g.get(by if by != "age" else "age")
+    for g in data.get("groups", data["namespaces"]):
+        label = g["namespace"] if by in ("namespace", "rank") else g[by]
         row: list[Any] = [label]
         if by == "rank":
             row.append("-" if g["rank"] is None else g["rank"])
@@ -168,10 +169,10 @@ def du(state: KvfsContext, by: str, as_json: bool) -> None:
     click.echo(table(headers, rows, right=right))
     click.echo(f"total: {data['total_files']:,} files, {size(data['total_bytes'])}")
     orphans = data["tmp_orphans"]
-    if orphans["scanned_at"] is None:
+    if scanned_at is None:
         click.echo("temp files: unknown (no scan recorded; run `kvfs scan`)")
     else:
         click.echo(
             f"temp files: {orphans['files']:,} ({size(orphans['bytes'])}) at the last scan, "
-            f"{age(orphans['scanned_at'], now)}"
+            f"{age(scanned_at, now)}"
         )
