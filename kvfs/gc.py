@@ -371,6 +371,7 @@ def execute_plan(
     now = time.time() if now is None else now
     guard = RootGuard(root)
     log: dict[tuple[str, EvictReason], Tally] = {}
+    unpublished: dict[EvictReason, Tally] = {}
 
     def count(namespace: str, reason: EvictReason, nbytes: int) -> None:
         result.deleted_files += 1
@@ -378,6 +379,14 @@ def execute_plan(
         result.by_reason.setdefault(reason, Tally()).add(nbytes)
         result.by_namespace.setdefault(namespace, Tally()).add(nbytes)
         log.setdefault((namespace, reason), Tally()).add(nbytes)
+        unpublished.setdefault(reason, Tally()).add(nbytes)
+
+    def publish() -> None:
+        """Metrics once per batch: a labelled counter per file would cost more than the unlink."""
+        for reason, tally in unpublished.items():
+            metrics.GC_DELETED_FILES.labels(str(reason)).inc(tally.files)
+            metrics.GC_DELETED_BYTES.labels(str(reason)).inc(tally.bytes)
+        unpublished.clear()
 
     for batch in _chunks(plan.victims, max(1, batch_size)):
         victims = list(batch)
@@ -395,8 +404,6 @@ def execute_plan(
         for victim, deleted, missing in zip(victims, *gone, strict=True):
             if deleted:
                 count(victim.key.namespace, victim.reason, victim.size)
-                metrics.GC_DELETED_FILES.labels(str(victim.reason)).inc()
-                metrics.GC_DELETED_BYTES.labels(str(victim.reason)).inc(victim.size)
             if deleted or missing:
                 if victim.block_id is not None:
                     removed_ids.append(victim.block_id)
@@ -412,15 +419,15 @@ def execute_plan(
         # directory itself, depth 1).  Other reasons leave directories alone, as a writer may be filling them.
         for relpath in emptied.values():
             guard.rmdir_empty_parents(relpath, stop_at_depth=1)
+        publish()
 
     for batch in _chunks(plan.orphans, max(1, batch_size)):
         deleted_flags, _missing = _unlink_batch(guard, [o.relpath for o in batch], result)
         for orphan, deleted in zip(batch, deleted_flags, strict=True):
             if deleted:
                 count(orphan_namespace(orphan.relpath) or "", EvictReason.ORPHAN, orphan.size)
-                metrics.GC_DELETED_FILES.labels(str(EvictReason.ORPHAN)).inc()
-                metrics.GC_DELETED_BYTES.labels(str(EvictReason.ORPHAN)).inc(orphan.size)
 
+    publish()
     for (namespace, reason), tally in log.items():
         catalog.log_eviction(now, namespace, str(reason), tally.files, tally.bytes)
     result.duration_s = time.monotonic() - start

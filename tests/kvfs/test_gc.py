@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from kvfs.blockfile import BlockIdentity, StoreOutcome, store_block
 from kvfs.catalog import BlockRow, Catalog
@@ -97,9 +98,15 @@ def run(tree: Tree, limits: GcLimits, **kw):
     return plan, execute_plan(tree.root, tree.catalog, plan, now=NOW, **({"dry_run": False} | kw))
 
 
+def deleted_metric(reason: str) -> float:
+    return REGISTRY.get_sample_value("kvfs_gc_deleted_files_total", {"reason": reason}) or 0.0
+
+
 def test_capacity_evicts_oldest_until_under_the_cap(tree: Tree) -> None:
     fill(tree)
+    counted_before = deleted_metric("capacity")
     plan, result = run(tree, GcLimits(max_bytes=tree.size * 6 + 1))
+    assert deleted_metric("capacity") - counted_before == 4
     assert [num(v) for v in plan.victims] == [1, 2, 3, 4]
     assert {v.reason for v in plan.victims} == {EvictReason.CAPACITY}
     assert (result.deleted_files, result.deleted_bytes) == (4, 4 * tree.size)
