@@ -4,8 +4,8 @@ The shape of Johnson and Shasha's 2Q, expressed on catalog rows:
 
 * A1in, probation: blocks never read since they were stored (`hits = 0`).  It may keep
   `PROBATION_SHARE` of what stays after a pass; beyond that its oldest blocks go first.
-* A1out, history: keys of blocks evicted recently (`kvfs.policy.history`).  A block stored again while its
-  key is remembered skips probation: the sync before each pass counts the re-store as a use.
+* A1out, ghosts: keys of blocks offered for eviction recently (`kvfs.policy.history`).  A block stored
+  again while its key is remembered skips probation: the step before each pass counts the re-store as a use.
 * Am, protected: blocks read at least once, evicted in LRU order once probation is within its share; the
   rest of probation goes last.
 
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from kvfs.policy import register_policy
 from kvfs.policy.base import Candidate
-from kvfs.policy.history import HORIZON, sync
+from kvfs.policy.history import HORIZON, remember, revive
 from kvfs.policy.slru import SegmentedLruPolicy
 
 if TYPE_CHECKING:
@@ -57,8 +57,16 @@ class TwoQueuePolicy(SegmentedLruPolicy):
         limit_bytes: int,
     ) -> Iterator[Candidate]:
         if limit_bytes <= 0:
-            return iter(())
-        sync(catalog, name=self.name, horizon=self.horizon)
-        return super().candidates(
-            catalog, namespace_ids=namespace_ids, protect_after=protect_after, limit_bytes=limit_bytes
-        )
+            return
+        revive(catalog, name=self.name, horizon=self.horizon)
+        offered: list[Candidate] = []
+        try:
+            for cand in super().candidates(
+                catalog, namespace_ids=namespace_ids, protect_after=protect_after, limit_bytes=limit_bytes
+            ):
+                offered.append(cand)
+                yield cand
+        finally:
+            # Whatever the pass took (or the caller stopped at) becomes a ghost: if it comes back, it is
+            # a re-store.  Offered blocks that were not deleted leave harmless ghosts (see history.py).
+            remember(catalog, offered)

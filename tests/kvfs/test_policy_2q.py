@@ -11,7 +11,7 @@ from kvfs.catalog import BlockRow, Catalog
 from kvfs.gc import GcLimits, plan_gc
 from kvfs.layout import BlockKey
 from kvfs.policy import get_policy
-from kvfs.policy.history import history_size, sync
+from kvfs.policy.history import history_size, remember, revive
 from kvfs.policy.slru import SegmentedLruPolicy
 from kvfs.policy.twoq import TwoQueuePolicy
 
@@ -122,30 +122,54 @@ def test_restored_block_skips_probation_across_restarts(catalog_url: str) -> Non
     cat.close()
 
 
-def test_other_rank_of_a_known_block_is_not_a_restore(catalog: Catalog) -> None:
-    catalog.upsert_blocks([BlockRow(key(1, rank=0), 100, 10.0, 10.0)])
-    sync(catalog)
+def test_only_a_later_incarnation_of_an_offered_block_is_a_restore(catalog: Catalog) -> None:
+    catalog.upsert_blocks([BlockRow(key(1, rank=0), 100, 10.0, 10.0), BlockRow(key(2), 100, 10.0, 12.0)])
+    # A pass offers both (e.g. a dry run): they become ghosts but stay.
+    assert order(catalog, get_policy("2q")) == [1, 2]
+    assert history_size(catalog) == 2
+    # Rank 1 of block 1 is stored for the first time: another key, not a re-store.
     catalog.upsert_blocks([BlockRow(key(1, rank=1), 100, 11.0, 11.0)])
-    sync(catalog)
+    assert revive(catalog).revived == 0
     assert catalog.get_blocks([key(1, rank=1)])[key(1, rank=1)].hits == 0
+    # The blocks that were offered and stayed are not re-stores either, even when used again.
+    catalog.apply_journal([], {})
+    assert _hits(catalog, 2) == 0
+    # Block 2 really evicted, then stored again after its last access: a re-store.
+    catalog.remove_blocks([key(2)])
+    catalog.upsert_blocks([BlockRow(key(2), 100, 20.0, 20.0)])
+    assert revive(catalog).revived == 1 and _hits(catalog, 2) == 1
 
 
-def test_history_is_pruned_beyond_the_horizon(catalog: Catalog) -> None:
+def test_ghosts_are_pruned_beyond_the_horizon(catalog: Catalog) -> None:
     catalog.upsert_blocks([row(n, float(n)) for n in range(1, 11)])  # recency span 1..10
-    sync(catalog, horizon=1.0)
+    assert len(order(catalog, get_policy("2q"))) == 10  # all offered: 10 ghosts, last seen 1..10
     assert history_size(catalog) == 10
     catalog.remove_blocks([key(n) for n in range(1, 10)])
     catalog.upsert_blocks([row(11, 20.0)])
-    # The tier now spans 10..20 (10 s).  Horizon 3: history back to 20 - 30 is kept: all of it.
-    sync(catalog, horizon=3.0)
-    assert history_size(catalog) == 11
-    # Horizon 1: history last seen before 20 - 10 goes (the evicted blocks 1-9).
-    sync(catalog, horizon=1.0)
+    # The tier now spans 10..20 (10 s).  Horizon 3: ghosts back to 20 - 30 are kept: all of them.
+    assert revive(catalog, horizon=3.0).ghosts_dropped == 0
+    assert history_size(catalog) == 10
+    # Horizon 1: ghosts last seen before 20 - 10 go (blocks 1-9); block 10's ghost (last seen 10) stays.
+    assert revive(catalog, horizon=1.0).ghosts_dropped == 9
     with catalog.engine.connect() as conn:
         left = conn.execute(
             text("SELECT count(*) FROM policy_block_history WHERE last_seen < 10")
         ).scalar_one()
-    assert left == 0 and history_size(catalog) == 2
+    assert left == 0 and history_size(catalog) == 1
+
+
+def test_remember_ignores_unknown_namespaces_and_keeps_the_latest_access(catalog: Catalog) -> None:
+    from kvfs.policy.base import Candidate
+
+    catalog.upsert_blocks([row(1, 5.0)])
+    cands = [
+        Candidate(1, key(1), 100, 5.0),
+        Candidate(1, key(1), 100, 7.0),
+        Candidate(9, key(9, ns=OTHER), 1, 1.0),
+    ]
+    assert remember(catalog, cands) == 1
+    with catalog.engine.connect() as conn:
+        assert conn.execute(text("SELECT last_seen FROM policy_block_history")).scalar_one() == 7.0
 
 
 def test_plan_gc_with_2q_frees_enough_and_prefers_one_off_blocks(catalog: Catalog) -> None:
