@@ -83,18 +83,20 @@ def activity(catalog: Catalog, rng: random.Random, rows: list[BlockRow], next_id
     return next_id + len(new)
 
 
-def one_pass(catalog: Catalog, policy: str, now: float) -> tuple[float, int]:
+def one_pass(catalog: Catalog, policy: str, now: float) -> tuple[float, float, int]:
+    """(wall s, CPU s, victims) of one capacity pass; SQLite works in-process, so CPU s is the steadier figure
+    on a loaded machine."""
     usage = catalog.usage().total_bytes
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     plan = plan_gc(catalog, GcLimits(max_bytes=int(usage * 0.99)), now=now, policy=policy)
-    return time.perf_counter() - t0, len(plan.victims)
+    return time.perf_counter() - t0, time.process_time() - c0, len(plan.victims)
 
 
-def bench(url: str, n_rows: int, runs: int, seed: int) -> dict[str, list[float]]:
+def bench(url: str, n_rows: int, runs: int, seed: int) -> dict[str, list[tuple[float, float]]]:
     rng = random.Random(seed)
     rows = make_rows(n_rows, rng)
     catalog = Catalog.open(url)
-    results: dict[str, list[float]] = {}
+    results: dict[str, list[tuple[float, float]]] = {}
     try:
         t_load = timed(lambda: catalog.upsert_blocks(rows))
         print(f"  loaded {n_rows:,} rows in {t_load:.1f}s", flush=True)
@@ -102,14 +104,14 @@ def bench(url: str, n_rows: int, runs: int, seed: int) -> dict[str, list[float]]
         next_id = n_rows
         for policy in ("lru", "slru", "2q"):
             if policy == "2q":
-                first, _ = one_pass(catalog, policy, now)
-                results["2q first pass (creates its tables)"] = [first]
+                wall, cpu, _ = one_pass(catalog, policy, now)
+                results["2q first pass (creates its tables)"] = [(wall, cpu)]
             times = []
             for _ in range(runs):
                 now += 10.0
                 next_id = activity(catalog, rng, rows, next_id, now)
-                seconds, victims = one_pass(catalog, policy, now)
-                times.append(seconds)
+                wall, cpu, victims = one_pass(catalog, policy, now)
+                times.append((wall, cpu))
             results[f"{policy} pass ({victims:,} victims)"] = times
     finally:
         catalog.close()
@@ -132,13 +134,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  baseline raw sqlite3 full scan sum(size)          {full * 1000:8.1f} ms")
         print(f"  baseline raw sqlite3 LRU index walk, 1% of rows   {walk * 1000:8.1f} ms")
         for name, times in results.items():
-            med = statistics.median(times)
+            med = statistics.median(t[0] for t in times)
+            cpu = statistics.median(t[1] for t in times)
             ok &= med < GOAL_S or "first pass" in name
-            print(f"  {name:<48} {med * 1000:8.1f} ms  ({med / full:.1f}x full scan)")
+            print(
+                f"  {name:<48} {med * 1000:8.1f} ms  ({med / full:.1f}x full scan), CPU {cpu * 1000:6.1f} ms"
+            )
     if args.pg:
         print(f"PostgreSQL catalog {args.pg}", flush=True)
         for name, times in bench(args.pg, args.rows, args.runs, args.seed).items():
-            med = statistics.median(times)
+            med = statistics.median(t[0] for t in times)
             ok &= med < GOAL_S or "first pass" in name
             print(f"  {name:<48} {med * 1000:8.1f} ms")
     print(f"GOAL every steady pass < {GOAL_S:.0f} s: {'met' if ok else 'NOT met'}")
