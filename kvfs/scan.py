@@ -369,6 +369,7 @@ class _Progress:
 
     def close(self) -> None:
         if self.bar is not None:
+            self.bar.render_progress()  # the last batch was counted after its bucket was reported
             self.bar.__exit__(None, None, None)
             self.bar = None
 

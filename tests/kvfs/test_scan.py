@@ -333,3 +333,41 @@ def test_rescan_refreshes_changed_files_only(tree: Tree, catalog_url: str) -> No
     assert (rows[grown].size, rows[grown].last_access) == (4000, OLD)
     assert (rows[read_since].size, rows[read_since].last_access) == (tree.keys[read_since], OLD + 7000)
     assert rows[untouched].last_access == OLD + 9000  # never lowered by older file times
+
+
+def test_progress_bar_on_a_terminal(tree: Tree, sqlite_url: str) -> None:
+    """With stderr on a real pseudo-terminal the scan draws a progress bar there."""
+    import pty
+
+    script = textwrap.dedent(
+        """
+        import sys
+        from kvfs.catalog import Catalog
+        from kvfs.scan import scan_tree
+        with Catalog.open(sys.argv[2]) as catalog:
+            result = scan_tree(sys.argv[1], catalog, progress=True)
+        print("files", result.files)
+        """
+    )
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(tree.root), sqlite_url],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        text=True,
+    )
+    os.close(follower)
+    out, _ = proc.communicate(timeout=60)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO once the child has exited and the buffer is drained
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(leader)
+    assert proc.returncode == 0
+    assert out.strip() == f"files {len(tree.keys)}"
+    assert b"scanning" in drawn and f"{len(tree.keys)} blocks".encode() in drawn
