@@ -211,19 +211,31 @@ def evictor_config_keys(docs: Any, w: Workload) -> list[str]:
     return [str(k).replace("-", "_") for k in (yaml.safe_load(held[1]) or {})]
 
 
+def evictor_flags(w: Workload) -> dict[str, Any]:
+    """The container's `kvfs-evictor` arguments parsed by the evictor's own click command (unset flags: None).
+
+    Raises click.UsageError / BadParameter for a flag the evictor does not have, as the pod would at start-up.
+    """
+    from evictor.cli import run_cmd
+
+    ctx = run_cmd.make_context(EVICTOR_COMMAND, argv(w.container)[1:], resilient_parsing=False)
+    return dict(ctx.params)
+
+
 def evictor_settings(docs: Any, w: Workload) -> Any:
-    """The evictor's effective Settings, loaded by the evictor's own loader from the rendered ConfigMap + env."""
+    """The evictor's effective Settings: its flags, environment and ConfigMap file, through its own loader."""
     from evictor.settings import load_settings
 
+    flags = evictor_flags(w)
     held = evictor_config_text(docs, w)
     env = env_of(w.container)
     env.pop("KVFS_CONFIG", None)
     with tempfile.TemporaryDirectory() as tmp:
-        config = None
+        flags["config"] = None
         if held is not None:
-            config = Path(tmp) / held[0]
-            config.write_text(held[1])
-        return load_settings(flags={}, environ=env, config=config)
+            flags["config"] = str(Path(tmp) / held[0])
+            Path(flags["config"]).write_text(held[1])
+        return load_settings(flags=flags, environ=env)
 
 
 def cli_invocation(w: Workload) -> tuple[click.Context, click.Context]:

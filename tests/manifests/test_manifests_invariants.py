@@ -242,7 +242,17 @@ def _hostpath_models(d):  # type: ignore[no-untyped-def]
     vol["hostPath"] = {"path": "/models"}
 
 
+def _evictor_unknown_flag(d):  # type: ignore[no-untyped-def]
+    evictor(d).container["args"] += ["--high-watermak", "90"]
+
+
+def _evictor_flag_overrides_port(d):  # type: ignore[no-untyped-def]
+    evictor(d).container["args"] += ["--metrics-port", "9500"]
+
+
 BREAKAGES = {
+    "evictor flag misspelt": (_evictor_unknown_flag, mc.check_evictor_config_keys, "No such option"),
+    "evictor flag moves the port": (_evictor_flag_overrides_port, mc.check_ports, "9500"),
     "namespace not restricted": (_namespace_baseline, mc.check_pod_security_restricted, "'baseline'"),
     "engine on host network": (_engine_host_network, mc.check_pod_security_restricted, "hostNetwork"),
     "engine adds SYS_ADMIN": (_engine_adds_sys_admin, mc.check_pod_security_restricted, "capabilities"),
