@@ -127,7 +127,7 @@ def current_hash_algo() -> str | None:
         from vllm.config import get_current_vllm_config
 
         return str(get_current_vllm_config().cache_config.prefix_caching_hash_algo)
-    except Exception:  # noqa: BLE001 - outside an engine (tests, tools) there is no current config
+    except Exception:  # noqa: BLE001 - outside an engine context (some processes, tests) there is none
         return None
 
 
@@ -154,7 +154,6 @@ def namespace_fields(
         kv_cache_layout=getattr(config, "kv_cache_layout", None),
         layer_names=tuple(tuple(g.layer_names) for g in config.groups),
         payload=payload,
-        hash_algo=current_hash_algo(),
     )
 
 

@@ -15,13 +15,10 @@ from functools import cached_property
 from typing import Any
 
 from kvfs.layout import (
-    CONFIG_FILENAME,
     BlockKey,
     fingerprint_sha256,
     kvfs_fields,
     namespace_name,
-    parse_namespace_dir,
-    read_namespace_config,
     write_namespace_config,
 )
 
@@ -56,7 +53,6 @@ def fingerprint_fields(
     kv_cache_layout: str | None,
     layer_names: tuple[tuple[str, ...], ...],
     payload: str,
-    hash_algo: str | None,
 ) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "model_name": model,
@@ -74,7 +70,6 @@ def fingerprint_fields(
         "kv_cache_layout": kv_cache_layout,
         "kv_cache_groups": [list(names) for names in layer_names],
         "kvfs_payload": payload,
-        "prefix_hash_algo": hash_algo,
         "inference_engine": "vllm",
     }
     return kvfs_fields(fields)
@@ -111,11 +106,11 @@ class Namespace:
     def paths_all_ranks(self, offload_key: bytes) -> list[str]:
         return [self.path(offload_key, r) for r in range(self.world_size)]
 
-    def publish_config(self) -> None:
+    def publish_config(self, hash_algo: str | None = None) -> list[str]:
         """Write `<root>/<ns>/config.json` once (atomically) and warn about replicas that cannot share."""
         os.makedirs(self.root, exist_ok=True)
         write_namespace_config(self.root, self.fields)
-        warn_unshareable(self.root, self.fields)
+        return warn_unshareable(self.root, self.name, hash_algo)
 
 
 def file_identity_key(offload_key: bytes, first_block: int, num_blocks: int) -> bytes:
@@ -136,34 +131,36 @@ def hash_seed_warning(hash_algo: str | None) -> str | None:
     return None
 
 
-def warn_unshareable(root: str, fields: dict[str, Any]) -> list[str]:
-    """Loud warnings for sibling namespaces of the same model that differ only in settings replicas must
-    share (hash algorithm), and for a non-deterministic hash seed.  Returns the warnings (for tests)."""
+def hash_algo_dir(root: str, namespace: str) -> str:
+    """`<root>/.kvfs/hash-algos/<ns>/`: one empty file per prefix-hash algorithm replicas of `ns` use.
+
+    The algorithm is not part of the fingerprint: the scheduler process may not know it (vLLM does not pass it
+    to offloading specs), and scheduler and workers must agree on the namespace."""
+    return os.path.join(root, ".kvfs", "hash-algos", namespace)
+
+
+def warn_unshareable(root: str, namespace: str, hash_algo: str | None) -> list[str]:
+    """Loud warnings when this replica's block hashes cannot match other replicas' (a non-deterministic hash
+    seed, or another replica of the namespace using another prefix-hash algorithm).  Returns the warnings."""
     warnings: list[str] = []
-    seed = hash_seed_warning(fields.get("prefix_hash_algo"))
+    seed = hash_seed_warning(hash_algo)
     if seed:
         warnings.append(seed)
-    mine = namespace_name(fields)
-    try:
-        entries = os.listdir(root)
-    except OSError:
-        entries = []
-    comparable = {k: v for k, v in fields.items() if k != "prefix_hash_algo"}
-    for entry in entries:
-        parsed = parse_namespace_dir(entry)
-        if parsed is None or parsed[1] is not None or entry == mine:
-            continue
-        if not os.path.exists(os.path.join(root, entry, CONFIG_FILENAME)):
-            continue
-        other = read_namespace_config(root, entry)
-        if not other or other.get("model_name") != fields.get("model_name"):
-            continue
-        other_cmp = {k: v for k, v in other.items() if k != "prefix_hash_algo"}
-        if other_cmp == comparable and other.get("prefix_hash_algo") != fields.get("prefix_hash_algo"):
+    if hash_algo:
+        directory = hash_algo_dir(root, namespace)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            marker = os.path.join(directory, hash_algo)
+            if not os.path.exists(marker):
+                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o664))
+            others = sorted(name for name in os.listdir(directory) if name != hash_algo)
+        except OSError as exc:
+            log.debug("kvfs: cannot record the prefix-hash algorithm under %s: %s", directory, exc)
+            others = []
+        if others:
             warnings.append(
-                f"namespace {entry} holds the same model and layout written with prefix hash "
-                f"{other.get('prefix_hash_algo')!r}, this replica uses {fields.get('prefix_hash_algo')!r}: "
-                "they cannot share blocks; use one --prefix-caching-hash-algo on every replica."
+                f"namespace {namespace} is also used by replicas with prefix hash {others}, this one uses "
+                f"{hash_algo!r}: their blocks never match; use one --prefix-caching-hash-algo on every replica."
             )
     for text in warnings:
         log.warning("kvfs: REPLICAS CANNOT SHARE: %s", text)

@@ -16,6 +16,7 @@ from connector.compat import (
     CanonicalKVCaches,
     OffloadingConfig,
     OffloadingSpec,
+    current_hash_algo,
     group_index_of,
     namespace_fields,
 )
@@ -63,7 +64,7 @@ class KvfsOffloadingSpec(OffloadingSpec):
             fields=namespace_fields(config, payload=PAYLOAD_DIRECT, revision=self.kvfs.model_revision),
             world_size=1 if self.replicated_layout else config.parallel.world_size,
         )
-        self.namespace.publish_config()
+        self.namespace.publish_config(current_hash_algo())
         self._manager: KvfsManager | None = None
 
     @classmethod

@@ -24,6 +24,7 @@ from connector.compat import (
     RequestOffloadingContext,
     SecondaryTierManager,
     TransferJob,
+    current_hash_algo,
     namespace_fields,
 )
 from connector.config import KvfsConnectorConfig
@@ -66,7 +67,7 @@ class KvfsTier(SecondaryTierManager):
             ),
             world_size=1,
         )
-        self.namespace.publish_config()
+        self.namespace.publish_config(current_hash_algo())
         flat = (
             primary_kv_view.cast("B")
             if primary_kv_view.ndim != 1 or primary_kv_view.format != "B"

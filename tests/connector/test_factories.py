@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 
 import pytest
 
@@ -116,27 +115,27 @@ def test_unsupported_vllm_version_is_a_clear_error(monkeypatch):
     assert compat.VLLM_MINOR in compat.SUPPORTED_MINORS
 
 
-def test_nondeterministic_hash_seed_warns_loudly(tmp_path, monkeypatch, caplog):
+def test_nondeterministic_hash_seed_warns_loudly(tmp_path, monkeypatch):
     from connector.naming import warn_unshareable
 
     monkeypatch.delenv("PYTHONHASHSEED", raising=False)
-    fields = {"model_name": "m", "prefix_hash_algo": "xxhash"}
-    assert any("PYTHONHASHSEED" in w for w in warn_unshareable(str(tmp_path), fields))
+    assert any("PYTHONHASHSEED" in w for w in warn_unshareable(str(tmp_path), "m_0123456789ab", "xxhash"))
     monkeypatch.setenv("PYTHONHASHSEED", "42")
-    assert warn_unshareable(str(tmp_path), fields) == []
+    assert warn_unshareable(str(tmp_path), "m_0123456789ab", "xxhash") == []
 
 
-def test_sibling_namespace_with_another_hash_algo_warns(tmp_path):
-    from connector.naming import warn_unshareable
-    from kvfs.layout import write_namespace_config
+def test_replicas_with_another_hash_algo_warn(tmp_path, monkeypatch):
+    from connector.spec import KvfsOffloadingSpec
 
-    other = {"model_name": "m", "dtype": "bf16", "prefix_hash_algo": "sha256_cbor"}
-    write_namespace_config(tmp_path, other)
-    mine = {**other, "prefix_hash_algo": "sha256"}
-    warnings = warn_unshareable(str(tmp_path), mine)
+    extra = {**SPEC, "kvfs_root": str(tmp_path), "kvfs_journal": False}
+    monkeypatch.setattr("connector.spec.current_hash_algo", lambda: "sha256_cbor")
+    first = KvfsOffloadingSpec(offloading_config(extra))
+    assert first.namespace.publish_config("sha256_cbor") == []  # the same algorithm again: nothing to say
+    # Scheduler and workers agree on the namespace whether or not they know the algorithm.
+    monkeypatch.setattr("connector.spec.current_hash_algo", lambda: None)
+    assert KvfsOffloadingSpec(offloading_config(extra)).namespace.name == first.namespace.name
+    warnings = first.namespace.publish_config("sha256")
     assert len(warnings) == 1 and "sha256_cbor" in warnings[0]
-    assert warn_unshareable(str(tmp_path), {**mine, "dtype": "fp16"}) == []
-    assert os.path.isdir(tmp_path)
 
 
 def test_sync_loads_refused_where_their_failures_cannot_be_recomputed(tmp_path):

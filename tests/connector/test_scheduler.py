@@ -211,7 +211,7 @@ def stored(model_dir, tmp_path):
     a = Replica(model_dir, str(tmp_path), seed=1)
     a.add("a1", PROMPT)
     a.run_until_done()
-    files = sorted(tmp_path.rglob("*.kvfs"))
+    files = sorted(p for p in tmp_path.rglob("*.kvfs") if p.is_file())
     assert len(files) == 4, files
     yield a, tmp_path
     a.shutdown()
@@ -241,7 +241,7 @@ def test_prompt_is_stored_then_loaded_by_another_replica(stored, model_dir):
 def test_file_deleted_between_lookup_and_load_is_recomputed(stored, model_dir):
     a, root = stored
     c = Replica(model_dir, str(root), seed=3)
-    victim = sorted(root.rglob("*.kvfs"))
+    victim = sorted(p for p in root.rglob("*.kvfs") if p.is_file())
     deleted: list[str] = []
 
     def evict_after_lookup(out) -> None:  # type: ignore[no-untyped-def]
