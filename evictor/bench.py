@@ -39,6 +39,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from evictor.enforce import current_recency
 from evictor.ingest import JournalIngester
 from kvfs.catalog import BlockRow, Catalog
 from kvfs.gc import GcLimits, execute_plan, plan_gc
@@ -154,8 +155,8 @@ def bench_delete(work: Path, files: int, runs: int, catalog_dir: Path, chunk: in
             assert len(plan.victims) == files
 
             def recheck(batch: list[Any], cat: Catalog = cat) -> list[Any]:
-                seen = cat.last_access_of([v.key for v in batch])  # what the evictor's recheck does
-                return [v for v in batch if seen.get(v.key) == v.last_access]
+                seen = current_recency(cat, [v.block_id for v in batch])  # what the evictor's recheck does
+                return [v for v in batch if seen.get(v.block_id) == v.last_access]
 
             _settle()
             deleted = 0
