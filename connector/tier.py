@@ -189,6 +189,8 @@ class KvfsTier(SecondaryTierManager):
     def shutdown(self) -> None:
         self.pool.shutdown()
         self.cache.shutdown()
+        # Release our views of vLLM's shared CPU region, so vLLM can close its mmap after us.
+        self.copier = None  # type: ignore[assignment]
         if self.journal is not None:
             self.journal.close()
 

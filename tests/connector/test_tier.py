@@ -181,3 +181,64 @@ def test_vanished_block_is_announced_removed(stored):
     assert tier.lookup(ks[0], ReqContext("q")) == LookupResult.HIT  # stale but non-blocking
     events = poll(lambda: [e for e in tier.take_events() if e.removed])
     assert events and events[0].keys == [ks[0]]
+
+
+def test_through_vllm_tiering_manager_across_two_replicas(tmp_path):
+    """vLLM's own TieringOffloadingSpec/Manager with KvfsTier from config: replica A's CPU-tier chunks cascade
+    to kvfs files; replica B (its own CPU tier) finds them, promotes them and reads the same bytes."""
+    from vllm.v1.kv_offload.base import ScheduleEndContext
+    from vllm.v1.kv_offload.factory import OffloadingSpecFactory
+
+    from connector.tier import KvfsTier
+
+    def replica(name: str):  # type: ignore[no-untyped-def]
+        extra = {
+            "spec_name": "TieringOffloadingSpec",
+            "cpu_bytes_to_use": 64 * 16384,
+            "secondary_tiers": [
+                {"type": "KvfsTier", "module_path": "connector.tier", "root": str(tmp_path), "io_threads": 2}
+            ],
+        }
+        config = offloading_config(extra, kv_bytes_per_block=4096, engine_id=f"{name}-{secrets.token_hex(4)}")
+        return OffloadingSpecFactory.create_spec(config).get_manager()
+
+    def rows_of(manager):  # type: ignore[no-untyped-def]
+        tier = manager.secondary_tiers[0]
+        return torch.frombuffer(tier._primary_kv_view.cast("B"), dtype=torch.uint8).view(
+            -1, tier.block_size_bytes
+        )
+
+    def step(manager) -> None:  # type: ignore[no-untyped-def]
+        manager.on_schedule_end(ScheduleEndContext([], []))
+
+    a, b = replica("a"), replica("b")
+    try:
+        assert isinstance(a.secondary_tiers[0], KvfsTier)
+        ks = keys(2)
+        ctx = ReqContext("ra")
+        a.on_new_request(ctx)
+        out = a.prepare_store(ks, ctx)
+        rows = rows_of(a)
+        for i, cid in enumerate(out.store_spec.block_ids):
+            rows[int(cid)] = torch.randint(
+                0, 255, (rows.shape[1],), dtype=torch.uint8, generator=torch.Generator().manual_seed(i)
+            )
+        expected = [rows[int(c)].clone() for c in out.store_spec.block_ids]
+        a.complete_store(ks, ctx)
+        assert poll(lambda: step(a) or len([p for p in tmp_path.rglob("*.kvfs") if p.is_file()]) == 2)
+        ctx_b = ReqContext("rb")
+        b.on_new_request(ctx_b)
+
+        def hit() -> bool:
+            step(b)
+            return all(b.lookup(k, ctx_b) == LookupResult.HIT for k in ks)
+
+        assert poll(hit)
+        load = b.prepare_load(ks, ctx_b)
+        rows_b = rows_of(b)
+        for want, cid in zip(expected, load.block_ids, strict=True):
+            assert torch.equal(rows_b[int(cid)], want)
+        del rows, rows_b
+    finally:
+        a.shutdown()
+        b.shutdown()

@@ -27,6 +27,7 @@ def offloading_config(
     model: str = "meta-llama/Llama-3.1-8B",
     dtype: str = "bfloat16",
     replicated_layout: bool = False,
+    engine_id: str = "engine-0",
 ) -> OffloadingConfig:
     return OffloadingConfig(
         groups=tuple(
@@ -40,7 +41,7 @@ def offloading_config(
         worker_kv_bytes_per_block=kv_bytes_per_block,
         enable_kv_cache_events=True,
         extra_config=extra,
-        engine_id="engine-0",
+        engine_id=engine_id,
         model=OffloadingModelConfig(name=model, dtype=dtype),
         cache=OffloadingCacheConfig(tokens_per_hash=tokens_per_block, blocks_per_chunk=blocks_per_chunk),
         parallel=OffloadingParallelConfig(
