@@ -448,6 +448,14 @@ def _unlink_batch(guard: RootGuard, relpaths: list[str], result: GcResult) -> tu
         return [True] * len(relpaths), [False] * len(relpaths)
     kept = set(stats.not_deleted)
     gone = [rel not in kept for rel in relpaths]
+    missing_paths = getattr(stats, "missing_paths", None)
+    if missing_paths is not None and len(missing_paths) == stats.missing:
+        # RootGuard says which paths were already gone: exact per-path attribution.
+        missing = set(missing_paths)
+        return (
+            [g and rel not in missing for g, rel in zip(gone, relpaths, strict=True)],
+            [rel in missing for rel in relpaths],
+        )
     if stats.missing == 0:
         return gone, [False] * len(relpaths)
     if stats.deleted == 0:
