@@ -35,6 +35,7 @@ class Capacity:
     catalog_bytes: int
     catalog_files: int
     namespaces: list[Any] = field(default_factory=list)
+    usage: Any = None  # the catalog's Usage, handed to the planner so it is computed once per pass
 
     @property
     def ratio(self) -> float:
@@ -90,7 +91,7 @@ def measure_capacity(settings: Settings, catalog: Catalog) -> Capacity:
         cap = st.f_blocks * st.f_frsize
         used = (st.f_blocks - st.f_bfree) * st.f_frsize
         source = "statvfs"
-    return Capacity(used, cap, source, usage.total_bytes, usage.total_files, list(usage.namespaces))
+    return Capacity(used, cap, source, usage.total_bytes, usage.total_files, list(usage.namespaces), usage)
 
 
 def capacity_target(settings: Settings, cap: Capacity) -> int | None:
@@ -166,7 +167,14 @@ class Enforcer:
         report = PassReport(time=now, over_high=target is not None, capacity=cap)
         self.phase = "planning"
         t0 = time.monotonic()
-        plan = plan_gc(self.catalog, self.limits(target), now=now, policy=self.policy, orphans=self.orphans())
+        plan = plan_gc(
+            self.catalog,
+            self.limits(target),
+            now=now,
+            policy=self.policy,
+            orphans=self.orphans(),
+            usage=cap.usage,
+        )
         report.plan_s = time.monotonic() - t0
         metrics.PLAN_SECONDS.set(report.plan_s)
         report.planned_files, report.planned_bytes = plan.total_files, plan.total_bytes
