@@ -80,9 +80,9 @@ def build_catalog(path: Path, blocks: int) -> str:
 
 
 # ---- plan ----------------------------------------------------------------------------------------------------
-def bench_plan(url: str, db: Path, blocks: int, victims: int, runs: int) -> dict[str, Any]:
+def bench_plan(url: str, db: Path, blocks: int, victims: int, runs: int, policy_name: str) -> dict[str, Any]:
     """The planning part of an evictor pass: `usage()` (capacity) then `plan_gc(usage=...)`, as `Enforcer`."""
-    policy = get_policy(DEFAULT_POLICY)
+    policy = get_policy(policy_name)
     times, usage_times, base = [], [], []
     with Catalog.open(url) as cat:
         total = cat.usage().total_bytes
@@ -116,9 +116,10 @@ def bench_plan(url: str, db: Path, blocks: int, victims: int, runs: int) -> dict
         "raw_select_s": _median(base),
         "victims": victims,
         "blocks": blocks,
+        "policy": policy_name,
     }
     print(
-        f"plan: {victims:,} victims of {blocks:,} blocks in {out['plan_s']:.3f}s, {out['plan_cpu_s']:.3f}s CPU (usage() {out['usage_s']:.3f}s + "
+        f"plan ({policy_name}): {victims:,} victims of {blocks:,} blocks in {out['plan_s']:.3f}s, {out['plan_cpu_s']:.3f}s CPU (usage() {out['usage_s']:.3f}s + "
         f"plan_gc; goal < 1 s); bare sqlite3 of the policy's ORDER BY ... LIMIT: {out['raw_select_s']:.3f}s "
         f"({out['plan_s'] / out['raw_select_s']:.1f}x); runs {[round(t, 3) for t in times]}",
         flush=True,
@@ -422,12 +423,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"evictor bench in {work} (cpus: {os.cpu_count()})", flush=True)
     figures: dict[str, Any] = {}
     steps: list[tuple[str, Callable[[], Any]]] = []
+    plan_policies = list(dict.fromkeys([DEFAULT_POLICY, "lru"]))
     db = work / "big.db"
     url = f"sqlite:///{db}"
     if only & {"plan", "rss"}:
         steps.append(("build", lambda: build_catalog(db, args.blocks)))
     steps += [
-        ("plan", lambda: bench_plan(url, db, args.blocks, args.victims, args.runs)),
+        (
+            "plan",
+            lambda: [bench_plan(url, db, args.blocks, args.victims, args.runs, p) for p in plan_policies],
+        ),
         ("delete", lambda: bench_delete(work, args.files, args.runs, Path(args.catalog_dir))),
         ("delete_same_fs", lambda: bench_delete(work, args.files, args.runs, work)),
         ("ingest", lambda: bench_ingest(work, args.records, args.runs)),

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from kvfs.policy import DEFAULT_POLICY
 from kvfs.units import parse_duration, parse_size
 
 ENV_PREFIX = "KVFS_"
@@ -37,12 +38,6 @@ def _default_catalog() -> str:
         state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
         return f"sqlite:///{state}/kvfs/catalog.db"
     return default_catalog_url()
-
-
-def _default_policy() -> str:
-    from kvfs.policy import DEFAULT_POLICY
-
-    return DEFAULT_POLICY
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +139,8 @@ SETTINGS_SCHEMA: dict[str, SettingSpec] = {
         SettingSpec(
             "policy",
             "str",
-            "lru",
-            "Eviction policy name (see `kvfs gc --help`); default is kvfs.policy.DEFAULT_POLICY.",
+            DEFAULT_POLICY,
+            "Eviction policy name (`kvfs gc --help` lists them); the default is kvfs.policy.DEFAULT_POLICY.",
         ),
         SettingSpec(
             "delete_batch", "int", "1000", "Files unlinked per batch (journals re-read before each)."
@@ -195,7 +190,7 @@ class Settings:
     dry_run: bool = False
     log_format: str = "text"
     log_level: str = "info"
-    policy: str = "lru"
+    policy: str = DEFAULT_POLICY
     delete_batch: int = 1000
     leader_retry: float = 1.0
     pause_before_delete: float = 0.0
@@ -360,8 +355,6 @@ def load_settings(
     settings = Settings(**merged)
     if not settings.catalog:
         settings = replace(settings, catalog=_default_catalog())
-    if "policy" not in merged:
-        settings = replace(settings, policy=_default_policy())
     validate(settings)
     return settings
 

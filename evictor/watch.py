@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -162,6 +163,9 @@ class TreeFeed:
         self.catalog = catalog
         self.orphans = orphans
         self._lock = threading.Lock()
+        # One apply at a time (journal loop and pre-delete recheck both call it): a later "gone" must never be
+        # overtaken by an earlier "present" for the same path.
+        self._apply_lock = threading.Lock()
         self._pending: dict[str, str] = {}
 
     def handler(self) -> FileSystemEventHandler:
@@ -177,6 +181,10 @@ class TreeFeed:
 
     def apply(self) -> int:
         """Apply queued events; on a catalog error they are re-queued (newer events for a path win)."""
+        with self._apply_lock:
+            return self._apply()
+
+    def _apply(self) -> int:
         from kvfs.catalog import BlockRow
         from kvfs.scan import OrphanInfo
 
@@ -194,6 +202,8 @@ class TreeFeed:
                     st = os.lstat(self.root / rel)
                 except OSError:
                     st = None  # moved or deleted again since the event
+                if st is not None and not stat.S_ISREG(st.st_mode):
+                    continue  # a symlink or directory with a block's name is not a block
             if key is None:  # a temp file
                 if st is not None:
                     self.orphans.add(OrphanInfo(rel, st.st_size, st.st_mtime))

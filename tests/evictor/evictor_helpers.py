@@ -33,6 +33,9 @@ FAST = [
     "127.0.0.1",
     "--metrics-port",
     "0",
+    # The tests assert exact LRU order; the default policy has its own test (test_default_policy_converges).
+    "--policy",
+    "lru",
 ]
 
 

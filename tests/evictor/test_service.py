@@ -14,6 +14,7 @@ from evictor_helpers import bytes_on_disk, files_on_disk, run_writer, wait_for
 
 from evictor.cli import evictor as evictor_cli
 from kvfs.catalog import Catalog
+from kvfs.policy import DEFAULT_POLICY
 
 pytestmark = pytest.mark.slow
 
@@ -51,6 +52,21 @@ def test_capacity_converges_lru_by_journal_not_mtime(root: Path, catalog_url: st
         reasons = {e.reason for e in cat.eviction_log(10)}
         assert "capacity" in reasons
     assert ev.metric("kvfs_evictor_evicted_files_total", 'reason="capacity"') == len(evicted)
+    assert ev.stop() == 0
+
+
+def test_default_policy_converges(root: Path, sqlite_url: str, start_evictor) -> None:
+    """The default policy (whatever kvfs.policy.DEFAULT_POLICY names) keeps usage under the low watermark."""
+    n = 30
+    cap = n * FILE
+    ev = start_evictor(root, sqlite_url, "--max-bytes", str(cap), "--policy", DEFAULT_POLICY)
+    now = time.time()
+    accesses = [[i, now - 500 + i] for i in range(0, n, 3)]  # some blocks used again
+    run_writer(
+        root, "org/model-default", [now - 1000 + i for i in range(n)], payload=PAYLOAD, accesses=accesses
+    )
+    wait_for(lambda: bytes_on_disk(root) <= 0.70 * cap, timeout=20, what="usage under the low watermark")
+    assert ev.status()["policy"] == DEFAULT_POLICY
     assert ev.stop() == 0
 
 
