@@ -95,3 +95,14 @@ GC_UNLINK_FAILURES = Counter(
 VERIFY_CORRUPT = Counter(
     "kvfs_verify_corrupt_total", "Corrupt kvfs block files found by verify, by reason.", ["reason"]
 )
+
+# --- eviction policies (kvfs/policy/twoq.py, kvfs/policy/history.py) ------------------------------------------
+POLICY_RESTORES = Counter(
+    "kvfs_policy_restores_total",
+    "Blocks stored again after being evicted (2q ghosts); a high rate means the tier is too small.",
+)
+POLICY_BOOKKEEPING_ERRORS = Counter(
+    "kvfs_policy_bookkeeping_errors_total",
+    "Policy bookkeeping (2q re-store check, ghost upserts) that failed; the pass went on without it.",
+    ["op"],
+)

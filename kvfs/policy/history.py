@@ -9,8 +9,9 @@ the block's last access when it was offered.
 * `remember(catalog, candidates)`: after a pass, the blocks it offered become ghosts.  A block offered but not
   deleted (spared by the recheck, a dry run, `kvfs ls`) leaves a harmless ghost: only a row *created after*
   the ghost's last access counts as a re-store.
-* `revive(catalog)`: before a pass, rows created since the last pass (ids above the saved watermark) whose key
-  has an older ghost are re-stores of evicted blocks: their `hits` goes from 0 to 1 (a re-store is a use).
+* `revive(catalog)`: before a pass, rows new since the last pass (ids above the saved watermark, or created at
+  or after the newest access the last pass saw) whose key has an older ghost are re-stores of evicted blocks:
+  their `hits` goes from 0 to 1 (a re-store is a use).
   Ghosts last seen more than `HORIZON` times the tier's current recency span ago (newest minus oldest
   `last_access`) are dropped, so the table stays a few times the size of what the tier evicts per turnover.
 
@@ -56,6 +57,7 @@ policy_state = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("block_id", Integer, nullable=False),  # highest block id already checked for re-stores
+    Column("access_time", Float, nullable=False),  # newest last_access at that check
 )
 
 _ready: weakref.WeakSet[Engine] = weakref.WeakSet()
@@ -84,16 +86,17 @@ class _Sql:
         greatest = "max" if dialect == "sqlite" else "GREATEST"
         p = "?" if dialect == "sqlite" else "%s"
         self.revive = (
-            "UPDATE blocks SET hits = hits + 1 WHERE id > :lo AND id <= :hi AND hits = 0 AND EXISTS ("
+            "UPDATE blocks SET hits = hits + 1 WHERE hits = 0 "
+            "AND ((id > :lo AND id <= :hi) OR (last_access >= :since AND created >= :since)) AND EXISTS ("
             "SELECT 1 FROM policy_block_history h WHERE h.namespace_id = blocks.namespace_id "
             "AND h.rank = blocks.rank AND h.grp = blocks.grp "
             f"AND h.hash_prefix = substr(blocks.block_hash, 1, {HASH_PREFIX}) AND h.last_seen < blocks.created)"
         )
         self.prune = "DELETE FROM policy_block_history WHERE last_seen < :cutoff"
-        self.state = "SELECT block_id FROM policy_state WHERE name = :name"
+        self.state = "SELECT block_id, access_time FROM policy_state WHERE name = :name"
         self.save = (
-            "INSERT INTO policy_state (name, block_id) VALUES (:name, :block_id) "
-            "ON CONFLICT (name) DO UPDATE SET block_id = excluded.block_id"
+            "INSERT INTO policy_state (name, block_id, access_time) VALUES (:name, :block_id, :access_time) "
+            "ON CONFLICT (name) DO UPDATE SET block_id = excluded.block_id, access_time = excluded.access_time"
         )
         # Three scalar subqueries: each is one index lookup (together in one SELECT they would scan).
         self.span = (
@@ -125,10 +128,15 @@ def revive(catalog: Catalog, *, name: str = "2q", horizon: float = HORIZON) -> R
             return ReviveStats(0, 0)
         row = conn.execute(text(sql.state), {"name": name}).first()
         lo, hi = (int(row[0]) if row else 0), int(max_id)
-        revived = conn.execute(text(sql.revive), {"lo": lo, "hi": hi}).rowcount if hi > lo else 0
+        # New rows are those above the id watermark, and those created since the last check: SQLite reuses the
+        # ids of deleted rows at the top of the table, so the id watermark alone would miss some.
+        revived = 0
+        if row is not None:  # on the first check there are no ghosts yet: nothing can be a re-store
+            params = {"lo": lo, "hi": hi, "since": float(row[1])}
+            revived = conn.execute(text(sql.revive), params).rowcount
         cutoff = float(newest) - horizon * (float(newest) - float(oldest))
         dropped = conn.execute(text(sql.prune), {"cutoff": cutoff}).rowcount
-        conn.execute(text(sql.save), {"name": name, "block_id": max(hi, lo)})
+        conn.execute(text(sql.save), {"name": name, "block_id": max(hi, lo), "access_time": float(newest)})
     return ReviveStats(max(revived, 0), max(dropped, 0))
 
 

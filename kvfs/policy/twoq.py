@@ -20,9 +20,13 @@ docs/policy.md has the measurements: the share and horizon were chosen flat acro
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from kvfs import metrics
 from kvfs.policy import register_policy
 from kvfs.policy.base import Candidate
 from kvfs.policy.history import HORIZON, remember, revive
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
     from kvfs.catalog import Catalog
 
 PROBATION_SHARE = 0.1
+log = logging.getLogger("kvfs.policy")
 
 
 @register_policy
@@ -58,7 +63,12 @@ class TwoQueuePolicy(SegmentedLruPolicy):
     ) -> Iterator[Candidate]:
         if limit_bytes <= 0:
             return
-        revive(catalog, name=self.name, horizon=self.horizon)
+        try:
+            metrics.POLICY_RESTORES.inc(revive(catalog, name=self.name, horizon=self.horizon).revived)
+        except SQLAlchemyError as exc:
+            # Bookkeeping only: without it re-stored blocks stay on probation this pass; the order is still valid.
+            metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="revive").inc()
+            log.warning("2q: re-store check failed, pass goes on without it: %s", exc)
         offered: list[Candidate] = []
         try:
             for cand in super().candidates(
@@ -69,4 +79,8 @@ class TwoQueuePolicy(SegmentedLruPolicy):
         finally:
             # Whatever the pass took (or the caller stopped at) becomes a ghost: if it comes back, it is
             # a re-store.  Offered blocks that were not deleted leave harmless ghosts (see history.py).
-            remember(catalog, offered)
+            try:
+                remember(catalog, offered)
+            except SQLAlchemyError as exc:
+                metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="remember").inc()
+                log.warning("2q: recording %d ghosts failed: %s", len(offered), exc)

@@ -183,3 +183,30 @@ def test_plan_gc_with_2q_frees_enough_and_prefers_one_off_blocks(catalog: Catalo
     assert chosen == [1, *range(11, 20)]
     lru = plan_gc(catalog, GcLimits(max_bytes=1000), now=1000.0, policy="lru")
     assert sorted(num(v.key) for v in lru.victims) == list(range(1, 11))
+
+
+def test_bookkeeping_failure_is_counted_and_the_pass_goes_on(catalog: Catalog) -> None:
+    from kvfs import metrics
+
+    catalog.upsert_blocks([row(1, 10), row(2, 20)])
+    assert order(catalog, get_policy("2q")) == [1, 2]  # tables exist now
+    with catalog.engine.begin() as conn:
+        conn.execute(text("DROP TABLE policy_block_history"))
+    before = {
+        op: metrics.POLICY_BOOKKEEPING_ERRORS.labels(op=op)._value.get() for op in ("revive", "remember")
+    }
+    assert order(catalog, get_policy("2q")) == [1, 2]
+    for op in ("revive", "remember"):
+        assert metrics.POLICY_BOOKKEEPING_ERRORS.labels(op=op)._value.get() == before[op] + 1
+
+
+def test_restores_are_counted(catalog: Catalog) -> None:
+    from kvfs import metrics
+
+    catalog.upsert_blocks([row(1, 10)])
+    order(catalog, get_policy("2q"))
+    catalog.remove_blocks([key(1)])
+    catalog.upsert_blocks([BlockRow(key(1), 100, created=30.0, last_access=30.0)])
+    before = metrics.POLICY_RESTORES._value.get()
+    order(catalog, get_policy("2q"))
+    assert metrics.POLICY_RESTORES._value.get() == before + 1
