@@ -90,6 +90,16 @@ class ExistenceCache:
             self._verify.extend(keys)
         self._wake.set()
 
+    def refresh(self, keys: Iterable[bytes]) -> None:
+        """Re-check `keys` in the background, keeping the current answers until then."""
+        with self._lock:
+            for key in keys:
+                if key in self._known and key not in self._queued:
+                    self._queued.add(key)
+                    self._pending.append(key)
+        if not self._wake.is_set():
+            self._wake.set()
+
     def mark_missing(self, keys: Iterable[bytes]) -> None:
         now = time.monotonic()
         with self._lock:

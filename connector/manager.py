@@ -70,6 +70,11 @@ class KvfsManager(OffloadingManager):
         self._record_access(keys)
         return KvfsLoadStoreSpec(list(keys))
 
+    def complete_load(self, keys: Collection[bytes], req_context: ReqContext) -> None:
+        # A load that missed (evicted, corrupt) is invisible here: re-check the files so the next request
+        # does not count on a block that is gone.
+        self.cache.refresh(keys)
+
     def touch(self, keys: Collection[bytes], req_context: ReqContext) -> None:
         self._record_access(keys)
 

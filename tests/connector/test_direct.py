@@ -275,3 +275,19 @@ def test_replicated_layout_ranks_share_one_file(tmp_path):
     finally:
         w0.shutdown()
         w1.shutdown()
+
+
+def test_completed_load_rechecks_its_files(replica):
+    spec, manager, _worker, _ = replica
+    k = key()
+    ctx = ReqContext("r")
+    path = spec.namespace.path(k)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "wb").close()
+    assert poll(lambda: manager.lookup(k, ctx) == LookupResult.HIT)
+    os.unlink(path)  # evicted while the load ran
+    assert manager.lookup(k, ctx) == LookupResult.HIT  # still the cached answer (TTL not reached)
+    manager.complete_load([k], ctx)
+    assert poll(lambda: manager.lookup(k, ctx) == LookupResult.MISS)
+    # Never announced as stored by this replica, so no removal is announced either.
+    assert not [e for e in manager.take_events() if e.removed]
