@@ -15,7 +15,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import stat
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
@@ -27,6 +29,21 @@ log = logging.getLogger(__name__)
 _O_PATH: Final = getattr(os, "O_PATH", 0)
 _DIR_FLAGS: Final = (_O_PATH or os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _MAX_CACHED_DIRS: Final = 4096
+DEFAULT_WORKERS: Final = 4
+_MIN_PATHS_PER_WORKER: Final = 64  # below this, thread start-up costs more than it saves
+
+
+def _max_cached_dirs() -> int:
+    """Cached directory descriptors per thread: at most 4096, and a small share of the descriptor limit."""
+    try:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (OSError, ValueError):
+        soft = 1024
+    if soft == resource.RLIM_INFINITY:
+        return _MAX_CACHED_DIRS
+    return max(8, min(_MAX_CACHED_DIRS, soft // (4 * DEFAULT_WORKERS)))
+
+
 _BAD_NAMES: Final = frozenset(("", ".", ".."))
 
 
@@ -47,6 +64,8 @@ class UnlinkStats:
     errors: int = 0
     # Paths that still exist because they were refused or failed (their catalog rows should stay).
     not_deleted: list[str] = field(default_factory=list)
+    # Paths that were already gone (deleted by someone else): their rows can go, but they were not evicted now.
+    missing_paths: list[str] = field(default_factory=list)
 
 
 def check_relpath(relpath: str) -> list[str]:
@@ -118,32 +137,77 @@ class RootGuard:
 
     # -- batches --
 
-    def unlink_many(self, relpaths: Iterable[str]) -> UnlinkStats:
-        """Delete many files, reusing directory descriptors across the batch (one walk per directory)."""
+    def unlink_many(self, relpaths: Iterable[str], *, workers: int = DEFAULT_WORKERS) -> UnlinkStats:
+        """Delete many files, reusing directory descriptors across the batch (one walk per directory).
+
+        Large batches are spread over `workers` threads (the syscalls release the GIL): on a network
+        filesystem every unlink is a round trip, and even on a local disk the kernel work of one thread
+        overlaps the Python work of another.  Paths are split by bucket directory so each thread keeps its own
+        descriptor cache warm.
+        """
+        paths = list(relpaths)
         stats = UnlinkStats()
         try:
             root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
             log.error("cannot open root %s: %s", self.root, exc)
-            for rel in relpaths:
-                stats.errors += 1
-                stats.not_deleted.append(rel)
+            stats.errors = len(paths)
+            stats.not_deleted.extend(paths)
             metrics.UNLINKS.labels(result="error").inc(stats.errors)
             return stats
+        try:
+            workers = max(1, min(workers, len(paths) // _MIN_PATHS_PER_WORKER))
+            if workers == 1:
+                self._unlink_with(root_fd, paths, stats)
+            else:
+                shards: list[list[str]] = [[] for _ in range(workers)]
+                for rel in paths:
+                    shards[hash(rel.rsplit("/", 2)[0]) % workers].append(rel)
+                parts = [UnlinkStats() for _ in shards]
+                threads = [
+                    threading.Thread(target=self._unlink_with, args=(root_fd, shard, part), daemon=True)
+                    for shard, part in zip(shards, parts, strict=True)
+                ]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                for part in parts:
+                    stats.deleted += part.deleted
+                    stats.missing += part.missing
+                    stats.refused += part.refused
+                    stats.errors += part.errors
+                    stats.not_deleted.extend(part.not_deleted)
+                    stats.missing_paths.extend(part.missing_paths)
+        finally:
+            os.close(root_fd)
+        for result, count in (
+            ("deleted", stats.deleted),
+            ("missing", stats.missing),
+            ("error", stats.errors),
+        ):
+            if count:
+                metrics.UNLINKS.labels(result=result).inc(count)
+        return stats
+
+    def _unlink_with(self, root_fd: int, relpaths: list[str], stats: UnlinkStats) -> None:
+        """The per-thread loop: its own directory-descriptor cache, the shared (read-only) root descriptor."""
         dir_fds: dict[str, int] = {"": root_fd}
         lstat = os.stat
         unlink = os.unlink
         is_reg = stat.S_ISREG
+        max_cached = _max_cached_dirs()
         try:
             for rel in relpaths:
                 dir_rel, _, name = rel.rpartition("/")
                 fd = dir_fds.get(dir_rel)
                 try:
-                    if fd is None or rel[:1] == "/" or name in _BAD_NAMES or "\x00" in name:
-                        check_relpath(rel)  # raises UnsafePath for every malformed shape
-                        if len(dir_fds) > _MAX_CACHED_DIRS:
+                    if rel[:1] == "/" or name in _BAD_NAMES or "\x00" in name:
+                        check_relpath(rel)  # raises UnsafePath with the precise reason
+                    if fd is None:
+                        if len(dir_fds) > max_cached:
                             _close_cached(dir_fds, root_fd)
-                        fd = _open_dir_chain(rel, dir_rel, dir_fds)
+                        fd = _open_dir(rel, dir_rel, dir_fds)
                     st = lstat(name, dir_fd=fd, follow_symlinks=False)
                     if not is_reg(st.st_mode):
                         raise UnsafePath(rel, "symlink" if stat.S_ISLNK(st.st_mode) else "not_regular_file")
@@ -155,26 +219,20 @@ class RootGuard:
                     stats.not_deleted.append(rel)
                 except FileNotFoundError:
                     stats.missing += 1
+                    stats.missing_paths.append(rel)
                 except OSError as exc:
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                         reason = "symlink" if exc.errno == errno.ELOOP else "not_a_directory"
                         self._refused(rel, reason)
                         stats.refused += 1
                     else:
+                        if exc.errno == errno.EMFILE:  # out of descriptors: drop the cache for the next path
+                            _close_cached(dir_fds, root_fd)
                         log.warning("cannot delete %s under %s: %s", rel, self.root, exc)
                         stats.errors += 1
                     stats.not_deleted.append(rel)
         finally:
             _close_cached(dir_fds, root_fd)
-            os.close(root_fd)
-        for result, count in (
-            ("deleted", stats.deleted),
-            ("missing", stats.missing),
-            ("error", stats.errors),
-        ):
-            if count:
-                metrics.UNLINKS.labels(result=result).inc(count)
-        return stats
 
     def _refused(self, relpath: str, reason: str) -> None:
         metrics.UNSAFE_PATHS_REFUSED.labels(reason=reason).inc()
@@ -182,28 +240,26 @@ class RootGuard:
         log.warning("refused to delete %r under %s: %s", relpath, self.root, reason)
 
 
-def _open_dir_chain(rel: str, dir_rel: str, dir_fds: dict[str, int]) -> int:
-    """Descriptor of `dir_rel`, opening (and caching) each missing prefix with O_NOFOLLOW from its parent."""
-    if not dir_rel:
-        return dir_fds[""]
-    fd = dir_fds[""]
-    prefix = ""
-    for part in dir_rel.split("/"):
-        prefix = f"{prefix}/{part}" if prefix else part
-        cached = dir_fds.get(prefix)
-        if cached is None:
-            try:
-                cached = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                    raise
-                try:
-                    is_link = stat.S_ISLNK(os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode)
-                except OSError:
-                    is_link = False
-                raise UnsafePath(rel, "symlink" if is_link else "not_a_directory") from None
-            dir_fds[prefix] = cached
-        fd = cached
+def _open_dir(rel: str, dir_rel: str, dir_fds: dict[str, int]) -> int:
+    """Descriptor of `dir_rel` (no leading "/"): its parent's from the cache (or opened the same way), then one
+    `openat(parent, leaf, O_NOFOLLOW | O_DIRECTORY)`.  Every component is checked as it is opened."""
+    parent_rel, _, leaf = dir_rel.rpartition("/")
+    parent = dir_fds.get(parent_rel)
+    if parent is None:
+        parent = _open_dir(rel, parent_rel, dir_fds)
+    if leaf in _BAD_NAMES or "\x00" in leaf:
+        raise UnsafePath(rel, "dotdot" if leaf == ".." else "malformed")
+    try:
+        fd = os.open(leaf, _DIR_FLAGS, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        try:
+            is_link = stat.S_ISLNK(os.stat(leaf, dir_fd=parent, follow_symlinks=False).st_mode)
+        except OSError:
+            is_link = False
+        raise UnsafePath(rel, "symlink" if is_link else "not_a_directory") from None
+    dir_fds[dir_rel] = fd
     return fd
 
 
