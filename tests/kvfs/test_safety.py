@@ -199,3 +199,21 @@ def test_check_relpath_never_accepts_escapes(parts: list[str]) -> None:
         return
     assert ".." not in components and "." not in components and "" not in components
     assert not relpath.startswith("/") and "\x00" not in relpath
+
+
+def test_threaded_batch_reports_each_outcome(tree: tuple[Path, Path]) -> None:
+    root, outside = tree
+    rels = []
+    for d in range(20):
+        directory = root / "ns_0123456789ab_r0" / f"{d:03x}" / f"{d:02x}_g0"
+        directory.mkdir(parents=True)
+        for f in range(20):
+            (directory / f"{f:016x}.kvfs").write_bytes(b"")
+            rels.append(f"ns_0123456789ab_r0/{d:03x}/{d:02x}_g0/{f:016x}.kvfs")
+    (root / "ns_0123456789ab_r0" / "lnk").symlink_to(outside)
+    gone = ["ns_0123456789ab_r0/fff/ff_g0/0000000000000000.kvfs"]
+    bad = ["../outside/precious", "ns_0123456789ab_r0/lnk/de_g0/a.kvfs"]
+    stats = RootGuard(root).unlink_many(rels + gone + bad, workers=4)
+    assert (stats.deleted, stats.missing, stats.refused, stats.errors) == (len(rels), 1, 2, 0)
+    assert stats.missing_paths == gone and sorted(stats.not_deleted) == sorted(bad)
+    assert (outside / "precious").exists() and (outside / "de_g0" / "a.kvfs").exists()
