@@ -78,6 +78,9 @@ def test_ttl_quota_orphans_and_grace(root: Path, sqlite_url: str, start_evictor)
     b_times = [now - 900 + 60 * i for i in range(8)]  # within the TTL; quota keeps 4
     b = run_writer(root, "org/model-b", b_times, mtimes=[t - 10 for t in b_times], payload=PAYLOAD)
     c = run_writer(root, "org/model-c", [now] * 4, payload=PAYLOAD)  # fresh: the grace window protects them
+    d_times = [now - 600 - i for i in range(3)]  # a retired model: everything goes, whatever its age
+    retired = run_writer(root, "org/model-d", d_times, mtimes=[t - 10 for t in d_times], payload=PAYLOAD)
+    ns_d = retired[0]["relpath"].split("/")[0].rsplit("_r", 1)[0]
     ns_b = b[0]["relpath"].split("/")[0].rsplit("_r", 1)[0]
     ns_c = c[0]["relpath"].split("/")[0].rsplit("_r", 1)[0]
     # temp files of dead writers: one past the orphan grace, one not
@@ -103,6 +106,8 @@ def test_ttl_quota_orphans_and_grace(root: Path, sqlite_url: str, start_evictor)
         f"{ns_b}={4 * FILE}",
         "--quota",
         f"{ns_c}=0",
+        "--retire",
+        ns_d,
     )
     present_a = lambda: {w["relpath"] for w in a} & files_on_disk(root)  # noqa: E731
     wait_for(lambda: not present_a(), timeout=20, what="TTL eviction of model-a")
@@ -115,6 +120,7 @@ def test_ttl_quota_orphans_and_grace(root: Path, sqlite_url: str, start_evictor)
     assert fresh_tmp.exists(), "a temp file inside the orphan grace was deleted"
     log = ev.log()
     assert "ttl: 6 files" in log and "quota: 4 files" in log and "orphan: 1 files" in log
+    assert "retired: 3 files" in log and not {w["relpath"] for w in retired} & on_disk
     assert ev.stop() == 0
 
 
