@@ -154,4 +154,3 @@ def test_read_config_of_missing_or_corrupt_namespace(tmp_path: Path) -> None:
 
 def test_journal_dir(tmp_path: Path) -> None:
     assert journal_dir(tmp_path) == tmp_path / ".kvfs" / "journal"
-
