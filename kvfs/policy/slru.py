@@ -124,6 +124,18 @@ class SegmentedLruPolicy(EvictionPolicy):
         if limit_bytes <= 0:
             return
         total, probation_bytes = self.segment_bytes(catalog, namespace_ids)
+        yield from self.ordered(catalog, namespace_ids, protect_after, limit_bytes, total, probation_bytes)
+
+    def ordered(
+        self,
+        catalog: Catalog,
+        namespace_ids: Sequence[int] | None,
+        protect_after: float,
+        limit_bytes: int,
+        total: int,
+        probation_bytes: int,
+    ) -> Iterator[Candidate]:
+        """The eviction order, given the scope's total and probation bytes (`segment_bytes`)."""
         keep = max(0, total - limit_bytes)
         surplus = probation_bytes - int(self.probation_share * keep)
         names = {ns.id: ns.name for ns in catalog.namespaces()}

@@ -69,18 +69,24 @@ class TwoQueuePolicy(SegmentedLruPolicy):
             # Bookkeeping only: without it re-stored blocks stay on probation this pass; the order is still valid.
             metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="revive").inc()
             log.warning("2q: re-store check failed, pass goes on without it: %s", exc)
+        total, probation_bytes = self.segment_bytes(catalog, namespace_ids)
+        # Only a pass that keeps something (capacity, quota) records ghosts; one that takes everything in
+        # scope (`kvfs ls`, TTL, a retired namespace) would only fill the table with blocks of no interest.
+        record = limit_bytes < total
         offered: list[Candidate] = []
         try:
-            for cand in super().candidates(
-                catalog, namespace_ids=namespace_ids, protect_after=protect_after, limit_bytes=limit_bytes
+            for cand in self.ordered(
+                catalog, namespace_ids, protect_after, limit_bytes, total, probation_bytes
             ):
-                offered.append(cand)
+                if record:
+                    offered.append(cand)
                 yield cand
         finally:
             # Whatever the pass took (or the caller stopped at) becomes a ghost: if it comes back, it is
             # a re-store.  Offered blocks that were not deleted leave harmless ghosts (see history.py).
-            try:
-                remember(catalog, offered)
-            except SQLAlchemyError as exc:
-                metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="remember").inc()
-                log.warning("2q: recording %d ghosts failed: %s", len(offered), exc)
+            if offered:
+                try:
+                    remember(catalog, offered)
+                except SQLAlchemyError as exc:
+                    metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="remember").inc()
+                    log.warning("2q: recording %d ghosts failed: %s", len(offered), exc)
