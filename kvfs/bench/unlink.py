@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "--batch", type=int, default=1000, help="paths per unlink_many call (gc's batch size)"
     )
     parser.add_argument(
-        "--workers", type=int, default=DEFAULT_WORKERS, help="unlink_many threads (default 4)"
+        "--workers", type=int, default=DEFAULT_WORKERS, help="unlink_many threads (default: its default, 1)"
     )
     parser.add_argument("--dir", default=None, help="where the trees are built (default: a temp dir)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
