@@ -217,3 +217,19 @@ def test_threaded_batch_reports_each_outcome(tree: tuple[Path, Path]) -> None:
     assert (stats.deleted, stats.missing, stats.refused, stats.errors) == (len(rels), 1, 2, 0)
     assert stats.missing_paths == gone and sorted(stats.not_deleted) == sorted(bad)
     assert (outside / "precious").exists() and (outside / "de_g0" / "a.kvfs").exists()
+
+
+def test_component_walk_when_openat2_is_unavailable(
+    tree: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kernels before 5.6 (or seccomp) have no openat2: the per-component O_NOFOLLOW walk must hold alone."""
+    import kvfs.safety as safety
+
+    monkeypatch.setattr(safety, "_openat2_state", {"fn": None})
+    root, outside = tree
+    (root / "ns_0123456789ab_r0" / "lnk").symlink_to(outside)
+    stats = RootGuard(root).unlink_many(
+        [f"{BLOCK_DIR}/a.kvfs", "ns_0123456789ab_r0/lnk/de_g0/a.kvfs", "ns_0123456789ab_r0/nope/x/y.kvfs"]
+    )
+    assert (stats.deleted, stats.refused, stats.missing) == (1, 1, 1)
+    assert (outside / "de_g0" / "a.kvfs").exists() and not (root / BLOCK_DIR / "a.kvfs").exists()
