@@ -39,6 +39,8 @@ class LeaderElector(ABC):
     """`try_acquire()` is called periodically by followers; `still_leader()` by the leader before deleting."""
 
     is_leader: bool = False
+    # Why the catalog could not be reached in the last election round (None: it answered).
+    last_error: str | None = None
 
     @abstractmethod
     def try_acquire(self) -> bool: ...
@@ -164,9 +166,11 @@ class PgAdvisoryElector(LeaderElector):
                 row = self._conn.execute("select pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
             except Exception as exc:  # noqa: BLE001 - any DB failure: not leader, retried later
                 metrics.ERRORS.labels("leader").inc()
-                log.warning("leader election: cannot reach the catalog: %s", str(exc).splitlines()[0])
+                self.last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                log.warning("leader election: cannot reach the catalog: %s", self.last_error)
                 self._drop()
                 return False
+            self.last_error = None
             self._set(bool(row and row[0]))
             return self.is_leader
 

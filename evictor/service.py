@@ -202,6 +202,11 @@ class EvictorService:
                     metrics.ERRORS.labels("leader").inc()
                     log.warning("leader election failed: %s", _first_line(exc))
                     leader = False
+                if self.elector.last_error:
+                    # Followers touch the catalog only here: an outage must show in /readyz for them too.
+                    self.backoff.failed(ConnectionError(self.elector.last_error))
+                elif not self._leading and self.backoff.failing:
+                    self.backoff.succeeded()
                 if leader and not self._leading:
                     self._take_duties()
                 elif not leader and self._leading:
