@@ -62,19 +62,6 @@ class LeaderElector(ABC):
         metrics.IS_LEADER.set(1 if leader else 0)
 
 
-def sqlite_path_of(url: str) -> Path | None:
-    """The database file of a SQLite catalog URL (or bare path); None for other backends or `:memory:`."""
-    if "://" not in url:
-        return Path(url).expanduser()
-    if not url.startswith("sqlite"):
-        return None
-    path = url.split(":///", 1)[1] if ":///" in url else ""
-    path = path.split("?", 1)[0]
-    if not path or path == ":memory:":
-        return None
-    return Path(path).expanduser()
-
-
 class FileLockElector(LeaderElector):
     """SQLite: the first instance is leader for its whole life; a second one refuses to start."""
 
@@ -202,9 +189,10 @@ class PgAdvisoryElector(LeaderElector):
 
 
 def make_elector(catalog_url: str) -> LeaderElector:
-    if catalog_url.startswith("postgresql"):
-        return PgAdvisoryElector(catalog_url)
-    path = sqlite_path_of(catalog_url)
-    if path is None:
-        raise ValueError(f"cannot elect a leader on catalog {catalog_url!r}: use a SQLite file or PostgreSQL")
-    return FileLockElector(path)
+    """Advisory lock for PostgreSQL, a file lock next to a SQLite catalog; CatalogError for a bad URL."""
+    from kvfs.catalog import parse_catalog_url
+
+    url = parse_catalog_url(catalog_url)
+    if url.get_backend_name() == "postgresql":
+        return PgAdvisoryElector(url.render_as_string(hide_password=False))
+    return FileLockElector(Path(str(url.database)))

@@ -52,6 +52,10 @@ def is_catalog_error(exc: BaseException) -> bool:
     return isinstance(exc, SQLAlchemyError | CatalogError | ConnectionError)
 
 
+class StartupError(RuntimeError):
+    """Settings that cannot work; the service exits with EXIT_CONFIG."""
+
+
 class Backoff:
     """Catalog outage state: not ready, and nobody touches the catalog until `retry_at`."""
 
@@ -94,7 +98,7 @@ class EvictorService:
         self.started = time.time()
         self.backoff = Backoff()
         self.catalog: Catalog | None = None
-        self.elector: LeaderElector = make_elector(settings.catalog)
+        self.elector: LeaderElector | None = None
         self.orphans = OrphanTracker()
         self.http: StatusServer | None = None
         self.scheduler: BackgroundScheduler | None = None
@@ -111,11 +115,22 @@ class EvictorService:
 
     # ---- start / stop --------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Everything but the wait; raises AlreadyRunningError for a held SQLite catalog."""
+        """Everything but the wait; raises AlreadyRunningError for a held SQLite catalog, StartupError for
+        settings that cannot work (bad catalog URL, missing root, SQLite catalog refused)."""
+        from kvfs.catalog import CatalogError
+
+        try:
+            self.elector = make_elector(self.settings.catalog)
+        except CatalogError as exc:
+            raise StartupError(str(exc)) from None
+        if not self.root.is_dir():
+            raise StartupError(f"root {self.root} is not a directory")
         if isinstance(self.elector, FileLockElector):
             self.elector.try_acquire()  # refuse to start before opening anything
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"root {self.root} is not a directory")
+            # A local file: an error opening it is a configuration problem (on the mount, unwritable, newer
+            # schema), not an outage to wait out.
+            if not self._open_catalog():
+                raise StartupError(f"cannot open the catalog: {self.backoff.last_error}")
         self.http = StatusServer(
             self.settings.metrics_host,
             self.settings.metrics_port,
@@ -480,8 +495,12 @@ def run_service(settings: Settings) -> int:
     except AlreadyRunningError as exc:
         log.error("%s", exc)
         return EXIT_ALREADY_RUNNING
-    except (FileNotFoundError, OSError) as exc:
+    except (StartupError, OSError) as exc:
         log.error("cannot start: %s", exc)
+        if service.elector is not None:
+            service.elector.release()
+        if service.http is not None:
+            service.http.stop()
         return EXIT_CONFIG
     service.wait()
     service.stop()

@@ -206,3 +206,20 @@ def test_second_instance_on_sqlite_refused(root: Path, sqlite_url: str, start_ev
     assert second.proc.wait(20) == 3
     assert "already runs on the SQLite catalog" in second.log()
     assert first.proc.poll() is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--root", "{root}/missing", "--catalog", "sqlite:///{tmp}/c.db"], "is not a directory"),
+        (["--root", "{root}", "--catalog", "mysql://db/kvfs"], "unsupported catalog URL scheme"),
+        (["--root", "{root}", "--catalog", "{root}/catalog.db"], "inside the kvfs root"),
+    ],
+)
+def test_bad_settings_exit_2_with_the_reason(
+    root: Path, tmp_path: Path, start_evictor, args, message
+) -> None:
+    argv = [a.format(root=root, tmp=tmp_path) for a in args]
+    ev = start_evictor(Path(argv[1]), argv[3], wait=False)
+    assert ev.proc.wait(30) == 2
+    assert message in ev.log()
