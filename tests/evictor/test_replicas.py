@@ -115,6 +115,11 @@ def test_crash_mid_eviction_is_reconciled_on_restart(root: Path, sqlite_url: str
     ev.stop(signal.SIGKILL)  # mid-pass: one batch deleted, the others not
     left = files_on_disk(root)
     assert n - 9 < len(left) < n, f"{len(left)} files left: expected a half-done pass"
+    # The worst moment for a crash: a file unlinked, its row not yet removed. Make that state explicitly.
+    unlinked_not_forgotten = root / written[len(written) - len(left)]["relpath"]
+    unlinked_not_forgotten.unlink()
+    with Catalog.open(sqlite_url) as cat:
+        assert cat.block_count() == len(left)  # its row is still there
 
     ev2 = start_evictor(root, sqlite_url, *args)
     wait_for(lambda: len(files_on_disk(root)) == 3, timeout=20, what="the restarted evictor to finish")
