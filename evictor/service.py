@@ -311,7 +311,8 @@ class EvictorService:
                 self.backoff.succeeded()
             except Exception as exc:  # noqa: BLE001
                 self._failed("journal", exc)
-            self.stopping.wait(0.05)  # debounce bursts of watcher events
+            # Debounce: every writer flushes about twice a second; many writers must not mean a transaction each.
+            self.stopping.wait(min(0.25, self.settings.journal_interval))
 
     def _failed(self, kind: str, exc: BaseException) -> None:
         if is_catalog_error(exc):

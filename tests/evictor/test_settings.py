@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,20 @@ def test_status_without_a_service_says_so() -> None:
     result = CliRunner().invoke(evictor, ["status", "--url", "http://127.0.0.1:9", "--timeout", "0.5"])
     assert result.exit_code == 1
     assert "no evictor answers" in result.output
+
+
+def test_status_falls_back_to_the_catalog(sqlite_url: str) -> None:
+    from kvfs.catalog import BlockRow, Catalog
+    from kvfs.layout import BlockKey
+
+    with Catalog.open(sqlite_url) as cat:
+        key = BlockKey("org_m_0123456789ab", 0, 0, "ab" * 16, "kvfs")
+        cat.upsert_blocks([BlockRow(key, 4096, 1.0, 2.0)])
+        cat.log_eviction(3.0, "org_m_0123456789ab", "ttl", 7, 7 * 4096)
+    args = ["status", "--url", "http://127.0.0.1:9", "--timeout", "0.5", "--catalog", sqlite_url]
+    result = CliRunner().invoke(evictor, args)
+    assert result.exit_code == 0, result.output
+    assert "not reachable (catalog view)" in result.output and "catalog: 1 files, 4.0 KiB" in result.output
+    assert "ttl: 7 files" in result.output
+    data = json.loads(CliRunner().invoke(evictor, [*args, "--json"]).output)
+    assert data["usage"]["catalog_files"] == 1 and data["recent_evictions"][0]["reason"] == "ttl"
