@@ -553,7 +553,18 @@ def load_block(
 
 def _load_open(fd: int, ident: BlockIdentity, out_view: memoryview | None, use_direct: bool) -> LoadResult:
     size = os.fstat(fd).st_size
-    if use_direct:
+    prefetched = 0
+    if out_view is not None:
+        # One read for header and payload (one I/O round trip, which matters with O_DIRECT and on network
+        # filesystems): the payload is read into `out` speculatively and used once the header validates.
+        hview = memoryview(_tls_header_buffer())[:HEADER_SIZE]
+        span = len(out_view)
+        if use_direct:
+            span = span // ALIGNMENT * ALIGNMENT if _is_aligned(out_view) else 0
+        got = _preadv_full(fd, [hview, out_view[:span]] if span else [hview], 0)
+        prefetched = max(0, got - HEADER_SIZE)
+        header = parse_header(hview[: min(got, HEADER_SIZE)])
+    elif use_direct:
         hbuf = _tls_header_buffer()
         got = _pread_full(fd, memoryview(hbuf)[:HEADER_SIZE], 0)
         header = parse_header(memoryview(hbuf)[:got])
@@ -575,7 +586,12 @@ def _load_open(fd: int, ident: BlockIdentity, out_view: memoryview | None, use_d
     payload: bytes | None = None
     if out_view is not None:
         target = out_view
-        got = _read_payload(fd, target, n, use_direct)
+        if prefetched >= n:
+            got = n
+        else:
+            got = prefetched + _read_payload(
+                fd, target[prefetched:], n - prefetched, use_direct, HEADER_SIZE + prefetched
+            )
     elif use_direct:
         scratch = aligned_buffer(n)
         target = memoryview(scratch)
@@ -600,22 +616,39 @@ def _load_open(fd: int, ident: BlockIdentity, out_view: memoryview | None, use_d
     return LoadResult(True, None, n, payload)
 
 
-def _read_payload(fd: int, target: memoryview, n: int, use_direct: bool) -> int:
+def _read_payload(fd: int, target: memoryview, n: int, use_direct: bool, offset: int = HEADER_SIZE) -> int:
+    """Read n payload bytes at `offset` into target[:n]; fewer only at end of file."""
     if not use_direct or n == 0:
-        return _pread_full(fd, target[:n], HEADER_SIZE)
+        return _pread_full(fd, target[:n], offset)
     if not _is_aligned(target):
         _direct_fallback("unaligned_buffer")
         _set_direct(fd, False)
-        return _pread_full(fd, target[:n], HEADER_SIZE)
+        return _pread_full(fd, target[:n], offset)
     rounded = _round_up(n)
     if len(target) >= rounded:  # the read stops at end of file, so reading the rounded length is exact
-        return _pread_full(fd, target[:rounded], HEADER_SIZE)
+        return min(n, _pread_full(fd, target[:rounded], offset))
     aligned = n // ALIGNMENT * ALIGNMENT
-    got = _pread_full(fd, target[:aligned], HEADER_SIZE) if aligned else 0
+    got = _pread_full(fd, target[:aligned], offset) if aligned else 0
     if got < aligned:
         return got
     _set_direct(fd, False)
-    return got + _pread_full(fd, target[aligned:n], HEADER_SIZE + aligned)
+    return got + _pread_full(fd, target[aligned:n], offset + aligned)
+
+
+def _preadv_full(fd: int, views: list[memoryview], offset: int) -> int:
+    """Fill `views` from `offset` with as few preadv calls as the kernel allows; short only at end of file."""
+    pending = [v for v in views if len(v)]
+    total = 0
+    while pending:
+        n = os.preadv(fd, pending, offset + total)
+        if n == 0:
+            break
+        total += n
+        while pending and n >= len(pending[0]):
+            n -= len(pending.pop(0))
+        if n:
+            pending[0] = pending[0][n:]
+    return total
 
 
 # --- inspection (verify, scan) --------------------------------------------------------------------------------
