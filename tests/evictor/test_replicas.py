@@ -39,6 +39,12 @@ def test_sigkill_leader_follower_takes_over(root: Path, pg_url: str, start_evict
     time.sleep(1.0)  # several election rounds: the follower must stay a follower
     assert a.status()["leader"] and not b.status()["leader"]
     assert b.metric("kvfs_evictor_leader") == 0
+    # Only the leader ingests: the follower never applies a journal record (so none is applied twice).
+    old = [time.time() - 2000 + i for i in range(3)]
+    run_writer(root, "org/model-ha", old, mtimes=[t - 10 for t in old], payload=PAYLOAD, first=100)
+    wait_for(lambda: a.metric("kvfs_evictor_journal_records_total") == 3, what="the leader to ingest")
+    time.sleep(0.5)
+    assert b.metric("kvfs_evictor_journal_records_total") == 0
 
     a.stop(signal.SIGKILL)
     t0 = time.monotonic()
