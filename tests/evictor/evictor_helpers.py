@@ -39,7 +39,7 @@ FAST = [
 ]
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1, what: str = "") -> Any:
+def wait_for(cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
@@ -87,7 +87,7 @@ class Evictor:
 
     def get(self, path: str) -> tuple[int, bytes]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as resp:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=15) as resp:
                 return resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
@@ -106,7 +106,7 @@ class Evictor:
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
-    def wait_log(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+    def wait_log(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
         def found() -> re.Match[str] | None:
             if self.proc.poll() is not None:
                 raise AssertionError(f"evictor exited with {self.proc.returncode}:\n{self.log()}")
@@ -114,7 +114,7 @@ class Evictor:
 
         return wait_for(found, timeout, what=f"log line {pattern!r}")
 
-    def wait_leader(self, timeout: float = 15.0) -> None:
+    def wait_leader(self, timeout: float = 30.0) -> None:
         wait_for(lambda: self.status()["leader"], timeout, what="leadership")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:

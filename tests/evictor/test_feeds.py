@@ -31,15 +31,15 @@ def test_stock_bin_writer_is_tracked_and_evicted(
     first = run_writer(
         root, "org/stock", [0] * 6, fmt="bin", payload=SIZE, mtimes=[now - 900 + i for i in range(6)]
     )
-    wait_for(lambda: _catalog_files(ev) == 6, timeout=10, what="the watcher to add 6 .bin files")
+    wait_for(lambda: _catalog_files(ev) == 6, timeout=30, what="the watcher to add 6 .bin files")
 
     (root / first[0]["relpath"]).unlink()  # another host's tool deletes one
-    wait_for(lambda: _catalog_files(ev) == 5, timeout=10, what="the watcher to remove the deleted file")
+    wait_for(lambda: _catalog_files(ev) == 5, timeout=30, what="the watcher to remove the deleted file")
 
     more = run_writer(
         root, "org/stock", [0] * 6, fmt="bin", payload=SIZE, first=6, mtimes=[now - 800 + i for i in range(6)]
     )
-    wait_for(lambda: len(files_on_disk(root)) <= 7, timeout=15, what="capacity eviction of .bin files")
+    wait_for(lambda: len(files_on_disk(root)) <= 7, timeout=30, what="capacity eviction of .bin files")
     # No journal: recency is the files' own times, so the oldest stock files went first.
     assert {w["relpath"] for w in more[-5:]} <= files_on_disk(root)
     assert ev.metric("kvfs_evictor_tree_events_total", 'kind="upsert"') >= 11

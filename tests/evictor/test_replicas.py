@@ -55,7 +55,7 @@ def test_sigkill_leader_follower_takes_over(root: Path, pg_url: str, start_evict
     # The new leader does the job: a store beyond the cap converges.
     now = time.time()
     written = run_writer(root, "org/model-ha", [now - 1000 + i for i in range(30)], payload=PAYLOAD)
-    wait_for(lambda: len(files_on_disk(root)) <= 14, timeout=20, what="the new leader to evict")
+    wait_for(lambda: len(files_on_disk(root)) <= 14, timeout=30, what="the new leader to evict")
     assert {w["relpath"] for w in written[-14:]} <= files_on_disk(root)
     assert b.stop() == 0
 
@@ -88,16 +88,16 @@ def test_catalog_outage_not_ready_then_recovers_without_losing_records(
                 mtimes=[t - 30 for t in times],  # a scan alone would record these older times
                 accesses=[[5, now - 20], [6, now - 20], [6, now - 19]],
             )
-            wait_for(lambda: ev.get("/readyz")[0] == 503, timeout=10, what="readyz to report the outage")
+            wait_for(lambda: ev.get("/readyz")[0] == 503, timeout=30, what="readyz to report the outage")
             assert b"catalog unreachable" in ev.get("/readyz")[1]
             assert ev.get("/healthz")[0] == 200  # alive, just not ready
             time.sleep(1.0)
         finally:
             admin.execute(f'alter database "{dbname}" allow_connections true')
     wait_for(lambda: ev.get("/readyz")[0] == 200, timeout=40, what="readyz to recover")
-    wait_for(lambda: ev.status()["leader"], timeout=10, what="leadership after the outage")
+    wait_for(lambda: ev.status()["leader"], timeout=30, what="leadership after the outage")
     with Catalog.open(pg_url) as cat:
-        wait_for(lambda: cat.block_count() == 15, timeout=10, what="all 15 journaled blocks in the catalog")
+        wait_for(lambda: cat.block_count() == 15, timeout=30, what="all 15 journaled blocks in the catalog")
         keys = [key_for("org/model-out", i) for i in range(5, 15)]
         rows = cat.get_blocks(keys)
         got = [(round(rows[k].last_access, 3), rows[k].hits) for k in keys]
@@ -117,7 +117,7 @@ def test_crash_mid_eviction_is_reconciled_on_restart(root: Path, sqlite_url: str
     cap = n * FILE
     args = ("--max-bytes", str(cap), "--high-watermark", "50", "--low-watermark", "25")  # evict 9 of 12
     ev = start_evictor(root, sqlite_url, *args, "--delete-batch", "3", "--pause-before-delete", "1s")
-    wait_for(lambda: ev.status()["paused_batches"] >= 2, timeout=20, what="the second batch")
+    wait_for(lambda: ev.status()["paused_batches"] >= 2, timeout=30, what="the second batch")
     ev.stop(signal.SIGKILL)  # mid-pass: one batch deleted, the others not
     left = files_on_disk(root)
     assert n - 9 < len(left) < n, f"{len(left)} files left: expected a half-done pass"
@@ -128,7 +128,7 @@ def test_crash_mid_eviction_is_reconciled_on_restart(root: Path, sqlite_url: str
         assert cat.block_count() == len(left)  # its row is still there
 
     ev2 = start_evictor(root, sqlite_url, *args)
-    wait_for(lambda: len(files_on_disk(root)) == 3, timeout=20, what="the restarted evictor to finish")
+    wait_for(lambda: len(files_on_disk(root)) == 3, timeout=30, what="the restarted evictor to finish")
     assert files_on_disk(root) == {w["relpath"] for w in written[-3:]}
     time.sleep(0.7)
     with Catalog.open(sqlite_url) as cat:

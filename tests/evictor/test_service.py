@@ -36,7 +36,7 @@ def test_capacity_converges_lru_by_journal_not_mtime(root: Path, catalog_url: st
     assert all(w["size"] == FILE for w in written)
     order = [w["relpath"] for w in written]
 
-    wait_for(lambda: bytes_on_disk(root) <= 0.70 * cap, timeout=20, what="usage under the low watermark")
+    wait_for(lambda: bytes_on_disk(root) <= 0.70 * cap, timeout=30, what="usage under the low watermark")
     time.sleep(1.0)  # a few more passes: nothing more goes once under the low watermark
     present = files_on_disk(root)
     survivors = [i for i, rel in enumerate(order) if rel in present]
@@ -65,7 +65,7 @@ def test_default_policy_converges(root: Path, sqlite_url: str, start_evictor) ->
     run_writer(
         root, "org/model-default", [now - 1000 + i for i in range(n)], payload=PAYLOAD, accesses=accesses
     )
-    wait_for(lambda: bytes_on_disk(root) <= 0.70 * cap, timeout=20, what="usage under the low watermark")
+    wait_for(lambda: bytes_on_disk(root) <= 0.70 * cap, timeout=30, what="usage under the low watermark")
     assert ev.status()["policy"] == DEFAULT_POLICY
     assert ev.stop() == 0
 
@@ -110,9 +110,9 @@ def test_ttl_quota_orphans_and_grace(root: Path, sqlite_url: str, start_evictor)
         ns_d,
     )
     present_a = lambda: {w["relpath"] for w in a} & files_on_disk(root)  # noqa: E731
-    wait_for(lambda: not present_a(), timeout=20, what="TTL eviction of model-a")
-    wait_for(lambda: not stale_tmp.exists(), timeout=10, what="the stale temp file to go")
-    wait_for(lambda: len({w["relpath"] for w in b} & files_on_disk(root)) == 4, timeout=10, what="quota of b")
+    wait_for(lambda: not present_a(), timeout=30, what="TTL eviction of model-a")
+    wait_for(lambda: not stale_tmp.exists(), timeout=30, what="the stale temp file to go")
+    wait_for(lambda: len({w["relpath"] for w in b} & files_on_disk(root)) == 4, timeout=30, what="quota of b")
     time.sleep(1.0)
     on_disk = files_on_disk(root)
     assert {w["relpath"] for w in b[4:]} <= on_disk, "the quota must keep b's most recently used blocks"
@@ -149,7 +149,7 @@ def test_victim_accessed_between_choice_and_delete_survives(
     assert victim.exists()
     # A reader uses the oldest block (the first victim) while the evictor sits between planning and unlinking.
     run_writer(root, "org/model-race", [], accesses=[[0, time.time()]], writer_id="reader-1")
-    ev.wait_log(r"evicted 4 files", timeout=20)  # 5 chosen (down to the low watermark), 1 spared
+    ev.wait_log(r"evicted 4 files", timeout=30)  # 5 chosen (down to the low watermark), 1 spared
     assert victim.exists(), "a block accessed after being chosen was deleted"
     assert len(files_on_disk(root)) == n - 4
     assert ev.metric("kvfs_evictor_recheck_spared_files_total") == 1
