@@ -1,6 +1,7 @@
 """Block file store/load throughput next to raw writes and reads of the same bytes (the I/O floor).
 
-    python -m kvfs.bench.blockfile [--block-mib 2] [--blocks 64] [--runs 5] [--dir DIR] [--direct] [--json]
+    python -m kvfs.bench.blockfile [--block-mib 2] [--blocks 64] [--runs 5] [--piece-kib K] [--dir DIR]
+                                   [--direct] [--json]
 
 Per run, `--blocks` payloads of `--block-mib` MiB are:
 * raw: written with one `pwrite` each to a temp file, renamed (vLLM's fs tier does no more), then read back;
@@ -23,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from kvfs import blockfile
 from kvfs.blockfile import BlockIdentity, aligned_buffer, load_block, probe_o_direct, store_block
 
 IDENT = BlockIdentity(hashlib.sha256(b"bench").digest(), b"k" * 36)
@@ -79,8 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="repetitions; medians are reported (default 5)")
     parser.add_argument("--dir", default=None, help="where files are written (default: a temp dir)")
     parser.add_argument("--direct", action="store_true", help="O_DIRECT for kvfs and raw I/O alike")
+    parser.add_argument(
+        "--piece-kib",
+        type=int,
+        default=None,
+        help=f"checksum/I/O piece size in KiB (default: blockfile's, {blockfile.PIECE_BYTES >> 10})",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    if args.piece_kib:
+        blockfile.PIECE_BYTES = args.piece_kib << 10
     base = Path(tempfile.mkdtemp(prefix="kvfs-bench-blockfile-", dir=args.dir))
     direct = bool(args.direct and probe_o_direct(base))
     payload = memoryview(aligned_buffer(args.block_mib << 20))
@@ -97,11 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     med["store_vs_raw"] = med["kvfs_store_gbps"] / med["raw_store_gbps"]
     med["load_vs_raw"] = med["kvfs_load_gbps"] / med["raw_load_gbps"]
     med["direct"] = float(direct)
+    med["piece_kib"] = float(blockfile.PIECE_BYTES >> 10)
     if args.json:
         print(json.dumps(med, sort_keys=True))
         return 0
     mode = "O_DIRECT" if direct else "buffered"
-    print(f"{args.blocks} x {args.block_mib} MiB blocks, {mode}, medians of {args.runs} runs")
+    print(
+        f"{args.blocks} x {args.block_mib} MiB blocks, {mode}, {blockfile.PIECE_BYTES >> 10} KiB pieces,"
+        f" medians of {args.runs} runs"
+    )
     print(
         f"  store: kvfs {med['kvfs_store_gbps']:6.2f} GB/s, raw write+rename {med['raw_store_gbps']:6.2f} GB/s"
         f"  -> {med['store_vs_raw']:.2f}x"
