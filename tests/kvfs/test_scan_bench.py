@@ -1,0 +1,37 @@
+"""The catalog and scan benchmarks (and the `python -m kvfs.bench` runner) still run, at toy sizes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_scan_bench_small(tmp_path: Path) -> None:
+    proc = run("kvfs.bench.scan", "--files", "300", "--runs", "1", "--dir", str(tmp_path / "tree"))
+    assert proc.returncode == 0, proc.stderr
+    assert "RATIO walk/find" in proc.stdout and "scan_tree, rescan" in proc.stdout
+    assert (tmp_path / "tree.complete").read_text() == "300"
+    assert (
+        sum(1 for _ in (tmp_path / "tree").rglob("*.kvfs"))
+        + sum(1 for _ in (tmp_path / "tree").rglob("*.bin"))
+        == 300
+    )
+
+
+def test_catalog_bench_small(tmp_path: Path) -> None:
+    proc = run("kvfs.bench.catalog", "--rows", "3000", "--runs", "1", "--tmp", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "RATIO upsert/faster raw baseline" in proc.stdout and "usage()" in proc.stdout
+
+
+def test_bench_runner_lists_and_rejects() -> None:
+    listed = run("kvfs.bench", "--list")
+    assert listed.returncode == 0
+    assert {"catalog", "scan"} <= set(listed.stdout.split())
+    bad = run("kvfs.bench", "--only", "nope")
+    assert bad.returncode == 2 and "no benchmark module named nope" in bad.stderr
