@@ -195,13 +195,15 @@ def test_new_files_take_recency_from_atime_or_mtime(tree: Tree, sqlite_url: str)
     assert (rows[journaled].created, rows[journaled].last_access) == (OLD, OLD + 9000)
 
 
+@pytest.mark.parametrize("level", ["namespace", "bucket", "leaf"])
 def test_unreadable_directory_keeps_its_namespace_rows(
-    tree: Tree, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    tree: Tree, sqlite_url: str, monkeypatch: pytest.MonkeyPatch, level: str
 ) -> None:
     with Catalog.open(sqlite_url) as catalog:
         scan_tree(tree.root, catalog)
         real_scandir = os.scandir
-        bucket = tree.root / f"{BIN_NS}_r1" / h(100)[:3]
+        leaf = (tree.root / BlockKey(BIN_NS, 1, 0, h(100), "bin").relpath()).parent
+        bucket = {"namespace": leaf.parent.parent, "bucket": leaf.parent, "leaf": leaf}[level]
 
         def failing_scandir(path):  # type: ignore[no-untyped-def]
             if os.fspath(path) == str(bucket):
