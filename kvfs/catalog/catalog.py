@@ -663,24 +663,32 @@ class Catalog:
 
     def _get_blocks(self, conn: Connection, keys: Iterable[BlockKey]) -> dict[BlockKey, BlockRow]:
         found: dict[BlockKey, BlockRow] = {}
-        by_ns: dict[str, list[BlockKey]] = {}
+        # Group by the unique index's leading columns so each chunk is an index seek per hash;
+        # filtering on namespace_id alone would scan the whole namespace per chunk.
+        by_prefix: dict[tuple[str, int | None, int, str], set[BlockKey]] = {}
         for key in keys:
-            by_ns.setdefault(key.namespace, []).append(key)
-        ns_ids = self._namespace_ids(by_ns, create=False)
-        for name, ns_keys in by_ns.items():
+            by_prefix.setdefault((key.namespace, key.rank, key.group, key.fmt), set()).add(key)
+        ns_ids = self._namespace_ids({prefix[0] for prefix in by_prefix}, create=False)
+        for (name, rank, group, fmt), wanted in by_prefix.items():
             ns_id = ns_ids.get(name)
             if ns_id is None:
                 continue
-            wanted = set(ns_keys)
-            for chunk in _chunks(sorted({k.block_hash for k in ns_keys}), KEY_CHUNK):
+            for chunk in _chunks(sorted(k.block_hash for k in wanted), KEY_CHUNK):
                 rows = conn.execute(
                     text(
                         "SELECT id, rank, grp, block_hash, fmt, size, created, last_access, chain_pos, hits "
-                        "FROM blocks WHERE namespace_id = :ns AND block_hash IN ("
+                        "FROM blocks WHERE namespace_id = :ns AND rank = :rank AND grp = :grp "
+                        "AND block_hash IN ("
                         + ", ".join(f":h{i}" for i in range(len(chunk)))
-                        + ")"
+                        + ") AND fmt = :fmt"
                     ),
-                    {"ns": ns_id, **{f"h{i}": h for i, h in enumerate(chunk)}},
+                    {
+                        "ns": ns_id,
+                        "rank": _rank_in(rank),
+                        "grp": group,
+                        "fmt": fmt,
+                        **{f"h{i}": h for i, h in enumerate(chunk)},
+                    },
                 ).all()
                 for r in rows:
                     key = BlockKey(name, _rank_out(r[1]), r[2], r[3], r[4])
