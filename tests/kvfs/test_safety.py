@@ -96,6 +96,26 @@ def test_planted_symlinks_are_never_followed(tree: tuple[Path, Path]) -> None:
     assert (outside / "de_g0").is_dir()
 
 
+def test_sorted_batch_many_files_per_leaf_and_files_in_parents(tmp_path: Path) -> None:
+    """Unsorted input, several files per leaf, a file in a cached parent directory: all deleted, no fd leaks."""
+    root = tmp_path / "root"
+    rels = []
+    for d in range(6):
+        leaf = root / "ns_0123456789ab" / f"{d % 2:03x}" / f"{d:02x}_g0"
+        leaf.mkdir(parents=True)
+        for f in range(5):
+            (leaf / f"{f:016x}.kvfs").write_bytes(b"")
+            rels.append(f"ns_0123456789ab/{d % 2:03x}/{d:02x}_g0/{f:016x}.kvfs")
+    (root / "ns_0123456789ab" / "000" / "stray.kvfs").write_bytes(b"")
+    rels.append("ns_0123456789ab/000/stray.kvfs")
+    rels.reverse()
+    fds_before = len(os.listdir("/proc/self/fd"))
+    stats = RootGuard(root).unlink_many(rels + ["ns_0123456789ab/000/01_g0/0000000000000000.kvfs"])
+    assert (stats.deleted, stats.missing) == (len(rels), 1)
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert not any(p.is_file() for p in root.rglob("*"))
+
+
 def test_root_may_itself_be_a_symlink(tree: tuple[Path, Path], tmp_path: Path) -> None:
     root, _ = tree
     (tmp_path / "mnt").symlink_to(root)
