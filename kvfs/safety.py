@@ -1,12 +1,10 @@
 """Root-confined deletion: never leave the root, never follow a symlink.
 
-Every deletion opens the file's directory from a descriptor of the root without following any symlink (one
-`openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, or one `O_NOFOLLOW | O_DIRECTORY` open per component), then
-`unlinkat(dir_fd, name)` after an `lstat` relative to that descriptor shows a regular file.  A symlink anywhere
-in the path (planted, or swapped in by a concurrent rename) stops the walk: the path is refused and counted, its
-target untouched.  `unlinkat` itself never follows a symlink, so even a file swapped for a symlink between the
-`lstat` and the unlink only loses the link.  (The `lstat` is not needed for that safety; it keeps a symlink
-named like a block in place, refused and counted, which the catalog and gc rely on.)
+Every deletion walks from a descriptor of the root, one path component at a time, opening each directory with
+`O_NOFOLLOW | O_DIRECTORY` relative to its parent's descriptor, and finally `unlinkat(dir_fd, name)` after an
+`lstat` shows a regular file.  A symlink anywhere in the path (planted, or swapped in by a concurrent rename)
+stops the walk: the path is refused and counted, its target untouched.  `unlinkat` itself never follows a
+symlink, so even a file swapped for a symlink between the `lstat` and the unlink only loses the link.
 
 What descriptors cannot prevent: a directory moved out of the root *after* it was opened is still the directory
 that was opened; deleting a block file in it is what the caller asked for, and no symlink is ever followed.
@@ -197,45 +195,31 @@ class RootGuard:
         return stats
 
     def _unlink_with(self, root_fd: int, relpaths: list[str], stats: UnlinkStats) -> None:
-        """The per-thread loop: its own directory-descriptor cache, the shared (read-only) root descriptor.
-
-        Paths are taken in sorted order, so the files of one leaf directory come together: the leaf is opened
-        once (one `openat2(root, dir, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, or the per-component walk with
-        cached parents) and closed when the batch moves on.  Each file then costs an `lstat` relative to it
-        (only regular files are deleted: a symlink named like a block is refused and kept, as callers and the
-        catalog expect) and one `unlinkat(leaf_fd, name)`.
-        """
+        """The per-thread loop: its own directory-descriptor cache, the shared (read-only) root descriptor."""
         dir_fds: dict[str, int] = {"": root_fd}
         lstat = os.stat
         unlink = os.unlink
         is_reg = stat.S_ISREG
         max_cached = _max_cached_dirs()
-        cur_rel: str | None = None
-        cur_fd = owned = -1
         try:
-            for rel in sorted(relpaths):
+            for rel in relpaths:
                 dir_rel, _, name = rel.rpartition("/")
+                fd = dir_fds.get(dir_rel)
                 try:
                     if rel[:1] == "/" or name in _BAD_NAMES or "\x00" in name:
                         check_relpath(rel)  # raises UnsafePath with the precise reason
-                    if dir_rel != cur_rel or cur_fd < 0:
-                        if owned >= 0:
-                            os.close(owned)
-                        cur_rel, cur_fd, owned = dir_rel, -1, -1
+                    if fd is None:
                         if len(dir_fds) > max_cached:
                             _close_cached(dir_fds, root_fd)
-                        cur_fd = dir_fds.get(dir_rel, -1)
-                        if cur_fd < 0:
-                            # The leaf is owned by this loop (closed when the batch moves on), not cached.
-                            owned = _open_beneath(dir_rel, root_fd)
-                            if owned < 0:  # no openat2, or it refused: the walk says precisely why
-                                owned = _open_dir(rel, dir_rel, dir_fds)
-                                del dir_fds[dir_rel]
-                            cur_fd = owned
-                    st = lstat(name, dir_fd=cur_fd, follow_symlinks=False)
+                        fd = _open_beneath(dir_rel, root_fd) if dir_rel else root_fd
+                        if fd < 0:  # no openat2, or it refused: the component walk says precisely why
+                            fd = _open_dir(rel, dir_rel, dir_fds)
+                        else:
+                            dir_fds[dir_rel] = fd
+                    st = lstat(name, dir_fd=fd, follow_symlinks=False)
                     if not is_reg(st.st_mode):
                         raise UnsafePath(rel, "symlink" if stat.S_ISLNK(st.st_mode) else "not_regular_file")
-                    unlink(name, dir_fd=cur_fd)
+                    unlink(name, dir_fd=fd)
                     stats.deleted += 1
                 except UnsafePath as exc:
                     self._refused(rel, exc.reason)
@@ -256,8 +240,6 @@ class RootGuard:
                         stats.errors += 1
                     stats.not_deleted.append(rel)
         finally:
-            if owned >= 0:
-                os.close(owned)
             _close_cached(dir_fds, root_fd)
 
     def _refused(self, relpath: str, reason: str) -> None:
