@@ -188,6 +188,7 @@ class Enforcer:
                     dry_run=self.settings.dry_run,
                     recheck=self._recheck,
                     batch_size=self.settings.delete_batch,
+                    policy=self.policy,
                 )
             finally:
                 self.phase = "idle"

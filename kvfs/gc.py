@@ -41,6 +41,10 @@ class EvictReason(StrEnum):
     CORRUPT = "corrupt"
 
 
+# Reasons that delete some blocks to keep the rest: the policy's history hears of these only.
+_KEEPING = frozenset({EvictReason.CAPACITY, EvictReason.QUOTA})
+
+
 @dataclass(frozen=True)
 class GcLimits:
     """What one pass enforces.  `None` switches a limit off.
@@ -347,6 +351,7 @@ def execute_plan(
     recheck: Recheck | None = None,
     batch_size: int = 1000,
     now: float | None = None,
+    policy: EvictionPolicy | str | None = None,
 ) -> GcResult:
     """Delete the plan's victims (and orphans) under `root`, batch by batch.
 
@@ -354,9 +359,12 @@ def execute_plan(
     journals there and drops blocks used since they were chosen.  Files are unlinked by `RootGuard` (relative
     paths only, no symlink followed, regular files only).  Rows of files now gone are removed; a file that
     could not be deleted keeps its row.  One eviction-log row per namespace and reason.  `dry_run` deletes
-    nothing and reports what the pass would delete (with `dry_run=True`).
+    nothing and reports what the pass would delete (with `dry_run=True`).  `policy` (the one that ordered the
+    plan) is told which capacity/quota victims were deleted, after each batch (`EvictionPolicy.evicted`).
     """
     start = time.monotonic()
+    if isinstance(policy, str):
+        policy = get_policy(policy)
     if dry_run:
         return GcResult(
             plan.total_files,
@@ -415,6 +423,11 @@ def execute_plan(
             catalog.remove_block_ids(removed_ids)
         if removed_keys:
             catalog.remove_blocks(removed_keys)
+        if policy is not None:
+            # The policy's history (2q's ghosts) learns of blocks deleted to keep the rest, not of TTL/retired.
+            policy.evicted(
+                catalog, [v for v, d in zip(victims, gone[0], strict=True) if d and v.reason in _KEEPING]
+            )
         # A retired namespace is written no more: drop its emptied bucket directories (never the namespace
         # directory itself, depth 1).  Other reasons leave directories alone, as a writer may be filling them.
         for relpath in emptied.values():

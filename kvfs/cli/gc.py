@@ -141,7 +141,7 @@ def gc(
     now = time.time()
     plan = plan_gc(catalog, limits, now=now, policy=policy, orphans=orphans)
     recheck = make_recency_recheck(catalog, ingest=lambda: ingest_journals(root, catalog))
-    result = execute_plan(root, catalog, plan, dry_run=dry_run, recheck=recheck, now=now)
+    result = execute_plan(root, catalog, plan, dry_run=dry_run, recheck=recheck, now=now, policy=policy)
     if scanned is not None and plan.orphans and not dry_run:
         # du reports the last scan's temp files: take out the ones this pass deleted.
         record_orphans(catalog, [o for o in orphans if os.path.lexists(root / o.relpath)])

@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from kvfs.layout import BlockKey
 
@@ -23,6 +23,14 @@ class Candidate:
     """One block offered for eviction, with the recency it was chosen on (for the pre-delete recheck)."""
 
     block_id: int
+    key: BlockKey
+    size: int
+    last_access: float
+
+
+class EvictedBlock(Protocol):
+    """What `EvictionPolicy.evicted` is told of each deleted block (a `kvfs.gc.Victim` or a `Candidate`)."""
+
     key: BlockKey
     size: int
     last_access: float
@@ -49,3 +57,8 @@ class EvictionPolicy(ABC):
         are never offered (in-flight writes and blocks just read).  The caller may stop iterating early; the
         generator then releases its database resources.
         """
+
+    def evicted(self, catalog: Catalog, victims: Sequence[EvictedBlock]) -> None:  # noqa: B027 - optional hook
+        """Called by the executor after `victims` (chosen by capacity or quota) were deleted and their rows
+        removed.  Policies that keep history (2q's ghosts) record it here, so a dry run or a pass cut short
+        records nothing it did not delete.  Default: nothing."""

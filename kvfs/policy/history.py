@@ -2,13 +2,13 @@
 
 A block evicted and then stored again was wanted again: it should not restart on probation as if it were new.
 The catalog forgets a block when its row is removed, so this module keeps a small table beside it, one row per
-block key the policy offered for eviction (namespace, rank, group and the first 64 bits of the block hash:
+block key evicted for capacity or quota (namespace, rank, group and the first 64 bits of the block hash:
 block hashes are cryptographic, and a rare collision only gives one block an undeserved second chance), with
-the block's last access when it was offered.
+the block's last access when it was evicted.
 
-* `remember(catalog, candidates)`: after a pass, the blocks it offered become ghosts.  A block offered but not
-  deleted (spared by the recheck, a dry run, `kvfs ls`) leaves a harmless ghost: only a row *created after*
-  the ghost's last access counts as a re-store.
+* `remember(catalog, blocks)`: after a delete batch, its capacity/quota victims become ghosts (called through
+  `TwoQueuePolicy.evicted` by `kvfs.gc.execute_plan`).  Only a row *created after* the ghost's last access
+  counts as a re-store.
 * `revive(catalog)`: before a pass, rows new since the last pass (ids above the saved watermark, or created at
   or after the newest access the last pass saw) whose key has an older ghost are re-stores of evicted blocks:
   their `hits` goes from 0 to 1 (a re-store is a use).
@@ -32,7 +32,7 @@ from sqlalchemy import Column, Connection, Engine, Float, Index, Integer, MetaDa
 
 from kvfs.catalog import Catalog
 from kvfs.catalog.models import NO_RANK
-from kvfs.policy.base import Candidate
+from kvfs.policy.base import EvictedBlock
 
 # Ghosts are kept for this many times the tier's recency span (docs/policy.md: 2 to 8 measure the same).
 HORIZON = 3.0
@@ -140,8 +140,8 @@ def revive(catalog: Catalog, *, name: str = "2q", horizon: float = HORIZON) -> R
     return ReviveStats(max(revived, 0), max(dropped, 0))
 
 
-def remember(catalog: Catalog, candidates: Iterable[Candidate]) -> int:
-    """Record the blocks a pass offered for eviction as ghosts; returns how many."""
+def remember(catalog: Catalog, candidates: Iterable[EvictedBlock]) -> int:
+    """Record evicted blocks as ghosts; returns how many."""
     ensure_tables(catalog)
     ns_ids = {ns.name: ns.id for ns in catalog.namespaces()}
     params: dict[tuple[int, int, int, str], float] = {}
@@ -154,7 +154,8 @@ def remember(catalog: Catalog, candidates: Iterable[Candidate]) -> int:
         params[ident] = max(params.get(ident, cand.last_access), cand.last_access)
     if not params:
         return 0
-    rows = [(*ident, last) for ident, last in params.items()]
+    # Key order turns random B-tree inserts into near-sequential ones, as for the catalog's upserts.
+    rows = sorted((*ident, last) for ident, last in params.items())
     statement = _Sql(catalog.dialect).remember
     with _write(catalog) as conn, conn.begin():
         for start in range(0, len(rows), _CHUNK):

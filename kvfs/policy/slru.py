@@ -55,7 +55,7 @@ class _Stream:
         self._catalog = catalog
         self._query = query
         self._names = names
-        self._rows: Iterator[Any] | None = None
+        self._rows: Iterator[Candidate] | None = None
         self._conn: Any = None
         self._result: Any = None
 
@@ -64,18 +64,24 @@ class _Stream:
 
     def __next__(self) -> Candidate:
         if self._rows is None:
-            self._conn = self._catalog.engine.connect()
-            self._result = self._conn.execution_options(stream_results=True, yield_per=STREAM_CHUNK).execute(
-                self._query
-            )
-            self._rows = iter(self._result)
+            self._rows = self._generate()
         try:
-            block_id, ns_id, rank, grp, block_hash, fmt, size, last_access = next(self._rows)
+            return next(self._rows)
         except StopIteration:
             self.close()
             raise
-        key = BlockKey(self._names[ns_id], None if rank == NO_RANK else rank, grp, block_hash, fmt)
-        return Candidate(block_id, key, size, last_access)
+
+    def _generate(self) -> Iterator[Candidate]:
+        self._conn = self._catalog.engine.connect()
+        self._result = self._conn.execution_options(stream_results=True, yield_per=STREAM_CHUNK).execute(
+            self._query
+        )
+        names = self._names
+        # Whole partitions (one fetchmany each), as `lru` does: per-row fetches dominated planning time.
+        for rows in self._result.partitions():
+            for block_id, ns_id, rank, grp, block_hash, fmt, size, last_access in rows:
+                key = BlockKey(names[ns_id], None if rank == NO_RANK else rank, grp, block_hash, fmt)
+                yield Candidate(block_id, key, size, last_access)
 
     def close(self) -> None:
         if self._result is not None:

@@ -4,7 +4,8 @@ The shape of Johnson and Shasha's 2Q, expressed on catalog rows:
 
 * A1in, probation: blocks never read since they were stored (`hits = 0`).  It may keep
   `PROBATION_SHARE` of what stays after a pass; beyond that its oldest blocks go first.
-* A1out, ghosts: keys of blocks offered for eviction recently (`kvfs.policy.history`).  A block stored
+* A1out, ghosts: keys of blocks evicted recently for capacity or quota (`kvfs.policy.history`, recorded by
+  `evicted()` once the executor deleted them, so dry runs and `kvfs ls` record nothing).  A block stored
   again while its key is remembered skips probation: the step before each pass counts the re-store as a use.
 * Am, protected: blocks read at least once, evicted in LRU order once probation is within its share; the
   rest of probation goes last.
@@ -28,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from kvfs import metrics
 from kvfs.policy import register_policy
-from kvfs.policy.base import Candidate
+from kvfs.policy.base import Candidate, EvictedBlock
 from kvfs.policy.history import HORIZON, remember, revive
 from kvfs.policy.slru import SegmentedLruPolicy
 
@@ -70,23 +71,14 @@ class TwoQueuePolicy(SegmentedLruPolicy):
             metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="revive").inc()
             log.warning("2q: re-store check failed, pass goes on without it: %s", exc)
         total, probation_bytes = self.segment_bytes(catalog, namespace_ids)
-        # Only a pass that keeps something (capacity, quota) records ghosts; one that takes everything in
-        # scope (`kvfs ls`, TTL, a retired namespace) would only fill the table with blocks of no interest.
-        record = limit_bytes < total
-        offered: list[Candidate] = []
+        yield from self.ordered(catalog, namespace_ids, protect_after, limit_bytes, total, probation_bytes)
+
+    def evicted(self, catalog: Catalog, victims: Sequence[EvictedBlock]) -> None:
+        # Blocks deleted to keep the rest (capacity, quota) become ghosts: if one comes back, it is a re-store.
+        if not victims:
+            return
         try:
-            for cand in self.ordered(
-                catalog, namespace_ids, protect_after, limit_bytes, total, probation_bytes
-            ):
-                if record:
-                    offered.append(cand)
-                yield cand
-        finally:
-            # Whatever the pass took (or the caller stopped at) becomes a ghost: if it comes back, it is
-            # a re-store.  Offered blocks that were not deleted leave harmless ghosts (see history.py).
-            if offered:
-                try:
-                    remember(catalog, offered)
-                except SQLAlchemyError as exc:
-                    metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="remember").inc()
-                    log.warning("2q: recording %d ghosts failed: %s", len(offered), exc)
+            remember(catalog, victims)
+        except SQLAlchemyError as exc:
+            metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="remember").inc()
+            log.warning("2q: recording %d ghosts failed: %s", len(victims), exc)

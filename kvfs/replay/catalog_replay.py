@@ -83,6 +83,7 @@ def _run(
         plan = plan_gc(catalog, limits, now=now, policy=policy)
         ids = [v.block_id for v in plan.victims if v.block_id is not None]
         catalog.remove_block_ids(ids)
+        policy.evicted(catalog, plan.victims)  # as execute_plan does after each batch
         for victim in plan.victims:
             present.discard(int(victim.key.block_hash, 16))
         result.evicted += len(plan.victims)

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 
 from kvfs.catalog import BlockRow, Catalog
-from kvfs.gc import GcLimits, plan_gc
+from kvfs.gc import GcLimits, execute_plan, plan_gc
 from kvfs.layout import BlockKey
 from kvfs.policy import get_policy
 from kvfs.policy.history import history_size, remember, revive
@@ -38,6 +38,15 @@ def order(
     ids = None if ns is None else [catalog.namespace_id(ns)]
     stream = policy.candidates(catalog, namespace_ids=ids, protect_after=protect, limit_bytes=limit)
     return [num(c.key) for c in stream]
+
+
+def evict(catalog: Catalog, policy, *, limit: int, only: set[int] | None = None) -> list[int]:
+    """Offer `limit` bytes and report the offered blocks (or `only` those) as evicted, as the executor does."""
+    cands = list(
+        policy.candidates(catalog, namespace_ids=None, protect_after=NEVER_PROTECTED, limit_bytes=limit)
+    )
+    policy.evicted(catalog, [c for c in cands if only is None or num(c.key) in only])
+    return [num(c.key) for c in cands]
 
 
 @pytest.fixture
@@ -102,8 +111,9 @@ def _hits(catalog: Catalog, n: int) -> int:
 def test_restored_block_skips_probation_across_restarts(catalog_url: str) -> None:
     cat = Catalog.open(catalog_url)
     cat.upsert_blocks([row(1, 10), row(2, 20), row(3, 30)])
-    assert order(cat, get_policy("2q"), limit=250) == [1, 2, 3]  # a capacity pass offers 1, 2, 3: ghosts
-    cat.remove_blocks([key(1)])  # block 1 evicted...
+    # A capacity pass offers 1, 2, 3 and deletes block 1: it becomes a ghost...
+    assert evict(cat, get_policy("2q"), limit=250, only={1}) == [1, 2, 3]
+    cat.remove_blocks([key(1)])
     cat.close()
 
     # ...the evictor restarts (new process: new catalog object, new policy instance)...
@@ -124,8 +134,8 @@ def test_restored_block_skips_probation_across_restarts(catalog_url: str) -> Non
 
 def test_only_a_later_incarnation_of_an_offered_block_is_a_restore(catalog: Catalog) -> None:
     catalog.upsert_blocks([BlockRow(key(1, rank=0), 100, 10.0, 10.0), BlockRow(key(2), 100, 10.0, 12.0)])
-    # A capacity pass offers both (e.g. a dry run): they become ghosts but stay.
-    assert order(catalog, get_policy("2q"), limit=150) == [1, 2]
+    # Both reported evicted while their rows stay (a row re-stored at once): ghosts of blocks still present.
+    assert evict(catalog, get_policy("2q"), limit=150) == [1, 2]
     assert history_size(catalog) == 2
     # Rank 1 of block 1 is stored for the first time: another key, not a re-store.
     catalog.upsert_blocks([BlockRow(key(1, rank=1), 100, 11.0, 11.0)])
@@ -142,7 +152,7 @@ def test_only_a_later_incarnation_of_an_offered_block_is_a_restore(catalog: Cata
 
 def test_ghosts_are_pruned_beyond_the_horizon(catalog: Catalog) -> None:
     catalog.upsert_blocks([row(n, float(n)) for n in range(1, 11)])  # recency span 1..10
-    assert len(order(catalog, get_policy("2q"), limit=950)) == 10  # all offered: 10 ghosts, last seen 1..10
+    assert len(evict(catalog, get_policy("2q"), limit=950)) == 10  # 10 ghosts, last seen 1..10
     assert history_size(catalog) == 10
     catalog.remove_blocks([key(n) for n in range(1, 10)])
     catalog.upsert_blocks([row(11, 20.0)])
@@ -195,7 +205,7 @@ def test_bookkeeping_failure_is_counted_and_the_pass_goes_on(catalog: Catalog) -
     before = {
         op: metrics.POLICY_BOOKKEEPING_ERRORS.labels(op=op)._value.get() for op in ("revive", "remember")
     }
-    assert order(catalog, get_policy("2q"), limit=150) == [1, 2]
+    assert evict(catalog, get_policy("2q"), limit=150) == [1, 2]
     for op in ("revive", "remember"):
         assert metrics.POLICY_BOOKKEEPING_ERRORS.labels(op=op)._value.get() == before[op] + 1
 
@@ -204,7 +214,7 @@ def test_restores_are_counted(catalog: Catalog) -> None:
     from kvfs import metrics
 
     catalog.upsert_blocks([row(1, 10)])
-    order(catalog, get_policy("2q"), limit=50)
+    evict(catalog, get_policy("2q"), limit=50)
     catalog.remove_blocks([key(1)])
     catalog.upsert_blocks([BlockRow(key(1), 100, created=30.0, last_access=30.0)])
     before = metrics.POLICY_RESTORES._value.get()
@@ -212,10 +222,23 @@ def test_restores_are_counted(catalog: Catalog) -> None:
     assert metrics.POLICY_RESTORES._value.get() == before + 1
 
 
-def test_a_pass_that_takes_everything_leaves_no_ghosts(catalog: Catalog) -> None:
-    # `kvfs ls`, TTL and retired namespaces ask for everything in scope: nothing worth remembering.
+def test_ghosts_come_from_deletions_not_from_ordering_or_dry_runs(catalog: Catalog, tmp_path) -> None:
+    # Ordering alone (`kvfs ls`, planning) records nothing; only blocks the executor deleted for capacity do.
     catalog.upsert_blocks([row(n, float(n)) for n in range(1, 6)])
     assert order(catalog, get_policy("2q")) == [1, 2, 3, 4, 5]
-    assert history_size(catalog) == 0
     assert order(catalog, get_policy("2q"), limit=100) == [1]
-    assert history_size(catalog) == 1
+    assert history_size(catalog) == 0
+    for n in range(1, 6):
+        path = tmp_path / key(n).relpath()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 100)
+    plan = plan_gc(catalog, GcLimits(max_bytes=300), now=1000.0, policy="2q")
+    assert sorted(num(v.key) for v in plan.victims) == [1, 2]
+    execute_plan(tmp_path, catalog, plan, dry_run=True, policy="2q")
+    assert history_size(catalog) == 0
+    result = execute_plan(tmp_path, catalog, plan, dry_run=False, policy="2q")
+    assert result.deleted_files == 2 and history_size(catalog) == 2
+    # TTL victims are not ghosts: nothing of them is kept to come back to.
+    ttl = plan_gc(catalog, GcLimits(ttl=1.0), now=1000.0, policy="2q")
+    execute_plan(tmp_path, catalog, ttl, dry_run=False, policy="2q")
+    assert history_size(catalog) == 2 and catalog.block_count() == 0
