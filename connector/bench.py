@@ -33,6 +33,7 @@ from connector.copier import GroupCopier
 from connector.iopool import FileOp, IoPool
 from connector.lookup import ExistenceCache, Presence
 from connector.naming import Namespace, file_identity_key
+from kvfs import blockfile
 from kvfs.blockfile import HEADER_SIZE, BlockIdentity, probe_o_direct
 from kvfs.checksum import checksum64
 from kvfs.journal import JournalWriter
@@ -323,7 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-triton", action="store_true")
     parser.add_argument("--json", default=None)
     parser.add_argument("--cpu", action="store_true", help="dry run on CPU tensors (no pinned-copy limit)")
+    parser.add_argument(
+        "--piece-kib", type=int, default=None, help="kvfs.blockfile checksum/I/O piece size (KiB)"
+    )
     args = parser.parse_args(argv)
+    if args.piece_kib:
+        blockfile.PIECE_BYTES = args.piece_kib << 10
     results: dict[str, object] = {"torch": torch.__version__, "threads": args.threads, "files": args.files}
     if torch.cuda.is_available() or args.cpu:
         bench = Bench(args)

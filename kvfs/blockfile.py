@@ -70,9 +70,11 @@ _O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 _VERIFY_CHUNK: Final = 8 << 20
 # Payloads are checksummed piece by piece right before each piece is written / right after it is read, while it
 # is still in the CPU cache: a separate xxh3 pass over a large payload would cost one more trip through host
-# memory per byte (the store/load bottleneck of the connector).  A multiple of ALIGNMENT (O_DIRECT offsets);
-# `python -m kvfs.bench.blockfile --piece-kib` tunes it.  Streaming xxh3 over pieces gives the one-shot digest.
-PIECE_BYTES = 1 << 20
+# memory per byte.  Not smaller: each piece costs a syscall and two GIL hand-offs, and with 16 connector I/O
+# threads pieces of 256 KiB-1 MiB ran 1.2-4x slower on an H100 host than 4 MiB (docs/benchmarks.md, "Connector
+# data path").  A multiple of ALIGNMENT (O_DIRECT offsets); `--piece-kib` of `kvfs.bench.blockfile` and
+# `connector.bench` tunes it.  Streaming xxh3 over pieces gives the one-shot digest: the format is unchanged.
+PIECE_BYTES = 4 << 20
 
 
 class Durability(StrEnum):
