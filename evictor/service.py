@@ -328,6 +328,7 @@ class EvictorService:
         if self.backoff.wait_needed() > 0:
             return
         from kvfs.scan import scan_tree
+        from kvfs.scanstate import record_scan
 
         started = time.time()
         try:
@@ -340,6 +341,10 @@ class EvictorService:
             self._failed("scan", exc)
             return
         self.orphans.replace_all(list(result.tmp_orphans))
+        try:
+            record_scan(self.catalog, result)  # `kvfs du` reports temp files from the last scan
+        except Exception as exc:  # noqa: BLE001 - the figure is informational; the scan itself succeeded
+            log.warning("could not record the scan's temp-file summary: %s", exc)
         metrics.SCANS.labels("ok").inc()
         metrics.METADATA_OPS.labels("scan").inc(result.files + result.not_blocks + len(result.tmp_orphans))
         metrics.SCAN_SECONDS.set(result.duration_s)

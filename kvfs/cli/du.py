@@ -11,7 +11,7 @@ from sqlalchemy import case, func, select
 from kvfs.catalog.models import NO_RANK, Block
 from kvfs.cli.app import KvfsContext, pass_state
 from kvfs.cli.output import age, emit_json, size, table
-from kvfs.cli.scanstate import last_scan_orphans
+from kvfs.scanstate import last_scan_orphans
 
 # Last-access age buckets for `--by age`: (label, upper bound in seconds).
 AGE_BUCKETS: tuple[tuple[str, float], ...] = (

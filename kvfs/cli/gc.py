@@ -12,9 +12,9 @@ from kvfs.cli.app import KvfsContext, pass_state
 from kvfs.cli.output import emit_json, size, table
 from kvfs.cli.params import DURATION, SIZE
 from kvfs.cli.scan import remove_journals_option, run_scan, scan_json
-from kvfs.cli.scanstate import record_orphans
 from kvfs.gc import GcLimits, GcPlan, GcResult, execute_plan, ingest_journals, make_recency_recheck, plan_gc
 from kvfs.policy import DEFAULT_POLICY, available_policies
+from kvfs.scanstate import record_orphans
 
 
 def _print_plan(plan: GcPlan, result: GcResult) -> None:

@@ -9,8 +9,8 @@ import click
 
 from kvfs.cli.app import KvfsContext, pass_state
 from kvfs.cli.output import emit_json, size, table
-from kvfs.cli.scanstate import record_scan
 from kvfs.gc import IngestResult, ingest_journals
+from kvfs.scanstate import record_scan
 
 
 def run_scan(state: KvfsContext, *, quiet: bool) -> Any:
