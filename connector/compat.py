@@ -160,3 +160,8 @@ def namespace_fields(
 def group_index_of(config: OffloadingConfig) -> dict[int, int]:
     """KV cache group id (as in offload keys) -> index in `config.groups` (as in GPULoadStoreSpec.group_sizes)."""
     return {g.group_id: i for i, g in enumerate(config.groups)}
+
+
+def chunk_tokens_of(config: OffloadingConfig) -> dict[int, int]:
+    """KV cache group id (as in offload keys) -> tokens per offloaded chunk, as vLLM's scheduler computes it."""
+    return {g.group_id: g.tokens_per_block * config.cache.blocks_per_chunk for g in config.groups}

@@ -54,6 +54,8 @@ class FileOp:
     # Blocks in the file payload (stores: len(block_ids)).
     file_blocks: int
     block_key: BlockKey | None = None
+    # Index of the chunk in its request's prefix chain (0 = head), journaled with the store; -1 = unknown.
+    chain_pos: int = -1
     event: object | None = None  # torch.cuda.Event recorded on the compute stream (stores)
     enqueued: float = field(default_factory=time.monotonic)
 
@@ -291,7 +293,7 @@ class IoPool:
         if result.outcome == StoreOutcome.STORED:
             metrics.STORE_BYTES.inc(n)
             if self.journal is not None and op.block_key is not None:
-                self.journal.record_store(op.block_key, n)
+                self.journal.record_store(op.block_key, n, chain_pos=op.chain_pos)
             return True, n
         if result.outcome == StoreOutcome.EXISTS:
             if self.journal is not None and op.block_key is not None:

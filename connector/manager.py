@@ -4,11 +4,12 @@ thread), access records in the journal, and KV events only for blocks verified o
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from connector.access import AccessRecorder
+from connector.chain import chain_positions
 from connector.compat import (
     LoadStoreSpec,
     LookupResult,
@@ -33,10 +34,14 @@ _RESULT = {
 
 
 class KvfsLoadStoreSpec(LoadStoreSpec):
-    """The offload keys of a job, in the order of the GPU blocks of its GPULoadStoreSpec (picklable)."""
+    """The offload keys of a job, in the order of the GPU blocks of its GPULoadStoreSpec (picklable); for stores,
+    `chain_pos` (parallel to keys) holds each chunk's prefix-chain position for the journal (-1: unknown)."""
 
-    def __init__(self, keys: Sequence[bytes]) -> None:
+    def __init__(self, keys: Sequence[bytes], chain_pos: Sequence[int] | None = None) -> None:
         self.keys = [bytes(k) for k in keys]
+        self.chain_pos = [int(p) for p in chain_pos] if chain_pos is not None else None
+        if self.chain_pos is not None and len(self.chain_pos) != len(self.keys):
+            raise ValueError(f"{len(self.chain_pos)} chain positions for {len(self.keys)} keys")
 
     def __repr__(self) -> str:
         return f"KvfsLoadStoreSpec({len(self.keys)} keys)"
@@ -50,8 +55,11 @@ class KvfsManager(OffloadingManager):
         lookup_ttl_s: float,
         journal: JournalWriter | None,
         config_info: dict[str, Any] | None = None,
+        chunk_tokens: Mapping[int, int] | None = None,
     ) -> None:
         self.namespace = namespace
+        # Key group id -> tokens per chunk, to turn vLLM's per-key end positions into chain positions.
+        self.chunk_tokens = dict(chunk_tokens or {})
         self.cache = ExistenceCache(namespace.paths_all_ranks, ttl_s=lookup_ttl_s)
         self.journal = journal
         self.recorder = AccessRecorder(journal, namespace) if journal is not None else None
@@ -89,9 +97,8 @@ class KvfsManager(OffloadingManager):
     def prepare_store(self, keys: Collection[bytes], req_context: ReqContext) -> PrepareStoreOutput | None:
         # Keys known to be on the mount need no GPU copy; the workers still dedupe racing writers (EXISTS).
         to_store = [k for k in keys if not self.cache.known_present(k)]
-        return PrepareStoreOutput(
-            keys_to_store=to_store, store_spec=KvfsLoadStoreSpec(to_store), evicted_keys=[]
-        )
+        spec = KvfsLoadStoreSpec(to_store, chain_positions(to_store, req_context, self.chunk_tokens))
+        return PrepareStoreOutput(keys_to_store=to_store, store_spec=spec, evicted_keys=[])
 
     def complete_store(self, keys: Collection[bytes], req_context: ReqContext, success: bool = True) -> None:
         # Announce only what is verified on the mount: a dropped or failed store stays unannounced.

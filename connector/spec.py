@@ -16,6 +16,7 @@ from connector.compat import (
     CanonicalKVCaches,
     OffloadingConfig,
     OffloadingSpec,
+    chunk_tokens_of,
     current_hash_algo,
     group_index_of,
     namespace_fields,
@@ -79,6 +80,7 @@ class KvfsOffloadingSpec(OffloadingSpec):
                 lookup_ttl_s=self.kvfs.lookup_ttl_s,
                 journal=journal,
                 config_info={"kvfs_root": self.kvfs.root, "kvfs_namespace": self.namespace.name},
+                chunk_tokens=chunk_tokens_of(self.config),
             )
         return self._manager
 

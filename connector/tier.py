@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from connector.chain import chain_positions
 from connector.compat import (
     JobResult,
     LookupResult,
@@ -24,6 +25,7 @@ from connector.compat import (
     RequestOffloadingContext,
     SecondaryTierManager,
     TransferJob,
+    chunk_tokens_of,
     current_hash_algo,
     namespace_fields,
 )
@@ -68,6 +70,7 @@ class KvfsTier(SecondaryTierManager):
             world_size=1,
         )
         self.namespace.publish_config(current_hash_algo())
+        self.chunk_tokens = chunk_tokens_of(config)
         flat = (
             primary_kv_view.cast("B")
             if primary_kv_view.ndim != 1 or primary_kv_view.format != "B"
@@ -97,6 +100,8 @@ class KvfsTier(SecondaryTierManager):
         )
 
     def _ops(self, job: TransferJob, keys: list[bytes], chunk_ids: list[int], is_load: bool) -> list[FileOp]:
+        # Stores journal each chunk's prefix-chain position, from the request context vLLM hands the job.
+        positions = [-1] * len(keys) if is_load else chain_positions(keys, job.req_context, self.chunk_tokens)
         return [
             FileOp(
                 job_id=job.job_id,
@@ -108,8 +113,9 @@ class KvfsTier(SecondaryTierManager):
                 first=0,
                 file_blocks=1,
                 block_key=self.namespace.block_key(key),
+                chain_pos=pos,
             )
-            for key, cid in zip(keys, chunk_ids, strict=True)
+            for key, cid, pos in zip(keys, chunk_ids, positions, strict=True)
         ]
 
     def lookup(self, key: bytes, req_context: ReqContext) -> LookupResult:

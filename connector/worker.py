@@ -45,11 +45,14 @@ def plan_file_ops(
     blocks_per_chunk: int,
     namespace: Namespace,
     rank: int,
+    chain_pos: Sequence[int] | None = None,
 ) -> list[FileOp]:
     """Split a job into one operation per block file.
 
     Blocks of group g in `gpu_spec` are consecutive logical blocks starting at `block_indices[g]`; the keys of
-    group g (in order) are the chunks they fall in, the first one possibly entered part-way."""
+    group g (in order) are the chunks they fall in, the first one possibly entered part-way.  `chain_pos`, parallel
+    to `keys`, gives each chunk's prefix-chain position for the journal (absent: -1, unknown)."""
+    positions = dict(zip(keys, chain_pos, strict=True)) if chain_pos is not None else {}
     keys_by_group: dict[int, list[bytes]] = {}
     for key in keys:
         _, group_id = offload_key_parts(key)
@@ -90,6 +93,7 @@ def plan_file_ops(
                     first=first if is_load else 0,
                     file_blocks=file_blocks,
                     block_key=namespace.block_key(key, rank),
+                    chain_pos=positions.get(key, -1),
                 )
             )
         if pos != size:
@@ -141,6 +145,7 @@ class KvfsWorker(OffloadingWorker):
             blocks_per_chunk=self.blocks_per_chunk,
             namespace=self.namespace,
             rank=self.rank,
+            chain_pos=spec.chain_pos,
         )
 
     def submit_store(self, job_id: int, src_spec: GPULoadStoreSpec, dst_spec: LoadStoreSpec) -> bool:

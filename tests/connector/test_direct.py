@@ -232,6 +232,31 @@ def test_journal_records_stores_and_accesses(replica, tmp_path):
     kinds = sorted((r.kind, r.key.block_hash) for r in records)
     assert kinds == [(RecordKind.STORE, k[:-4].hex()), (RecordKind.ACCESS, k[:-4].hex())]
     assert next(r for r in records if r.kind == RecordKind.STORE).size == BPC * 3 * PAGE
+    assert (
+        next(r for r in records if r.kind == RecordKind.STORE).chain_pos == -1
+    )  # no request context: unknown
+
+
+def test_store_journals_chain_positions_from_the_request_context(replica, tmp_path):
+    """prepare_store turns vLLM's per-key end-token positions into chain positions; the worker journals them."""
+    from kvfs.journal import JournalReader, RecordKind
+
+    _spec, manager, worker, _ = replica
+    ks = [key() for _ in range(3)]
+    ctx = ReqContext("r")
+    chunk_tokens = 16 * BPC  # offloading_config(): 16-token blocks
+    for i, k in enumerate(ks[:2]):
+        ctx.set_offload_key_position(k, (i + 2) * chunk_tokens)  # chunks 1 and 2 of the request's chain
+    out = manager.prepare_store(ks, ctx)
+    assert out.store_spec.chain_pos == [1, 2, -1]  # ks[2]: vLLM recorded no position
+    worker.submit_store(1, GPULoadStoreSpec(list(range(3 * BPC)), [3 * BPC], [0]), out.store_spec)
+    assert finished(worker, 1).success
+    worker.pool.journal.flush()
+    stores = [r for r in JournalReader(tmp_path).read({}).records if r.kind == RecordKind.STORE]
+    pos = {r.key.block_hash: r.chain_pos for r in stores}
+    assert len(stores) == 3 and [pos[k[:-4].hex()] for k in ks] == [1, 2, -1]
+    with pytest.raises(ValueError, match="2 chain positions for 3 keys"):
+        KvfsLoadStoreSpec(ks, [0, 1])
 
 
 def test_unplannable_jobs_complete_without_crashing(replica):

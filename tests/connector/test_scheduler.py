@@ -36,6 +36,7 @@ from vllm.v1.request import Request  # noqa: E402
 from vllm.v1.structured_output import StructuredOutputManager  # noqa: E402
 
 from connector.connector import KvfsConnectorWorker, KvfsOffloadingConnector  # noqa: E402
+from kvfs.journal import JournalReader, RecordKind  # noqa: E402
 
 GPU_BLOCK = 16
 CHUNK = 64  # tokens per file: 4 GPU blocks
@@ -72,7 +73,7 @@ def model_dir(tmp_path_factory):
 class Replica:
     """One engine: scheduler + one worker-side connector over CPU KV tensors."""
 
-    def __init__(self, model_dir: str, root: str, seed: int) -> None:
+    def __init__(self, model_dir: str, root: str, seed: int, batch_tokens: int = 2048) -> None:
         self.vllm_config = VllmConfig(
             model_config=ModelConfig(
                 model=model_dir, skip_tokenizer_init=True, dtype="bfloat16", max_model_len=2048
@@ -80,7 +81,7 @@ class Replica:
             cache_config=CacheConfig(block_size=GPU_BLOCK, enable_prefix_caching=True),
             scheduler_config=SchedulerConfig(
                 max_num_seqs=8,
-                max_num_batched_tokens=2048,
+                max_num_batched_tokens=batch_tokens,
                 max_model_len=2048,
                 enable_chunked_prefill=True,
                 is_encoder_decoder=False,
@@ -262,3 +263,33 @@ def test_file_deleted_between_lookup_and_load_is_recomputed(stored, model_dir):
         assert "c1" not in c.scheduler.requests
     finally:
         c.shutdown()
+
+
+@pytest.mark.parametrize("batch_tokens", [2048, 96], ids=["one-step", "chunked-prefill"])
+def test_stores_journal_prefix_chain_positions(model_dir, tmp_path, batch_tokens):
+    """Each stored chunk is journaled with its index in the prompt's prefix chain, also when chunked prefill
+    hands the scheduler's prepare_store one chunk at a time (so the index inside one call is not the position)."""
+    a = Replica(model_dir, str(tmp_path), seed=4, batch_tokens=batch_tokens)
+    try:
+        # The harness samples a token on every step, partial prefills too: leave room for the whole prompt.
+        a.add("a1", PROMPT, max_tokens=8)
+        a.run_until_done()
+        if batch_tokens < len(PROMPT):
+            assert a.scheduled["a1"][:2] == [96, 96], a.scheduled  # the prompt really was split over steps
+    finally:
+        a.shutdown()  # closes the workers' journals
+    hashes = Request(
+        request_id="h",
+        prompt_token_ids=PROMPT,
+        sampling_params=SamplingParams(max_tokens=1),
+        pooling_params=None,
+        block_hasher=a.hasher,
+    ).block_hashes
+    per_chunk = CHUNK // GPU_BLOCK
+    # vLLM keys a chunk by the hash of its last block.
+    chunk_hashes = [bytes(hashes[(i + 1) * per_chunk - 1]).hex() for i in range(len(PROMPT) // CHUNK)]
+    stores = [r for r in JournalReader(tmp_path).read({}).records if r.kind == RecordKind.STORE]
+    got = {r.key.block_hash: r.chain_pos for r in stores}
+    assert len(stores) == len(chunk_hashes) == len(got)
+    # In prompt order (the I/O threads journal in completion order, which may differ).
+    assert [got.get(h) for h in chunk_hashes] == [0, 1, 2, 3]

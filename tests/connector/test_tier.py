@@ -17,7 +17,7 @@ from vllm.v1.kv_offload.tiering.base import TransferJob  # noqa: E402
 from vllm.v1.kv_offload.tiering.factory import SecondaryTierFactory  # noqa: E402
 
 from kvfs.blockfile import HEADER_SIZE, BlockIdentity, store_block  # noqa: E402
-from kvfs.journal import JournalReader  # noqa: E402
+from kvfs.journal import JournalReader, RecordKind  # noqa: E402
 from tests.connector.vllm_helpers import offloading_config, poll  # noqa: E402
 
 ROW = 8192
@@ -53,13 +53,26 @@ def keys(n: int) -> list[bytes]:
     return [secrets.token_bytes(32) + (0).to_bytes(4, "big") for _ in range(n)]
 
 
-def job(job_id: int, ks: list[bytes], chunk_ids: list[int], promotion: bool) -> TransferJob:
+CHUNK_TOKENS = 64  # offloading_config(): 4 blocks of 16 tokens
+
+
+def chained(ks: list[bytes], first: int = 0) -> ReqContext:
+    """A request context as vLLM's offloading scheduler fills it: each key's end-token position."""
+    ctx = ReqContext("r")
+    for i, k in enumerate(ks):
+        ctx.set_offload_key_position(k, (first + i + 1) * CHUNK_TOKENS)
+    return ctx
+
+
+def job(
+    job_id: int, ks: list[bytes], chunk_ids: list[int], promotion: bool, ctx: ReqContext | None = None
+) -> TransferJob:
     return TransferJob(
         job_id=job_id,
         keys=ks,
         chunk_ids=np.array(chunk_ids, dtype=np.int64),
         is_promotion=promotion,
-        req_context=ReqContext("r"),
+        req_context=ctx if ctx is not None else chained(ks),
     )
 
 
@@ -114,6 +127,25 @@ def test_store_records_and_stored_events(stored, tmp_path):
     tier.journal.flush()
     batch = JournalReader(tmp_path).read({})
     assert sorted(r.key.block_hash for r in batch.records) == sorted(k[:-4].hex() for k in ks)
+    pos = {r.key.block_hash: r.chain_pos for r in batch.records if r.kind == RecordKind.STORE}
+    assert [pos[k[:-4].hex()] for k in ks] == [0, 1, 2]
+
+
+def test_chain_positions_come_from_the_request_not_the_job(tmp_path):
+    """A later job of the same request continues the chain; a key without a whole-chunk position is -1."""
+    tier = make_tier(tmp_path, Primary(seed=2), journal=True)
+    try:
+        ks = keys(4)
+        ctx = chained(ks[:2], first=5)
+        ctx.set_offload_key_position(ks[2], 3 * CHUNK_TOKENS + 16)  # not a chunk boundary: unknown
+        # ks[3]: no position recorded at all: unknown
+        assert finish(tier, (tier.submit_store(job(1, ks, [0, 1, 2, 3], False, ctx)), 1)[1]).success
+        tier.journal.flush()
+        batch = JournalReader(tmp_path).read({})
+        pos = {r.key.block_hash: r.chain_pos for r in batch.records if r.kind == RecordKind.STORE}
+        assert [pos[k[:-4].hex()] for k in ks] == [5, 6, -1, -1]
+    finally:
+        tier.shutdown()
 
 
 def test_already_present_chunks_are_not_rewritten(stored, tmp_path):
@@ -215,7 +247,7 @@ def test_through_vllm_tiering_manager_across_two_replicas(tmp_path):
     try:
         assert isinstance(a.secondary_tiers[0], KvfsTier)
         ks = keys(2)
-        ctx = ReqContext("ra")
+        ctx = chained(ks)
         a.on_new_request(ctx)
         out = a.prepare_store(ks, ctx)
         rows = rows_of(a)
@@ -242,3 +274,6 @@ def test_through_vllm_tiering_manager_across_two_replicas(tmp_path):
     finally:
         a.shutdown()
         b.shutdown()
+    stores = [r for r in JournalReader(tmp_path).read({}).records if r.kind == RecordKind.STORE]
+    pos = {r.key.block_hash: r.chain_pos for r in stores}
+    assert len(stores) == 2 and [pos[k[:-4].hex()] for k in ks] == [0, 1]
