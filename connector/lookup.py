@@ -47,6 +47,7 @@ class ExistenceCache:
         self._verify: list[bytes] = []
         self._verified: list[bytes] = []  # stores confirmed on disk, to announce
         self._unverified: list[bytes] = []  # stores not on disk after completion
+        self._in_flight = 0  # keys taken by the background thread and not yet answered
         self._announced: set[bytes] = set()
         self._vanished: list[bytes] = []  # announced/hit keys found gone
         self._stop = False
@@ -120,7 +121,8 @@ class ExistenceCache:
 
     def idle(self) -> bool:
         with self._lock:
-            return not (self._pending or self._verify or self._queued)
+            # Keys being checked count too: between taking a batch and recording its answers, the lists are empty.
+            return not (self._pending or self._verify or self._queued or self._in_flight)
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -165,6 +167,7 @@ class ExistenceCache:
             with self._lock:
                 batch, self._pending = self._pending, []
                 verify, self._verify = self._verify, []
+                self._in_flight = len(batch) + len(verify)
             if not batch and not verify:
                 continue
             results = list(self._pool.map(self._exists, batch + verify)) if batch or verify else []
@@ -181,3 +184,4 @@ class ExistenceCache:
                             self._verified.append(key)
                     else:
                         self._unverified.append(key)
+                self._in_flight = 0
