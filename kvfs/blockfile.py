@@ -711,14 +711,20 @@ def _preadv_full(fd: int, views: list[memoryview], offset: int) -> int:
 # --- inspection (verify, scan) --------------------------------------------------------------------------------
 
 
-def read_header(path: str | os.PathLike[str]) -> BlockHeader | MissReason:
-    """The validated header of a block file, or why it is not one (not counted as a load miss)."""
+def _open_for_inspection(path: str | os.PathLike[str]) -> int | MissReason:
     try:
-        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+        return os.open(path, os.O_RDONLY | _O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return MissReason.MISSING
     except OSError:
         return MissReason.IO_ERROR
+
+
+def read_header(path: str | os.PathLike[str]) -> BlockHeader | MissReason:
+    """The validated header of a block file, or why it is not one (not counted as a load miss)."""
+    fd = _open_for_inspection(path)
+    if isinstance(fd, MissReason):
+        return fd
     try:
         return parse_header(os.pread(fd, HEADER_SIZE, 0))
     except OSError:
@@ -734,12 +740,9 @@ def check_block_file(
 
     Streams the payload in 8 MiB chunks, so memory stays flat for any block size.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return MissReason.MISSING
-    except OSError:
-        return MissReason.IO_ERROR
+    fd = _open_for_inspection(path)
+    if isinstance(fd, MissReason):
+        return fd
     try:
         header = parse_header(os.pread(fd, HEADER_SIZE, 0))
         if isinstance(header, MissReason):

@@ -129,8 +129,12 @@ class SegmentedLruPolicy(EvictionPolicy):
     ) -> Iterator[Candidate]:
         if limit_bytes <= 0:
             return
+        self.before_pass(catalog)
         total, probation_bytes = self.segment_bytes(catalog, namespace_ids)
         yield from self.ordered(catalog, namespace_ids, protect_after, limit_bytes, total, probation_bytes)
+
+    def before_pass(self, catalog: Catalog) -> None:
+        """Bookkeeping a subclass needs before the segments are measured (2q: re-stores).  Default: none."""
 
     def ordered(
         self,

@@ -22,14 +22,14 @@ docs/policy.md has the measurements: the share and horizon were chosen flat acro
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from kvfs import metrics
 from kvfs.policy import register_policy
-from kvfs.policy.base import Candidate, EvictedBlock
+from kvfs.policy.base import EvictedBlock
 from kvfs.policy.history import HORIZON, remember, revive
 from kvfs.policy.slru import SegmentedLruPolicy
 
@@ -54,24 +54,13 @@ class TwoQueuePolicy(SegmentedLruPolicy):
             raise ValueError(f"history horizon must not be negative: {horizon}")
         self.horizon = horizon
 
-    def candidates(
-        self,
-        catalog: Catalog,
-        *,
-        namespace_ids: Sequence[int] | None,
-        protect_after: float,
-        limit_bytes: int,
-    ) -> Iterator[Candidate]:
-        if limit_bytes <= 0:
-            return
+    def before_pass(self, catalog: Catalog) -> None:
         try:
             metrics.POLICY_RESTORES.inc(revive(catalog, name=self.name, horizon=self.horizon).revived)
         except SQLAlchemyError as exc:
             # Bookkeeping only: without it re-stored blocks stay on probation this pass; the order is still valid.
             metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="revive").inc()
             log.warning("2q: re-store check failed, pass goes on without it: %s", exc)
-        total, probation_bytes = self.segment_bytes(catalog, namespace_ids)
-        yield from self.ordered(catalog, namespace_ids, protect_after, limit_bytes, total, probation_bytes)
 
     def evicted(self, catalog: Catalog, victims: Sequence[EvictedBlock]) -> None:
         # Blocks deleted to keep the rest (capacity, quota) become ghosts: if one comes back, it is a re-store.
