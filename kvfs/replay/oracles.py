@@ -5,7 +5,11 @@ Belady knows every block's next use.  These know less, and each stands for a cla
 * `simulate_oracle_frequency`: keeps the blocks with the most *remaining* uses (ties: LRU) — the best that
   frequency counting (LFU, TinyLFU, hit counters in the catalog) could do with a perfect count;
 * `simulate_oracle_dead_lru`: LRU that evicts blocks never used again first — the best that admission or
-  dead-block prediction (probation, S3-FIFO's small queue, 2Q) could add to LRU with a perfect predictor.
+  dead-block prediction (probation, S3-FIFO's small queue, 2Q) could add to LRU with a perfect predictor;
+* `simulate_oracle_stable`: a stable set chosen with hindsight — the `share` x capacity blocks requested most
+  often over the whole trace are never evicted once stored, the rest of the tier is LRU — what keeping a
+  stable part of the working set resident (LIP/BIP/DIP insertion, RRIP's distant insertion, frequency
+  segments) could reach if it picked that part perfectly.
 
 `python -m kvfs.replay.oracles TRACE.jsonl --capacity 0.05` prints them next to Belady, LRU and FIFO (same
 rules as `kvfs replay`: prefix hits, the request just served is never evicted, 1% slack).
@@ -16,8 +20,9 @@ from __future__ import annotations
 import argparse
 import heapq
 from bisect import bisect_right
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Callable, Container, Sequence
+from functools import partial
 
 from kvfs.replay.sim import SimResult, leading_hits
 
@@ -66,6 +71,51 @@ def simulate_oracle_dead_lru(requests: Sequence[Request], capacity: int, slack: 
     return _simulate(requests, capacity, slack, lambda h, last, pos, left, again: (again, last, -pos))
 
 
+class _Either:
+    """Membership in either of two containers, without building their union."""
+
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: Container[int], b: Container[int]) -> None:
+        self.a, self.b = a, b
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.a or item in self.b
+
+
+def simulate_oracle_stable(
+    requests: Sequence[Request], capacity: int, slack: int = 0, *, share: float = 0.5
+) -> SimResult:
+    """The `share * capacity` most requested blocks of the trace (ties: first seen first) stay once stored;
+    the other blocks share what is left by LRU (deeper chain position first, as `simulate_lru`).  Only when
+    nothing else can go (the rest is the current request) does a stable block go, least recently used first,
+    so the tier never holds more than the other simulators' would."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be within [0, 1]: {share}")
+    counts = Counter(h for req in requests for h in dict.fromkeys(req))
+    stable = {h for h, _ in counts.most_common(int(share * capacity))}
+    # Cached blocks by recency (block -> request index of last use, oldest first): the others, the stable ones.
+    others: OrderedDict[int, int] = OrderedDict()
+    kept: OrderedDict[int, int] = OrderedDict()
+    result = SimResult()
+    for i, req in enumerate(requests):
+        result.count(leading_hits(req, _Either(others, kept)), len(req))
+        for h in reversed(req):  # the head ends up most recent, the tail oldest
+            segment = kept if h in stable else others
+            segment[h] = i
+            segment.move_to_end(h)
+        if len(others) + len(kept) > capacity:
+            target = max(0, capacity - slack)
+            for segment in (others, kept):
+                while len(others) + len(kept) > target and segment:
+                    h, used = next(iter(segment.items()))
+                    if used == i:
+                        break  # only the current request is left in this segment
+                    del segment[h]
+                    result.evicted += 1
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     from kvfs.replay import (
         DEFAULT_SLACK_FRACTION,
@@ -92,11 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         ("belady (next use known)", simulate_belady),
         ("oracle frequency (remaining uses known)", simulate_oracle_frequency),
         ("oracle dead-block LRU (reuse known)", simulate_oracle_dead_lru),
+        ("oracle stable 50% + LRU (top blocks known)", simulate_oracle_stable),
+        ("oracle stable 90% + LRU (top blocks known)", partial(simulate_oracle_stable, share=0.9)),
         ("lru", simulate_lru),
         ("fifo", simulate_fifo),
     ):
         ratio = sim(requests, capacity, slack).hit_ratio
-        print(f"  {name:<42} hit ratio {ratio:.4f}  {ratio / belady if belady else 0:.3f}x belady")
+        print(f"  {name:<44} hit ratio {ratio:.4f}  {ratio / belady if belady else 0:.3f}x belady")
     return 0
 
 

@@ -23,7 +23,14 @@ from kvfs.replay import (
     simulate_lru,
     unique_blocks,
 )
-from kvfs.replay.oracles import simulate_oracle_dead_lru, simulate_oracle_frequency
+from kvfs.replay.oracles import (
+    main as oracles_main,
+)
+from kvfs.replay.oracles import (
+    simulate_oracle_dead_lru,
+    simulate_oracle_frequency,
+    simulate_oracle_stable,
+)
 from kvfs.tracegen import generate, write_trace
 
 SINGLE = [[1], [2], [1], [3], [2], [1]]
@@ -78,6 +85,40 @@ def test_oracles_use_their_knowledge() -> None:
     assert simulate_oracle_frequency(trace, 2).hit_blocks == 2
 
 
+def test_stable_oracle_keeps_the_most_requested_blocks() -> None:
+    # Capacity 2: block 1 comes back every third request, between one-off blocks.  LRU always drops it before
+    # its return (0 hits); with a stable half (1 block: the most requested, 1) it stays and hits twice.
+    trace = [[1], [2], [3], [1], [4], [5], [1]]
+    assert simulate_lru(trace, 2).hit_blocks == 0
+    assert simulate_oracle_stable(trace, 2, share=0.5).hit_blocks == 2
+    # Stable blocks stay once stored, never before: the first request of each is a miss.
+    assert simulate_oracle_stable([[1], [1]], 1, share=1.0).hit_blocks == 1
+    with pytest.raises(ValueError, match="share"):
+        simulate_oracle_stable(trace, 2, share=1.5)
+
+
+def test_stable_oracle_without_a_stable_share_is_the_reference_lru(chat_trace) -> None:
+    capacity = int(unique_blocks(chat_trace) * 0.05)
+    for slack in (0, 3):
+        ref = simulate_lru(chat_trace, capacity, slack)
+        got = simulate_oracle_stable(chat_trace, capacity, slack, share=0.0)
+        assert (got.hit_blocks, got.total_blocks, got.evicted) == (
+            ref.hit_blocks,
+            ref.total_blocks,
+            ref.evicted,
+        )
+
+
+def test_oracles_cli_prints_every_bound(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "chat.jsonl"
+    with path.open("w", encoding="utf-8") as fh:
+        write_trace(generate("chat", requests=120, seed=3), fh)
+    assert oracles_main([str(path), "--capacity", "0.1"]) == 0
+    out = capsys.readouterr().out
+    for name in ("belady", "oracle frequency", "dead-block", "stable 50%", "stable 90%", "lru", "fifo"):
+        assert name in out
+
+
 def _brute_force_best(requests: list[list[int]], capacity: int) -> int:
     """Most block hits any eviction choice achieves (evicting exactly the excess, never the current request)."""
 
@@ -118,6 +159,7 @@ def test_policies_never_beat_the_brute_force_optimum_on_prefix_traces(seed: int)
         simulate_fifo,
         simulate_oracle_frequency,
         simulate_oracle_dead_lru,
+        simulate_oracle_stable,
     ):
         assert sim(trace, capacity).hit_blocks <= best
     assert simulate_catalog_policy(trace, capacity, policy="2q").hit_blocks <= best
