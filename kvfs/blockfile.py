@@ -5,10 +5,10 @@ Header (little-endian; the rest of the 4096 bytes is zero):
     off  size  field
       0     8  magic            b"KVFSBLK1"
       8     2  format version   1
-     10     2  checksum algo    kvfs.checksum.CHECKSUM_ALGO_ID (1 = xxh3-64)
+     10     2  checksum algo    payload checksum algorithm (kvfs.checksum: 2 written, 1 still read)
      12     4  header size      4096
      16     8  payload length
-     24     8  payload checksum xxh3-64 of the payload
+     24     8  payload checksum of the payload under that algorithm
      32    32  fingerprint      sha256 of the namespace's canonical fingerprint JSON
      64     2  key length
      66     2  flags            0 (reserved)
@@ -49,10 +49,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Final
 
-import xxhash
-
 from kvfs import metrics
-from kvfs.checksum import CHECKSUM_ALGO_ID, Buffer, checksum64
+from kvfs.checksum import (
+    PAYLOAD_ALGOS,
+    PIECES_ALGO_ID,
+    Buffer,
+    PieceHasher,
+    checksum64,
+    payload_checksum,
+    payload_hasher,
+)
 from kvfs.layout import temp_name_for
 
 log = logging.getLogger(__name__)
@@ -73,7 +79,7 @@ _VERIFY_CHUNK: Final = 8 << 20
 # memory per byte.  Not smaller: each piece costs a syscall and two GIL hand-offs, and with 16 connector I/O
 # threads pieces of 256 KiB-1 MiB ran 1.2-4x slower on an H100 host than 4 MiB (docs/benchmarks.md, "Connector
 # data path").  A multiple of ALIGNMENT (O_DIRECT offsets); `--piece-kib` of `kvfs.bench.blockfile` and
-# `connector.bench` tunes it.  Streaming xxh3 over pieces gives the one-shot digest: the format is unchanged.
+# `connector.bench` tunes it.  An I/O piece, unlike kvfs.checksum.HASH_PIECE_BYTES, is not part of the format.
 PIECE_BYTES = 4 << 20
 
 
@@ -124,12 +130,18 @@ class StoreResult:
 
 @dataclass(slots=True)
 class LoadResult:
-    """`payload` is the bytes when no `out` buffer was given; with `out`, the first `nbytes` of it hold them."""
+    """`payload` is the bytes when no `out` buffer was given; with `out`, the first `nbytes` of it hold them.
+
+    `verified` is False only for `load_block(..., verify=False)`: the header, identity and length are checked
+    and the payload read, but its checksum is left to the caller (`settle_load`) — never use it before.
+    """
 
     ok: bool
     reason: MissReason | None
     nbytes: int
     payload: bytes | None = None
+    verified: bool = True
+    header: BlockHeader | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,15 +161,17 @@ _MISS_COUNT = {r: metrics.BLOCK_LOAD_MISSES.labels(reason=r.value) for r in Miss
 # --- header ---------------------------------------------------------------------------------------------------
 
 
-def encode_header(ident: BlockIdentity, payload_len: int, payload_checksum: int) -> bytes:
-    """The 4096 header bytes for a payload."""
+def encode_header(
+    ident: BlockIdentity, payload_len: int, payload_checksum: int, algo: int = PIECES_ALGO_ID
+) -> bytes:
+    """The 4096 header bytes for a payload whose checksum under algorithm `algo` is `payload_checksum`."""
     buf = bytearray(HEADER_SIZE)
     _FIXED.pack_into(
         buf,
         0,
         MAGIC,
         FORMAT_VERSION,
-        CHECKSUM_ALGO_ID,
+        algo,
         HEADER_SIZE,
         payload_len,
         payload_checksum,
@@ -188,7 +202,7 @@ def parse_header(buf: Buffer) -> BlockHeader | MissReason:
     (stored_sum,) = struct.unpack_from("<Q", view, _HEADER_CHECKSUM_OFFSET)
     if checksum64(view[:_HEADER_CHECKSUM_OFFSET]) != stored_sum:
         return MissReason.BAD_HEADER
-    if algo != CHECKSUM_ALGO_ID or header_size != HEADER_SIZE or key_len > MAX_KEY_LEN:
+    if algo not in PAYLOAD_ALGOS or header_size != HEADER_SIZE or key_len > MAX_KEY_LEN:
         return MissReason.BAD_HEADER
     key = bytes(view[_FIXED.size : _FIXED.size + key_len])
     return BlockHeader(version, algo, payload_len, payload_sum, fingerprint, key)
@@ -381,11 +395,14 @@ def store_block(
     durability: Durability = Durability.NONE,
     file_mode: int = 0o660,
     direct: bool = False,
+    checksum: int | None = None,
 ) -> StoreResult:
     """Publish `payload` as a block file at `path` atomically; never raises for I/O errors.
 
     Returns EXISTS (without writing) when the final file is already there, or appears before the rename.
     `file_mode` is applied exactly, whatever the process umask (one fchmod when the umask would strip bits).
+    `checksum`: the payload's algorithm-2 checksum when the caller already has it (the connector computes it on
+    the GPU); the payload is then written without a CPU pass over it.
     """
     path = os.fspath(path)
     view = _byte_view(payload)
@@ -399,7 +416,7 @@ def store_block(
     try:
         fd = _open_temp(tmp, directory, file_mode, direct)
         use_direct = bool(direct and _O_DIRECT and fcntl.fcntl(fd, fcntl.F_GETFL) & _O_DIRECT)
-        _write_block(fd, ident, view, use_direct)
+        _write_block(fd, ident, view, use_direct, checksum)
         if durability is not Durability.NONE:
             os.fdatasync(fd)
         os.close(fd)
@@ -471,17 +488,23 @@ def _makedirs(directory: str, mode: int) -> None:
         os.chmod(directory, mode)
 
 
-def _write_block(fd: int, ident: BlockIdentity, view: memoryview, use_direct: bool) -> None:
-    """Write the payload at HEADER_SIZE piece by piece (hashing each piece just before it goes out), then the
-    header at offset 0.  Header-last is safe: the file is an unpublished temp file until its rename."""
+def _write_block(
+    fd: int, ident: BlockIdentity, view: memoryview, use_direct: bool, checksum: int | None = None
+) -> None:
+    """Write the payload at HEADER_SIZE piece by piece (hashing each piece just before it goes out, unless the
+    caller gave its `checksum`), then the header at offset 0.  Header-last is safe: the file is an unpublished
+    temp file until its rename."""
     nbytes = len(view)
-    hasher = xxhash.xxh3_64()
     if use_direct and nbytes and not _is_aligned(view):
         _direct_fallback("unaligned_buffer")
         _set_direct(fd, False)
         use_direct = False
     # With O_DIRECT only whole pages go direct; the unaligned tail goes through the page cache.
     direct_end = nbytes // ALIGNMENT * ALIGNMENT if use_direct else 0
+    if checksum is not None:
+        _write_known(fd, ident, view, checksum, use_direct, direct_end)
+        return
+    hasher = PieceHasher()
     piece = _piece_bytes()
     pos = 0
     while pos < direct_end:
@@ -516,6 +539,43 @@ def _write_block(fd: int, ident: BlockIdentity, view: memoryview, use_direct: bo
     _pwrite_all(fd, [memoryview(encode_header(ident, nbytes, hasher.intdigest()))], 0)
 
 
+def _write_known(
+    fd: int, ident: BlockIdentity, view: memoryview, checksum: int, use_direct: bool, direct_end: int
+) -> None:
+    """A payload whose checksum is known needs no pass through the CPU cache: header and payload go out in one
+    system call (direct: header and whole pages, then any tail through the page cache)."""
+    hbuf = _tls_header_buffer()
+    hbuf[:HEADER_SIZE] = encode_header(ident, len(view), checksum)
+    header = memoryview(hbuf)[:HEADER_SIZE]
+    if use_direct and direct_end:
+        try:
+            _pwrite_all(fd, [header, view[:direct_end]], 0)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            _direct_fallback("write_einval")
+            _set_direct(fd, False)
+            direct_end = 0
+        if direct_end:
+            if direct_end < len(view):
+                _set_direct(fd, False)
+                _pwrite_all(fd, [view[direct_end:]], HEADER_SIZE + direct_end)
+            return
+    elif use_direct:  # less than a page of payload: all of it through the page cache
+        _set_direct(fd, False)
+    _pwrite_all(fd, [header, view], 0)
+
+
+class _NoHash:
+    """Stands in for a hasher where the caller checks the payload itself (unverified loads)."""
+
+    def update(self, buf: Buffer, /) -> None:
+        pass
+
+    def intdigest(self) -> int:
+        return 0
+
+
 def _fsync_dir(directory: str) -> None:
     dfd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
     try:
@@ -543,13 +603,20 @@ def load_block(
     out: Buffer | None = None,
     *,
     direct: bool = False,
+    verify: bool = True,
 ) -> LoadResult:
     """Read and validate a block file; never raises for I/O or content problems (a counted miss instead).
 
     With `out` (a writable buffer at least as long as the payload) the payload lands in `out[:nbytes]` and
     `payload` is None; a block longer than `out` is BAD_HEADER (not the layout the caller expects).  Without
     `out` the payload is returned as bytes.
+
+    `verify=False` (only with `out`) skips the payload checksum: the result is `ok` but not `verified`, and the
+    caller must check the checksum itself and call `settle_load` before using the payload.  Nothing needs the
+    payload in the CPU cache then, so it is read with one system call instead of piece by piece.
     """
+    if not verify and out is None:
+        raise ValueError("load_block: verify=False needs an `out` buffer")
     out_view = None
     if out is not None:
         out_view = _byte_view(out)
@@ -571,26 +638,32 @@ def load_block(
     except OSError:
         return _miss(MissReason.IO_ERROR)
     try:
-        return _load_open(fd, ident, out_view, use_direct)
+        return _load_open(fd, ident, out_view, use_direct, verify)
     except OSError:
         return _miss(MissReason.IO_ERROR)
     finally:
         os.close(fd)
 
 
-def _load_open(fd: int, ident: BlockIdentity, out_view: memoryview | None, use_direct: bool) -> LoadResult:
+def _load_open(
+    fd: int,
+    ident: BlockIdentity,
+    out_view: memoryview | None,
+    use_direct: bool,
+    verify: bool = True,
+) -> LoadResult:
     size = os.fstat(fd).st_size
     prefetched = 0
     if out_view is not None:
         # The header and the start of the payload in one read (with O_DIRECT, the whole payload: one I/O round
         # trip, which matters on network filesystems); the payload lands in `out` speculatively and is used once
         # the header validates.  Buffered loads read only the first piece so: the rest goes piece by piece,
-        # each hashed right after it lands (still in cache).
+        # each hashed right after it lands (still in cache); unverified loads read it all at once too.
         hview = memoryview(_tls_header_buffer())[:HEADER_SIZE]
         span = len(out_view)
         if use_direct:
             span = span // ALIGNMENT * ALIGNMENT if _is_aligned(out_view) else 0
-        else:
+        elif verify:
             span = min(span, _piece_bytes())
         got = _preadv_full(fd, [hview, out_view[:span]] if span else [hview], 0)
         prefetched = max(0, got - HEADER_SIZE)
@@ -616,14 +689,16 @@ def _load_open(fd: int, ident: BlockIdentity, out_view: memoryview | None, use_d
         return _miss(MissReason.BAD_HEADER)
     payload: bytes | None = None
     if out_view is not None and not use_direct:
-        digest = _read_hashed(fd, out_view, n, min(prefetched, n))
+        digest = _read_hashed(fd, out_view, n, min(prefetched, n), header.checksum_algo if verify else None)
         if digest < 0:
             return _miss(MissReason.TRUNCATED)
+        if not verify:
+            return LoadResult(True, None, n, None, verified=False, header=header)
         if digest != header.payload_checksum:
             return _miss(MissReason.CHECKSUM_MISMATCH)
         metrics.BLOCK_LOAD_HITS.inc()
         metrics.BLOCK_LOAD_BYTES.inc(n)
-        return LoadResult(True, None, n, None)
+        return LoadResult(True, None, n, None, header=header)
     if out_view is not None:
         target = out_view
         if prefetched >= n:
@@ -647,19 +722,40 @@ def _load_open(fd: int, ident: BlockIdentity, out_view: memoryview | None, use_d
         got = len(payload)
     if got < n:
         return _miss(MissReason.TRUNCATED)
-    if checksum64(target[:n]) != header.payload_checksum:
+    if not verify:
+        return LoadResult(True, None, n, None, verified=False, header=header)
+    if payload_checksum(target[:n], header.checksum_algo) != header.payload_checksum:
         return _miss(MissReason.CHECKSUM_MISMATCH)
     if payload is None and out_view is None:
         payload = bytes(target[:n])
     metrics.BLOCK_LOAD_HITS.inc()
     metrics.BLOCK_LOAD_BYTES.inc(n)
-    return LoadResult(True, None, n, payload)
+    return LoadResult(True, None, n, payload, header=header)
 
 
-def _read_hashed(fd: int, out_view: memoryview, n: int, prefetched: int) -> int:
+def settle_load(result: LoadResult, checksum: int) -> LoadResult:
+    """Finish a `load_block(..., verify=False)`: `checksum` is the caller's checksum of the payload, under the
+    algorithm of `result.header`.  A verified hit, or a counted CHECKSUM_MISMATCH miss."""
+    if result.verified or result.header is None or not result.ok:
+        raise ValueError("settle_load: not an unverified load")
+    if checksum != result.header.payload_checksum:
+        return _miss(MissReason.CHECKSUM_MISMATCH)
+    metrics.BLOCK_LOAD_HITS.inc()
+    metrics.BLOCK_LOAD_BYTES.inc(result.nbytes)
+    return LoadResult(True, None, result.nbytes, None, header=result.header)
+
+
+def _read_hashed(
+    fd: int,
+    out_view: memoryview,
+    n: int,
+    prefetched: int,
+    algo: int | None,
+) -> int:
     """Read the payload into out_view[:n] piece by piece (the first `prefetched` bytes are already there),
-    hashing each piece right after it lands; its xxh3-64, or -1 when the file ends early."""
-    hasher = xxhash.xxh3_64()
+    hashing each piece right after it lands under checksum algorithm `algo` (None: no hashing, returns 0); the
+    checksum, or -1 when the file ends early."""
+    hasher = payload_hasher(algo) if algo is not None else _NoHash()
     hasher.update(out_view[:prefetched])
     piece = _piece_bytes()
     pos = prefetched
@@ -754,7 +850,7 @@ def check_block_file(
             return MissReason.TRUNCATED
         if size > HEADER_SIZE + header.payload_len:
             return MissReason.BAD_HEADER
-        hasher = xxhash.xxh3_64()
+        hasher = payload_hasher(header.checksum_algo)
         offset, remaining = HEADER_SIZE, header.payload_len
         while remaining:
             chunk = os.pread(fd, min(remaining, _VERIFY_CHUNK), offset)

@@ -1,22 +1,39 @@
-"""The payload checksum of block files: xxh3-64 (the `xxhash` package).
+"""Checksums of block files, built on xxh3-64 (the `xxhash` package).
 
 xxh3 runs at memory-bandwidth class speed on one core (see `python -m kvfs.bench.checksum`), several times
-zlib's CRC32, so validating every load costs little next to the read itself.  The algorithm id is written into
-each block header, so a later format can switch algorithms without breaking old files.
+zlib's CRC32.  Headers carry `checksum64` of their own bytes.  Payloads carry one of two algorithms, named by id
+in each header so that both stay readable:
+
+* 1, `xxh3_64`: xxh3-64 of the whole payload (files written before piece checksums).
+* 2, `xxh3_64_pieces` (written now): xxh3-64 of the little-endian 64-bit xxh3-64 digests of the payload's
+  1 MiB pieces (the last one shorter; none for an empty payload).  Same strength against corruption, but the
+  pieces are independent, so a GPU hashes a payload already in its memory in parallel (`connector.devhash`):
+  the connector's I/O threads then never pass over the payload with the CPU, which on an H100 host was the
+  largest cost of a store or load next to the file I/O itself (docs/benchmarks.md, "Connector data path").
 """
 
 from __future__ import annotations
 
 import mmap
-from typing import TypeAlias
+import struct
+from collections.abc import Sequence
+from typing import Protocol, TypeAlias
 
 import xxhash
 
 # Anything exposing the buffer protocol; `collections.abc.Buffer` needs Python 3.12.
 Buffer: TypeAlias = bytes | bytearray | memoryview | mmap.mmap
 
-CHECKSUM_ALGO_ID = 1  # xxh3_64, seed 0
+CHECKSUM_ALGO_ID = 1  # header checksums, and payloads of files written before algorithm 2
 CHECKSUM_ALGO_NAME = "xxh3_64"
+PIECES_ALGO_ID = 2  # payloads: xxh3-64 over the xxh3-64 digests of HASH_PIECE_BYTES pieces
+PIECES_ALGO_NAME = "xxh3_64_pieces"
+PAYLOAD_ALGOS = {CHECKSUM_ALGO_ID: CHECKSUM_ALGO_NAME, PIECES_ALGO_ID: PIECES_ALGO_NAME}
+# Fixed by the format (never tune it: it is part of the checksum).  1 MiB: a GPU program hashes one piece
+# (XXH3 is sequential inside it), a 32 MiB payload in ~0.24 ms on an H100 — well under its PCIe copy; on the
+# CPU each piece is one hasher call that releases the GIL, and with 16 I/O threads every GIL hand-off costs:
+# 256 KiB pieces halved CPU-hashed loads there (docs/benchmarks.md, "Connector data path").
+HASH_PIECE_BYTES = 1 << 20
 
 _xxh3_64 = xxhash.xxh3_64_intdigest
 _xxh3_64_stream = xxhash.xxh3_64
@@ -33,3 +50,61 @@ def checksum64(buf: Buffer) -> int:
         hasher.update(buf)
         return hasher.intdigest()
     return _xxh3_64(buf)
+
+
+class PayloadHasher(Protocol):
+    def update(self, buf: Buffer, /) -> None: ...
+    def intdigest(self) -> int: ...
+
+
+def combine_piece_digests(digests: Sequence[int]) -> int:
+    """Algorithm 2's value from its pieces' digests (in payload order)."""
+    return _xxh3_64(struct.pack(f"<{len(digests)}Q", *digests))
+
+
+class PieceHasher:
+    """Streaming algorithm 2: feed the payload in any slicing; `intdigest()` is its checksum."""
+
+    __slots__ = ("_current", "_digests", "_filled")
+
+    def __init__(self) -> None:
+        self._digests: list[int] = []
+        self._current = _xxh3_64_stream()
+        self._filled = 0
+
+    def update(self, buf: Buffer, /) -> None:
+        view = memoryview(buf)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        pos, n = 0, len(view)
+        while pos < n:
+            take = min(n - pos, HASH_PIECE_BYTES - self._filled)
+            self._current.update(view[pos : pos + take])
+            self._filled += take
+            pos += take
+            if self._filled == HASH_PIECE_BYTES:
+                self._digests.append(self._current.intdigest())
+                self._current.reset()
+                self._filled = 0
+
+    def piece_digests(self) -> list[int]:
+        return self._digests + ([self._current.intdigest()] if self._filled else [])
+
+    def intdigest(self) -> int:
+        return combine_piece_digests(self.piece_digests())
+
+
+def payload_hasher(algo: int) -> PayloadHasher:
+    """A streaming hasher for payload checksum algorithm `algo` (1 or 2)."""
+    if algo == PIECES_ALGO_ID:
+        return PieceHasher()
+    if algo == CHECKSUM_ALGO_ID:
+        return _xxh3_64_stream()
+    raise ValueError(f"unknown payload checksum algorithm {algo}")
+
+
+def payload_checksum(buf: Buffer, algo: int = PIECES_ALGO_ID) -> int:
+    """The payload checksum of `buf` under algorithm `algo`."""
+    hasher = payload_hasher(algo)
+    hasher.update(buf)
+    return hasher.intdigest()

@@ -1,4 +1,5 @@
-"""The payload checksum is xxh3-64 (seed 0) over any buffer type, and detects single bit flips."""
+"""Header checksums are xxh3-64 (seed 0) over any buffer type and detect single bit flips; payload checksum
+algorithm 2 (xxh3-64 over 1 MiB piece digests) does not depend on how the payload is fed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,19 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvfs.checksum import CHECKSUM_ALGO_ID, CHECKSUM_ALGO_NAME, GIL_RELEASE_MIN_BYTES, checksum64
+from kvfs.checksum import (
+    CHECKSUM_ALGO_ID,
+    CHECKSUM_ALGO_NAME,
+    GIL_RELEASE_MIN_BYTES,
+    HASH_PIECE_BYTES,
+    PAYLOAD_ALGOS,
+    PIECES_ALGO_ID,
+    PieceHasher,
+    checksum64,
+    combine_piece_digests,
+    payload_checksum,
+    payload_hasher,
+)
 
 
 def test_known_vectors() -> None:
@@ -44,3 +57,44 @@ def test_streaming_path_for_large_buffers_equals_one_shot() -> None:
         data = os.urandom(n)
         assert checksum64(data) == xxhash.xxh3_64_intdigest(data)
         assert checksum64(memoryview(bytearray(data))) == xxhash.xxh3_64_intdigest(data)
+
+
+@given(st.binary(max_size=3 * HASH_PIECE_BYTES // 64), st.lists(st.integers(0, 4096), max_size=8))
+@settings(max_examples=50, deadline=None)
+def test_piece_checksum_is_independent_of_how_it_is_fed(data: bytes, cuts: list[int]) -> None:
+    data = data * 64  # up to 3 hash pieces
+    ref = combine_piece_digests(
+        [
+            xxhash.xxh3_64_intdigest(data[i : i + HASH_PIECE_BYTES])
+            for i in range(0, len(data), HASH_PIECE_BYTES)
+        ]
+    )
+    hasher = PieceHasher()
+    pos = 0
+    for cut in sorted(c * 97 for c in cuts):
+        hasher.update(memoryview(data)[pos : max(pos, min(cut, len(data)))])
+        pos = max(pos, min(cut, len(data)))
+    hasher.update(data[pos:])
+    assert (
+        hasher.intdigest()
+        == ref
+        == payload_checksum(data)
+        == payload_checksum(bytearray(data), PIECES_ALGO_ID)
+    )
+
+
+def test_payload_algorithms() -> None:
+    data = os.urandom(HASH_PIECE_BYTES + 5)
+    assert payload_checksum(data, CHECKSUM_ALGO_ID) == xxhash.xxh3_64_intdigest(data)
+    assert payload_checksum(data) != payload_checksum(data, CHECKSUM_ALGO_ID)
+    assert payload_checksum(b"") == xxhash.xxh3_64_intdigest(b"")  # no pieces: the digest of an empty list
+    flipped = bytearray(data)
+    flipped[-1] ^= 0x80
+    assert payload_checksum(bytes(flipped)) != payload_checksum(data)
+    assert PAYLOAD_ALGOS == {1: "xxh3_64", 2: "xxh3_64_pieces"}
+    try:
+        payload_hasher(7)
+    except ValueError as exc:
+        assert "7" in str(exc)
+    else:
+        raise AssertionError("unknown algorithm accepted")
