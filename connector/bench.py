@@ -148,6 +148,7 @@ class Bench:
             store_budget_s=1e9,
             direct=direct,
             durability=Durability(durability),
+            device_checksums=not self.args.cpu_checksums,
         )
         total = self.files * self.file_bytes
         stores, loads = [], []
@@ -325,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None)
     parser.add_argument("--cpu", action="store_true", help="dry run on CPU tensors (no pinned-copy limit)")
     parser.add_argument(
+        "--cpu-checksums",
+        action="store_true",
+        help="hash payloads on the CPU as they are read/written instead of on the GPU (the comparison)",
+    )
+    parser.add_argument(
         "--piece-kib", type=int, default=None, help="kvfs.blockfile checksum/I/O piece size (KiB)"
     )
     args = parser.parse_args(argv)
@@ -336,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         results["device"] = "cpu" if args.cpu else torch.cuda.get_device_name()
         results["file_mib"] = bench.file_bytes / 2**20
         results["triton_copy"] = bench.copier.triton
+        results["device_checksums"] = bench.device.type == "cuda" and not args.cpu_checksums
         # On CPU (a dry run of this script) there is no copy engine: its limit is taken as unbounded.
         d2h, h2d = (float("inf"), float("inf")) if args.cpu else pinned_bandwidth(bench.device, args.reps)
         results["pinned_d2h"], results["pinned_h2d"] = d2h, h2d
@@ -344,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{bench.file_bytes >> 20} MiB files x {args.files}"
         )
         print(f"pinned D2H {d2h:.1f} GB/s, H2D {h2d:.1f} GB/s")
+        print(f"payload checksums on the {'GPU' if results['device_checksums'] else 'CPU'}")
         rows = []
         for target in args.targets.split(","):
             root = "/dev/shm/kvfs-bench" if target == "shm" else args.disk_dir

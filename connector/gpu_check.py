@@ -21,10 +21,20 @@ import time
 
 import torch
 
+from connector import devhash
 from connector.copier import GroupCopier
 from connector.iopool import FileOp, IoPool
 from connector.naming import file_identity_key
-from kvfs.blockfile import HEADER_SIZE, BlockIdentity, store_block
+from kvfs.blockfile import (
+    HEADER_SIZE,
+    BlockIdentity,
+    MissReason,
+    check_block_file,
+    encode_header,
+    read_header,
+    store_block,
+)
+from kvfs.checksum import CHECKSUM_ALGO_ID, PIECES_ALGO_ID, checksum64
 
 BLOCK_TOKENS = 16
 BPC = 16  # 256-token files
@@ -161,6 +171,37 @@ class Checker:
                 all(equal_pages(src_kv, s, dst_kv, d) for s, d in zip(src_ids, dst_ids, strict=True))
                 and bool((dst_kv[0][dst_ids[0]] == 1.5).all()),
             )
+            # The checksums the GPU computed are the format's: the CPU verifier accepts every stored file.
+            paths = [
+                file_op(self.root, src_c, k, ids, load=False, job=0).path
+                for k, ids in zip(keys, src_ids, strict=True)
+            ]
+            headers = [read_header(p) for p in paths]
+            self.check(
+                f"{tag}: stored files pass the CPU check (checksum algorithm {PIECES_ALGO_ID})",
+                all(check_block_file(p) is None for p in paths)
+                and all(not isinstance(h, MissReason) and h.checksum_algo == PIECES_ALGO_ID for h in headers),
+            )
+            # A file with the older whole-payload checksum (algorithm 1) still loads bit-exact.
+            with open(paths[0], "rb") as fh:
+                raw = fh.read()
+            old_header = encode_header(
+                BlockIdentity(FP, file_identity_key(keys[0], 0, BPC)),
+                file_bytes,
+                checksum64(raw[HEADER_SIZE:]),
+                algo=CHECKSUM_ALGO_ID,
+            )
+            with open(paths[0], "wb") as fh:
+                fh.write(old_header + raw[HEADER_SIZE:])
+            job = self.next_job()
+            old_ids = perm[30:46]
+            done = run_job(
+                pool, job, [file_op(self.root, dst_c, keys[0], old_ids, load=True, job=job)], load=True
+            )
+            self.check(
+                f"{tag}: a file with the whole-payload checksum (algorithm 1) loads bit-exact",
+                done.success and equal_pages(src_kv, src_ids[0], dst_kv, old_ids),
+            )
             # Partial chunks: a load entering chunk 1 at block 5, and one ending chunk 2 after 7 blocks.
             job = self.next_job()
             a_ids, b_ids = perm[80:91], perm[69:76]
@@ -271,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     root = args.root or tempfile.mkdtemp(prefix="kvfs-gpu-check-", dir=base)
     print(
-        f"kvfs gpu_check: device={device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), torch {torch.__version__}, root {root}"
+        f"kvfs gpu_check: device checksums {'on' if device.type == 'cuda' and devhash.HAS_TRITON else 'off'}; device={device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), torch {torch.__version__}, root {root}"
     )
     checker = Checker(root, device)
     started = time.monotonic()

@@ -1,6 +1,11 @@
 """The worker's I/O engine: a pool of threads, each with its own pinned staging buffer (and, on CUDA, its own
 device staging buffer and stream), moving whole chunks between the KV cache and block files.
 
+On CUDA the payload checksums (algorithm 2 of `kvfs.checksum`) are computed by the GPU from device staging
+(`connector.devhash`): a store writes its file without the CPU reading the payload, and a load copies the file's
+bytes to the GPU, hashes them there and scatters them into the KV cache only once they match the
+header.  Without Triton, or with `device_checksums=False`, the CPU hashes as it reads and writes.
+
 Loads take priority over stores.  A store waits behind the compute stream through a CUDA event recorded at
 submit time.  Stores queue under a time budget: a store that would wait (or has waited) longer than the budget
 is dropped, counted, and reported as not stored.  Failed loads are reported with the GPU blocks they should
@@ -20,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from connector import metrics
+from connector import devhash, metrics
 from connector.copier import GroupCopier
 from kvfs.blockfile import (
     BlockIdentity,
@@ -29,7 +34,15 @@ from kvfs.blockfile import (
     MissReason,
     StoreOutcome,
     load_block,
+    settle_load,
     store_block,
+)
+from kvfs.checksum import (
+    HASH_PIECE_BYTES,
+    PIECES_ALGO_ID,
+    checksum64,
+    combine_piece_digests,
+    payload_checksum,
 )
 from kvfs.layout import BlockKey
 
@@ -100,9 +113,11 @@ class IoPool:
         direct: bool = False,
         file_mode: int = 0o660,
         journal: JournalWriter | None = None,
+        device_checksums: bool = True,
     ) -> None:
         self.device = device
         self.cuda = device.type == "cuda"
+        self.device_checksums = bool(self.cuda and device_checksums and devhash.HAS_TRITON)
         per_thread = max_file_bytes * (2 if self.cuda else 1)
         cap = max(1, max_staging_bytes // max(1, per_thread))
         if threads > cap:
@@ -246,15 +261,16 @@ class IoPool:
         # A blocking event: waiting on it sleeps in the driver instead of spinning.  stream.synchronize() spins,
         # and 16 I/O threads spinning through every DMA take the cores that the other threads' file I/O needs.
         done = torch.cuda.Event(blocking=True) if self.cuda else None
+        ctx = _DeviceCtx(self.device, self.max_file_bytes) if self.device_checksums else None
         while True:
             op = self._next_op()
             if op is None:
                 return
             try:
                 if op.is_load:
-                    ok, nbytes = self._load(op, host, host_mv, dev, stream, done)
+                    ok, nbytes = self._load(op, host, host_mv, dev, stream, done, ctx)
                 else:
-                    ok, nbytes = self._store(op, host, host_mv, dev, stream, done)
+                    ok, nbytes = self._store(op, host, host_mv, dev, stream, done, ctx)
             except Exception:  # noqa: BLE001 - one bad file must never kill an I/O thread or the engine
                 log.exception("kvfs: %s of %s failed", "load" if op.is_load else "store", op.path)
                 if op.is_load:
@@ -266,20 +282,24 @@ class IoPool:
             with self._cv:
                 self._op_done_locked(op, ok=ok, nbytes=nbytes)
 
-    def _store(self, op, host, host_mv, dev, stream, done) -> tuple[bool, int]:  # type: ignore[no-untyped-def]
+    def _store(self, op, host, host_mv, dev, stream, done, ctx) -> tuple[bool, int]:  # type: ignore[no-untyped-def]
         if self.store_budget_s and time.monotonic() - op.enqueued > self.store_budget_s:
             metrics.STORES.labels("dropped").inc()
             return False, 0
         started = time.monotonic()
         n = op.nbytes
+        checksum = None
         if self.cuda:
             with torch.cuda.stream(stream):
                 if op.event is not None:
                     stream.wait_event(op.event)
                 op.copier.gather(op.block_ids, dev[:n])
+                pieces = ctx.launch(dev[:n]) if ctx is not None else 0
                 host[:n].copy_(dev[:n], non_blocking=True)
                 done.record(stream)
             done.synchronize()
+            if ctx is not None:
+                checksum = ctx.checksum(pieces, host_mv[:n])
         else:
             op.copier.gather(op.block_ids, host[:n])
         result = store_block(
@@ -289,6 +309,7 @@ class IoPool:
             durability=self.durability,
             file_mode=self.file_mode,
             direct=self.direct,
+            checksum=checksum,
         )
         elapsed = time.monotonic() - started
         with self._cv:
@@ -306,9 +327,12 @@ class IoPool:
         log.warning("kvfs: store of %s failed: %s", op.path, result.error)
         return False, 0
 
-    def _load(self, op, host, host_mv, dev, stream, done) -> tuple[bool, int]:  # type: ignore[no-untyped-def]
+    def _load(self, op, host, host_mv, dev, stream, done, ctx) -> tuple[bool, int]:  # type: ignore[no-untyped-def]
         n = op.nbytes
-        result = load_block(op.path, op.ident, host_mv[:n], direct=self.direct)
+        if ctx is not None:
+            result = self._load_checked_on_device(op, host, host_mv, dev, stream, done, ctx)
+        else:
+            result = load_block(op.path, op.ident, host_mv[:n], direct=self.direct)
         if result.ok and result.nbytes != n:
             # A shorter payload is another block range or layout: never scatter a partial chunk.
             result = LoadResult(False, MissReason.TRUNCATED, result.nbytes)
@@ -320,7 +344,8 @@ class IoPool:
             return False, 0
         if self.cuda:
             with torch.cuda.stream(stream):
-                dev[:n].copy_(host[:n], non_blocking=True)
+                if ctx is None:
+                    dev[:n].copy_(host[:n], non_blocking=True)
                 op.copier.scatter(dev[:n], op.block_ids, file_blocks=op.file_blocks, first=op.first)
                 done.record(stream)
             done.synchronize()
@@ -329,3 +354,47 @@ class IoPool:
         metrics.LOADS.labels("ok").inc()
         metrics.LOAD_BYTES.inc(n)
         return True, n
+
+    def _load_checked_on_device(self, op, host, host_mv, dev, stream, done, ctx) -> LoadResult:  # type: ignore[no-untyped-def]
+        """Read the file into pinned staging in one system call, copy it to device staging, hash it there and
+        settle the load against the header.  Device staging holds a verified payload only if this is ok."""
+        n = op.nbytes
+        result = load_block(op.path, op.ident, host_mv[:n], direct=self.direct, verify=False)
+        if not result.ok or result.header is None:
+            return result
+        if result.nbytes != n:
+            return LoadResult(False, MissReason.TRUNCATED, result.nbytes)
+        algo = result.header.checksum_algo
+        with torch.cuda.stream(stream):
+            dev[:n].copy_(host[:n], non_blocking=True)
+            pieces = ctx.launch(dev[:n]) if algo == PIECES_ALGO_ID else 0
+            done.record(stream)
+        done.synchronize()
+        if algo == PIECES_ALGO_ID:
+            return settle_load(result, ctx.checksum(pieces, host_mv[:n]))
+        return settle_load(result, payload_checksum(host_mv[:n], algo))  # files from before algorithm 2
+
+
+class _DeviceCtx:
+    """One I/O thread's device hashing state: the hasher and its digest buffers (device and pinned host)."""
+
+    def __init__(self, device: torch.device, max_file_bytes: int) -> None:
+        self.hasher = devhash.DeviceHasher(device)
+        slots = max_file_bytes // HASH_PIECE_BYTES + 1
+        self.dev_digests = torch.empty(slots, dtype=torch.int64, device=device)
+        self.host_digests = torch.empty(slots, dtype=torch.int64, pin_memory=True)
+
+    def launch(self, payload: torch.Tensor) -> int:
+        """On the current stream: hash the whole pieces of `payload` and copy their digests to the host."""
+        pieces = self.hasher.digests(payload, self.dev_digests)
+        if pieces:
+            self.host_digests[:pieces].copy_(self.dev_digests[:pieces], non_blocking=True)
+        return pieces
+
+    def checksum(self, pieces: int, host_payload: memoryview) -> int:
+        """After the stream synchronized: the payload's checksum (a partial last piece hashed on the host)."""
+        digests = devhash.as_unsigned(self.host_digests[:pieces].tolist())
+        tail = host_payload[pieces * HASH_PIECE_BYTES :]
+        if len(tail):
+            digests.append(checksum64(tail))
+        return combine_piece_digests(digests)
