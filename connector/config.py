@@ -44,6 +44,7 @@ class KvfsConnectorConfig:
     journal: bool = True
     model_revision: str | None = None
     file_mode: int = 0o660
+    gpu_checksums: bool = True
 
     @property
     def threads(self) -> int:
@@ -63,6 +64,7 @@ class KvfsConnectorConfig:
             "kvfs_journal",
             "kvfs_model_revision",
             "kvfs_file_mode",
+            "kvfs_gpu_checksums",
         }
         unknown = sorted(k for k in extra if k.startswith("kvfs_") and k not in known)
         if unknown:
@@ -97,8 +99,19 @@ class KvfsConnectorConfig:
             store_budget_s=budget_s,
             lookup_ttl_s=ttl_s,
             durability=durability,
-            direct_io=bool(extra.get("kvfs_direct_io", False)),
-            journal=bool(extra.get("kvfs_journal", True)),
+            direct_io=_flag(extra, "kvfs_direct_io", False),
+            journal=_flag(extra, "kvfs_journal", True),
             model_revision=None if revision is None else str(revision),
             file_mode=file_mode,
+            gpu_checksums=_flag(extra, "kvfs_gpu_checksums", True),
         )
+
+
+def _flag(extra: Mapping[str, Any], key: str, default: bool) -> bool:
+    """A boolean setting: JSON true/false, or the strings "true"/"false" (bool("false") would be True)."""
+    value = extra.get(key, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ConfigError(f"{key} must be true or false, not {value!r}")

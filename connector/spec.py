@@ -106,5 +106,6 @@ class KvfsOffloadingSpec(OffloadingSpec):
                 "direct": self.kvfs.direct_io,
                 "file_mode": self.kvfs.file_mode,
                 "journal": journal,
+                "device_checksums": self.kvfs.gpu_checksums,
             },
         )

@@ -123,13 +123,15 @@ class KvfsWorker(OffloadingWorker):
         # job id -> GPU blocks of its failed loads; read by KvfsOffloadingConnector.
         self.failed_load_blocks: dict[int, list[int]] = {}
         log.info(
-            "kvfs worker rank %d: namespace %s, %d I/O threads, %d MiB staging, %d group(s), Triton copies: %s",
+            "kvfs worker rank %d: namespace %s, %d I/O threads, %d MiB staging, %d group(s), Triton copies: %s, "
+            "payload checksums on the %s",
             rank,
             namespace.name,
             self.pool.threads,
             self.pool.staging_bytes >> 20,
             len(self.copiers),
             [c.triton for c in self.copiers],
+            "GPU" if self.pool.device_checksums else "CPU",
         )
 
     def _ops(self, job_id: int, is_load: bool, spec: LoadStoreSpec, gpu: GPULoadStoreSpec) -> list[FileOp]:

@@ -73,6 +73,8 @@ def test_worker_refuses_to_run_without_the_failure_channel(tmp_path):
         ({"kvfs_durability": "always"}, "kvfs_durability"),
         ({"kvfs_io_threads": -1}, "kvfs_io_threads"),
         ({"kvfs_store_budget": "soon"}, "bad kvfs connector setting"),
+        ({"kvfs_gpu_checksums": "no"}, "kvfs_gpu_checksums must be true or false"),
+        ({"kvfs_direct_io": 1}, "kvfs_direct_io must be true or false"),
     ],
 )
 def test_bad_settings_are_rejected_with_the_key_named(extra, match):
@@ -145,3 +147,13 @@ def test_sync_loads_refused_where_their_failures_cannot_be_recomputed(tmp_path):
     with pytest.raises(ConfigError, match="sync_load_budget_bytes"):
         KvfsOffloadingSpec(offloading_config(extra, groups=2))
     assert KvfsOffloadingSpec(offloading_config(extra, groups=1)).namespace.name
+
+
+def test_boolean_settings() -> None:
+    from connector.config import KvfsConnectorConfig
+
+    assert KvfsConnectorConfig.from_extra({"kvfs_root": "/x"}).gpu_checksums is True
+    cfg = KvfsConnectorConfig.from_extra(
+        {"kvfs_root": "/x", "kvfs_gpu_checksums": False, "kvfs_journal": "false", "kvfs_direct_io": "True"}
+    )
+    assert (cfg.gpu_checksums, cfg.journal, cfg.direct_io) == (False, False, True)
