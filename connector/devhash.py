@@ -189,6 +189,26 @@ class DeviceHasher:
         return n
 
 
+def self_test(device: torch.device) -> str | None:
+    """Hash two random pieces on `device` and compare with the `xxhash` package: None when they agree, else why
+    not (a Triton build or GPU where the kernel miscompiles or fails must not be trusted with checksums)."""
+    import xxhash
+
+    try:
+        hasher = DeviceHasher(device)
+        data = torch.randint(0, 256, (2 * hasher.piece_bytes,), dtype=torch.uint8, device=device)
+        out = torch.empty(2, dtype=torch.int64, device=device)
+        hasher.digests(data, out)
+        got = as_unsigned(out.tolist())
+    except Exception as exc:  # noqa: BLE001 - any failure means: hash on the CPU instead
+        return f"{type(exc).__name__}: {exc}"
+    raw = data.cpu().numpy().tobytes()
+    want = [
+        xxhash.xxh3_64_intdigest(raw[i * hasher.piece_bytes : (i + 1) * hasher.piece_bytes]) for i in range(2)
+    ]
+    return None if got == want else f"device digests {got} differ from xxhash's {want}"
+
+
 def as_unsigned(values: list[int]) -> list[int]:
     """int64 digests read back from a tensor, as the unsigned values `kvfs.checksum` uses."""
     return [v & _MASK64 for v in values]

@@ -118,6 +118,14 @@ class IoPool:
         self.device = device
         self.cuda = device.type == "cuda"
         self.device_checksums = bool(self.cuda and device_checksums and devhash.HAS_TRITON)
+        if self.device_checksums:
+            problem = devhash.self_test(device)
+            if problem is not None:
+                log.warning(
+                    "kvfs: GPU payload hashing failed its self-test (%s); hashing on the CPU", problem
+                )
+                metrics.DEVICE_HASH_DISABLED.inc()
+                self.device_checksums = False
         per_thread = max_file_bytes * (2 if self.cuda else 1)
         cap = max(1, max_staging_bytes // max(1, per_thread))
         if threads > cap:

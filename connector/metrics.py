@@ -24,6 +24,10 @@ EXISTENCE_CHECKS = Counter(
     "kvfs_connector_existence_checks_total", "Files stat()ed by the off-thread existence checker."
 )
 QUEUED_STORES = Gauge("kvfs_connector_queued_stores", "Block files waiting in the store queue.")
+DEVICE_HASH_DISABLED = Counter(
+    "kvfs_connector_device_hash_disabled_total",
+    "I/O pools that hash on the CPU because GPU payload hashing failed its start-up self-test.",
+)
 STAGING_BYTES = Gauge(
     "kvfs_connector_staging_bytes", "Pinned host (+ device) staging memory held by I/O threads."
 )

@@ -42,6 +42,14 @@ CHECK = textwrap.dedent(
     flipped[2 * 1024 + 77] ^= 8
     hasher.digests(flipped, flipped_out)
     assert [a == b for a, b in zip(out.tolist(), flipped_out.tolist())] == [True, True, False, True]
+    # the start-up self-test passes, and catches a kernel that computes something else
+    from connector import devhash
+    assert devhash.self_test(torch.device("cpu")) is None
+    real = devhash.constants_table
+    devhash.constants_table = lambda piece: [v ^ 1 if i == 0 else v for i, v in enumerate(real(piece))]
+    problem = devhash.self_test(torch.device("cpu"))
+    assert problem is not None and "differ" in problem, problem
+    devhash.constants_table = real
     print("device hasher ok")
     """
 )
