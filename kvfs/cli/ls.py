@@ -7,6 +7,7 @@ import time
 
 import click
 
+from kvfs.catalog import BlockRow
 from kvfs.cli.app import KvfsContext, pass_state
 from kvfs.cli.output import age, emit_json, size, table
 from kvfs.policy import DEFAULT_POLICY, get_policy
@@ -48,6 +49,9 @@ def ls(state: KvfsContext, namespace: str, limit: int, policy: str, as_json: boo
         blocks = list(itertools.islice(stream, limit or None))
     finally:
         stream.close()  # type: ignore[attr-defined]
+    # Reuse count and prefix-chain position explain the order (2q and slru read them); one indexed lookup.
+    rows_by_key = catalog.get_blocks(c.key for c in blocks)
+    stats = {c.key: rows_by_key.get(c.key) for c in blocks}
     now = time.time()
     if as_json:
         emit_json(
@@ -63,13 +67,38 @@ def ls(state: KvfsContext, namespace: str, limit: int, policy: str, as_json: boo
                         "format": c.key.fmt,
                         "size": c.size,
                         "last_access": c.last_access,
+                        "hits": _hits(stats[c.key]),
+                        "chain_pos": _chain_pos(stats[c.key]),
                     }
                     for c in blocks
                 ],
             }
         )
         return
-    rows = [(n + 1, c.key.relpath(), size(c.size), age(c.last_access, now)) for n, c in enumerate(blocks)]
-    click.echo(table(("#", "path", "size", "last access"), rows, right=(0, 2)))
+    rows = [
+        (
+            n + 1,
+            c.key.relpath(),
+            size(c.size),
+            age(c.last_access, now),
+            _cell(_hits(stats[c.key])),
+            _cell(_chain_pos(stats[c.key])),
+        )
+        for n, c in enumerate(blocks)
+    ]
+    click.echo(table(("#", "path", "size", "last access", "hits", "chain pos"), rows, right=(0, 2, 4, 5)))
     if limit and len(blocks) == limit:
         click.echo(f"(first {limit} in {order.name} order; --limit 0 for all)")
+
+
+def _hits(row: BlockRow | None) -> int | None:
+    return None if row is None else row.hits
+
+
+def _chain_pos(row: BlockRow | None) -> int | None:
+    """None where unknown: the row went away meanwhile, or no writer recorded the position (-1)."""
+    return None if row is None or row.chain_pos < 0 else row.chain_pos
+
+
+def _cell(value: int | None) -> str:
+    return "-" if value is None else str(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from kvfs.blockfile import BlockIdentity, StoreOutcome, store_block
+from kvfs.catalog import Catalog
 from kvfs.cli import main
 from kvfs.journal import JournalWriter
 from kvfs.layout import BlockKey, fingerprint_sha256, kvfs_fields, namespace_name, write_namespace_config
@@ -129,6 +131,22 @@ def test_ls_lists_a_namespace_in_eviction_order(site: Site) -> None:
     assert text.exit_code == 0 and site.keys[1].relpath() in text.output
     unknown = site.invoke("ls", "nope_000000000000")
     assert unknown.exit_code != 0 and "unknown namespace" in unknown.output
+
+
+def test_ls_shows_reuse_and_chain_position(site: Site) -> None:
+    """hits and chain_pos (what 2q and slru order on) are shown; unknown positions are null / '-'."""
+    site.json("scan")
+    alpha, _ = site.namespaces["org/alpha"]
+    with Catalog.open(site.catalog_url) as catalog:
+        row = catalog.get_blocks([site.keys[2]])[site.keys[2]]
+        catalog.upsert_blocks([dataclasses.replace(row, hits=3, chain_pos=7, block_id=None)])
+    blocks = {b["path"]: b for b in site.json("ls", alpha, "--policy", "lru")["blocks"]}
+    assert (blocks[site.keys[2].relpath()]["hits"], blocks[site.keys[2].relpath()]["chain_pos"]) == (3, 7)
+    assert (blocks[site.keys[1].relpath()]["hits"], blocks[site.keys[1].relpath()]["chain_pos"]) == (0, None)
+    text = site.invoke("ls", alpha, "--policy", "lru").output
+    assert "hits" in text and "chain pos" in text
+    line = next(x for x in text.splitlines() if site.keys[2].relpath() in x)
+    assert line.split()[-2:] == ["3", "7"]
 
 
 def test_gc_dry_run_deletes_nothing(site: Site) -> None:
