@@ -132,7 +132,7 @@ class Checker:
             perm = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(3)).tolist()
             src_ids = [perm[i * BPC : (i + 1) * BPC] for i in range(3)]
             # Store after the compute stream: overwrite the source pages on the current stream just before.
-            torch.cuda.synchronize() if dev.type == "cuda" else None
+            torch.cuda.synchronize(dev) if dev.type == "cuda" else None
             big = torch.randn(4096, 4096, device=dev)
             for _ in range(4):
                 big = (
@@ -307,12 +307,19 @@ def main(argv: list[str] | None = None) -> int:
         "--root", default=None, help="scratch directory (default: a new one under /dev/shm or /tmp)"
     )
     parser.add_argument("--cpu", action="store_true", help="run on CPU tensors (no GPU needed)")
+    parser.add_argument(
+        "--device",
+        default="cuda",
+        help="GPU to run on, e.g. cuda:1 (a TP rank's GPU: the I/O threads must not fall back to GPU 0)",
+    )
     args = parser.parse_args(argv)
-    device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
+    device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else args.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # as a vLLM worker does for its rank (the I/O threads must set theirs)
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     root = args.root or tempfile.mkdtemp(prefix="kvfs-gpu-check-", dir=base)
     print(
-        f"kvfs gpu_check: device checksums {'on' if device.type == 'cuda' and devhash.HAS_TRITON else 'off'}; device={device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), torch {torch.__version__}, root {root}"
+        f"kvfs gpu_check: device checksums {'on' if device.type == 'cuda' and devhash.HAS_TRITON else 'off'}; device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), torch {torch.__version__}, root {root}"
     )
     checker = Checker(root, device)
     started = time.monotonic()

@@ -262,6 +262,10 @@ class IoPool:
             return None
 
     def _run(self) -> None:
+        if self.cuda:
+            # The current CUDA device is per thread and starts at 0: a TP rank's I/O thread must name its GPU,
+            # or Triton launches (which use the current device and its stream) would go to GPU 0.
+            torch.cuda.set_device(self.device)
         host = torch.empty(self.max_file_bytes, dtype=torch.uint8, pin_memory=self.cuda)
         host_mv = memoryview(host.numpy())
         dev = torch.empty(self.max_file_bytes, dtype=torch.uint8, device=self.device) if self.cuda else None
