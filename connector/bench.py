@@ -137,10 +137,11 @@ class Bench:
     def clear(self, root: str) -> None:
         shutil.rmtree(os.path.join(root, "bench_0123456789ab"), ignore_errors=True)
 
-    def kvfs(self, root: str, threads: int, direct: bool, durability: str) -> dict[str, float]:
+    def pool(self, threads: int, direct: bool = False, durability: str = "none") -> IoPool:
+        """An IoPool for these files: staging uncapped, no store budget (a benchmark drops nothing)."""
         from kvfs.blockfile import Durability
 
-        pool = IoPool(
+        return IoPool(
             threads=threads,
             max_file_bytes=self.file_bytes,
             device=self.device,
@@ -150,6 +151,9 @@ class Bench:
             durability=Durability(durability),
             device_checksums=not self.args.cpu_checksums,
         )
+
+    def kvfs(self, root: str, threads: int, direct: bool, durability: str) -> dict[str, float]:
+        pool = self.pool(threads, direct, durability)
         total = self.files * self.file_bytes
         stores, loads = [], []
         try:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 
 from connector.bench import Bench
-from connector.iopool import FileOp, IoPool, _DeviceCtx
+from connector.iopool import FileOp, _DeviceCtx
 from kvfs.blockfile import HEADER_SIZE, load_block, settle_load
 
 
@@ -114,13 +114,7 @@ def _run(threads: list[_Thread], ops: list[FileOp], fn: Callable[[_Thread, FileO
 
 def _measure(bench: Bench, root: str, count: int, rounds: int) -> list[tuple[str, float, float]]:
     """(step, median GB/s, median ratio to raw in the same round) for `count` threads."""
-    pool = IoPool(
-        threads=count,
-        max_file_bytes=bench.file_bytes,
-        device=bench.device,
-        max_staging_bytes=64 << 30,
-        store_budget_s=1e9,
-    )
+    pool = bench.pool(count)
     try:
         pool.submit(1, bench.ops(root, False, 1), is_load=False)
         if not pool.wait([1], timeout=300):
