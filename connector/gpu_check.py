@@ -315,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else args.device)
     if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)  # as a vLLM worker does for its rank (the I/O threads must set theirs)
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     root = args.root or tempfile.mkdtemp(prefix="kvfs-gpu-check-", dir=base)

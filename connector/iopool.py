@@ -115,8 +115,12 @@ class IoPool:
         journal: JournalWriter | None = None,
         device_checksums: bool = True,
     ) -> None:
-        self.device = device
         self.cuda = device.type == "cuda"
+        if (
+            self.cuda and device.index is None
+        ):  # "cuda" means the caller's current GPU; threads need its index
+            device = torch.device("cuda", torch.cuda.current_device())
+        self.device = device
         self.device_checksums = bool(self.cuda and device_checksums and devhash.HAS_TRITON)
         if self.device_checksums:
             problem = devhash.self_test(device)
@@ -262,6 +266,36 @@ class IoPool:
             return None
 
     def _run(self) -> None:
+        try:
+            state = self._thread_state()
+        except Exception:  # noqa: BLE001 - a thread that cannot set up must still answer its operations
+            log.exception("kvfs: an I/O thread could not set up; the operations it takes fail (recomputed)")
+            state = None
+        while True:
+            op = self._next_op()
+            if op is None:
+                return
+            try:
+                if state is None:
+                    raise RuntimeError("I/O thread without staging buffers")
+                if op.is_load:
+                    ok, nbytes = self._load(op, *state)
+                else:
+                    ok, nbytes = self._store(op, *state)
+            except Exception:  # noqa: BLE001 - one bad file must never kill an I/O thread or the engine
+                log.exception("kvfs: %s of %s failed", "load" if op.is_load else "store", op.path)
+                if op.is_load:
+                    metrics.LOADS.labels("missed").inc()
+                    metrics.LOAD_MISSES.labels("io_error").inc()
+                else:
+                    metrics.STORES.labels("failed").inc()
+                ok, nbytes = False, 0
+            with self._cv:
+                self._op_done_locked(op, ok=ok, nbytes=nbytes)
+
+    def _thread_state(self) -> tuple:  # type: ignore[type-arg]
+        """This thread's staging: pinned host buffer (+ its memoryview), and on CUDA a device buffer, a stream,
+        a completion event and the device-hashing state."""
         if self.cuda:
             # The current CUDA device is per thread and starts at 0: a TP rank's I/O thread must name its GPU,
             # or Triton launches (which use the current device and its stream) would go to GPU 0.
@@ -274,25 +308,7 @@ class IoPool:
         # and 16 I/O threads spinning through every DMA take the cores that the other threads' file I/O needs.
         done = torch.cuda.Event(blocking=True) if self.cuda else None
         ctx = _DeviceCtx(self.device, self.max_file_bytes) if self.device_checksums else None
-        while True:
-            op = self._next_op()
-            if op is None:
-                return
-            try:
-                if op.is_load:
-                    ok, nbytes = self._load(op, host, host_mv, dev, stream, done, ctx)
-                else:
-                    ok, nbytes = self._store(op, host, host_mv, dev, stream, done, ctx)
-            except Exception:  # noqa: BLE001 - one bad file must never kill an I/O thread or the engine
-                log.exception("kvfs: %s of %s failed", "load" if op.is_load else "store", op.path)
-                if op.is_load:
-                    metrics.LOADS.labels("missed").inc()
-                    metrics.LOAD_MISSES.labels("io_error").inc()
-                else:
-                    metrics.STORES.labels("failed").inc()
-                ok, nbytes = False, 0
-            with self._cv:
-                self._op_done_locked(op, ok=ok, nbytes=nbytes)
+        return host, host_mv, dev, stream, done, ctx
 
     def _store(self, op, host, host_mv, dev, stream, done, ctx) -> tuple[bool, int]:  # type: ignore[no-untyped-def]
         if self.store_budget_s and time.monotonic() - op.enqueued > self.store_budget_s:

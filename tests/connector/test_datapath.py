@@ -219,3 +219,25 @@ def test_staging_is_bounded_by_the_cap():
         assert pool.threads == 4 and pool.staging_bytes == 4 << 20
     finally:
         pool.shutdown()
+
+
+def test_io_thread_that_cannot_set_up_fails_its_operations_instead_of_hanging(tmp_path, monkeypatch):
+    """Staging that cannot be allocated (pinned memory exhausted, a bad device) must end in reported failures
+    (vLLM recomputes), never in a job that waits forever."""
+
+    def broken(self):  # type: ignore[no-untyped-def]
+        raise RuntimeError("cannot allocate staging")
+
+    monkeypatch.setattr(IoPool, "_thread_state", broken)
+    pool = IoPool(threads=2, max_file_bytes=4096, device=torch.device("cpu"), store_budget_s=30.0)
+    try:
+        page = 32
+        c = GroupCopier(make_layers(1, 8, page, 15), [page])
+        failed_before = metrics.STORES.labels("failed")._value.get()
+        done = run(pool, 1, [op(tmp_path, c, [0, 1, 2, 3], load=False)], load=False)
+        assert not done.success and done.files_failed == 1
+        assert metrics.STORES.labels("failed")._value.get() == failed_before + 1
+        done = run(pool, 2, [op(tmp_path, c, [4, 5, 6, 7], load=True, job=2)], load=True)
+        assert not done.success and sorted(done.failed_block_ids) == [4, 5, 6, 7]
+    finally:
+        pool.shutdown()
