@@ -7,17 +7,15 @@ removed after the transaction that consumed them committed.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evictor import metrics
+from kvfs.gcpause import cyclic_gc_paused
 from kvfs.journal import JournalReader
 from kvfs.layout import journal_dir
 
@@ -35,19 +33,6 @@ class IngestStats:
     backlog_bytes: int = 0
     lag_s: float | None = None
     duration_s: float = 0.0
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Decoding makes ~10^5 acyclic objects per batch: cyclic-GC passes over them free nothing and cost a
-    large share of the ingest time."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 class JournalIngester:
@@ -70,7 +55,7 @@ class JournalIngester:
 
     def ingest(self) -> IngestStats:
         """Apply every complete record written so far.  Raises on catalog errors (offsets then unchanged)."""
-        with self._lock, _gc_paused():
+        with self._lock, cyclic_gc_paused():
             start = time.monotonic()
             stats = IngestStats()
             offsets = dict(self.catalog.journal_offsets())

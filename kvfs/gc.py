@@ -9,8 +9,6 @@ writes the eviction log.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
 import time
 from collections import Counter
@@ -20,6 +18,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from kvfs import metrics
+from kvfs.gcpause import cyclic_gc_paused
 from kvfs.layout import BlockKey, journal_dir, parse_namespace_dir
 from kvfs.policy import EvictionPolicy, get_policy
 from kvfs.safety import RootGuard
@@ -218,21 +217,8 @@ def plan_gc(
     caller has just computed it (saves one aggregate over the catalog).  Raises ValueError for an unknown
     namespace.
     """
-    with _cyclic_gc_paused():
+    with cyclic_gc_paused():
         return _plan(catalog, limits, now=now, policy=policy, orphans=orphans, usage=usage)
-
-
-@contextlib.contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
-    """Planning allocates 100k+ small acyclic objects; the cyclic collector's passes over them cost ~25% of
-    the planning time and find nothing, so it is paused for the duration (reference counting still frees)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _plan(
