@@ -328,6 +328,14 @@ def _piece_bytes() -> int:
     return max(ALIGNMENT, PIECE_BYTES // ALIGNMENT * ALIGNMENT)
 
 
+def _advance(pending: list[memoryview], n: int) -> None:
+    """Drop the first `n` bytes of a vector of buffers after a short vectored read or write."""
+    while pending and n >= len(pending[0]):
+        n -= len(pending.pop(0))
+    if n:
+        pending[0] = pending[0][n:]
+
+
 def _pwrite_all(fd: int, views: list[memoryview], offset: int) -> int:
     """Write every byte of `views` at `offset`, looping over short writes."""
     pending = [v for v in views if len(v)]
@@ -337,10 +345,7 @@ def _pwrite_all(fd: int, views: list[memoryview], offset: int) -> int:
         if n <= 0:
             raise OSError(errno.EIO, "write made no progress")
         written += n
-        while pending and n >= len(pending[0]):
-            n -= len(pending.pop(0))
-        if n:
-            pending[0] = pending[0][n:]
+        _advance(pending, n)
     return written
 
 
@@ -797,10 +802,7 @@ def _preadv_full(fd: int, views: list[memoryview], offset: int) -> int:
         if n == 0:
             break
         total += n
-        while pending and n >= len(pending[0]):
-            n -= len(pending.pop(0))
-        if n:
-            pending[0] = pending[0][n:]
+        _advance(pending, n)
     return total
 
 

@@ -219,3 +219,19 @@ def _stored_normally(tmp_path: Path, payload: memoryview) -> bytes:
     path = tmp_path / "normal.kvfs"
     store_block(path, payload, IDENT)
     return path.read_bytes()
+
+
+def test_short_vectored_io_resumes_at_the_right_byte() -> None:
+    """After a short preadv/pwritev of n bytes the remaining vector starts exactly at byte n."""
+    data = bytes(range(30))
+    for n in range(0, 31):
+        pending = [
+            memoryview(data)[0:10],
+            memoryview(data)[10:10],
+            memoryview(data)[10:25],
+            memoryview(data)[25:],
+        ]
+        pending = [v for v in pending if len(v)]
+        blockfile._advance(pending, n)
+        assert b"".join(bytes(v) for v in pending) == data[n:]
+        assert all(len(v) for v in pending)
