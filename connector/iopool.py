@@ -307,7 +307,7 @@ class IoPool:
         # A blocking event: waiting on it sleeps in the driver instead of spinning.  stream.synchronize() spins,
         # and 16 I/O threads spinning through every DMA take the cores that the other threads' file I/O needs.
         done = torch.cuda.Event(blocking=True) if self.cuda else None
-        ctx = _DeviceCtx(self.device, self.max_file_bytes) if self.device_checksums else None
+        ctx = DeviceChecksums(self.device, self.max_file_bytes) if self.device_checksums else None
         return host, host_mv, dev, stream, done, ctx
 
     def _store(self, op, host, host_mv, dev, stream, done, ctx) -> tuple[bool, int]:  # type: ignore[no-untyped-def]
@@ -403,8 +403,9 @@ class IoPool:
         return settle_load(result, payload_checksum(host_mv[:n], algo))  # files from before algorithm 2
 
 
-class _DeviceCtx:
-    """One I/O thread's device hashing state: the hasher and its digest buffers (device and pinned host)."""
+class DeviceChecksums:
+    """One I/O thread's GPU checksum state: the hasher and its digest buffers (device and pinned host).
+    Public for `connector.ladder`, which times the same steps outside the pool."""
 
     def __init__(self, device: torch.device, max_file_bytes: int) -> None:
         self.hasher = devhash.DeviceHasher(device)

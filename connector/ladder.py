@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 
 from connector.bench import Bench
-from connector.iopool import FileOp, _DeviceCtx
+from connector.iopool import DeviceChecksums, FileOp
 from kvfs.blockfile import HEADER_SIZE, load_block, settle_load
 
 
@@ -38,7 +38,7 @@ class _Thread:
         self.dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
         self.stream = torch.cuda.Stream()
         self.done = torch.cuda.Event(blocking=True)
-        self.hash = _DeviceCtx(torch.device("cuda"), nbytes)
+        self.hash = DeviceChecksums(torch.device("cuda"), nbytes)
         self.raw = bytearray(nbytes + HEADER_SIZE)
 
 
