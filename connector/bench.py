@@ -150,12 +150,23 @@ class Bench:
             direct=direct,
             durability=Durability(durability),
             device_checksums=not self.args.cpu_checksums,
+            cuda_graphs=not getattr(self.args, "no_graphs", False),
         )
 
     def kvfs(
-        self, root: str, threads: int, direct: bool, durability: str, reps: int | None = None
+        self,
+        root: str,
+        threads: int,
+        direct: bool,
+        durability: str,
+        reps: int | None = None,
+        pool: IoPool | None = None,
     ) -> dict[str, float]:
-        pool = self.pool(threads, direct, durability)
+        """Store then load every file through an IoPool (`pool`, kept warm by the caller as an engine keeps
+        its own, or a new one)."""
+        owned = pool is None
+        if pool is None:
+            pool = self.pool(threads, direct, durability)
         total = self.files * self.file_bytes
         stores, loads = [], []
         try:
@@ -175,7 +186,8 @@ class Bench:
                 assert all(d.success for d in pool.take_finished()), "load failed"
             staging = pool.staging_bytes
         finally:
-            pool.shutdown()
+            if owned:
+                pool.shutdown()
         return {
             "store": statistics.median(stores),
             "load": statistics.median(loads),
@@ -353,7 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=48, help="32 MiB files per measurement")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--disk-dir", default=os.path.join(os.getcwd(), "bench-data"))
-    parser.add_argument("--tree-files", type=int, default=1_000_000)
+    parser.add_argument(
+        "--tree-files",
+        type=int,
+        default=1_000_000,
+        help="files in the scheduler-step tree (0: skip that part)",
+    )
     parser.add_argument("--no-triton", action="store_true")
     parser.add_argument("--json", default=None)
     parser.add_argument("--cpu", action="store_true", help="dry run on CPU tensors (no pinned-copy limit)")
@@ -361,6 +378,11 @@ def main(argv: list[str] | None = None) -> int:
         "--cpu-checksums",
         action="store_true",
         help="hash payloads on the CPU as they are read/written instead of on the GPU (the comparison)",
+    )
+    parser.add_argument(
+        "--no-graphs",
+        action="store_true",
+        help="issue each file's copies and kernels eagerly (no CUDA graphs)",
     )
     parser.add_argument(
         "--piece-kib", type=int, default=None, help="kvfs.blockfile checksum/I/O piece size (KiB)"
@@ -375,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         results["file_mib"] = bench.file_bytes / 2**20
         results["triton_copy"] = bench.copier.triton
         results["device_checksums"] = bench.device.type == "cuda" and not args.cpu_checksums
+        results["cuda_graphs"] = bench.device.type == "cuda" and not args.no_graphs
         # On CPU (a dry run of this script) there is no copy engine: its limit is taken as unbounded.
         d2h, h2d = (float("inf"), float("inf")) if args.cpu else pinned_bandwidth(bench.device, args.reps)
         results["pinned_d2h"], results["pinned_h2d"] = d2h, h2d
@@ -383,7 +406,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{bench.file_bytes >> 20} MiB files x {args.files}"
         )
         print(f"pinned D2H {d2h:.1f} GB/s, H2D {h2d:.1f} GB/s")
-        print(f"payload checksums on the {'GPU' if results['device_checksums'] else 'CPU'}")
+        print(
+            f"payload checksums on the {'GPU' if results['device_checksums'] else 'CPU'}, "
+            f"CUDA graphs {'on' if results['cuda_graphs'] else 'off'}"
+        )
         rows = []
         for target in args.targets.split(","):
             root = "/dev/shm/kvfs-bench" if target == "shm" else args.disk_dir
@@ -399,13 +425,20 @@ def main(argv: list[str] | None = None) -> int:
             for threads in [int(x) for x in args.threads.split(",")]:
                 # kvfs and raw alternate repetition by repetition, and each ratio is the median of the
                 # per-repetition ratios: the machine's load drifts over a run, and should hit both sides alike.
-                pairs = [
-                    (
-                        bench.kvfs(root, threads, direct, durability, reps=1),
-                        bench.raw(root, threads, direct, durability, reps=1),
-                    )
-                    for _ in range(args.reps)
-                ]
+                # One pool per thread count, warmed by a first round (thread start-up, Triton compilation,
+                # CUDA graph capture), as an engine's pool is warm after its first requests.
+                pool = bench.pool(threads, direct, durability)
+                try:
+                    bench.kvfs(root, threads, direct, durability, reps=1, pool=pool)
+                    pairs = [
+                        (
+                            bench.kvfs(root, threads, direct, durability, reps=1, pool=pool),
+                            bench.raw(root, threads, direct, durability, reps=1),
+                        )
+                        for _ in range(args.reps)
+                    ]
+                finally:
+                    pool.shutdown()
                 ours = {k: statistics.median(o[k] for o, _ in pairs) for k in pairs[0][0]}
                 raw = {k: statistics.median(r[k] for _, r in pairs) for k in pairs[0][1]}
                 raw.update(bench.raw(root, threads, direct, durability, checksum=True))
@@ -439,17 +472,21 @@ def main(argv: list[str] | None = None) -> int:
         results["rows"] = rows
     else:
         print("no CUDA device: only the scheduler-step measurement runs")
-    tree_root = tempfile.mkdtemp(prefix="kvfs-tree-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    try:
-        sched = scheduler_step_bench(tree_root, args.tree_files)
-    finally:
-        shutil.rmtree(tree_root, ignore_errors=True)
-    results["scheduler"] = sched
-    print(
-        f"\nscheduler thread, 100-chunk prompt on {sched['tree_files']} files: cold step {sched['cold_step_us']:.0f} us "
-        f"(all RETRY, resolved off-thread in {sched['background_resolve_ms']:.0f} ms), warm step median "
-        f"{sched['warm_step_us_median']:.0f} us, max {sched['warm_step_us_max']:.0f} us (limit 1000 us)"
-    )
+    if args.tree_files > 0:
+        tree_root = tempfile.mkdtemp(
+            prefix="kvfs-tree-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+        )
+        try:
+            sched = scheduler_step_bench(tree_root, args.tree_files)
+        finally:
+            shutil.rmtree(tree_root, ignore_errors=True)
+        results["scheduler"] = sched
+        print(
+            f"\nscheduler thread, 100-chunk prompt on {sched['tree_files']} files: cold step "
+            f"{sched['cold_step_us']:.0f} us (all RETRY, resolved off-thread in "
+            f"{sched['background_resolve_ms']:.0f} ms), warm step median {sched['warm_step_us_median']:.0f} us, "
+            f"max {sched['warm_step_us_max']:.0f} us (limit 1000 us)"
+        )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)

@@ -45,6 +45,7 @@ class KvfsConnectorConfig:
     model_revision: str | None = None
     file_mode: int = 0o660
     gpu_checksums: bool = True
+    cuda_graphs: bool = True
 
     @property
     def threads(self) -> int:
@@ -65,6 +66,7 @@ class KvfsConnectorConfig:
             "kvfs_model_revision",
             "kvfs_file_mode",
             "kvfs_gpu_checksums",
+            "kvfs_cuda_graphs",
         }
         unknown = sorted(k for k in extra if k.startswith("kvfs_") and k not in known)
         if unknown:
@@ -104,6 +106,7 @@ class KvfsConnectorConfig:
             model_revision=None if revision is None else str(revision),
             file_mode=file_mode,
             gpu_checksums=_flag(extra, "kvfs_gpu_checksums", True),
+            cuda_graphs=_flag(extra, "kvfs_cuda_graphs", True),
         )
 
 

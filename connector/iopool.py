@@ -1,5 +1,7 @@
-"""The worker's I/O engine: a pool of threads, each with its own pinned staging buffer (and, on CUDA, its own
-device staging buffer and stream), moving whole chunks between the KV cache and block files.
+"""The worker's I/O engine: a pool of threads moving whole chunks between the KV cache and block files.  Each
+thread has two pinned staging slots and, on CUDA, one device staging buffer and a stream: it reads the next
+load's file (or writes the last store's file) while the GPU copies, hashes and scatters the other slot's bytes,
+so its file I/O seldom waits for the GPU.
 
 On CUDA the payload checksums (algorithm 2 of `kvfs.checksum`) are computed by the GPU from device staging
 (`connector.devhash`): a store writes its file without the CPU reading the payload, and a load copies the file's
@@ -16,10 +18,12 @@ the benchmark use this module on machines without vLLM.
 from __future__ import annotations
 
 import logging
+import struct
+import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,6 +31,7 @@ import torch
 
 from connector import devhash, metrics
 from connector.copier import GroupCopier
+from connector.graphs import GraphCache
 from kvfs.blockfile import (
     BlockIdentity,
     Durability,
@@ -41,7 +46,7 @@ from kvfs.checksum import (
     HASH_PIECE_BYTES,
     PIECES_ALGO_ID,
     checksum64,
-    combine_piece_digests,
+    combine_packed_digests,
     payload_checksum,
 )
 from kvfs.layout import BlockKey
@@ -114,6 +119,7 @@ class IoPool:
         file_mode: int = 0o660,
         journal: JournalWriter | None = None,
         device_checksums: bool = True,
+        cuda_graphs: bool = True,
     ) -> None:
         self.cuda = device.type == "cuda"
         if (
@@ -121,7 +127,10 @@ class IoPool:
         ):  # "cuda" means the caller's current GPU; threads need its index
             device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
-        self.device_checksums = bool(self.cuda and device_checksums and devhash.HAS_TRITON)
+        self.cuda_graphs = cuda_graphs
+        # The digests are combined from their in-memory bytes, which are algorithm 2's only on little-endian hosts.
+        little = sys.byteorder == "little"
+        self.device_checksums = bool(self.cuda and device_checksums and devhash.HAS_TRITON and little)
         if self.device_checksums:
             problem = devhash.self_test(device)
             if problem is not None:
@@ -130,7 +139,8 @@ class IoPool:
                 )
                 metrics.DEVICE_HASH_DISABLED.inc()
                 self.device_checksums = False
-        per_thread = max_file_bytes * (2 if self.cuda else 1)
+        # Two pinned host slots per thread, and on CUDA one device buffer they share.
+        per_thread = max_file_bytes * (_SLOTS + (1 if self.cuda else 0))
         cap = max(1, max_staging_bytes // max(1, per_thread))
         if threads > cap:
             log.warning(
@@ -157,6 +167,7 @@ class IoPool:
         self._done: list[JobDone] = []
         self._store_ema_s = 0.0  # per-file store time, for the drop-at-submit estimate
         self._stopping = False
+        self._states: list[_ThreadState] = []
         self._workers = [
             threading.Thread(target=self._run, name=f"kvfs-io-{i}", daemon=True) for i in range(self.threads)
         ]
@@ -240,6 +251,11 @@ class IoPool:
                 self._cv.wait(remaining)
         return True
 
+    def captured_graphs(self) -> int:
+        """CUDA graphs the I/O threads have captured so far (0 on CPU, or with graphs off)."""
+        with self._cv:
+            return sum(len(slot.graphs) for state in self._states for slot in state.slots)
+
     def pending_jobs(self) -> int:
         with self._cv:
             return len(self._jobs)
@@ -253,9 +269,11 @@ class IoPool:
 
     # -- I/O threads --
 
-    def _next_op(self) -> FileOp | None:
+    def _next_op(self, *, block: bool) -> FileOp | None:
+        """The next operation, loads first.  With `block`, waits for one and returns None only when stopping;
+        without, returns None at once if none is queued."""
         with self._cv:
-            while not self._loads and not self._stores and not self._stopping:
+            while block and not self._loads and not self._stores and not self._stopping:
                 self._cv.wait()
             if self._loads:
                 return self._loads.popleft()
@@ -266,80 +284,225 @@ class IoPool:
             return None
 
     def _run(self) -> None:
+        """One I/O thread: a two-deep pipeline over its two staging slots.
+
+        The file read of the next load (or the file write of the previous store) runs while the GPU moves the
+        other slot's bytes, so the thread's file I/O, the part that bounds throughput, rarely waits for a copy,
+        a hash or a scatter.  One device buffer serves both slots; the stream orders its use, given one rule:
+        a load's scatter is queued before the next operation's copies into device staging (a store's last use of
+        device staging, its device-to-host copy, is queued before anything that follows it anyway)."""
         try:
             state = self._thread_state()
+            with self._cv:
+                self._states.append(state)
         except Exception:  # noqa: BLE001 - a thread that cannot set up must still answer its operations
             log.exception("kvfs: an I/O thread could not set up; the operations it takes fail (recomputed)")
             state = None
+        in_flight: _Flight | None = None  # GPU phase queued; finished (read back, settled, written) next
+        settling: _Flight | None = None  # a verified load whose scatter is queued; reported once it completes
         while True:
-            op = self._next_op()
-            if op is None:
-                return
-            try:
-                if state is None:
-                    raise RuntimeError("I/O thread without staging buffers")
-                if op.is_load:
-                    ok, nbytes = self._load(op, *state)
+            op = self._next_op(block=in_flight is None and settling is None)
+            if op is None:  # nothing new: complete what is under way, or stop
+                if settling is not None:
+                    self._guard(settling, self._report_settled)
+                    settling = None
+                elif in_flight is not None:
+                    settling = self._guard(in_flight, self._finish)
+                    in_flight = None
                 else:
-                    ok, nbytes = self._store(op, *state)
-            except Exception:  # noqa: BLE001 - one bad file must never kill an I/O thread or the engine
-                log.exception("kvfs: %s of %s failed", "load" if op.is_load else "store", op.path)
-                if op.is_load:
-                    metrics.LOADS.labels("missed").inc()
-                    metrics.LOAD_MISSES.labels("io_error").inc()
-                else:
-                    metrics.STORES.labels("failed").inc()
-                ok, nbytes = False, 0
-            with self._cv:
-                self._op_done_locked(op, ok=ok, nbytes=nbytes)
+                    return
+                continue
+            if state is None:
+                self._fail(op, RuntimeError("I/O thread without staging buffers"))
+                continue
+            slot = (
+                state.slots[1]
+                if in_flight is not None and in_flight.slot is state.slots[0]
+                else state.slots[0]
+            )
+            flight = self._guard(_Flight(op, slot, state, time.monotonic()), self._begin)
+            if settling is not None:  # its scatter ran while the file above was read
+                self._guard(settling, self._report_settled)
+                settling = None
+            if in_flight is not None and not in_flight.op.is_load:
+                # A store's device staging is free in stream order: queue the next GPU phase first, then write
+                # the store's file while the GPU works.
+                if flight is not None:
+                    flight = self._guard(flight, self._launch)
+                self._guard(in_flight, self._finish)
+            else:
+                if in_flight is not None:
+                    settling = self._guard(in_flight, self._finish)
+                if flight is not None:
+                    flight = self._guard(flight, self._launch)
+            in_flight = flight
 
-    def _thread_state(self) -> tuple:  # type: ignore[type-arg]
-        """This thread's staging: pinned host buffer (+ its memoryview), and on CUDA a device buffer, a stream,
-        a completion event and the device-hashing state."""
+    def _guard(self, flight: _Flight, step: Callable[[_Flight], _Flight | None]) -> _Flight | None:
+        """Run one step of an operation; an exception fails that operation alone (reported, so vLLM recomputes
+        or the block is simply not stored), never the thread or the engine."""
+        try:
+            return step(flight)
+        except Exception as exc:  # noqa: BLE001 - one bad file must never kill an I/O thread or the engine
+            self._fail(flight.op, exc)
+            return None
+
+    def _fail(self, op: FileOp, exc: BaseException) -> None:
+        log.error("kvfs: %s of %s failed", "load" if op.is_load else "store", op.path, exc_info=exc)
+        if op.is_load:
+            metrics.LOADS.labels("missed").inc()
+            metrics.LOAD_MISSES.labels("io_error").inc()
+        else:
+            metrics.STORES.labels("failed").inc()
+        self._report(op, ok=False, nbytes=0)
+
+    def _report(self, op: FileOp, *, ok: bool, nbytes: int) -> None:
+        with self._cv:
+            self._op_done_locked(op, ok=ok, nbytes=nbytes)
+
+    def _thread_state(self) -> _ThreadState:
+        """This thread's staging: two slots of pinned host memory (each with its block-id and digest buffers)
+        and, on CUDA, one device buffer, a stream, and the device-hashing state."""
         if self.cuda:
             # The current CUDA device is per thread and starts at 0: a TP rank's I/O thread must name its GPU,
             # or Triton launches (which use the current device and its stream) would go to GPU 0.
             torch.cuda.set_device(self.device)
-        host = torch.empty(self.max_file_bytes, dtype=torch.uint8, pin_memory=self.cuda)
-        host_mv = memoryview(host.numpy())
+        max_blocks = self.max_file_bytes  # at least one byte a block: an upper bound on blocks a file holds
+        slots = tuple(
+            _Slot.allocate(
+                self.max_file_bytes,
+                min(max_blocks, _MAX_BLOCKS_PER_FILE),
+                self.device,
+                self.cuda,
+                DeviceChecksums(self.device, self.max_file_bytes) if self.device_checksums else None,
+                self.cuda_graphs,
+            )
+            for _ in range(_SLOTS)
+        )
         dev = torch.empty(self.max_file_bytes, dtype=torch.uint8, device=self.device) if self.cuda else None
         stream = torch.cuda.Stream(device=self.device) if self.cuda else None
-        # A blocking event: waiting on it sleeps in the driver instead of spinning.  stream.synchronize() spins,
-        # and 16 I/O threads spinning through every DMA take the cores that the other threads' file I/O needs.
-        done = torch.cuda.Event(blocking=True) if self.cuda else None
-        ctx = DeviceChecksums(self.device, self.max_file_bytes) if self.device_checksums else None
-        return host, host_mv, dev, stream, done, ctx
+        return _ThreadState(slots, dev, stream)
 
-    def _store(self, op, host, host_mv, dev, stream, done, ctx) -> tuple[bool, int]:  # type: ignore[no-untyped-def]
-        if self.store_budget_s and time.monotonic() - op.enqueued > self.store_budget_s:
-            metrics.STORES.labels("dropped").inc()
-            return False, 0
-        started = time.monotonic()
+    # -- one operation's steps: _begin (CPU work before the GPU phase), _launch (queue the GPU phase),
+    #    _finish (after the GPU phase: settle and scatter a load, write a store's file), _report_settled --
+
+    def _begin(self, f: _Flight) -> _Flight | None:
+        op = f.op
+        if not op.is_load:
+            if self.store_budget_s and time.monotonic() - op.enqueued > self.store_budget_s:
+                metrics.STORES.labels("dropped").inc()
+                self._report(op, ok=False, nbytes=0)
+                return None
+            return f
         n = op.nbytes
-        checksum = None
-        if self.cuda:
-            with torch.cuda.stream(stream):
+        hash_on_device = f.slot.hashes is not None
+        result = load_block(
+            op.path, op.ident, f.slot.host_mv[:n], direct=self.direct, verify=not hash_on_device
+        )
+        if result.ok and result.nbytes != n:
+            # A shorter payload is another block range or layout: never scatter a partial chunk.
+            result = LoadResult(False, MissReason.TRUNCATED, result.nbytes)
+        header = result.header
+        if (
+            result.ok
+            and not result.verified
+            and header is not None
+            and header.checksum_algo != PIECES_ALGO_ID
+        ):
+            # A file from before algorithm 2: checked on the CPU.
+            result = settle_load(result, payload_checksum(f.slot.host_mv[:n], header.checksum_algo))
+        if not result.ok:
+            self._report_miss(op, result)
+            return None
+        f.result = result
+        if not self.cuda:  # nothing to queue: scatter from host staging now
+            op.copier.scatter(f.slot.host[:n], op.block_ids, file_blocks=op.file_blocks, first=op.first)
+            self._report_loaded(op)
+            return None
+        return f
+
+    def _launch(self, f: _Flight) -> _Flight | None:
+        op, slot, n = f.op, f.slot, f.op.nbytes
+        if not self.cuda:  # a CPU store: gather into host staging now, write it in _finish
+            op.copier.gather(op.block_ids, slot.host[:n])
+            return f
+        dev, host, stream = f.state.dev[:n], slot.host[:n], f.state.stream
+        hashes = slot.hashes
+        f.pieces = hashes.hasher.full_pieces(n) if hashes is not None else 0
+        with torch.cuda.stream(stream):
+            if op.is_load and f.result is not None and f.result.verified:  # hashed by the CPU as it was read
+                k = slot.stage_ids(op.block_ids)
+
+                def copy_and_scatter() -> None:
+                    dev.copy_(host, non_blocking=True)
+                    op.copier.scatter(dev, slot.ids_on_device(k), file_blocks=op.file_blocks, first=op.first)
+
+                slot.graphs.run(
+                    slot.shape("load+scatter", id(op.copier), k, op.file_blocks, op.first, n),
+                    copy_and_scatter,
+                    owner=op.copier,
+                )
+            elif op.is_load:
+                assert hashes is not None
+
+                def copy_and_hash() -> None:
+                    dev.copy_(host, non_blocking=True)
+                    hashes.launch(dev)
+
+                slot.graphs.run(("load", n), copy_and_hash)
+            else:
                 if op.event is not None:
                     stream.wait_event(op.event)
-                op.copier.gather(op.block_ids, dev[:n])
-                pieces = ctx.launch(dev[:n]) if ctx is not None else 0
-                host[:n].copy_(dev[:n], non_blocking=True)
-                done.record(stream)
-            done.synchronize()
-            if ctx is not None:
-                checksum = ctx.checksum(pieces, host_mv[:n])
-        else:
-            op.copier.gather(op.block_ids, host[:n])
+                k = slot.stage_ids(op.block_ids)
+
+                def gather_hash_copy() -> None:
+                    op.copier.gather(slot.ids_on_device(k), dev)
+                    if hashes is not None:
+                        hashes.launch(dev)
+                    host.copy_(dev, non_blocking=True)
+
+                slot.graphs.run(slot.shape("store", id(op.copier), k, n), gather_hash_copy, owner=op.copier)
+            slot.ready.record(stream)
+        return f
+
+    def _finish(self, f: _Flight) -> _Flight | None:
+        op, slot, n = f.op, f.slot, f.op.nbytes
+        if slot.ready is not None:
+            slot.ready.synchronize()
+        if op.is_load:
+            assert f.result is not None
+            if f.result.verified:  # scattered already (CPU-hashed load)
+                self._report_loaded(op)
+                return None
+            result = settle_load(f.result, slot.hashes.checksum(f.pieces, slot.host_mv[:n]))  # type: ignore[union-attr]
+            if not result.ok:
+                self._report_miss(op, result)
+                return None
+            dev, stream = f.state.dev[:n], f.state.stream
+            k = slot.stage_ids(op.block_ids)
+
+            def scatter() -> None:
+                op.copier.scatter(dev, slot.ids_on_device(k), file_blocks=op.file_blocks, first=op.first)
+
+            with torch.cuda.stream(stream):
+                # Only verified bytes reach the KV cache; the copies of block ids and payload before it are done.
+                slot.graphs.run(
+                    slot.shape("scatter", id(op.copier), k, op.file_blocks, op.first, n),
+                    scatter,
+                    owner=op.copier,
+                )
+                slot.done.record(stream)
+            return f
+        checksum = slot.hashes.checksum(f.pieces, slot.host_mv[:n]) if slot.hashes is not None else None
         result = store_block(
             op.path,
-            host_mv[:n],
+            slot.host_mv[:n],
             op.ident,
             durability=self.durability,
             file_mode=self.file_mode,
             direct=self.direct,
             checksum=checksum,
         )
-        elapsed = time.monotonic() - started
+        elapsed = time.monotonic() - f.started
         with self._cv:
             self._store_ema_s = elapsed if self._store_ema_s == 0 else 0.9 * self._store_ema_s + 0.1 * elapsed
         metrics.STORES.labels(str(result.outcome)).inc()
@@ -347,60 +510,124 @@ class IoPool:
             metrics.STORE_BYTES.inc(n)
             if self.journal is not None and op.block_key is not None:
                 self.journal.record_store(op.block_key, n, chain_pos=op.chain_pos)
-            return True, n
-        if result.outcome == StoreOutcome.EXISTS:
+            self._report(op, ok=True, nbytes=n)
+        elif result.outcome == StoreOutcome.EXISTS:
             if self.journal is not None and op.block_key is not None:
                 self.journal.record_access(op.block_key)
-            return True, 0
-        log.warning("kvfs: store of %s failed: %s", op.path, result.error)
-        return False, 0
+            self._report(op, ok=True, nbytes=0)
+        else:
+            log.warning("kvfs: store of %s failed: %s", op.path, result.error)
+            self._report(op, ok=False, nbytes=0)
+        return None
 
-    def _load(self, op, host, host_mv, dev, stream, done, ctx) -> tuple[bool, int]:  # type: ignore[no-untyped-def]
-        n = op.nbytes
-        if ctx is not None:
-            result = self._load_checked_on_device(op, host, host_mv, dev, stream, done, ctx)
-        else:
-            result = load_block(op.path, op.ident, host_mv[:n], direct=self.direct)
-        if result.ok and result.nbytes != n:
-            # A shorter payload is another block range or layout: never scatter a partial chunk.
-            result = LoadResult(False, MissReason.TRUNCATED, result.nbytes)
-        if not result.ok:
-            reason = str(result.reason) if result.reason is not None else "io_error"
-            metrics.LOADS.labels("missed").inc()
-            metrics.LOAD_MISSES.labels(reason).inc()
-            log.info("kvfs: load of %s missed (%s); its tokens are recomputed", op.path, reason)
-            return False, 0
-        if self.cuda:
-            with torch.cuda.stream(stream):
-                if ctx is None:
-                    dev[:n].copy_(host[:n], non_blocking=True)
-                op.copier.scatter(dev[:n], op.block_ids, file_blocks=op.file_blocks, first=op.first)
-                done.record(stream)
-            done.synchronize()
-        else:
-            op.copier.scatter(host[:n], op.block_ids, file_blocks=op.file_blocks, first=op.first)
+    def _report_settled(self, f: _Flight) -> None:
+        """A verified load is done once its scatter has completed: only then may vLLM use those blocks."""
+        f.slot.done.synchronize()
+        self._report_loaded(f.op)
+
+    def _report_loaded(self, op: FileOp) -> None:
         metrics.LOADS.labels("ok").inc()
-        metrics.LOAD_BYTES.inc(n)
-        return True, n
+        metrics.LOAD_BYTES.inc(op.nbytes)
+        self._report(op, ok=True, nbytes=op.nbytes)
 
-    def _load_checked_on_device(self, op, host, host_mv, dev, stream, done, ctx) -> LoadResult:  # type: ignore[no-untyped-def]
-        """Read the file into pinned staging in one system call, copy it to device staging, hash it there and
-        settle the load against the header.  Device staging holds a verified payload only if this is ok."""
-        n = op.nbytes
-        result = load_block(op.path, op.ident, host_mv[:n], direct=self.direct, verify=False)
-        if not result.ok or result.header is None:
-            return result
-        if result.nbytes != n:
-            return LoadResult(False, MissReason.TRUNCATED, result.nbytes)
-        algo = result.header.checksum_algo
-        with torch.cuda.stream(stream):
-            dev[:n].copy_(host[:n], non_blocking=True)
-            pieces = ctx.launch(dev[:n]) if algo == PIECES_ALGO_ID else 0
-            done.record(stream)
-        done.synchronize()
-        if algo == PIECES_ALGO_ID:
-            return settle_load(result, ctx.checksum(pieces, host_mv[:n]))
-        return settle_load(result, payload_checksum(host_mv[:n], algo))  # files from before algorithm 2
+    def _report_miss(self, op: FileOp, result: LoadResult) -> None:
+        reason = str(result.reason) if result.reason is not None else "io_error"
+        metrics.LOADS.labels("missed").inc()
+        metrics.LOAD_MISSES.labels(reason).inc()
+        log.info("kvfs: load of %s missed (%s); its tokens are recomputed", op.path, reason)
+        self._report(op, ok=False, nbytes=0)
+
+
+# Staging slots per I/O thread: one file's bytes move on the GPU while the other slot's file is read or written.
+_SLOTS = 2
+# Block-id buffers hold at most this many ids; a file of more blocks (not a layout vLLM produces) falls back to
+# a copy of its ids made at launch.
+_MAX_BLOCKS_PER_FILE = 4096
+
+
+@dataclass
+class _Slot:
+    """One staging slot: pinned host bytes for a file, its block ids (pinned, and on the device), the device
+    digests of its payload, and the events that say when the GPU is done with it."""
+
+    host: torch.Tensor
+    host_mv: memoryview
+    ids_host: torch.Tensor
+    ids_dev: torch.Tensor | None
+    hashes: DeviceChecksums | None
+    ready: torch.cuda.Event | None  # the slot's GPU phase (copies and hash) has completed
+    done: torch.cuda.Event | None  # a load's scatter has completed
+    graphs: GraphCache
+    _oversized: torch.Tensor | None = None
+
+    @classmethod
+    def allocate(
+        cls,
+        nbytes: int,
+        max_blocks: int,
+        device: torch.device,
+        cuda: bool,
+        hashes: DeviceChecksums | None,
+        graphs: bool,
+    ) -> _Slot:
+        host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=cuda)
+        ids_host = torch.empty(max_blocks, dtype=torch.int64, pin_memory=cuda)
+        # Blocking events: waiting on one sleeps in the driver instead of spinning.  stream.synchronize() spins,
+        # and 16 I/O threads spinning through every DMA take the cores that the other threads' file I/O needs.
+        return cls(
+            host=host,
+            host_mv=memoryview(host.numpy()),
+            ids_host=ids_host,
+            ids_dev=torch.empty(max_blocks, dtype=torch.int64, device=device) if cuda else None,
+            hashes=hashes,
+            ready=torch.cuda.Event(blocking=True) if cuda else None,
+            done=torch.cuda.Event(blocking=True) if cuda else None,
+            graphs=GraphCache(enabled=cuda and graphs),
+        )
+
+    def stage_ids(self, block_ids: Sequence[int]) -> int:
+        """Put `block_ids` in this slot's pinned id buffer (read by the next `ids_on_device` copy when it runs);
+        their count.  Ids that do not fit are kept aside and copied the slow way."""
+        n = len(block_ids)
+        if n <= len(self.ids_host):
+            self.ids_host.numpy()[:n] = block_ids
+            self._oversized = None
+        else:
+            self._oversized = torch.as_tensor(list(block_ids), dtype=torch.int64)
+        return n
+
+    def shape(self, *key: object) -> tuple[object, ...] | None:
+        """A graph key for a phase that uses the staged ids, or None (run eagerly) when they did not fit."""
+        return key if self._oversized is None else None
+
+    def ids_on_device(self, n: int) -> torch.Tensor:
+        """On the current stream: the staged block ids copied to the device, from pinned memory so the copy is
+        asynchronous (a pageable copy would wait for the whole stream) and can be part of a CUDA graph."""
+        if self._oversized is not None:
+            return self._oversized.to(self.ids_dev.device if self.ids_dev is not None else "cpu")
+        assert self.ids_dev is not None
+        ids = self.ids_dev[:n]
+        ids.copy_(self.ids_host[:n], non_blocking=True)
+        return ids
+
+
+@dataclass
+class _ThreadState:
+    slots: tuple[_Slot, ...]
+    dev: torch.Tensor | None  # device staging, shared by the slots in stream order
+    stream: torch.cuda.Stream | None
+
+
+@dataclass
+class _Flight:
+    """One operation on its way through a thread's pipeline."""
+
+    op: FileOp
+    slot: _Slot
+    state: _ThreadState
+    started: float
+    result: LoadResult | None = None  # a load's read, before the payload is verified
+    pieces: int = 0  # whole hash pieces whose digests the GPU computes
 
 
 class DeviceChecksums:
@@ -412,6 +639,8 @@ class DeviceChecksums:
         slots = max_file_bytes // HASH_PIECE_BYTES + 1
         self.dev_digests = torch.empty(slots, dtype=torch.int64, device=device)
         self.host_digests = torch.empty(slots, dtype=torch.int64, pin_memory=True)
+        # The digests as the little-endian uint64 bytes that algorithm 2 hashes (int64 bits are the same).
+        self.host_digest_bytes = memoryview(self.host_digests.numpy()).cast("B")
 
     def launch(self, payload: torch.Tensor) -> int:
         """On the current stream: hash the whole pieces of `payload` and copy their digests to the host."""
@@ -422,8 +651,8 @@ class DeviceChecksums:
 
     def checksum(self, pieces: int, host_payload: memoryview) -> int:
         """After the stream synchronized: the payload's checksum (a partial last piece hashed on the host)."""
-        digests = devhash.as_unsigned(self.host_digests[:pieces].tolist())
+        packed = self.host_digest_bytes[: pieces * 8]
         tail = host_payload[pieces * HASH_PIECE_BYTES :]
         if len(tail):
-            digests.append(checksum64(tail))
-        return combine_piece_digests(digests)
+            return combine_packed_digests(bytes(packed) + struct.pack("<Q", checksum64(tail)))
+        return combine_packed_digests(packed)

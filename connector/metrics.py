@@ -28,6 +28,10 @@ DEVICE_HASH_DISABLED = Counter(
     "kvfs_connector_device_hash_disabled_total",
     "I/O pools that hash on the CPU because GPU payload hashing failed its start-up self-test.",
 )
+GRAPH_CAPTURE_FAILED = Counter(
+    "kvfs_connector_graph_capture_failed_total",
+    "I/O thread staging slots that issue copies eagerly because capturing a CUDA graph failed.",
+)
 STAGING_BYTES = Gauge(
     "kvfs_connector_staging_bytes", "Pinned host (+ device) staging memory held by I/O threads."
 )

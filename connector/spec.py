@@ -107,5 +107,6 @@ class KvfsOffloadingSpec(OffloadingSpec):
                 "file_mode": self.kvfs.file_mode,
                 "journal": journal,
                 "device_checksums": self.kvfs.gpu_checksums,
+                "cuda_graphs": self.kvfs.cuda_graphs,
             },
         )

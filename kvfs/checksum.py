@@ -62,6 +62,12 @@ def combine_piece_digests(digests: Sequence[int]) -> int:
     return _xxh3_64(struct.pack(f"<{len(digests)}Q", *digests))
 
 
+def combine_packed_digests(packed: Buffer) -> int:
+    """Algorithm 2's value from its pieces' digests already packed as little-endian uint64 (how an int64 tensor
+    of digests lies in memory on a little-endian host)."""
+    return _xxh3_64(packed)
+
+
 class PieceHasher:
     """Streaming algorithm 2: feed the payload in any slicing; `intdigest()` is its checksum."""
 

@@ -216,7 +216,8 @@ def test_store_past_the_time_budget_is_dropped_and_not_reported_stored(tmp_path)
 def test_staging_is_bounded_by_the_cap():
     pool = IoPool(threads=16, max_file_bytes=1 << 20, device=torch.device("cpu"), max_staging_bytes=4 << 20)
     try:
-        assert pool.threads == 4 and pool.staging_bytes == 4 << 20
+        # Two host slots a thread on CPU (no device buffer): 2 MiB each.
+        assert pool.threads == 2 and pool.staging_bytes == 4 << 20
     finally:
         pool.shutdown()
 
@@ -239,5 +240,52 @@ def test_io_thread_that_cannot_set_up_fails_its_operations_instead_of_hanging(tm
         assert metrics.STORES.labels("failed")._value.get() == failed_before + 1
         done = run(pool, 2, [op(tmp_path, c, [4, 5, 6, 7], load=True, job=2)], load=True)
         assert not done.success and sorted(done.failed_block_ids) == [4, 5, 6, 7]
+    finally:
+        pool.shutdown()
+
+
+def test_one_thread_pipeline_keeps_every_file_with_its_own_slot(tmp_path):
+    """One I/O thread alternates two staging slots, with stores and loads of many files queued together, one
+    file bad and one raising mid-pipeline: every good file lands bit-exact in its own blocks, and only the bad
+    ones fail."""
+    page, files = 32, 12
+    pool = IoPool(threads=1, max_file_bytes=BPC * 2 * page, device=torch.device("cpu"), store_budget_s=30.0)
+    try:
+        src = make_layers(2, files * BPC, page, 16)
+        dst = make_layers(2, files * BPC, page, 17)
+        dst_before = [t.clone() for t in dst]
+        c, d = GroupCopier(src, [page] * 2), GroupCopier(dst, [page] * 2)
+        keys = [bytes([65 + i]) * 36 for i in range(files)]
+        ids = [list(range(i * BPC, (i + 1) * BPC)) for i in range(files)]
+        half = files // 2
+        stores = [op(tmp_path, c, ids[i], load=False, key=keys[i]) for i in range(half)]
+        assert run(pool, 1, stores, load=False).success
+        os.unlink(stores[2].path)
+
+        class Raising(GroupCopier):
+            def scatter(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+                raise RuntimeError("scatter failed")
+
+        raising = Raising(dst, [page] * 2)
+        # Loads of the first half (reversed block order) queued with stores of the second half.
+        loads = [op(tmp_path, d, ids[i][::-1], load=True, key=keys[i], job=2) for i in range(half)]
+        loads[4].copier = raising
+        more = [op(tmp_path, c, ids[i], load=False, key=keys[i], job=3) for i in range(half, files)]
+        pool.submit(3, more, is_load=False)
+        pool.submit(2, loads, is_load=True)
+        assert pool.wait([2, 3], timeout=30)
+        done = {x.job_id: x for x in pool.take_finished()}
+        assert done[3].success and done[3].files_ok == files - half
+        assert sorted(done[2].failed_block_ids) == sorted(ids[2] + ids[4])
+        for i in range(half):
+            for s, t, before in zip(src, dst, dst_before, strict=True):
+                want = s[ids[i], :page] if i not in (2, 4) else before[ids[i][::-1], :page]
+                assert torch.equal(t[ids[i][::-1], :page], want)
+        # The second half round-trips too.
+        loads = [op(tmp_path, d, ids[i], load=True, key=keys[i], job=4) for i in range(half, files)]
+        assert run(pool, 4, loads, load=True).success
+        for i in range(half, files):
+            for s, t in zip(src, dst, strict=True):
+                assert torch.equal(t[ids[i], :page], s[ids[i], :page])
     finally:
         pool.shutdown()

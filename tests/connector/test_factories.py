@@ -152,8 +152,15 @@ def test_sync_loads_refused_where_their_failures_cannot_be_recomputed(tmp_path):
 def test_boolean_settings() -> None:
     from connector.config import KvfsConnectorConfig
 
-    assert KvfsConnectorConfig.from_extra({"kvfs_root": "/x"}).gpu_checksums is True
+    default = KvfsConnectorConfig.from_extra({"kvfs_root": "/x"})
+    assert default.gpu_checksums is True and default.cuda_graphs is True
     cfg = KvfsConnectorConfig.from_extra(
-        {"kvfs_root": "/x", "kvfs_gpu_checksums": False, "kvfs_journal": "false", "kvfs_direct_io": "True"}
+        {
+            "kvfs_root": "/x",
+            "kvfs_gpu_checksums": False,
+            "kvfs_journal": "false",
+            "kvfs_direct_io": "True",
+            "kvfs_cuda_graphs": "false",
+        }
     )
-    assert (cfg.gpu_checksums, cfg.journal, cfg.direct_io) == (False, False, True)
+    assert (cfg.gpu_checksums, cfg.journal, cfg.direct_io, cfg.cuda_graphs) == (False, False, True, False)

@@ -19,6 +19,7 @@ from kvfs.checksum import (
     PIECES_ALGO_ID,
     PieceHasher,
     checksum64,
+    combine_packed_digests,
     combine_piece_digests,
     payload_checksum,
     payload_hasher,
@@ -98,3 +99,13 @@ def test_payload_algorithms() -> None:
         assert "7" in str(exc)
     else:
         raise AssertionError("unknown algorithm accepted")
+
+
+def test_packed_digests_combine_like_the_digest_list() -> None:
+    """The GPU path hashes its int64 digest buffer's bytes as they lie in memory: the same value as the list."""
+    import numpy as np
+
+    digests = [xxhash.xxh3_64_intdigest(os.urandom(64)) for _ in range(33)] + [0, (1 << 64) - 1]
+    as_int64 = np.array(digests, dtype=np.uint64).view(np.int64)  # how a torch int64 tensor holds them
+    assert combine_packed_digests(memoryview(as_int64).cast("B")) == combine_piece_digests(digests)
+    assert combine_packed_digests(b"") == combine_piece_digests([])

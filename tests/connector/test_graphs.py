@@ -1,0 +1,51 @@
+"""GraphCache's contract without a GPU: phases without a key always run eagerly, and a capture that fails turns
+the cache off, is counted, and still runs the phase exactly once (graphs are a speed-up, never a requirement).
+Capture and replay themselves are checked on a GPU by `python -m connector.gpu_check`."""
+
+from __future__ import annotations
+
+import torch
+
+from connector import metrics
+from connector.graphs import GraphCache
+
+
+def _failed_captures() -> float:
+    return metrics.GRAPH_CAPTURE_FAILED._value.get()  # type: ignore[attr-defined]
+
+
+def test_unkeyed_phases_run_eagerly_every_time() -> None:
+    cache, calls = GraphCache(enabled=True), []
+    for _ in range(3):
+        cache.run(None, lambda: calls.append(1))
+    assert calls == [1, 1, 1] and len(cache) == 0 and cache.enabled
+
+
+def test_a_failed_capture_disables_the_cache_and_runs_the_phase_once() -> None:
+    cache, calls = GraphCache(enabled=True), []
+    before = _failed_captures()
+    cache.run(("load", 1), lambda: calls.append("first"))  # first sight of a shape: eager, no capture
+    assert calls == ["first"] and cache.enabled and _failed_captures() == before
+    if torch.cuda.is_available():  # pragma: no cover - on a GPU the capture would succeed
+        return
+    cache.run(("load", 1), lambda: calls.append("second"))  # second sight: capture tried, fails on CPU
+    assert calls == ["first", "second"], "the phase must run exactly once even though its capture failed"
+    assert not cache.enabled and len(cache) == 0
+    assert _failed_captures() == before + 1
+    cache.run(("load", 1), lambda: calls.append("third"))  # off from then on: eager, no new failure counted
+    assert calls[-1] == "third" and _failed_captures() == before + 1
+
+
+def test_shapes_beyond_the_limit_run_eagerly() -> None:
+    cache, calls = GraphCache(enabled=True, limit=0), []
+    for i in range(4):
+        cache.run(("store", 1), lambda i=i: calls.append(i))
+    assert calls == [0, 1, 2, 3] and cache.enabled and len(cache) == 0
+
+
+def test_a_disabled_cache_never_tries_to_capture() -> None:
+    cache, calls = GraphCache(enabled=False), []
+    before = _failed_captures()
+    for i in range(3):
+        cache.run(("scatter", 7), lambda i=i: calls.append(i))
+    assert calls == [0, 1, 2] and _failed_captures() == before
