@@ -362,7 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--targets", default="shm,disk")
     parser.add_argument("--threads", default="1,8,16,32")
-    parser.add_argument("--files", type=int, default=48, help="32 MiB files per measurement")
+    parser.add_argument(
+        "--files", type=int, default=96, help="32 MiB files per measurement (several per thread: throughput)"
+    )
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--disk-dir", default=os.path.join(os.getcwd(), "bench-data"))
     parser.add_argument(

@@ -1,0 +1,40 @@
+"""The GPU data-path benchmark's dry run on CPU tensors: it runs end to end and reports every figure it
+promises beside its baselines, so `make bench-gpu` does not rot between GPU sessions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from connector import bench
+
+
+@pytest.mark.slow
+def test_cpu_dry_run_reports_kvfs_beside_its_baselines(tmp_path) -> None:
+    out = tmp_path / "bench.json"
+    rc = bench.main(
+        [
+            "--cpu",
+            "--targets",
+            "shm",
+            "--threads",
+            "1",
+            "--files",
+            "2",
+            "--reps",
+            "1",
+            "--tree-files",
+            "200",
+            "--json",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    results = json.loads(out.read_text())
+    (row,) = results["rows"]
+    for key in ("store", "load", "raw_write", "raw_read", "naive_store", "host_memcpy", "staging_mib"):
+        assert row[key] > 0, key
+    assert row["store_ratio"] == pytest.approx(row["store"] / row["raw_write"], rel=0.5)
+    assert results["cuda_graphs"] is False and results["device_checksums"] is False
+    assert results["scheduler"]["tree_files"] == 200 and results["scheduler"]["warm_step_us_median"] > 0
