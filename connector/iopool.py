@@ -320,7 +320,7 @@ class IoPool:
                 if in_flight is not None and in_flight.slot is state.slots[0]
                 else state.slots[0]
             )
-            flight = self._guard(_Flight(op, slot, state, time.monotonic()), self._begin)
+            flight = self._guard(_Flight(op, slot, state), self._begin)
             if settling is not None:  # its scatter ran while the file above was read
                 self._guard(settling, self._report_settled)
                 settling = None
@@ -421,6 +421,13 @@ class IoPool:
         return f
 
     def _launch(self, f: _Flight) -> _Flight | None:
+        started = time.monotonic()
+        try:
+            return self._queue_gpu_phase(f)
+        finally:
+            f.busy_s += time.monotonic() - started
+
+    def _queue_gpu_phase(self, f: _Flight) -> _Flight | None:
         op, slot, n = f.op, f.slot, f.op.nbytes
         if not self.cuda:  # a CPU store: gather into host staging now, write it in _finish
             op.copier.gather(op.block_ids, slot.host[:n])
@@ -465,6 +472,7 @@ class IoPool:
         return f
 
     def _finish(self, f: _Flight) -> _Flight | None:
+        finishing = time.monotonic()
         op, slot, n = f.op, f.slot, f.op.nbytes
         if slot.ready is not None:
             slot.ready.synchronize()
@@ -502,7 +510,9 @@ class IoPool:
             direct=self.direct,
             checksum=checksum,
         )
-        elapsed = time.monotonic() - f.started
+        # The thread's own time on this store (queueing its GPU phase, waiting for it, writing the file), not
+        # the wall time since it was picked up: in the pipeline that also spans the next file's read.
+        elapsed = f.busy_s + time.monotonic() - finishing
         with self._cv:
             self._store_ema_s = elapsed if self._store_ema_s == 0 else 0.9 * self._store_ema_s + 0.1 * elapsed
         metrics.STORES.labels(str(result.outcome)).inc()
@@ -625,9 +635,9 @@ class _Flight:
     op: FileOp
     slot: _Slot
     state: _ThreadState
-    started: float
     result: LoadResult | None = None  # a load's read, before the payload is verified
     pieces: int = 0  # whole hash pieces whose digests the GPU computes
+    busy_s: float = 0.0  # thread time spent queueing its GPU phase (a store's service time, with its write)
 
 
 class DeviceChecksums:

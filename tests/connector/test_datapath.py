@@ -289,3 +289,50 @@ def test_one_thread_pipeline_keeps_every_file_with_its_own_slot(tmp_path):
                 assert torch.equal(t[ids[i], :page], s[ids[i], :page])
     finally:
         pool.shutdown()
+
+
+def test_store_service_time_excludes_the_load_read_beside_it_in_the_pipeline(tmp_path):
+    """The drop-at-submit estimate learns a store's own cost (queueing its copies, waiting for them, writing the
+    file), not its wall time in the pipeline: a slow load that one thread runs between a store's gather and its
+    write must not make later stores look slow (they would be dropped well inside the budget)."""
+    import threading
+
+    page, slow_s = 32, 0.4
+    pool = IoPool(threads=1, max_file_bytes=BPC * page, device=torch.device("cpu"), store_budget_s=30.0)
+    try:
+        src, dst = make_layers(1, 4 * BPC, page, 21), make_layers(1, 4 * BPC, page, 22)
+        gathering, release = threading.Event(), threading.Event()
+
+        class HeldGather(GroupCopier):
+            def gather(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+                gathering.set()
+                assert release.wait(10)
+                super().gather(*args, **kwargs)
+
+        class SlowScatter(GroupCopier):
+            def scatter(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+                time.sleep(slow_s)
+                super().scatter(*args, **kwargs)
+
+        plain = GroupCopier(src, [page])
+        assert run(
+            pool, 1, [op(tmp_path, plain, list(range(BPC)), load=False, key=b"a" * 36)], load=False
+        ).success
+        pool._store_ema_s = 0.0  # learn from the next store alone
+        held = HeldGather(src, [page])
+        pool.submit(
+            2,
+            [op(tmp_path, held, list(range(BPC, 2 * BPC)), load=False, key=b"b" * 36, job=2)],
+            is_load=False,
+        )
+        assert gathering.wait(10)  # the store is in its GPU phase (here: the gather)
+        slow = SlowScatter(dst, [page])
+        pool.submit(3, [op(tmp_path, slow, list(range(BPC)), load=True, key=b"a" * 36, job=3)], is_load=True)
+        release.set()  # the thread now reads and scatters the load before it writes the store's file
+        assert pool.wait([2, 3], timeout=30)
+        done = {d.job_id: d for d in pool.take_finished()}
+        assert done[2].success and done[3].success
+        assert done[2].seconds >= slow_s, "the store's file was written after the slow load, as pipelined"
+        assert 0 < pool._store_ema_s < slow_s / 2, pool._store_ema_s
+    finally:
+        pool.shutdown()
