@@ -4,6 +4,7 @@ two groups, the store time budget, and every way a file can go bad between looku
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -17,6 +18,22 @@ from kvfs.blockfile import HEADER_SIZE, BlockIdentity, store_block
 
 FP = bytes(range(32))
 BPC = 4  # GPU blocks per file
+
+
+class HeldGather(GroupCopier):
+    """A copier whose gathers wait for `release`: holds a store in its GPU phase while a test queues more."""
+
+    gathering: threading.Event
+    release: threading.Event
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.gathering, self.release = threading.Event(), threading.Event()
+
+    def gather(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.gathering.set()
+        assert self.release.wait(10)
+        super().gather(*args, **kwargs)
 
 
 def make_layers(num_layers: int, num_blocks: int, page: int, seed: int) -> list[torch.Tensor]:
@@ -295,19 +312,11 @@ def test_store_service_time_excludes_the_load_read_beside_it_in_the_pipeline(tmp
     """The drop-at-submit estimate learns a store's own cost (queueing its copies, waiting for them, writing the
     file), not its wall time in the pipeline: a slow load that one thread runs between a store's gather and its
     write must not make later stores look slow (they would be dropped well inside the budget)."""
-    import threading
 
     page, slow_s = 32, 0.4
     pool = IoPool(threads=1, max_file_bytes=BPC * page, device=torch.device("cpu"), store_budget_s=30.0)
     try:
         src, dst = make_layers(1, 4 * BPC, page, 21), make_layers(1, 4 * BPC, page, 22)
-        gathering, release = threading.Event(), threading.Event()
-
-        class HeldGather(GroupCopier):
-            def gather(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-                gathering.set()
-                assert release.wait(10)
-                super().gather(*args, **kwargs)
 
         class SlowScatter(GroupCopier):
             def scatter(self, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -320,6 +329,7 @@ def test_store_service_time_excludes_the_load_read_beside_it_in_the_pipeline(tmp
         ).success
         pool._store_ema_s = 0.0  # learn from the next store alone
         held = HeldGather(src, [page])
+        gathering, release = held.gathering, held.release
         pool.submit(
             2,
             [op(tmp_path, held, list(range(BPC, 2 * BPC)), load=False, key=b"b" * 36, job=2)],
@@ -334,5 +344,41 @@ def test_store_service_time_excludes_the_load_read_beside_it_in_the_pipeline(tmp
         assert done[2].success and done[3].success
         assert done[2].seconds >= slow_s, "the store's file was written after the slow load, as pipelined"
         assert 0 < pool._store_ema_s < slow_s / 2, pool._store_ema_s
+    finally:
+        pool.shutdown()
+
+
+def test_loads_are_taken_before_stores_queued_earlier(tmp_path):
+    """Loads take priority: with a store in flight and three more queued, a load submitted last is served next,
+    before any of the queued stores."""
+    page = 32
+    pool = IoPool(threads=1, max_file_bytes=BPC * page, device=torch.device("cpu"), store_budget_s=30.0)
+    try:
+        src, dst = make_layers(1, 8 * BPC, page, 31), make_layers(1, 8 * BPC, page, 32)
+        plain = GroupCopier(src, [page])
+        assert run(
+            pool, 1, [op(tmp_path, plain, list(range(BPC)), load=False, key=b"a" * 36)], load=False
+        ).success
+        held = HeldGather(src, [page])
+        pool.submit(
+            2, [op(tmp_path, held, list(range(BPC)), load=False, key=b"b" * 36, job=2)], is_load=False
+        )
+        assert held.gathering.wait(10)
+        # Three stores queued first, each its own job (a job completes with its last file, so one job of three
+        # would hide the order in which its files were served), then the load.
+        for i in (1, 2, 3):
+            ids = list(range(i * BPC, (i + 1) * BPC))
+            store = op(tmp_path, plain, ids, load=False, key=bytes([99 + i]) * 36, job=10 + i)
+            pool.submit(10 + i, [store], is_load=False)
+        load = op(tmp_path, GroupCopier(dst, [page]), list(range(BPC)), load=True, key=b"a" * 36, job=4)
+        pool.submit(4, [load], is_load=True)
+        held.release.set()
+        assert pool.wait([2, 4, 11, 12, 13], timeout=30)
+        order = [d.job_id for d in pool.take_finished()]
+        assert sorted(order) == [2, 4, 11, 12, 13]
+        assert order.index(4) < min(order.index(j) for j in (11, 12, 13)), (
+            f"the load waited behind stores queued before it: {order}"
+        )
+        assert torch.equal(dst[0][:BPC, :page], src[0][:BPC, :page])
     finally:
         pool.shutdown()
