@@ -155,4 +155,12 @@ def files_on_disk(root: Path) -> set[str]:
 
 
 def bytes_on_disk(root: Path) -> int:
-    return sum((root / rel).stat().st_size for rel in files_on_disk(root))
+    """Bytes of the block files under root, read while a running evictor may delete them: a file listed and then
+    gone before its stat counts as deleted, not as an error."""
+    total = 0
+    for rel in files_on_disk(root):
+        try:
+            total += (root / rel).stat().st_size
+        except FileNotFoundError:
+            continue
+    return total
