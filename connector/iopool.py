@@ -349,14 +349,18 @@ class IoPool:
     def _fail(self, op: FileOp, exc: BaseException) -> None:
         log.error("kvfs: %s of %s failed", "load" if op.is_load else "store", op.path, exc_info=exc)
         if op.is_load:
-            metrics.LOADS.labels("missed").inc()
-            metrics.LOAD_MISSES.labels("io_error").inc()
+            self._count_miss(MissReason.IO_ERROR)
         else:
             metrics.STORES.labels("failed").inc()
         self._report(op, ok=False, nbytes=0)
 
-    def _report(self, op: FileOp, *, ok: bool, nbytes: int) -> None:
+    def _report(self, op: FileOp, *, ok: bool, nbytes: int, store_seconds: float | None = None) -> None:
+        """Complete one operation; `store_seconds`, a store's service time, feeds the drop-at-submit estimate
+        under the same lock."""
         with self._cv:
+            if store_seconds is not None:
+                ema = self._store_ema_s
+                self._store_ema_s = store_seconds if ema == 0 else 0.9 * ema + 0.1 * store_seconds
             self._op_done_locked(op, ok=ok, nbytes=nbytes)
 
     def _thread_state(self) -> _ThreadState:
@@ -513,21 +517,20 @@ class IoPool:
         # The thread's own time on this store (queueing its GPU phase, waiting for it, writing the file), not
         # the wall time since it was picked up: in the pipeline that also spans the next file's read.
         elapsed = f.busy_s + time.monotonic() - finishing
-        with self._cv:
-            self._store_ema_s = elapsed if self._store_ema_s == 0 else 0.9 * self._store_ema_s + 0.1 * elapsed
         metrics.STORES.labels(str(result.outcome)).inc()
+        ok, nbytes = True, 0
         if result.outcome == StoreOutcome.STORED:
+            nbytes = n
             metrics.STORE_BYTES.inc(n)
             if self.journal is not None and op.block_key is not None:
                 self.journal.record_store(op.block_key, n, chain_pos=op.chain_pos)
-            self._report(op, ok=True, nbytes=n)
         elif result.outcome == StoreOutcome.EXISTS:
             if self.journal is not None and op.block_key is not None:
                 self.journal.record_access(op.block_key)
-            self._report(op, ok=True, nbytes=0)
         else:
             log.warning("kvfs: store of %s failed: %s", op.path, result.error)
-            self._report(op, ok=False, nbytes=0)
+            ok = False
+        self._report(op, ok=ok, nbytes=nbytes, store_seconds=elapsed)
         return None
 
     def _report_settled(self, f: _Flight) -> None:
@@ -541,11 +544,15 @@ class IoPool:
         self._report(op, ok=True, nbytes=op.nbytes)
 
     def _report_miss(self, op: FileOp, result: LoadResult) -> None:
-        reason = str(result.reason) if result.reason is not None else "io_error"
-        metrics.LOADS.labels("missed").inc()
-        metrics.LOAD_MISSES.labels(reason).inc()
+        reason = result.reason if result.reason is not None else MissReason.IO_ERROR
+        self._count_miss(reason)
         log.info("kvfs: load of %s missed (%s); its tokens are recomputed", op.path, reason)
         self._report(op, ok=False, nbytes=0)
+
+    @staticmethod
+    def _count_miss(reason: MissReason) -> None:
+        metrics.LOADS.labels("missed").inc()
+        metrics.LOAD_MISSES.labels(str(reason)).inc()
 
 
 # Staging slots per I/O thread: one file's bytes move on the GPU while the other slot's file is read or written.
