@@ -59,7 +59,7 @@ class PayloadHasher(Protocol):
 
 def combine_piece_digests(digests: Sequence[int]) -> int:
     """Algorithm 2's value from its pieces' digests (in payload order)."""
-    return _xxh3_64(struct.pack(f"<{len(digests)}Q", *digests))
+    return combine_packed_digests(struct.pack(f"<{len(digests)}Q", *digests))
 
 
 def combine_packed_digests(packed: Buffer) -> int:
