@@ -150,49 +150,27 @@ class Bench:
             direct=direct,
             durability=Durability(durability),
             device_checksums=not self.args.cpu_checksums,
-            cuda_graphs=not getattr(self.args, "no_graphs", False),
+            cuda_graphs=not self.args.no_graphs,
         )
 
-    def kvfs(
-        self,
-        root: str,
-        threads: int,
-        direct: bool,
-        durability: str,
-        reps: int | None = None,
-        pool: IoPool | None = None,
-    ) -> dict[str, float]:
-        """Store then load every file through an IoPool (`pool`, kept warm by the caller as an engine keeps
-        its own, or a new one)."""
-        owned = pool is None
-        if pool is None:
-            pool = self.pool(threads, direct, durability)
+    def kvfs(self, root: str, pool: IoPool) -> dict[str, float]:
+        """One repetition: store then load every file through `pool` (kept warm by the caller, as an engine keeps
+        its own)."""
         total = self.files * self.file_bytes
-        stores, loads = [], []
-        try:
-            for _ in range(reps or self.args.reps):
-                self.clear(root)
-                torch.cuda.synchronize() if self.device.type == "cuda" else None
-                t = time.perf_counter()
-                pool.submit(1, self.ops(root, False, 1), is_load=False)
-                pool.wait([1])
-                stores.append(total / (time.perf_counter() - t) / GB)
-                assert all(d.success for d in pool.take_finished()), "store failed"
-                drop_caches(direct)
-                t = time.perf_counter()
-                pool.submit(2, self.ops(root, True, 2), is_load=True)
-                pool.wait([2])
-                loads.append(total / (time.perf_counter() - t) / GB)
-                assert all(d.success for d in pool.take_finished()), "load failed"
-            staging = pool.staging_bytes
-        finally:
-            if owned:
-                pool.shutdown()
-        return {
-            "store": statistics.median(stores),
-            "load": statistics.median(loads),
-            "staging_mib": staging / 2**20,
-        }
+        self.clear(root)
+        torch.cuda.synchronize() if self.device.type == "cuda" else None
+        t = time.perf_counter()
+        pool.submit(1, self.ops(root, False, 1), is_load=False)
+        pool.wait([1])
+        store = total / (time.perf_counter() - t) / GB
+        assert all(d.success for d in pool.take_finished()), "store failed"
+        drop_caches(direct=pool.direct)
+        t = time.perf_counter()
+        pool.submit(2, self.ops(root, True, 2), is_load=True)
+        pool.wait([2])
+        load = total / (time.perf_counter() - t) / GB
+        assert all(d.success for d in pool.take_finished()), "load failed"
+        return {"store": store, "load": load, "staging_mib": pool.staging_bytes / 2**20}
 
     def raw(
         self,
@@ -431,10 +409,10 @@ def main(argv: list[str] | None = None) -> int:
                 # CUDA graph capture), as an engine's pool is warm after its first requests.
                 pool = bench.pool(threads, direct, durability)
                 try:
-                    bench.kvfs(root, threads, direct, durability, reps=1, pool=pool)
+                    bench.kvfs(root, pool)
                     pairs = [
                         (
-                            bench.kvfs(root, threads, direct, durability, reps=1, pool=pool),
+                            bench.kvfs(root, pool),
                             bench.raw(root, threads, direct, durability, reps=1),
                         )
                         for _ in range(args.reps)

@@ -168,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         print("connector.ladder needs a CUDA GPU")
         return 1
     bench = Bench(
-        argparse.Namespace(cpu=False, files=args.files, no_triton=False, reps=1, cpu_checksums=False)
+        argparse.Namespace(
+            cpu=False, files=args.files, no_triton=False, reps=1, cpu_checksums=False, no_graphs=False
+        )
     )
     root = "/dev/shm/kvfs-ladder"
     os.makedirs(root, exist_ok=True)
