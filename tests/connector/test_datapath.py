@@ -382,3 +382,70 @@ def test_loads_are_taken_before_stores_queued_earlier(tmp_path):
         assert torch.equal(dst[0][:BPC, :page], src[0][:BPC, :page])
     finally:
         pool.shutdown()
+
+
+def test_store_failures_in_the_pipeline_fail_only_their_files_and_are_never_journaled(tmp_path, monkeypatch):
+    """Five stores through one thread's pipeline: one whose gather raises, one whose file write finds the disk
+    full (ENOSPC from the real pwritev call site).  Those two are reported failed with their blocks, counted,
+    leave no file or temp file and no journal record; the three others are stored, journaled, and load back."""
+    import errno
+
+    from kvfs.journal import JournalReader, JournalWriter, RecordKind
+    from kvfs.layout import BlockKey
+
+    page = 32
+    src, dst = make_layers(2, 5 * BPC, page, 41), make_layers(2, 5 * BPC, page, 42)
+    keys = [bytes([97 + i]) * 36 for i in range(5)]  # a..e
+    ids = [list(range(i * BPC, (i + 1) * BPC)) for i in range(5)]
+    full_disk_name = keys[3].hex()[:40]
+    real_pwritev = os.pwritev
+
+    def pwritev(fd, buffers, offset, *args):  # type: ignore[no-untyped-def]
+        if full_disk_name in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwritev(fd, buffers, offset, *args)
+
+    monkeypatch.setattr(os, "pwritev", pwritev)
+
+    class RaisingGather(GroupCopier):
+        def gather(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            raise RuntimeError("gather failed")
+
+    journal = JournalWriter(tmp_path, writer_id="pipeline-test")
+    pool = IoPool(
+        threads=1,
+        max_file_bytes=BPC * 2 * page,
+        device=torch.device("cpu"),
+        store_budget_s=30.0,
+        journal=journal,
+    )
+    try:
+        plain = GroupCopier(src, [page] * 2)
+        stores = []
+        for i in range(5):
+            copier = RaisingGather(src, [page] * 2) if i == 1 else plain
+            store = op(tmp_path, copier, ids[i], load=False, key=keys[i])
+            store.block_key = BlockKey("ns_0123456789ab", None, 0, keys[i][:32].hex(), "kvfs")
+            stores.append(store)
+        failed_before = metrics.STORES.labels("failed")._value.get()
+        done = run(pool, 1, stores, load=False)
+        assert not done.success and done.files_ok == 3 and done.files_failed == 2
+        assert sorted(done.failed_block_ids) == sorted(ids[1] + ids[3])
+        assert metrics.STORES.labels("failed")._value.get() == failed_before + 2
+        assert [os.path.exists(s.path) for s in stores] == [True, False, True, False, True]
+        leaf = os.path.dirname(stores[0].path)
+        assert sorted(os.listdir(leaf)) == sorted(os.path.basename(stores[i].path) for i in (0, 2, 4))
+        journal.flush()
+        journaled = {
+            r.key.block_hash for r in JournalReader(tmp_path).read({}).records if r.kind == RecordKind.STORE
+        }
+        assert journaled == {keys[i][:32].hex() for i in (0, 2, 4)}
+        d = GroupCopier(dst, [page] * 2)
+        loads = [op(tmp_path, d, ids[i], load=True, key=keys[i], job=2) for i in (0, 2, 4)]
+        assert run(pool, 2, loads, load=True).success
+        for i in (0, 2, 4):
+            for s, t in zip(src, dst, strict=True):
+                assert torch.equal(t[ids[i], :page], s[ids[i], :page])
+    finally:
+        pool.shutdown()
+        journal.close()
