@@ -9,8 +9,10 @@ bytes to the GPU, hashes them there and scatters them into the KV cache only onc
 header.  Without Triton, or with `device_checksums=False`, the CPU hashes as it reads and writes.
 
 Loads take priority over stores.  A store waits behind the compute stream through a CUDA event recorded at
-submit time.  Stores queue under a time budget: a store that would wait (or has waited) longer than the budget
-is dropped, counted, and reported as not stored.  Failed loads are reported with the GPU blocks they should
+submit time.  Stores queue under a time budget on the real backlog: a store is dropped at submit (counted by
+reason, reported as not stored) only when the bytes queued ahead of it, at the pool's measured store bandwidth,
+would take longer than the budget to write.  Time a store spends waiting for the GPU (the forward pass that
+writes its KV, a long prefill beside it) is neither backlog nor storage time, so it never causes a drop.  Failed loads are reported with the GPU blocks they should
 have filled, so the connector can have vLLM recompute exactly those tokens.  No vLLM import: the GPU check and
 the benchmark use this module on machines without vLLM.
 """
@@ -25,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import torch
@@ -74,8 +77,9 @@ class FileOp:
     block_key: BlockKey | None = None
     # Index of the chunk in its request's prefix chain (0 = head), journaled with the store; -1 = unknown.
     chain_pos: int = -1
-    event: object | None = None  # torch.cuda.Event recorded on the compute stream (stores)
-    enqueued: float = field(default_factory=time.monotonic)
+    # Stores: a torch.cuda.Event recorded on the compute stream, which the gather waits for (on CPU, any object
+    # with synchronize(), waited for before the gather).
+    event: object | None = None
 
     @property
     def nbytes(self) -> int:
@@ -165,7 +169,11 @@ class IoPool:
         self._stores: deque[FileOp] = deque()
         self._jobs: dict[int, _Job] = {}
         self._done: list[JobDone] = []
-        self._store_ema_s = 0.0  # per-file store time, for the drop-at-submit estimate
+        # Seconds one I/O thread spends per stored byte (launching the copies, writing the file; not waiting for
+        # the GPU): the measured store bandwidth behind the drop-at-submit estimate.  0 until a store completed.
+        self._store_s_per_byte = 0.0
+        self._queued_store_bytes = 0
+        self._drop_log = _RateLimitedLog(60.0)
         self._stopping = False
         self._states: list[_ThreadState] = []
         self._workers = [
@@ -184,22 +192,47 @@ class IoPool:
             if not ops:
                 self._finish_locked(job_id, job)
                 return
-            dropped: list[FileOp] = []
+            dropped: list[tuple[FileOp, float]] = []
             for op in ops:
                 if is_load:
                     self._loads.append(op)
-                elif self._store_wait_estimate_locked() > self.store_budget_s:
-                    dropped.append(op)
+                    continue
+                wait = self._store_wait_estimate_locked(op.nbytes)
+                if self.store_budget_s and wait > self.store_budget_s:
+                    dropped.append((op, wait))
                 else:
                     self._stores.append(op)
+                    self._queued_store_bytes += op.nbytes
             metrics.QUEUED_STORES.set(len(self._stores))
-            for op in dropped:
-                metrics.STORES.labels("dropped").inc()
-                self._op_done_locked(op, ok=False, nbytes=0)
+            for op, wait in dropped:
+                self._drop_locked(op, DropReason.BACKLOG, wait)
             self._cv.notify_all()
 
-    def _store_wait_estimate_locked(self) -> float:
-        return (len(self._stores) + 1) / self.threads * self._store_ema_s
+    def _store_wait_estimate_locked(self, nbytes: int) -> float:
+        """Seconds until a store of `nbytes` submitted now would be written: the queued bytes ahead of it and its
+        own, at the measured per-thread bandwidth times the threads."""
+        return (self._queued_store_bytes + nbytes) * self._store_s_per_byte / self.threads
+
+    def store_bandwidth(self) -> float:
+        """The pool's measured store bandwidth in bytes/s (all threads; 0 until a store has completed)."""
+        with self._cv:
+            return self.threads / self._store_s_per_byte if self._store_s_per_byte else 0.0
+
+    def _drop_locked(self, op: FileOp, reason: DropReason, wait_s: float) -> None:
+        metrics.STORES.labels("dropped").inc()
+        metrics.STORES_DROPPED.labels(str(reason)).inc()
+        bandwidth = self.threads / self._store_s_per_byte if self._store_s_per_byte else 0.0
+        self._drop_log.event(
+            "kvfs: %d store(s) dropped in the last minute (%s: %s would wait %.1f s for %d MiB queued at %.2f "
+            "GB/s, over kvfs_store_budget %.1f s); those chunks are not reused",
+            str(reason),
+            op.path,
+            wait_s,
+            self._queued_store_bytes >> 20,
+            bandwidth / 1e9,
+            self.store_budget_s,
+        )
+        self._op_done_locked(op, ok=False, nbytes=0)
 
     # -- completion --
 
@@ -279,6 +312,7 @@ class IoPool:
                 return self._loads.popleft()
             if self._stores:
                 op = self._stores.popleft()
+                self._queued_store_bytes -= op.nbytes
                 metrics.QUEUED_STORES.set(len(self._stores))
                 return op
             return None
@@ -355,12 +389,13 @@ class IoPool:
         self._report(op, ok=False, nbytes=0)
 
     def _report(self, op: FileOp, *, ok: bool, nbytes: int, store_seconds: float | None = None) -> None:
-        """Complete one operation; `store_seconds`, a store's service time, feeds the drop-at-submit estimate
+        """Complete one operation; `store_seconds`, a store's service time, feeds the measured store bandwidth
         under the same lock."""
         with self._cv:
-            if store_seconds is not None:
-                ema = self._store_ema_s
-                self._store_ema_s = store_seconds if ema == 0 else 0.9 * ema + 0.1 * store_seconds
+            if store_seconds is not None and op.nbytes:
+                rate = store_seconds / op.nbytes
+                ema = self._store_s_per_byte
+                self._store_s_per_byte = rate if ema == 0 else 0.9 * ema + 0.1 * rate
             self._op_done_locked(op, ok=ok, nbytes=nbytes)
 
     def _thread_state(self) -> _ThreadState:
@@ -392,10 +427,8 @@ class IoPool:
     def _begin(self, f: _Flight) -> _Flight | None:
         op = f.op
         if not op.is_load:
-            if self.store_budget_s and time.monotonic() - op.enqueued > self.store_budget_s:
-                metrics.STORES.labels("dropped").inc()
-                self._report(op, ok=False, nbytes=0)
-                return None
+            # Admitted at submit on the backlog it joined; however long it then waits for the GPU or for the
+            # loads served first, it is written (dropping it now would waste the wait and lose the chunk).
             return f
         n = op.nbytes
         hash_on_device = f.slot.hashes is not None
@@ -425,6 +458,10 @@ class IoPool:
         return f
 
     def _launch(self, f: _Flight) -> _Flight | None:
+        if not self.cuda and f.op.event is not None:
+            # On CPU the op's event stands for the compute stream (the forward pass writing this KV): waiting
+            # for it is prefill time, not storage time, so it is not part of the store's service time.
+            f.op.event.synchronize()  # type: ignore[attr-defined]
         started = time.monotonic()
         try:
             return self._queue_gpu_phase(f)
@@ -476,10 +513,11 @@ class IoPool:
         return f
 
     def _finish(self, f: _Flight) -> _Flight | None:
-        finishing = time.monotonic()
         op, slot, n = f.op, f.slot, f.op.nbytes
         if slot.ready is not None:
+            # For a store this wait includes the forward pass it waits behind (a long prefill): not storage time.
             slot.ready.synchronize()
+        finishing = time.monotonic()
         if op.is_load:
             assert f.result is not None
             if f.result.verified:  # scattered already (CPU-hashed load)
@@ -514,8 +552,8 @@ class IoPool:
             direct=self.direct,
             checksum=checksum,
         )
-        # The thread's own time on this store (queueing its GPU phase, waiting for it, writing the file), not
-        # the wall time since it was picked up: in the pipeline that also spans the next file's read.
+        # The thread's own time on this store (queueing its GPU phase, writing the file), not the wall time since
+        # it was picked up: that spans the GPU's wait for the forward pass and, pipelined, the next file's read.
         elapsed = f.busy_s + time.monotonic() - finishing
         metrics.STORES.labels(str(result.outcome)).inc()
         ok, nbytes = True, 0
@@ -553,6 +591,32 @@ class IoPool:
     def _count_miss(reason: MissReason) -> None:
         metrics.LOADS.labels("missed").inc()
         metrics.LOAD_MISSES.labels(str(reason)).inc()
+
+
+class DropReason(StrEnum):
+    """Why a store was dropped (label of `kvfs_connector_stores_dropped_total`)."""
+
+    # The bytes queued ahead, at the measured store bandwidth, would take longer than kvfs_store_budget.
+    BACKLOG = "backlog"
+
+
+class _RateLimitedLog:
+    """Logs a recurring event at most once per `interval_s`, with the count since the last line, so a storage
+    slowdown that drops thousands of stores writes one warning a minute."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last = -float("inf")
+        self._count = 0
+
+    def event(self, fmt: str, *args: object) -> bool:
+        self._count += 1
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            return False
+        log.warning(fmt, self._count, *args)
+        self._last, self._count = now, 0
+        return True
 
 
 # Staging slots per I/O thread: one file's bytes move on the GPU while the other slot's file is read or written.

@@ -9,6 +9,12 @@ STORES = Counter(
     "Block files the connector tried to store, by outcome (stored, exists, failed, dropped).",
     ["outcome"],
 )
+STORES_DROPPED = Counter(
+    "kvfs_connector_stores_dropped_total",
+    "Stores dropped before writing, by reason (backlog: the queued bytes at the measured store bandwidth would "
+    "take longer than kvfs_store_budget).",
+    ["reason"],
+)
 STORE_BYTES = Counter("kvfs_connector_store_bytes_total", "Payload bytes written to new block files.")
 LOADS = Counter("kvfs_connector_loads_total", "Block file loads, by outcome (ok, missed).", ["outcome"])
 LOAD_MISSES = Counter(

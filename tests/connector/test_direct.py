@@ -207,7 +207,7 @@ def test_bad_file_between_lookup_and_load_reports_failed_blocks(replica, tmp_pat
 def test_dropped_store_is_never_announced(replica):
     _spec, manager, worker, _tensors = replica
     worker.pool.store_budget_s = 0.001
-    worker.pool._store_ema_s = 1.0  # storage known to be slow: the store is dropped at submit
+    worker.pool._store_s_per_byte = 1.0  # storage known to be slow: the store is dropped at submit
     k = key()
     ctx = ReqContext("r")
     worker.submit_store(1, GPULoadStoreSpec([0, 1, 2, 3], [4], [0]), KvfsLoadStoreSpec([k]))
