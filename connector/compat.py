@@ -55,6 +55,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.offloading.worker import (  # 
 )
 from vllm.distributed.kv_transfer.kv_connector.v1.offloading_connector import (  # noqa: E402
     OffloadingConnector,
+    OffloadingConnectorMetadata,
 )
 from vllm.v1.kv_offload.base import (  # noqa: E402
     CanonicalKVCaches,
@@ -96,6 +97,7 @@ __all__ = [
     "OffloadKey",
     "OffloadingConfig",
     "OffloadingConnector",
+    "OffloadingConnectorMetadata",
     "OffloadingConnectorWorker",
     "OffloadingEvent",
     "OffloadingManager",

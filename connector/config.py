@@ -17,6 +17,9 @@ DEFAULT_ROOT = "/mnt/files-storage"
 DEFAULT_MAX_STAGING = 4 << 30
 DEFAULT_STORE_BUDGET_S = 10.0
 DEFAULT_LOOKUP_TTL_S = 2.0
+# vLLM's engine loop steps without pause while a request waits for its KV; each idle step then waits this long
+# for kvfs's transfers or lookups instead, releasing the GIL the I/O threads need.
+DEFAULT_IDLE_WAIT_S = 0.002
 
 
 class ConfigError(ValueError):
@@ -46,6 +49,7 @@ class KvfsConnectorConfig:
     file_mode: int = 0o660
     gpu_checksums: bool = True
     cuda_graphs: bool = True
+    idle_wait_s: float = DEFAULT_IDLE_WAIT_S
 
     @property
     def threads(self) -> int:
@@ -67,6 +71,7 @@ class KvfsConnectorConfig:
             "kvfs_file_mode",
             "kvfs_gpu_checksums",
             "kvfs_cuda_graphs",
+            "kvfs_idle_wait",
         }
         unknown = sorted(k for k in extra if k.startswith("kvfs_") and k not in known)
         if unknown:
@@ -80,6 +85,8 @@ class KvfsConnectorConfig:
             budget_s = parse_duration(budget) if isinstance(budget, str) else float(budget)
             ttl = extra.get("kvfs_lookup_ttl", DEFAULT_LOOKUP_TTL_S)
             ttl_s = parse_duration(ttl) if isinstance(ttl, str) else float(ttl)
+            idle = extra.get("kvfs_idle_wait", DEFAULT_IDLE_WAIT_S)
+            idle_s = parse_duration(idle) if isinstance(idle, str) else float(idle)
             mode = extra.get("kvfs_file_mode", 0o660)
             file_mode = int(mode, 8) if isinstance(mode, str) else int(mode)
         except (TypeError, ValueError) as exc:
@@ -89,8 +96,11 @@ class KvfsConnectorConfig:
             raise ConfigError(f"kvfs_durability must be none, data or data+dir, not {durability!r}")
         if threads < 0:
             raise ConfigError(f"kvfs_io_threads must be >= 0 (0 = sized to the host), not {threads}")
-        if staging_b <= 0 or budget_s < 0 or ttl_s < 0:
-            raise ConfigError("kvfs_max_staging must be > 0; kvfs_store_budget and kvfs_lookup_ttl >= 0")
+        if staging_b <= 0 or budget_s < 0 or ttl_s < 0 or not 0 <= idle_s <= 1:
+            raise ConfigError(
+                "kvfs_max_staging must be > 0; kvfs_store_budget and kvfs_lookup_ttl >= 0; "
+                "kvfs_idle_wait between 0 and 1s"
+            )
         if not os.path.isabs(root):
             raise ConfigError(f"kvfs_root must be an absolute path, not {root!r}")
         revision = extra.get("kvfs_model_revision")
@@ -107,6 +117,7 @@ class KvfsConnectorConfig:
             file_mode=file_mode,
             gpu_checksums=_flag(extra, "kvfs_gpu_checksums", True),
             cuda_graphs=_flag(extra, "kvfs_cuda_graphs", True),
+            idle_wait_s=idle_s,
         )
 
 

@@ -6,10 +6,16 @@ worker-side result handling: a failed load still completes its job (the schedule
 GPU blocks are reported through `get_block_ids_with_load_errors()` (one KV group) or the request through
 `failed_recving` (several groups), so `kv_load_failure_policy=recompute` recomputes exactly those tokens.
 Failed or dropped stores complete silently: the manager announces only blocks verified on the mount.
+
+It also marks the steps that run no forward pass (`KvfsConnectorMetadata.idle_step`).  vLLM's engine loop
+steps without pause while a request waits for its KV; on such a step the scheduler side waits briefly for the
+lookups and the worker side for the transfers in flight, the GIL released, instead of spinning: a thread that
+never blocks makes every I/O thread queue for the GIL (up to the 5 ms switch interval) after each read and copy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -17,11 +23,22 @@ from connector.compat import (
     KVConnectorRole,
     KVConnectorTransferResults,
     OffloadingConnector,
+    OffloadingConnectorMetadata,
     OffloadingConnectorWorker,
 )
+from connector.manager import KvfsManager
 from connector.spec import KvfsOffloadingSpec
+from connector.worker import KvfsWorker
 
 log = logging.getLogger("kvfs.connector")
+
+
+@dataclasses.dataclass
+class KvfsConnectorMetadata(OffloadingConnectorMetadata):
+    """vLLM's offloading metadata, plus whether the step schedules no tokens (no forward pass runs: the engine
+    loop is only polling for transfers)."""
+
+    idle_step: bool = False
 
 
 class KvfsConnectorWorker(OffloadingConnectorWorker):
@@ -83,6 +100,29 @@ class KvfsOffloadingConnector(OffloadingConnector):
                 spec, vllm_config, self.connector_worker.kv_cache_config, single_group=single
             )
             self.connector_worker = worker
+
+    def build_connector_meta(self, scheduler_output: Any) -> Any:
+        meta = super().build_connector_meta(scheduler_output)
+        idle = scheduler_output.total_num_scheduled_tokens == 0
+        manager = getattr(self.connector_scheduler, "manager", None)
+        if idle and isinstance(manager, KvfsManager):
+            manager.wait_idle_step()
+        if type(meta) is OffloadingConnectorMetadata:
+            fields = {f.name: getattr(meta, f.name) for f in dataclasses.fields(meta)}
+            meta = KvfsConnectorMetadata(**fields, idle_step=idle)
+        return meta
+
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str], set[str]]:
+        meta = self._connector_metadata
+        connector_worker = self.connector_worker
+        if (
+            isinstance(meta, KvfsConnectorMetadata)
+            and meta.idle_step
+            and isinstance(connector_worker, KvfsConnectorWorker)
+            and isinstance(connector_worker.worker, KvfsWorker)
+        ):
+            connector_worker.worker.wait_idle_step()
+        return super().get_finished(finished_req_ids)
 
     def get_transfer_results(self, finished_req_ids: set[str]) -> KVConnectorTransferResults:
         results = super().get_transfer_results(finished_req_ids)

@@ -284,6 +284,17 @@ class IoPool:
                 self._cv.wait(remaining)
         return True
 
+    def wait_progress(self, timeout: float) -> None:
+        """Block (the GIL released) until a job finishes or `timeout` passes; at once when no job is in
+        flight or a finished one awaits `take_finished`."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while self._jobs and not self._done:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._cv.wait(remaining)
+
     def captured_graphs(self) -> int:
         """CUDA graphs the I/O threads have captured so far (0 on CPU, or with graphs off)."""
         with self._cv:

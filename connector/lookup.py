@@ -38,7 +38,8 @@ class ExistenceCache:
         self._paths_of = paths_of
         self._ttl = ttl_s
         self._max = max_entries
-        self._lock = threading.Lock()
+        # A condition, so that an idle engine step can wait for answers (wait_progress) instead of spinning.
+        self._lock = threading.Condition()
         self._wake = threading.Event()
         # key -> (exists, checked_at)
         self._known: OrderedDict[bytes, tuple[bool, float]] = OrderedDict()
@@ -124,6 +125,13 @@ class ExistenceCache:
             # Keys being checked count too: between taking a batch and recording its answers, the lists are empty.
             return not (self._pending or self._verify or self._queued or self._in_flight)
 
+    def wait_progress(self, timeout: float) -> None:
+        """Block (the GIL released) until the background checker answers a batch or `timeout` passes; at once
+        when nothing is queued or being checked."""
+        with self._lock:
+            if self._pending or self._verify or self._in_flight:
+                self._lock.wait(timeout)
+
     def wait_idle(self, timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -185,3 +193,4 @@ class ExistenceCache:
                     else:
                         self._unverified.append(key)
                 self._in_flight = 0
+                self._lock.notify_all()

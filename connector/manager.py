@@ -56,8 +56,10 @@ class KvfsManager(OffloadingManager):
         journal: JournalWriter | None,
         config_info: dict[str, Any] | None = None,
         chunk_tokens: Mapping[int, int] | None = None,
+        idle_wait_s: float = 0.0,
     ) -> None:
         self.namespace = namespace
+        self.idle_wait_s = idle_wait_s
         # Key group id -> tokens per chunk, to turn vLLM's per-key end positions into chain positions.
         self.chunk_tokens = dict(chunk_tokens or {})
         self.cache = ExistenceCache(namespace.paths_all_ranks, ttl_s=lookup_ttl_s)
@@ -113,6 +115,12 @@ class KvfsManager(OffloadingManager):
             yield storage_event(stored, removed=False)
         if vanished:
             yield storage_event(vanished, removed=True)
+
+    def wait_idle_step(self) -> None:
+        """On an engine step that runs no forward pass: wait (up to `idle_wait_s`, the GIL released) for the
+        existence checks that a request waits on, instead of letting the engine loop spin past them."""
+        if self.idle_wait_s:
+            self.cache.wait_progress(self.idle_wait_s)
 
     def has_pending_work(self) -> bool:
         return not self.cache.idle()

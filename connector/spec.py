@@ -81,6 +81,7 @@ class KvfsOffloadingSpec(OffloadingSpec):
                 journal=journal,
                 config_info={"kvfs_root": self.kvfs.root, "kvfs_namespace": self.namespace.name},
                 chunk_tokens=chunk_tokens_of(self.config),
+                idle_wait_s=self.kvfs.idle_wait_s,
             )
         return self._manager
 
@@ -98,6 +99,7 @@ class KvfsOffloadingSpec(OffloadingSpec):
             rank=self.config.parallel.rank,
             group_index=group_index_of(self.config),
             blocks_per_chunk=self.blocks_per_chunk,
+            idle_wait_s=self.kvfs.idle_wait_s,
             pool_kwargs={
                 "threads": self.kvfs.threads,
                 "max_staging_bytes": self.kvfs.max_staging_bytes,

@@ -111,8 +111,10 @@ class KvfsWorker(OffloadingWorker):
         group_index: dict[int, int],
         blocks_per_chunk: int,
         pool_kwargs: dict,
+        idle_wait_s: float = 0.0,
     ) -> None:
         self.namespace = namespace
+        self.idle_wait_s = idle_wait_s
         self.rank = rank
         self.group_index = group_index
         self.blocks_per_chunk = blocks_per_chunk
@@ -195,6 +197,13 @@ class KvfsWorker(OffloadingWorker):
                 )
             )
         return results
+
+    def wait_idle_step(self) -> None:
+        """On an engine step that runs no forward pass: wait (up to `idle_wait_s`, the GIL released) for a
+        transfer to finish.  vLLM's engine loop otherwise steps without pause while a request waits for its KV,
+        and a thread that never blocks keeps the I/O threads queueing for the GIL after every read and copy."""
+        if self.idle_wait_s:
+            self.pool.wait_progress(self.idle_wait_s)
 
     def wait(self, job_ids: set[int]) -> None:
         self.pool.wait(job_ids)

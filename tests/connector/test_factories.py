@@ -75,6 +75,8 @@ def test_worker_refuses_to_run_without_the_failure_channel(tmp_path):
         ({"kvfs_store_budget": "soon"}, "bad kvfs connector setting"),
         ({"kvfs_gpu_checksums": "no"}, "kvfs_gpu_checksums must be true or false"),
         ({"kvfs_direct_io": 1}, "kvfs_direct_io must be true or false"),
+        ({"kvfs_idle_wait": "5s"}, "kvfs_idle_wait between 0 and 1s"),
+        ({"kvfs_idle_wait": -0.001}, "kvfs_idle_wait between 0 and 1s"),
     ],
 )
 def test_bad_settings_are_rejected_with_the_key_named(extra, match):

@@ -73,7 +73,9 @@ def model_dir(tmp_path_factory):
 class Replica:
     """One engine: scheduler + one worker-side connector over CPU KV tensors."""
 
-    def __init__(self, model_dir: str, root: str, seed: int, batch_tokens: int = 2048) -> None:
+    def __init__(
+        self, model_dir: str, root: str, seed: int, batch_tokens: int = 2048, **settings: object
+    ) -> None:
         self.vllm_config = VllmConfig(
             model_config=ModelConfig(
                 model=model_dir, skip_tokenizer_init=True, dtype="bfloat16", max_model_len=2048
@@ -99,6 +101,7 @@ class Replica:
                     "kvfs_root": root,
                     "kvfs_io_threads": 2,
                     "kvfs_lookup_ttl": 0.05,
+                    **settings,
                 },
             ),
         )
@@ -137,6 +140,10 @@ class Replica:
         self.invalid_reported: set[int] = set()
         self.transfer_bytes = {"load": 0, "store": 0}
         self.before_worker = None  # hook: runs after schedule(), before the worker acts
+        self.pause = (
+            0.02  # between a step's transfers and their results (0: an engine loop that never pauses)
+        )
+        self.steps: list[tuple[int, float]] = []  # (tokens scheduled, seconds in get_transfer_results) a step
 
     def add(self, req_id: str, tokens: list[int], max_tokens: int = 2) -> None:
         params = SamplingParams(max_tokens=max_tokens)
@@ -165,8 +172,10 @@ class Replica:
         self.worker.start_load_kv(self.ctx)
         if out.total_num_scheduled_tokens > 0:
             self.worker.wait_for_save()
-        time.sleep(0.02)  # the I/O threads work between steps, as during a forward pass
+        time.sleep(self.pause)  # the I/O threads work between steps, as during a forward pass
+        started = time.monotonic()
         results = self.worker.get_transfer_results(out.finished_req_ids)
+        self.steps.append((out.total_num_scheduled_tokens, time.monotonic() - started))
         invalid = self.worker.get_block_ids_with_load_errors()
         self.invalid_reported |= invalid
         worker_meta = self.worker.build_connector_worker_meta()
@@ -235,6 +244,64 @@ def test_prompt_is_stored_then_loaded_by_another_replica(stored, model_dir):
         page = GPU_BLOCK * 2 * KV_HEADS * HEAD * 2 * len(LAYERS)
         assert a.transfer_bytes["store"] == 4 * (CHUNK // GPU_BLOCK) * page  # vLLM's offload metrics are fed
         assert b.transfer_bytes["load"] == 4 * (CHUNK // GPU_BLOCK) * page
+    finally:
+        b.shutdown()
+
+
+def test_idle_steps_wait_for_a_slow_load_instead_of_spinning(stored, model_dir, monkeypatch):
+    """vLLM's engine loop steps without pause while a request waits for its KV.  On a step that schedules no
+    tokens the connector waits (up to kvfs_idle_wait, the GIL released) for lookups and transfers instead, so the
+    I/O threads are not left queueing for the GIL; a step that runs a forward pass never waits."""
+    import connector.iopool as iopool
+
+    _a, root = stored
+    slow_s, wait_s = 0.4, 0.05
+    real_load = iopool.load_block
+
+    def slow_load(*args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(slow_s / 4)  # slow storage: each of the 4 files takes 0.1 s (2 I/O threads)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(iopool, "load_block", slow_load)
+    b = Replica(model_dir, str(root), seed=2, kvfs_idle_wait=wait_s)
+    b.pause = 0.0
+    try:
+        b.add("b1", PROMPT)
+        b.add(
+            "other", list(range(5000, 5000 + 3 * GPU_BLOCK)), max_tokens=40
+        )  # decodes meanwhile: busy steps
+        b.run_until_done()
+        assert sum(b.scheduled["b1"]) < len(PROMPT)  # b1 was loaded
+        idle = [s for n, s in b.steps if n == 0]
+        busy = [s for n, s in b.steps if n > 0]
+        assert busy and max(busy) < wait_s, busy  # a step with a forward pass never waits
+        # Without the wait the loop would spin thousands of times through a 0.2 s load; with it, each idle step
+        # ends when a transfer finishes or after wait_s.
+        assert len(b.steps) < 40 + 2 * slow_s / wait_s, len(b.steps)
+    finally:
+        b.shutdown()
+
+
+def test_idle_wait_zero_keeps_vllms_spinning_loop(stored, model_dir, monkeypatch):
+    """kvfs_idle_wait=0 turns the wait off (the control for the test above): the same slow load then costs
+    many idle steps."""
+    import connector.iopool as iopool
+
+    _a, root = stored
+    real_load = iopool.load_block
+
+    def slow_load(*args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(0.1)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(iopool, "load_block", slow_load)
+    b = Replica(model_dir, str(root), seed=2, kvfs_idle_wait=0)
+    b.pause = 0.0
+    try:
+        b.add("b1", PROMPT)
+        b.run_until_done(max_steps=100_000)
+        assert sum(b.scheduled["b1"]) < len(PROMPT)
+        assert len(b.steps) > 100, len(b.steps)
     finally:
         b.shutdown()
 
