@@ -42,6 +42,7 @@ import logging
 import mmap
 import os
 import secrets
+import stat
 import struct
 import threading
 from dataclasses import dataclass
@@ -73,6 +74,12 @@ MAX_KEY_LEN: Final = _HEADER_CHECKSUM_OFFSET - _FIXED.size
 FINGERPRINT_LEN: Final = 32
 _O_DIRECT: Final = getattr(os, "O_DIRECT", 0)
 _O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
+# Every block open is non-blocking: opening a FIFO for reading would otherwise wait for a writer forever (and
+# freeze a connector I/O thread).  On a regular file O_NONBLOCK changes nothing; the type is checked by fstat.
+_O_NONBLOCK: Final = getattr(os, "O_NONBLOCK", 0)
+# Inspection reads (verify) must not refresh atime: a scan adopts atime as recency, so a full verify would make
+# every block look just used.  Refused (EPERM) on files owned by another user: then plain reads.
+_O_NOATIME: Final = getattr(os, "O_NOATIME", 0)
 _VERIFY_CHUNK: Final = 8 << 20
 # Payloads are checksummed piece by piece right before each piece is written / right after it is read, while it
 # is still in the CPU cache: a separate xxh3 pass over a large payload would cost one more trip through host
@@ -105,6 +112,9 @@ class MissReason(StrEnum):
     KEY_MISMATCH = "key_mismatch"
     CHECKSUM_MISMATCH = "checksum_mismatch"
     IO_ERROR = "io_error"
+    NOT_REGULAR = (
+        "not_regular"  # a FIFO, device or socket at a block path: never read (it could block forever)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -627,7 +637,7 @@ def load_block(
         out_view = _byte_view(out)
         if out_view.readonly:
             raise TypeError("load_block: `out` must be a writable buffer")
-    flags = os.O_RDONLY | _O_CLOEXEC
+    flags = os.O_RDONLY | _O_CLOEXEC | _O_NONBLOCK
     use_direct = bool(direct and _O_DIRECT)
     try:
         try:
@@ -657,7 +667,10 @@ def _load_open(
     use_direct: bool,
     verify: bool = True,
 ) -> LoadResult:
-    size = os.fstat(fd).st_size
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return _miss(MissReason.NOT_REGULAR)
+    size = st.st_size
     prefetched = 0
     if out_view is not None:
         # The header and the start of the payload in one read (with O_DIRECT, the whole payload: one I/O round
@@ -810,12 +823,27 @@ def _preadv_full(fd: int, views: list[memoryview], offset: int) -> int:
 
 
 def _open_for_inspection(path: str | os.PathLike[str]) -> int | MissReason:
+    """A read-only fd on a regular file (atime left alone where allowed), or why there is none."""
+    flags = os.O_RDONLY | _O_CLOEXEC | _O_NONBLOCK
     try:
-        return os.open(path, os.O_RDONLY | _O_CLOEXEC)
+        try:
+            fd = os.open(path, flags | _O_NOATIME)
+        except PermissionError:
+            if not _O_NOATIME:
+                raise
+            fd = os.open(path, flags)  # O_NOATIME needs ownership of the file
     except (FileNotFoundError, NotADirectoryError):
         return MissReason.MISSING
     except OSError:
         return MissReason.IO_ERROR
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        regular = False
+    if not regular:
+        os.close(fd)
+        return MissReason.NOT_REGULAR
+    return fd
 
 
 def read_header(path: str | os.PathLike[str]) -> BlockHeader | MissReason:

@@ -150,7 +150,7 @@ def test_not_a_block_file(tmp_path: Path) -> None:
     short = tmp_path / "short"
     short.write_bytes(b"NOTKVFS")
     assert load_block(short, IDENT).reason is MissReason.BAD_MAGIC
-    assert load_block(tmp_path, IDENT).reason is MissReason.IO_ERROR  # a directory
+    assert load_block(tmp_path, IDENT).reason is MissReason.NOT_REGULAR  # a directory
 
 
 def test_other_version_and_bad_header_fields(tmp_path: Path) -> None:
