@@ -95,6 +95,11 @@ GC_UNLINK_FAILURES = Counter(
 VERIFY_CORRUPT = Counter(
     "kvfs_verify_corrupt_total", "Corrupt kvfs block files found by verify, by reason.", ["reason"]
 )
+VERIFY_UNREADABLE = Counter(
+    "kvfs_verify_unreadable_total",
+    "Block files (io_error, not_regular) and directories (dir_unreadable) verify could not read; never deleted.",
+    ["reason"],
+)
 
 # --- eviction policies (kvfs/policy/twoq.py, kvfs/policy/history.py) ------------------------------------------
 POLICY_RESTORES = Counter(

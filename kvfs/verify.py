@@ -4,6 +4,11 @@ The tree is walked directly (not the catalog), so blocks the catalog has not see
 `.kvfs` file is read in full and validated by `kvfs.blockfile.check_block_file` (header, payload length and
 checksum, and the namespace's fingerprint when its `config.json` is readable).  Stock `.bin` files carry no
 header and are only counted.  Reads run on a thread pool: file reads and hashing release the GIL.
+
+Only a file whose bytes were read and proven wrong is corrupt (and deletable with `--delete-corrupt`).  A file
+or directory that cannot be read (EACCES, EIO, a FIFO at a block path) proves nothing about its content: it is
+reported as unreadable, counted, and never deleted.  Reads use O_NOATIME where allowed, so verifying the tree
+does not make every block look recently used to the next scan.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kvfs import metrics
-from kvfs.blockfile import check_block_file
+from kvfs.blockfile import MissReason, check_block_file
 from kvfs.layout import (
     META_DIRNAME,
     BlockKey,
@@ -33,6 +38,9 @@ if TYPE_CHECKING:
 
 DEFAULT_THREADS = min(16, (os.cpu_count() or 2) * 4)
 _BATCH = 512
+# Reasons that say the file could not be read, not that its bytes are wrong: never grounds for deleting it.
+UNREADABLE_REASONS = frozenset({MissReason.IO_ERROR, MissReason.NOT_REGULAR})
+DIR_UNREADABLE = "dir_unreadable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +55,8 @@ class VerifyResult:
     checked: int = 0
     checked_bytes: int = 0
     corrupt: list[CorruptBlock] = field(default_factory=list)
+    # Files (reason io_error / not_regular) and directories (dir_unreadable) that could not be read.
+    unreadable: list[CorruptBlock] = field(default_factory=list)
     bin_files: int = 0  # stock raw files: no header to check
     deleted: int = 0
     deleted_bytes: int = 0
@@ -57,6 +67,7 @@ class VerifyResult:
             "checked": self.checked,
             "checked_bytes": self.checked_bytes,
             "corrupt": [{"path": c.path, "reason": c.reason} for c in self.corrupt],
+            "unreadable": [{"path": c.path, "reason": c.reason} for c in self.unreadable],
             "bin_files": self.bin_files,
             "deleted": self.deleted,
             "deleted_bytes": self.deleted_bytes,
@@ -64,32 +75,42 @@ class VerifyResult:
         }
 
 
-def _scandir(path: str) -> list[os.DirEntry[str]]:
+DirErrorHandler = Callable[[str, OSError], None]
+
+
+def _scandir(path: str, root: str, on_error: DirErrorHandler | None) -> list[os.DirEntry[str]]:
     try:
         with os.scandir(path) as it:
             return list(it)
-    except OSError:
+    except FileNotFoundError:
+        return []  # removed since it was listed (an evicted bucket): nothing to check
+    except OSError as exc:
+        if on_error is not None:
+            on_error(os.path.relpath(path, root), exc)
         return []
 
 
 def iter_block_files(
-    root: str | os.PathLike[str], namespace: str | None = None
+    root: str | os.PathLike[str],
+    namespace: str | None = None,
+    on_error: DirErrorHandler | None = None,
 ) -> Iterator[tuple[str, BlockKey]]:
-    """(relpath, key) of every block file under the root, without following symlinks."""
+    """(relpath, key) of every block file under the root, without following symlinks.  A directory that
+    cannot be listed is passed to `on_error` (relpath, error) and skipped."""
     root_s = os.fspath(root)
-    for top in sorted(_scandir(root_s), key=lambda e: e.name):
+    for top in sorted(_scandir(root_s, root_s, on_error), key=lambda e: e.name):
         if top.name == META_DIRNAME or not top.is_dir(follow_symlinks=False):
             continue
         parsed = parse_namespace_dir(top.name)
         if parsed is None or (namespace is not None and parsed[0] != namespace):
             continue
-        for b1 in _scandir(top.path):
+        for b1 in _scandir(top.path, root_s, on_error):
             if not b1.is_dir(follow_symlinks=False):
                 continue
-            for b2 in _scandir(b1.path):
+            for b2 in _scandir(b1.path, root_s, on_error):
                 if not b2.is_dir(follow_symlinks=False):
                     continue
-                for entry in _scandir(b2.path):
+                for entry in _scandir(b2.path, root_s, on_error):
                     rel = f"{top.name}/{b1.name}/{b2.name}/{entry.name}"
                     key = parse_block_relpath(rel)
                     if key is not None and entry.is_file(follow_symlinks=False):
@@ -127,7 +148,7 @@ def verify_tree(
     root_path = Path(root)
     corrupt_keys: list[tuple[str, BlockKey]] = []
 
-    def check(item: tuple[str, BlockKey]) -> tuple[str, BlockKey, str | None, int]:
+    def check(item: tuple[str, BlockKey]) -> tuple[str, BlockKey, MissReason | None, int]:
         rel, key = item
         path = root_path / rel
         reason = check_block_file(path, fingerprints.get(key.namespace))
@@ -135,11 +156,15 @@ def verify_tree(
             size = os.lstat(path).st_size
         except OSError:
             size = 0
-        return rel, key, (None if reason is None else str(reason)), size
+        return rel, key, reason, size
+
+    def unreadable_dir(rel: str, exc: OSError) -> None:
+        result.unreadable.append(CorruptBlock(rel, DIR_UNREADABLE))
+        metrics.VERIFY_UNREADABLE.labels(DIR_UNREADABLE).inc()
 
     def batches() -> Iterator[list[tuple[str, BlockKey]]]:
         batch: list[tuple[str, BlockKey]] = []
-        for rel, key in iter_block_files(root, namespace):
+        for rel, key in iter_block_files(root, namespace, unreadable_dir):
             if key.fmt != "kvfs":
                 result.bin_files += 1
                 continue
@@ -155,12 +180,17 @@ def verify_tree(
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="kvfs-verify") as pool:
         for batch in batches():
             for rel, key, reason, size in pool.map(check, batch):
+                if reason is MissReason.MISSING:
+                    continue  # deleted since the walk listed it (evicted): nothing to check
                 result.checked += 1
                 result.checked_bytes += size
-                if reason is not None:
-                    result.corrupt.append(CorruptBlock(rel, reason, size))
+                if reason in UNREADABLE_REASONS:
+                    result.unreadable.append(CorruptBlock(rel, str(reason), size))
+                    metrics.VERIFY_UNREADABLE.labels(str(reason)).inc()
+                elif reason is not None:
+                    result.corrupt.append(CorruptBlock(rel, str(reason), size))
                     corrupt_keys.append((rel, key))
-                    metrics.VERIFY_CORRUPT.labels(reason).inc()
+                    metrics.VERIFY_CORRUPT.labels(str(reason)).inc()
             if progress is not None:
                 progress(len(batch))
 

@@ -48,7 +48,8 @@ def verify(
     """Read every kvfs block file under the root and check header, fingerprint and payload checksum.
 
     Walks the tree (not the catalog), so unscanned files are checked too.  Exits with status 1 when corrupt
-    files remain (found and not deleted).  Stock `.bin` files have no header: they are counted, not checked.
+    files remain (found and not deleted) or something could not be read (unreadable files and directories are
+    reported, never deleted: an unreadable file is not proven corrupt).  Stock `.bin` files have no header: they are counted, not checked.
     """
     root = state.require_root()
     catalog = state.catalog() if delete_corrupt else None
@@ -63,18 +64,22 @@ def verify(
     )
     if progress is not None:
         progress.done()
-    remaining = len(result.corrupt) - result.deleted
+    remaining = len(result.corrupt) - result.deleted + len(result.unreadable)
     if as_json:
         emit_json(result.to_json())
     else:
         if result.corrupt:
             rows = [(c.path, c.reason, size(c.size)) for c in result.corrupt]
             click.echo(table(("corrupt file", "reason", "size"), rows, right=(2,)))
+        if result.unreadable:
+            rows = [(c.path, c.reason) for c in result.unreadable]
+            click.echo(table(("unreadable (not checked, never deleted)", "reason"), rows))
         rate = result.checked_bytes / result.duration_s / 1e6 if result.duration_s > 0 else 0.0
         click.echo(
             f"checked {result.checked:,} kvfs files ({size(result.checked_bytes)}) in {result.duration_s:.2f}s "
             f"({rate:,.0f} MB/s); {len(result.corrupt):,} corrupt"
             + (f", {result.deleted:,} deleted" if delete_corrupt else "")
+            + (f"; {len(result.unreadable):,} unreadable" if result.unreadable else "")
             + (f"; {result.bin_files:,} .bin files not checked" if result.bin_files else "")
         )
     if remaining > 0:

@@ -136,6 +136,7 @@ def test_cli_delete_corrupt_removes_files_and_rows(store: Store, catalog_url: st
         "checked": 4,
         "checked_bytes": 4 * (HEADER_SIZE + 3000),
         "corrupt": [],
+        "unreadable": [],
         "bin_files": 0,
         "deleted": 0,
         "deleted_bytes": 0,
