@@ -481,12 +481,23 @@ def _open_temp(tmp: str, directory: str, file_mode: int, direct: bool) -> int:
     return fd
 
 
+_DIR_RETRIES = 16
+
+
 def _open_creating_dirs(tmp: str, directory: str, flags: int, file_mode: int) -> int:
-    for _ in range(3):  # an evictor may remove an emptied bucket directory between our mkdir and open
+    """Open the temp file, creating its directories.  The evictor removes emptied bucket directories (rmdir,
+    which only succeeds on an empty one), so a directory may vanish between our mkdir and open, or a parent
+    between two mkdirs: ENOENT from either means "create again", a few times.  Once the temp file exists the
+    directory is not empty and the rename into it cannot meet ENOENT."""
+    mode = dir_mode_for(file_mode)
+    for _ in range(_DIR_RETRIES):
         try:
             return os.open(tmp, flags, file_mode)
         except FileNotFoundError:
-            _makedirs(directory, dir_mode_for(file_mode))
+            try:
+                _makedirs(directory, mode)
+            except FileNotFoundError:
+                continue  # a parent was removed between our mkdirs
     return os.open(tmp, flags, file_mode)
 
 
