@@ -125,6 +125,7 @@ class GcResult:
     errors: int = 0
     by_namespace: dict[str, Tally] = field(default_factory=dict)
     duration_s: float = 0.0
+    dirs_removed: int = 0  # emptied bucket directories removed after the deletions
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -137,6 +138,7 @@ class GcResult:
             "missing": self.missing,
             "refused": self.refused,
             "errors": self.errors,
+            "dirs_removed": self.dirs_removed,
             "duration_s": round(self.duration_s, 3),
         }
 
@@ -394,7 +396,7 @@ def execute_plan(
         gone = _unlink_batch(guard, [v.key.relpath() for v in victims], result)
         removed_ids: list[int] = []
         removed_keys: list[BlockKey] = []
-        emptied: dict[str, str] = {}  # bucket directory -> one relpath in it, for retired namespaces
+        emptied: set[str] = set()  # bucket directories that lost a file
         for victim, deleted, missing in zip(victims, *gone, strict=True):
             if deleted:
                 count(victim.key.namespace, victim.reason, victim.size)
@@ -403,8 +405,7 @@ def execute_plan(
                     removed_ids.append(victim.block_id)
                 else:
                     removed_keys.append(victim.key)
-                if victim.reason is EvictReason.RETIRED:
-                    emptied.setdefault(victim.key.relpath().rsplit("/", 1)[0], victim.key.relpath())
+                emptied.add(victim.key.relpath().rpartition("/")[0])
         if removed_ids:
             catalog.remove_block_ids(removed_ids)
         if removed_keys:
@@ -414,10 +415,10 @@ def execute_plan(
             policy.evicted(
                 catalog, [v for v, d in zip(victims, gone[0], strict=True) if d and v.reason in _KEEPING]
             )
-        # A retired namespace is written no more: drop its emptied bucket directories (never the namespace
-        # directory itself, depth 1).  Other reasons leave directories alone, as a writer may be filling them.
-        for relpath in emptied.values():
-            guard.rmdir_empty_parents(relpath, stop_at_depth=1)
+        # Emptied bucket directories go too (each holds a filesystem block, and a tree of empty ones slows every
+        # walk); namespace directories stay.  rmdir only removes empty ones, and writers re-create a directory
+        # that vanished under them (RootGuard.rmdir_empty).
+        result.dirs_removed += guard.rmdir_empty(emptied, keep_depth=1)
         publish()
 
     for batch in _chunks(plan.orphans, max(1, batch_size)):
@@ -425,6 +426,10 @@ def execute_plan(
         for orphan, deleted in zip(batch, deleted_flags, strict=True):
             if deleted:
                 count(orphan_namespace(orphan.relpath) or "", EvictReason.ORPHAN, orphan.size)
+        result.dirs_removed += guard.rmdir_empty(
+            {o.relpath.rpartition("/")[0] for o, d in zip(batch, deleted_flags, strict=True) if d},
+            keep_depth=1,
+        )
 
     publish()
     for (namespace, reason), tally in log.items():

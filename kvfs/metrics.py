@@ -54,6 +54,9 @@ UNSAFE_PATHS_REFUSED = Counter(
     "Deletions refused because the path was absolute, had `..`, crossed a symlink or was not a regular file.",
     ["reason"],
 )
+DIRS_REMOVED = Counter(
+    "kvfs_dirs_removed_total", "Empty bucket directories removed after deletions (root-confined rmdir)."
+)
 UNLINKS = Counter("kvfs_unlinks_total", "Root-confined unlink attempts by result.", ["result"])
 
 # --- catalog (kvfs/catalog) ----------------------------------------------------------------------------------

@@ -105,38 +105,79 @@ class RootGuard:
         return self.unlink_many((relpath,)).deleted == 1
 
     def rmdir_empty_parents(self, relpath: str, stop_at_depth: int = 1) -> int:
-        """Remove the now-empty directories above `relpath`, deepest first; keep those at depth <= stop_at_depth.
-
-        Depth 1 is the first component (the namespace directory), so by default namespace directories stay.
-        Returns how many directories were removed; stops at the first non-empty (or vanished) one.
-        """
+        """Remove the now-empty directories above the file `relpath`, deepest first; keep those at depth <=
+        stop_at_depth (depth 1, the namespace directory, by default).  See `rmdir_empty`."""
         try:
-            parts = check_relpath(relpath)
+            check_relpath(relpath)
         except UnsafePath as exc:
             self._refused(exc.relpath, exc.reason)
             return 0
-        dirs = parts[:-1]
-        fds: list[int] = []
+        return self.rmdir_empty([relpath.rpartition("/")[0]], keep_depth=stop_at_depth)
+
+    def rmdir_empty(self, dir_relpaths: Iterable[str], *, keep_depth: int = 1) -> int:
+        """Remove each directory if it is empty, then its parents while they are; never a directory at depth <=
+        `keep_depth` (1: the namespace directories, which hold config.json) nor the root.  Returns how many
+        were removed.
+
+        Safe against writers: `rmdir` removes only an empty directory, atomically, so one holding a writer's temp
+        file stays; a writer between its mkdir and its open gets ENOENT and creates the directory again
+        (`kvfs.blockfile`).  `unlinkat(AT_REMOVEDIR)` never follows a symlink (ENOTDIR), and parents are opened
+        like `unlink_many`'s, refusing symlinks.  A non-empty or vanished directory is simply left.
+        """
+        pending: set[str] = set()
+        for rel in dir_relpaths:
+            if not rel:
+                continue  # the root itself
+            try:
+                parts = check_relpath(rel)
+            except UnsafePath as exc:
+                self._refused(exc.relpath, exc.reason)
+                continue
+            if len(parts) > keep_depth:
+                pending.add(rel)
+        if not pending:
+            return 0
         removed = 0
         try:
             root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
-            fds.append(root_fd)
-            for part in dirs[:-1]:  # open every parent of the deepest directory
-                fds.append(os.open(part, _DIR_FLAGS, dir_fd=fds[-1]))
-            for depth in range(len(dirs), stop_at_depth, -1):
-                try:
-                    os.rmdir(
-                        dirs[depth - 1], dir_fd=fds[depth - 1]
-                    )  # unlinkat(AT_REMOVEDIR): no symlink follow
-                except OSError:
-                    break
-                removed += 1
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                self._refused(relpath, "symlink")
+            log.warning("cannot open root %s to remove empty directories: %s", self.root, exc)
+            return 0
+        dir_fds: dict[str, int] = {"": root_fd}
+        max_cached = _max_cached_dirs()
+        try:
+            while pending:
+                # Deepest first: a parent is tried only after every child of it in this call.
+                depth = max(rel.count("/") for rel in pending)
+                level = sorted(rel for rel in pending if rel.count("/") == depth)
+                pending.difference_update(level)
+                for rel in level:
+                    parent_rel, _, name = rel.rpartition("/")
+                    try:
+                        fd = dir_fds.get(parent_rel)
+                        if fd is None:
+                            if len(dir_fds) > max_cached:
+                                _close_cached(dir_fds, root_fd)
+                            fd = _open_beneath(parent_rel, root_fd) if parent_rel else root_fd
+                            if fd < 0:
+                                fd = _open_dir(rel, parent_rel, dir_fds)
+                            else:
+                                dir_fds[parent_rel] = fd
+                        os.rmdir(name, dir_fd=fd)
+                    except UnsafePath:
+                        continue  # a symlink on the way: its files were refused (and counted) by the unlink
+                    except OSError as exc:
+                        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.ENOTDIR):
+                            log.debug("cannot remove directory %s under %s: %s", rel, self.root, exc)
+                        continue
+                    removed += 1
+                    if parent_rel.count("/") + 1 > keep_depth:
+                        pending.add(parent_rel)
         finally:
-            for fd in fds:
-                os.close(fd)
+            _close_cached(dir_fds, root_fd)
+            os.close(root_fd)
+        if removed:
+            metrics.DIRS_REMOVED.inc(removed)
         return removed
 
     # -- batches --

@@ -308,3 +308,22 @@ def test_retired_namespace_leaves_no_empty_bucket_directories(tree: Tree) -> Non
     assert (tree.root / tree.ns_b / "config.json").exists()
     # Other namespaces' directories are untouched.
     assert tree.present() == {1, 2, 3}
+
+
+def test_capacity_eviction_removes_emptied_bucket_directories_only(tree: Tree) -> None:
+    fill(tree, 4)
+    # A block outside the catalog shares block 4's top bucket (004/) in its own leaf bucket: after 4 goes, 004/
+    # is not empty and must stay.
+    shared = BlockKey(tree.ns_a, 0, 0, f"{4:03x}ff{4:027x}", "kvfs")
+    store_block(tree.root / shared.relpath(), b"x" * PAYLOAD, BlockIdentity(tree.fp_a, b"shared"))
+    before = REGISTRY.get_sample_value("kvfs_dirs_removed_total") or 0.0
+    _plan, result = run(tree, GcLimits(max_bytes=0))
+    assert result.deleted_files == 4
+    rank_dir = tree.root / f"{tree.ns_a}_r0"
+    for n in (1, 2, 3):  # each had its own buckets: both levels gone
+        assert not (rank_dir / hash_of(n)[:3]).exists()
+    assert not (rank_dir / "004" / "04_g0").exists()
+    assert (rank_dir / "004" / "ff_g0").is_dir()  # not empty: kept, with its parent
+    assert rank_dir.is_dir() and (tree.root / tree.ns_a / "config.json").exists()
+    assert result.dirs_removed == 7 and result.to_json()["dirs_removed"] == 7
+    assert (REGISTRY.get_sample_value("kvfs_dirs_removed_total") or 0.0) - before == 7
