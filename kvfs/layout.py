@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from kvfs import metrics
+
 BlockFormat = Literal["kvfs", "bin"]
 BLOCK_FORMATS: tuple[BlockFormat, ...] = ("kvfs", "bin")
 KVFS_FORMAT_VERSION = 1
@@ -83,7 +85,7 @@ def parse_block_relpath(relpath: str) -> BlockKey | None:
     if len(parts) != 4:
         return None
     ns_dir, bucket1, bucket2, name = parts
-    ns_match = _NS_RE.match(ns_dir)
+    ns_match = _NS_RE.match(ns_dir) if _utf8_name(ns_dir) else None
     b2_match = _BUCKET2_RE.match(bucket2)
     block_match = _BLOCK_RE.match(name)
     if not (ns_match and b2_match and block_match and _BUCKET1_RE.match(bucket1)):
@@ -101,10 +103,25 @@ def parse_block_relpath(relpath: str) -> BlockKey | None:
     )
 
 
+def _utf8_name(name: str) -> bool:
+    """False (and counted) for a file name whose bytes are not UTF-8."""
+    if name.isascii():
+        return True
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        metrics.UNDECODABLE_NAMES.inc()
+        return False
+    return True
+
+
 def parse_namespace_dir(name: str) -> tuple[str, int | None] | None:
-    """`<ns>_r3` → (`<ns>`, 3); `<ns>` → (`<ns>`, None); anything else → None."""
+    """`<ns>_r3` → (`<ns>`, 3); `<ns>` → (`<ns>`, None); anything else → None.
+
+    A name that is not valid UTF-8 (os.scandir hands its bytes over as surrogate escapes) is no namespace: it
+    could not be stored in the catalog or journaled, and one such directory used to fail every scan."""
     match = _NS_RE.match(name)
-    if not match:
+    if not match or not _utf8_name(name):
         return None
     rank = match["rank"]
     return match["ns"], int(rank) if rank is not None else None

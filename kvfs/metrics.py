@@ -24,6 +24,9 @@ O_DIRECT_FALLBACKS = Counter(
     ["reason"],
 )
 NOT_A_BLOCK = Counter("kvfs_not_a_block_total", "Files under the root that are not block files.")
+UNDECODABLE_NAMES = Counter(
+    "kvfs_undecodable_names_total", "Namespace-shaped names under the root that are not UTF-8: skipped."
+)
 
 # --- journal (kvfs/journal.py) -------------------------------------------------------------------------------
 JOURNAL_RECORDS_WRITTEN = Counter(
