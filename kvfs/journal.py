@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import math
 import os
 import re
 import secrets
@@ -59,6 +60,18 @@ _HEAD_SIZE: Final = _HEAD.size
 SEGMENT_SUFFIX: Final = ".jnl"
 SEGMENT_RE: Final = re.compile(r"^(?P<writer>[A-Za-z0-9_-]+)\.(?P<seq>\d{8,})\.jnl$")
 _MAX_READ_PER_SEGMENT: Final = 64 << 20
+# Validation of checksum-valid records (one place: decode time).  A record outside these ranges is a writer's
+# bug, not a block: it is consumed, counted (kvfs_journal_bad_records_total{reason="invalid"}) and skipped, so
+# one absurd value can neither overflow a catalog column nor stall ingest at its offset.
+MAX_RECORD_SIZE: Final = 1 << 40  # 1 TiB: far above any KV block, far below int64 sums over a tree
+MIN_RECORD_TIME: Final = 0.0  # before the epoch: garbage (an early time is merely old, so it is accepted)
+_MAX_GROUP: Final = (1 << 31) - 1  # an INTEGER column on PostgreSQL
+_MIN_HASH_LEN: Final = 16
+_MAX_HASH_LEN: Final = 128  # the catalog's block_hash column, and the layout's hash pattern
+# A writer's clock may run ahead of the reader's.  Records dated in the future are clamped to the reader's
+# clock (else a fast writer's blocks would look recent for as long as it is ahead, and never be evicted);
+# beyond this allowance the clamp is also counted, as a sign of a skewed clock.
+CLOCK_SKEW_ALLOWANCE_S: Final = 60.0
 
 
 class RecordKind(IntEnum):
@@ -124,18 +137,28 @@ class _Decoded:
     bad: int
     torn: int
     closed: bool  # an END record was consumed
+    invalid: int = 0  # checksum-valid records with out-of-range fields, consumed and skipped
+    future: int = 0  # records dated more than CLOCK_SKEW_ALLOWANCE_S ahead of the reader, clamped to `now`
 
 
 _RECORD_KINDS: Final = {1: RecordKind.STORE, 2: RecordKind.ACCESS}
 
 
-def decode_records(data: bytes | memoryview, *, final: bool, max_records: int | None = None) -> _Decoded:
+def decode_records(
+    data: bytes | memoryview, *, final: bool, max_records: int | None = None, now: float | None = None
+) -> _Decoded:
     """Decode framed records from `data`.
 
     `final` says no more bytes will ever follow (closed or abandoned segment, and `data` reaches end of file):
     then an incomplete or unparseable tail is skipped and counted as torn; otherwise decoding stops before it,
     since a live writer may still be completing it.
+
+    Records with a size outside [0, MAX_RECORD_SIZE], a time that is not finite or negative, a
+    group beyond INTEGER range or a hash that is not 16-128 hex digits are consumed and counted as `invalid`.
+    Times after `now` (default: the current time) are clamped to `now`.
     """
+    now = time.time() if now is None else now
+    future_cutoff = now + CLOCK_SKEW_ALLOWANCE_S
     if not isinstance(data, bytes):
         data = bytes(data)
     view = memoryview(data)
@@ -153,7 +176,7 @@ def decode_records(data: bytes | memoryview, *, final: bool, max_records: int | 
     ns_cache: dict[bytes, str] = {}
     limit = max_records if max_records is not None else -1
     pos = 0
-    bad = torn = 0
+    bad = torn = invalid = future = 0
     garbage_start = -1  # start of the current run of undecodable bytes, counted once when the run ends
     closed = False
     while pos < n:
@@ -186,10 +209,25 @@ def decode_records(data: bytes | memoryview, *, final: bool, max_records: int | 
                             block_hash = (
                                 raw_hash.decode("ascii", "replace") if fmt & _HASH_ASCII else raw_hash.hex()
                             )
-                            key = BlockKey(
-                                ns, None if rank < 0 else rank, group, block_hash, fmt_names[fmt & 0x7F]
-                            )
-                            append(JournalRecord(kinds[kind], key, when, size, chain_pos))
+                            # `not (a <= x <= b)` is also true for NaN, so one test per field covers it.
+                            if (
+                                not (MIN_RECORD_TIME <= when < math.inf)
+                                or size > MAX_RECORD_SIZE
+                                or group > _MAX_GROUP
+                                or not (_MIN_HASH_LEN <= len(block_hash) <= _MAX_HASH_LEN)
+                                or (fmt & _HASH_ASCII and not _is_hex(block_hash))
+                                or not ns
+                            ):
+                                invalid += 1
+                            else:
+                                if when > now:
+                                    if when > future_cutoff:
+                                        future += 1
+                                    when = now
+                                key = BlockKey(
+                                    ns, None if rank < 0 else rank, group, block_hash, fmt_names[fmt & 0x7F]
+                                )
+                                append(JournalRecord(kinds[kind], key, when, size, chain_pos))
                             pos = end
                             if garbage_start >= 0:
                                 bad += 1
@@ -216,7 +254,14 @@ def decode_records(data: bytes | memoryview, *, final: bool, max_records: int | 
         pos = nxt
     if garbage_start >= 0:  # stopped inside a run (live segment): leave it unconsumed and uncounted
         pos = garbage_start
-    return _Decoded(records, pos, bad, torn, closed)
+    return _Decoded(records, pos, bad, torn, closed, invalid, future)
+
+
+_HEX_DIGITS: Final = frozenset("0123456789abcdef")
+
+
+def _is_hex(text: str) -> bool:
+    return _HEX_DIGITS.issuperset(text)
 
 
 # --- writer ---------------------------------------------------------------------------------------------------
@@ -492,7 +537,7 @@ class JournalReader:
                 log.warning("cannot read journal segment %s: %s", name, exc)
                 continue
             reaches_eof = offset + len(data) >= size
-            decoded = decode_records(data, final=False, max_records=remaining)
+            decoded = decode_records(data, final=False, max_records=remaining, now=now)
             stalled = not decoded.closed and decoded.end < len(data)
             if (
                 stalled
@@ -501,12 +546,16 @@ class JournalReader:
                 and (remaining is None or len(decoded.records) < remaining)
             ):
                 # A dead writer: nothing more will come, so skip (and count) what cannot be decoded.
-                decoded = decode_records(data, final=True, max_records=remaining)
+                decoded = decode_records(data, final=True, max_records=remaining, now=now)
             if decoded.closed and decoded.end < len(data):
                 # Bytes after an END record are not the writer's: consume them as corrupt.
-                tail = decode_records(memoryview(data)[decoded.end :], final=True, max_records=remaining)
+                tail = decode_records(
+                    memoryview(data)[decoded.end :], final=True, max_records=remaining, now=now
+                )
                 decoded.records.extend(tail.records)
                 decoded.bad += tail.bad + tail.torn
+                decoded.invalid += tail.invalid
+                decoded.future += tail.future
                 decoded.end = len(data)
             new_offset = offset + decoded.end
             batch.records.extend(decoded.records)
@@ -516,7 +565,14 @@ class JournalReader:
             if decoded.torn:
                 metrics.JOURNAL_BAD_RECORDS.labels(reason="torn_tail").inc(decoded.torn)
                 log.warning("journal segment %s: skipped the torn tail of a dead writer", name)
-            batch.bad_records += decoded.bad + decoded.torn
+            if decoded.invalid:
+                metrics.JOURNAL_BAD_RECORDS.labels(reason="invalid").inc(decoded.invalid)
+                log.warning(
+                    "journal segment %s: skipped %d records with out-of-range fields", name, decoded.invalid
+                )
+            if decoded.future:
+                metrics.JOURNAL_FUTURE_RECORDS.inc(decoded.future)
+            batch.bad_records += decoded.bad + decoded.torn + decoded.invalid
             if new_offset >= size and (decoded.closed or abandoned):
                 batch.finished.append(name)
         metrics.JOURNAL_RECORDS_READ.inc(len(batch.records))

@@ -46,8 +46,13 @@ JOURNAL_SEGMENTS_CLOSED = Counter(
 JOURNAL_RECORDS_READ = Counter("kvfs_journal_records_read_total", "Valid journal records decoded by readers.")
 JOURNAL_BAD_RECORDS = Counter(
     "kvfs_journal_bad_records_total",
-    "Malformed journal records skipped (corrupt = bad bytes resynced over; torn_tail = a dead writer's tail).",
+    "Malformed journal records skipped (corrupt = bad bytes resynced over; torn_tail = a dead writer's tail; "
+    "invalid = checksum-valid record with out-of-range size, time, group or hash).",
     ["reason"],
+)
+JOURNAL_FUTURE_RECORDS = Counter(
+    "kvfs_journal_future_records_total",
+    "Journal records dated more than the clock-skew allowance ahead of the reader (clamped to its clock).",
 )
 JOURNAL_PENDING = Gauge("kvfs_journal_pending_records", "Records queued in this process's journal writers.")
 

@@ -13,6 +13,8 @@ from prometheus_client import REGISTRY
 
 from kvfs.journal import (
     END_RECORD,
+    MAX_RECORD_SIZE,
+    MIN_RECORD_TIME,
     SYNC,
     JournalReader,
     JournalRecord,
@@ -31,7 +33,7 @@ keys = st.builds(
     BlockKey,
     namespace=st.text(min_size=1, max_size=60).map(lambda s: s[:60]),
     rank=st.none() | st.integers(min_value=0, max_value=2**31 - 1),
-    group=st.integers(min_value=0, max_value=2**32 - 1),
+    group=st.integers(min_value=0, max_value=2**31 - 1),
     block_hash=st.text(alphabet=HEX, min_size=16, max_size=128),
     fmt=st.sampled_from(["kvfs", "bin"]),
 )
@@ -39,8 +41,9 @@ records = st.builds(
     JournalRecord,
     kind=st.sampled_from(list(RecordKind)),
     key=keys,
-    time=st.floats(allow_nan=False, allow_infinity=False),
-    size=st.integers(min_value=0, max_value=2**64 - 1),
+    # The ranges decode_records accepts (tests/faults/test_fault_journal.py covers the rest).
+    time=st.floats(min_value=MIN_RECORD_TIME, max_value=1_750_000_000.0),
+    size=st.integers(min_value=0, max_value=MAX_RECORD_SIZE),
     chain_pos=st.integers(min_value=-1, max_value=2**31 - 1),
 )
 
