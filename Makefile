@@ -6,7 +6,7 @@ STAMP := $(VENV)/.kvfs-installed
 export HF_HUB_OFFLINE := 1
 export VLLM_LOGGING_LEVEL ?= WARNING
 
-.PHONY: setup demo test test-fast test-vllm033 bench bench-gpu lint clean
+.PHONY: setup demo test test-fast test-vllm033 bench bench-gpu bench-e2e lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench: setup
 
 bench-gpu: setup
 	$(BIN)/python -m connector.bench
+
+# The connector in a real vLLM engine on a GPU (recipe: ../shared/gpu/README.md); run it where vLLM has a GPU.
+bench-e2e:
+	python3 -m connector.e2e --json e2e.json --markdown e2e.md
 
 lint: setup
 	$(BIN)/ruff check kvfs evictor connector tests

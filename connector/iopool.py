@@ -253,13 +253,15 @@ class IoPool:
 
     def _finish_locked(self, job_id: int, job: _Job) -> None:
         del self._jobs[job_id]
+        seconds = time.monotonic() - job.started
+        metrics.JOB_SECONDS.labels("load" if job.is_load else "store").observe(seconds)
         self._done.append(
             JobDone(
                 job_id=job_id,
                 is_load=job.is_load,
                 success=job.failed == 0,
                 nbytes=job.nbytes,
-                seconds=time.monotonic() - job.started,
+                seconds=seconds,
                 failed_block_ids=job.failed_block_ids,
                 files_ok=job.ok,
                 files_failed=job.failed,
@@ -443,9 +445,11 @@ class IoPool:
             return f
         n = op.nbytes
         hash_on_device = f.slot.hashes is not None
+        reading = time.monotonic()
         result = load_block(
             op.path, op.ident, f.slot.host_mv[:n], direct=self.direct, verify=not hash_on_device
         )
+        _LOAD_READ_S.inc(time.monotonic() - reading)
         if result.ok and result.nbytes != n:
             # A shorter payload is another block range or layout: never scatter a partial chunk.
             result = LoadResult(False, MissReason.TRUNCATED, result.nbytes)
@@ -527,7 +531,9 @@ class IoPool:
         op, slot, n = f.op, f.slot, f.op.nbytes
         if slot.ready is not None:
             # For a store this wait includes the forward pass it waits behind (a long prefill): not storage time.
+            waiting = time.monotonic()
             slot.ready.synchronize()
+            (_LOAD_GPU_WAIT_S if op.is_load else _STORE_GPU_WAIT_S).inc(time.monotonic() - waiting)
         finishing = time.monotonic()
         if op.is_load:
             assert f.result is not None
@@ -554,6 +560,7 @@ class IoPool:
                 slot.done.record(stream)
             return f
         checksum = slot.hashes.checksum(f.pieces, slot.host_mv[:n]) if slot.hashes is not None else None
+        writing = time.monotonic()
         result = store_block(
             op.path,
             slot.host_mv[:n],
@@ -563,6 +570,7 @@ class IoPool:
             direct=self.direct,
             checksum=checksum,
         )
+        _STORE_WRITE_S.inc(time.monotonic() - writing)
         # The thread's own time on this store (queueing its GPU phase, writing the file), not the wall time since
         # it was picked up: that spans the GPU's wait for the forward pass and, pipelined, the next file's read.
         elapsed = f.busy_s + time.monotonic() - finishing
@@ -584,7 +592,9 @@ class IoPool:
 
     def _report_settled(self, f: _Flight) -> None:
         """A verified load is done once its scatter has completed: only then may vLLM use those blocks."""
+        waiting = time.monotonic()
         f.slot.done.synchronize()
+        _LOAD_GPU_WAIT_S.inc(time.monotonic() - waiting)
         self._report_loaded(f.op)
 
     def _report_loaded(self, op: FileOp) -> None:
@@ -629,6 +639,11 @@ class _RateLimitedLog:
         self._last, self._count = now, 0
         return True
 
+
+_LOAD_READ_S = metrics.IO_SECONDS.labels("load", "read")
+_LOAD_GPU_WAIT_S = metrics.IO_SECONDS.labels("load", "gpu_wait")
+_STORE_WRITE_S = metrics.IO_SECONDS.labels("store", "write")
+_STORE_GPU_WAIT_S = metrics.IO_SECONDS.labels("store", "gpu_wait")
 
 # Staging slots per I/O thread: one file's bytes move on the GPU while the other slot's file is read or written.
 _SLOTS = 2

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 STORES = Counter(
     "kvfs_connector_stores_total",
@@ -28,6 +28,18 @@ LOOKUPS = Counter(
 )
 EXISTENCE_CHECKS = Counter(
     "kvfs_connector_existence_checks_total", "Files stat()ed by the off-thread existence checker."
+)
+JOB_SECONDS = Histogram(
+    "kvfs_connector_job_seconds",
+    "Wall time of a vLLM transfer job (all its block files) from submit to done, by kind (load, store).",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+IO_SECONDS = Counter(
+    "kvfs_connector_io_seconds_total",
+    "I/O-thread seconds by operation and stage: read/write (the file), gpu_wait (waiting for the GPU phase of a "
+    "file: copies, hash, scatter; for stores also the forward pass they wait behind).",
+    ["op", "stage"],
 )
 QUEUED_STORES = Gauge("kvfs_connector_queued_stores", "Block files waiting in the store queue.")
 DEVICE_HASH_DISABLED = Counter(

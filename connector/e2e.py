@@ -1,0 +1,789 @@
+"""End-to-end benchmark: the kvfs connector inside a real vLLM engine on a GPU, beside vLLM's own CPU tier.
+
+For one model shape (dummy weights) and prompt lengths, per root (/dev/shm and a local-disk directory):
+  * writer engine (kvfs): recompute TTFT (cold), stores submitted / stored / dropped by reason, then kvfs hit
+    TTFT in the same engine after `reset_prefix_cache` -- alternating the connector's idle-step wait on (the
+    default) and off (before), repetition by repetition -- with the load's GB/s and where its thread time went;
+  * reader engine (a second process, same root): hit TTFT from the writer's files, as another replica sees them;
+  * vLLM's own CPU tier (`CPUOffloadingSpec`, one engine for the run): cold and hit TTFT of the same prompts;
+  * optionally (`--evictor`): `kvfs-evictor` holds a fresh root to a third of what a multi-round request sequence
+    needs while an engine serves it: errors, hit ratio, tokens against recompute, and what Belady and LRU would
+    keep on the same sequence at the same capacity.
+Every hit's greedy tokens are compared with the recompute's (dummy weights are fixed by the seed).  Each engine
+runs in its own process (`--child`); this parent imports no vLLM and prints ratios against the CPU tier and
+recompute, all from one run.  For the GPU machine (recipe: ../shared/gpu/README.md); never part of CI, where the
+pure parts (arguments, result maths, table) are tested.
+
+    python -m connector.e2e [--model llama3-8b] [--prompts 8k,32k,64k,128k] [--roots shm,disk] [--evictor]
+        [--reps 3] [--json out.json] [--markdown out.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+CHUNK_TOKENS = 256  # tokens per kvfs file and CPU-tier block
+DECODE_TOKENS = 8  # greedy tokens compared between recompute and hit
+
+# Model shapes (dummy weights): attention layout is what the KV path sees.
+MODELS: dict[str, dict[str, Any]] = {
+    "llama3-8b": {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "num_hidden_layers": 32,
+        "vocab_size": 128256,
+        "max_position_embeddings": 131072,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        "rms_norm_eps": 1e-5,
+        "torch_dtype": "bfloat16",
+        "bos_token_id": 128000,
+        "eos_token_id": 128001,
+        "tie_word_embeddings": False,
+    },
+    "qwen2.5-7b": {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "num_hidden_layers": 28,
+        "vocab_size": 152064,
+        # Qwen2.5's documented long-context setting: YaRN x4 over 32k.
+        "max_position_embeddings": 131072,
+        "rope_theta": 1000000.0,
+        "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768},
+        "rms_norm_eps": 1e-6,
+        "torch_dtype": "bfloat16",
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "tie_word_embeddings": False,
+        "use_sliding_window": False,
+    },
+}
+
+
+def kv_bytes_per_token(model: Mapping[str, Any]) -> int:
+    """K and V of every layer, bf16."""
+    head_dim = model.get("head_dim") or model["hidden_size"] // model["num_attention_heads"]
+    return 2 * model["num_hidden_layers"] * model["num_key_value_heads"] * head_dim * 2
+
+
+def parse_prompt_sizes(text: str, max_model_len: int) -> list[int]:
+    """ "8k,32k,131072" -> token counts; k = 1024.  A prompt leaves room for the decoded tokens and a margin
+    (128k -> 130,048 tokens with a 131,072 context)."""
+    sizes = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        n = int(item[:-1]) * 1024 if item.endswith("k") else int(item)
+        if n <= 0:
+            raise argparse.ArgumentTypeError(f"prompt size must be positive: {item!r}")
+        sizes.append(min(n, max_model_len - 1024))
+    if not sizes:
+        raise argparse.ArgumentTypeError("no prompt sizes given")
+    return sizes
+
+
+def prompt_tokens(n: int, seed: int, vocab: int) -> list[int]:
+    """A deterministic prompt of n token ids; prompts of different seeds share no prefix."""
+    import random
+
+    rng = random.Random(seed)
+    return [rng.randrange(1000, vocab - 1000) for _ in range(n)]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m connector.e2e",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", choices=sorted(MODELS), default="llama3-8b")
+    p.add_argument("--prompts", default="8k,32k,64k,128k", help="prompt lengths (k = 1024 tokens)")
+    p.add_argument("--roots", default="shm,disk", help="shm, disk, or both")
+    p.add_argument("--shm-dir", default="/dev/shm/kvfs-e2e")
+    p.add_argument("--disk-dir", default="/var/tmp/kvfs-e2e", help="a directory on local disk (not tmpfs)")
+    p.add_argument("--reps", type=int, default=3, help="hit repetitions per variant (medians reported)")
+    p.add_argument("--no-cpu-tier", action="store_true", help="skip vLLM's CPU tier (no ratios against it)")
+    p.add_argument("--no-reader", action="store_true", help="skip the second-engine reader")
+    p.add_argument("--evictor", action="store_true", help="add the phase under kvfs-evictor")
+    p.add_argument("--evictor-prompts", type=int, default=4, help="distinct prompts in the evictor phase")
+    p.add_argument("--evictor-tokens", type=int, default=16384)
+    p.add_argument("--evictor-rounds", type=int, default=3)
+    p.add_argument("--evictor-fraction", type=float, default=1 / 3, help="capacity / bytes the prompts need")
+    p.add_argument("--setting", action="append", default=[], help="extra kvfs setting key=value (repeatable)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.85)
+    p.add_argument("--child-timeout", type=float, default=900.0)
+    p.add_argument("--json", dest="json_out", help="write all results here")
+    p.add_argument("--markdown", help="write the tables here (markdown)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.roots = [r.strip() for r in args.roots.split(",") if r.strip()]
+    bad = [r for r in args.roots if r not in ("shm", "disk")]
+    if bad or not args.roots:
+        p.error(f"--roots takes shm and/or disk, not {args.roots}")
+    if args.reps < 1:
+        p.error("--reps must be >= 1")
+    if not 0 < args.evictor_fraction < 1:
+        p.error("--evictor-fraction must be between 0 and 1")
+    max_len = MODELS[args.model]["max_position_embeddings"]
+    try:
+        args.prompt_sizes = parse_prompt_sizes(args.prompts, max_len)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        p.error(f"--prompts: {exc}")
+    settings: dict[str, Any] = {}
+    for item in args.setting:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("kvfs_"):
+            p.error(f"--setting takes kvfs_key=value, not {item!r}")
+        try:
+            settings[key] = json.loads(value)
+        except ValueError:
+            settings[key] = value
+    args.settings = settings
+    return args
+
+
+# ---- result maths (pure) ----
+
+
+def median(values: Sequence[float]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+@dataclass
+class Row:
+    """One prompt length of one root: the figures the table prints."""
+
+    root: str
+    tokens: int
+    recompute_s: float | None
+    hit_s: float | None  # kvfs hit, same engine, default settings (median)
+    hit_before_s: float | None  # same, idle-step wait off (the code before)
+    reader_s: float | None  # kvfs hit from a second engine (first sight)
+    cpu_hit_s: float | None
+    stored: int
+    chunks: int
+    dropped: int
+    load_gbps: float | None
+    tokens_equal: bool
+
+    @property
+    def vs_cpu(self) -> float | None:
+        return ratio(self.hit_s, self.cpu_hit_s)
+
+    @property
+    def before_vs_cpu(self) -> float | None:
+        return ratio(self.hit_before_s, self.cpu_hit_s)
+
+    @property
+    def reader_vs_cpu(self) -> float | None:
+        return ratio(self.reader_s, self.cpu_hit_s)
+
+    @property
+    def speedup(self) -> float | None:
+        return ratio(self.recompute_s, self.hit_s)
+
+
+def rows_of(results: Mapping[str, Any]) -> list[Row]:
+    """Table rows from the children's results (see `_writer`, `_reader`, `_cpu_tier`)."""
+    cpu = {p["tokens"]: p for p in results.get("cpu", {}).get("prompts", [])}
+    rows = []
+    for root, phases in results.get("roots", {}).items():
+        reader = {p["tokens"]: p for p in phases.get("reader", {}).get("prompts", [])}
+        for w in phases.get("writer", {}).get("prompts", []):
+            n = w["tokens"]
+            r, c = reader.get(n, {}), cpu.get(n, {})
+            hits = w.get("hits", [])
+            on = [h["ttft_s"] for h in hits if h["variant"] == "default"]
+            off = [h["ttft_s"] for h in hits if h["variant"] == "idle_wait_off"]
+            loads = [h["load_gbps"] for h in hits if h["variant"] == "default" and h.get("load_gbps")]
+            equal = all(h["tokens_equal"] for h in hits) and r.get("tokens_equal", True)
+            equal = equal and all(h["tokens_equal"] for h in c.get("hits", []))
+            stores = w.get("stores", {})
+            rows.append(
+                Row(
+                    root=root,
+                    tokens=n,
+                    recompute_s=w.get("cold_ttft_s"),
+                    hit_s=median(on),
+                    hit_before_s=median(off),
+                    reader_s=r.get("first_ttft_s"),
+                    cpu_hit_s=median([h["ttft_s"] for h in c.get("hits", [])]),
+                    stored=int(stores.get("stored", 0) + stores.get("exists", 0)),
+                    chunks=n // CHUNK_TOKENS,
+                    dropped=int(stores.get("dropped", 0)),
+                    load_gbps=median(loads),
+                    tokens_equal=bool(equal),
+                )
+            )
+    return rows
+
+
+def _fmt(v: float | None, spec: str, suffix: str = "") -> str:
+    return "—" if v is None else f"{v:{spec}}{suffix}"
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    head = (
+        "| root | prompt | recompute TTFT | kvfs hit | hit, idle wait off (before) | second engine | CPU tier hit "
+        "| kvfs ÷ CPU | before ÷ CPU | 2nd engine ÷ CPU | recompute ÷ hit | stored | load GB/s | tokens equal |"
+    )
+    lines = [head, "|" + "---|" * 14]
+    for r in rows:
+        lines.append(
+            f"| {r.root} | {r.tokens:,} | {_fmt(r.recompute_s, '.2f', ' s')} | {_fmt(r.hit_s, '.3f', ' s')} "
+            f"| {_fmt(r.hit_before_s, '.3f', ' s')} | {_fmt(r.reader_s, '.3f', ' s')} "
+            f"| {_fmt(r.cpu_hit_s, '.3f', ' s')} | {_fmt(r.vs_cpu, '.2f', '×')} | {_fmt(r.before_vs_cpu, '.2f', '×')} "
+            f"| {_fmt(r.reader_vs_cpu, '.2f', '×')} | {_fmt(r.speedup, '.1f', '×')} "
+            f"| {r.stored}/{r.chunks}{f' ({r.dropped} dropped)' if r.dropped else ''} "
+            f"| {_fmt(r.load_gbps, '.1f')} | {'yes' if r.tokens_equal else '**NO**'} |"
+        )
+    return "\n".join(lines)
+
+
+def format_evictor(ev: Mapping[str, Any]) -> str:
+    if not ev or "error" in ev and "requests" not in ev:
+        return f"evictor phase: {ev.get('error', 'not run')}" if ev else ""
+    return (
+        f"evictor phase: {ev['prompts']} prompts × {ev['tokens']:,} tokens × {ev['rounds']} rounds, capacity "
+        f"{ev['capacity_bytes'] / 1e9:.2f} GB ({ev['capacity_chunks']} chunks = {ev['fraction']:.2f} of "
+        f"{ev['needed_bytes'] / 1e9:.2f} GB); hit ratio {ev['hit_ratio']:.3f} (rounds 2+: "
+        f"{ev['hit_ratio_after_first']:.3f}); Belady on the same sequence {ev['belady_hit_ratio']:.3f}, LRU "
+        f"{ev['lru_hit_ratio']:.3f}; tokens equal to recompute: {'yes' if ev['tokens_equal'] else 'NO'}; "
+        f"request errors {ev['request_errors']}, load misses {ev['load_misses']}, evictor errors "
+        f"{ev['evictor_errors']}, peak usage {ev['peak_usage_ratio']:.2f}× capacity"
+    )
+
+
+# ---- the engines (child processes; vLLM imported only here) ----
+
+
+def _metric_samples() -> dict[str, float]:
+    from prometheus_client import REGISTRY
+
+    out: dict[str, float] = {}
+    for family in REGISTRY.collect():
+        if not family.name.startswith("kvfs_"):
+            continue
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()) if k != "le")
+            if "le" in s.labels:
+                continue
+            out[f"{s.name}{{{labels}}}"] = s.value
+    return out
+
+
+def _probe(worker: Any, idle_wait_s: float | None = None) -> dict[str, Any]:
+    """Runs inside the engine's worker (collective_rpc): kvfs metrics, pool state; optionally sets the idle-step
+    wait of both sides (the scheduler shares this process under the single-GPU executor)."""
+    import gc
+
+    out: dict[str, Any] = {"metrics": _metric_samples(), "pending_jobs": 0, "unsubmitted_stores": 0}
+    try:
+        from vllm.distributed.kv_transfer import get_kv_transfer_group
+
+        cw = get_kv_transfer_group().connector_worker
+        out["unsubmitted_stores"] = len(getattr(cw, "_unsubmitted_store_jobs", []) or [])
+        kw = getattr(cw, "worker", None)
+        pool = getattr(kw, "pool", None)
+        if pool is not None:
+            out["pending_jobs"] = pool.pending_jobs()
+            out["threads"] = pool.threads
+            out["store_gbps"] = pool.store_bandwidth() / 1e9
+        if idle_wait_s is not None and kw is not None and hasattr(kw, "idle_wait_s"):
+            from connector.manager import KvfsManager
+
+            kw.idle_wait_s = idle_wait_s
+            for obj in gc.get_objects():
+                if isinstance(obj, KvfsManager):
+                    obj.idle_wait_s = idle_wait_s
+    except Exception as exc:  # noqa: BLE001 - a probe must never break the engine
+        out["probe_error"] = repr(exc)
+    out["cpus"] = len(os.sched_getaffinity(0))
+    return out
+
+
+def _delta(after: Mapping[str, float], before: Mapping[str, float], prefix: str) -> dict[str, float]:
+    return {k[len(prefix) :]: v - before.get(k, 0.0) for k, v in after.items() if k.startswith(prefix)}
+
+
+class Engine:
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # the probe is a callable
+        os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from vllm import LLM
+        from vllm.config import KVTransferConfig
+
+        if spec["connector"] == "kvfs":
+            ktc = KVTransferConfig(
+                kv_connector="KvfsOffloadingConnector",
+                kv_connector_module_path="connector.connector",
+                kv_role="kv_both",
+                kv_load_failure_policy="recompute",
+                kv_connector_extra_config={
+                    "spec_name": "KvfsOffloadingSpec",
+                    "spec_module_path": "connector.spec",
+                    "block_size": CHUNK_TOKENS,
+                    "kvfs_root": spec["root"],
+                    **spec.get("settings", {}),
+                },
+            )
+        else:
+            ktc = KVTransferConfig(
+                kv_connector="OffloadingConnector",
+                kv_role="kv_both",
+                kv_connector_extra_config={
+                    "spec_name": "CPUOffloadingSpec",
+                    "cpu_bytes_to_use": spec["cpu_bytes"],
+                    "block_size": CHUNK_TOKENS,
+                },
+            )
+        started = time.perf_counter()
+        self.llm = LLM(
+            model=spec["model_dir"],
+            load_format="dummy",
+            skip_tokenizer_init=True,
+            kv_transfer_config=ktc,
+            attention_backend="TRITON_ATTN",
+            enforce_eager=True,
+            max_model_len=spec["max_model_len"],
+            gpu_memory_utilization=spec["gpu_memory_utilization"],
+            seed=0,
+            disable_log_stats=False,
+            enable_prefix_caching=True,
+        )
+        self.startup_s = time.perf_counter() - started
+        self.kvfs = spec["connector"] == "kvfs"
+
+    def generate(self, tokens: list[int]) -> tuple[list[int], float, float]:
+        """(greedy tokens, TTFT, wall time of the call); TTFT from vLLM's request stats, else the wall time."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=DECODE_TOKENS, ignore_eos=True, detokenize=False)
+        started = time.perf_counter()
+        out = self.llm.generate([{"prompt_token_ids": tokens}], params, use_tqdm=False)[0]
+        wall = time.perf_counter() - started
+        ttft = getattr(out.metrics, "first_token_latency", 0.0) if out.metrics is not None else 0.0
+        return list(out.outputs[0].token_ids), float(ttft) if ttft else wall, wall
+
+    def probe(self, idle_wait_s: float | None = None) -> dict[str, Any]:
+        return self.llm.collective_rpc(_probe, kwargs={"idle_wait_s": idle_wait_s})[0]
+
+    def settle(self, timeout: float = 300.0) -> float:
+        """Wait until every store has been written (kvfs) or a fixed pause (CPU tier); vLLM submits a step's
+        stores at the start of the next step, so a tiny request pushes one through when none is pending."""
+        started = time.perf_counter()
+        if not self.kvfs:
+            self.generate([7] * 16)
+            time.sleep(2.0)
+            return time.perf_counter() - started
+        deadline = started + timeout
+        while time.perf_counter() < deadline:
+            state = self.probe()
+            if not state["pending_jobs"] and not state["unsubmitted_stores"]:
+                # one more step, in case vLLM still holds store jobs that this worker has not seen yet
+                self.generate([7] * 16)
+                state = self.probe()
+                if not state["pending_jobs"] and not state["unsubmitted_stores"]:
+                    break
+            elif state["unsubmitted_stores"] and not state["pending_jobs"]:
+                self.generate([7] * 16)
+            time.sleep(0.2)
+        return time.perf_counter() - started
+
+
+def _hit(
+    engine: Engine, tokens: list[int], ref: list[int], variant: str, bytes_per_token: int
+) -> dict[str, Any]:
+    engine.llm.reset_prefix_cache()
+    before = engine.probe()["metrics"] if engine.kvfs else {}
+    out, ttft, wall = engine.generate(tokens)
+    hit: dict[str, Any] = {
+        "variant": variant,
+        "ttft_s": ttft,
+        "wall_s": wall,
+        "tokens_equal": out == ref,
+        "out": out,
+    }
+    if engine.kvfs:
+        d = engine.probe()["metrics"]
+        load_bytes = _delta(d, before, "kvfs_connector_load_bytes_total").get("{}", 0.0)
+        job_s = _delta(d, before, "kvfs_connector_job_seconds_sum").get("{kind=load}", 0.0)
+        io = _delta(d, before, "kvfs_connector_io_seconds_total")
+        hit.update(
+            load_bytes=load_bytes,
+            loaded_tokens=int(load_bytes // bytes_per_token),
+            load_job_s=job_s,
+            load_gbps=load_bytes / job_s / 1e9 if job_s else None,
+            read_thread_s=io.get("{op=load,stage=read}", 0.0),
+            gpu_wait_thread_s=io.get("{op=load,stage=gpu_wait}", 0.0),
+            lookups=_delta(d, before, "kvfs_connector_lookups_total"),
+            misses=_delta(d, before, "kvfs_connector_load_misses_total"),
+        )
+    return hit
+
+
+def _writer(spec: Mapping[str, Any]) -> dict[str, Any]:
+    engine = Engine(spec)
+    res: dict[str, Any] = {"startup_s": engine.startup_s, "prompts": []}
+    probe = engine.probe()
+    res["threads"], res["cpus"] = probe.get("threads"), probe.get("cpus")
+    for n, seed in zip(spec["sizes"], spec["seeds"], strict=True):
+        tokens = prompt_tokens(n, seed, spec["vocab"])
+        entry: dict[str, Any] = {"tokens": n}
+        try:
+            before = engine.probe()["metrics"]
+            ref, cold, _ = engine.generate(tokens)
+            entry["settle_s"] = engine.settle()
+            after = engine.probe()
+            stores = _delta(after["metrics"], before, "kvfs_connector_stores_total")
+            entry.update(
+                cold_ttft_s=cold,
+                ref_tokens=ref,
+                stores={k.split("=")[1].rstrip("}"): v for k, v in stores.items()},
+                dropped_by_reason=_delta(after["metrics"], before, "kvfs_connector_stores_dropped_total"),
+                store_gbps=after.get("store_gbps"),
+                store_write_thread_s=_delta(after["metrics"], before, "kvfs_connector_io_seconds_total").get(
+                    "{op=store,stage=write}", 0.0
+                ),
+            )
+            hits = []
+            for _ in range(spec["reps"]):
+                for variant, wait in (("default", spec["idle_wait_s"]), ("idle_wait_off", 0.0)):
+                    engine.probe(idle_wait_s=wait)
+                    hits.append(_hit(engine, tokens, ref, variant, spec["bytes_per_token"]))
+            engine.probe(idle_wait_s=spec["idle_wait_s"])
+            entry["hits"] = hits
+        except Exception as exc:  # noqa: BLE001 - record it and go on with the next prompt
+            entry["error"] = repr(exc)
+        res["prompts"].append(entry)
+        _progress(f"writer {spec['root_name']} {n}: {_brief(entry)}")
+    return res
+
+
+def _reader(spec: Mapping[str, Any]) -> dict[str, Any]:
+    engine = Engine(spec)
+    res: dict[str, Any] = {"startup_s": engine.startup_s, "prompts": []}
+    for n, seed, ref in zip(spec["sizes"], spec["seeds"], spec["refs"], strict=True):
+        tokens = prompt_tokens(n, seed, spec["vocab"])
+        entry: dict[str, Any] = {"tokens": n}
+        try:
+            first = _hit(engine, tokens, ref, "first", spec["bytes_per_token"])
+            again = [_hit(engine, tokens, ref, "again", spec["bytes_per_token"]) for _ in range(spec["reps"])]
+            entry.update(
+                first_ttft_s=first["ttft_s"],
+                first=first,
+                again_ttft_s=median([h["ttft_s"] for h in again]),
+                tokens_equal=first["tokens_equal"] and all(h["tokens_equal"] for h in again),
+            )
+        except Exception as exc:  # noqa: BLE001
+            entry["error"] = repr(exc)
+        res["prompts"].append(entry)
+        _progress(f"reader {spec['root_name']} {n}: {_brief(entry)}")
+    return res
+
+
+def _cpu_tier(spec: Mapping[str, Any]) -> dict[str, Any]:
+    engine = Engine(spec)
+    res: dict[str, Any] = {"startup_s": engine.startup_s, "prompts": []}
+    for n, seed, ref in zip(spec["sizes"], spec["seeds"], spec["refs"], strict=True):
+        tokens = prompt_tokens(n, seed, spec["vocab"])
+        entry: dict[str, Any] = {"tokens": n}
+        try:
+            out, cold, _ = engine.generate(tokens)
+            engine.settle()
+            entry.update(cold_ttft_s=cold, cold_equal=ref is None or out == ref)
+            ref = ref if ref is not None else out
+            entry["hits"] = [
+                _hit(engine, tokens, ref, "cpu", spec["bytes_per_token"]) for _ in range(spec["reps"])
+            ]
+        except Exception as exc:  # noqa: BLE001
+            entry["error"] = repr(exc)
+        res["prompts"].append(entry)
+        _progress(f"cpu tier {n}: {_brief(entry)}")
+    return res
+
+
+def _du(root: str) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        if "/.kvfs" in dirpath:
+            continue
+        for f in files:
+            with contextlib.suppress(OSError):  # deleted by the evictor meanwhile
+                total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
+    return total
+
+
+def _evictor_phase(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """kvfs-evictor holds a fresh root to a fraction of what the request sequence needs while one engine serves
+    `rounds` rounds of `prompts` distinct prompts (GPU prefix cache reset before each request, so only kvfs
+    serves); every request's tokens are compared with its recompute (round 1)."""
+    from kvfs.replay.baselines import simulate_belady, simulate_lru
+
+    root, n, k, rounds = spec["root"], spec["tokens"], spec["prompts"], spec["rounds"]
+    chunks_per_prompt = n // CHUNK_TOKENS
+    file_bytes = CHUNK_TOKENS * spec["bytes_per_token"]
+    needed = k * chunks_per_prompt * file_bytes
+    capacity = int(needed * spec["fraction"])
+    catalog = os.path.join(tempfile.mkdtemp(prefix="kvfs-e2e-cat-"), "catalog.db")
+    log_path = os.path.join(spec["out_dir"], "evictor.log")
+    cmd = [
+        sys.executable, "-m", "evictor", "--root", root, "--catalog", f"sqlite:///{catalog}",
+        "--max-bytes", str(capacity), "--min-age", "0s", "--enforce-interval", "1s", "--metrics-port", "0",
+        "--journal-interval", "0.5s",
+    ]  # fmt: skip
+    log = open(log_path, "w")  # noqa: SIM115 - the evictor writes it while the engine runs
+    evictor = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    res: dict[str, Any] = {
+        "prompts": k, "tokens": n, "rounds": rounds, "capacity_bytes": capacity, "needed_bytes": needed,
+        "capacity_chunks": capacity // file_bytes, "fraction": spec["fraction"], "requests": [],
+    }  # fmt: skip
+    try:
+        engine = Engine(spec)
+        prompts = [prompt_tokens(n, 1000 + i, spec["vocab"]) for i in range(k)]
+        refs: dict[int, list[int]] = {}
+        peak = 0
+        errors = 0
+        for r in range(rounds):
+            for i, tokens in enumerate(prompts):
+                try:
+                    hit = _hit(engine, tokens, refs.get(i, []), f"round{r}", spec["bytes_per_token"])
+                    if i not in refs:  # round 1 is the recompute: its tokens are the reference
+                        hit["tokens_equal"] = True
+                        refs[i] = hit["out"]
+                    engine.settle()
+                except Exception as exc:  # noqa: BLE001
+                    errors += 1
+                    hit = {"error": repr(exc)}
+                hit.update(round=r, prompt=i)
+                res["requests"].append(hit)
+                time.sleep(1.5)  # an enforcement interval between requests
+                peak = max(peak, _du(root))
+        res["request_errors"] = errors
+        res["peak_usage_ratio"] = peak / capacity if capacity else 0.0
+    finally:
+        evictor.send_signal(signal.SIGTERM)
+        try:
+            evictor.wait(30)
+        except subprocess.TimeoutExpired:
+            evictor.kill()
+        log.close()
+    with open(log_path) as f:
+        text = f.read()
+    res["evictor_errors"] = sum(1 for line in text.splitlines() if " ERROR " in line or "Traceback" in line)
+    res["evictor_log_tail"] = text.splitlines()[-15:]
+    reqs = [q for q in res["requests"] if "error" not in q]
+    total = sum(n for _ in reqs)
+    hit_tokens = sum(min(q.get("loaded_tokens", 0), n) for q in reqs)
+    later = [q for q in reqs if q["round"] > 0]
+    res["hit_ratio"] = hit_tokens / total if total else 0.0
+    res["hit_ratio_after_first"] = (
+        sum(min(q.get("loaded_tokens", 0), n) for q in later) / (n * len(later)) if later else 0.0
+    )
+    res["tokens_equal"] = all(q.get("tokens_equal") for q in reqs)
+    res["load_misses"] = sum(sum(q.get("misses", {}).values()) for q in reqs)
+    # The same sequence in the replay's model: block = (prompt, chunk); capacity in chunks.
+    seq = [[i * 100_000 + c for c in range(chunks_per_prompt)] for _ in range(rounds) for i in range(k)]
+    cap = capacity // file_bytes
+    res["belady_hit_ratio"] = simulate_belady(seq, cap).hit_ratio
+    res["lru_hit_ratio"] = simulate_lru(seq, cap).hit_ratio
+    return res
+
+
+def _brief(entry: Mapping[str, Any]) -> str:
+    if "error" in entry:
+        return f"ERROR {entry['error']}"
+    parts = []
+    for key in ("cold_ttft_s", "first_ttft_s"):
+        if key in entry:
+            parts.append(f"{key}={entry[key]:.3f}")
+    if "hits" in entry:
+        by: dict[str, list[float]] = {}
+        for h in entry["hits"]:
+            by.setdefault(h["variant"], []).append(h["ttft_s"])
+        parts += [f"{v}={median(t):.3f}" for v, t in by.items()]
+        parts.append("equal" if all(h["tokens_equal"] for h in entry["hits"]) else "TOKENS DIFFER")
+    if "stores" in entry:
+        parts.append(f"stores={entry['stores']}")
+    return " ".join(parts)
+
+
+def _progress(msg: str) -> None:
+    print(f"[e2e {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def child_main(path: str) -> int:
+    with open(path) as f:
+        spec = json.load(f)
+    phase = spec["phase"]
+    fn = {"writer": _writer, "reader": _reader, "cpu": _cpu_tier, "evictor": _evictor_phase}[phase]
+    try:
+        result = fn(spec)
+    except Exception as exc:  # noqa: BLE001 - the parent reports it and goes on
+        import traceback
+
+        result = {"error": repr(exc), "traceback": traceback.format_exc()[-3000:]}
+    with open(spec["result_path"], "w") as f:
+        json.dump(result, f)
+    # Engines leave threads behind; the result is written, so leave at once.
+    os._exit(0)
+
+
+# ---- orchestration (parent) ----
+
+
+def run_child(args: argparse.Namespace, spec: dict[str, Any], work: str) -> dict[str, Any]:
+    name = f"{spec['phase']}-{spec.get('root_name', 'x')}"
+    spec_path = os.path.join(work, f"{name}.json")
+    spec["result_path"] = os.path.join(work, f"{name}.result.json")
+    spec["out_dir"] = work
+    with open(spec_path, "w") as f:
+        json.dump(spec, f)
+    _progress(f"starting {name}")
+    env = os.environ.copy()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_project_root(), env.get("PYTHONPATH", "")]))
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "connector.e2e", "--child", spec_path], env=env, timeout=args.child_timeout
+        )
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        rc = -1
+    elapsed = time.perf_counter() - started
+    try:
+        with open(spec["result_path"]) as f:
+            result = json.load(f)
+    except (OSError, ValueError):
+        result = {"error": f"child exited {rc} without a result"}
+    result["elapsed_s"] = elapsed
+    _progress(
+        f"{name} done in {elapsed:.0f} s{' (ERROR: ' + result['error'] + ')' if 'error' in result else ''}"
+    )
+    return result
+
+
+def _project_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return child_main(args.child)
+    model = MODELS[args.model]
+    work = tempfile.mkdtemp(prefix="kvfs-e2e-")
+    model_dir = os.path.join(work, "model")
+    os.makedirs(model_dir)
+    with open(os.path.join(model_dir, "config.json"), "w") as f:
+        json.dump(model, f)
+    bpt = kv_bytes_per_token(model)
+    seeds = list(range(1, len(args.prompt_sizes) + 1))
+    from connector.config import DEFAULT_IDLE_WAIT_S
+    from kvfs.units import parse_duration
+
+    idle = args.settings.get("kvfs_idle_wait", DEFAULT_IDLE_WAIT_S)
+
+    base = {
+        "model_dir": model_dir,
+        "max_model_len": model["max_position_embeddings"],
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "vocab": model["vocab_size"],
+        "bytes_per_token": bpt,
+        "sizes": args.prompt_sizes,
+        "seeds": seeds,
+        "reps": args.reps,
+        "settings": args.settings,
+        "idle_wait_s": parse_duration(idle) if isinstance(idle, str) else float(idle),
+    }
+    results: dict[str, Any] = {
+        "command": "python -m connector.e2e " + " ".join(sys.argv[1:] if argv is None else argv),
+        "model": args.model,
+        "kv_bytes_per_token": bpt,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "roots": {},
+    }
+    dirs = {"shm": args.shm_dir, "disk": args.disk_dir}
+    refs: list[list[int] | None] = [None] * len(args.prompt_sizes)
+    for root_name in args.roots:
+        root = dirs[root_name]
+        shutil.rmtree(root, ignore_errors=True)
+        os.makedirs(root)
+        phases: dict[str, Any] = {}
+        spec = {**base, "phase": "writer", "connector": "kvfs", "root": root, "root_name": root_name}
+        phases["writer"] = run_child(args, spec, work)
+        for i, p in enumerate(phases["writer"].get("prompts", [])):
+            if "ref_tokens" in p and refs[i] is None:
+                refs[i] = p["ref_tokens"]
+        if not args.no_reader:
+            spec = {**base, "phase": "reader", "connector": "kvfs", "root": root, "root_name": root_name}
+            spec["refs"] = refs
+            phases["reader"] = run_child(args, spec, work)
+        results["roots"][root_name] = phases
+        shutil.rmtree(root, ignore_errors=True)
+    if not args.no_cpu_tier:
+        need = sum(args.prompt_sizes) * bpt
+        spec = {**base, "phase": "cpu", "connector": "cpu", "root_name": "cpu", "refs": refs}
+        spec["cpu_bytes"] = int(need * 1.25) + (4 << 30)
+        results["cpu"] = run_child(args, spec, work)
+    if args.evictor:
+        root = os.path.join(args.shm_dir, "evictor")
+        shutil.rmtree(root, ignore_errors=True)
+        os.makedirs(root)
+        spec = {
+            **base, "phase": "evictor", "connector": "kvfs", "root": root, "root_name": "evictor",
+            "tokens": args.evictor_tokens, "prompts": args.evictor_prompts, "rounds": args.evictor_rounds,
+            "fraction": args.evictor_fraction,
+        }  # fmt: skip
+        results["evictor"] = run_child(args, spec, work)
+        shutil.rmtree(root, ignore_errors=True)
+    report = format_table(rows_of(results))
+    ev = format_evictor(results.get("evictor", {}))
+    text = f"{results['command']}\nmodel {args.model}, {bpt} KV bytes/token\n\n{report}\n\n{ev}\n"
+    print(text)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(results, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

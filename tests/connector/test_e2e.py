@@ -1,0 +1,120 @@
+"""The end-to-end GPU benchmark's pure parts on CPU (arguments, prompts, result maths, table), so the script
+cannot rot between GPU runs; the engine phases themselves run only on the GPU machine."""
+
+from __future__ import annotations
+
+import pytest
+
+from connector import e2e
+
+
+def test_arguments_and_prompt_sizes():
+    args = e2e.parse_args(["--prompts", "8k,32k,128k", "--roots", "shm", "--setting", "kvfs_idle_wait=0"])
+    # 128k leaves room for the decoded tokens within Llama-3.1's 131,072-token context
+    assert args.prompt_sizes == [8192, 32768, 130048]
+    assert args.roots == ["shm"] and args.settings == {"kvfs_idle_wait": 0}
+    assert e2e.parse_args(["--setting", "kvfs_io_threads=16"]).settings == {"kvfs_io_threads": 16}
+    assert e2e.parse_args(["--setting", "kvfs_store_budget=30s"]).settings == {"kvfs_store_budget": "30s"}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--roots", "nfs"], ["--prompts", ",,"], ["--prompts", "0k"], ["--reps", "0"], ["--setting", "x=1"]],
+)
+def test_bad_arguments_are_refused(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        e2e.parse_args(argv)
+    assert exc.value.code == 2
+
+
+def test_kv_bytes_per_token_of_the_model_shapes():
+    assert e2e.kv_bytes_per_token(e2e.MODELS["llama3-8b"]) == 32 * 2 * 8 * 128 * 2  # 128 KiB: 32 MiB a file
+    assert e2e.kv_bytes_per_token(e2e.MODELS["qwen2.5-7b"]) == 28 * 2 * 4 * 128 * 2
+
+
+def test_prompts_are_deterministic_and_share_no_prefix():
+    a, b = e2e.prompt_tokens(1000, 1, 128256), e2e.prompt_tokens(1000, 2, 128256)
+    assert a == e2e.prompt_tokens(1000, 1, 128256) and len(a) == 1000
+    assert a[:16] != b[:16]
+
+
+def _hit(variant, ttft, gbps=20.0, equal=True):
+    return {"variant": variant, "ttft_s": ttft, "tokens_equal": equal, "load_gbps": gbps}
+
+
+RESULTS = {
+    "roots": {
+        "shm": {
+            "writer": {
+                "prompts": [
+                    {
+                        "tokens": 32768,
+                        "cold_ttft_s": 4.5,
+                        "stores": {"stored": 127.0, "exists": 1.0, "dropped": 0.0},
+                        "hits": [
+                            _hit("default", 0.30),
+                            _hit("idle_wait_off", 0.40, 10.0),
+                            _hit("default", 0.25, 30.0),
+                            _hit("idle_wait_off", 0.50),
+                            _hit("default", 0.35),
+                            _hit("idle_wait_off", 0.45),
+                        ],
+                    },
+                    {
+                        "tokens": 65536,
+                        "cold_ttft_s": 16.0,
+                        "stores": {"stored": 200.0, "dropped": 56.0},
+                        "hits": [],
+                    },
+                ]
+            },
+            "reader": {"prompts": [{"tokens": 32768, "first_ttft_s": 0.5, "tokens_equal": True}]},
+        }
+    },
+    "cpu": {"prompts": [{"tokens": 32768, "hits": [_hit("cpu", 0.2), _hit("cpu", 0.25), _hit("cpu", 0.3)]}]},
+}
+
+
+def test_rows_take_medians_and_ratios_against_the_cpu_tier():
+    row, long = e2e.rows_of(RESULTS)
+    assert (row.root, row.tokens, row.chunks, row.stored, row.dropped) == ("shm", 32768, 128, 128, 0)
+    assert row.hit_s == 0.30 and row.hit_before_s == 0.45 and row.cpu_hit_s == 0.25
+    assert row.vs_cpu == pytest.approx(1.2) and row.before_vs_cpu == pytest.approx(1.8)
+    assert row.reader_vs_cpu == pytest.approx(2.0) and row.speedup == pytest.approx(15.0)
+    assert row.load_gbps == 20.0 and row.tokens_equal
+    # a prompt without hits or CPU-tier figures has no ratios, and its drops are shown
+    assert long.hit_s is None and long.vs_cpu is None and long.dropped == 56 and long.stored == 200
+
+
+def test_a_hit_with_different_tokens_is_flagged():
+    bad = {
+        "roots": {
+            "shm": {"writer": {"prompts": [{"tokens": 256, "hits": [_hit("default", 0.1, equal=False)]}]}}
+        }
+    }
+    (row,) = e2e.rows_of(bad)
+    assert not row.tokens_equal
+    assert "**NO**" in e2e.format_table([row])
+
+
+def test_table_prints_every_figure():
+    table = e2e.format_table(e2e.rows_of(RESULTS))
+    lines = table.splitlines()
+    assert len(lines) == 4 and lines[0].count("|") == lines[2].count("|") == 15
+    assert (
+        "| shm | 32,768 | 4.50 s | 0.300 s | 0.450 s | 0.500 s | 0.250 s | 1.20× | 1.80× | 2.00× | 15.0× |"
+        in table
+    )
+    assert "128/128" in table and "200/256 (56 dropped)" in table and "—" in lines[3]
+
+
+def test_evictor_line():
+    ev = {
+        "prompts": 4, "tokens": 16384, "rounds": 3, "capacity_bytes": 2.8e9, "needed_bytes": 8.6e9,
+        "capacity_chunks": 85, "fraction": 1 / 3, "hit_ratio": 0.2, "hit_ratio_after_first": 0.3,
+        "belady_hit_ratio": 0.31, "lru_hit_ratio": 0.0, "tokens_equal": True, "request_errors": 0,
+        "load_misses": 0, "evictor_errors": 0, "peak_usage_ratio": 0.95, "requests": [],
+    }  # fmt: skip
+    line = e2e.format_evictor(ev)
+    assert "hit ratio 0.200 (rounds 2+: 0.300)" in line and "Belady on the same sequence 0.310" in line
+    assert e2e.format_evictor({"error": "boom"}) == "evictor phase: boom"
