@@ -39,7 +39,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from evictor.enforce import current_recency
 from evictor.ingest import JournalIngester
 from kvfs.catalog import BlockRow, Catalog
 from kvfs.gc import GcLimits, execute_plan, plan_gc
@@ -174,7 +173,7 @@ def bench_delete(work: Path, files: int, runs: int, catalog_dir: Path, chunk: in
             assert len(plan.victims) == files
 
             def recheck(batch: list[Any], cat: Catalog = cat) -> list[Any]:
-                seen = current_recency(cat, [v.block_id for v in batch])  # what the evictor's recheck does
+                seen = cat.last_access_by_id([v.block_id for v in batch])  # what the evictor's recheck does
                 return [v for v in batch if seen.get(v.block_id) == v.last_access]
 
             _settle()

@@ -15,12 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
-
 from evictor import metrics
 from evictor.settings import Settings
-from kvfs.catalog import Block, Catalog
-from kvfs.gc import GcLimits, GcPlan, GcResult, Victim, execute_plan, plan_gc
+from kvfs.catalog import Catalog
+from kvfs.gc import GcLimits, GcPlan, GcResult, Victim, execute_plan, plan_gc, still_unused
 from kvfs.policy import get_policy
 from kvfs.units import format_size
 
@@ -65,20 +63,6 @@ class PassReport:
             "duration_s": round(self.duration_s, 4),
             "result": self.result.to_json() if self.result else None,
         }
-
-
-def current_recency(catalog: Catalog, block_ids: list[int], chunk: int = 900) -> dict[int, float]:
-    """`last_access` by row id (primary-key lookups: the recheck runs before every delete batch)."""
-
-    out: dict[int, float] = {}
-    with catalog.engine.connect() as conn:
-        for start in range(0, len(block_ids), chunk):
-            ids = block_ids[start : start + chunk]
-            for block_id, last_access in conn.execute(
-                select(Block.id, Block.last_access).where(Block.id.in_(ids))
-            ):
-                out[int(block_id)] = float(last_access)
-    return out
 
 
 def measure_capacity(settings: Settings, catalog: Catalog) -> Capacity:
@@ -221,23 +205,11 @@ class Enforcer:
             return []
         try:
             self.ingest()
-            by_id = all(v.block_id is not None for v in batch)
-            if by_id:
-                current: dict[Any, float] = current_recency(self.catalog, [v.block_id for v in batch])  # type: ignore[misc]
-            else:
-                current = self.catalog.last_access_of([v.key for v in batch])
+            keep = still_unused(self.catalog, batch, protect_after=time.time() - self.settings.min_age)
         except Exception as exc:  # noqa: BLE001 - cannot confirm recency: delete nothing, retry next pass
             metrics.ERRORS.labels("catalog").inc()
             log.warning("recheck failed, keeping a batch of %d: %s", len(batch), str(exc).splitlines()[0])
             return []
-        protect_after = time.time() - self.settings.min_age
-        keep = []
-        for victim in batch:
-            seen = current.get(victim.block_id if by_id else victim.key)
-            # Gone (or re-created under a new id), used since it was chosen, or now inside the grace window.
-            if seen is None or seen > victim.last_access or seen >= protect_after:
-                continue
-            keep.append(victim)
         spared = len(batch) - len(keep)
         if spared:
             metrics.RECHECK_SPARED.inc(spared)

@@ -1,9 +1,6 @@
-"""Journal ingest: segments → catalog, offsets advanced in the same transaction as the records.
-
-A failure anywhere leaves the catalog's offsets where they were, so the same records are read again on the
-next attempt: nothing is lost and nothing is applied twice.  Fully consumed closed (or abandoned) segments are
-removed after the transaction that consumed them committed.
-"""
+"""The evictor's journal feed: `kvfs.ingest.ingest_journals` (the one ingest loop, shared with the CLI) plus
+the evictor's metrics and `/status` figures (backlog, lag).  Fully consumed segments are removed: the
+evictor's catalog is the one that reads them."""
 
 from __future__ import annotations
 
@@ -15,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evictor import metrics
-from kvfs.gcpause import cyclic_gc_paused
+from kvfs.ingest import ingest_journals
 from kvfs.journal import JournalReader
 from kvfs.layout import journal_dir
 
@@ -55,35 +52,22 @@ class JournalIngester:
 
     def ingest(self) -> IngestStats:
         """Apply every complete record written so far.  Raises on catalog errors (offsets then unchanged)."""
-        with self._lock, cyclic_gc_paused():
+        with self._lock:
             start = time.monotonic()
-            stats = IngestStats()
-            offsets = dict(self.catalog.journal_offsets())
-            oldest: float | None = None
-            while True:
-                metrics.METADATA_OPS.labels("journal").inc()  # the segment listing (+ reads of open segments)
-                batch = self.reader.read(offsets, max_records=self.batch_records)
-                changed = {k: v for k, v in batch.offsets.items() if offsets.get(k) != v}
-                if batch.records or changed:
-                    self.catalog.apply_journal(batch.records, batch.offsets)
-                offsets.update(batch.offsets)
-                stats.records += len(batch.records)
-                stats.bad_records += batch.bad_records
-                if batch.records:
-                    first = min(r.time for r in batch.records)
-                    oldest = first if oldest is None else min(oldest, first)
-                if batch.finished:
-                    self.reader.remove(batch.finished)
-                    self.catalog.forget_segments(batch.finished)
-                    for name in batch.finished:
-                        offsets.pop(name, None)
-                    stats.segments_removed += len(batch.finished)
-                if len(batch.records) < self.batch_records:
-                    break
-            stats.backlog_bytes = self.reader.backlog_bytes(offsets)
+            done = ingest_journals(
+                self.root,
+                self.catalog,
+                remove_finished=True,
+                batch_records=self.batch_records,
+                reader=self.reader,
+            )
+            # One count per segment listing (+ reads of the segments with news).
+            metrics.METADATA_OPS.labels("journal").inc(max(1, done.reads))
+            stats = IngestStats(done.records, done.bad_records, done.segments_removed)
+            stats.backlog_bytes = self.reader.backlog_bytes(done.offsets)
             stats.duration_s = time.monotonic() - start
-            if oldest is not None:
-                stats.lag_s = max(0.0, time.time() - oldest)
+            if done.oldest_record is not None:
+                stats.lag_s = max(0.0, time.time() - done.oldest_record)
                 metrics.JOURNAL_LAG_SECONDS.set(stats.lag_s)
             metrics.JOURNAL_RECORDS.inc(stats.records)
             metrics.JOURNAL_BAD_RECORDS_SEEN.inc(stats.bad_records)

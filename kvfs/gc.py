@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvfs import metrics
 from kvfs.gcpause import cyclic_gc_paused
-from kvfs.layout import BlockKey, journal_dir, parse_namespace_dir
+from kvfs.layout import BlockKey, parse_namespace_dir
 from kvfs.policy import EvictionPolicy, get_policy
 from kvfs.safety import RootGuard
 
@@ -475,58 +475,37 @@ def _unlink_batch(guard: RootGuard, relpaths: list[str], result: GcResult) -> tu
     return deleted_flags, missing_flags
 
 
-def make_recency_recheck(catalog: Catalog, *, ingest: Callable[[], Any] | None = None) -> Recheck:
-    """A `recheck` that first runs `ingest` (journals → catalog), then spares every victim whose catalog
-    last_access moved past the one it was chosen on, or whose row is gone (deleted or re-scanned away)."""
+def still_unused(
+    catalog: Catalog, victims: list[Victim], *, protect_after: float | None = None
+) -> list[Victim]:
+    """The pre-delete recency rule, the one copy (the CLI's recheck and the evictor's both run it): keep only
+    victims whose row is still there under the same id and whose last_access has not moved past the one they
+    were chosen on, nor into the protection window (>= `protect_after`: --min-age counted from now)."""
+    by_id = all(v.block_id is not None for v in victims)
+    current: Mapping[Any, float] = (
+        catalog.last_access_by_id([v.block_id for v in victims])  # type: ignore[misc]
+        if by_id
+        else catalog.last_access_of(v.key for v in victims)
+    )
+    keep = []
+    for victim in victims:
+        seen = current.get(victim.block_id if by_id else victim.key)
+        # Gone (or re-created under a new id), used since it was chosen, or now inside the grace window.
+        if seen is None or seen > victim.last_access or (protect_after is not None and seen >= protect_after):
+            continue
+        keep.append(victim)
+    return keep
+
+
+def make_recency_recheck(
+    catalog: Catalog, *, ingest: Callable[[], Any] | None = None, min_age: float = 0.0
+) -> Recheck:
+    """A `recheck` that first runs `ingest` (journals → catalog), then applies `still_unused` with the
+    protection window `min_age` seconds back from the moment of the recheck."""
 
     def recheck(victims: list[Victim]) -> list[Victim]:
         if ingest is not None:
             ingest()
-        current = catalog.last_access_of(v.key for v in victims)
-        return [v for v in victims if v.key in current and current[v.key] <= v.last_access]
+        return still_unused(catalog, victims, protect_after=time.time() - min_age if min_age > 0 else None)
 
     return recheck
-
-
-@dataclass(slots=True)
-class IngestResult:
-    records: int = 0
-    bad_records: int = 0
-    segments_removed: int = 0
-
-
-def ingest_journals(
-    root: str | os.PathLike[str],
-    catalog: Catalog,
-    *,
-    remove_finished: bool = False,
-    batch_records: int = 50_000,
-) -> IngestResult:
-    """Apply every pending journal record to the catalog (offsets advance in the same transaction).
-
-    `remove_finished` also deletes fully consumed closed segments.  Leave it off when another catalog (an
-    evictor's) may still need them: the CLI does, so it never takes records away from the evictor.
-    """
-    from kvfs.journal import JournalReader
-
-    out = IngestResult()
-    if not journal_dir(root).is_dir():
-        return out
-    reader = JournalReader(root)
-    offsets = dict(catalog.journal_offsets())
-    while True:
-        batch = reader.read(offsets, max_records=batch_records)
-        changed = {k: v for k, v in batch.offsets.items() if offsets.get(k) != v}
-        if batch.records or changed:
-            catalog.apply_journal(batch.records, batch.offsets)
-        offsets.update(batch.offsets)
-        out.records += len(batch.records)
-        out.bad_records += batch.bad_records
-        if remove_finished and batch.finished:
-            reader.remove(batch.finished)
-            catalog.forget_segments(batch.finished)
-            for name in batch.finished:
-                offsets.pop(name, None)
-            out.segments_removed += len(batch.finished)
-        if not batch.records and not changed:
-            return out

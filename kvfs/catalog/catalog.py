@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from kvfs import metrics
 from kvfs.catalog.engine import create_catalog_engine, default_catalog_url, describe_url, parse_catalog_url
 from kvfs.catalog.errors import CatalogError
-from kvfs.catalog.models import NO_RANK, Namespace
+from kvfs.catalog.models import NO_RANK, Block, Namespace
 from kvfs.catalog.records import (
     ApplyStats,
     BlockRow,
@@ -701,6 +701,19 @@ class Catalog:
     def last_access_of(self, keys: Iterable[BlockKey]) -> dict[BlockKey, float]:
         """Current last_access of the `keys` still in the catalog (the evictor's pre-delete recheck)."""
         return {key: row.last_access for key, row in self.get_blocks(keys).items()}
+
+    def last_access_by_id(self, block_ids: Sequence[int], chunk: int = 900) -> dict[int, float]:
+        """`last_access` of the rows with these ids still in the catalog (primary-key lookups: the pre-delete
+        recheck runs before every delete batch)."""
+        out: dict[int, float] = {}
+        with self._read("last_access_by_id") as conn:
+            for start in range(0, len(block_ids), chunk):
+                ids = list(block_ids[start : start + chunk])
+                for block_id, last_access in conn.execute(
+                    select(Block.id, Block.last_access).where(Block.id.in_(ids))
+                ):
+                    out[int(block_id)] = float(last_access)
+        return out
 
     # --- journal offsets ---------------------------------------------------------------------------------
 

@@ -12,7 +12,8 @@ from kvfs.cli.app import KvfsContext, pass_state
 from kvfs.cli.output import emit_json, size, table
 from kvfs.cli.params import DURATION, SIZE
 from kvfs.cli.scan import remove_journals_option, run_scan, scan_json
-from kvfs.gc import GcLimits, GcPlan, GcResult, execute_plan, ingest_journals, make_recency_recheck, plan_gc
+from kvfs.gc import GcLimits, GcPlan, GcResult, execute_plan, make_recency_recheck, plan_gc
+from kvfs.ingest import ingest_journals
 from kvfs.policy import DEFAULT_POLICY, available_policies
 from kvfs.scanstate import record_orphans
 
@@ -140,7 +141,7 @@ def gc(
     )
     now = time.time()
     plan = plan_gc(catalog, limits, now=now, policy=policy, orphans=orphans)
-    recheck = make_recency_recheck(catalog, ingest=lambda: ingest_journals(root, catalog))
+    recheck = make_recency_recheck(catalog, ingest=lambda: ingest_journals(root, catalog), min_age=min_age)
     result = execute_plan(root, catalog, plan, dry_run=dry_run, recheck=recheck, now=now, policy=policy)
     if scanned is not None and plan.orphans and not dry_run:
         # du reports the last scan's temp files: take out the ones this pass deleted.

@@ -9,7 +9,7 @@ import click
 
 from kvfs.cli.app import KvfsContext, pass_state
 from kvfs.cli.output import emit_json, size, table
-from kvfs.gc import IngestResult, ingest_journals
+from kvfs.ingest import IngestResult, ingest_journals
 from kvfs.scanstate import record_scan
 
 

@@ -15,10 +15,10 @@ from kvfs.gc import (
     GcLimits,
     Victim,
     execute_plan,
-    ingest_journals,
     make_recency_recheck,
     plan_gc,
 )
+from kvfs.ingest import ingest_journals
 from kvfs.journal import JournalWriter
 from kvfs.layout import BlockKey, fingerprint_sha256, kvfs_fields, namespace_name, write_namespace_config
 

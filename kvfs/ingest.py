@@ -1,0 +1,76 @@
+"""Journal ingest, the one loop: segments → catalog, offsets advanced in the same transaction as the records.
+
+`kvfs scan`/`kvfs gc` and the evictor (`evictor.ingest.JournalIngester`, which adds its metrics and status)
+both run `ingest_journals`.  A failure anywhere leaves the catalog's offsets where they were, so the same
+records are read again on the next attempt: nothing is lost and nothing is applied twice.  Records with
+out-of-range fields never get here: `kvfs.journal.decode_records` skips and counts them and their offsets
+advance, so one bad record cannot stall ingest.  Fully consumed closed (or abandoned) segments are removed,
+when asked, only after the transaction that consumed them committed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from kvfs.gcpause import cyclic_gc_paused
+from kvfs.journal import JournalReader
+from kvfs.layout import journal_dir
+
+if TYPE_CHECKING:
+    from kvfs.catalog import Catalog
+
+
+@dataclass(slots=True)
+class IngestResult:
+    records: int = 0
+    bad_records: int = 0
+    segments_removed: int = 0
+    reads: int = 0  # segment listings (each with the reads of the segments that had news)
+    oldest_record: float | None = None  # time of the oldest record applied, for the evictor's lag figure
+    offsets: dict[str, int] = field(default_factory=dict)  # the offsets after the run
+
+
+def ingest_journals(
+    root: str | os.PathLike[str],
+    catalog: Catalog,
+    *,
+    remove_finished: bool = False,
+    batch_records: int = 50_000,
+    reader: JournalReader | None = None,
+) -> IngestResult:
+    """Apply every pending journal record to the catalog, `batch_records` per transaction.
+
+    `remove_finished` also deletes fully consumed closed segments.  Leave it off when another catalog (an
+    evictor's) may still need them: the CLI does, so it never takes records away from the evictor.
+    Raises on catalog errors (offsets then unchanged from the last committed batch).
+    """
+    out = IngestResult()
+    if not journal_dir(root).is_dir():
+        return out
+    reader = JournalReader(root) if reader is None else reader
+    with cyclic_gc_paused():
+        offsets = dict(catalog.journal_offsets())
+        while True:
+            out.reads += 1
+            batch = reader.read(offsets, max_records=batch_records)
+            changed = {k: v for k, v in batch.offsets.items() if offsets.get(k) != v}
+            if batch.records or changed:
+                catalog.apply_journal(batch.records, batch.offsets)
+            offsets.update(batch.offsets)
+            out.records += len(batch.records)
+            out.bad_records += batch.bad_records
+            if batch.records:
+                first = min(r.time for r in batch.records)
+                out.oldest_record = first if out.oldest_record is None else min(out.oldest_record, first)
+            if remove_finished and batch.finished:
+                reader.remove(batch.finished)
+                catalog.forget_segments(batch.finished)
+                for name in batch.finished:
+                    offsets.pop(name, None)
+                out.segments_removed += len(batch.finished)
+            if not batch.records and not changed:
+                break
+    out.offsets = offsets
+    return out
