@@ -112,6 +112,7 @@ class EvictorService:
         self.initial_scan_done = False
         self.last_scan: dict[str, Any] | None = None
         self._threads: list[threading.Thread] = []
+        self.fatal: str | None = None  # a configuration error found after start-up: the process exits
 
     # ---- start / stop --------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -130,7 +131,7 @@ class EvictorService:
             # A local file: an error opening it is a configuration problem (on the mount, unwritable, newer
             # schema), not an outage to wait out.
             if not self._open_catalog():
-                raise StartupError(f"cannot open the catalog: {self.backoff.last_error}")
+                raise StartupError(self.fatal or f"cannot open the catalog: {self.backoff.last_error}")
         self.http = StatusServer(
             self.settings.metrics_host,
             self.settings.metrics_port,
@@ -160,10 +161,16 @@ class EvictorService:
             return True
         if self.backoff.wait_needed() > 0:
             return False
-        from kvfs.catalog import Catalog
+        from kvfs.catalog import Catalog, RootMismatchError
 
         try:
             self.catalog = Catalog.open(self.settings.catalog, root=self.root)
+        except RootMismatchError as exc:
+            # Not an outage: waiting cannot fix it, and running would drop another root's rows.
+            log.error("cannot start: %s", exc)
+            self.fatal = str(exc)
+            self.stopping.set()
+            return False
         except Exception as exc:  # noqa: BLE001 - CatalogError or a driver error: retried with backoff
             metrics.ERRORS.labels("catalog").inc()
             self.backoff.failed(exc)
@@ -510,4 +517,4 @@ def run_service(settings: Settings) -> int:
         return EXIT_CONFIG
     service.wait()
     service.stop()
-    return EXIT_OK
+    return EXIT_CONFIG if service.fatal else EXIT_OK

@@ -30,6 +30,7 @@ CONFIG_FILENAME = "config.json"
 META_DIRNAME = ".kvfs"
 JOURNAL_DIRNAME = "journal"
 TEMP_SUFFIX = ".tmp"
+ROOT_ID_FILENAME = "root-id"  # <root>/.kvfs/root-id: which root a catalog belongs to (kvfs.catalog binds it)
 DIGEST_LEN = 12
 
 _NS_RE = re.compile(r"^(?P<ns>.+_[0-9a-f]{12})(?:_r(?P<rank>\d+))?$")
@@ -175,3 +176,39 @@ def read_namespace_config(root: str | os.PathLike[str], namespace: str) -> dict[
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def root_id_path(root: str | os.PathLike[str]) -> Path:
+    return Path(root) / META_DIRNAME / ROOT_ID_FILENAME
+
+
+def read_root_id(root: str | os.PathLike[str]) -> str | None:
+    """The root's id, or None when it has none yet (or it cannot be read)."""
+    try:
+        text = root_id_path(root).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text or None
+
+
+def ensure_root_id(root: str | os.PathLike[str]) -> str | None:
+    """The root's id, created on first use (a random hex id); None when the root cannot take one (read-only).
+
+    Created as a temp file then hard-linked into place, so concurrent first users agree on one id."""
+    existing = read_root_id(root)
+    if existing is not None:
+        return existing
+    path = root_id_path(root)
+    tmp = path.with_name(temp_name_for(path.name))
+    try:
+        path.parent.mkdir(mode=0o770, exist_ok=True)
+        tmp.write_text(secrets.token_hex(16) + "\n", encoding="ascii")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process won: use its id
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError:
+        return None
+    return read_root_id(root)

@@ -69,6 +69,9 @@ UNLINKS = Counter("kvfs_unlinks_total", "Root-confined unlink attempts by result
 
 # --- catalog (kvfs/catalog) ----------------------------------------------------------------------------------
 CATALOG_ERRORS = Counter("kvfs_catalog_errors_total", "Catalog operations that failed.", ["op"])
+CATALOG_ROOT_MISMATCH = Counter(
+    "kvfs_catalog_root_mismatch_total", "Catalogs refused because they belong to another root."
+)
 
 # --- timings -------------------------------------------------------------------------------------------------
 JOURNAL_FLUSH_SECONDS = Histogram(

@@ -6,7 +6,7 @@ catalog.upsert_blocks(rows); catalog.apply_journal(batch.records, batch.offsets)
 
 from kvfs.catalog.catalog import Catalog
 from kvfs.catalog.engine import default_catalog_url, parse_catalog_url
-from kvfs.catalog.errors import CatalogError
+from kvfs.catalog.errors import CatalogError, RootMismatchError
 from kvfs.catalog.models import (
     NO_RANK,
     Base,
@@ -39,6 +39,7 @@ __all__ = [
     "Namespace",
     "NamespaceInfo",
     "NamespaceUsage",
+    "RootMismatchError",
     "Usage",
     "default_catalog_url",
     "parse_catalog_url",

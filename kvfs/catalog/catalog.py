@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from kvfs import metrics
 from kvfs.catalog.engine import create_catalog_engine, default_catalog_url, describe_url, parse_catalog_url
-from kvfs.catalog.errors import CatalogError
+from kvfs.catalog.errors import CatalogError, RootMismatchError
 from kvfs.catalog.models import NO_RANK, Block, Namespace
 from kvfs.catalog.records import (
     ApplyStats,
@@ -34,7 +34,7 @@ from kvfs.catalog.records import (
     Usage,
 )
 from kvfs.catalog.schema import SCHEMA_VERSION, ensure_schema, read_schema_version
-from kvfs.layout import BlockKey, model_of_namespace
+from kvfs.layout import BlockKey, ensure_root_id, model_of_namespace, read_root_id, root_id_path
 
 # Journal record kinds (kvfs.journal.RecordKind is an IntEnum with these values; compared as ints so the
 # catalog does not import the journal module).
@@ -42,6 +42,7 @@ _STORE = 1
 _ACCESS = 2
 
 _KEY_COLS = "namespace_id, rank, grp, block_hash, fmt"
+_ROOT_ID_KEY = "root_id"  # kvfs_meta: the id of the root this catalog belongs to (<root>/.kvfs/root-id)
 UPSERT_CHUNK = 20_000
 # PostgreSQL: from this many rows on, COPY into a temp table and merge with one INSERT ... SELECT (several
 # times faster than executemany, which still costs a round trip's worth of work per row).
@@ -192,6 +193,8 @@ class Catalog:
         try:
             with catalog._write("open") as conn:
                 ensure_schema(conn)
+            if root is not None:
+                catalog._bind_root(root)
         except CatalogError:
             engine.dispose()
             raise
@@ -199,6 +202,48 @@ class Catalog:
             engine.dispose()
             raise CatalogError(f"cannot prepare catalog {catalog.description}: {exc.orig}") from exc
         return catalog
+
+    def _bind_root(self, root: str | os.PathLike[str]) -> None:
+        """Refuse a catalog that belongs to another root; bind an unbound one to this root.
+
+        The root's id lives in `<root>/.kvfs/root-id` (created on first use), the catalog's in kvfs_meta.  A
+        catalog used with the wrong root would see none of its files there and drop every row as gone."""
+        if not os.path.isdir(root):
+            return  # commands that need the root report it missing themselves
+        with self._read("root_id") as conn:
+            bound = conn.execute(
+                text("SELECT value FROM kvfs_meta WHERE key = :k"), {"k": _ROOT_ID_KEY}
+            ).scalar()
+        here = read_root_id(root) if bound is not None else ensure_root_id(root)
+        if bound is not None:
+            if here != bound:
+                metrics.CATALOG_ROOT_MISMATCH.inc()
+                raise RootMismatchError(
+                    f"catalog {self.description} belongs to another root (root id {bound}); {root} has "
+                    + (f"root id {here}" if here else f"no root id ({root_id_path(root)})")
+                    + ": use this root's own catalog (or a new one) with --catalog"
+                )
+            return
+        if here is None:
+            return  # a read-only root without an id: nothing to bind to
+        with self._write("root_id") as conn:
+            conn.execute(
+                text("INSERT INTO kvfs_meta (key, value) VALUES (:k, :v) ON CONFLICT (key) DO NOTHING"),
+                {"k": _ROOT_ID_KEY, "v": here},
+            )
+            bound = conn.execute(
+                text("SELECT value FROM kvfs_meta WHERE key = :k"), {"k": _ROOT_ID_KEY}
+            ).scalar()
+        if bound != here:  # another root bound it between our read and our write
+            self._bind_root(root)
+
+    def root_id(self) -> str | None:
+        """The id of the root this catalog belongs to (None: not bound yet)."""
+        with self._read("root_id") as conn:
+            value = conn.execute(
+                text("SELECT value FROM kvfs_meta WHERE key = :k"), {"k": _ROOT_ID_KEY}
+            ).scalar()
+        return None if value is None else str(value)
 
     def close(self) -> None:
         self._engine.dispose()

@@ -5,3 +5,7 @@ from __future__ import annotations
 
 class CatalogError(Exception):
     """A one-line, user-readable reason; the CLI prints it without a traceback."""
+
+
+class RootMismatchError(CatalogError):
+    """The catalog records another root than the one it was opened for: using it would drop that root's rows."""
