@@ -1,12 +1,13 @@
 """Leader election: exactly one evictor enforces (and writes the catalog) per catalog.
 
-* PostgreSQL: a session advisory lock held on a dedicated connection (not from the catalog's pool).  The
-  server releases it the moment that session ends: at once when the leader process dies (the kernel closes
-  its socket), and within the TCP keepalive bound (idle 5 s + 3 probes x 2 s = 11 s) when its host or network
-  vanishes.  Followers retry every `leader_retry` seconds, so takeover after a crash takes at most
-  `leader_retry` (+ 11 s when the old leader's host is unreachable).  The leader re-checks its session with a
-  round trip before every delete batch and steps down when it fails, so a partitioned old leader stops
-  deleting before a new one can start.
+* PostgreSQL: a lease row with a deadline on the server's clock (`kvfs.catalog.lease`), claimed over a
+  dedicated connection (not from the catalog's pool).  Only the enforcement loop renews it (every pass and
+  before every delete batch), so a leader that is stopped (SIGSTOP) or stuck (a hung NFS call) loses it after
+  `leader_lease` (15 s) and a follower, retrying every `leader_retry`, takes over: within `leader_lease` +
+  `leader_retry`.  A dead leader is noticed sooner: every instance holds an advisory lock keyed by its own id
+  for as long as its session lives, and a follower that can take the holder's key claims at once (takeover
+  within `leader_retry` after a crash; 11 s of TCP keepalive when the host vanishes).  A leader that cannot
+  renew (lapsed, claimed by another, catalog unreachable) drops the batch it was about to delete.
 * SQLite: the catalog is a local file; a second evictor on it is refused at start-up (an fcntl lock on
   `<catalog>.lock`, released by the kernel when the holder dies).
 """
@@ -15,20 +16,20 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
+import secrets
+import socket
 import threading
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
 from evictor import metrics
+from kvfs.catalog import lease
 
 log = logging.getLogger("kvfs.evictor.leader")
-
-# Advisory-lock key: one evictor leader per database.  Derived from a fixed name so every version agrees.
-LOCK_KEY = int.from_bytes(hashlib.sha256(b"kvfs-evictor-leader").digest()[:8], "big", signed=True)
 
 
 class AlreadyRunningError(RuntimeError):
@@ -108,14 +109,21 @@ def _libpq_conninfo(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-class PgAdvisoryElector(LeaderElector):
-    """PostgreSQL: a session advisory lock on a dedicated autocommit connection."""
+class PgLeaseElector(LeaderElector):
+    """PostgreSQL: a lease row with a server-clock deadline (`kvfs.catalog.lease`), on a dedicated session.
 
-    def __init__(self, url: str, *, connect_timeout: float = 3.0) -> None:
+    The leadership loop claims the lease (`try_acquire`) and checks it; only the enforcement loop renews it
+    (`still_leader`, at the start of every pass and before every delete batch), so a leader whose enforcement
+    hangs loses it within `lease_s` and a follower takes over."""
+
+    def __init__(self, url: str, *, lease_s: float = 15.0, connect_timeout: float = 3.0) -> None:
         self.conninfo = _libpq_conninfo(url)
+        self.lease_s = lease_s
         self.connect_timeout = connect_timeout
+        self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self._conn: Any = None
         self._mutex = threading.Lock()
+        self._no_claim_until = 0.0
 
     def _connect(self) -> Any:
         import psycopg
@@ -130,10 +138,13 @@ class PgAdvisoryElector(LeaderElector):
             keepalives_interval=2,
             keepalives_count=3,
         )
-        # Server side too: a vanished leader's session (and lock) is dropped within ~11 s.
+        # Server side too: a vanished instance's session (and its liveness lock) is dropped within ~11 s.
         conn.execute("set tcp_keepalives_idle = 5")
         conn.execute("set tcp_keepalives_interval = 2")
         conn.execute("set tcp_keepalives_count = 3")
+        # A statement stuck on the server (locks, I/O) must not outlive the lease it is meant to keep.
+        conn.execute(f"set statement_timeout = {max(1, int(self.lease_s * 1000 / 3))}")
+        lease.hold_liveness_lock(conn, self.holder)
         return conn
 
     def _drop(self) -> None:
@@ -143,56 +154,64 @@ class PgAdvisoryElector(LeaderElector):
             self._conn = None
         self._set(False)
 
+    def _failed(self, exc: Exception) -> None:
+        metrics.ERRORS.labels("leader").inc()
+        self.last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        log.warning("leader election: cannot reach the catalog: %s", self.last_error)
+        self._drop()
+
     def try_acquire(self) -> bool:
         with self._mutex:
-            if self.is_leader and self._alive():
-                return True
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = self._connect()
-                row = self._conn.execute("select pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone()
+                if self.is_leader:
+                    if not lease.holds(self._conn, self.holder):
+                        # Lapsed: our enforcement loop stopped renewing (hung).  Leave the lease to a follower
+                        # for one period rather than re-claiming it for a loop that may still be stuck.
+                        log.warning("leader lease lapsed (enforcement did not renew it): stepping down")
+                        self._no_claim_until = time.monotonic() + self.lease_s
+                        self._set(False)
+                elif time.monotonic() >= self._no_claim_until:
+                    leading, _holder = lease.try_claim(self._conn, self.holder, self.lease_s)
+                    self._set(leading)
             except Exception as exc:  # noqa: BLE001 - any DB failure: not leader, retried later
-                metrics.ERRORS.labels("leader").inc()
-                self.last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                log.warning("leader election: cannot reach the catalog: %s", self.last_error)
-                self._drop()
+                self._failed(exc)
                 return False
             self.last_error = None
-            self._set(bool(row and row[0]))
             return self.is_leader
 
-    def _alive(self) -> bool:
-        try:
-            self._conn.execute("select 1")
-        except Exception as exc:  # noqa: BLE001 - the lock session is gone: so is the lock
-            metrics.ERRORS.labels("leader").inc()
-            log.warning(
-                "leader session lost: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            )
-            self._drop()
-            return False
-        return True
-
     def still_leader(self) -> bool:
+        """Renew the lease (the enforcement loop calls this); False, and not leader any more, when it is lost."""
         with self._mutex:
-            return self.is_leader and self._conn is not None and self._alive()
+            if not self.is_leader or self._conn is None:
+                return False
+            try:
+                ok = lease.renew(self._conn, self.holder, self.lease_s)
+            except Exception as exc:  # noqa: BLE001 - cannot prove we lead: we do not
+                self._failed(exc)
+                return False
+            if not ok:
+                log.warning("leader lease lost to another instance")
+                self._set(False)
+            return ok
 
     def release(self) -> None:
         with self._mutex:
             if self._conn is not None and self.is_leader:
-                with contextlib.suppress(Exception):  # closing the session releases it anyway
-                    self._conn.execute("select pg_advisory_unlock(%s)", (LOCK_KEY,))
+                with contextlib.suppress(Exception):  # the lease lapses anyway
+                    lease.release(self._conn, self.holder)
             self._drop()
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "lock_key": LOCK_KEY}
+        return {**super().describe(), "holder": self.holder, "lease_s": self.lease_s}
 
 
-def make_elector(catalog_url: str) -> LeaderElector:
-    """Advisory lock for PostgreSQL, a file lock next to a SQLite catalog; CatalogError for a bad URL."""
+def make_elector(catalog_url: str, *, lease_s: float = 15.0) -> LeaderElector:
+    """A lease for PostgreSQL, a file lock next to a SQLite catalog; CatalogError for a bad URL."""
     from kvfs.catalog import parse_catalog_url
 
     url = parse_catalog_url(catalog_url)
     if url.get_backend_name() == "postgresql":
-        return PgAdvisoryElector(url.render_as_string(hide_password=False))
+        return PgLeaseElector(url.render_as_string(hide_password=False), lease_s=lease_s)
     return FileLockElector(Path(str(url.database)))

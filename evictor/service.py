@@ -121,7 +121,7 @@ class EvictorService:
         from kvfs.catalog import CatalogError
 
         try:
-            self.elector = make_elector(self.settings.catalog)
+            self.elector = make_elector(self.settings.catalog, lease_s=self.settings.leader_lease)
         except CatalogError as exc:
             raise StartupError(str(exc)) from None
         if not self.root.is_dir():
@@ -380,6 +380,10 @@ class EvictorService:
 
     def _enforce_job(self) -> None:
         if not self._leading or self.stopping.is_set() or self.enforcer is None:
+            return
+        # The lease is renewed here, by the loop whose liveness it stands for (and before each delete batch).
+        if self.elector is not None and not self.elector.still_leader():
+            log.warning("leadership lost: enforcement pass skipped")
             return
         if not self.initial_scan_done:
             return  # capacity decisions on a half-known tree would pick the wrong victims

@@ -152,6 +152,13 @@ SETTINGS_SCHEMA: dict[str, SettingSpec] = {
             "How often a follower tries to become leader (PostgreSQL); bounds takeover after a crash.",
         ),
         SettingSpec(
+            "leader_lease",
+            "duration",
+            "15s",
+            "Leader lease (PostgreSQL), renewed by every enforcement pass: a stopped or hung leader is replaced "
+            "within leader_lease + leader_retry. Must exceed enforce_interval.",
+        ),
+        SettingSpec(
             "pause_before_delete",
             "duration",
             "0",
@@ -193,6 +200,7 @@ class Settings:
     policy: str = DEFAULT_POLICY
     delete_batch: int = 1000
     leader_retry: float = 1.0
+    leader_lease: float = 15.0
     pause_before_delete: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -364,9 +372,14 @@ def validate(settings: Settings) -> None:
         raise SettingsError(
             f"low_watermark ({settings.low_watermark}) must be below high_watermark ({settings.high_watermark})"
         )
-    for name in ("enforce_interval", "journal_interval", "leader_retry"):
+    for name in ("enforce_interval", "journal_interval", "leader_retry", "leader_lease"):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"{name} must be positive")
+    if settings.leader_lease <= settings.enforce_interval:
+        raise SettingsError(
+            f"leader_lease ({settings.leader_lease:g}s) must exceed enforce_interval "
+            f"({settings.enforce_interval:g}s): every enforcement pass renews the lease"
+        )
     if settings.delete_batch < 1:
         raise SettingsError("delete_batch must be at least 1")
     if not 0 <= settings.metrics_port < 65536:

@@ -155,7 +155,19 @@ def create_catalog_engine(url: URL, *, root: str | os.PathLike[str] | None = Non
         check_sqlite_location(url.database, root)
         engine = _sqlite_engine(url)
     else:
-        engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+        # TCP keepalives: a query to a server that vanished fails within ~25 s instead of hanging the caller
+        # (no statement timeout here: usage and prune queries over a large catalog may rightly run long).
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            connect_args={
+                "connect_timeout": 10,
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
+            },
+        )
     try:
         with engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
