@@ -24,9 +24,10 @@ __all__ = [
 ]
 
 # The policy used when none is named (the CLI's `--policy`, the evictor's `policy` setting).
-# 2Q (kvfs/policy/twoq.py): on prefix-reuse traces it keeps more hits than LRU at every size measured
-# (docs/policy.md); `lru` stays selectable by name.
-DEFAULT_POLICY = "2q"
+# Prefix-aware LRU with an adaptive bonus for reused blocks (kvfs/policy/prefix.py): it starts as LRU and
+# leaves LRU only as far as evicted blocks coming back show it should (docs/policy.md); `2q`, `slru` and `lru`
+# stay selectable by name.
+DEFAULT_POLICY = "prefix"
 
 POLICIES: dict[str, type[EvictionPolicy]] = {}
 # Modules of this package that failed to import: name → error (see _discover).

@@ -26,6 +26,7 @@ class Candidate:
     key: BlockKey
     size: int
     last_access: float
+    chain_pos: int = -1  # index in the prefix chain (-1: unknown); the `prefix` policy's tie-break
 
 
 class EvictedBlock(Protocol):

@@ -1,0 +1,184 @@
+"""Prefix-aware LRU with an adaptive bonus for reused blocks: the default eviction policy.
+
+Order: every block's key is its last access; blocks already reused (`hits > 0`) get a bonus of `beta` times the
+tier's recency span (newest minus oldest last access), so they outlive never-reused blocks of up to that age.
+Ties evict the deeper chain position first.  `beta = 0` is exactly LRU.
+
+Why this keeps usable prefixes:
+
+* vLLM loads only the leading run of a prompt's blocks that are present.  A request touches all its blocks, so
+  a chain's head is always at least as recent as its tail, and has at least as many hits: under this order a
+  tail always goes before its head, and a block never outlives its prefix (no dead tails are created; the
+  bonus depends only on `hits`, which never decreases along a chain).
+* A chain is valued by how recently and how often its prefix is reused: recency through `last_access`, reuse
+  through the bonus, which the head of a shared prefix earns first and keeps longest.
+* Most new blocks are the unique tail of one request; a reused block is a shared prefix (system prompt, tool
+  description, conversation history).  The bonus keeps shared prefixes through bursts of one-off blocks,
+  which plain LRU lets flush them.
+
+The bonus is not a tuned constant: it adapts online from regret, as ARC adapts its target.  Blocks evicted
+for capacity or quota are remembered as ghosts with their class (`kvfs.catalog.prefix_ghosts`).  A ghost of a
+never-reused block stored again says the bonus cost a hit (step down); a ghost of a reused block stored again
+says the bonus was too small (step up); each step is weighted by the other class's ghost count, so the rarer
+evidence counts more.  On traffic where reuse does not predict reuse the bonus decays to 0 and the order is
+LRU's.  The bonus and ghosts live in the catalog, so restarts, fail-over and `kvfs gc` continue the same state.
+
+`order()` and `adapt()` are the policy: the catalog planner feeds them two SQL streams (`candidates`), the
+replay feeds them its in-memory tier (`kvfs.replay.memory`), so both run the same decisions.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+from sqlalchemy import Select, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from kvfs import metrics
+from kvfs.catalog.models import NO_RANK, Block
+from kvfs.layout import BlockKey
+from kvfs.policy import register_policy
+from kvfs.policy.base import Candidate, EvictedBlock, EvictionPolicy
+from kvfs.policy.lru import STREAM_CHUNK, block_columns, eligible
+
+if TYPE_CHECKING:
+    from kvfs.catalog import Catalog
+
+# The bonus is at most half the tier's recency span: a reused block never outlives a fresh one more than
+# half a turnover younger (more lets stale shared prefixes pile up: measured in docs/policy.md).
+BETA_MAX = 0.5
+BETA_STEP = 0.02
+BETA_INITIAL = 0.0  # start as LRU; evidence moves it
+# Ghosts are kept for this many recency spans (as 2q's; 1 measured slightly worse, docs/policy.md).
+HORIZON = 3.0
+log = logging.getLogger("kvfs.policy")
+
+
+class Ordered(Protocol):
+    @property
+    def last_access(self) -> float: ...
+    @property
+    def chain_pos(self) -> int: ...
+
+
+T = TypeVar("T", bound=Ordered)
+
+
+def adapt(
+    returned_fresh: int, returned_reused: int, ghosts_fresh: int, ghosts_reused: int, beta: float
+) -> float:
+    """The new bonus after `returned_*` ghosts of each class were stored again since the last pass."""
+    up = max(1.0, max(1, ghosts_fresh) / max(1, ghosts_reused))
+    down = max(1.0, max(1, ghosts_reused) / max(1, ghosts_fresh))
+    beta += BETA_STEP * (returned_reused * up - returned_fresh * down)
+    return min(BETA_MAX, max(0.0, beta))
+
+
+def order(fresh: Iterable[T], reused: Iterable[T], bonus: float) -> Iterator[tuple[T, bool]]:
+    """Merge two LRU-ordered streams (oldest first, deeper chain position first on ties) into eviction order:
+    key = last access (+ `bonus` for reused blocks); ties: deeper position, then the never-reused block.
+    Yields (block, was reused)."""
+
+    def keyed(items: Iterable[T], add: float, cls: int) -> Iterator[tuple[float, int, int, int, T]]:
+        for seq, item in enumerate(items):
+            yield (item.last_access + add, -item.chain_pos, cls, seq, item)
+
+    for _key, _pos, cls, _seq, item in heapq.merge(keyed(fresh, 0.0, 0), keyed(reused, bonus, 1)):
+        yield item, cls == 1
+
+
+def _stream(catalog: Catalog, query: Select[Any], names: dict[int, str]) -> Iterator[Candidate]:
+    with catalog.engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=STREAM_CHUNK).execute(query)
+        try:
+            for rows in result.partitions():
+                for block_id, ns_id, rank, grp, block_hash, fmt, size, last_access, chain_pos in rows:
+                    key = BlockKey(names[ns_id], None if rank == NO_RANK else rank, grp, block_hash, fmt)
+                    yield Candidate(block_id, key, size, last_access, chain_pos)
+        finally:
+            result.close()
+
+
+@register_policy
+class PrefixPolicy(EvictionPolicy):
+    name: ClassVar[str] = "prefix"
+    description: ClassVar[str] = (
+        "prefix-aware LRU: reused blocks get an adaptive bonus (learned from evicted blocks that come back); "
+        "ties: deeper prefix-chain position first"
+    )
+
+    def __init__(self) -> None:
+        self.beta = BETA_INITIAL
+        # Class of each block offered this pass (block id -> was reused), for the ghosts `evicted` records.
+        self._offered: dict[int, bool] = {}
+
+    def settle(self, catalog: Catalog) -> float:
+        """Adapt the bonus from re-stores since the last pass; returns the bonus in seconds of recency."""
+        from kvfs.catalog import prefix_ghosts
+
+        try:
+            settled = prefix_ghosts.settle(
+                catalog, name=self.name, adapt=adapt, initial_beta=BETA_INITIAL, horizon=HORIZON
+            )
+        except SQLAlchemyError as exc:
+            # Bookkeeping only: without it this pass is plain LRU (bonus 0); nothing else is lost.
+            metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="settle").inc()
+            log.warning("prefix: bonus update failed, this pass orders by LRU: %s", exc)
+            return 0.0
+        metrics.POLICY_RESTORES.inc(settled.returned_fresh + settled.returned_reused)
+        self.beta = settled.beta
+        return settled.beta * settled.span
+
+    def candidates(
+        self,
+        catalog: Catalog,
+        *,
+        namespace_ids: Sequence[int] | None,
+        protect_after: float,
+        limit_bytes: int,
+    ) -> Iterator[Candidate]:
+        if limit_bytes <= 0:
+            return
+        bonus = self.settle(catalog)
+        names = {ns.id: ns.name for ns in catalog.namespaces()}
+        base = eligible(select(*block_columns(), Block.chain_pos), namespace_ids, protect_after)
+        lru = (Block.last_access.asc(), Block.chain_pos.desc(), Block.id.asc())
+        fresh = _stream(catalog, base.where(Block.hits == 0).order_by(*lru), names)
+        reused = _stream(catalog, base.where(Block.hits > 0).order_by(*lru), names)
+        if len(self._offered) > 4_000_000:  # victims never executed (dry runs): forget, do not grow
+            self._offered.clear()
+        offered_classes = self._offered
+        offered = 0
+        try:
+            for cand, was_reused in order(fresh, reused, bonus):
+                offered_classes[cand.block_id] = was_reused
+                yield cand
+                offered += cand.size
+                if offered >= limit_bytes:
+                    return
+        finally:
+            fresh.close()
+            reused.close()
+
+    def evicted(self, catalog: Catalog, victims: Sequence[EvictedBlock]) -> None:
+        if not victims:
+            return
+        from kvfs.catalog import prefix_ghosts
+
+        offered = self._offered
+        rows = [
+            (
+                v.key,
+                v.last_access,
+                offered.pop(bid, False) if (bid := getattr(v, "block_id", None)) else False,
+            )
+            for v in victims
+        ]
+        try:
+            prefix_ghosts.remember(catalog, rows)
+        except SQLAlchemyError as exc:
+            metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="remember").inc()
+            log.warning("prefix: recording %d ghosts failed: %s", len(victims), exc)

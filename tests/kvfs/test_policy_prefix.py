@@ -1,0 +1,174 @@
+"""The `prefix` policy (the default) on real catalogs (SQLite and PostgreSQL): order, adaptive bonus, state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from sqlalchemy import text
+
+from kvfs import metrics
+from kvfs.catalog import BlockRow, Catalog, prefix_ghosts
+from kvfs.gc import GcLimits, plan_gc
+from kvfs.layout import BlockKey
+from kvfs.policy import DEFAULT_POLICY, get_policy, prefix
+from kvfs.policy.prefix import PrefixPolicy, adapt, order
+
+NS = "org_model_0123456789ab"
+NEVER_PROTECTED = float("inf")
+
+
+def key(n: int) -> BlockKey:
+    return BlockKey(NS, None, 0, f"{n:016x}{n:016x}", "kvfs")
+
+
+def num(k: BlockKey) -> int:
+    return int(k.block_hash[:16], 16)
+
+
+def row(n: int, last: float, *, hits: int = 0, pos: int = 0, created: float | None = None) -> BlockRow:
+    return BlockRow(
+        key(n),
+        100,
+        created=min(last, 1.0) if created is None else created,
+        last_access=last,
+        chain_pos=pos,
+        hits=hits,
+    )
+
+
+def offered(catalog: Catalog, policy: PrefixPolicy, limit: int = 1 << 40) -> list[int]:
+    scope = [catalog.namespace_id(NS) or 0]
+    stream = policy.candidates(catalog, namespace_ids=scope, protect_after=NEVER_PROTECTED, limit_bytes=limit)
+    return [num(c.key) for c in stream]
+
+
+def evict(catalog: Catalog, policy: PrefixPolicy, limit: int) -> list[int]:
+    """Offer `limit` bytes, delete the offered rows and tell the policy, as execute_plan does."""
+    scope = [catalog.namespace_id(NS) or 0]
+    cands = list(
+        policy.candidates(catalog, namespace_ids=scope, protect_after=NEVER_PROTECTED, limit_bytes=limit)
+    )
+    catalog.remove_block_ids([c.block_id for c in cands])
+    policy.evicted(catalog, cands)
+    return [num(c.key) for c in cands]
+
+
+@pytest.fixture
+def catalog(catalog_url: str):
+    cat = Catalog.open(catalog_url)
+    yield cat
+    cat.close()
+
+
+def test_prefix_is_the_default() -> None:
+    assert DEFAULT_POLICY == "prefix" and isinstance(get_policy(), PrefixPolicy)
+
+
+def test_a_chain_loses_its_tail_before_its_head(catalog: Catalog) -> None:
+    # One request stored the chain 1-2-3 (same last access); a newer request used 4.  The tail goes first, the
+    # head last, and a reused head outlives its never-reused tail even when it is older.
+    catalog.upsert_blocks([row(1, 10, pos=0), row(2, 10, pos=1), row(3, 10, pos=2), row(4, 50, pos=0)])
+    assert offered(catalog, PrefixPolicy()) == [3, 2, 1, 4]
+    assert offered(catalog, PrefixPolicy(), limit=100) == [3]
+
+
+def test_order_merges_by_last_access_plus_bonus() -> None:
+    @dataclass
+    class B:
+        name: str
+        last_access: float
+        chain_pos: int = 0
+
+    fresh = [B("a", 10), B("b", 20, 1), B("b0", 20, 0)]
+    reused = [B("c", 5, 2), B("d", 12)]
+    # Bonus 0: plain LRU with the deeper position first on ties.
+    assert [(b.name, r) for b, r in order(fresh, reused, 0.0)] == [
+        ("c", True),
+        ("a", False),
+        ("d", True),
+        ("b", False),
+        ("b0", False),
+    ]
+    # Bonus 10: c counts as 15, d as 22; on a tie the never-reused block goes first.
+    assert [b.name for b, _ in order(fresh, reused, 10.0)] == ["a", "c", "b", "b0", "d"]
+    assert [b.name for b, _ in order(fresh, [B("e", 10)], 0.0)] == ["a", "e", "b", "b0"]
+
+
+def test_adapt_steps_toward_the_class_whose_evictions_came_back() -> None:
+    step = prefix.BETA_STEP
+    assert adapt(0, 1, 10, 10, 0.1) == pytest.approx(0.1 + step)
+    assert adapt(1, 0, 10, 10, 0.1) == pytest.approx(0.1 - step)
+    # Weighted by the other class's ghosts: a reused ghost's return among many fresh ghosts counts more.
+    assert adapt(0, 1, 40, 10, 0.1) == pytest.approx(0.1 + 4 * step)
+    assert adapt(1, 0, 10, 40, 0.1) == pytest.approx(0.1 - 4 * step)
+    assert adapt(0, 0, 5, 5, 0.3) == 0.3
+    assert adapt(50, 0, 1, 1, 0.1) == 0.0  # clamped
+    assert adapt(0, 500, 1, 1, 0.1) == prefix.BETA_MAX
+
+
+def test_returning_reused_blocks_raise_the_bonus_and_it_survives_a_reopen(catalog_url: str) -> None:
+    cat = Catalog.open(catalog_url)
+    restores = metrics.POLICY_RESTORES._value.get()
+    try:
+        cat.upsert_blocks([row(n, 10 + n, hits=1, pos=0) for n in range(1, 6)] + [row(9, 100)])
+        policy = PrefixPolicy()
+        assert evict(cat, policy, limit=300) == [1, 2, 3]  # LRU while the bonus is 0
+        assert prefix_ghosts.ghost_count(cat) == {True: 3}
+        # 1 and 2 are stored again after their eviction: the bonus should have kept them.
+        cat.upsert_blocks([row(1, 200, created=200), row(2, 201, created=201)])
+        assert offered(cat, policy, limit=100) == [4]
+        assert policy.beta == pytest.approx(adapt(0, 2, 0, 1, 0.0)) and policy.beta > 0
+        assert prefix_ghosts.ghost_count(cat) == {True: 1}  # the returned ghosts are spent
+        assert metrics.POLICY_RESTORES._value.get() == restores + 2
+    finally:
+        cat.close()
+    # A restarted evictor (new process, new policy object) continues from the stored bonus.
+    again = Catalog.open(catalog_url)
+    try:
+        assert prefix_ghosts.load_beta(again, "prefix", 0.0) == pytest.approx(adapt(0, 2, 0, 1, 0.0))
+        fresh_policy = PrefixPolicy()
+        offered(again, fresh_policy, limit=100)
+        assert fresh_policy.beta == pytest.approx(adapt(0, 2, 0, 1, 0.0))
+    finally:
+        again.close()
+
+
+def test_returning_fresh_blocks_lower_the_bonus(catalog: Catalog) -> None:
+    catalog.upsert_blocks([row(1, 10), row(2, 11), row(3, 50, hits=3)])
+    policy = PrefixPolicy()
+    assert evict(catalog, policy, limit=200) == [1, 2]
+    # Two reused blocks returning first lift the bonus, then a never-reused one coming back lowers it.
+    # A block of another namespace (out of scope) keeps the recency span wide, so no ghost is older than
+    # the horizon (3 spans) until the end of this test.
+    other = BlockKey("org_other_0123456789ab", None, 0, "f" * 32, "kvfs")
+    catalog.upsert_blocks([BlockRow(other, 100, created=0.0, last_access=0.0)])
+    catalog.upsert_blocks([row(7, 60, hits=1), row(8, 1000, hits=1)])
+    assert evict(catalog, policy, limit=200) == [3, 7]
+    catalog.upsert_blocks([row(3, 1010, created=1010), row(7, 1011, created=1011)])
+    offered(catalog, policy, limit=100)
+    high = policy.beta
+    assert high > 0
+    catalog.upsert_blocks([row(1, 1020, created=1020)])
+    offered(catalog, policy, limit=100)
+    assert policy.beta < high
+    # Ghosts older than the horizon (3 recency spans before the newest access) are dropped: 2's.
+    catalog.remove_blocks([other, key(1), key(3), key(7), key(8)])
+    catalog.upsert_blocks([row(9, 100_000, hits=1)])
+    offered(catalog, policy, limit=100)
+    assert prefix_ghosts.ghost_count(catalog) == {}
+
+
+def test_plan_gc_uses_it_and_bookkeeping_failures_fall_back_to_lru(sqlite_url: str) -> None:
+    cat = Catalog.open(sqlite_url)
+    try:
+        # A broken state table (a view where the policy expects its table): its bookkeeping fails.
+        with cat.engine.begin() as conn:
+            conn.execute(text("CREATE VIEW policy_prefix_state AS SELECT 'x' AS name"))
+        cat.upsert_blocks([row(1, 10, pos=0), row(2, 10, pos=1), row(3, 5, hits=4)])
+        errors = metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="settle")._value.get()
+        plan = plan_gc(cat, GcLimits(max_bytes=100), now=1000.0)
+        assert plan.policy == "prefix" and [num(v.key) for v in plan.victims] == [3, 2]
+        assert metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="settle")._value.get() == errors + 1
+    finally:
+        cat.close()
