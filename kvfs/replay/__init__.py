@@ -1,26 +1,34 @@
 """`kvfs replay`: how many prefix blocks a policy would have served on a trace, against Belady, LRU and FIFO.
 
-`replay(requests, capacity)` runs the chosen policy through the evictor's real code on a real catalog
-(`catalog_replay`), LRU the same way, and Belady and FIFO as reference simulators (`baselines`), all under the
-same rules: prefix hits, the same capacity, and the same eviction slack (a pass evicts down to
-`capacity - slack`, as the evictor's watermarks do).
+`replay(requests, capacity)` runs the chosen policies and the baselines under the same rules: prefix hits, the
+same capacity, and the same eviction slack (a pass evicts down to `capacity - slack`, as the evictor's
+watermarks do).  How each runs (`simulate_policy`): the default `prefix` policy on an in-memory tier through
+the policy's own ordering code (`memory`, identical to its catalog replay block for block), `lru` by the
+reference simulator (identical to the catalog's LRU block for block), Belady and FIFO as reference simulators
+(`baselines`), any other policy through the evictor's real planner on a scratch catalog (`catalog_replay`;
+`through_catalog=True` forces that path for every policy).
+
+`belady_prefix_hit_ratio(requests, capacity_blocks)` answers the one question the end-to-end benchmark needs:
+the prefix-hit ratio Belady reaches on a request sequence of block hashes.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import asdict, dataclass, field
 
-from kvfs.policy import DEFAULT_POLICY
+from kvfs.policy import DEFAULT_POLICY, get_policy
 from kvfs.replay.baselines import simulate_belady, simulate_fifo, simulate_lru
 from kvfs.replay.catalog_replay import simulate_catalog_policy
+from kvfs.replay.memory import simulate_prefix
 from kvfs.replay.sim import SimResult, leading_hits
 
 __all__ = [
     "DEFAULT_SLACK_FRACTION",
     "ReplayResult",
     "SimResult",
+    "belady_prefix_hit_ratio",
     "leading_hits",
     "parse_capacity",
     "replay",
@@ -28,6 +36,7 @@ __all__ = [
     "simulate_catalog_policy",
     "simulate_fifo",
     "simulate_lru",
+    "simulate_policy",
     "unique_blocks",
 ]
 
@@ -48,6 +57,8 @@ class ReplayResult:
     lru_hit_ratio: float
     fifo_hit_ratio: float
     duration_s: float
+    # Every policy replayed (the first is `policy`): name -> hit ratio.
+    policies: dict[str, float] = field(default_factory=dict)
 
     @property
     def vs_belady(self) -> float:
@@ -88,33 +99,101 @@ def parse_capacity(text: str, unique: int) -> int:
     return max(1, int(fraction * unique))
 
 
+Progress = Callable[[int], None]
+
+
+def simulate_policy(
+    requests: Sequence[Sequence[int]],
+    capacity: int,
+    slack: int,
+    policy: str,
+    *,
+    through_catalog: bool = False,
+    progress: Progress | None = None,
+) -> SimResult:
+    """Replay one registered policy; `progress(n)` is told of every n requests done."""
+    if not through_catalog and policy in FAST_POLICIES:
+        if policy == "prefix":
+            return simulate_prefix(requests, capacity, slack, progress=progress)
+        result = simulate_lru(requests, capacity, slack)
+        if progress is not None:
+            progress(len(requests))
+        return result
+    return simulate_catalog_policy(requests, capacity, slack, policy=policy, progress=progress)
+
+
+# Policies with an exact fast replay: `prefix` (its own order() on an in-memory tier) and `lru` (the reference
+# simulator); tests/kvfs/test_replay_memory.py checks both against the catalog replay block for block.
+FAST_POLICIES = frozenset({"prefix", "lru"})
+
+
 def replay(
     requests: Sequence[Sequence[int]],
     capacity: int,
     *,
-    policy: str | None = None,
+    policy: str | Sequence[str] | None = None,
     slack: int | None = None,
+    through_catalog: bool = False,
+    progress: Progress | None = None,
 ) -> ReplayResult:
-    """Replay `requests` (each a list of prefix block ids) at `capacity` blocks under every policy compared."""
+    """Replay `requests` (each a list of prefix block ids) at `capacity` blocks under every policy compared.
+
+    `policy`: one name or several (the first is the result's `policy`); default: the evictor's default.
+    Unknown names raise `kvfs.policy.UnknownPolicyError` before anything runs."""
     if capacity < 1:
         raise ValueError(f"capacity must be at least one block: {capacity}")
     started = time.monotonic()
-    policy = policy or DEFAULT_POLICY
+    names = [policy or DEFAULT_POLICY] if policy is None or isinstance(policy, str) else list(policy)
+    names = list(dict.fromkeys(get_policy(name).name for name in names or [DEFAULT_POLICY]))
     slack = max(1, int(capacity * DEFAULT_SLACK_FRACTION)) if slack is None else slack
-    chosen = simulate_catalog_policy(requests, capacity, slack, policy=policy)
-    lru = chosen if policy == "lru" else simulate_catalog_policy(requests, capacity, slack, policy="lru")
+    ratios: dict[str, float] = {}
+    chosen: SimResult | None = None
+    for name in [*names, *(["lru"] if "lru" not in names else [])]:
+        sim = simulate_policy(
+            requests, capacity, slack, name, through_catalog=through_catalog, progress=progress
+        )
+        chosen = sim if chosen is None else chosen
+        ratios[name] = sim.hit_ratio
+    assert chosen is not None
     belady = simulate_belady(requests, capacity, slack)
+    if progress is not None:
+        progress(len(requests))
     fifo = simulate_fifo(requests, capacity, slack)
+    if progress is not None:
+        progress(len(requests))
     return ReplayResult(
-        policy=policy,
+        policy=names[0],
         requests=len(requests),
         total_blocks=chosen.total_blocks,
         unique_blocks=unique_blocks(requests),
         capacity_blocks=capacity,
         slack_blocks=slack,
-        hit_ratio=chosen.hit_ratio,
+        hit_ratio=ratios[names[0]],
         belady_hit_ratio=belady.hit_ratio,
-        lru_hit_ratio=lru.hit_ratio,
+        lru_hit_ratio=ratios["lru"],
         fifo_hit_ratio=fifo.hit_ratio,
         duration_s=round(time.monotonic() - started, 3),
+        policies={name: ratios[name] for name in names},
     )
+
+
+def replay_steps(policies: Sequence[str]) -> int:
+    """How many simulations `replay` runs for `policies` (for sizing a progress bar in requests)."""
+    names = list(dict.fromkeys(policies))
+    return len(names) + (0 if "lru" in names else 1) + 2
+
+
+def belady_prefix_hit_ratio(
+    requests: Sequence[Sequence[Hashable]], capacity_blocks: int, slack_blocks: int = 0
+) -> float:
+    """The prefix-hit ratio Belady (farthest next use) reaches on `requests` with a tier of `capacity_blocks`.
+
+    `requests`: one list of block hashes (any hashable, e.g. str) per request, in prefix order.  Same rules as
+    `kvfs replay`: a request hits the leading run of its cached blocks, then all its blocks are cached; over
+    capacity the tier is brought down to `capacity_blocks - slack_blocks`, never evicting a block of the
+    request just served.  Hit ratio = hit blocks / requested blocks (0.0 for no blocks)."""
+    if capacity_blocks < 1:
+        raise ValueError(f"capacity must be at least one block: {capacity_blocks}")
+    ids: dict[Hashable, int] = {}
+    numbered = [[ids.setdefault(h, len(ids)) for h in req] for req in requests]
+    return simulate_belady(numbered, capacity_blocks, slack_blocks).hit_ratio

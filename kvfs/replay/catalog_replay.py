@@ -13,7 +13,7 @@ reads it), which keeps a 4,000-request replay to seconds.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kvfs.catalog import Catalog
@@ -39,13 +39,15 @@ def simulate_catalog_policy(
     *,
     policy: EvictionPolicy | str | None = None,
     workdir: str | Path | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> SimResult:
-    """Hit blocks when `policy` (an instance or a registered name; default: the evictor's) manages the tier."""
+    """Hit blocks when `policy` (an instance or a registered name; default: the evictor's) manages the tier;
+    `progress(1)` is called after each request."""
     policy = policy if isinstance(policy, EvictionPolicy) else get_policy(policy)
     with tempfile.TemporaryDirectory(prefix="kvfs-replay-", dir=workdir) as tmp:
         catalog = Catalog.open(f"sqlite:///{Path(tmp) / 'replay.db'}")
         try:
-            return _run(catalog, requests, capacity, slack, policy)
+            return _run(catalog, requests, capacity, slack, policy, progress)
         finally:
             catalog.close()
 
@@ -56,6 +58,7 @@ def _run(
     capacity: int,
     slack: int,
     policy: EvictionPolicy,
+    progress: Callable[[int], None] | None,
 ) -> SimResult:
     catalog.ensure_namespace(REPLAY_NAMESPACE, model="replay")
     keys: dict[int, BlockKey] = {}
@@ -75,6 +78,8 @@ def _run(
             else:
                 pending.append(JournalRecord(RecordKind.STORE, key, now, BLOCK_UNIT, pos))
                 present.add(block)
+        if progress is not None:
+            progress(1)
         if len(present) <= capacity:
             continue
         catalog.apply_journal(pending, {})

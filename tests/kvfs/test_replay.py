@@ -75,6 +75,7 @@ def test_lru_evicts_the_tail_of_a_chain_first(tmp_path: Path) -> None:
     assert simulate_lru(trace, 3).hit_blocks == 2
     assert simulate_catalog_policy(trace, 3, policy="lru", workdir=tmp_path).hit_blocks == 2
     assert simulate_catalog_policy(trace, 3, policy="2q", workdir=tmp_path).hit_blocks == 2
+    assert simulate_catalog_policy(trace, 3, policy="prefix", workdir=tmp_path).hit_blocks == 2
 
 
 def test_oracles_use_their_knowledge() -> None:

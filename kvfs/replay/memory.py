@@ -1,0 +1,114 @@
+"""The `prefix` policy replayed on an in-memory tier: the catalog replay's rules, without SQL.
+
+The decisions are the policy's own code (`kvfs.policy.prefix.order` and `adapt`); this module only holds the
+tier in memory, in the shape the catalog gives the policy: never-reused and reused blocks each in LRU order
+(oldest first, deeper chain position first among blocks of one request), ghosts of evicted blocks with their
+class, and the id/time bookkeeping the catalog's `settle` does.  It reproduces `simulate_catalog_policy(...,
+policy="prefix")` block for block (tested in tests/kvfs/test_replay_memory.py) in a fraction of the time.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+
+from kvfs.policy import prefix
+from kvfs.replay.sim import SimResult, leading_hits
+
+Progress = Callable[[int], None]
+
+
+class _Block:
+    __slots__ = ("block", "chain_pos", "hits", "last_access")
+
+    def __init__(self, block: int, last_access: float, chain_pos: int) -> None:
+        self.block = block
+        self.last_access = last_access
+        self.chain_pos = chain_pos
+        self.hits = 0
+
+
+def _older_than(segment: OrderedDict[int, _Block], now: float) -> Iterator[_Block]:
+    # The planner never offers blocks used at `now` (the request just served); they are last in LRU order.
+    for block in segment.values():
+        if block.last_access >= now:
+            return
+        yield block
+
+
+def simulate_prefix(
+    requests: Sequence[Sequence[int]],
+    capacity: int,
+    slack: int = 0,
+    *,
+    progress: Progress | None = None,
+) -> SimResult:
+    """Hit blocks of the `prefix` policy on `requests` at `capacity` blocks, evicting to `capacity - slack`."""
+    fresh: OrderedDict[int, _Block] = OrderedDict()
+    reused: OrderedDict[int, _Block] = OrderedDict()
+    blocks: dict[int, _Block] = {}
+    ghosts: dict[int, tuple[float, bool]] = {}  # block -> (last access when evicted, was reused)
+    ghost_heap: list[tuple[float, int]] = []  # (last access, block): expiry order; stale entries skipped
+    ghost_count = [0, 0]
+    returned = [0, 0]
+    beta = prefix.BETA_INITIAL
+    target = max(0, capacity - slack)
+    result = SimResult()
+    for i, req in enumerate(requests):
+        now = float(i + 1)
+        result.count(leading_hits(req, blocks), len(req))
+        # Deepest first, so that within one request the head ends up most recent (the catalog's order on
+        # equal last access is chain_pos descending).
+        for pos in range(len(req) - 1, -1, -1):
+            h = req[pos]
+            block = blocks.get(h)
+            if block is None:
+                ghost = ghosts.pop(h, None)
+                if ghost is not None:  # a re-store: counted at the next pass, as the catalog's settle does
+                    ghost_count[ghost[1]] -= 1
+                    returned[ghost[1]] += 1
+                block = blocks[h] = _Block(h, now, pos)
+                fresh[h] = block
+                continue
+            block.last_access = now
+            block.hits += 1
+            if block.hits == 1:
+                del fresh[h]
+                reused[h] = block
+            else:
+                reused.move_to_end(h)
+        if progress is not None:
+            progress(1)
+        if len(blocks) <= capacity:
+            continue
+        # settle(): as kvfs.catalog.prefix_ghosts does before the pass.
+        oldest = min(seg[next(iter(seg))].last_access for seg in (fresh, reused) if seg)
+        span = now - oldest
+        beta = prefix.adapt(returned[0], returned[1], ghost_count[0], ghost_count[1], beta)
+        returned = [0, 0]
+        cutoff = now - prefix.HORIZON * span
+        while ghost_heap and ghost_heap[0][0] < cutoff:
+            last, h = heapq.heappop(ghost_heap)
+            ghost = ghosts.get(h)
+            if ghost is not None and ghost[0] == last:
+                del ghosts[h]
+                ghost_count[ghost[1]] -= 1
+        need = len(blocks) - target
+        victims: list[tuple[_Block, bool]] = []
+        for block, was_reused in prefix.order(_older_than(fresh, now), _older_than(reused, now), beta * span):
+            victims.append((block, was_reused))
+            if len(victims) >= need:
+                break
+        for block, was_reused in victims:
+            h = block.block
+            del blocks[h]
+            del (reused if was_reused else fresh)[h]
+            old = ghosts.get(h)
+            if old is not None:
+                ghost_count[old[1]] -= 1
+            ghosts[h] = (block.last_access, was_reused)
+            ghost_count[was_reused] += 1
+            heapq.heappush(ghost_heap, (block.last_access, h))
+        result.evicted += len(victims)
+    return result
