@@ -110,5 +110,6 @@ class KvfsOffloadingSpec(OffloadingSpec):
                 "journal": journal,
                 "device_checksums": self.kvfs.gpu_checksums,
                 "cuda_graphs": self.kvfs.cuda_graphs,
+                "mapped_loads": self.kvfs.mapped_loads,
             },
         )

@@ -369,3 +369,53 @@ def test_direct_io_with_aligned_and_unaligned_buffers(tmp_path: Path) -> None:
     assert load_block(path2, IDENT, unaligned_out, direct=True).ok and bytes(unaligned_out) == payload
     assert counter("kvfs_o_direct_fallbacks_total", reason="unaligned_buffer") == before_unaligned + 2
     assert path.read_bytes() == path2.read_bytes()
+
+
+# --- mapped loads (the connector DMAs the payload from the page cache) ------------------------------------------
+
+
+def test_map_block_maps_a_valid_file_unverified_until_settled(tmp_path: Path) -> None:
+    from kvfs.blockfile import MappedBlock, map_block, settle_load
+    from kvfs.checksum import payload_checksum
+
+    payload = os.urandom(3 * HEADER_SIZE + 123)
+    path = stored(tmp_path, payload)
+    got = map_block(path, IDENT, len(payload))
+    assert isinstance(got, MappedBlock)
+    try:
+        assert got.result.ok and not got.result.verified and got.result.nbytes == len(payload)
+        with got.payload as view:
+            assert view.readonly and bytes(view) == payload
+            checksum = payload_checksum(view, got.result.header.checksum_algo)
+        assert settle_load(got.result, checksum).verified
+        assert settle_load(got.result, checksum ^ 1).reason is MissReason.CHECKSUM_MISMATCH
+        # an evictor unlinking the file meanwhile leaves the mapping readable
+        os.unlink(path)
+        with got.payload as view:
+            assert bytes(view[:16]) == payload[:16]
+    finally:
+        got.close()
+
+
+def test_map_block_misses_are_counted_like_loads(tmp_path: Path) -> None:
+    from kvfs.blockfile import map_block
+
+    payload = os.urandom(5000)
+    path = stored(tmp_path, payload)
+    other = BlockIdentity(FP, IDENT.key[:-1] + b"\x01")
+    cases = [
+        (tmp_path / "nope.kvfs", IDENT, len(payload), MissReason.MISSING),
+        (path, other, len(payload), MissReason.KEY_MISMATCH),
+        (path, IDENT, len(payload) - 1, MissReason.BAD_HEADER),  # longer than the caller's layout
+    ]
+    fifo = tmp_path / "fifo.kvfs"
+    os.mkfifo(fifo)
+    cases.append((fifo, IDENT, len(payload), MissReason.NOT_REGULAR))  # never blocks on a FIFO
+    short = stored(tmp_path, payload, name="short.kvfs")
+    os.truncate(short, HEADER_SIZE + 10)
+    cases.append((short, IDENT, len(payload), MissReason.TRUNCATED))
+    for where, ident, capacity, reason in cases:
+        before = misses(reason)
+        got = map_block(where, ident, capacity)
+        assert not isinstance(got, blockfile.MappedBlock) and got.reason is reason, (where, got)
+        assert misses(reason) == before + 1
