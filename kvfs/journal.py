@@ -72,6 +72,8 @@ _MAX_HASH_LEN: Final = 128  # the catalog's block_hash column, and the layout's 
 # clock (else a fast writer's blocks would look recent for as long as it is ahead, and never be evicted);
 # beyond this allowance the clamp is also counted, as a sign of a skewed clock.
 CLOCK_SKEW_ALLOWANCE_S: Final = 60.0
+# Per writer, while no evictor consumes its segments (JournalWriter): ~3M access records of ~87 bytes.
+DEFAULT_MAX_JOURNAL_BYTES: Final = 256 << 20
 
 
 class RecordKind(IntEnum):
@@ -288,6 +290,15 @@ class JournalWriter:
 
     A daemon thread flushes at least every `flush_interval` seconds.  When more than `max_pending` records are
     queued (storage gone, thread starved) new records are dropped and counted rather than growing memory.
+
+    Bound: segments are removed by the evictor once ingested, so they pile up only while no evictor runs.  After
+    closing a segment, when this writer's segments on disk exceed `max_journal_bytes` (0: no bound), the
+    oldest closed ones are compacted down to 3/4 of it: their store records are written to a new segment
+    first, then the old ones are unlinked, so access records are dropped (oldest first; counted in
+    `kvfs_journal_records_dropped_total{reason="journal_bound"}`) and store records never are.  A reader
+    that had read part of a compacted segment reads its stores again from the new one (re-applying a store
+    is harmless).  The bound therefore holds for access records; store records (one per block written, ~90
+    bytes against the block's megabytes) are kept whatever their volume.
     """
 
     def __init__(
@@ -301,6 +312,7 @@ class JournalWriter:
         file_mode: int = 0o660,
         max_pending: int = 1_000_000,
         fsync: bool = True,
+        max_journal_bytes: int = DEFAULT_MAX_JOURNAL_BYTES,
     ) -> None:
         if not 0 < flush_interval <= 1.0:
             raise ValueError("flush_interval must be in (0, 1] seconds")
@@ -313,6 +325,9 @@ class JournalWriter:
         self.file_mode = file_mode
         self.max_pending = max_pending
         self.fsync = fsync
+        self.max_journal_bytes = max_journal_bytes
+        self._compacted: set[str] = set()  # segments holding only stores already: compacting them frees nothing
+        self._compacting = False
         self._queue: deque[JournalRecord] = deque()
         self._flush_lock = threading.Lock()
         self._fd = -1
@@ -480,6 +495,74 @@ class JournalWriter:
                 os.close(self._fd)
             self._fd = -1
             self._seq += 1
+        try:
+            self._enforce_bound()
+        except Exception:  # noqa: BLE001 - the flusher must survive anything; the bound is retried next rotation
+            log.exception("journal bound enforcement failed")
+
+
+    def _enforce_bound(self) -> None:
+        """Compact this writer's oldest closed segments when they exceed `max_journal_bytes` (see the class)."""
+        if self.max_journal_bytes <= 0 or self._compacting:
+            return
+        closed: list[tuple[int, str, int]] = []
+        with contextlib.suppress(OSError), os.scandir(self.directory) as entries:
+            for entry in entries:
+                match = SEGMENT_RE.match(entry.name)
+                if match and match["writer"] == self.writer_id and int(match["seq"]) < self._seq:
+                    with contextlib.suppress(OSError):
+                        closed.append((int(match["seq"]), entry.name, entry.stat(follow_symlinks=False).st_size))
+        total = sum(size for _, _, size in closed)
+        metrics.JOURNAL_BYTES.set(total)
+        if total <= self.max_journal_bytes:
+            return
+        goal = self.max_journal_bytes * 3 // 4
+        victims: list[str] = []
+        for _seq, name, size in sorted(closed):
+            if total <= goal:
+                break
+            if name in self._compacted:
+                continue
+            victims.append(name)
+            total -= size
+        if not victims:
+            return
+        kept: list[bytes] = []
+        dropped = 0
+        for name in victims:
+            try:
+                data = (self.directory / name).read_bytes()
+            except OSError:
+                continue
+            for rec in decode_records(data, final=True).records:
+                if rec.kind is RecordKind.STORE:
+                    kept.append(encode_record(rec))
+                else:
+                    dropped += 1
+        self._compacting = True
+        try:
+            if kept:
+                self._write(b"".join(kept), len(kept))
+                if self._fd < 0:  # the write failed (counted): keep the old segments
+                    return
+                self._compacted.add(segment_name(self.writer_id, self._seq))
+                self._close_segment()
+        finally:
+            self._compacting = False
+        for name in victims:  # only now: a crash in between leaves stores twice, never none
+            with contextlib.suppress(OSError):
+                os.unlink(self.directory / name)
+            self._compacted.discard(name)
+        metrics.JOURNAL_RECORDS_DROPPED.labels(reason="journal_bound").inc(dropped)
+        log.warning(
+            "journal of %s over %d bytes (no evictor consuming it?): compacted %d segments, dropped %d access "
+            "records, kept %d store records",
+            self.writer_id,
+            self.max_journal_bytes,
+            len(victims),
+            dropped,
+            len(kept),
+        )
 
 
 def _makedirs(directory: Path, file_mode: int) -> None:

@@ -32,9 +32,12 @@ UNDECODABLE_NAMES = Counter(
 JOURNAL_RECORDS_WRITTEN = Counter(
     "kvfs_journal_records_written_total", "Journal records written to segments."
 )
+JOURNAL_BYTES = Gauge(
+    "kvfs_journal_bytes", "Bytes of this process's closed journal segments on disk (at its last rotation)."
+)
 JOURNAL_RECORDS_DROPPED = Counter(
     "kvfs_journal_records_dropped_total",
-    "Journal records dropped by a writer (buffer full, encode error or write error).",
+    "Journal records dropped by a writer (buffer full, encode error, write error, journal_bound).",
     ["reason"],
 )
 JOURNAL_WRITE_ERRORS = Counter(
