@@ -37,6 +37,10 @@ JOURNAL_LAG_SECONDS = Gauge(
     "kvfs_evictor_journal_lag_seconds", "Age of the newest record at the moment it was ingested"
 )
 JOURNAL_SEGMENTS_REMOVED = Counter("kvfs_evictor_journal_segments_removed", "Fully ingested segments removed")
+TREE_WATCH_READY = Gauge("kvfs_evictor_tree_watch_ready", "1 while the tree watcher covers the whole tree")
+TREE_WATCH_SETUP_SECONDS = Gauge(
+    "kvfs_evictor_tree_watch_setup_seconds", "Time the tree watcher took to add its watches (background)"
+)
 TREE_EVENTS = Counter("kvfs_evictor_tree_events", "Block file events from the tree watcher", ["kind"])
 
 SCAN_SECONDS = Gauge("kvfs_evictor_scan_duration_seconds", "Duration of the last reconciliation scan")

@@ -109,8 +109,11 @@ class EvictorService:
         self._journal_wakeup = threading.Event()
         self._duty_lock = threading.Lock()  # leadership transitions
         self._leading = False
+        self._first_pass = threading.Event()  # set after the first enforcement attempt of a leadership term
         self.initial_scan_done = False
         self.last_scan: dict[str, Any] | None = None
+        self.first_pass_at: float | None = None
+        self.scans_done = 0
         self._threads: list[threading.Thread] = []
         self.fatal: str | None = None  # a configuration error found after start-up: the process exits
 
@@ -191,11 +194,12 @@ class EvictorService:
         log.info("catalog open: %s", _redact(self.settings.catalog))
         return True
 
-    def stop(self) -> None:
+    def stop(self, *, exiting: bool = False) -> None:
+        """`exiting`: the process ends next, so watches are left to the kernel (see `Watchers.stop`)."""
         self.stopping.set()
         self._journal_wakeup.set()
         log.info("stopping")
-        self._step_down()
+        self._step_down(exiting=exiting)
         if self.scheduler is not None:
             # Jobs see `stopping` (a paused or deleting pass drops its remaining batches) and end quickly.
             done = threading.Thread(target=self.scheduler.shutdown, kwargs={"wait": True}, daemon=True)
@@ -252,14 +256,15 @@ class EvictorService:
                 self.tree,
             )
             try:
-                self.watchers.start()
-            except OSError as exc:  # e.g. inotify watch limit: the timer and scans still cover us
+                self.watchers.start_journal()
+            except OSError as exc:  # e.g. inotify instance limit: the 1 s timer still ingests
                 metrics.ERRORS.labels("watch").inc()
-                log.error(
-                    "cannot start the %s watcher (%s); relying on journals and scans",
-                    self.settings.watch,
-                    exc,
-                )
+                log.error("cannot watch the journal folder (%s); ingesting on the timer", exc)
+            # The tree watch waits for the first enforcement pass: on a big tree adding its watches takes longer
+            # than the scan and the pass together, and would compete with them for the CPU.
+            self._first_pass = threading.Event()
+            if self.settings.watch != "off":
+                self._spawn_once(self._watch_tree, (self.watchers, self._first_pass), "evictor-tree-watch")
             sched = BackgroundScheduler(
                 job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
             )
@@ -278,14 +283,43 @@ class EvictorService:
             self.scheduler = sched
             self._journal_wakeup.set()
 
-    def _step_down(self) -> None:
+    def _watch_tree(self, watchers: Watchers, first_pass: threading.Event) -> None:
+        """Background: once the first pass has run, add the tree watch, then scan once more.  The scan closes the
+        gap: a file written after the start-up scan walked its directory and before that directory was watched
+        is in no event, but it is on disk."""
+        while not first_pass.wait(0.5):
+            if self.stopping.is_set() or self.watchers is not watchers:
+                return
+        try:
+            if not watchers.start_tree():
+                return
+        except OSError as exc:  # e.g. the inotify watch limit: scans (hourly) still find stock files
+            metrics.ERRORS.labels("watch").inc()
+            log.error(
+                "cannot watch the tree (%s): %s; stock .bin files are found by scans only",
+                self.settings.watch,
+                exc,
+            )
+            return
+        sched = self.scheduler
+        if sched is not None and self.watchers is watchers and self.settings.startup_scan:
+            with contextlib.suppress(
+                Exception
+            ):  # a scheduler shut down meanwhile: a step-down, nothing to do
+                sched.add_job(self._scan_job, "date", id="watch-gap-scan")
+
+    def _spawn_once(self, target: Any, args: tuple[Any, ...], name: str) -> None:
+        """A thread that may end (unlike `_spawn`'s, which /healthz expects alive)."""
+        threading.Thread(target=target, args=args, name=name, daemon=True).start()
+
+    def _step_down(self, *, exiting: bool = False) -> None:
         with self._duty_lock:
             if not self._leading:
                 return
             self._leading = False
             log.info("stepping down: watchers and enforcement stopped")
             if self.watchers is not None:
-                self.watchers.stop()
+                self.watchers.stop(exiting=exiting)
                 self.watchers = None
             sched, self.scheduler = self.scheduler, None
         if sched is not None and not self.stopping.is_set():
@@ -376,7 +410,13 @@ class EvictorService:
             len(result.tmp_orphans),
             result.duration_s,
         )
-        self.initial_scan_done = True
+        self.scans_done += 1
+        if not self.initial_scan_done:
+            self.initial_scan_done = True
+            sched = self.scheduler
+            if sched is not None:  # enforce now, not at the next tick of the interval
+                with contextlib.suppress(Exception):
+                    sched.modify_job("enforce", next_run_time=_now_dt())
 
     def _enforce_job(self) -> None:
         if not self._leading or self.stopping.is_set() or self.enforcer is None:
@@ -396,6 +436,11 @@ class EvictorService:
             metrics.ENFORCE_PASSES.labels("failed").inc()
             self._failed("enforce", exc)
             return
+        finally:
+            self._first_pass.set()
+        if self.first_pass_at is None:
+            self.first_pass_at = time.time()
+            log.info("first enforcement pass done %.2fs after start", self.first_pass_at - self.started)
         metrics.ENFORCE_PASSES.labels("evicted" if report.planned_files else "idle").inc()
 
     # ---- probes and status ----------------------------------------------------------------------------------
@@ -451,6 +496,12 @@ class EvictorService:
             },
             "initial_scan_done": self.initial_scan_done,
             "last_scan": self.last_scan,
+            "scans_done": self.scans_done,
+            "first_pass_at": self.first_pass_at,
+            "tree_watch": {
+                "state": self.watchers.tree_state if self.watchers else "stopped",
+                "setup_s": self.watchers.tree_setup_s if self.watchers else None,
+            },
             "phase": self.enforcer.phase if self.enforcer else "starting",
             "paused_batches": self.enforcer.paused_batches if self.enforcer else 0,
             "last_pass": last.to_json() if last else None,
@@ -520,5 +571,5 @@ def run_service(settings: Settings) -> int:
             service.http.stop()
         return EXIT_CONFIG
     service.wait()
-    service.stop()
+    service.stop(exiting=True)
     return EXIT_CONFIG if service.fatal else EXIT_OK

@@ -12,6 +12,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -235,7 +236,13 @@ class TreeFeed:
 
 
 class Watchers:
-    """Starts/stops the journal-folder and tree observers per the `watch` setting."""
+    """Starts/stops the journal-folder and tree observers per the `watch` setting.
+
+    The journal watch (one directory) starts at once; the tree watch (`start_tree`) adds one inotify watch per
+    directory, which takes tens of seconds on a 100k-directory tree, so the service runs it in the background
+    after its first enforcement pass and scans once more afterwards (files written before a directory was
+    watched are found by that scan).
+    """
 
     def __init__(
         self,
@@ -253,32 +260,66 @@ class Watchers:
         self.on_journal = on_journal
         self.tree = tree
         self._observers: list[Any] = []
+        self._tree_observer: Any = None
+        self._lock = threading.Lock()  # start_tree (a background thread) against stop
+        self._stopped = False
+        self.tree_state = "off" if mode == "off" else "pending"  # pending, adding, watching, failed, stopped
+        self.tree_setup_s: float | None = None
 
     def start(self) -> None:
-        if self.mode == "off":
-            return
-        if self.mode == "inotify":
-            # Polling the journal folder would only duplicate the fallback timer.
-            jobs = Observer()
-            jobs.schedule(
-                _Trigger(self.on_journal),
-                str(self.journal_path),
-                recursive=False,
-                event_filter=_JOURNAL_EVENTS,
-            )
-            self._observers.append(jobs)
-        tree = make_observer(self.mode, self.poll_interval)
-        tree.schedule(self.tree.handler(), str(self.root), recursive=True, event_filter=_TREE_EVENTS)
-        self._observers.append(tree)
-        for obs in self._observers:
-            obs.daemon = True
-            obs.start()
-        log.info("watching %s (%s)", self.root, self.mode)
+        """Both watches, in the caller's thread."""
+        self.start_journal()
+        self.start_tree()
 
-    def stop(self) -> None:
-        for obs in self._observers:
+    def start_journal(self) -> None:
+        if self.mode != "inotify":
+            return  # polling the journal folder would only duplicate the fallback timer
+        jobs = Observer()
+        jobs.schedule(
+            _Trigger(self.on_journal), str(self.journal_path), recursive=False, event_filter=_JOURNAL_EVENTS
+        )
+        jobs.daemon = True
+        jobs.start()
+        with self._lock:
+            self._observers.append(jobs)
+
+    def start_tree(self) -> bool:
+        """Add the tree watch (slow on a big tree); True once in place, False if stopped meanwhile or `off`."""
+        with self._lock:
+            if self.mode == "off" or self._stopped:
+                return False
+            self.tree_state = "adding"
+            started = time.monotonic()
+            tree = make_observer(self.mode, self.poll_interval)
+            tree.daemon = True
+            try:
+                tree.schedule(self.tree.handler(), str(self.root), recursive=True, event_filter=_TREE_EVENTS)
+                tree.start()
+            except OSError:
+                self.tree_state = "failed"
+                metrics.TREE_WATCH_READY.set(0)
+                raise
+            self._tree_observer = tree
+            self._observers.append(tree)
+            self.tree_setup_s = time.monotonic() - started
+            self.tree_state = "watching"
+            metrics.TREE_WATCH_READY.set(1)
+            metrics.TREE_WATCH_SETUP_SECONDS.set(self.tree_setup_s)
+        log.info("watching %s (%s), set up in %.2fs", self.root, self.mode, self.tree_setup_s)
+        return True
+
+    def stop(self, *, exiting: bool = False) -> None:
+        """Stop watching.  `exiting`: the process is about to end, so the tree watch is left to the kernel, which
+        drops every watch with the descriptor: removing them one by one queues an IN_IGNORED event each, and
+        100k of them overflow the inotify queue (a spurious "Inotify queue overflowed" at every shutdown)."""
+        with self._lock:
+            self._stopped = True
+            self.tree_state = "stopped" if self.mode != "off" else "off"
+            metrics.TREE_WATCH_READY.set(0)
+            observers = [o for o in self._observers if not (exiting and o is self._tree_observer)]
+            self._observers.clear()
+        for obs in observers:
             obs.unschedule_all()  # watchdog keeps inotify callbacks per path otherwise (a restart re-adds them)
             obs.stop()
-        for obs in self._observers:
+        for obs in observers:
             obs.join(timeout=2)
-        self._observers.clear()
