@@ -14,8 +14,13 @@ COPY pyproject.toml README.md /tmp/kvfs-src/
 COPY kvfs /tmp/kvfs-src/kvfs
 COPY evictor /tmp/kvfs-src/evictor
 COPY connector /tmp/kvfs-src/connector
+# The check imports the modules vLLM loads (not the packages' empty __init__s), against this image's vLLM.
 RUN uv pip install --system --no-cache --no-deps /tmp/kvfs-src && rm -rf /tmp/kvfs-src \
-    && python3 -c "import kvfs, connector"
+    && python3 -c "import kvfs.blockfile, kvfs.journal, connector.connector, connector.spec, connector.tier"
+# A passwd entry for the uid the manifests run as (getpwuid() callers: torch's cache dirs, getpass, ssh-less git).
+RUN (getent group 2000 || groupadd --gid 2000 kvfs) \
+    && (getent passwd 1000 || useradd --uid 1000 --gid 2000 --no-create-home --home-dir /tmp/home \
+        --shell /usr/sbin/nologin kvfs)
 COPY --chmod=0755 docker/engine-entrypoint.sh /usr/local/bin/kvfs-engine-entrypoint
 # Engines run as uid 1000 / gid 2000 (manifests/base); HOME and caches are redirected to writable mounts there.
 ENV PYTHONHASHSEED=0

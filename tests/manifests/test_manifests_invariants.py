@@ -353,20 +353,21 @@ def test_base_settings_are_the_documented_ones() -> None:
 def test_gc_cronjob_runs_kvfs_gc_with_real_flags() -> None:
     docs = docs_of("gc-cronjob")
     assert not mc.evictors(docs)
-    cron = mc.find(docs, "CronJob", "kvfs-gc")[0]
-    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
-    (job,) = mc.cli_jobs(docs)
-    group, gc = mc.cli_invocation(job)
-    assert gc.command.name == "gc"
-    assert group.params["root"].as_posix() == "/mnt/files-storage"
-    assert gc.params["max_bytes"] > 0 and gc.params["ttl"] > 0 and gc.params["as_json"] is True
-    assert gc.params["dry_run"] is False
-    # max-bytes leaves headroom under the shared claim (eviction lags by a schedule period).
-    claim = mc.find(docs, "PersistentVolumeClaim", "kvfs-shared")[0]
-    from kvfs.units import parse_size
+    jobs = mc.cli_jobs(docs)
+    assert len(jobs) == 2  # kvfs-gc (journals only) and kvfs-gc-scan (daily walk)
+    for job in jobs:
+        assert job.obj["spec"]["concurrencyPolicy"] == "Forbid"
+        group, gc = mc.cli_invocation(job)
+        assert gc.command.name == "gc"
+        assert group.params["root"].as_posix() == "/mnt/files-storage"
+        assert gc.params["max_bytes"] > 0 and gc.params["ttl"] > 0 and gc.params["as_json"] is True
+        assert gc.params["dry_run"] is False and gc.params["remove_journals"] is True
+        # max-bytes leaves headroom under the shared claim (eviction lags by a schedule period).
+        claim = mc.find(docs, "PersistentVolumeClaim", "kvfs-shared")[0]
+        from kvfs.units import parse_size
 
-    size = parse_size(claim["spec"]["resources"]["requests"]["storage"].replace("Ti", "TiB"))
-    assert gc.params["max_bytes"] <= 0.8 * size
+        size = parse_size(claim["spec"]["resources"]["requests"]["storage"].replace("Ti", "TiB"))
+        assert gc.params["max_bytes"] <= 0.8 * size
 
 
 @pytest.mark.parametrize(
@@ -381,7 +382,7 @@ def test_gc_cronjob_flag_check_rejects_bad_commands(args: list[str], error: str)
     import click
 
     docs = docs_of("gc-cronjob")
-    (job,) = mc.cli_jobs(docs)
+    job = mc.cli_jobs(docs)[0]
     job.container["args"] = ["--root=/mnt/files-storage", *args]
     with pytest.raises(click.ClickException) as info:
         mc.cli_invocation(job)

@@ -19,6 +19,7 @@ from manifest_render import (
 )
 
 TREES = sorted(kustomization_dirs())
+CLUSTER_SCOPED = {"Namespace", "PriorityClass"}
 
 
 def test_the_documented_trees_exist() -> None:
@@ -40,7 +41,7 @@ def test_tree_renders_with_unique_names(tree: str) -> None:
     assert docs, f"{tree} rendered nothing"
     keys = [(d["kind"], d["metadata"]["name"], d["metadata"].get("namespace")) for d in docs]
     assert len(keys) == len(set(keys)), f"duplicate objects in {tree}"
-    namespaced = [d for d in docs if d["kind"] != "Namespace"]
+    namespaced = [d for d in docs if d["kind"] not in CLUSTER_SCOPED]
     assert {d["metadata"].get("namespace") for d in namespaced} == {"kvfs"}
 
 

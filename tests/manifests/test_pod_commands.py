@@ -22,7 +22,15 @@ from pod_sandbox import REPO, PodSandbox, free_port, http_get
 from promql_checks import selected_metrics
 
 from kvfs.blockfile import BlockIdentity, StoreOutcome, store_block
-from kvfs.layout import BlockKey, fingerprint_sha256, kvfs_fields, namespace_name, write_namespace_config
+from kvfs.journal import JournalWriter
+from kvfs.layout import (
+    BlockKey,
+    fingerprint_sha256,
+    kvfs_fields,
+    namespace_name,
+    parse_block_relpath,
+    write_namespace_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -127,22 +135,47 @@ def _families(expr: str) -> set[str]:
     return {_base(name) for name in selected_metrics(expr)}
 
 
-def test_gc_cronjob_command_evicts_by_ttl_and_keeps_fresh_blocks(tmp_path: Path) -> None:
+def test_gc_cronjobs_evict_from_journals_remove_them_and_the_daily_scan_finds_the_rest(
+    tmp_path: Path,
+) -> None:
     docs = list(rendered("gc-cronjob"))
-    (w,) = mc.cli_jobs(docs)
-    _, gc = mc.cli_invocation(w)
-    pod = PodSandbox(docs, w, tmp_path / "volumes")
-    root = pod.path(SHARED)
-    old, fresh = seed(root, old=5, fresh=3, age=gc.params["ttl"] + DAY)
-    result = pod.run(timeout=120)
+    jobs = {w.obj["metadata"]["name"]: w for w in mc.cli_jobs(docs)}
+    frequent = PodSandbox(docs, jobs["kvfs-gc"], tmp_path / "volumes")
+    daily = PodSandbox(docs, jobs["kvfs-gc-scan"], tmp_path / "volumes")  # the same volumes
+    _, gc = mc.cli_invocation(jobs["kvfs-gc"])
+    root = frequent.path(SHARED)
+    age = gc.params["ttl"] + DAY
+    old, fresh = seed(root, old=5, fresh=3, age=age)
+    # The engines journal their stores; a stock writer (no journal) left two old .bin files.
+    with JournalWriter(root, writer_id="engine") as journal:
+        for rel in sorted(old | fresh):
+            key = parse_block_relpath(rel)
+            assert key is not None
+            journal.record_store(key, 8192, now=os.stat(root / rel).st_mtime)
+    stock = set()
+    for n in range(2):
+        rel = f"org_stock_0123456789ab/aaa/0{n}_g0/aaa0{n}{n:027x}.bin"
+        (root / rel).parent.mkdir(parents=True)
+        (root / rel).write_bytes(b"s" * 4096)
+        os.utime(root / rel, (time.time() - age, time.time() - age))
+        stock.add(rel)
+
+    result = frequent.run(timeout=120)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["deleted_files"] == len(old)
-    assert not present(root, old) and present(root, fresh) == fresh
-    # A second run has nothing left to do, from the catalog on the job's persistent volume.
-    again = json.loads(pod.run(timeout=120).stdout)
+    assert report["deleted_files"] == len(old) and report["scan"] is None  # journals only, no walk
+    assert not present(root, old) and present(root, fresh) == fresh and present(root, stock) == stock
+    assert not list((root / ".kvfs" / "journal").iterdir())  # applied segments removed
+
+    result = daily.run(timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["scan"] is not None and report["deleted_files"] == len(stock)
+    assert not present(root, stock) and present(root, fresh) == fresh
+    # A second run has nothing left to do, from the catalog on the jobs' persistent volume.
+    again = json.loads(frequent.run(timeout=120).stdout)
     assert again["deleted_files"] == 0
-    assert any(p.name.startswith("catalog.db") for p in pod.path("/var/lib/kvfs").iterdir())
+    assert any(p.name.startswith("catalog.db") for p in frequent.path("/var/lib/kvfs").iterdir())
 
 
 @pytest.mark.postgres
