@@ -326,7 +326,8 @@ class JournalWriter:
         self.max_pending = max_pending
         self.fsync = fsync
         self.max_journal_bytes = max_journal_bytes
-        self._compacted: set[str] = set()  # segments holding only stores already: compacting them frees nothing
+        # Segments holding only stores already: compacting them again frees nothing.
+        self._compacted: set[str] = set()
         self._compacting = False
         self._queue: deque[JournalRecord] = deque()
         self._flush_lock = threading.Lock()
@@ -500,7 +501,6 @@ class JournalWriter:
         except Exception:  # noqa: BLE001 - the flusher must survive anything; the bound is retried next rotation
             log.exception("journal bound enforcement failed")
 
-
     def _enforce_bound(self) -> None:
         """Compact this writer's oldest closed segments when they exceed `max_journal_bytes` (see the class)."""
         if self.max_journal_bytes <= 0 or self._compacting:
@@ -511,7 +511,9 @@ class JournalWriter:
                 match = SEGMENT_RE.match(entry.name)
                 if match and match["writer"] == self.writer_id and int(match["seq"]) < self._seq:
                     with contextlib.suppress(OSError):
-                        closed.append((int(match["seq"]), entry.name, entry.stat(follow_symlinks=False).st_size))
+                        closed.append(
+                            (int(match["seq"]), entry.name, entry.stat(follow_symlinks=False).st_size)
+                        )
         total = sum(size for _, _, size in closed)
         metrics.JOURNAL_BYTES.set(total)
         if total <= self.max_journal_bytes:

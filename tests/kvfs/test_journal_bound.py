@@ -51,7 +51,9 @@ def test_journal_stays_bounded_keeping_every_store_and_the_newest_accesses(tmp_p
 
 
 def test_no_bound_keeps_everything(tmp_path: Path) -> None:
-    with JournalWriter(tmp_path, writer_id="w", max_segment_bytes=4096, max_journal_bytes=0, fsync=False) as w:
+    with JournalWriter(
+        tmp_path, writer_id="w", max_segment_bytes=4096, max_journal_bytes=0, fsync=False
+    ) as w:
         for n in range(3000):
             w.record_access(key(n), now=1.0 + n)
     assert len(JournalReader(tmp_path, abandon_after=0).read({}).records) == 3000
