@@ -18,7 +18,16 @@ from typing import Any
 from evictor import metrics
 from evictor.settings import Settings
 from kvfs.catalog import Catalog
-from kvfs.gc import GcLimits, GcPlan, GcResult, Victim, execute_plan, plan_gc, still_unused
+from kvfs.gc import (
+    GcLimits,
+    GcPlan,
+    GcResult,
+    Victim,
+    execute_plan,
+    plan_gc,
+    reclaim_empty_dirs,
+    still_unused,
+)
 from kvfs.policy import get_policy
 from kvfs.units import format_size
 
@@ -173,6 +182,7 @@ class Enforcer:
                     recheck=self._recheck,
                     batch_size=self.settings.delete_batch,
                     policy=self.policy,
+                    reclaim_dirs=False,  # after the pass (reclaim_dirs): the target first
                 )
             finally:
                 self.phase = "idle"
@@ -185,6 +195,18 @@ class Enforcer:
         metrics.ENFORCE_SECONDS.observe(report.duration_s)
         self.last = report
         return report
+
+    def reclaim_dirs(self, report: PassReport) -> int:
+        """Remove the bucket directories the pass emptied; run after the pass, as rmdir is slow (~10 unlinks)."""
+        if report.result is None or not report.result.emptied_dirs:
+            return 0
+        self.phase = "removing_empty_dirs"
+        try:
+            removed = reclaim_empty_dirs(self.settings.root, report.result)
+        finally:
+            self.phase = "idle"
+        log.info("removed %d emptied bucket directories", removed)
+        return removed
 
     def _recheck(self, batch: list[Victim]) -> list[Victim]:
         """Just before a batch is unlinked: pick up the newest journals and spare what was used since."""

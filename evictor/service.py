@@ -441,6 +441,11 @@ class EvictorService:
         if self.first_pass_at is None:
             self.first_pass_at = time.time()
             log.info("first enforcement pass done %.2fs after start", self.first_pass_at - self.started)
+        try:
+            self.enforcer.reclaim_dirs(report)
+        except OSError as exc:
+            metrics.ERRORS.labels("delete").inc()
+            log.warning("could not remove emptied directories: %s", exc)
         metrics.ENFORCE_PASSES.labels("evicted" if report.planned_files else "idle").inc()
 
     # ---- probes and status ----------------------------------------------------------------------------------

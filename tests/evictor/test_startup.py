@@ -60,8 +60,13 @@ def test_first_pass_before_tree_watch_then_gap_scan_and_quiet_shutdown(
     assert first is not None and float(first[1]) < 4
     wait_for(lambda: ev.status()["scans_done"] >= 2, timeout=60, what="the scan after the watch was set up")
     assert ev.status()["tree_watch"]["state"] == "watching"
+    # The bucket directories that pass emptied go after it (rmdir is slow: the target first).
+    ev.wait_log(r"removed \d+ emptied bucket directories", timeout=60)
+    assert not any((root / rel).parent.exists() for rel in rels[:300])
+    assert all((root / rel).parent.is_dir() for rel in rels[300:])
     on_disk = files_on_disk(root)
-    assert not set(rels[:300]) & on_disk and set(rels[300:]) <= on_disk  # the oldest went, by the scan's times
+    # The oldest went, by the scan's times.
+    assert not set(rels[:300]) & on_disk and set(rels[300:]) <= on_disk
     wait_for(
         lambda: (ev.status()["usage"] or {}).get("catalog_files") == 701,
         timeout=30,
