@@ -1,7 +1,10 @@
-"""PromQL helpers for the dashboard tests: the metrics a query selects and its type mistakes (parsed, not regexed)."""
+"""PromQL helpers for the dashboard and alert tests: the metrics a query selects and its type mistakes (parsed, not
+regexed), and the metric names kvfs really exports."""
 
 from __future__ import annotations
 
+import functools
+import importlib
 from typing import Any
 
 import promql_parser
@@ -43,3 +46,21 @@ def type_errors(expr: str) -> list[str]:
 
     promql_parser.walk(promql_parser.parse(expr), visit)
     return errors
+
+
+@functools.cache
+def kvfs_exposed_names() -> frozenset[str]:
+    """Sample names the kvfs processes expose: the metrics modules' families, with Prometheus' suffixes."""
+    import prometheus_client
+
+    for module in ("kvfs.metrics", "evictor.metrics", "connector.metrics"):
+        importlib.import_module(module)
+    names: set[str] = set()
+    for family in prometheus_client.REGISTRY.collect():
+        if family.type == "counter":
+            names |= {family.name + "_total", family.name + "_created"}
+        elif family.type in ("histogram", "summary"):
+            names |= {family.name + s for s in ("_bucket", "_sum", "_count", "_created")}
+        else:
+            names.add(family.name)
+    return frozenset(n for n in names if n.startswith("kvfs_"))

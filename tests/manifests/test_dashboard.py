@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from manifest_render import MANIFESTS, rendered
-from promql_checks import selected_metrics, type_errors
+from promql_checks import kvfs_exposed_names, selected_metrics, type_errors
 
 DASHBOARD = MANIFESTS / "grafana" / "kvfs-dashboard.json"
 SUFFIXES = ("_total", "_created", "_bucket", "_sum", "_count")
@@ -23,24 +23,6 @@ def dashboard() -> dict[str, Any]:
 
 def queries() -> list[tuple[str, str]]:
     return [(p["title"], t["expr"]) for p in dashboard()["panels"] for t in p.get("targets", [])]
-
-
-@functools.cache
-def kvfs_exposed_names() -> frozenset[str]:
-    """Sample names the kvfs processes expose: the metrics modules' families, with Prometheus' suffixes."""
-    import prometheus_client
-
-    for module in ("kvfs.metrics", "evictor.metrics", "connector.metrics"):
-        importlib.import_module(module)
-    names: set[str] = set()
-    for family in prometheus_client.REGISTRY.collect():
-        if family.type == "counter":
-            names |= {family.name + "_total", family.name + "_created"}
-        elif family.type in ("histogram", "summary"):
-            names |= {family.name + s for s in ("_bucket", "_sum", "_count", "_created")}
-        else:
-            names.add(family.name)
-    return frozenset(n for n in names if n.startswith("kvfs_"))
 
 
 @functools.cache
