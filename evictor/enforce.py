@@ -8,7 +8,6 @@ one statvfs).  Over the high watermark the pass plans enough victims to come dow
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any
 from evictor import metrics
 from evictor.settings import Settings
 from kvfs.catalog import Catalog
+from kvfs.fsusage import fs_usage
 from kvfs.gc import (
     GcLimits,
     GcPlan,
@@ -80,10 +80,8 @@ def measure_capacity(settings: Settings, catalog: Catalog) -> Capacity:
         used, cap, source = usage.total_bytes, settings.max_bytes, "max_bytes"
     else:
         metrics.METADATA_OPS.labels("statvfs").inc()
-        st = os.statvfs(settings.root)
-        cap = st.f_blocks * st.f_frsize
-        used = (st.f_blocks - st.f_bfree) * st.f_frsize
-        source = "statvfs"
+        fs = fs_usage(settings.root)
+        cap, used, source = fs.size, fs.used, "statvfs"
     return Capacity(used, cap, source, usage.total_bytes, usage.total_files, list(usage.namespaces), usage)
 
 

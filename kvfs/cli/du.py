@@ -11,6 +11,7 @@ from sqlalchemy import case, func, select
 from kvfs.catalog.models import NO_RANK, Block
 from kvfs.cli.app import KvfsContext, pass_state
 from kvfs.cli.output import age, emit_json, size, table
+from kvfs.fsusage import fs_usage
 from kvfs.scanstate import last_scan_orphans
 
 # Last-access age buckets for `--by age`: (label, upper bound in seconds).
@@ -86,8 +87,9 @@ def groups_by_age(state: KvfsContext, now: float) -> list[dict[str, Any]]:
 
 
 def usage_json(state: KvfsContext, by: str, now: float) -> tuple[dict[str, Any], float | None]:
-    """du's JSON (exactly `total_files`, `total_bytes`, `namespaces`, `tmp_orphans` {`files`, `bytes`}, plus
-    `by` and `groups` for a grouping other than by namespace) and the time of the last scan (None: never)."""
+    """du's JSON (exactly `total_files`, `total_bytes`, `namespaces`, `tmp_orphans` {`files`, `bytes`},
+    `filesystem` (statvfs of the root, null when it cannot be read), plus `by` and `groups` for a grouping other
+    than by namespace) and the time of the last scan (None: never)."""
     catalog = state.catalog()
     usage = catalog.usage()
     namespaces = [
@@ -102,11 +104,17 @@ def usage_json(state: KvfsContext, by: str, now: float) -> tuple[dict[str, Any],
         for u in usage.namespaces
     ]
     orphans = last_scan_orphans(catalog)
+    try:
+        # Operators size by the volume: its statvfs figures beside the catalog's (one syscall, no crawl).
+        filesystem: dict[str, Any] | None = fs_usage(state.root).to_json()
+    except OSError:
+        filesystem = None  # du answers from the catalog alone, also where the root is not mounted here
     data: dict[str, Any] = {
         "total_files": usage.total_files,
         "total_bytes": usage.total_bytes,
         "namespaces": namespaces,
         "tmp_orphans": {"files": orphans.files, "bytes": orphans.bytes},
+        "filesystem": filesystem,
     }
     if by != "namespace":
         data["by"] = by
@@ -168,6 +176,17 @@ def du(state: KvfsContext, by: str, as_json: bool) -> None:
     right = tuple(range(1 if by not in ("rank", "model") else 2, width - 2))
     click.echo(table(headers, rows, right=right))
     click.echo(f"total: {data['total_files']:,} files, {size(data['total_bytes'])}")
+    fs = data["filesystem"]
+    if fs is None:
+        click.echo(f"filesystem: unavailable (cannot statvfs {state.root})")
+    else:
+        share = (
+            f", kvfs blocks {100 * data['total_bytes'] / fs['size_bytes']:.1f}%" if fs["size_bytes"] else ""
+        )
+        click.echo(
+            f"filesystem: {size(fs['used_bytes'])} used of {size(fs['size_bytes'])} "
+            f"({100 * fs['use_ratio']:.1f}%{share}), {size(fs['available_bytes'])} available"
+        )
     orphans = data["tmp_orphans"]
     if scanned_at is None:
         click.echo("temp files: unknown (no scan recorded; run `kvfs scan`)")

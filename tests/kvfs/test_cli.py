@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -85,7 +86,7 @@ def test_scan_then_du_json_has_the_exact_keys(site: Site) -> None:
     scanned = site.json("scan")
     assert scanned["files"] == 9 and scanned["blocks_added"] == 9
     du = site.json("du")
-    assert set(du) == {"total_files", "total_bytes", "namespaces", "tmp_orphans"}
+    assert set(du) == {"total_files", "total_bytes", "namespaces", "tmp_orphans", "filesystem"}
     assert du["total_files"] == 9
     assert du["total_bytes"] == 9 * site.file_size
     assert du["tmp_orphans"] == {"files": 0, "bytes": 0}
@@ -99,7 +100,15 @@ def test_scan_then_du_json_has_the_exact_keys(site: Site) -> None:
 def test_du_groups_by_model_rank_and_age(site: Site) -> None:
     site.json("scan")
     by_model = site.json("du", "--by", "model")
-    assert set(by_model) == {"total_files", "total_bytes", "namespaces", "tmp_orphans", "by", "groups"}
+    assert set(by_model) == {
+        "total_files",
+        "total_bytes",
+        "namespaces",
+        "tmp_orphans",
+        "filesystem",
+        "by",
+        "groups",
+    }
     models = {g["model"]: g for g in by_model["groups"]}
     assert models["org/alpha"]["files"] == 6 and models["org/beta"]["files"] == 3
     ranks = site.json("du", "--by", "rank")["groups"]
@@ -108,6 +117,31 @@ def test_du_groups_by_model_rank_and_age(site: Site) -> None:
     assert ages == {"<1h": 0, "1h-1d": 6, "1d-7d": 3, "7d-30d": 0, ">=30d": 0}
     table = site.invoke("du", "--by", "age")
     assert table.exit_code == 0 and "1h-1d" in table.output and "total: 9 files" in table.output
+
+
+def test_du_shows_the_filesystem_beside_the_catalog(site: Site) -> None:
+    site.json("scan")
+    fs = site.json("du")["filesystem"]
+    st = os.statvfs(site.root)
+    assert fs["size_bytes"] == st.f_blocks * st.f_frsize
+    # Used and available move with other writers on this disk: the same figures within a few MiB.
+    assert abs(fs["used_bytes"] - (st.f_blocks - st.f_bfree) * st.f_frsize) < 64 << 20
+    assert abs(fs["available_bytes"] - st.f_bavail * st.f_frsize) < 64 << 20
+    assert fs["use_ratio"] == pytest.approx(fs["used_bytes"] / fs["size_bytes"], abs=1e-6)
+    out = site.invoke("du").output
+    assert re.search(r"filesystem: .+ used of .+ \(\d+\.\d%, kvfs blocks \d+\.\d%\), .+ available", out), out
+
+
+def test_du_answers_from_the_catalog_when_the_root_is_not_mounted(site: Site, tmp_path: Path) -> None:
+    site.json("scan")
+    gone = tmp_path / "not-mounted-here"
+    runner = CliRunner()
+    result = runner.invoke(main, ["--root", str(gone), "--catalog", site.catalog_url, "du", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["filesystem"] is None and data["total_files"] == 9
+    text = runner.invoke(main, ["--root", str(gone), "--catalog", site.catalog_url, "du"])
+    assert text.exit_code == 0 and "filesystem: unavailable" in text.output
 
 
 def test_du_reports_temp_files_of_the_last_scan(site: Site) -> None:
