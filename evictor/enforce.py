@@ -116,6 +116,7 @@ class Enforcer:
         self.stopping = stopping
         self.policy = get_policy(settings.policy)
         self.last: PassReport | None = None
+        self._emptied_dirs: dict[str, float] = {}  # emptied bucket directory -> when queued, not yet removed
         self.phase = "idle"
         self.paused_batches = 0
         for mark in ("high", "low"):
@@ -195,15 +196,32 @@ class Enforcer:
         return report
 
     def reclaim_dirs(self, report: PassReport) -> int:
-        """Remove the bucket directories the pass emptied; run after the pass, as rmdir is slow (~10 unlinks)."""
-        if report.result is None or not report.result.emptied_dirs:
+        """After a pass (rmdir costs about ten unlinks: the target first): remove the bucket directories passes
+        emptied, each once nothing has changed in it for `min_age` (so a stock writer that has just created one
+        keeps it).  A directory is looked at once per `min_age`, not on every pass: no crawl under the watermark."""
+        now = time.time()
+        if report.result is not None:
+            for rel in report.result.emptied_dirs:
+                self._emptied_dirs[rel] = now
+            report.result.emptied_dirs.clear()
+        due = {rel for rel, queued in self._emptied_dirs.items() if queued <= now - self.settings.min_age}
+        if not due:
             return 0
         self.phase = "removing_empty_dirs"
         try:
-            removed = reclaim_empty_dirs(self.settings.root, report.result)
+            removed, young = reclaim_empty_dirs(
+                self.settings.root, due, min_age=self.settings.min_age, now=now
+            )
         finally:
             self.phase = "idle"
-        log.info("removed %d emptied bucket directories", removed)
+        for rel in due:
+            self._emptied_dirs.pop(rel, None)
+        for rel in young:  # changed since (or a parent whose child we just removed): look again later
+            self._emptied_dirs[rel] = now
+        if report.result is not None:
+            report.result.dirs_removed += removed
+        if removed:
+            log.info("removed %d emptied bucket directories (%d wait for min_age)", removed, len(young))
         return removed
 
     def _recheck(self, batch: list[Victim]) -> list[Victim]:

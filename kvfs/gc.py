@@ -437,19 +437,23 @@ def execute_plan(
     for (namespace, reason), tally in log.items():
         catalog.log_eviction(now, namespace, str(reason), tally.files, tally.bytes)
     if reclaim_dirs:
-        reclaim_empty_dirs(root, result)
+        result.dirs_removed += reclaim_empty_dirs(root, result.emptied_dirs)[0]
+        result.emptied_dirs.clear()
     result.duration_s = time.monotonic() - start
     return result
 
 
-def reclaim_empty_dirs(root: str | os.PathLike[str], result: GcResult) -> int:
-    """Remove the bucket directories `result`'s deletions emptied (each holds a filesystem block, and a tree of
-    empty ones slows every walk); namespace directories stay.  `rmdir` only removes empty ones, and writers
-    re-create a directory that vanished under them (`RootGuard.rmdir_empty`).  Returns how many went."""
-    removed = RootGuard(root).rmdir_empty(result.emptied_dirs, keep_depth=1)
-    result.emptied_dirs.clear()
-    result.dirs_removed += removed
-    return removed
+def reclaim_empty_dirs(
+    root: str | os.PathLike[str], dirs: set[str], *, min_age: float = 0.0, now: float | None = None
+) -> tuple[int, set[str]]:
+    """Remove the emptied bucket directories `dirs` (each holds a filesystem block, and a tree of empty ones
+    slows every walk) and their emptied parents; namespace directories stay.  `rmdir` only removes empty ones,
+    kvfs writers re-create a directory that vanished under them, and with `min_age` a directory changed more
+    recently than that is kept for a later call (`RootGuard.rmdir_empty`).  Returns (removed, kept young)."""
+    young: set[str] = set()
+    changed_before = (time.time() if now is None else now) - min_age if min_age > 0 else None
+    removed = RootGuard(root).rmdir_empty(dirs, keep_depth=1, changed_before=changed_before, young=young)
+    return removed, young
 
 
 def _unlink_batch(guard: RootGuard, relpaths: list[str], result: GcResult) -> tuple[list[bool], list[bool]]:

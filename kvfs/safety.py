@@ -114,10 +114,19 @@ class RootGuard:
             return 0
         return self.rmdir_empty([relpath.rpartition("/")[0]], keep_depth=stop_at_depth)
 
-    def rmdir_empty(self, dir_relpaths: Iterable[str], *, keep_depth: int = 1) -> int:
+    def rmdir_empty(
+        self,
+        dir_relpaths: Iterable[str],
+        *,
+        keep_depth: int = 1,
+        changed_before: float | None = None,
+        young: set[str] | None = None,
+    ) -> int:
         """Remove each directory if it is empty, then its parents while they are; never a directory at depth <=
         `keep_depth` (1: the namespace directories, which hold config.json) nor the root.  Returns how many
-        were removed.
+        were removed.  With `changed_before`, a directory whose mtime (its last entry added or removed) is later
+        is left and added to `young`, for a later try: a writer that has just created it (and has yet to open
+        its temp file there) keeps it, whether or not it would retry after ENOENT (stock writers do not).
 
         Safe against writers: `rmdir` removes only an empty directory, atomically, so one holding a writer's temp
         file stays; a writer between its mkdir and its open gets ENOENT and creates the directory again
@@ -163,6 +172,14 @@ class RootGuard:
                                 fd = _open_dir(rel, parent_rel, dir_fds)
                             else:
                                 dir_fds[parent_rel] = fd
+                        if changed_before is not None:
+                            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                            if not stat.S_ISDIR(st.st_mode):
+                                continue
+                            if st.st_mtime > changed_before:  # our own rmdir of a child counts too
+                                if young is not None:
+                                    young.add(rel)
+                                continue
                         os.rmdir(name, dir_fd=fd)
                     except UnsafePath:
                         continue  # a symlink on the way: its files were refused (and counted) by the unlink

@@ -74,3 +74,31 @@ def test_first_pass_before_tree_watch_then_gap_scan_and_quiet_shutdown(
     )
     assert ev.stop() == 0
     assert "overflow" not in ev.log().lower()
+
+
+def test_emptied_directories_are_removed_once_unchanged_for_min_age(
+    root: Path, sqlite_url: str, start_evictor
+) -> None:
+    rels = []
+    for n in range(40):  # each old file in its own buckets
+        rel = f"{NS}/{n:03x}/00_g0/{n:03x}00{n:011x}.bin"
+        (root / rel).parent.mkdir(parents=True)
+        (root / rel).write_bytes(b"b" * SIZE)
+        stamp = time.time() - 7200 + n
+        os.utime(root / rel, (stamp, stamp))
+        rels.append(rel)
+    ev = start_evictor(
+        root, sqlite_url, "--max-bytes", str(40 * SIZE), "--high-watermark", "85", "--low-watermark", "70",
+        "--watch", "off", "--min-age", "3s",
+    )  # fmt: skip
+    ev.wait_log(r"evicted 12 files", timeout=60)
+    gone = rels[:12]
+    # Just emptied: a stock writer may be about to use them, so they stay for min_age.
+    assert all((root / rel).parent.is_dir() for rel in gone)
+    wait_for(
+        lambda: not any((root / rel).parent.exists() for rel in gone), timeout=30, what="leaf dirs removed"
+    )
+    # Their parents changed when the leaves went: removed one min_age later.
+    wait_for(lambda: not any((root / rel).parents[1].exists() for rel in gone), timeout=30, what="top dirs")
+    assert all((root / rel).parents[1].is_dir() for rel in rels[12:])
+    assert ev.stop() == 0

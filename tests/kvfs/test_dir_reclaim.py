@@ -15,6 +15,7 @@ from kvfs.layout import BlockKey
 from kvfs.safety import RootGuard
 
 NS = "org_racer_0123456789ab"
+NS_R0 = f"{NS}_r0"
 # A process that sweeps the namespace's empty bucket directories away every few microseconds: far harsher than
 # an evictor, which tries a directory once, just after emptying it.
 REAPER = textwrap.dedent(
@@ -81,3 +82,19 @@ def test_rmdir_empty_keeps_namespace_dirs_and_never_follows_symlinks(tmp_path: P
     assert (outside / "empty").is_dir() and (root / f"{NS}_r0" / "abd").is_symlink()
     assert guard.rmdir_empty(["../outside/empty", "/abs"]) == 0 and (outside / "empty").is_dir()
     os.rmdir(outside / "empty")
+
+
+def test_rmdir_empty_keeps_recently_changed_directories_for_later(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    old, fresh = f"{NS}_r0/abc/de_g0", f"{NS}_r0/abd/de_g0"
+    for rel in (old, fresh):
+        (root / rel).mkdir(parents=True)
+    stamp = time.time() - 3600
+    os.utime(root / old, (stamp, stamp))  # emptied an hour ago; `fresh` was just created by a writer
+    guard = RootGuard(root)
+    young: set[str] = set()
+    removed = guard.rmdir_empty([old, fresh], changed_before=time.time() - 60, young=young)
+    assert removed == 1 and not (root / old).exists() and (root / fresh).is_dir()
+    # abc/ just lost its child (its mtime is now): kept for a later call too, like the writer's directory.
+    assert young == {fresh, f"{NS}_r0/abc"} and (root / NS_R0 / "abc").is_dir()
+    assert guard.rmdir_empty(young, changed_before=time.time() + 1) == 3  # later: all of them, abd/ too
