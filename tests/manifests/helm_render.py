@@ -21,6 +21,7 @@ and `helm template` are the authority: docs/deploy.md gives the commands.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shlex
 from collections.abc import Callable
@@ -110,10 +111,23 @@ def _truthy(v: Any) -> bool:
     return v not in (None, False, 0, "", [], {})
 
 
+class _GoYamlDumper(yaml.SafeDumper):
+    """Quotes like Helm's toYaml (go-yaml): double quotes where a plain scalar would not read back as itself."""
+
+    def choose_scalar_style(self) -> Any:
+        style = super().choose_scalar_style()
+        return '"' if style == "'" else style
+
+
 def _to_yaml(v: Any) -> str:
     if v is None:
         return "null"
-    return yaml.safe_dump(v, default_flow_style=False, sort_keys=True).rstrip("\n")
+    return yaml.dump(v, Dumper=_GoYamlDumper, default_flow_style=False, sort_keys=True).rstrip("\n")
+
+
+def _go_quote(x: Any) -> str:
+    """sprig's quote: Go's strconv.Quote of the value's string form (newlines and quotes escaped)."""
+    return json.dumps(_go_string(x), ensure_ascii=False)
 
 
 def _indent(n: int, s: str) -> str:
@@ -127,7 +141,7 @@ def _required(msg: str, v: Any) -> Any:
 
 
 FUNCTIONS: dict[str, Callable[..., Any]] = {
-    "quote": lambda *a: " ".join('"' + str(x).replace("\\", "\\\\").replace('"', '\\"') + '"' for x in a),
+    "quote": lambda *a: " ".join(_go_quote(x) for x in a),
     "toYaml": _to_yaml,
     "indent": _indent,
     "nindent": lambda n, s: "\n" + _indent(n, s),
