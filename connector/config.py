@@ -50,7 +50,6 @@ class KvfsConnectorConfig:
     gpu_checksums: bool = True
     cuda_graphs: bool = True
     idle_wait_s: float = DEFAULT_IDLE_WAIT_S
-    mapped_loads: bool = True
 
     @property
     def threads(self) -> int:
@@ -73,7 +72,6 @@ class KvfsConnectorConfig:
             "kvfs_gpu_checksums",
             "kvfs_cuda_graphs",
             "kvfs_idle_wait",
-            "kvfs_mapped_loads",
         }
         unknown = sorted(k for k in extra if k.startswith("kvfs_") and k not in known)
         if unknown:
@@ -120,7 +118,6 @@ class KvfsConnectorConfig:
             gpu_checksums=_flag(extra, "kvfs_gpu_checksums", True),
             cuda_graphs=_flag(extra, "kvfs_cuda_graphs", True),
             idle_wait_s=idle_s,
-            mapped_loads=_flag(extra, "kvfs_mapped_loads", True),
         )
 
 

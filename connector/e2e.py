@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from typing import Any
 
 CHUNK_TOKENS = 256  # tokens per kvfs file and CPU-tier block
-# Same-engine hit variants, alternated repetition by repetition: (name, idle-step wait, mapped loads).
-# "before" is the data path as it was before both (loads read into staging, the engine loop spinning).
-VARIANTS = (("default", True, True), ("staged", True, False), ("before", False, False))
+# Same-engine hit variants, alternated repetition by repetition: (name, idle-step wait on).  "before" lets vLLM's
+# engine loop spin while the load runs, as before kvfs_idle_wait.
+VARIANTS = (("default", True), ("before", False))
 DECODE_TOKENS = 8  # greedy tokens compared between recompute and hit
 
 # Model shapes (dummy weights): attention layout is what the KV path sees.
@@ -194,8 +194,7 @@ class Row:
     tokens: int
     recompute_s: float | None
     hit_s: float | None  # kvfs hit, same engine, default settings (median)
-    hit_staged_s: float | None  # same, loads read into staging (mapped loads off)
-    hit_before_s: float | None  # same, staged and the idle-step wait off (the data path before both)
+    hit_before_s: float | None  # same, idle-step wait off (vLLM's engine loop spinning, as before)
     reader_s: float | None  # kvfs hit from a second engine (first sight)
     cpu_hit_s: float | None
     stored: int
@@ -243,7 +242,6 @@ def rows_of(results: Mapping[str, Any]) -> list[Row]:
                     tokens=n,
                     recompute_s=w.get("cold_ttft_s"),
                     hit_s=median(on),
-                    hit_staged_s=median([h["ttft_s"] for h in hits if h["variant"] == "staged"]),
                     hit_before_s=median(off),
                     reader_s=r.get("first_ttft_s"),
                     cpu_hit_s=median([h["ttft_s"] for h in c.get("hits", [])]),
@@ -263,15 +261,14 @@ def _fmt(v: float | None, spec: str, suffix: str = "") -> str:
 
 def format_table(rows: Sequence[Row]) -> str:
     head = (
-        "| root | prompt | recompute TTFT | kvfs hit | hit, staged | hit before | second engine | CPU tier hit "
+        "| root | prompt | recompute TTFT | kvfs hit | hit, idle wait off | second engine | CPU tier hit "
         "| kvfs ÷ CPU | before ÷ CPU | 2nd engine ÷ CPU | recompute ÷ hit | stored | load GB/s | tokens equal |"
     )
-    lines = [head, "|" + "---|" * 15]
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         lines.append(
             f"| {r.root} | {r.tokens:,} | {_fmt(r.recompute_s, '.2f', ' s')} | {_fmt(r.hit_s, '.3f', ' s')} "
-            f"| {_fmt(r.hit_staged_s, '.3f', ' s')} | {_fmt(r.hit_before_s, '.3f', ' s')} "
-            f"| {_fmt(r.reader_s, '.3f', ' s')} "
+            f"| {_fmt(r.hit_before_s, '.3f', ' s')} | {_fmt(r.reader_s, '.3f', ' s')} "
             f"| {_fmt(r.cpu_hit_s, '.3f', ' s')} | {_fmt(r.vs_cpu, '.2f', '×')} | {_fmt(r.before_vs_cpu, '.2f', '×')} "
             f"| {_fmt(r.reader_vs_cpu, '.2f', '×')} | {_fmt(r.speedup, '.1f', '×')} "
             f"| {r.stored}/{r.chunks}{f' ({r.dropped} dropped)' if r.dropped else ''} "
@@ -312,9 +309,9 @@ def _metric_samples() -> dict[str, float]:
     return out
 
 
-def _probe(worker: Any, idle_wait_s: float | None = None, mapped_loads: bool | None = None) -> dict[str, Any]:
+def _probe(worker: Any, idle_wait_s: float | None = None) -> dict[str, Any]:
     """Runs inside the engine's worker (collective_rpc): kvfs metrics, pool state; optionally sets the idle-step
-    wait of both sides (the scheduler shares this process under the single-GPU executor) and mapped loads."""
+    wait of both sides (the scheduler shares this process under the single-GPU executor)."""
     import gc
 
     out: dict[str, Any] = {"metrics": _metric_samples(), "pending_jobs": 0, "unsubmitted_stores": 0}
@@ -329,9 +326,6 @@ def _probe(worker: Any, idle_wait_s: float | None = None, mapped_loads: bool | N
             out["pending_jobs"] = pool.pending_jobs()
             out["threads"] = pool.threads
             out["store_gbps"] = pool.store_bandwidth() / 1e9
-            out["mapped_loads"] = pool.mapped_loads
-            if mapped_loads is not None:
-                pool.mapped_loads = mapped_loads and pool._pinner is not None
         if idle_wait_s is not None and kw is not None and hasattr(kw, "idle_wait_s"):
             from connector.manager import KvfsManager
 
@@ -409,9 +403,8 @@ class Engine:
         ttft = getattr(out.metrics, "first_token_latency", 0.0) if out.metrics is not None else 0.0
         return list(out.outputs[0].token_ids), float(ttft) if ttft else wall, wall
 
-    def probe(self, idle_wait_s: float | None = None, mapped_loads: bool | None = None) -> dict[str, Any]:
-        kwargs = {"idle_wait_s": idle_wait_s, "mapped_loads": mapped_loads}
-        return self.llm.collective_rpc(_probe, kwargs=kwargs)[0]
+    def probe(self, idle_wait_s: float | None = None) -> dict[str, Any]:
+        return self.llm.collective_rpc(_probe, kwargs={"idle_wait_s": idle_wait_s})[0]
 
     def settle(self, timeout: float = 300.0) -> float:
         """Wait until every store has been written (kvfs) or a fixed pause (CPU tier); vLLM submits a step's
@@ -471,11 +464,7 @@ def _writer(spec: Mapping[str, Any]) -> dict[str, Any]:
     engine = Engine(spec)
     res: dict[str, Any] = {"startup_s": engine.startup_s, "prompts": []}
     probe = engine.probe()
-    res["threads"], res["cpus"], res["mapped_loads"] = (
-        probe.get("threads"),
-        probe.get("cpus"),
-        probe.get("mapped_loads"),
-    )
+    res["threads"], res["cpus"] = probe.get("threads"), probe.get("cpus")
     for n, seed in zip(spec["sizes"], spec["seeds"], strict=True):
         tokens = prompt_tokens(n, seed, spec["vocab"])
         entry: dict[str, Any] = {"tokens": n}
@@ -497,10 +486,10 @@ def _writer(spec: Mapping[str, Any]) -> dict[str, Any]:
             )
             hits = []
             for _ in range(spec["reps"]):
-                for variant, wait, mapped in VARIANTS:
-                    engine.probe(idle_wait_s=spec["idle_wait_s"] if wait else 0.0, mapped_loads=mapped)
+                for variant, wait in VARIANTS:
+                    engine.probe(idle_wait_s=spec["idle_wait_s"] if wait else 0.0)
                     hits.append(_hit(engine, tokens, ref, variant, spec["bytes_per_token"]))
-            engine.probe(idle_wait_s=spec["idle_wait_s"], mapped_loads=True)
+            engine.probe(idle_wait_s=spec["idle_wait_s"])
             entry["hits"] = hits
         except Exception as exc:  # noqa: BLE001 - record it and go on with the next prompt
             entry["error"] = repr(exc)

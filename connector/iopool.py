@@ -24,29 +24,24 @@ import struct
 import sys
 import threading
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 import torch
 
 from connector import devhash, metrics
 from connector.copier import GroupCopier
 from connector.graphs import GraphCache
-from connector.hostpin import HostPinner, host_pinner
 from kvfs.blockfile import (
-    HEADER_SIZE,
     BlockIdentity,
     Durability,
     LoadResult,
-    MappedBlock,
     MissReason,
     StoreOutcome,
     load_block,
-    map_block,
     settle_load,
     store_block,
 )
@@ -129,7 +124,6 @@ class IoPool:
         journal: JournalWriter | None = None,
         device_checksums: bool = True,
         cuda_graphs: bool = True,
-        mapped_loads: bool = True,
     ) -> None:
         self.cuda = device.type == "cuda"
         if (
@@ -149,10 +143,6 @@ class IoPool:
                 )
                 metrics.DEVICE_HASH_DISABLED.inc()
                 self.device_checksums = False
-        # Loads DMA the payload straight from the page cache (file mapped and pinned in place) where the GPU
-        # verifies it: one pass over host memory instead of three (read into staging, then DMA from it).
-        self._pinner: HostPinner | None = host_pinner() if self.device_checksums and not direct else None
-        self.mapped_loads = bool(mapped_loads and self._pinner is not None)
         # Two pinned host slots per thread, and on CUDA one device buffer they share.
         per_thread = max_file_bytes * (_SLOTS + (1 if self.cuda else 0))
         cap = max(1, max_staging_bytes // max(1, per_thread))
@@ -400,9 +390,6 @@ class IoPool:
         try:
             return step(flight)
         except Exception as exc:  # noqa: BLE001 - one bad file must never kill an I/O thread or the engine
-            if flight.mapped is not None and flight.slot.ready is not None:
-                flight.slot.ready.synchronize()  # no DMA may still read the pages being unpinned
-            self._release_mapping(flight)
             self._fail(flight.op, exc)
             return None
 
@@ -457,10 +444,6 @@ class IoPool:
             # loads served first, it is written (dropping it now would waste the wait and lose the chunk).
             return f
         n = op.nbytes
-        if self.mapped_loads:
-            mapped = self._map(f)
-            if mapped is not None:
-                return mapped if mapped is not _MISSED else None
         hash_on_device = f.slot.hashes is not None
         reading = time.monotonic()
         result = load_block(
@@ -488,54 +471,6 @@ class IoPool:
             self._report_loaded(op)
             return None
         return f
-
-    def _map(self, f: _Flight) -> _Flight | object | None:
-        """Map the load's file and pin its pages for DMA: the flight, `_MISSED` (a miss, reported), or None when
-        this file must be read into staging instead (pinning refused: mapped loads are then off for the pool)."""
-        op, n = f.op, f.op.nbytes
-        assert self._pinner is not None
-        reading = time.monotonic()
-        got = map_block(op.path, op.ident, n)
-        if isinstance(got, LoadResult):
-            _LOAD_READ_S.inc(time.monotonic() - reading)
-            self._report_miss(op, got)
-            return _MISSED
-        if got.result.nbytes != n:  # another block range or layout: never scatter a partial chunk
-            got.close()
-            self._report_miss(op, LoadResult(False, MissReason.TRUNCATED, got.result.nbytes))
-            return _MISSED
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # read-only buffer: only ever read by the DMA
-            whole = torch.frombuffer(got.mapping, dtype=torch.uint8)
-        rc = self._pinner.register(whole.data_ptr(), whole.numel())
-        _LOAD_READ_S.inc(time.monotonic() - reading)
-        if rc:
-            del whole
-            got.close()
-            self.mapped_loads = False
-            log.warning(
-                "kvfs: cannot pin a mapped block file for DMA (CUDA error %d on %s); loads read into staging",
-                rc,
-                op.path,
-            )
-            metrics.MAPPED_LOADS_DISABLED.inc()
-            return None
-        f.result, f.mapped, f.mapped_ptr = got.result, got, whole.data_ptr()
-        f.mapped_payload = whole[HEADER_SIZE : HEADER_SIZE + n]
-        return f
-
-    def _release_mapping(self, f: _Flight) -> None:
-        """Unpin and unmap a mapped load's file (once its DMA and the host hash of its tail are done)."""
-        if f.mapped is None:
-            return
-        assert self._pinner is not None
-        self._pinner.unregister(f.mapped_ptr)
-        f.mapped_payload = None
-        mapped, f.mapped = f.mapped, None
-        try:
-            mapped.close()
-        except BufferError:  # a view still alive: the mapping goes with it
-            log.debug("kvfs: mapping of %s closed later", f.op.path)
 
     def _launch(self, f: _Flight) -> _Flight | None:
         if not self.cuda and f.op.event is not None:
@@ -569,11 +504,6 @@ class IoPool:
                     copy_and_scatter,
                     owner=op.copier,
                 )
-            elif op.is_load and f.mapped_payload is not None:
-                assert hashes is not None
-                # Straight from the pinned page cache; eager, as the source address differs for every file.
-                dev.copy_(f.mapped_payload, non_blocking=True)
-                hashes.launch(dev)
             elif op.is_load:
                 assert hashes is not None
 
@@ -610,14 +540,7 @@ class IoPool:
             if f.result.verified:  # scattered already (CPU-hashed load)
                 self._report_loaded(op)
                 return None
-            assert slot.hashes is not None
-            if f.mapped is not None:
-                with f.mapped.payload as mapped_view:  # its partial last piece is hashed on the host
-                    checksum = slot.hashes.checksum(f.pieces, mapped_view)
-                self._release_mapping(f)
-            else:
-                checksum = slot.hashes.checksum(f.pieces, slot.host_mv[:n])
-            result = settle_load(f.result, checksum)
+            result = settle_load(f.result, slot.hashes.checksum(f.pieces, slot.host_mv[:n]))  # type: ignore[union-attr]
             if not result.ok:
                 self._report_miss(op, result)
                 return None
@@ -717,9 +640,6 @@ class _RateLimitedLog:
         return True
 
 
-# `_map`'s answer for a load that missed (already reported).
-_MISSED: Final = object()
-
 _LOAD_READ_S = metrics.IO_SECONDS.labels("load", "read")
 _LOAD_GPU_WAIT_S = metrics.IO_SECONDS.labels("load", "gpu_wait")
 _STORE_WRITE_S = metrics.IO_SECONDS.labels("store", "write")
@@ -815,10 +735,6 @@ class _Flight:
     result: LoadResult | None = None  # a load's read, before the payload is verified
     pieces: int = 0  # whole hash pieces whose digests the GPU computes
     busy_s: float = 0.0  # thread time spent queueing its GPU phase (a store's service time, with its write)
-    # A mapped load: the file's mapping, its pinned address and the payload tensor the DMA reads.
-    mapped: MappedBlock | None = None
-    mapped_ptr: int = 0
-    mapped_payload: torch.Tensor | None = None
 
 
 class DeviceChecksums:

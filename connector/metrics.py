@@ -46,10 +46,6 @@ DEVICE_HASH_DISABLED = Counter(
     "kvfs_connector_device_hash_disabled_total",
     "I/O pools that hash on the CPU because GPU payload hashing failed its start-up self-test.",
 )
-MAPPED_LOADS_DISABLED = Counter(
-    "kvfs_connector_mapped_loads_disabled_total",
-    "I/O pools that read loads into staging because pinning a mapped block file for DMA failed.",
-)
 GRAPH_CAPTURE_FAILED = Counter(
     "kvfs_connector_graph_capture_failed_total",
     "I/O thread staging slots that issue copies eagerly because capturing a CUDA graph failed.",

@@ -110,6 +110,5 @@ class KvfsOffloadingSpec(OffloadingSpec):
                 "journal": journal,
                 "device_checksums": self.kvfs.gpu_checksums,
                 "cuda_graphs": self.kvfs.cuda_graphs,
-                "mapped_loads": self.kvfs.mapped_loads,
             },
         )

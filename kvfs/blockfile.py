@@ -775,54 +775,6 @@ def _check_header(
     return None
 
 
-@dataclass(slots=True)
-class MappedBlock:
-    """A block file mapped read-only (`map_block`): `payload` views its page-cache pages in place.  Unverified:
-    check its checksum and `settle_load(result, ...)` before using a byte; `close()` when done."""
-
-    result: LoadResult
-    mapping: mmap.mmap
-
-    @property
-    def payload(self) -> memoryview:
-        return memoryview(self.mapping)[HEADER_SIZE : HEADER_SIZE + self.result.nbytes]
-
-    def close(self) -> None:
-        self.mapping.close()
-
-
-def map_block(path: str | os.PathLike[str], ident: BlockIdentity, capacity: int) -> MappedBlock | LoadResult:
-    """Validate a block file's header, identity and length (as `load_block`) and map the file read-only instead
-    of reading its payload: a GPU can then copy the payload straight from the page cache (after pinning the
-    mapping), one pass over host memory where a read into a staging buffer makes three.  A miss is a counted
-    `LoadResult`; the mapping's payload is unverified (see `MappedBlock`)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_NONBLOCK)
-    except (FileNotFoundError, NotADirectoryError):
-        return _miss(MissReason.MISSING)
-    except OSError:
-        return _miss(MissReason.IO_ERROR)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return _miss(MissReason.NOT_REGULAR)
-        header = parse_header(os.pread(fd, HEADER_SIZE, 0))
-        problem = _check_header(header, ident, st.st_size, capacity)
-        if problem is not None:
-            return _miss(problem)
-        assert isinstance(header, BlockHeader)
-        # The file is immutable once published (temp file + rename); an unlink by the evictor leaves the
-        # mapping valid.  MAP_POPULATE: the pages are touched once here, not faulted one by one by the pinning.
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-        mapping = mmap.mmap(fd, st.st_size, flags=flags, prot=mmap.PROT_READ)
-    except OSError:
-        return _miss(MissReason.IO_ERROR)
-    finally:
-        os.close(fd)
-    n = header.payload_len
-    return MappedBlock(LoadResult(True, None, n, None, verified=False, header=header), mapping)
-
-
 def settle_load(result: LoadResult, checksum: int) -> LoadResult:
     """Finish a `load_block(..., verify=False)`: `checksum` is the caller's checksum of the payload, under the
     algorithm of `result.header`.  A verified hit, or a counted CHECKSUM_MISMATCH miss."""

@@ -58,7 +58,6 @@ RESULTS = {
                             _hit("before", 0.50),
                             _hit("default", 0.35),
                             _hit("before", 0.45),
-                            _hit("staged", 0.40),
                         ],
                     },
                     {
@@ -79,9 +78,7 @@ RESULTS = {
 def test_rows_take_medians_and_ratios_against_the_cpu_tier():
     row, long = e2e.rows_of(RESULTS)
     assert (row.root, row.tokens, row.chunks, row.stored, row.dropped) == ("shm", 32768, 128, 128, 0)
-    assert (
-        row.hit_s == 0.30 and row.hit_before_s == 0.45 and row.cpu_hit_s == 0.25 and row.hit_staged_s == 0.40
-    )
+    assert row.hit_s == 0.30 and row.hit_before_s == 0.45 and row.cpu_hit_s == 0.25
     assert row.vs_cpu == pytest.approx(1.2) and row.before_vs_cpu == pytest.approx(1.8)
     assert row.reader_vs_cpu == pytest.approx(2.0) and row.speedup == pytest.approx(15.0)
     assert row.load_gbps == 20.0 and row.tokens_equal
@@ -103,9 +100,9 @@ def test_a_hit_with_different_tokens_is_flagged():
 def test_table_prints_every_figure():
     table = e2e.format_table(e2e.rows_of(RESULTS))
     lines = table.splitlines()
-    assert len(lines) == 4 and lines[0].count("|") == lines[2].count("|") == 16
+    assert len(lines) == 4 and lines[0].count("|") == lines[2].count("|") == 15
     assert (
-        "| shm | 32,768 | 4.50 s | 0.300 s | 0.400 s | 0.450 s | 0.500 s | 0.250 s | 1.20× | 1.80× | 2.00× | 15.0× |"
+        "| shm | 32,768 | 4.50 s | 0.300 s | 0.450 s | 0.500 s | 0.250 s | 1.20× | 1.80× | 2.00× | 15.0× |"
         in table
     )
     assert "128/128" in table and "200/256 (56 dropped)" in table and "—" in lines[3]
