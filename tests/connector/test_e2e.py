@@ -116,5 +116,14 @@ def test_evictor_line():
         "load_misses": 0, "evictor_errors": 0, "peak_usage_ratio": 0.95, "requests": [],
     }  # fmt: skip
     line = e2e.format_evictor(ev)
-    assert "hit ratio 0.200 (rounds 2+: 0.300)" in line and "Belady on the same sequence 0.310" in line
+    assert "hit ratio 0.200 (rounds 2+: 0.300)" in line and "Belady 0.310" in line
     assert e2e.format_evictor({"error": "boom"}) == "evictor phase: boom"
+
+
+def test_oracles_break_belady_ties_tail_first():
+    """4 prompts of 64 chunks in 3 rounds, capacity 85 chunks: with ties broken tail first Belady keeps a leading
+    run (head-first ties would keep none); LRU keeps nothing of a cyclic sequence larger than the tier."""
+    got = e2e.oracles(4, 64, 3, 85)
+    assert got["lru_hit_ratio"] == 0.0
+    assert 0.05 < got["belady_hit_ratio"] < 0.34
+    assert got["belady_watermarks_hit_ratio"] <= got["belady_hit_ratio"]
