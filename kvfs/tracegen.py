@@ -14,7 +14,11 @@ Workloads (`WORKLOADS`), each a different reuse shape the eviction policy must h
   tool result to the context, seconds apart;
 * `rag`: one-off requests: a shared system prompt plus a long document that is usually unique (some
   documents are popular and come back);
-* `mixed`: the three together.
+* `mixed`: the three together;
+* `sysprompt`: many users of a few applications: long shared system prompts (a few thousand to 16k tokens,
+  Zipf popularity) followed by one or two short turns of a unique conversation;
+* `sessions`: long multi-turn sessions (coding assistants, agents with a human in the loop) that re-send a
+  growing prefix every turn and are often resumed after a pause of many minutes.
 
 `python -m kvfs.tracegen --workload chat --requests 4000 --seed 1 -o chat.jsonl`
 """
@@ -192,7 +196,58 @@ def _mixed(gen: _Gen, requests: int, t0: float = 0.0, rate: float = 4.0) -> None
     _rag(gen, requests - requests * 4 // 10 - requests * 3 // 10, t0, rate * 0.3)
 
 
-WORKLOADS: dict[str, Callable[..., None]] = {"chat": _chat, "agent": _agent, "rag": _rag, "mixed": _mixed}
+def _sysprompt(gen: _Gen, requests: int, t0: float = 0.0, rate: float = 4.0) -> None:
+    """Long shared system prompts, each followed by one or two short turns of a unique conversation."""
+    apps = _prompts(gen, 24, 5000, 1500, 16000)
+    t = t0
+    made = 0
+    while made < requests:
+        t += gen.rng.expovariate(rate / 1.3)
+        history = [apps[gen.zipf_pick(len(apps), 1.0)]]
+        turn_t = t
+        for _ in range(1 + (gen.rng.random() < 0.3)):
+            if made >= requests:
+                break
+            history.append((gen.segment(), gen.lognormal(150, 0.8, 10, 2000)))
+            out = gen.lognormal(200, 0.8, 10, 1500)
+            gen.emit(turn_t, history, out)
+            made += 1
+            history.append((gen.segment(), out))
+            turn_t += gen.lognormal(30, 1.0, 3, 600)
+
+
+def _sessions(gen: _Gen, requests: int, t0: float = 0.0, rate: float = 4.0) -> None:
+    """Long sessions re-sending a growing prefix; one pause in five lasts many minutes (a resumed session)."""
+    system = _prompts(gen, 4, 3000, 1000, 8000)
+    t = t0
+    made = 0
+    while made < requests:
+        t += gen.rng.expovariate(rate / 15.0)  # ~15 turns a session
+        history = [system[gen.zipf_pick(len(system))]]
+        turn_t = t
+        turns = 3 + min(80, int(gen.rng.expovariate(1 / 12.0)))
+        for _ in range(turns):
+            if made >= requests:
+                break
+            history.append((gen.segment(), gen.lognormal(200, 1.0, 10, 6000)))
+            out = gen.lognormal(400, 0.8, 20, 3000)
+            gen.emit(turn_t, history, out)
+            made += 1
+            history.append((gen.segment(), out))
+            if gen.rng.random() < 0.2:
+                turn_t += gen.lognormal(1200, 0.7, 300, 7200)  # resumed later
+            else:
+                turn_t += gen.lognormal(40, 0.8, 3, 600)
+
+
+WORKLOADS: dict[str, Callable[..., None]] = {
+    "chat": _chat,
+    "agent": _agent,
+    "rag": _rag,
+    "mixed": _mixed,
+    "sysprompt": _sysprompt,
+    "sessions": _sessions,
+}
 
 
 def generate(workload: str, *, requests: int = 4000, seed: int = 0, rate: float = 4.0) -> list[TraceRequest]:

@@ -266,7 +266,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
 
 
 def test_tracegen_is_deterministic_and_prefix_consistent() -> None:
-    for workload in ("chat", "agent", "rag", "mixed"):
+    for workload in ("chat", "agent", "rag", "mixed", "sysprompt", "sessions"):
         a = generate(workload, requests=200, seed=5)
         assert a == generate(workload, requests=200, seed=5)
         assert a != generate(workload, requests=200, seed=6)
@@ -294,6 +294,32 @@ def test_tracegen_chat_turns_extend_the_previous_prefix() -> None:
             extended += 1
         seen_full.add(ids[:-1])
     assert extended > 100
+
+
+def test_tracegen_new_workloads_have_their_shape() -> None:
+    # sysprompt: every request starts with one of a few long prompts (>= 3 shared blocks); sessions: most
+    # requests extend an earlier one's prefix, and some turns come back after a pause of 5+ minutes.
+    sys_trace = generate("sysprompt", requests=300, seed=1)
+    heads = {r.hash_ids[:3] for r in sys_trace if len(r.hash_ids) > 3}
+    assert len(heads) <= 24 and sum(len(r.hash_ids) > 3 for r in sys_trace) > 250
+    sessions = generate("sessions", requests=400, seed=1)
+    seen_full: set[tuple[int, ...]] = set()
+    extended = 0
+    for req in sessions:
+        if any(req.hash_ids[:k] in seen_full for k in range(4, len(req.hash_ids))):
+            extended += 1
+        seen_full.add(req.hash_ids[:-1])
+    assert extended > 250
+    last_seen: dict[tuple[int, ...], int] = {}
+    resumed = 0
+    for req in sessions:
+        for k in range(len(req.hash_ids) - 1, 3, -1):
+            t = last_seen.get(req.hash_ids[:k])
+            if t is not None:
+                resumed += req.timestamp_ms - t > 300_000
+                break
+        last_seen[req.hash_ids[:-1]] = req.timestamp_ms
+    assert resumed > 10
 
 
 def test_tracegen_rejects_bad_arguments() -> None:
