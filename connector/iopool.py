@@ -77,6 +77,9 @@ class FileOp:
     block_key: BlockKey | None = None
     # Index of the chunk in its request's prefix chain (0 = head), journaled with the store; -1 = unknown.
     chain_pos: int = -1
+    # The block hash of the chunk before it in the chain, where the job holds it (the catalog orphans a
+    # block's descendants when it goes).
+    parent_hash: str | None = None
     # Stores: a torch.cuda.Event recorded on the compute stream, which the gather waits for (on CPU, any object
     # with synchronize(), waited for before the gather).
     event: object | None = None
@@ -580,7 +583,7 @@ class IoPool:
             nbytes = n
             metrics.STORE_BYTES.inc(n)
             if self.journal is not None and op.block_key is not None:
-                self.journal.record_store(op.block_key, n, chain_pos=op.chain_pos)
+                self.journal.record_store(op.block_key, n, chain_pos=op.chain_pos, parent=op.parent_hash)
         elif result.outcome == StoreOutcome.EXISTS:
             if self.journal is not None and op.block_key is not None:
                 self.journal.record_access(op.block_key)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from connector.chain import chain_positions
+from connector.chain import chain_parents, chain_positions
 from connector.compat import (
     JobResult,
     LookupResult,
@@ -102,6 +102,11 @@ class KvfsTier(SecondaryTierManager):
     def _ops(self, job: TransferJob, keys: list[bytes], chunk_ids: list[int], is_load: bool) -> list[FileOp]:
         # Stores journal each chunk's prefix-chain position, from the request context vLLM hands the job.
         positions = [-1] * len(keys) if is_load else chain_positions(keys, job.req_context, self.chunk_tokens)
+        parents = (
+            [None] * len(keys)
+            if is_load
+            else chain_parents(keys, positions, lambda k: self.namespace.block_key(k).block_hash)
+        )
         return [
             FileOp(
                 job_id=job.job_id,
@@ -114,8 +119,9 @@ class KvfsTier(SecondaryTierManager):
                 file_blocks=1,
                 block_key=self.namespace.block_key(key),
                 chain_pos=pos,
+                parent_hash=parent,
             )
-            for key, cid, pos in zip(keys, chunk_ids, positions, strict=True)
+            for key, cid, pos, parent in zip(keys, chunk_ids, positions, parents, strict=True)
         ]
 
     def lookup(self, key: bytes, req_context: ReqContext) -> LookupResult:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from connector import metrics
+from connector.chain import chain_parents
 from connector.compat import (
     CanonicalKVCaches,
     GPULoadStoreSpec,
@@ -53,6 +54,10 @@ def plan_file_ops(
     group g (in order) are the chunks they fall in, the first one possibly entered part-way.  `chain_pos`, parallel
     to `keys`, gives each chunk's prefix-chain position for the journal (absent: -1, unknown)."""
     positions = dict(zip(keys, chain_pos, strict=True)) if chain_pos is not None else {}
+    parents: dict[bytes, str | None] = {}
+    if chain_pos is not None and not is_load:
+        hashes = chain_parents(keys, chain_pos, lambda k: namespace.block_key(k, rank).block_hash)
+        parents = dict(zip(keys, hashes, strict=True))
     keys_by_group: dict[int, list[bytes]] = {}
     for key in keys:
         _, group_id = offload_key_parts(key)
@@ -94,6 +99,7 @@ def plan_file_ops(
                     file_blocks=file_blocks,
                     block_key=namespace.block_key(key, rank),
                     chain_pos=positions.get(key, -1),
+                    parent_hash=parents.get(key),
                 )
             )
         if pos != size:

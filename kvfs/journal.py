@@ -8,6 +8,7 @@ writes them, so no locking is needed on the shared mount.  A segment is a sequen
     crc    4  zlib.crc32 of the body
     body      kind u8 | fmt u8 | rank i32 (-1 = none) | group u32 | chain_pos i32 | size u64 | time f64
               | namespace length u8 | hash length u8 | namespace utf-8 | hash (raw bytes, or ASCII hex when odd)
+              [| parent length u8 | parent hash (raw bytes)]   only when the fmt byte has flag 0x40
 
 A closed segment ends with an END record (kind 0x7f, the rest of the fixed body zero).  `JournalWriter.append` only enqueues (no lock, no I/O);
 a daemon thread encodes and writes the queue at least every `flush_interval` seconds, then fsyncs (so readers
@@ -48,9 +49,13 @@ log = logging.getLogger(__name__)
 SYNC: Final = b"\xa7\x1e"
 _FRAME = struct.Struct("<2sHI")  # sync, body length, crc32
 _BODY = struct.Struct("<BBiIiQdBB")  # kind, fmt|flags, rank, group, chain_pos, size, time, ns len, hash len
-_MAX_BODY: Final = _BODY.size + 255 + 255
+_MAX_BODY: Final = _BODY.size + 255 + 255 + 256  # + the optional parent
 _KIND_END: Final = 0x7F
 _HASH_ASCII: Final = 0x80  # fmt-byte flag: the hash is stored as ASCII hex (odd length)
+# fmt-byte flag: a STORE record carries its block's parent in the prefix chain (raw bytes of an even-length hex
+# hash).  Segments without it read as before; readers older than this flag skip such records as malformed.
+_HAS_PARENT: Final = 0x40
+_FMT_MASK: Final = 0x3F
 _FMT_CODES: Final = {"kvfs": 0, "bin": 1}
 _FMT_NAMES: Final = ("kvfs", "bin")
 _END_BODY: Final = bytes([_KIND_END]) + bytes(_BODY.size - 1)  # a full fixed body: every record has one
@@ -88,6 +93,9 @@ class JournalRecord:
     time: float
     size: int = 0
     chain_pos: int = -1
+    parent: str | None = (
+        None  # STORE: the previous block's hash in the prefix chain, where the writer knows it
+    )
 
 
 @dataclass(slots=True)
@@ -114,6 +122,12 @@ def encode_record(rec: JournalRecord) -> bytes:
         hash_bytes = bytes.fromhex(block_hash)
     if len(ns) > 255 or len(hash_bytes) > 255:
         raise ValueError(f"key too long to journal: {key}")
+    parent = b""
+    if rec.parent is not None and len(rec.parent) % 2 == 0:
+        parent_bytes = bytes.fromhex(rec.parent)
+        if len(parent_bytes) <= 255:
+            parent = bytes([len(parent_bytes)]) + parent_bytes
+            fmt |= _HAS_PARENT
     body = (
         _BODY.pack(
             int(rec.kind),
@@ -128,6 +142,7 @@ def encode_record(rec: JournalRecord) -> bytes:
         )
         + ns
         + hash_bytes
+        + parent
     )
     return _FRAME.pack(SYNC, len(body), zlib.crc32(body)) + body
 
@@ -197,7 +212,19 @@ def decode_records(
                     if not final:
                         break  # a live writer's record still being written (or garbage: decided later)
                 elif crc32(view[pos + 8 : end]) == crc:
-                    if kind in kinds and blen == body_size + ns_len + hash_len and (fmt & 0x7F) < 2:
+                    hash_end = pos + head_size + ns_len + hash_len
+                    parent_len = -1
+                    if fmt & _HAS_PARENT and hash_end < end:
+                        parent_len = data[hash_end]
+                    if (
+                        kind in kinds
+                        and (fmt & _FMT_MASK) < 2
+                        and (
+                            blen == body_size + ns_len + hash_len
+                            if not fmt & _HAS_PARENT
+                            else blen == body_size + ns_len + hash_len + 1 + parent_len
+                        )
+                    ):
                         a = pos + head_size
                         ns_raw = data[a : a + ns_len]
                         ns = ns_cache.get(ns_raw)
@@ -207,7 +234,7 @@ def decode_records(
                             except UnicodeDecodeError:
                                 ns = None
                         if ns is not None:
-                            raw_hash = data[a + ns_len : end]
+                            raw_hash = data[a + ns_len : hash_end]
                             block_hash = (
                                 raw_hash.decode("ascii", "replace") if fmt & _HASH_ASCII else raw_hash.hex()
                             )
@@ -227,9 +254,19 @@ def decode_records(
                                         future += 1
                                     when = now
                                 key = BlockKey(
-                                    ns, None if rank < 0 else rank, group, block_hash, fmt_names[fmt & 0x7F]
+                                    ns,
+                                    None if rank < 0 else rank,
+                                    group,
+                                    block_hash,
+                                    fmt_names[fmt & _FMT_MASK],
                                 )
-                                append(JournalRecord(kinds[kind], key, when, size, chain_pos))
+                                # A parent outside the hash lengths is dropped: the record still counts.
+                                parent = (
+                                    data[hash_end + 1 : end].hex()
+                                    if _MIN_HASH_LEN <= 2 * parent_len <= _MAX_HASH_LEN
+                                    else None
+                                )
+                                append(JournalRecord(kinds[kind], key, when, size, chain_pos, parent))
                             pos = end
                             if garbage_start >= 0:
                                 bad += 1
@@ -355,9 +392,16 @@ class JournalWriter:
         except Exception:  # noqa: BLE001 - append must never raise into the serving path
             log.exception("journal append failed")
 
-    def record_store(self, key: BlockKey, size: int, chain_pos: int = -1, now: float | None = None) -> None:
+    def record_store(
+        self,
+        key: BlockKey,
+        size: int,
+        chain_pos: int = -1,
+        now: float | None = None,
+        parent: str | None = None,
+    ) -> None:
         self.append(
-            JournalRecord(RecordKind.STORE, key, time.time() if now is None else now, size, chain_pos)
+            JournalRecord(RecordKind.STORE, key, time.time() if now is None else now, size, chain_pos, parent)
         )
 
     def record_access(self, key: BlockKey, now: float | None = None) -> None:

@@ -8,6 +8,7 @@ kvfs/bench/catalog.py).  Everything else uses SQLAlchemy Core or the ORM session
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 import time as _time
@@ -15,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy import Connection, Engine, bindparam, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session
 from kvfs import metrics
 from kvfs.catalog.engine import create_catalog_engine, default_catalog_url, describe_url, parse_catalog_url
 from kvfs.catalog.errors import CatalogError, RootMismatchError
-from kvfs.catalog.models import NO_RANK, Block, Namespace
+from kvfs.catalog.models import NO_RANK, ORPHAN, Block, Namespace
 from kvfs.catalog.records import (
     ApplyStats,
     BlockRow,
@@ -47,7 +48,7 @@ UPSERT_CHUNK = 20_000
 # PostgreSQL: from this many rows on, COPY into a temp table and merge with one INSERT ... SELECT (several
 # times faster than executemany, which still costs a round trip's worth of work per row).
 PG_COPY_MIN_ROWS = 500
-_BLOCK_COLS = f"{_KEY_COLS}, size, created, last_access, hits, chain_pos, state, seen"
+_BLOCK_COLS = f"{_KEY_COLS}, size, created, last_access, hits, chain_pos, state, seen, parent_hash"
 _PG_STAGE = "kvfs_blocks_stage"
 KEY_CHUNK = 500
 BlockOrder = Literal["lru", "mru", "created", "size"]
@@ -67,20 +68,21 @@ class _Sql:
         p = "?" if dialect == "sqlite" else "%s"
         greatest = "max" if dialect == "sqlite" else "GREATEST"
         self.upsert = (
-            f"INSERT INTO blocks ({_KEY_COLS}, size, created, last_access, hits, chain_pos, state, seen) "
-            f"VALUES ({', '.join([p] * 12)}) "
+            f"INSERT INTO blocks ({_BLOCK_COLS}) "
+            f"VALUES ({', '.join([p] * 13)}) "
             f"ON CONFLICT ({_KEY_COLS}) DO UPDATE SET size = excluded.size, "
             f"last_access = {greatest}(blocks.last_access, excluded.last_access), "
             "hits = blocks.hits + excluded.hits, "
             "chain_pos = CASE WHEN excluded.chain_pos >= 0 THEN excluded.chain_pos ELSE blocks.chain_pos END, "
-            f"seen = {greatest}(blocks.seen, excluded.seen)"
+            f"seen = {greatest}(blocks.seen, excluded.seen), "
+            "parent_hash = COALESCE(excluded.parent_hash, blocks.parent_hash)"
         )
         # The scan's pair (SQLite): mark every file seen, touching no indexed column, then rewrite only the
         # rows whose size changed or whose file times are newer.  SQLite re-indexes every index that holds a
         # column named in SET, whatever the values, so the one-statement upsert costs ~3x more on a rescan.
         self.scan_mark = (
-            f"INSERT INTO blocks ({_KEY_COLS}, size, created, last_access, hits, chain_pos, state, seen) "
-            f"VALUES ({', '.join([p] * 12)}) "
+            f"INSERT INTO blocks ({_BLOCK_COLS}) "
+            f"VALUES ({', '.join([p] * 13)}) "
             f"ON CONFLICT ({_KEY_COLS}) DO UPDATE SET seen = {greatest}(blocks.seen, excluded.seen)"
         )
         self.scan_refresh = (
@@ -91,6 +93,10 @@ class _Sql:
             f"UPDATE blocks SET last_access = {greatest}(last_access, {p}), hits = hits + {p} "
             f"WHERE {_KEY_WHERE.format(p=p)}"
         )
+        self.orphan_id = f"UPDATE blocks SET orphan = TRUE WHERE id = {p}"
+        # Rows used again (accessed, or stored over) since `t` had their chain sent whole: no longer orphans.
+        # One range scan of the orphans' partial index per journal batch, instead of a SET per access.
+        self.adopt = f"UPDATE blocks SET orphan = FALSE WHERE {ORPHAN} AND last_access >= {p}"
         self.delete = f"DELETE FROM blocks WHERE {_KEY_WHERE.format(p=p)}"
         self.delete_id = f"DELETE FROM blocks WHERE id = {p}"
         self.offset = (
@@ -124,6 +130,7 @@ def _merge_duplicate_keys(params: list[tuple[Any, ...]]) -> list[tuple[Any, ...]
                 p[9] if p[9] >= 0 else old[9],
                 p[10],
                 max(old[11], p[11]),
+                p[12] if p[12] is not None else old[12],
             )
     return list(merged.values()) if len(merged) != len(params) else params
 
@@ -137,7 +144,8 @@ def _pg_copy_upsert(conn: Connection, params: list[tuple[Any, ...]]) -> None:
         cur.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {_PG_STAGE} (namespace_id integer, rank integer, grp integer, "
             "block_hash text, fmt text, size bigint, created double precision, last_access double precision, "
-            "hits bigint, chain_pos integer, state integer, seen double precision) ON COMMIT DELETE ROWS"
+            "hits bigint, chain_pos integer, state integer, seen double precision, parent_hash text) "
+            "ON COMMIT DELETE ROWS"
         )
         with cur.copy(f"COPY {_PG_STAGE} ({_BLOCK_COLS}) FROM STDIN") as copy:
             for p in params:
@@ -148,7 +156,8 @@ def _pg_copy_upsert(conn: Connection, params: list[tuple[Any, ...]]) -> None:
             "last_access = GREATEST(blocks.last_access, excluded.last_access), "
             "hits = blocks.hits + excluded.hits, "
             "chain_pos = CASE WHEN excluded.chain_pos >= 0 THEN excluded.chain_pos ELSE blocks.chain_pos END, "
-            "seen = GREATEST(blocks.seen, excluded.seen)"
+            "seen = GREATEST(blocks.seen, excluded.seen), "
+            "parent_hash = COALESCE(excluded.parent_hash, blocks.parent_hash)"
         )
         cur.execute(f"TRUNCATE {_PG_STAGE}")
 
@@ -441,6 +450,7 @@ class Catalog:
                 row.chain_pos,
                 0,
                 seen,
+                row.parent_hash,
             )
             for row in rows
         ]
@@ -473,7 +483,7 @@ class Catalog:
         last_access), ...]) groups, without building a BlockKey per file.  One transaction."""
         ns_ids = self._namespace_ids({ns for ns, _, _ in batches}, create=True)
         params = [
-            (ns_id, r, g, h, f, size, created, last, 0, -1, 0, seen)
+            (ns_id, r, g, h, f, size, created, last, 0, -1, 0, seen, None)
             for ns, rank, found in batches
             for ns_id, r in ((ns_ids[ns], _rank_in(rank)),)
             for g, h, f, size, created, last in found
@@ -504,13 +514,17 @@ class Catalog:
             if kind == _STORE:
                 prev = stores.get(rec.key)
                 if prev is None:
-                    stores[rec.key] = BlockRow(rec.key, rec.size, rec.time, rec.time, rec.chain_pos)
+                    stores[rec.key] = BlockRow(
+                        rec.key, rec.size, rec.time, rec.time, rec.chain_pos, parent_hash=rec.parent
+                    )
                 else:
                     prev.size = rec.size
                     prev.created = min(prev.created, rec.time)
                     prev.last_access = max(prev.last_access, rec.time)
                     if rec.chain_pos >= 0:
                         prev.chain_pos = rec.chain_pos
+                    if rec.parent is not None:
+                        prev.parent_hash = rec.parent
             elif kind == _ACCESS:
                 acc = accesses.get(rec.key)
                 if acc is None:
@@ -545,6 +559,14 @@ class Catalog:
                     # rowcount says how many keys matched, not which: look the rest up to count their records.
                     present = self._get_blocks(conn, access_keys)
                     unknown += sum(int(accesses[k][1]) for k in access_keys if k not in present)
+            if store_params or access_params:
+                oldest = min(
+                    min((r.last_access for r in store_rows), default=math.inf),
+                    min((p[0] for p in access_params), default=math.inf),
+                )
+                # Every row this batch touched now has last_access >= `oldest`.  (So may an orphan whose
+                # parent went after it was last used, which the evictor's min_age makes rare.)
+                conn.exec_driver_sql(self._sql.adopt, (oldest,))
             if offset_params:
                 conn.exec_driver_sql(self._sql.offset, offset_params)
         n_access = sum(int(c) for _, c in accesses.values())
@@ -567,6 +589,36 @@ class Catalog:
         result = conn.exec_driver_sql(sql, params)
         return max(result.rowcount, 0)
 
+    def _orphan_descendants(self, conn: Connection, gone: Sequence[tuple[Any, ...]]) -> int:
+        """Mark every present descendant of the `gone` blocks ((namespace id, hash, rank, group) each) as an
+        orphan: with a prefix gone, vLLM can load none of them.  Level by level through `ix_blocks_parent`;
+        rows already orphans stop the walk.  Returns rows marked."""
+        marked = 0
+        level = list(gone)
+        while level:
+            by_ns: dict[int, dict[str, list[tuple[int, int]]]] = {}
+            for ns, block_hash, rank, grp in level:
+                by_ns.setdefault(ns, {}).setdefault(block_hash, []).append((rank, grp))
+            children: list[tuple[Any, ...]] = []
+            for ns, parents in by_ns.items():
+                for chunk in _chunks(list(parents), KEY_CHUNK):
+                    rows = conn.execute(
+                        text(
+                            "SELECT id, block_hash, rank, grp, parent_hash FROM blocks WHERE namespace_id = :ns "
+                            "AND parent_hash IN :hashes AND NOT orphan"
+                        ).bindparams(bindparam("hashes", expanding=True)),
+                        {"ns": ns, "hashes": chunk},
+                    ).all()
+                    for block_id, block_hash, rank, grp, parent in rows:
+                        if (rank, grp) in parents[parent]:
+                            children.append((block_id, ns, block_hash, rank, grp))
+            if not children:
+                break
+            conn.exec_driver_sql(self._sql.orphan_id, [(c[0],) for c in children])
+            marked += len(children)
+            level = [c[1:] for c in children]
+        return marked
+
     def remove_blocks(self, keys: Iterable[BlockKey]) -> int:
         """Delete the rows of `keys` (unknown keys ignored); returns rows deleted."""
         keys = list(keys)
@@ -581,6 +633,7 @@ class Catalog:
         if not params:
             return 0
         with self._write("remove_blocks") as conn:
+            self._orphan_descendants(conn, [(ns, h, r, g) for ns, r, g, h, _ in params])
             deleted = self._executemany_count(conn, self._sql.delete, params)
         metrics.CATALOG_ROWS_REMOVED.labels(why="evicted").inc(deleted)
         return deleted
@@ -590,6 +643,13 @@ class Catalog:
         if not params:
             return 0
         with self._write("remove_block_ids") as conn:
+            parents: list[tuple[Any, ...]] = []
+            for chunk in _chunks(params, KEY_CHUNK):
+                marks = ", ".join(str(i) for (i,) in chunk)  # ints from int(): safe to inline
+                parents += conn.exec_driver_sql(
+                    f"SELECT namespace_id, block_hash, rank, grp FROM blocks WHERE id IN ({marks})"
+                ).all()
+            self._orphan_descendants(conn, [tuple(r) for r in parents])
             deleted = self._executemany_count(conn, self._sql.delete_id, params)
         metrics.CATALOG_ROWS_REMOVED.labels(why="evicted").inc(deleted)
         return deleted
@@ -607,13 +667,21 @@ class Catalog:
         """
         cutoff = scan_start - grace
         keep_ids = sorted(self._namespace_ids(keep_namespaces, create=False).values())
-        sql = "DELETE FROM blocks WHERE seen < :start AND created < :cutoff AND last_access < :cutoff"
         params: dict[str, Any] = {"start": scan_start, "cutoff": cutoff}
-        if keep_ids:
-            sql += " AND namespace_id NOT IN ({})".format(", ".join(f":k{i}" for i in range(len(keep_ids))))
-            params.update({f"k{i}": ns_id for i, ns_id in enumerate(keep_ids)})
+        keep = ", ".join(f":k{i}" for i in range(len(keep_ids)))
+        params.update({f"k{i}": ns_id for i, ns_id in enumerate(keep_ids)})
+
+        def gone(b: str) -> str:
+            where = f"{b}.seen < :start AND {b}.created < :cutoff AND {b}.last_access < :cutoff"
+            return where + (f" AND {b}.namespace_id NOT IN ({keep})" if keep_ids else "")
+
         with self._write("prune_missing") as conn:
-            deleted = conn.execute(text(sql), params).rowcount
+            # Their descendants lose their prefix.
+            doomed = conn.execute(
+                text(f"SELECT namespace_id, block_hash, rank, grp FROM blocks b WHERE {gone('b')}"), params
+            ).all()
+            self._orphan_descendants(conn, [tuple(r) for r in doomed])
+            deleted = conn.execute(text(f"DELETE FROM blocks WHERE {gone('blocks')}"), params).rowcount
         metrics.CATALOG_ROWS_REMOVED.labels(why="missing").inc(deleted)
         return deleted
 

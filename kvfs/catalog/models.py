@@ -6,7 +6,18 @@ unique key works (NULLs are distinct in a unique index).  Upgrades from older ve
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    false,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only aliases the rowid for exactly "INTEGER PRIMARY KEY"; PostgreSQL gets a 64-bit key.
@@ -46,6 +57,17 @@ class BlockState:
     CORRUPT = 1
 
 
+# Partial LRU indexes: name -> the WHERE clause a query must contain (literally) to use it.
+FRESH = "hits = 0"
+REUSED = "hits > 0"
+ORPHAN = "orphan"
+PARTIAL_LRU_INDEXES = {
+    "ix_blocks_fresh_lru": FRESH,
+    "ix_blocks_reused_lru": REUSED,
+    "ix_blocks_orphan_lru": ORPHAN,
+}
+
+
 class Block(Base):
     __tablename__ = "blocks"
     __table_args__ = (
@@ -53,6 +75,20 @@ class Block(Base):
         # LRU order per namespace; `size` makes it covering for usage() and capacity planning.
         Index("ix_blocks_ns_lru", "namespace_id", "last_access", "size"),
         Index("ix_blocks_lru", "last_access"),
+        # The children of a block (marked orphan when it goes).
+        Index(
+            "ix_blocks_parent",
+            "namespace_id",
+            "parent_hash",
+            sqlite_where=text("parent_hash IS NOT NULL"),
+            postgresql_where=text("parent_hash IS NOT NULL"),
+        ),
+        # LRU order per reuse class and of orphans: the `prefix` policy streams each class from its own index,
+        # so a rare class is found without walking the whole LRU index.  Queries must repeat the WHERE text.
+        *(
+            Index(name, "last_access", sqlite_where=text(where), postgresql_where=text(where))
+            for name, where in PARTIAL_LRU_INDEXES.items()
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -69,6 +105,10 @@ class Block(Base):
     state: Mapped[int] = mapped_column(Integer, default=BlockState.PRESENT)
     # Start time of the last scan that saw the file (0 = never seen by a scan); see Catalog.prune_missing.
     seen: Mapped[float] = mapped_column(Float, default=0.0)
+    # The previous block of its prefix chain, where the writer recorded it (v3).
+    parent_hash: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
+    # Its parent was deleted: vLLM can never load it (prefix semantics) until the chain is sent again (v3).
+    orphan: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class JournalOffset(Base):

@@ -92,17 +92,14 @@ def ensure_tables(catalog: Catalog) -> None:
         _ready.add(engine)
 
 
-_MATCH = (
-    "FROM blocks b WHERE ((b.id > :lo AND b.id <= :hi) OR (b.last_access >= :since AND b.created >= :since)) "
-    "AND b.namespace_id = {g}.namespace_id AND b.rank = {g}.rank AND b.grp = {g}.grp "
-    f"AND substr(b.block_hash, 1, {HASH_PREFIX}) = {{g}}.hash_prefix AND {{g}}.last_seen < b.created"
-)
-_RETURNS = (
-    f"SELECT g.reused, count(*) FROM policy_prefix_ghosts g WHERE EXISTS (SELECT 1 {_MATCH.format(g='g')}) "
-    "GROUP BY g.reused"
-)
-_DROP_RETURNED = (
-    f"DELETE FROM policy_prefix_ghosts WHERE EXISTS (SELECT 1 {_MATCH.format(g='policy_prefix_ghosts')})"
+# Rows new since the last settle (ids above the watermark, or created since its time: SQLite reuses the ids of
+# deleted rows at the top of the table) that have an older ghost: re-stores.  CROSS JOIN keeps SQLite driving
+# from the new rows and probing the ghosts' primary key (PostgreSQL plans it as any join).
+_RETURNED = (
+    "SELECT g.namespace_id, g.rank, g.grp, g.hash_prefix, g.reused FROM blocks b CROSS JOIN "
+    "policy_prefix_ghosts g WHERE ((b.id > :lo AND b.id <= :hi) OR (b.last_access >= :since AND "
+    "b.created >= :since)) AND g.namespace_id = b.namespace_id AND g.rank = b.rank AND g.grp = b.grp "
+    f"AND g.hash_prefix = substr(b.block_hash, 1, {HASH_PREFIX}) AND g.last_seen < b.created"
 )
 _COUNT = "SELECT reused, count(*) FROM policy_prefix_ghosts GROUP BY reused"
 _PRUNE = "DELETE FROM policy_prefix_ghosts WHERE last_seen < :cutoff"
@@ -146,13 +143,16 @@ def settle(catalog: Catalog, *, name: str, adapt: AdaptFn, initial_beta: float, 
         fresh = reused = 0
         if row is not None:  # the first call has no ghosts yet: nothing can be a re-store
             params = {"lo": int(row[0]), "hi": int(max_id), "since": float(row[1])}
-            for was_reused, count in conn.execute(text(_RETURNS), params):
-                if was_reused:
-                    reused += int(count)
-                else:
-                    fresh += int(count)
-            if fresh or reused:
-                conn.execute(text(_DROP_RETURNED), params)
+            found = {tuple(r[:4]): bool(r[4]) for r in conn.execute(text(_RETURNED), params)}
+            reused = sum(found.values())
+            fresh = len(found) - reused
+            if found:
+                p = "?" if catalog.dialect == "sqlite" else "%s"
+                conn.exec_driver_sql(
+                    "DELETE FROM policy_prefix_ghosts WHERE namespace_id = "
+                    f"{p} AND rank = {p} AND grp = {p} AND hash_prefix = {p}",
+                    list(found),
+                )
         left = {bool(r): int(c) for r, c in conn.execute(text(_COUNT))}
         beta = adapt(fresh, reused, left.get(False, 0), left.get(True, 0), beta)
         dropped = conn.execute(text(_PRUNE), {"cutoff": float(newest) - horizon * span}).rowcount

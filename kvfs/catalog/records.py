@@ -18,6 +18,7 @@ class BlockRow:
     chain_pos: int = -1
     hits: int = 0
     block_id: int | None = None
+    parent_hash: str | None = None  # the previous block of its prefix chain, where the writer recorded it
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from sqlalchemy import Connection, inspect, text
 
 from kvfs.catalog.errors import CatalogError
-from kvfs.catalog.models import Base
+from kvfs.catalog.models import PARTIAL_LRU_INDEXES, Base
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _VERSION_KEY = "schema_version"
 # Arbitrary constant key for pg_advisory_xact_lock: serialises schema creation between processes.
 _PG_SCHEMA_LOCK = 0x6B766673
@@ -31,9 +31,23 @@ def _v2_scan_generation_and_leases(conn: Connection) -> None:
     )
 
 
+def _v3_prefix_chains(conn: Connection) -> None:
+    """v3: `blocks.parent_hash` and `blocks.orphan` (prefix chains), and the partial LRU indexes per class."""
+    conn.execute(text("ALTER TABLE blocks ADD COLUMN parent_hash VARCHAR(128)"))
+    conn.execute(text("ALTER TABLE blocks ADD COLUMN orphan BOOLEAN NOT NULL DEFAULT FALSE"))
+    conn.execute(
+        text(
+            "CREATE INDEX ix_blocks_parent ON blocks (namespace_id, parent_hash) WHERE parent_hash IS NOT NULL"
+        )
+    )
+    for name, where in PARTIAL_LRU_INDEXES.items():
+        conn.execute(text(f"CREATE INDEX {name} ON blocks (last_access) WHERE {where}"))
+
+
 # UPGRADES[v] upgrades a database at version v-1 to version v.
 UPGRADES: dict[int, Callable[[Connection], None]] = {
     2: _v2_scan_generation_and_leases,
+    3: _v3_prefix_chains,
 }
 
 

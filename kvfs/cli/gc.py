@@ -14,7 +14,7 @@ from kvfs.cli.params import DURATION, SIZE
 from kvfs.cli.scan import remove_journals_option, run_scan, scan_json
 from kvfs.gc import GcLimits, GcPlan, GcResult, execute_plan, make_recency_recheck, plan_gc
 from kvfs.ingest import ingest_journals
-from kvfs.policy import DEFAULT_POLICY, available_policies
+from kvfs.policy import DEFAULT_POLICY, available_policies, get_policy
 from kvfs.scanstate import record_orphans
 
 
@@ -140,9 +140,11 @@ def gc(
         namespace=namespace,
     )
     now = time.time()
-    plan = plan_gc(catalog, limits, now=now, policy=policy, orphans=orphans)
+    # One instance plans and executes: a policy may carry what it chose into what it records (prefix: ghosts).
+    order = get_policy(policy)
+    plan = plan_gc(catalog, limits, now=now, policy=order, orphans=orphans)
     recheck = make_recency_recheck(catalog, ingest=lambda: ingest_journals(root, catalog), min_age=min_age)
-    result = execute_plan(root, catalog, plan, dry_run=dry_run, recheck=recheck, now=now, policy=policy)
+    result = execute_plan(root, catalog, plan, dry_run=dry_run, recheck=recheck, now=now, policy=order)
     if scanned is not None and plan.orphans and not dry_run:
         # du reports the last scan's temp files: take out the ones this pass deleted.
         record_orphans(catalog, [o for o in orphans if os.path.lexists(root / o.relpath)])

@@ -6,10 +6,12 @@ Ties evict the deeper chain position first.  `beta = 0` is exactly LRU.
 
 Why this keeps usable prefixes:
 
-* vLLM loads only the leading run of a prompt's blocks that are present.  A request touches all its blocks, so
-  a chain's head is always at least as recent as its tail, and has at least as many hits: under this order a
+* vLLM loads only the leading run of a prompt's blocks that are present, so a block whose parent is gone
+  (an orphan: the catalog marks the children of every block it removes, where writers record parents) can
+  never be loaded until its chain is sent again: orphans go first, oldest first.
+* A request touches all its blocks, so a chain's head is always at least as recent as its tail, and has at least as many hits: under this order a
   tail always goes before its head, and a block never outlives its prefix (no dead tails are created; the
-  bonus depends only on `hits`, which never decreases along a chain).
+  bonus depends only on `hits`, which never increases along a chain).
 * A chain is valued by how recently and how often its prefix is reused: recency through `last_access`, reuse
   through the bonus, which the head of a shared prefix earns first and keeps longest.
 * Most new blocks are the unique tail of one request; a reused block is a shared prefix (system prompt, tool
@@ -23,8 +25,9 @@ says the bonus was too small (step up); each step is weighted by the other class
 evidence counts more.  On traffic where reuse does not predict reuse the bonus decays to 0 and the order is
 LRU's.  The bonus and ghosts live in the catalog, so restarts, fail-over and `kvfs gc` continue the same state.
 
-`order()` and `adapt()` are the policy: the catalog planner feeds them two SQL streams (`candidates`), the
-replay feeds them its in-memory tier (`kvfs.replay.memory`), so both run the same decisions.
+`order()` and `adapt()` are the policy: the catalog planner feeds them three SQL streams, one per partial LRU
+index (`candidates`), the replay feeds them its in-memory tier (`kvfs.replay.memory`), so both run the same
+decisions.
 """
 
 from __future__ import annotations
@@ -34,11 +37,11 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from kvfs import metrics
-from kvfs.catalog.models import NO_RANK, Block
+from kvfs.catalog.models import FRESH, NO_RANK, ORPHAN, REUSED, Block
 from kvfs.layout import BlockKey
 from kvfs.policy import register_policy
 from kvfs.policy.base import Candidate, EvictedBlock, EvictionPolicy
@@ -77,10 +80,15 @@ def adapt(
     return min(BETA_MAX, max(0.0, beta))
 
 
-def order(fresh: Iterable[T], reused: Iterable[T], bonus: float) -> Iterator[tuple[T, bool]]:
-    """Merge two LRU-ordered streams (oldest first, deeper chain position first on ties) into eviction order:
-    key = last access (+ `bonus` for reused blocks); ties: deeper position, then the never-reused block.
-    Yields (block, was reused)."""
+def order(
+    orphans: Iterable[T], fresh: Iterable[T], reused: Iterable[T], bonus: float
+) -> Iterator[tuple[T, bool | None]]:
+    """The eviction order from three LRU-ordered streams (oldest first, deeper chain position first on ties):
+    orphans (blocks whose parent is gone) first; then never-reused and reused blocks merged on key = last
+    access (+ `bonus` for reused ones), ties: deeper position, then the never-reused block.
+    Yields (block, was reused), with None for orphans."""
+    for item in orphans:
+        yield item, None
 
     def keyed(items: Iterable[T], add: float, cls: int) -> Iterator[tuple[float, int, int, int, T]]:
         for seq, item in enumerate(items):
@@ -146,20 +154,26 @@ class PrefixPolicy(EvictionPolicy):
         names = {ns.id: ns.name for ns in catalog.namespaces()}
         base = eligible(select(*block_columns(), Block.chain_pos), namespace_ids, protect_after)
         lru = (Block.last_access.asc(), Block.chain_pos.desc(), Block.id.asc())
-        fresh = _stream(catalog, base.where(Block.hits == 0).order_by(*lru), names)
-        reused = _stream(catalog, base.where(Block.hits > 0).order_by(*lru), names)
+        # Each class from its partial LRU index (the WHERE texts must match the index's), so a rare class
+        # costs nothing to look for.
+        orphans = _stream(catalog, base.where(text(ORPHAN)).order_by(*lru), names)
+        live = base.where(text(f"NOT {ORPHAN}"))
+        fresh = _stream(catalog, live.where(text(FRESH)).order_by(*lru), names)
+        reused = _stream(catalog, live.where(text(REUSED)).order_by(*lru), names)
         if len(self._offered) > 4_000_000:  # victims never executed (dry runs): forget, do not grow
             self._offered.clear()
         offered_classes = self._offered
         offered = 0
         try:
-            for cand, was_reused in order(fresh, reused, bonus):
-                offered_classes[cand.block_id] = was_reused
+            for cand, was_reused in order(orphans, fresh, reused, bonus):
+                if was_reused is not None:  # an orphan is no regret of the bonus: never a ghost
+                    offered_classes[cand.block_id] = was_reused
                 yield cand
                 offered += cand.size
                 if offered >= limit_bytes:
                     return
         finally:
+            orphans.close()
             fresh.close()
             reused.close()
 
@@ -169,14 +183,12 @@ class PrefixPolicy(EvictionPolicy):
         from kvfs.catalog import prefix_ghosts
 
         offered = self._offered
-        rows = [
-            (
-                v.key,
-                v.last_access,
-                offered.pop(bid, False) if (bid := getattr(v, "block_id", None)) else False,
-            )
-            for v in victims
-        ]
+        rows = []
+        for v in victims:
+            # Only blocks this policy offered with a class become ghosts (orphans and others do not).
+            was_reused = offered.pop(getattr(v, "block_id", None), None)
+            if was_reused is not None:
+                rows.append((v.key, v.last_access, was_reused))
         try:
             prefix_ghosts.remember(catalog, rows)
         except SQLAlchemyError as exc:

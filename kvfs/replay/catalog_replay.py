@@ -76,7 +76,9 @@ def _run(
             if block in present:
                 pending.append(JournalRecord(RecordKind.ACCESS, key, now))
             else:
-                pending.append(JournalRecord(RecordKind.STORE, key, now, BLOCK_UNIT, pos))
+                # The parent, as a connector that knows the chain records it (orphans get marked).
+                parent = keys[req[pos - 1]].block_hash if pos else None
+                pending.append(JournalRecord(RecordKind.STORE, key, now, BLOCK_UNIT, pos, parent))
                 present.add(block)
         if progress is not None:
             progress(1)

@@ -1,16 +1,18 @@
 """The `prefix` policy replayed on an in-memory tier: the catalog replay's rules, without SQL.
 
 The decisions are the policy's own code (`kvfs.policy.prefix.order` and `adapt`); this module only holds the
-tier in memory, in the shape the catalog gives the policy: never-reused and reused blocks each in LRU order
-(oldest first, deeper chain position first among blocks of one request), ghosts of evicted blocks with their
-class, and the id/time bookkeeping the catalog's `settle` does.  It reproduces `simulate_catalog_policy(...,
-policy="prefix")` block for block (tested in tests/kvfs/test_replay_memory.py) in a fraction of the time.
+tier in memory, in the shape the catalog gives the policy: orphans (blocks whose parent was removed), and the
+never-reused and reused blocks each in LRU order (oldest first, deeper chain position first among blocks of
+one request), ghosts of evicted blocks with their class, and the bookkeeping the catalog does (children of a
+removed block become orphans, and theirs; a block used again is adopted back; `settle` before each pass).  It reproduces
+`simulate_catalog_policy(..., policy="prefix")` block for block (tests/kvfs/test_replay_memory.py) in a
+fraction of the time.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 
 from kvfs.policy import prefix
@@ -20,13 +22,14 @@ Progress = Callable[[int], None]
 
 
 class _Block:
-    __slots__ = ("block", "chain_pos", "hits", "last_access")
+    __slots__ = ("block", "chain_pos", "hits", "last_access", "orphan")
 
     def __init__(self, block: int, last_access: float, chain_pos: int) -> None:
         self.block = block
         self.last_access = last_access
         self.chain_pos = chain_pos
         self.hits = 0
+        self.orphan = False
 
 
 def _older_than(segment: OrderedDict[int, _Block], now: float) -> Iterator[_Block]:
@@ -47,7 +50,9 @@ def simulate_prefix(
     """Hit blocks of the `prefix` policy on `requests` at `capacity` blocks, evicting to `capacity - slack`."""
     fresh: OrderedDict[int, _Block] = OrderedDict()
     reused: OrderedDict[int, _Block] = OrderedDict()
+    orphans: dict[int, _Block] = {}
     blocks: dict[int, _Block] = {}
+    children: defaultdict[int, set[int]] = defaultdict(set)  # parent -> blocks stored behind it
     ghosts: dict[int, tuple[float, bool]] = {}  # block -> (last access when evicted, was reused)
     ghost_heap: list[tuple[float, int]] = []  # (last access, block): expiry order; stale entries skipped
     ghost_count = [0, 0]
@@ -70,10 +75,16 @@ def simulate_prefix(
                     returned[ghost[1]] += 1
                 block = blocks[h] = _Block(h, now, pos)
                 fresh[h] = block
+                if pos:
+                    children[req[pos - 1]].add(h)
                 continue
             block.last_access = now
             block.hits += 1
-            if block.hits == 1:
+            if block.orphan:  # used again: its chain was sent whole
+                block.orphan = False
+                del orphans[h]
+                (reused if block.hits else fresh)[h] = block
+            elif block.hits == 1:
                 del fresh[h]
                 reused[h] = block
             else:
@@ -83,7 +94,10 @@ def simulate_prefix(
         if len(blocks) <= capacity:
             continue
         # settle(): as kvfs.catalog.prefix_ghosts does before the pass.
-        oldest = min(seg[next(iter(seg))].last_access for seg in (fresh, reused) if seg)
+        oldest = min(
+            min((seg[next(iter(seg))].last_access for seg in (fresh, reused) if seg), default=now),
+            min((b.last_access for b in orphans.values()), default=now),
+        )
         span = now - oldest
         beta = prefix.adapt(returned[0], returned[1], ghost_count[0], ghost_count[1], beta)
         returned = [0, 0]
@@ -95,14 +109,22 @@ def simulate_prefix(
                 del ghosts[h]
                 ghost_count[ghost[1]] -= 1
         need = len(blocks) - target
-        victims: list[tuple[_Block, bool]] = []
-        for block, was_reused in prefix.order(_older_than(fresh, now), _older_than(reused, now), beta * span):
+        dead = sorted(
+            (b for b in orphans.values() if b.last_access < now), key=lambda b: (b.last_access, -b.chain_pos)
+        )
+        victims: list[tuple[_Block, bool | None]] = []
+        for block, was_reused in prefix.order(
+            dead, _older_than(fresh, now), _older_than(reused, now), beta * span
+        ):
             victims.append((block, was_reused))
             if len(victims) >= need:
                 break
         for block, was_reused in victims:
             h = block.block
             del blocks[h]
+            if was_reused is None:
+                del orphans[h]
+                continue  # an orphan leaves no ghost
             del (reused if was_reused else fresh)[h]
             old = ghosts.get(h)
             if old is not None:
@@ -110,5 +132,18 @@ def simulate_prefix(
             ghosts[h] = (block.last_access, was_reused)
             ghost_count[was_reused] += 1
             heapq.heappush(ghost_heap, (block.last_access, h))
+        # The catalog marks every present descendant of a removed block as an orphan.
+        level = [block.block for block, _ in victims]
+        while level:
+            below = []
+            for parent in level:
+                for child in children.get(parent, ()):
+                    kid = blocks.get(child)
+                    if kid is not None and not kid.orphan:
+                        kid.orphan = True
+                        orphans[child] = kid
+                        del (reused if kid.hits else fresh)[child]
+                        below.append(child)
+            level = below
         result.evicted += len(victims)
     return result

@@ -255,6 +255,10 @@ def test_store_journals_chain_positions_from_the_request_context(replica, tmp_pa
     stores = [r for r in JournalReader(tmp_path).read({}).records if r.kind == RecordKind.STORE]
     pos = {r.key.block_hash: r.chain_pos for r in stores}
     assert len(stores) == 3 and [pos[k[:-4].hex()] for k in ks] == [1, 2, -1]
+    # Parents where the job holds the chunk before: ks[1] follows ks[0]; ks[0]'s parent (chunk 0) was stored
+    # earlier, ks[2] has no position.
+    parent = {r.key.block_hash: r.parent for r in stores}
+    assert [parent[k[:-4].hex()] for k in ks] == [None, ks[0][:-4].hex(), None]
     with pytest.raises(ValueError, match="2 chain positions for 3 keys"):
         KvfsLoadStoreSpec(ks, [0, 1])
 

@@ -94,15 +94,27 @@ def test_upgrade_from_version_1_keeps_data(catalog_url: str) -> None:
     engine.dispose()
 
     with Catalog.open(catalog_url) as catalog:
-        assert catalog.schema_version() == SCHEMA_VERSION == 2
+        assert catalog.schema_version() == SCHEMA_VERSION == 3
         rows = list(catalog.iter_blocks())
         assert [(r.key, r.size, r.last_access, r.hits, r.chain_pos) for r in rows] == [
             (key(1), 100, 7.0, 3, 2)
         ]
         assert catalog.journal_offsets() == {"w1.00000001.jnl": 4096}
         assert set(inspect(catalog.engine).get_table_names()) >= {"leases"}
-        # The v2 column works: a scan generation prunes the unseen old row.
+        # v3: the prefix-chain columns and the policy's partial indexes.
+        indexes = {ix["name"] for ix in inspect(catalog.engine).get_indexes("blocks")}
+        assert indexes >= {
+            "ix_blocks_parent",
+            "ix_blocks_fresh_lru",
+            "ix_blocks_reused_lru",
+            "ix_blocks_orphan_lru",
+        }
+        child = BlockRow(key(2), 100, created=8.0, last_access=200.0, chain_pos=3, parent_hash=f"{1:032x}")
+        catalog.upsert_blocks([child])
+        # The v2 column works: a scan generation prunes the unseen old row; the v3 ones: the child of the
+        # pruned block (used recently, so kept) is an orphan.
         assert catalog.prune_missing(100.0, grace=0) == 1
+        assert orphans(catalog) == {2}
 
 
 def test_newer_schema_is_refused(catalog_url: str) -> None:
@@ -322,6 +334,45 @@ def test_apply_journal(cat: Catalog) -> None:
         1,
     )  # older access: recency kept, hit counted
     assert cat.journal_offsets() == {"w1.00000001.jnl": 1024, "w2.00000001.jnl": 64}
+
+
+def orphans(catalog: Catalog) -> set[int]:
+    with catalog.engine.connect() as conn:
+        return {int(h, 16) for (h,) in conn.execute(text("SELECT block_hash FROM blocks WHERE orphan"))}
+
+
+def test_removing_a_block_orphans_its_descendants_until_they_are_used(cat: Catalog) -> None:
+    def store(n: int, t: float, parent: int | None, *, pos: int, **kw: object) -> JournalRecord:
+        p = None if parent is None else f"{parent:032x}"
+        return JournalRecord(RecordKind.STORE, key(n, **kw), t, 100, pos, p)  # type: ignore[arg-type]
+
+    cat.apply_journal(
+        [
+            store(1, 10.0, None, pos=0),
+            store(2, 10.0, 1, pos=1),
+            store(3, 10.0, 2, pos=2),
+            store(4, 10.0, 1, pos=1, rank=1),  # same parent hash, another rank: another chain
+            store(5, 10.0, 1, pos=1, ns=NS2),  # another namespace
+            store(6, 10.0, None, pos=1),  # no parent recorded (a writer that does not know it)
+        ],
+        {},
+    )
+    assert orphans(cat) == set()
+    assert cat.remove_blocks([key(1)]) == 1
+    assert orphans(cat) == {2, 3}  # the child and the grandchild: neither can be loaded any more
+    # The chain is sent again: 2 is used (its parent was re-stored), 3 not yet.
+    cat.apply_journal([store(1, 300.0, None, pos=0), JournalRecord(RecordKind.ACCESS, key(2), 300.0)], {})
+    assert orphans(cat) == {3}
+    # By row id (the executor's path) and by a scan that found the files gone.
+    cat.apply_journal([store(7, 400.0, None, pos=0), store(8, 400.0, 7, pos=1)], {})
+    (seven,) = [r.block_id for r in cat.iter_blocks() if r.key == key(7)]
+    assert seven is not None and cat.remove_block_ids([seven]) == 1
+    assert orphans(cat) == {3, 8}
+    cat.upsert_blocks([BlockRow(key(9, ns=NS2), 100, created=1.0, last_access=1.0, chain_pos=0)])
+    cat.apply_journal([store(10, 500.0, 9, pos=1, ns=NS2)], {})
+    # 9's file is gone (never seen by the scan, old); 10 was used during the walk and stays.
+    assert cat.prune_missing(450.0, grace=0, keep_namespaces=[NS]) == 2  # 9 and 5
+    assert orphans(cat) == {3, 8, 10}
 
 
 def test_offsets_never_move_backwards_and_can_be_forgotten(cat: Catalog) -> None:

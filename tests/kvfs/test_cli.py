@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from kvfs.blockfile import BlockIdentity, StoreOutcome, store_block
-from kvfs.catalog import Catalog
+from kvfs.catalog import Catalog, prefix_ghosts
 from kvfs.cli import main
 from kvfs.journal import JournalWriter
 from kvfs.layout import BlockKey, fingerprint_sha256, kvfs_fields, namespace_name, write_namespace_config
@@ -202,6 +202,22 @@ def test_gc_max_bytes_evicts_lru_and_prints_the_plan(site: Site) -> None:
     # The three 3-day-old beta blocks go first, then alpha's two oldest.
     assert site.present() == {3, 4, 5, 6}
     assert site.json("du")["total_files"] == 4
+
+
+def test_gc_default_policy_remembers_what_it_evicted(site: Site) -> None:
+    # The default policy learns from evicted blocks that come back: `kvfs gc` must record them, as the
+    # evictor does (one policy instance plans and executes the pass).
+    site.json("scan")
+    out = site.json("gc", "--max-bytes", str(4 * site.file_size))
+    assert out["deleted_files"] == 5 and out["plan"]["policy"] == DEFAULT_POLICY == "prefix"
+    with Catalog.open(site.catalog_url) as catalog:
+        assert prefix_ghosts.ghost_count(catalog) == {False: 5}
+    dry = site.json("gc", "--max-bytes", str(2 * site.file_size), "--dry-run")
+    assert dry["deleted_files"] == 2
+    with Catalog.open(site.catalog_url) as catalog:
+        # A dry run records nothing; its settle step dropped the 3-day-old ghosts (beyond 3 recency spans of
+        # the 1-4 h old blocks left), keeping alpha's two.
+        assert prefix_ghosts.ghost_count(catalog) == {False: 2}
 
 
 def test_gc_scans_first_when_the_catalog_is_empty(site: Site) -> None:

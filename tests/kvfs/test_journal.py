@@ -45,6 +45,7 @@ records = st.builds(
     time=st.floats(min_value=MIN_RECORD_TIME, max_value=1_750_000_000.0),
     size=st.integers(min_value=0, max_value=MAX_RECORD_SIZE),
     chain_pos=st.integers(min_value=-1, max_value=2**31 - 1),
+    parent=st.none() | st.text(alphabet=HEX, min_size=8, max_size=64).map(lambda s: s + s),
 )
 
 
@@ -120,6 +121,20 @@ def test_decoder_resyncs_over_corruption(recs: list[JournalRecord], damage: list
     assert decoded.bad + decoded.torn <= damaged
     if len(decoded.records) < len(recs):
         assert decoded.bad + decoded.torn >= 1
+
+
+def test_parent_is_optional_and_old_records_read_as_before() -> None:
+    parent = "ab" * 16
+    with_parent = JournalRecord(RecordKind.STORE, key(1), 1_700_000_000.0, 10, 3, parent)
+    plain = JournalRecord(RecordKind.STORE, key(1), 1_700_000_000.0, 10, 3)
+    data = encode_record(with_parent) + encode_record(plain)
+    assert decode_records(data, final=True).records == [with_parent, plain]
+    # A record without a parent is byte for byte what writers before the parent field wrote.
+    assert len(encode_record(with_parent)) == len(encode_record(plain)) + 1 + 16
+    assert encode_record(plain)[9] & 0x40 == 0
+    # A parent that cannot be a block hash (odd length) is not journaled; the record still is.
+    odd = JournalRecord(RecordKind.STORE, key(1), 1_700_000_000.0, 10, 3, "abc")
+    assert decode_records(encode_record(odd), final=True).records == [plain]
 
 
 def test_unencodable_keys() -> None:

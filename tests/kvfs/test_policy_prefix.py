@@ -10,6 +10,7 @@ from sqlalchemy import text
 from kvfs import metrics
 from kvfs.catalog import BlockRow, Catalog, prefix_ghosts
 from kvfs.gc import GcLimits, plan_gc
+from kvfs.journal import JournalRecord, RecordKind
 from kvfs.layout import BlockKey
 from kvfs.policy import DEFAULT_POLICY, get_policy, prefix
 from kvfs.policy.prefix import PrefixPolicy, adapt, order
@@ -73,6 +74,27 @@ def test_a_chain_loses_its_tail_before_its_head(catalog: Catalog) -> None:
     assert offered(catalog, PrefixPolicy(), limit=100) == [3]
 
 
+def test_blocks_whose_prefix_is_gone_go_first(catalog: Catalog) -> None:
+    # The chain 1-2-3 was stored with its parents recorded; 4 is older but whole.  Block 1 is deleted (a TTL,
+    # a corrupt file, another tool): 2 and 3 can never be loaded, so they go before 4, the tail first.
+    def store(n: int, t: float, pos: int, parent: int | None) -> JournalRecord:
+        return JournalRecord(
+            RecordKind.STORE, key(n), t, 100, pos, None if parent is None else key(parent).block_hash
+        )
+
+    catalog.apply_journal(
+        [store(4, 5.0, 0, None), store(1, 10.0, 0, None), store(2, 10.0, 1, 1), store(3, 10.0, 2, 2)], {}
+    )
+    assert offered(catalog, PrefixPolicy()) == [4, 3, 2, 1]  # LRU while the chain is whole
+    catalog.remove_blocks([key(1)])
+    assert offered(catalog, PrefixPolicy()) == [3, 2, 4]
+    assert offered(catalog, PrefixPolicy(), limit=200) == [3, 2]
+    # Orphans leave no ghosts: their coming back says nothing about the bonus.
+    policy = PrefixPolicy()
+    evict(catalog, policy, limit=200)
+    assert prefix_ghosts.ghost_count(catalog) == {}
+
+
 def test_order_merges_by_last_access_plus_bonus() -> None:
     @dataclass
     class B:
@@ -83,7 +105,7 @@ def test_order_merges_by_last_access_plus_bonus() -> None:
     fresh = [B("a", 10), B("b", 20, 1), B("b0", 20, 0)]
     reused = [B("c", 5, 2), B("d", 12)]
     # Bonus 0: plain LRU with the deeper position first on ties.
-    assert [(b.name, r) for b, r in order(fresh, reused, 0.0)] == [
+    assert [(b.name, r) for b, r in order([], fresh, reused, 0.0)] == [
         ("c", True),
         ("a", False),
         ("d", True),
@@ -91,8 +113,14 @@ def test_order_merges_by_last_access_plus_bonus() -> None:
         ("b0", False),
     ]
     # Bonus 10: c counts as 15, d as 22; on a tie the never-reused block goes first.
-    assert [b.name for b, _ in order(fresh, reused, 10.0)] == ["a", "c", "b", "b0", "d"]
-    assert [b.name for b, _ in order(fresh, [B("e", 10)], 0.0)] == ["a", "e", "b", "b0"]
+    assert [b.name for b, _ in order([], fresh, reused, 10.0)] == ["a", "c", "b", "b0", "d"]
+    assert [b.name for b, _ in order([], fresh, [B("e", 10)], 0.0)] == ["a", "e", "b", "b0"]
+    # Orphans first, whatever their age.
+    assert [(b.name, r) for b, r in order([B("z", 99)], fresh[:1], reused[:1], 0.0)] == [
+        ("z", None),
+        ("c", True),
+        ("a", False),
+    ]
 
 
 def test_adapt_steps_toward_the_class_whose_evictions_came_back() -> None:
