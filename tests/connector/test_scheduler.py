@@ -255,11 +255,11 @@ def test_idle_steps_wait_for_a_slow_load_instead_of_spinning(stored, model_dir, 
     import connector.iopool as iopool
 
     _a, root = stored
-    slow_s, wait_s = 0.4, 0.05
+    slow_s, wait_s = 0.6, 0.15
     real_load = iopool.load_block
 
     def slow_load(*args, **kwargs):  # type: ignore[no-untyped-def]
-        time.sleep(slow_s / 4)  # slow storage: each of the 4 files takes 0.1 s (2 I/O threads)
+        time.sleep(slow_s / 4)  # slow storage: each of the 4 files takes 0.15 s (2 I/O threads)
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(iopool, "load_block", slow_load)
@@ -275,7 +275,7 @@ def test_idle_steps_wait_for_a_slow_load_instead_of_spinning(stored, model_dir, 
         assert any(n == 0 for n, _ in b.steps)  # b1 waited for its load on idle steps
         busy = [s for n, s in b.steps if n > 0]
         assert busy and max(busy) < wait_s, busy  # a step with a forward pass never waits
-        # Without the wait the loop would spin thousands of times through a 0.2 s load; with it, each idle step
+        # Without the wait the loop would spin thousands of times through a 0.3 s load; with it, each idle step
         # ends when a transfer finishes or after wait_s.
         assert len(b.steps) < 40 + 2 * slow_s / wait_s, len(b.steps)
     finally:
