@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -37,6 +38,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -154,8 +156,6 @@ def _status(port: int) -> dict[str, Any]:
 
 
 def _wait_port(log: Path, proc: subprocess.Popen[bytes]) -> int:
-    import re
-
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         m = re.search(r"http :(\d+)", log.read_text(errors="replace"))
@@ -167,30 +167,39 @@ def _wait_port(log: Path, proc: subprocess.Popen[bytes]) -> int:
     raise RuntimeError("the evictor did not start")
 
 
-def run_kvfs(store: Store, work: Path) -> dict[str, Any]:
+def _log_time(line: str) -> float:
+    """Epoch seconds of a text-format evictor log line (local time, milliseconds)."""
+    stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    return stamp.timestamp()
+
+
+def run_kvfs(store: Store, work: Path, src: Path | None = None) -> dict[str, Any]:
+    """A real evictor from this checkout, or (`src`) from another one, e.g. the code before issue 14, whose
+    status has no start-up fields: then its first pass and watch are read from its log."""
     db = work / "catalog.db"
     for extra in ("", "-wal", "-shm"):
         Path(f"{db}{extra}").unlink(missing_ok=True)
     log = work / "evictor.log"
     args = ["--root", str(store.root), "--catalog", f"sqlite:///{db}", "--watch", "inotify", "--min-age", "0",
             "--high-watermark", str(HIGH), "--low-watermark", str(LOW), "--metrics-host", "127.0.0.1",
-            "--metrics-port", "0"]  # fmt: skip
+            "--metrics-port", "0", "--log-format", "text"]  # fmt: skip
     if store.mode == "dir":
         args += ["--max-bytes", str(store.capacity)]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(src or Path(__file__).resolve().parents[1])}
     t0 = time.time()
     proc = subprocess.Popen(
         [sys.executable, "-m", "evictor", *args],
         stdout=open(log, "wb"),  # noqa: SIM115 - the child keeps it
         stderr=subprocess.STDOUT,
         env=env,
+        cwd=work,  # `-m` puts the working directory first on sys.path: it must not shadow PYTHONPATH
     )
     out: dict[str, Any] = {}
     try:
         port = _wait_port(log, proc)
         while "under_target_s" not in out:
-            if time.time() - t0 > 300:
-                raise RuntimeError(f"not under the target in 300 s: {log.read_text()[-3000:]}")
+            if time.time() - t0 > 600:
+                raise RuntimeError(f"not under the target in 600 s: {log.read_text()[-3000:]}")
             if store.mode == "loop":
                 used, total = store.usage()
                 if used <= total * LOW / 100:
@@ -202,23 +211,25 @@ def run_kvfs(store: Store, work: Path) -> dict[str, Any]:
                     out["under_target_s"] = last["time"] + last["duration_s"] - t0
                     out["cpu_s"] = _cpu_s(proc.pid)
             time.sleep(0.02)
-        while True:  # the tree watch and the scan after it, before SIGTERM
-            status = _status(port)
-            if status["scans_done"] >= 2 and status["tree_watch"]["state"] == "watching":
-                break
-            if time.time() - t0 > 600:
-                raise RuntimeError("the tree watch was not in place within 600 s")
-            time.sleep(0.2)
-        import re
-
-        while not re.search(r"removed \d+ emptied bucket directories", log.read_text(errors="replace")):
-            if time.time() - t0 > 600:
-                raise RuntimeError("emptied directories not removed within 600 s")
-            time.sleep(0.2)
-        out["dirs_reclaimed_s"] = time.time() - t0
-        out["first_pass_s"] = status["first_pass_at"] - t0
-        out["watch_ready_s"] = time.time() - t0
-        out["watch_setup_s"] = status["tree_watch"]["setup_s"]
+        if src is not None:
+            evicted = _wait_log(log, r"^(.{23}) INFO kvfs.evictor.enforce: evicted", t0)
+            watching = _wait_log(log, r"^(.{23}) INFO kvfs.evictor.watch: watching", t0)
+            out["first_pass_s"] = _log_time(evicted[1]) - t0
+            out["watch_ready_s"] = _log_time(watching[1]) - t0
+            time.sleep(2.0)  # events of the pass drain, as for the current code's scan after the watch
+        else:
+            while True:  # the tree watch and the scan after it, before SIGTERM
+                status = _status(port)
+                if status["scans_done"] >= 2 and status["tree_watch"]["state"] == "watching":
+                    break
+                if time.time() - t0 > 600:
+                    raise RuntimeError("the tree watch was not in place within 600 s")
+                time.sleep(0.2)
+            out["watch_ready_s"] = time.time() - t0
+            out["watch_setup_s"] = status["tree_watch"]["setup_s"]
+            out["first_pass_s"] = status["first_pass_at"] - t0
+            _wait_log(log, r"removed \d+ emptied bucket directories", t0)
+            out["dirs_reclaimed_s"] = time.time() - t0
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(120)
@@ -226,6 +237,16 @@ def run_kvfs(store: Store, work: Path) -> dict[str, Any]:
     out["inotify_overflow"] = "queue overflowed" in text
     out["exit_code"] = proc.returncode
     return out
+
+
+def _wait_log(log: Path, pattern: str, t0: float, timeout: float = 600) -> re.Match[str]:
+    while True:
+        m = re.search(pattern, log.read_text(errors="replace"), re.M)
+        if m:
+            return m
+        if time.time() - t0 > timeout:
+            raise RuntimeError(f"no log line like {pattern!r} within {timeout} s")
+        time.sleep(0.1)
 
 
 def run_crawl(store: Store, min_age: float = 0.0) -> dict[str, Any]:
@@ -273,6 +294,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fs", choices=("auto", "loop", "dir"), default="auto")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--json", dest="json_out", default=None)
+    ap.add_argument(
+        "--before",
+        default=None,
+        help="also run the evictor of another checkout (e.g. `git worktree add /tmp/before <commit>`) as a third "
+        "contestant, 'before'",
+    )
     args = ap.parse_args(argv)
     mode = args.fs
     if mode == "auto":
@@ -287,15 +314,20 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     results: dict[str, list[dict[str, Any]]] = {"kvfs": [], "crawl": []}
+    if args.before:
+        results["before"] = []
     try:
         for run in range(args.runs):
-            order = ("kvfs", "crawl") if run % 2 == 0 else ("crawl", "kvfs")
+            order = tuple(results) if run % 2 == 0 else tuple(reversed(results))
             for name in order:
                 store = Store(work, mode, files, args.file_kib * 1024)
                 try:
                     store.build()
                     before = store.outcome()
-                    fig = run_kvfs(store, work) if name == "kvfs" else run_crawl(store)
+                    if name == "crawl":
+                        fig = run_crawl(store)
+                    else:
+                        fig = run_kvfs(store, work, Path(args.before) if name == "before" else None)
                     fig.update(store.outcome())
                     fig["dirs_before"] = before["dirs_left"]
                     fig["start_usage_pct"] = before["final_usage_pct"]
@@ -329,6 +361,16 @@ def main(argv: list[str] | None = None) -> None:
         f"{100 * c['oldest_share']:.1f}% among the oldest, {c['dirs_left']:,.0f} directories left",
         flush=True,
     )
+    if "before" in summary:
+        b = summary["before"]
+        print(
+            f"before (--before {args.before}): first pass {b['first_pass_s']:.2f}s, under target "
+            f"{b['under_target_s']:.2f}s ({b['under_target_s'] / k['under_target_s']:.1f}x kvfs's time), "
+            f"{b['cpu_s']:.2f} CPU s, tree watch in place {b['watch_ready_s']:.1f}s, deleted {b['deleted']:,.0f} "
+            f"files, {b['dirs_left']:,.0f} directories left, inotify overflow in "
+            f"{sum(r['inotify_overflow'] for r in results['before'])}/{len(results['before'])} runs",
+            flush=True,
+        )
     if args.json_out:
         Path(args.json_out).write_text(
             json.dumps({"mode": mode, "runs": results, "median": summary}, indent=2)
