@@ -13,7 +13,7 @@ from kvfs.cli import main as kvfs_cli
 from kvfs.replay import belady_prefix_hit_ratio, replay, simulate_belady, simulate_lru, unique_blocks
 from kvfs.replay.catalog_replay import simulate_catalog_policy
 from kvfs.replay.memory import simulate_prefix
-from kvfs.tracegen import generate, write_trace
+from kvfs.tracegen import WORKLOADS, generate, write_trace
 
 
 @pytest.mark.parametrize("workload", ["chat", "rag", "agent"])
@@ -32,19 +32,20 @@ def test_memory_replay_matches_the_catalog_replay_block_for_block(workload: str,
 
 
 # Small generated traces of every workload: the default policy against LRU at 2, 5, 10 and 25% of the footprint.
-# Per point it may trail LRU by at most 2% of LRU's hits (the adaptive bonus pays for its evidence: measured
-# losses are below that on every trace of docs/policy.md); over all points it must keep more hits than LRU.
+# Strictly >= per cell does not hold (docs/policy.md: the adaptive bonus pays for its evidence, at most 0.7% of
+# LRU's hits on the suite, 0.4% here): per cell it may trail LRU by at most 1% of LRU's hits, and over all
+# cells it must keep more hits than LRU.
 @pytest.mark.parametrize("seed", [11, 12])
 def test_default_policy_is_never_worse_than_lru(seed: int) -> None:
     total_prefix = total_lru = 0
-    for workload in ("chat", "agent", "rag", "mixed"):
+    for workload in WORKLOADS:
         trace = [r.hash_ids for r in generate(workload, requests=600, seed=seed)]
         for fraction in (0.02, 0.05, 0.10, 0.25):
             capacity = max(1, int(unique_blocks(trace) * fraction))
             slack = max(1, capacity // 100)
             mine = simulate_prefix(trace, capacity, slack).hit_blocks
             lru = simulate_lru(trace, capacity, slack).hit_blocks
-            assert mine >= lru * 0.98, (workload, fraction, mine, lru)
+            assert mine >= lru * 0.99, (workload, fraction, mine, lru)
             total_prefix += mine
             total_lru += lru
     assert total_prefix > total_lru
@@ -97,3 +98,19 @@ def test_cli_policies_table_and_json(tmp_path: Path) -> None:
     assert both.exit_code == 2 and "not both" in both.output
     unknown = runner.invoke(kvfs_cli, ["replay", str(trace), "--capacity", "5%", "--policies", "prefix,fifo"])
     assert unknown.exit_code != 0 and "unknown eviction policy 'fifo'" in unknown.output
+
+
+def test_suite_prints_one_row_per_trace_and_capacity(tmp_path: Path, capsys) -> None:
+    from kvfs.replay.suite import main as suite_main
+
+    out = tmp_path / "suite.json"
+    assert (
+        suite_main(["--requests", "120", "--seeds", "3", "--capacities", "0.1,0.25", "--json", str(out)]) == 0
+    )
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "%" in line]
+    assert len(rows) == 2 * len(WORKLOADS)
+    data = json.loads(out.read_text())
+    assert {(d["trace"], d["fraction"]) for d in data} == {
+        (f"{w}-3", f) for w in WORKLOADS for f in (0.1, 0.25)
+    }
+    assert all(d["policies"]["prefix"] == d["hit_ratio"] for d in data)

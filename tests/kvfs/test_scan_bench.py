@@ -35,3 +35,22 @@ def test_bench_runner_lists_and_rejects() -> None:
     assert {"catalog", "scan"} <= set(listed.stdout.split())
     bad = run("kvfs.bench", "--only", "nope")
     assert bad.returncode == 2 and "no benchmark module named nope" in bad.stderr
+
+
+def test_policy_bench_small_runs_the_default_policy() -> None:
+    proc = run(
+        "kvfs.bench.policy", "--rows", "6000", "--runs", "1", "--evict", "0.1", "--policies", "lru,prefix"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "prefix pass" in proc.stdout and "prefix first pass" in proc.stdout and "lru pass" in proc.stdout
+
+
+def test_replay_bench_small_checks_both_replays_agree(tmp_path: Path) -> None:
+    from kvfs.tracegen import generate, write_trace
+
+    trace = tmp_path / "chat.jsonl"
+    with trace.open("w") as fh:
+        write_trace(generate("chat", requests=150, seed=2), fh)
+    proc = run("kvfs.bench.replay", "--trace", str(trace), "--runs", "1", "--capacity", "0.1")
+    # rc 1 is allowed here (a 150-request trace need not be 10x faster); a mismatch is not.
+    assert "MISMATCH" not in proc.stderr and "RATIO catalog/fast" in proc.stdout, proc.stderr
