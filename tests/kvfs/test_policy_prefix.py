@@ -130,7 +130,7 @@ def test_adapt_steps_toward_the_class_whose_evictions_came_back() -> None:
     # Weighted by the other class's ghosts: a reused ghost's return among many fresh ghosts counts more.
     assert adapt(0, 1, 40, 10, 0.1) == pytest.approx(0.1 + 4 * step)
     assert adapt(1, 0, 10, 40, 0.1) == pytest.approx(0.1 - 4 * step)
-    assert adapt(0, 0, 5, 5, 0.3) == 0.3
+    assert adapt(0, 0, 5, 5, 0.2) == 0.2
     assert adapt(50, 0, 1, 1, 0.1) == 0.0  # clamped
     assert adapt(0, 500, 1, 1, 0.1) == prefix.BETA_MAX
 
