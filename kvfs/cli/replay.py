@@ -102,7 +102,13 @@ def replay(
     rows = [
         *mine,
         ("belady (offline optimum)", f"{result.belady_hit_ratio:.4f}", "1.000"),
-        ("lru", f"{result.lru_hit_ratio:.4f}", _ratio(result.lru_hit_ratio, result.belady_hit_ratio)),
+        *(
+            []
+            if "lru" in result.policies  # already a row
+            else [
+                ("lru", f"{result.lru_hit_ratio:.4f}", _ratio(result.lru_hit_ratio, result.belady_hit_ratio))
+            ]
+        ),
         ("fifo", f"{result.fifo_hit_ratio:.4f}", _ratio(result.fifo_hit_ratio, result.belady_hit_ratio)),
     ]
     click.echo(

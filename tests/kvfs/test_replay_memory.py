@@ -92,6 +92,7 @@ def test_cli_policies_table_and_json(tmp_path: Path) -> None:
         line.startswith("prefix (policy)") for line in lines
     )
     assert "progress" not in text.output and "replaying" not in text.output  # no bar off a terminal
+    assert sum(line.startswith("lru") for line in lines) == 1  # LRU named as a policy is not repeated
     both = runner.invoke(
         kvfs_cli, ["replay", str(trace), "--capacity", "5%", "--policy", "lru", "--policies", "lru"]
     )
