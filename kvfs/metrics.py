@@ -118,13 +118,13 @@ VERIFY_UNREADABLE = Counter(
     ["reason"],
 )
 
-# --- eviction policies (kvfs/policy/twoq.py, kvfs/policy/history.py) ------------------------------------------
+# --- eviction policies (kvfs/policy/twoq.py, history.py, prefix.py) ------------------------------------------
 POLICY_RESTORES = Counter(
     "kvfs_policy_restores_total",
-    "Blocks stored again after being evicted (2q ghosts); a high rate means the tier is too small.",
+    "Blocks stored again after being evicted (2q or prefix ghosts); a high rate means the tier is too small.",
 )
 POLICY_BOOKKEEPING_ERRORS = Counter(
     "kvfs_policy_bookkeeping_errors_total",
-    "Policy bookkeeping (2q re-store check, ghost upserts) that failed; the pass went on without it.",
+    "Policy bookkeeping (re-store check, prefix's bonus update, ghost upserts) that failed; the pass went on without it.",
     ["op"],
 )

@@ -116,8 +116,8 @@ def _stream(catalog: Catalog, query: Select[Any], names: dict[int, str]) -> Iter
 class PrefixPolicy(EvictionPolicy):
     name: ClassVar[str] = "prefix"
     description: ClassVar[str] = (
-        "prefix-aware LRU: reused blocks get an adaptive bonus (learned from evicted blocks that come back); "
-        "ties: deeper prefix-chain position first"
+        "prefix-aware LRU: blocks whose parent is gone first; reused blocks get an adaptive bonus (learned "
+        "from evicted blocks that come back); ties: deeper prefix-chain position first"
     )
 
     def __init__(self) -> None:
