@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -461,85 +461,87 @@ def _hit(
     return hit
 
 
-def _writer(spec: Mapping[str, Any]) -> dict[str, Any]:
-    engine = Engine(spec)
+def _per_prompt(
+    spec: Mapping[str, Any],
+    label: str,
+    measure: Callable[[Any, list[int], list[int] | None], dict[str, Any]],
+    engine: Any = None,
+) -> dict[str, Any]:
+    """One engine, each prompt measured in turn; a prompt that fails is recorded and the next one goes on."""
+    engine = engine if engine is not None else Engine(spec)
     res: dict[str, Any] = {"startup_s": engine.startup_s, "prompts": []}
-    probe = engine.probe()
-    res["threads"], res["cpus"] = probe.get("threads"), probe.get("cpus")
-    for n, seed in zip(spec["sizes"], spec["seeds"], strict=True):
-        tokens = prompt_tokens(n, seed, spec["vocab"])
+    if engine.kvfs:
+        probe = engine.probe()
+        res["threads"], res["cpus"] = probe.get("threads"), probe.get("cpus")
+    refs = spec.get("refs") or [None] * len(spec["sizes"])
+    for n, seed, ref in zip(spec["sizes"], spec["seeds"], refs, strict=True):
         entry: dict[str, Any] = {"tokens": n}
         try:
-            before = engine.probe()["metrics"]
-            ref, cold, _ = engine.generate(tokens)
-            entry["settle_s"] = engine.settle()
-            after = engine.probe()
-            stores = _delta(after["metrics"], before, "kvfs_connector_stores_total")
-            entry.update(
-                cold_ttft_s=cold,
-                ref_tokens=ref,
-                stores={k.split("=")[1].rstrip("}"): v for k, v in stores.items()},
-                dropped_by_reason=_delta(after["metrics"], before, "kvfs_connector_stores_dropped_total"),
-                store_gbps=after.get("store_gbps"),
-                store_write_thread_s=_delta(after["metrics"], before, "kvfs_connector_io_seconds_total").get(
-                    "{op=store,stage=write}", 0.0
-                ),
-            )
-            hits = []
-            for _ in range(spec["reps"]):
-                for variant, wait in VARIANTS:
-                    engine.probe(idle_wait_s=spec["idle_wait_s"] if wait else 0.0)
-                    hits.append(_hit(engine, tokens, ref, variant, spec["bytes_per_token"]))
-            engine.probe(idle_wait_s=spec["idle_wait_s"])
-            entry["hits"] = hits
+            entry.update(measure(engine, prompt_tokens(n, seed, spec["vocab"]), ref))
         except Exception as exc:  # noqa: BLE001 - record it and go on with the next prompt
             entry["error"] = repr(exc)
         res["prompts"].append(entry)
-        _progress(f"writer {spec['root_name']} {n}: {_brief(entry)}")
+        _progress(f"{label} {n}: {_brief(entry)}")
     return res
 
 
-def _reader(spec: Mapping[str, Any]) -> dict[str, Any]:
-    engine = Engine(spec)
-    res: dict[str, Any] = {"startup_s": engine.startup_s, "prompts": []}
-    for n, seed, ref in zip(spec["sizes"], spec["seeds"], spec["refs"], strict=True):
-        tokens = prompt_tokens(n, seed, spec["vocab"])
-        entry: dict[str, Any] = {"tokens": n}
-        try:
-            first = _hit(engine, tokens, ref, "first", spec["bytes_per_token"])
-            again = [_hit(engine, tokens, ref, "again", spec["bytes_per_token"]) for _ in range(spec["reps"])]
-            entry.update(
-                first_ttft_s=first["ttft_s"],
-                first=first,
-                again_ttft_s=median([h["ttft_s"] for h in again]),
-                tokens_equal=first["tokens_equal"] and all(h["tokens_equal"] for h in again),
-            )
-        except Exception as exc:  # noqa: BLE001
-            entry["error"] = repr(exc)
-        res["prompts"].append(entry)
-        _progress(f"reader {spec['root_name']} {n}: {_brief(entry)}")
-    return res
+def _writer(spec: Mapping[str, Any], engine: Any = None) -> dict[str, Any]:
+    """Cold (recompute) run and its stores, then same-engine hits alternating the VARIANTS."""
+
+    def measure(engine: Any, tokens: list[int], _ref: list[int] | None) -> dict[str, Any]:
+        before = engine.probe()["metrics"]
+        ref, cold, _ = engine.generate(tokens)
+        settle_s = engine.settle()
+        after = engine.probe()
+        stores = _delta(after["metrics"], before, "kvfs_connector_stores_total")
+        io = _delta(after["metrics"], before, "kvfs_connector_io_seconds_total")
+        hits = []
+        for _ in range(spec["reps"]):
+            for variant, wait in VARIANTS:
+                engine.probe(idle_wait_s=spec["idle_wait_s"] if wait else 0.0)
+                hits.append(_hit(engine, tokens, ref, variant, spec["bytes_per_token"]))
+        engine.probe(idle_wait_s=spec["idle_wait_s"])
+        return {
+            "cold_ttft_s": cold,
+            "settle_s": settle_s,
+            "ref_tokens": ref,
+            "stores": {k.split("=")[1].rstrip("}"): v for k, v in stores.items()},
+            "dropped_by_reason": _delta(after["metrics"], before, "kvfs_connector_stores_dropped_total"),
+            "store_gbps": after.get("store_gbps"),
+            "store_write_thread_s": io.get("{op=store,stage=write}", 0.0),
+            "hits": hits,
+        }
+
+    return _per_prompt(spec, f"writer {spec['root_name']}", measure, engine)
 
 
-def _cpu_tier(spec: Mapping[str, Any]) -> dict[str, Any]:
-    engine = Engine(spec)
-    res: dict[str, Any] = {"startup_s": engine.startup_s, "prompts": []}
-    for n, seed, ref in zip(spec["sizes"], spec["seeds"], spec["refs"], strict=True):
-        tokens = prompt_tokens(n, seed, spec["vocab"])
-        entry: dict[str, Any] = {"tokens": n}
-        try:
-            out, cold, _ = engine.generate(tokens)
-            engine.settle()
-            entry.update(cold_ttft_s=cold, cold_equal=ref is None or out == ref)
-            ref = ref if ref is not None else out
-            entry["hits"] = [
-                _hit(engine, tokens, ref, "cpu", spec["bytes_per_token"]) for _ in range(spec["reps"])
-            ]
-        except Exception as exc:  # noqa: BLE001
-            entry["error"] = repr(exc)
-        res["prompts"].append(entry)
-        _progress(f"cpu tier {n}: {_brief(entry)}")
-    return res
+def _reader(spec: Mapping[str, Any], engine: Any = None) -> dict[str, Any]:
+    """A second engine on the writer's root: its first hit (lookups unknown: RETRY once), then repeats."""
+
+    def measure(engine: Any, tokens: list[int], ref: list[int] | None) -> dict[str, Any]:
+        first = _hit(engine, tokens, ref, "first", spec["bytes_per_token"])
+        again = [_hit(engine, tokens, ref, "again", spec["bytes_per_token"]) for _ in range(spec["reps"])]
+        return {
+            "first_ttft_s": first["ttft_s"],
+            "first": first,
+            "again_ttft_s": median([h["ttft_s"] for h in again]),
+            "tokens_equal": first["tokens_equal"] and all(h["tokens_equal"] for h in again),
+        }
+
+    return _per_prompt(spec, f"reader {spec['root_name']}", measure, engine)
+
+
+def _cpu_tier(spec: Mapping[str, Any], engine: Any = None) -> dict[str, Any]:
+    """vLLM's CPU tier: cold run (stores into pinned CPU memory), then hits."""
+
+    def measure(engine: Any, tokens: list[int], ref: list[int] | None) -> dict[str, Any]:
+        out, cold, _ = engine.generate(tokens)
+        engine.settle()
+        ref = ref if ref is not None else out
+        hits = [_hit(engine, tokens, ref, "cpu", spec["bytes_per_token"]) for _ in range(spec["reps"])]
+        return {"cold_ttft_s": cold, "cold_equal": out == ref, "hits": hits}
+
+    return _per_prompt(spec, "cpu tier", measure, engine)
 
 
 def _du(root: str) -> int:

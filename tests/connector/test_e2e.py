@@ -127,3 +127,81 @@ def test_oracles_break_belady_ties_tail_first():
     assert got["lru_hit_ratio"] == 0.0
     assert 0.05 < got["belady_hit_ratio"] < 0.34
     assert got["belady_watermarks_hit_ratio"] <= got["belady_hit_ratio"]
+
+
+class ScriptedEngine:
+    """The harness's view of an engine (no vLLM on CI): greedy tokens are the prompt's first tokens, a prompt seen
+    before "loads" its chunks, and kvfs counters move as a real engine's would. It checks the harness's own
+    bookkeeping (per-prompt loop, metric deltas, variants, error isolation); the engine path runs on the GPU."""
+
+    startup_s = 1.0
+
+    def __init__(self, kvfs: bool = True, fail_on: int | None = None) -> None:
+        self.kvfs, self.fail_on = kvfs, fail_on
+        self.metrics = {
+            "kvfs_connector_stores_total{outcome=stored}": 0.0,
+            "kvfs_connector_load_bytes_total{}": 0.0,
+            "kvfs_connector_job_seconds_sum{kind=load}": 0.0,
+            "kvfs_connector_io_seconds_total{op=load,stage=read}": 0.0,
+        }
+        self.seen: set[int] = set()
+        self.idle_waits: list[float | None] = []
+        self.llm = self
+        self.resets = 0
+
+    def reset_prefix_cache(self) -> None:
+        self.resets += 1
+
+    def probe(self, idle_wait_s=None):  # type: ignore[no-untyped-def]
+        self.idle_waits.append(idle_wait_s)
+        return {"metrics": dict(self.metrics), "threads": 16, "cpus": 16, "store_gbps": 12.0}
+
+    def generate(self, tokens):  # type: ignore[no-untyped-def]
+        if len(tokens) == self.fail_on:
+            raise RuntimeError("engine died")
+        chunks = len(tokens) // e2e.CHUNK_TOKENS
+        if len(tokens) in self.seen:
+            self.metrics["kvfs_connector_load_bytes_total{}"] += chunks * 1e6
+            self.metrics["kvfs_connector_job_seconds_sum{kind=load}"] += chunks * 1e-4
+            ttft = 0.01 * chunks
+        else:
+            self.seen.add(len(tokens))
+            self.metrics["kvfs_connector_stores_total{outcome=stored}"] += chunks
+            ttft = 0.1 * chunks
+        return tokens[:8], ttft, ttft
+
+    def settle(self) -> float:
+        return 0.0
+
+
+def _spec(**extra):  # type: ignore[no-untyped-def]
+    return {
+        "sizes": [512, 1024], "seeds": [1, 2], "vocab": 5000, "reps": 2, "bytes_per_token": 1000,
+        "idle_wait_s": 0.002, "root_name": "shm", **extra,
+    }  # fmt: skip
+
+
+def test_engine_phases_measure_every_prompt_and_feed_the_table():
+    engine = ScriptedEngine()
+    writer = e2e._writer(_spec(), engine)
+    first, second = writer["prompts"]
+    assert first["stores"] == {"stored": 2.0} and second["stores"] == {"stored": 4.0}
+    assert [h["variant"] for h in first["hits"]] == ["default", "before"] * 2
+    assert all(h["tokens_equal"] and h["load_gbps"] == pytest.approx(1e6 / 1e-4 / 1e9) for h in first["hits"])
+    assert first["hits"][0]["loaded_tokens"] == 2 * 1e6 // 1000
+    # the variants switch the idle-step wait, and the default is put back after each prompt
+    assert [w for w in engine.idle_waits if w is not None][:5] == [0.002, 0.0, 0.002, 0.0, 0.002]
+    refs = [p["ref_tokens"] for p in writer["prompts"]]
+    reader = e2e._reader(_spec(refs=refs), ScriptedEngine())
+    cpu = e2e._cpu_tier(_spec(refs=refs), ScriptedEngine(kvfs=False))
+    assert all(p["tokens_equal"] for p in reader["prompts"]) and all(p["cold_equal"] for p in cpu["prompts"])
+    rows = e2e.rows_of({"roots": {"shm": {"writer": writer, "reader": reader}}, "cpu": cpu})
+    assert [r.tokens for r in rows] == [512, 1024] and all(r.tokens_equal for r in rows)
+    assert rows[1].stored == rows[1].chunks == 4 and rows[1].hit_s == pytest.approx(0.04)
+
+
+def test_a_failing_prompt_is_recorded_and_the_next_one_measured():
+    writer = e2e._writer(_spec(), ScriptedEngine(fail_on=512))
+    failed, ok = writer["prompts"]
+    assert failed == {"tokens": 512, "error": "RuntimeError('engine died')"}
+    assert ok["stores"] == {"stored": 4.0} and len(ok["hits"]) == 4
