@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import vllm
@@ -81,6 +83,7 @@ from vllm.v1.kv_offload.tiering.base import (  # noqa: E402
     TransferJob,
 )
 from vllm.v1.kv_offload.tiering.factory import SecondaryTierFactory  # noqa: E402
+from vllm.v1.kv_offload.tiering.spec import TieringOffloadingSpec  # noqa: E402
 
 HAS_MANAGER_LOCK = isinstance(getattr(OffloadingManager, "lock", None), property)
 _EVENT_FIELDS = {f.name for f in dataclasses.fields(OffloadingEvent)}
@@ -110,6 +113,7 @@ __all__ = [
     "SecondaryTierFactory",
     "SecondaryTierManager",
     "TransferJob",
+    "TieringOffloadingSpec",
     "TransferResult",
 ]
 
@@ -167,3 +171,87 @@ def group_index_of(config: OffloadingConfig) -> dict[int, int]:
 def chunk_tokens_of(config: OffloadingConfig) -> dict[int, int]:
     """KV cache group id (as in offload keys) -> tokens per offloaded chunk, as vLLM's scheduler computes it."""
     return {g.group_id: g.tokens_per_block * config.cache.blocks_per_chunk for g in config.groups}
+
+
+def offloading_config(
+    extra: dict[str, Any],
+    *,
+    groups: int = 1,
+    layers: int = 2,
+    tokens_per_block: int = 16,
+    blocks_per_chunk: int = 4,
+    world_size: int = 1,
+    rank: int = 0,
+    kv_bytes_per_block: int = 1024,
+    model: str = "meta-llama/Llama-3.1-8B",
+    dtype: str = "bfloat16",
+    replicated_layout: bool = False,
+    engine_id: str = "engine-0",
+) -> OffloadingConfig:
+    """An engine's normalized offloading config built without an engine (no model from the hub): for the tests
+    and `connector.tier_bench`, which drive real vLLM managers and tiers directly."""
+    from vllm.v1.kv_offload.config import (
+        OffloadingCacheConfig,
+        OffloadingGroupConfig,
+        OffloadingModelConfig,
+        OffloadingParallelConfig,
+    )
+
+    return OffloadingConfig(
+        groups=tuple(
+            OffloadingGroupConfig(
+                tokens_per_block=tokens_per_block,
+                layer_names=tuple(f"model.layers.{g}.{i}.attn" for i in range(layers)),
+                group_id=g,
+            )
+            for g in range(groups)
+        ),
+        worker_kv_bytes_per_block=kv_bytes_per_block,
+        enable_kv_cache_events=True,
+        extra_config=extra,
+        engine_id=engine_id,
+        model=OffloadingModelConfig(name=model, dtype=dtype),
+        cache=OffloadingCacheConfig(tokens_per_hash=tokens_per_block, blocks_per_chunk=blocks_per_chunk),
+        parallel=OffloadingParallelConfig(
+            rank=rank,
+            world_size=world_size,
+            tp_size=world_size,
+            pp_size=1,
+            pcp_size=1,
+            dcp_size=1,
+            data_parallel_index=0,
+            data_parallel_size=1,
+            data_parallel_rank_local=None,
+            is_parallelism_agnostic=False,
+        ),
+        replicated_layout=replicated_layout,
+    )
+
+
+@contextmanager
+def fs_tier_checksummed(hash_block: Callable[[memoryview], object]) -> Iterator[None]:
+    """For `connector.tier_bench`: while inside, vLLM's own fs tier runs `hash_block` over every block it is about
+    to write and every block it has read, on its I/O thread (what checksumming costs a tier that moves bytes
+    exactly as it does: the bound for a self-validating tier on the same cores)."""
+    from vllm.v1.kv_offload.tiering.fs import manager
+
+    store, load = manager.batch_store_block, manager.batch_load_block
+
+    def hashed_store(paths: list[str], view: memoryview, offsets: list[int], size: int, *args: Any) -> Any:
+        flat = view.cast("B")
+        for offset in offsets:
+            hash_block(flat[offset : offset + size])
+        return store(paths, view, offsets, size, *args)
+
+    def hashed_load(paths: list[str], view: memoryview, offsets: list[int], size: int, *args: Any) -> Any:
+        result = load(paths, view, offsets, size, *args)
+        flat = view.cast("B")
+        for offset in offsets:
+            hash_block(flat[offset : offset + size])
+        return result
+
+    manager.batch_store_block, manager.batch_load_block = hashed_store, hashed_load  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        manager.batch_store_block, manager.batch_load_block = store, load  # type: ignore[assignment]

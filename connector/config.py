@@ -43,7 +43,7 @@ class KvfsConnectorConfig:
     store_budget_s: float = DEFAULT_STORE_BUDGET_S
     lookup_ttl_s: float = DEFAULT_LOOKUP_TTL_S
     durability: str = "none"
-    direct_io: bool = False
+    direct_io: bool | None = False  # None = "auto": O_DIRECT wherever a probe of the root passes
     journal: bool = True
     model_revision: str | None = None
     file_mode: int = 0o660
@@ -55,9 +55,22 @@ class KvfsConnectorConfig:
     def threads(self) -> int:
         return self.io_threads or default_io_threads()
 
+    def use_direct_io(self) -> bool:
+        """Whether block I/O uses O_DIRECT: the setting, or for "auto" a probe of the root (cached per filesystem;
+        a refusal is logged and counted)."""
+        if self.direct_io is None:
+            from kvfs.blockfile import probe_o_direct
+
+            os.makedirs(self.root, exist_ok=True)
+            return probe_o_direct(self.root)
+        return self.direct_io
+
     @classmethod
-    def from_extra(cls, extra: Mapping[str, Any]) -> KvfsConnectorConfig:
-        """Parse the ``kvfs_*`` keys (``root`` may also be spelled ``kvfs_root``)."""
+    def from_extra(
+        cls, extra: Mapping[str, Any], *, direct_io_default: bool | None = False
+    ) -> KvfsConnectorConfig:
+        """Parse the ``kvfs_*`` keys (``root`` may also be spelled ``kvfs_root``).  `direct_io_default` is the
+        form's default for ``kvfs_direct_io`` (None: "auto")."""
         known = {
             "kvfs_root",
             "kvfs_io_threads",
@@ -111,7 +124,7 @@ class KvfsConnectorConfig:
             store_budget_s=budget_s,
             lookup_ttl_s=ttl_s,
             durability=durability,
-            direct_io=_flag(extra, "kvfs_direct_io", False),
+            direct_io=_direct_io(extra.get("kvfs_direct_io", direct_io_default)),
             journal=_flag(extra, "kvfs_journal", True),
             model_revision=None if revision is None else str(revision),
             file_mode=file_mode,
@@ -121,6 +134,12 @@ class KvfsConnectorConfig:
         )
 
 
+def _direct_io(value: Any) -> bool | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    return _flag({"kvfs_direct_io": value}, "kvfs_direct_io", False)
+
+
 def _flag(extra: Mapping[str, Any], key: str, default: bool) -> bool:
     """A boolean setting: JSON true/false, or the strings "true"/"false" (bool("false") would be True)."""
     value = extra.get(key, default)
@@ -128,4 +147,6 @@ def _flag(extra: Mapping[str, Any], key: str, default: bool) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    raise ConfigError(f"{key} must be true or false, not {value!r}")
+    raise ConfigError(
+        f"{key} must be true or false{' or auto' if key == 'kvfs_direct_io' else ''}, not {value!r}"
+    )

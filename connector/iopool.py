@@ -20,12 +20,14 @@ the benchmark use this module on machines without vLLM.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -50,7 +52,9 @@ from kvfs.checksum import (
     PIECES_ALGO_ID,
     checksum64,
     combine_packed_digests,
+    combine_piece_digests,
     payload_checksum,
+    piece_digests,
 )
 from kvfs.layout import BlockKey
 
@@ -83,6 +87,10 @@ class FileOp:
     # Stores: a torch.cuda.Event recorded on the compute stream, which the gather waits for (on CPU, any object
     # with synchronize(), waited for before the gather).
     event: object | None = None
+    # CPU pools only: the payload's own memory (a row of vLLM's CPU tier), read into and written from directly,
+    # with no staging copy.  A load that fails validation leaves garbage there: only for memory its owner
+    # discards when the load is reported failed (vLLM frees a failed promotion's CPU-tier slot).
+    buffer: memoryview | None = None
 
     @property
     def nbytes(self) -> int:
@@ -167,6 +175,12 @@ class IoPool:
         self.staging_bytes = self.threads * per_thread
         metrics.STAGING_BYTES.set(self.staging_bytes)
 
+        # CPU pools hash a payload after its one-call read (or before its one-call write).  With cores to spare
+        # (fewer I/O threads than CPUs), large payloads are hashed on helper threads so that the I/O thread reads
+        # or writes its next file meanwhile; with a thread per core the I/O threads keep every core busy already,
+        # and a hand-off would only add context switches.
+        helpers = 0 if self.cuda else len(os.sched_getaffinity(0)) - self.threads
+        self._hasher = ThreadPoolExecutor(helpers, thread_name_prefix="kvfs-hash") if helpers > 0 else None
         self._cv = threading.Condition()
         self._loads: deque[FileOp] = deque()
         self._stores: deque[FileOp] = deque()
@@ -315,6 +329,8 @@ class IoPool:
             self._cv.notify_all()
         for w in self._workers:
             w.join(timeout=30)
+        if self._hasher is not None:
+            self._hasher.shutdown(wait=False, cancel_futures=True)
 
     # -- I/O threads --
 
@@ -447,11 +463,9 @@ class IoPool:
             # loads served first, it is written (dropping it now would waste the wait and lose the chunk).
             return f
         n = op.nbytes
-        hash_on_device = f.slot.hashes is not None
+        hashed_later = f.slot.hashes is not None or not self.cuda
         reading = time.monotonic()
-        result = load_block(
-            op.path, op.ident, f.slot.host_mv[:n], direct=self.direct, verify=not hash_on_device
-        )
+        result = load_block(op.path, op.ident, self._payload(f), direct=self.direct, verify=not hashed_later)
         _LOAD_READ_S.inc(time.monotonic() - reading)
         if result.ok and result.nbytes != n:
             # A shorter payload is another block range or layout: never scatter a partial chunk.
@@ -464,14 +478,13 @@ class IoPool:
             and header.checksum_algo != PIECES_ALGO_ID
         ):
             # A file from before algorithm 2: checked on the CPU.
-            result = settle_load(result, payload_checksum(f.slot.host_mv[:n], header.checksum_algo))
+            result = settle_load(result, payload_checksum(self._payload(f), header.checksum_algo))
         if not result.ok:
             self._report_miss(op, result)
             return None
         f.result = result
-        if not self.cuda:  # nothing to queue: scatter from host staging now
-            op.copier.scatter(f.slot.host[:n], op.block_ids, file_blocks=op.file_blocks, first=op.first)
-            self._report_loaded(op)
+        if not self.cuda and result.verified:  # an old-format file, checked above: deliver it now
+            self._deliver_cpu_load(f)
             return None
         return f
 
@@ -488,8 +501,12 @@ class IoPool:
 
     def _queue_gpu_phase(self, f: _Flight) -> _Flight | None:
         op, slot, n = f.op, f.slot, f.op.nbytes
-        if not self.cuda:  # a CPU store: gather into host staging now, write it in _finish
-            op.copier.gather(op.block_ids, slot.host[:n])
+        if (
+            not self.cuda
+        ):  # the payload's hash is computed now or by helpers; a store gathers first (unless in place)
+            if not op.is_load and op.buffer is None:
+                op.copier.gather(op.block_ids, slot.host[:n])
+            f.digests = self._hash_async(self._payload(f))
             return f
         dev, host, stream = f.state.dev[:n], slot.host[:n], f.state.stream
         hashes = slot.hashes
@@ -543,6 +560,13 @@ class IoPool:
             if f.result.verified:  # scattered already (CPU-hashed load)
                 self._report_loaded(op)
                 return None
+            if not self.cuda:
+                result = settle_load(f.result, self._helper_checksum(f))
+                if result.ok:
+                    self._deliver_cpu_load(f)
+                else:
+                    self._report_miss(op, result)
+                return None
             result = settle_load(f.result, slot.hashes.checksum(f.pieces, slot.host_mv[:n]))  # type: ignore[union-attr]
             if not result.ok:
                 self._report_miss(op, result)
@@ -562,11 +586,14 @@ class IoPool:
                 )
                 slot.done.record(stream)
             return f
-        checksum = slot.hashes.checksum(f.pieces, slot.host_mv[:n]) if slot.hashes is not None else None
+        if slot.hashes is not None:
+            checksum: int | None = slot.hashes.checksum(f.pieces, slot.host_mv[:n])
+        else:
+            checksum = None if self.cuda else self._helper_checksum(f)  # None: store_block hashes it
         writing = time.monotonic()
         result = store_block(
             op.path,
-            slot.host_mv[:n],
+            self._payload(f),
             op.ident,
             durability=self.durability,
             file_mode=self.file_mode,
@@ -592,6 +619,35 @@ class IoPool:
             ok = False
         self._report(op, ok=ok, nbytes=nbytes, store_seconds=elapsed)
         return None
+
+    @staticmethod
+    def _payload(f: _Flight) -> memoryview:
+        """Where the operation's file bytes are: the caller's own buffer, or the slot's host staging."""
+        return f.op.buffer if f.op.buffer is not None else f.slot.host_mv[: f.op.nbytes]
+
+    def _hash_async(self, payload: memoryview) -> list[Future[list[int]]]:
+        """The payload's piece digests: on the helpers for a large payload when there are any, else now."""
+        if self._hasher is None or len(payload) < _HELPER_MIN_BYTES:
+            done: Future[list[int]] = Future()
+            done.set_result(piece_digests(payload))
+            return [done]
+        return [
+            self._hasher.submit(piece_digests, payload[i : i + _HASH_TASK_BYTES])
+            for i in range(0, len(payload), _HASH_TASK_BYTES)
+        ]
+
+    @staticmethod
+    def _helper_checksum(f: _Flight) -> int:
+        return combine_piece_digests([d for task in f.digests for d in task.result()])
+
+    def _deliver_cpu_load(self, f: _Flight) -> None:
+        """A verified CPU load: scatter it from host staging (unless it was read in place) and report it."""
+        op = f.op
+        if op.buffer is None:
+            op.copier.scatter(
+                f.slot.host[: op.nbytes], op.block_ids, file_blocks=op.file_blocks, first=op.first
+            )
+        self._report_loaded(op)
 
     def _report_settled(self, f: _Flight) -> None:
         """A verified load is done once its scatter has completed: only then may vLLM use those blocks."""
@@ -650,6 +706,11 @@ _STORE_GPU_WAIT_S = metrics.IO_SECONDS.labels("store", "gpu_wait")
 
 # Staging slots per I/O thread: one file's bytes move on the GPU while the other slot's file is read or written.
 _SLOTS = 2
+# A helper hashing task: whole hash pieces (the helpers' digests are the payload's), several per task so that a
+# large file costs few hand-offs.  Smaller payloads are hashed by their I/O thread: a hand-off (a few context
+# switches) would cost more than it overlaps.
+_HASH_TASK_BYTES = 4 * HASH_PIECE_BYTES
+_HELPER_MIN_BYTES = 8 * HASH_PIECE_BYTES
 # Block-id buffers hold at most this many ids; a file of more blocks (not a layout vLLM produces) falls back to
 # a copy of its ids made at launch.
 _MAX_BLOCKS_PER_FILE = 4096
@@ -738,6 +799,7 @@ class _Flight:
     result: LoadResult | None = None  # a load's read, before the payload is verified
     pieces: int = 0  # whole hash pieces whose digests the GPU computes
     busy_s: float = 0.0  # thread time spent queueing its GPU phase (a store's service time, with its write)
+    digests: list[Future[list[int]]] = field(default_factory=list)  # CPU pools: the payload's hashing
 
 
 class DeviceChecksums:

@@ -92,6 +92,14 @@ class ExistenceCache:
             self._verify.extend(keys)
         self._wake.set()
 
+    def stored(self, keys: Iterable[bytes]) -> None:
+        """Stores this process itself completed (published, or found present): present now, announced, with no
+        stat (one per completed store, handed to the stat threads, slowed a CPU tier's I/O threads by ~20%)."""
+        now = time.monotonic()
+        with self._lock:
+            for key in keys:
+                self._confirm_locked(key, True, now)
+
     def refresh(self, keys: Iterable[bytes]) -> None:
         """Re-check `keys` in the background, keeping the current answers until then."""
         with self._lock:
@@ -185,12 +193,15 @@ class ExistenceCache:
                     self._set_locked(key, exists, now)
                     self._queued.discard(key)
                 for key, exists in zip(verify, results[len(batch) :], strict=True):
-                    self._set_locked(key, exists, now)
-                    if exists:
-                        if key not in self._announced:
-                            self._announced.add(key)
-                            self._verified.append(key)
-                    else:
-                        self._unverified.append(key)
+                    self._confirm_locked(key, exists, now)
                 self._in_flight = 0
                 self._lock.notify_all()
+
+    def _confirm_locked(self, key: bytes, exists: bool, now: float) -> None:
+        """A completed store's answer: announce it once if its file is there."""
+        self._set_locked(key, exists, now)
+        if not exists:
+            self._unverified.append(key)
+        elif key not in self._announced:
+            self._announced.add(key)
+            self._verified.append(key)

@@ -105,7 +105,7 @@ class KvfsOffloadingSpec(OffloadingSpec):
                 "max_staging_bytes": self.kvfs.max_staging_bytes,
                 "store_budget_s": self.kvfs.store_budget_s,
                 "durability": Durability(self.kvfs.durability),
-                "direct": self.kvfs.direct_io,
+                "direct": self.kvfs.use_direct_io(),
                 "file_mode": self.kvfs.file_mode,
                 "journal": journal,
                 "device_checksums": self.kvfs.gpu_checksums,

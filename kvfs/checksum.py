@@ -100,6 +100,13 @@ class PieceHasher:
         return combine_piece_digests(self.piece_digests())
 
 
+def piece_digests(buf: Buffer) -> list[int]:
+    """Algorithm 2's piece digests of `buf` (a payload, or a part of one starting on a piece boundary)."""
+    hasher = PieceHasher()
+    hasher.update(buf)
+    return hasher.piece_digests()
+
+
 def payload_hasher(algo: int) -> PayloadHasher:
     """A streaming hasher for payload checksum algorithm `algo` (1 or 2)."""
     if algo == PIECES_ALGO_ID:

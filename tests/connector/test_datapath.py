@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from connector import metrics
+from connector import iopool, metrics
 from connector.copier import GroupCopier
 from connector.iopool import FileOp, IoPool
 from connector.naming import file_identity_key
@@ -394,7 +394,7 @@ def test_one_thread_pipeline_keeps_every_file_with_its_own_slot(tmp_path):
         pool.shutdown()
 
 
-def test_store_service_time_excludes_the_load_read_beside_it_in_the_pipeline(tmp_path):
+def test_store_service_time_excludes_the_load_read_beside_it_in_the_pipeline(tmp_path, monkeypatch):
     """The drop-at-submit estimate learns a store's own cost (queueing its copies, waiting for them, writing the
     file), not its wall time in the pipeline: a slow load that one thread runs between a store's gather and its
     write must not make later stores look slow (they would be dropped well inside the budget)."""
@@ -403,11 +403,6 @@ def test_store_service_time_excludes_the_load_read_beside_it_in_the_pipeline(tmp
     pool = IoPool(threads=1, max_file_bytes=BPC * page, device=torch.device("cpu"), store_budget_s=30.0)
     try:
         src, dst = make_layers(1, 4 * BPC, page, 21), make_layers(1, 4 * BPC, page, 22)
-
-        class SlowScatter(GroupCopier):
-            def scatter(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-                time.sleep(slow_s)
-                super().scatter(*args, **kwargs)
 
         plain = GroupCopier(src, [page])
         assert run(
@@ -422,9 +417,19 @@ def test_store_service_time_excludes_the_load_read_beside_it_in_the_pipeline(tmp
             is_load=False,
         )
         assert gathering.wait(10)  # the store is in its GPU phase (here: the gather)
-        slow = SlowScatter(dst, [page])
-        pool.submit(3, [op(tmp_path, slow, list(range(BPC)), load=True, key=b"a" * 36, job=3)], is_load=True)
-        release.set()  # the thread now reads and scatters the load before it writes the store's file
+        real_load = iopool.load_block
+
+        def slow_read(*args, **kwargs):  # type: ignore[no-untyped-def]
+            time.sleep(slow_s)
+            return real_load(*args, **kwargs)
+
+        monkeypatch.setattr(iopool, "load_block", slow_read)
+        pool.submit(
+            3,
+            [op(tmp_path, GroupCopier(dst, [page]), list(range(BPC)), load=True, key=b"a" * 36, job=3)],
+            is_load=True,
+        )
+        release.set()  # the thread now reads the load's file before it writes the store's file
         assert pool.wait([2, 3], timeout=30)
         done = {d.job_id: d for d in pool.take_finished()}
         assert done[2].success and done[3].success
@@ -535,3 +540,36 @@ def test_store_failures_in_the_pipeline_fail_only_their_files_and_are_never_jour
     finally:
         pool.shutdown()
         journal.close()
+
+
+def test_in_place_buffers_are_written_and_read_directly_without_the_copier(tmp_path, pool):
+    """A FileOp with `buffer` (a CPU-tier row) is stored from and loaded into that memory itself: the copier's
+    blocks are neither read nor written, and a file that fails validation is a reported miss."""
+    page = 64
+    nbytes = BPC * 3 * page
+    src = torch.randint(-128, 127, (nbytes,), generator=torch.Generator().manual_seed(3), dtype=torch.int8)
+    blocks = make_layers(3, 8, page, seed=4)  # what the copier would gather/scatter: must stay out of it
+    blocks_before = [t.clone() for t in blocks]
+    copier = GroupCopier(blocks, [page] * 3)
+    store = op(tmp_path, copier, [0, 1, 2, 3], load=False)
+    store.buffer = memoryview(src.numpy()).cast("B")
+    assert run(pool, 1, [store], load=False).success
+    with open(store.path, "rb") as fh:
+        assert fh.read()[HEADER_SIZE:] == src.numpy().tobytes()  # the row's bytes, not the gathered blocks
+
+    dst = torch.zeros(nbytes, dtype=torch.int8)
+    load = op(tmp_path, copier, [4, 5, 6, 7], load=True, job=2)
+    load.buffer = memoryview(dst.numpy()).cast("B")
+    done = run(pool, 2, [load], load=True)
+    assert done.success and done.nbytes == nbytes
+    assert torch.equal(dst, src)
+    for t, before in zip(blocks, blocks_before, strict=True):
+        assert torch.equal(t, before)
+
+    _corrupt(store.path, "bitflip")
+    bad = op(tmp_path, copier, [4, 5, 6, 7], load=True, job=3)
+    bad.buffer = memoryview(torch.zeros(nbytes, dtype=torch.int8).numpy()).cast("B")
+    done = run(pool, 3, [bad], load=True)
+    assert not done.success and sorted(done.failed_block_ids) == [4, 5, 6, 7]
+    for t, before in zip(blocks, blocks_before, strict=True):
+        assert torch.equal(t, before)

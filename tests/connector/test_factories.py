@@ -74,7 +74,7 @@ def test_worker_refuses_to_run_without_the_failure_channel(tmp_path):
         ({"kvfs_io_threads": -1}, "kvfs_io_threads"),
         ({"kvfs_store_budget": "soon"}, "bad kvfs connector setting"),
         ({"kvfs_gpu_checksums": "no"}, "kvfs_gpu_checksums must be true or false"),
-        ({"kvfs_direct_io": 1}, "kvfs_direct_io must be true or false"),
+        ({"kvfs_direct_io": 1}, "kvfs_direct_io must be true or false or auto"),
         ({"kvfs_idle_wait": "5s"}, "kvfs_idle_wait between 0 and 1s"),
         ({"kvfs_idle_wait": -0.001}, "kvfs_idle_wait between 0 and 1s"),
     ],
@@ -166,3 +166,29 @@ def test_boolean_settings() -> None:
         }
     )
     assert (cfg.gpu_checksums, cfg.journal, cfg.direct_io, cfg.cuda_graphs) == (False, False, True, False)
+
+
+def test_direct_io_auto_probes_the_root_and_is_the_tiers_default(tmp_path, monkeypatch):
+    """kvfs_direct_io "auto" uses O_DIRECT exactly where a probe of the root passes, as vLLM's own fs tier does;
+    the tier defaults to it, the direct spec keeps buffered I/O unless told."""
+    from connector import config
+    from kvfs import blockfile
+
+    root = str(tmp_path)
+    assert config.KvfsConnectorConfig.from_extra({"kvfs_root": root}).use_direct_io() is False
+    auto = config.KvfsConnectorConfig.from_extra({"kvfs_root": root, "kvfs_direct_io": "auto"})
+    assert auto.direct_io is None
+    assert auto.use_direct_io() is blockfile.probe_o_direct(root)
+    assert (
+        config.KvfsConnectorConfig.from_extra({"kvfs_root": root}, direct_io_default=None).direct_io is None
+    )
+    for answer in (True, False):
+        monkeypatch.setattr(blockfile, "probe_o_direct", lambda _root, answer=answer: answer)
+        primary = torch.zeros(8, 4096, dtype=torch.uint8)
+        spec = type("Spec", (), {"config": offloading_config({})})()
+        cfg = {"type": "KvfsTier", "module_path": "connector.tier", "root": root, "journal": False}
+        tier = SecondaryTierFactory.create_secondary_tier(cfg, memoryview(primary.numpy()), spec)
+        try:
+            assert tier.pool.direct is answer
+        finally:
+            tier.shutdown()
