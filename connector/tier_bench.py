@@ -1,18 +1,22 @@
 """`KvfsTier` against vLLM's own `fs` secondary tier: store and load GB/s, side by side in one run.
 
-Both tiers are built by vLLM's `SecondaryTierFactory` behind a real `TieringOffloadingSpec`, over the same
-page-aligned CPU-tier buffer (an anonymous mmap, as vLLM's `/dev/shm` region is page-aligned), and move the same
-chunks with the same number of threads: `KvfsTier` with `io_threads = T`, the stock tier with T threads split
-between its read- and write-priority groups (both drain either queue).  Each repetition stores every chunk to
-fresh keys (one job per chunk: the stock tier runs a job on one thread, so this is its best case), then loads
-them all back into other rows and checks the bytes; kvfs and stock alternate repetition by repetition and each
-cell reports the median GB/s and the median of the per-repetition ratios.  On the disk root the files are
-written back and dropped from the page cache (fsync + POSIX_FADV_DONTNEED, per file: nothing global) before
-the loads, so both tiers read from the device; the stock tier uses O_DIRECT wherever its probe allows it.
-kvfs keeps its defaults (payload checksums, journal, existence checks) except the settings named in the output.
+Every tier is built by vLLM's `SecondaryTierFactory` behind a real `TieringOffloadingSpec`, over the same
+page-aligned CPU-tier buffer (an anonymous mmap, as vLLM's `/dev/shm` region is page-aligned), and moves the same
+chunks with the same number of threads: `KvfsTier` with `io_threads = T` and its defaults (payload checksums,
+journal, O_DIRECT where the root takes it), the stock tier with T threads split between its read- and
+write-priority groups (both drain either queue; O_DIRECT where its own probe passes).  A third contender,
+"bound", is the stock tier with an algorithm-2 hash (kvfs.checksum) of every block on its I/O thread: what
+checksums cost a tier that moves the bytes exactly as the stock one does.
 
-    python -m connector.tier_bench [--roots shm,disk] [--mib 2,32] [--threads 1,2,4,8] [--gib 1] [--reps 3]
-    python -m connector.tier_bench --dry-run      # tiny and fast: what CI runs so the script cannot rot
+Per cell the tiers are built once (an engine keeps its tier) and warmed by one unrecorded repetition; each
+repetition stores every chunk to fresh keys (one job per chunk: the stock tier runs a job on one thread, so this
+is its best case), then loads them all into other rows and checks the bytes.  The contenders rotate repetition
+by repetition; a cell reports median GB/s and the median of the per-repetition ratios to stock.  On the disk root
+the files are written back and dropped from the page cache (fsync + POSIX_FADV_DONTNEED, per file: nothing
+global) before the loads, so every tier reads from the device.
+
+    python -m connector.tier_bench [--roots shm,disk] [--mib 2,32] [--threads 1,2,4,8] [--gib 1] [--reps 5]
+    python -m connector.tier_bench --dry-run      # tiny and fast, any vLLM: what CI runs so the script cannot rot
 """
 
 from __future__ import annotations
@@ -263,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gib", type=float, default=1.0, help="data moved per direction, repetition and tier"
     )
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=5)
     parser.add_argument(
         "--kvfs-direct-io", default=None, help="kvfs_direct_io for KvfsTier (default: the tier's own, auto)"
     )
@@ -274,6 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.dry_run:
         args.mib, args.threads, args.gib, args.reps = "0.25", "1,2", 4 / 1024, 1
+    if not args.dry_run and not VLLM_VERSION.startswith("0.33."):
+        print(
+            f"tier_bench compares against vLLM 0.33's fs tier; this is vLLM {VLLM_VERSION} (make test-vllm033 "
+            "builds .venv-vllm033). --dry-run runs on any supported vLLM.",
+            file=sys.stderr,
+        )
+        return 2
     roots = {"shm": "/dev/shm", "disk": args.disk_dir}
     print(
         f"vLLM {VLLM_VERSION} (stock fs tier) vs KvfsTier, torch {torch.__version__}, {os.cpu_count()} CPUs; "
