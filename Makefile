@@ -6,7 +6,7 @@ STAMP := $(VENV)/.kvfs-installed
 export HF_HUB_OFFLINE := 1
 export VLLM_LOGGING_LEVEL ?= WARNING
 
-.PHONY: setup demo test test-fast test-vllm033 bench bench-gpu bench-e2e lint clean
+.PHONY: setup demo test test-fast test-vllm033 bench bench-gpu bench-e2e bench-tier lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -46,6 +46,11 @@ bench: setup
 
 bench-gpu: setup
 	$(BIN)/python -m connector.bench
+
+# KvfsTier against vLLM 0.33's own fs tier, CPU only; needs the 0.33 venv (`make test-vllm033` builds it).
+bench-tier:
+	test -x $(VENV033)/bin/python || { echo "run make test-vllm033 first (it builds $(VENV033))"; exit 2; }
+	$(VENV033)/bin/python -m connector.tier_bench --json bench-data/tier.json
 
 # The connector in a real vLLM engine on a GPU (recipe: ../shared/gpu/README.md); run it where vLLM has a GPU.
 bench-e2e:

@@ -310,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                     results.append(r)
     print(table(results))
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:
             json.dump({"vllm": VLLM_VERSION, "args": vars(args), "results": results}, fh, indent=2)
     return 0
