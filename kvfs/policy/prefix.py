@@ -32,7 +32,6 @@ decisions.
 
 from __future__ import annotations
 
-import heapq
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
@@ -91,13 +90,26 @@ def order(
     Yields (block, was reused), with None for orphans."""
     for item in orphans:
         yield item, None
-
-    def keyed(items: Iterable[T], add: float, cls: int) -> Iterator[tuple[float, int, int, int, T]]:
-        for seq, item in enumerate(items):
-            yield (item.last_access + add, -item.chain_pos, cls, seq, item)
-
-    for _key, _pos, cls, _seq, item in heapq.merge(keyed(fresh, 0.0, 0), keyed(reused, bonus, 1)):
-        yield item, cls == 1
+    # A two-way merge by hand (the same order as heapq.merge on (key, -chain_pos, class); measured no faster).
+    fresh_it, reused_it = iter(fresh), iter(reused)
+    f = next(fresh_it, None)
+    r = next(reused_it, None)
+    while r is not None and f is not None:
+        key_r, key_f = r.last_access + bonus, f.last_access
+        if key_r < key_f or (key_r == key_f and r.chain_pos > f.chain_pos):
+            yield r, True
+            r = next(reused_it, None)
+        else:
+            yield f, False
+            f = next(fresh_it, None)
+    if r is not None:
+        yield r, True
+        for item in reused_it:
+            yield item, True
+    if f is not None:
+        yield f, False
+        for item in fresh_it:
+            yield item, False
 
 
 def _stream(catalog: Catalog, query: Select[Any], names: dict[int, str]) -> Iterator[Candidate]:
