@@ -789,8 +789,8 @@ class Catalog:
             for chunk in _chunks(sorted(k.block_hash for k in wanted), KEY_CHUNK):
                 rows = conn.execute(
                     text(
-                        "SELECT id, rank, grp, block_hash, fmt, size, created, last_access, chain_pos, hits "
-                        "FROM blocks WHERE namespace_id = :ns AND rank = :rank AND grp = :grp "
+                        "SELECT id, rank, grp, block_hash, fmt, size, created, last_access, chain_pos, hits, "
+                        "parent_hash, orphan FROM blocks WHERE namespace_id = :ns AND rank = :rank AND grp = :grp "
                         "AND block_hash IN ("
                         + ", ".join(f":h{i}" for i in range(len(chunk)))
                         + ") AND fmt = :fmt"
@@ -807,7 +807,15 @@ class Catalog:
                     key = BlockKey(name, _rank_out(r[1]), r[2], r[3], r[4])
                     if key in wanted:
                         found[key] = BlockRow(
-                            key, int(r[5]), float(r[6]), float(r[7]), int(r[8]), int(r[9]), int(r[0])
+                            key,
+                            int(r[5]),
+                            float(r[6]),
+                            float(r[7]),
+                            int(r[8]),
+                            int(r[9]),
+                            int(r[0]),
+                            parent_hash=r[10],
+                            orphan=bool(r[11]),
                         )
         return found
 

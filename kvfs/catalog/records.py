@@ -19,6 +19,7 @@ class BlockRow:
     hits: int = 0
     block_id: int | None = None
     parent_hash: str | None = None  # the previous block of its prefix chain, where the writer recorded it
+    orphan: bool = False  # its parent was removed (read back by get_blocks; never written from here)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,8 @@ def ls(state: KvfsContext, namespace: str, limit: int, policy: str, as_json: boo
         blocks = list(itertools.islice(stream, limit or None))
     finally:
         stream.close()  # type: ignore[attr-defined]
-    # Reuse count and prefix-chain position explain the order (2q and slru read them); one indexed lookup.
+    # Reuse count, prefix-chain position and orphan flag explain the order (the policies read them); one
+    # indexed lookup.
     rows_by_key = catalog.get_blocks(c.key for c in blocks)
     stats = {c.key: rows_by_key.get(c.key) for c in blocks}
     now = time.time()
@@ -69,6 +70,7 @@ def ls(state: KvfsContext, namespace: str, limit: int, policy: str, as_json: boo
                         "last_access": c.last_access,
                         "hits": _hits(stats[c.key]),
                         "chain_pos": _chain_pos(stats[c.key]),
+                        "orphan": _orphan(stats[c.key]),
                     }
                     for c in blocks
                 ],
@@ -83,10 +85,12 @@ def ls(state: KvfsContext, namespace: str, limit: int, policy: str, as_json: boo
             age(c.last_access, now),
             _cell(_hits(stats[c.key])),
             _cell(_chain_pos(stats[c.key])),
+            "orphan" if _orphan(stats[c.key]) else "",
         )
         for n, c in enumerate(blocks)
     ]
-    click.echo(table(("#", "path", "size", "last access", "hits", "chain pos"), rows, right=(0, 2, 4, 5)))
+    headers = ("#", "path", "size", "last access", "hits", "chain pos", "prefix")
+    click.echo(table(headers, rows, right=(0, 2, 4, 5)))
     if limit and len(blocks) == limit:
         click.echo(f"(first {limit} in {order.name} order; --limit 0 for all)")
 
@@ -98,6 +102,11 @@ def _hits(row: BlockRow | None) -> int | None:
 def _chain_pos(row: BlockRow | None) -> int | None:
     """None where unknown: the row went away meanwhile, or no writer recorded the position (-1)."""
     return None if row is None or row.chain_pos < 0 else row.chain_pos
+
+
+def _orphan(row: BlockRow | None) -> bool:
+    """Its parent is gone: vLLM cannot load it (the prefix policy evicts these first)."""
+    return row is not None and row.orphan
 
 
 def _cell(value: int | None) -> str:

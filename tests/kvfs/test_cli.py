@@ -183,6 +183,26 @@ def test_ls_shows_reuse_and_chain_position(site: Site) -> None:
     assert line.split()[-2:] == ["3", "7"]
 
 
+def test_ls_lists_orphans_first_and_flags_them(site: Site) -> None:
+    # Block 5 was stored behind block 4; block 4's file is deleted (a scan finds it gone, or verify removes
+    # it): 5 can never be loaded, so the default policy lists it first although 1-4 are older.
+    site.json("scan")
+    alpha, _ = site.namespaces["org/alpha"]
+    with Catalog.open(site.catalog_url) as catalog:
+        row = catalog.get_blocks([site.keys[5]])[site.keys[5]]
+        catalog.upsert_blocks([dataclasses.replace(row, parent_hash=site.keys[4].block_hash, block_id=None)])
+        catalog.remove_blocks([site.keys[4]])
+    out = site.json("ls", alpha)
+    assert out["policy"] == "prefix"
+    assert [(b["path"], b["orphan"]) for b in out["blocks"]][:2] == [
+        (site.keys[5].relpath(), True),
+        (site.keys[1].relpath(), False),
+    ]
+    text = site.invoke("ls", alpha).output
+    assert "prefix" in text.splitlines()[0]
+    assert next(x for x in text.splitlines() if site.keys[5].relpath() in x).split()[-1] == "orphan"
+
+
 def test_gc_dry_run_deletes_nothing(site: Site) -> None:
     site.json("scan")
     out = site.json("gc", "--dry-run", "--max-bytes", str(3 * site.file_size))
