@@ -38,6 +38,7 @@ from connector import devhash, metrics
 from connector.copier import GroupCopier
 from connector.graphs import GraphCache
 from kvfs.blockfile import (
+    HEADER_SIZE,
     BlockIdentity,
     Durability,
     LoadResult,
@@ -610,7 +611,11 @@ class IoPool:
             nbytes = n
             metrics.STORE_BYTES.inc(n)
             if self.journal is not None and op.block_key is not None:
-                self.journal.record_store(op.block_key, n, chain_pos=op.chain_pos, parent=op.parent_hash)
+                # The file's size, as a scan counts it: journal-fed and scanned rows must agree, or usage
+                # changes by the header's share (6% of a 64 KiB block) when a scan follows ingest.
+                self.journal.record_store(
+                    op.block_key, HEADER_SIZE + n, chain_pos=op.chain_pos, parent=op.parent_hash
+                )
         elif result.outcome == StoreOutcome.EXISTS:
             if self.journal is not None and op.block_key is not None:
                 self.journal.record_access(op.block_key)

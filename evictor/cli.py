@@ -15,6 +15,7 @@ import urllib.request
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from evictor.logs import setup_logging
 from evictor.settings import SETTINGS_SCHEMA, SettingsError, load_settings
@@ -48,12 +49,14 @@ def _setting_options(func: Any) -> Any:
     return func
 
 
-@click.command("run")
+@click.command("run", context_settings={"help_option_names": ["-h", "--help"]})
 @_setting_options
+@click.version_option(package_name="kvfs")
 def run_cmd(**flags: Any) -> None:
     """Run the evictor service until SIGTERM."""
     from evictor.service import run_service
 
+    _inherit_kvfs_options(flags)
     try:
         settings = load_settings(flags)
     except SettingsError as exc:
@@ -65,6 +68,21 @@ def run_cmd(**flags: Any) -> None:
     # Not sys.exit: a reconciliation scan still walking a huge tree must not hold the process past SIGTERM
     # (everything that needs closing was closed by run_service).
     os._exit(code)
+
+
+def _inherit_kvfs_options(flags: dict[str, Any]) -> None:
+    """`kvfs --root R --catalog C evictor run`: the group's options given on the command line count as this
+    command's flags (their own flags win).  Environment values reach the settings directly."""
+    ctx = click.get_current_context()
+    top = ctx.find_root()
+    if top is ctx:
+        return  # the kvfs-evictor console script: no group above
+    for group_param, setting in (("root", "root"), ("catalog_url", "catalog")):
+        if (
+            flags.get(setting) is None
+            and top.get_parameter_source(group_param) is ParameterSource.COMMANDLINE
+        ):
+            flags[setting] = str(top.params[group_param])
 
 
 def _fetch_status(url: str, timeout: float) -> dict[str, Any]:

@@ -54,7 +54,12 @@ class StatusServer:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - probes every few seconds: not logged
                 return
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._httpd = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"cannot listen on {host}:{port} (metrics_port): {exc.strerror}"
+            ) from None
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="evictor-http", daemon=True)
 

@@ -67,6 +67,7 @@ class FileLockElector(LeaderElector):
     """SQLite: the first instance is leader for its whole life; a second one refuses to start."""
 
     def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
         self.lock_path = Path(f"{db_path}.lock")
         self._fd: int | None = None
 

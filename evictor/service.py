@@ -122,6 +122,7 @@ class EvictorService:
         """Everything but the wait; raises AlreadyRunningError for a held SQLite catalog, StartupError for
         settings that cannot work (bad catalog URL, missing root, SQLite catalog refused)."""
         from kvfs.catalog import CatalogError
+        from kvfs.catalog.engine import check_sqlite_location
 
         try:
             self.elector = make_elector(self.settings.catalog, lease_s=self.settings.leader_lease)
@@ -130,6 +131,11 @@ class EvictorService:
         if not self.root.is_dir():
             raise StartupError(f"root {self.root} is not a directory")
         if isinstance(self.elector, FileLockElector):
+            # Refuse a catalog under the root before its lock file is created there.
+            try:
+                check_sqlite_location(str(self.elector.db_path), self.root)
+            except CatalogError as exc:
+                raise StartupError(str(exc)) from None
             self.elector.try_acquire()  # refuse to start before opening anything
             # A local file: an error opening it is a configuration problem (on the mount, unwritable, newer
             # schema), not an outage to wait out.

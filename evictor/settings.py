@@ -359,7 +359,8 @@ def load_settings(
     for name, value in env.items():
         merged[name] = parse_value(name, value, f"environment {ENV_PREFIX}{name.upper()}")
     for name, value in flags.items():
-        merged[name] = parse_value(name, value, f"flag --{name.replace('_', '-')}")
+        flag = "--quota" if SETTINGS_SCHEMA[name].kind == "quotas" else f"--{name.replace('_', '-')}"
+        merged[name] = parse_value(name, value, f"flag {flag}")
     settings = Settings(**merged)
     if not settings.catalog:
         settings = replace(settings, catalog=_default_catalog())
@@ -379,6 +380,12 @@ def validate(settings: Settings) -> None:
         raise SettingsError(
             f"leader_lease ({settings.leader_lease:g}s) must exceed enforce_interval "
             f"({settings.enforce_interval:g}s): every enforcement pass renews the lease"
+        )
+    from kvfs.policy import available_policies
+
+    if settings.policy not in available_policies():
+        raise SettingsError(
+            f"unknown policy {settings.policy!r} (available: {', '.join(available_policies())})"
         )
     if settings.delete_batch < 1:
         raise SettingsError("delete_batch must be at least 1")

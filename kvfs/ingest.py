@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from kvfs.gcpause import cyclic_gc_paused
 from kvfs.journal import JournalReader
 from kvfs.layout import journal_dir
+from kvfs.scan import register_namespaces
 
 if TYPE_CHECKING:
     from kvfs.catalog import Catalog
@@ -50,12 +51,22 @@ def ingest_journals(
     if not journal_dir(root).is_dir():
         return out
     reader = JournalReader(root) if reader is None else reader
+    known: set[str] | None = None
     with cyclic_gc_paused():
         offsets = dict(catalog.journal_offsets())
         while True:
             out.reads += 1
             batch = reader.read(offsets, max_records=batch_records)
             changed = {k: v for k, v in batch.offsets.items() if offsets.get(k) != v}
+            if batch.records:
+                # Namespaces new to the catalog take their model from config.json, as a scan would: a name
+                # derived from the directory ("org_model") would change under `du --by model` at the next scan.
+                if known is None:
+                    known = {ns.name for ns in catalog.namespaces()}
+                new = {r.key.namespace for r in batch.records} - known
+                if new:
+                    register_namespaces(os.fspath(root), catalog, new)
+                    known |= new
             if batch.records or changed:
                 catalog.apply_journal(batch.records, batch.offsets)
             offsets.update(batch.offsets)

@@ -325,7 +325,9 @@ def namespaces_in(root: str | os.PathLike[str]) -> dict[str, list[int | None]]:
     return found
 
 
-def _register_namespaces(root: str, catalog: Catalog, names: set[str]) -> None:
+def register_namespaces(root: str, catalog: Catalog, names: set[str]) -> None:
+    """Create (or complete) the catalog rows of `names` with model, fingerprint and format from their
+    config.json, so a namespace first seen in a journal gets the same model name as a scanned one."""
     for ns in sorted(names):
         fields = read_namespace_config(root, ns)
         model = fingerprint = fmt = None
@@ -402,7 +404,7 @@ def scan_tree(
     pending: list[tuple[str, int | None, list[FoundBlock]]] = []
     pending_rows = 0
     names = set(namespaces_in(root_s))
-    _register_namespaces(root_s, catalog, names)
+    register_namespaces(root_s, catalog, names)
     try:
         for batch in walk_tree(root_s, threads=threads, on_bucket=bar):
             not_blocks += batch.not_blocks

@@ -295,8 +295,20 @@ def iter_trace_lines(lines: Iterable[str]) -> Iterator[TraceRequest]:
 
 
 def read_trace(path: str | Path) -> list[TraceRequest]:
-    with open(path, encoding="utf-8") as fh:
-        return list(iter_trace_lines(fh))
+    """The trace's requests; ValueError naming the file and line for a malformed or non-UTF-8 line."""
+    with open(path, "rb") as fh:
+        try:
+            return list(iter_trace_lines(_utf8_lines(fh)))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+
+
+def _utf8_lines(fh: Iterable[bytes]) -> Iterator[str]:
+    for lineno, raw in enumerate(fh, 1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"line {lineno}: not UTF-8 text (a binary file?)") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -191,19 +191,34 @@ class Catalog:
     # --- opening -----------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str | None = None, *, root: str | os.PathLike[str] | None = None) -> Catalog:
+    def open(
+        cls, url: str | None = None, *, root: str | os.PathLike[str] | None = None, create: bool = True
+    ) -> Catalog:
         """Open (creating or upgrading the schema) the catalog at `url` (default: `default_catalog_url()`).
 
-        `root` is the kvfs root: a SQLite file inside it is refused.  Raises CatalogError with a one-line reason.
+        `root` is the kvfs root: a SQLite file inside it is refused, and a catalog bound to another root too.
+        `create=False` (read-only commands) never creates a catalog, its tables or its root binding: a missing
+        one is a CatalogError.  Raises CatalogError with a one-line reason.
         """
         parsed = parse_catalog_url(url if url is not None else default_catalog_url())
-        engine = create_catalog_engine(parsed, root=root)
+        engine = create_catalog_engine(parsed, root=root, create=create)
         catalog = cls(engine, description=describe_url(parsed))
         try:
-            with catalog._write("open") as conn:
-                ensure_schema(conn)
+            if create:
+                with catalog._write("open") as conn:
+                    ensure_schema(conn)
+            else:
+                with catalog._read("open") as conn:
+                    found = read_schema_version(conn)
+                if found is None:
+                    raise CatalogError(
+                        f"{catalog.description} holds no kvfs catalog yet: run `kvfs scan` first, or pass --catalog"
+                    )
+                if found < SCHEMA_VERSION:  # reading needs the current schema: upgrade (never create)
+                    with catalog._write("open") as conn:
+                        ensure_schema(conn)
             if root is not None:
-                catalog._bind_root(root)
+                catalog._bind_root(root, bind=create)
         except CatalogError:
             engine.dispose()
             raise
@@ -212,7 +227,7 @@ class Catalog:
             raise CatalogError(f"cannot prepare catalog {catalog.description}: {exc.orig}") from exc
         return catalog
 
-    def _bind_root(self, root: str | os.PathLike[str]) -> None:
+    def _bind_root(self, root: str | os.PathLike[str], *, bind: bool = True) -> None:
         """Refuse a catalog that belongs to another root; bind an unbound one to this root.
 
         The root's id lives in `<root>/.kvfs/root-id` (created on first use), the catalog's in kvfs_meta.  A
@@ -223,6 +238,8 @@ class Catalog:
             bound = conn.execute(
                 text("SELECT value FROM kvfs_meta WHERE key = :k"), {"k": _ROOT_ID_KEY}
             ).scalar()
+        if bound is None and not bind:
+            return  # read-only: check a binding, never make one
         here = read_root_id(root) if bound is not None else ensure_root_id(root)
         if bound is not None:
             if here != bound:

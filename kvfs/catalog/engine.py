@@ -148,11 +148,17 @@ def _sqlite_engine(url: URL) -> Engine:
     return engine
 
 
-def create_catalog_engine(url: URL, *, root: str | os.PathLike[str] | None = None) -> Engine:
-    """An engine that has connected once (so a bad URL or a dead server fails here, as CatalogError)."""
+def create_catalog_engine(
+    url: URL, *, root: str | os.PathLike[str] | None = None, create: bool = True
+) -> Engine:
+    """An engine that has connected once (so a bad URL or a dead server fails here, as CatalogError).
+
+    `create=False` (read-only commands): a missing SQLite file is an error, not a new empty catalog."""
     if url.get_backend_name() == "sqlite":
         assert url.database is not None
         check_sqlite_location(url.database, root)
+        if not create and not Path(url.database).exists():
+            raise CatalogError(f"no catalog at {url.database}: run `kvfs scan` first, or pass --catalog")
         engine = _sqlite_engine(url)
     else:
         # TCP keepalives: a query to a server that vanished fails within ~25 s instead of hanging the caller

@@ -58,12 +58,13 @@ class KvfsContext:
             raise click.ClickException(f"root {self.root} is not a directory")
         return self.root
 
-    def catalog(self) -> Catalog:
+    def catalog(self, *, create: bool = True) -> Catalog:
+        """The catalog; `create=False` for commands that only read (they never create a catalog or tables)."""
         if self._catalog is None:
             from kvfs.catalog import Catalog
 
             # Catalog.open refuses an SQLite file inside the root or on a network filesystem.
-            self._catalog = Catalog.open(self.catalog_url, root=self.root)
+            self._catalog = Catalog.open(self.catalog_url, root=self.root, create=create)
         return self._catalog
 
     def close(self) -> None:
@@ -118,6 +119,10 @@ class KvfsGroup(click.Group):
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            # Bare `kvfs` (or a bare group): the help as click formats it, not squashed into one line.
+            click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+            sys.exit(exc.exit_code)
         except click.ClickException as exc:
             # click would print usage lines too; users get one line (`--help` has the rest).
             click.echo(f"Error: {one_line(exc.format_message())}", err=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
@@ -158,9 +159,14 @@ def gc(
                 "scan": scanned,
             }
         )
-        return
-    if scanned is not None:
-        click.echo(
-            f"scanned: {scanned['files']:,} block files, {scanned['tmp_orphans']['files']:,} temp files"
-        )
-    _print_plan(plan, result)
+    else:
+        if scanned is not None:
+            click.echo(
+                f"scanned: {scanned['files']:,} block files, {scanned['tmp_orphans']['files']:,} temp files"
+            )
+        _print_plan(plan, result)
+    if result.errors:
+        # Deletions that failed (EACCES, EIO, ...): the pass did not do what was asked.  Refused paths
+        # (symlinks, non-regular files) are counted but are the safety rules working, not a failure.
+        click.echo(f"Error: {result.errors:,} deletions failed (rows kept; see the log)", err=True)
+        sys.exit(1)

@@ -36,7 +36,8 @@ _NEVER_PROTECTED = float(1 << 52)
 @pass_state
 def ls(state: KvfsContext, namespace: str, limit: int, policy: str, as_json: bool) -> None:
     """List NAMESPACE's blocks in eviction order: the first line is the block `kvfs gc` would delete first."""
-    catalog = state.catalog()
+    state.require_root()
+    catalog = state.catalog(create=False)
     ids = {ns.name: ns.id for ns in catalog.namespaces()}
     if namespace not in ids:
         known = ", ".join(sorted(ids)) or "none: run `kvfs scan`"

@@ -24,6 +24,7 @@ from vllm.v1.kv_offload.base import (  # noqa: E402
 from connector.manager import KvfsLoadStoreSpec  # noqa: E402
 from connector.naming import file_identity_key  # noqa: E402
 from connector.spec import KvfsOffloadingSpec  # noqa: E402
+from kvfs.blockfile import HEADER_SIZE  # noqa: E402
 from tests.connector.vllm_helpers import offloading_config, poll  # noqa: E402
 
 BPC = 4
@@ -231,7 +232,9 @@ def test_journal_records_stores_and_accesses(replica, tmp_path):
     records = JournalReader(tmp_path).read({}).records
     kinds = sorted((r.kind, r.key.block_hash) for r in records)
     assert kinds == [(RecordKind.STORE, k[:-4].hex()), (RecordKind.ACCESS, k[:-4].hex())]
-    assert next(r for r in records if r.kind == RecordKind.STORE).size == BPC * 3 * PAGE
+    # The file's size (header + payload), as a scan counts it: du must not change when a scan follows ingest.
+    stored = next(r for r in records if r.kind == RecordKind.STORE)
+    assert stored.size == HEADER_SIZE + BPC * 3 * PAGE == os.path.getsize(tmp_path / stored.key.relpath())
     assert (
         next(r for r in records if r.kind == RecordKind.STORE).chain_pos == -1
     )  # no request context: unknown
