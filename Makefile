@@ -27,6 +27,11 @@ demo: setup
 test: setup .tools/helm
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# The fault suite's long run (tests/faults/soak.py): 10 minutes of writers and the evictor SIGKILLed at random,
+# readers verifying every payload; prints its figures (the CI part is tests/faults, in `make test`).
+soak: setup
+	$(BIN)/python tests/faults/soak.py run --duration 600
+
 test-fast: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not vllm"
 

@@ -29,6 +29,7 @@ def open_tmp() -> Iterator[Path]:
 
 # The evictor tests' process helpers (real `kvfs-evictor` processes, writer processes, HTTP probes).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evictor"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evictor_helpers import FAST, Evictor  # noqa: E402
 
 
