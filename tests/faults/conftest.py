@@ -51,3 +51,11 @@ def start_evictor(tmp_path: Path) -> Iterator[Callable[..., Evictor]]:
         if ev.proc.poll() is None:
             ev.proc.send_signal(signal.SIGCONT)
         ev.stop(signal.SIGKILL)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test here carries the `faults` marker: `pytest -m faults` runs the fault suite's CI part."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.faults)
