@@ -145,7 +145,9 @@ def test_du_answers_from_the_catalog_when_the_root_is_not_mounted(site: Site, tm
 
 
 def test_du_reports_temp_files_of_the_last_scan(site: Site) -> None:
-    Catalog.open(site.catalog_url, root=site.root).close()  # a catalog no scan has run on yet (du never creates)
+    Catalog.open(
+        site.catalog_url, root=site.root
+    ).close()  # a catalog no scan has run on yet (du never creates)
     assert site.json("du")["tmp_orphans"] == {"files": 0, "bytes": 0}
     assert "temp files: unknown (no scan recorded" in site.invoke("du").output
     (site.path(1).parent / (site.path(1).name + "_deadbeef.tmp")).write_bytes(b"t" * 100)
