@@ -194,17 +194,18 @@ class TreeFeed:
         if not pending:
             return 0
         rows, gone, orphan_gone = [], [], []
-        for rel, kind in pending.items():
+        for rel in pending:  # the event kind no longer matters: the file now decides
             key = parse_block_relpath(rel)
-            st = None
-            if kind == "present":
-                metrics.METADATA_OPS.labels("watch").inc()
-                try:
-                    st = os.lstat(self.root / rel)
-                except OSError:
-                    st = None  # moved or deleted again since the event
-                if st is not None and not stat.S_ISREG(st.st_mode):
-                    continue  # a symlink or directory with a block's name is not a block
+            # "gone" is checked too: a file deleted and re-created (an evicted block stored again) whose
+            # creation event was lost (its directory was removed and made again, so unwatched) must keep the
+            # row its writer's journal gave it; removing it hid the file from the catalog until the next scan.
+            metrics.METADATA_OPS.labels("watch").inc()
+            try:
+                st = os.lstat(self.root / rel)
+            except OSError:
+                st = None  # moved or deleted again since the event
+            if st is not None and not stat.S_ISREG(st.st_mode):
+                continue  # a symlink or directory with a block's name is not a block
             if key is None:  # a temp file
                 if st is not None:
                     self.orphans.add(OrphanInfo(rel, st.st_size, st.st_mtime))
@@ -212,11 +213,13 @@ class TreeFeed:
                     orphan_gone.append(rel)
                 continue
             if st is not None:
-                if key.fmt == "kvfs":
-                    continue  # kvfs writers journal their stores: the journal's times are authoritative
                 metrics.TREE_EVENTS.labels("upsert").inc()
-                # Same recency rule as the scan for files no journal describes.
-                seen = max(st.st_atime, st.st_mtime)
+                # kvfs writers journal their stores, and the journal's times are authoritative: recency from
+                # mtime only (the publish time; the upsert never lowers a journaled last access).  The row is
+                # still made here, because a writer killed between publishing a file and flushing its journal
+                # leaves a file no record describes (the soak found ~1 per writer kill, uncounted until the
+                # next scan, so usage stayed over the cap).  Files no journal describes: the scan's rule.
+                seen = st.st_mtime if key.fmt == "kvfs" else max(st.st_atime, st.st_mtime)
                 rows.append(BlockRow(key=key, size=st.st_size, created=st.st_mtime, last_access=seen))
             else:
                 metrics.TREE_EVENTS.labels("remove").inc()
