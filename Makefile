@@ -6,7 +6,7 @@ STAMP := $(VENV)/.kvfs-installed
 export HF_HUB_OFFLINE := 1
 export VLLM_LOGGING_LEVEL ?= WARNING
 
-.PHONY: setup demo test test-fast test-vllm033 bench bench-gpu bench-e2e bench-tier lint clean
+.PHONY: setup demo test test-fast test-vllm033 bench bench-gpu bench-e2e bench-tier lint clean soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from kvfs.blockfile import BlockIdentity, MissReason, check_block_file, load_block, map_block, read_header
+from kvfs.blockfile import BlockIdentity, MissReason, check_block_file, load_block, read_header
 
 IDENT = BlockIdentity(hashlib.sha256(b"ns").digest(), b"k" * 36)
 DEADLINE_S = 5.0
@@ -49,7 +49,6 @@ def _run_bounded(fn: Callable[[], object], fifo: Path) -> object:
         pytest.param(lambda p: load_block(p, IDENT).reason, id="load_block"),
         pytest.param(lambda p: load_block(p, IDENT, bytearray(8192)).reason, id="load_block_out"),
         pytest.param(lambda p: load_block(p, IDENT, direct=True).reason, id="load_block_direct"),
-        pytest.param(lambda p: map_block(p, IDENT, 1 << 20).reason, id="map_block"),
         pytest.param(check_block_file, id="check_block_file"),
         pytest.param(read_header, id="read_header"),
     ],
