@@ -94,7 +94,7 @@ def _catalog_status(catalog_url: str) -> dict[str, Any]:
     """What the catalog alone says when no service answers."""
     from kvfs.catalog import Catalog
 
-    cat = Catalog.open(catalog_url)
+    cat = Catalog.open(catalog_url, create=False)  # a read command: never creates a catalog
     try:
         usage = cat.usage()
         offsets = cat.journal_offsets()

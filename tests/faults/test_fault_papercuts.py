@@ -149,3 +149,14 @@ def test_refused_sqlite_catalog_under_the_root_leaves_no_lock_file(tmp_path: Pat
     proc = _evictor("--root", str(store.root), "--catalog", f"sqlite:///{store.root / 'catalog.db'}")
     assert proc.returncode == 2
     assert sorted(p.name for p in store.root.iterdir() if "catalog" in p.name) == []
+
+
+def test_evictor_status_from_the_catalog_creates_nothing(tmp_path: Path) -> None:
+    from evictor.cli import status_cmd
+
+    missing = tmp_path / "cat" / "catalog.db"
+    result = CliRunner().invoke(
+        status_cmd, ["--url", "http://127.0.0.1:9", "--timeout", "0.5", "--catalog", f"sqlite:///{missing}"]
+    )
+    assert result.exit_code == 1 and "run `kvfs scan` first" in result.output
+    assert not missing.parent.exists()
