@@ -573,3 +573,21 @@ def test_in_place_buffers_are_written_and_read_directly_without_the_copier(tmp_p
     assert not done.success and sorted(done.failed_block_ids) == [4, 5, 6, 7]
     for t, before in zip(blocks, blocks_before, strict=True):
         assert torch.equal(t, before)
+
+
+def test_store_budget_zero_never_drops(tmp_path):
+    """kvfs_store_budget 0 turns dropping off: however slow the measured storage, every store is written."""
+    page = 32
+    pool = IoPool(threads=1, max_file_bytes=BPC * page, device=torch.device("cpu"), store_budget_s=0.0)
+    try:
+        c = GroupCopier(make_layers(1, 8 * BPC, page, 41), [page])
+        pool._store_s_per_byte = 1.0  # storage known to be very slow: any budget would drop these
+        ops = [
+            op(tmp_path, c, list(range(i * BPC, (i + 1) * BPC)), load=False, key=bytes([70 + i]) * 36)
+            for i in range(6)
+        ]
+        done = run(pool, 1, ops, load=False)
+        assert done.success and done.files_ok == 6
+        assert all(os.path.exists(o.path) for o in ops)
+    finally:
+        pool.shutdown()
