@@ -17,8 +17,6 @@ survives restarts and fail-over, and `kvfs gc` and the evictor continue the same
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -26,7 +24,6 @@ from sqlalchemy import (
     Boolean,
     Column,
     Connection,
-    Engine,
     Float,
     Index,
     Integer,
@@ -37,6 +34,7 @@ from sqlalchemy import (
 )
 
 from kvfs.catalog.catalog import Catalog
+from kvfs.catalog.engine import create_tables_once
 from kvfs.catalog.models import NO_RANK
 from kvfs.layout import BlockKey
 
@@ -66,9 +64,6 @@ state = Table(
     Column("beta", Float, nullable=False),
 )
 
-_ready: weakref.WeakSet[Engine] = weakref.WeakSet()
-_ready_lock = threading.Lock()
-
 # (re-stores of fresh ghosts, of reused ghosts, fresh ghosts left, reused ghosts left, old bonus) -> new bonus
 AdaptFn = Callable[[int, int, int, int, float], float]
 
@@ -83,13 +78,7 @@ class Settled:
 
 
 def ensure_tables(catalog: Catalog) -> None:
-    engine = catalog.engine
-    with _ready_lock:
-        if engine in _ready:
-            return
-        with engine.begin() as conn:
-            metadata.create_all(conn, checkfirst=True)
-        _ready.add(engine)
+    create_tables_once(catalog.engine, metadata)
 
 
 # Rows new since the last settle (ids above the watermark, or created since its time: SQLite reuses the ids of

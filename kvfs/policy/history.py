@@ -23,14 +23,13 @@ over the new rows and the dropped ghosts, plus one upsert per block offered.
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import Column, Connection, Engine, Float, Index, Integer, MetaData, String, Table, text
+from sqlalchemy import Column, Connection, Float, Index, Integer, MetaData, String, Table, text
 
 from kvfs.catalog import Catalog
+from kvfs.catalog.engine import create_tables_once
 from kvfs.catalog.models import NO_RANK
 from kvfs.policy.base import EvictedBlock
 
@@ -60,9 +59,6 @@ policy_state = Table(
     Column("access_time", Float, nullable=False),  # newest last_access at that check
 )
 
-_ready: weakref.WeakSet[Engine] = weakref.WeakSet()
-_ready_lock = threading.Lock()
-
 
 @dataclass(frozen=True, slots=True)
 class ReviveStats:
@@ -72,13 +68,7 @@ class ReviveStats:
 
 def ensure_tables(catalog: Catalog) -> None:
     """Create the ghost tables if this catalog has none yet (idempotent, once per engine)."""
-    engine = catalog.engine
-    with _ready_lock:
-        if engine in _ready:
-            return
-        with engine.begin() as conn:
-            metadata.create_all(conn, checkfirst=True)
-        _ready.add(engine)
+    create_tables_once(catalog.engine, metadata)
 
 
 class _Sql:
