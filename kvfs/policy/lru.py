@@ -38,6 +38,12 @@ def block_columns() -> tuple[Any, ...]:
     )
 
 
+def lru_order() -> tuple[Any, ...]:
+    """Oldest last access first; ties: the deeper prefix-chain position first (a chain loses its tail before
+    its head), then the row id.  The order of `lru`, and the base that `slru`, `2q` and `prefix` refine."""
+    return (Block.last_access.asc(), Block.chain_pos.desc(), Block.id.asc())
+
+
 def eligible(query: Select[Any], namespace_ids: Sequence[int] | None, protect_after: float) -> Select[Any]:
     """Restrict to the scope and drop protected blocks (recent last access or creation)."""
     query = query.where(Block.last_access < protect_after, Block.created < protect_after)
@@ -82,7 +88,5 @@ class LruPolicy(EvictionPolicy):
         protect_after: float,
         limit_bytes: int,
     ) -> Iterator[Candidate]:
-        query = eligible(select(*block_columns()), namespace_ids, protect_after).order_by(
-            Block.last_access.asc(), Block.chain_pos.desc(), Block.id.asc()
-        )
+        query = eligible(select(*block_columns()), namespace_ids, protect_after).order_by(*lru_order())
         return stream_candidates(catalog, query, limit_bytes)

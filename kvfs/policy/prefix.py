@@ -44,7 +44,7 @@ from kvfs.catalog.models import FRESH, NO_RANK, ORPHAN, REUSED, Block
 from kvfs.layout import BlockKey
 from kvfs.policy import register_policy
 from kvfs.policy.base import Candidate, EvictedBlock, EvictionPolicy
-from kvfs.policy.lru import STREAM_CHUNK, block_columns, eligible
+from kvfs.policy.lru import STREAM_CHUNK, block_columns, eligible, lru_order
 
 if TYPE_CHECKING:
     from kvfs.catalog import Catalog
@@ -167,7 +167,7 @@ class PrefixPolicy(EvictionPolicy):
         bonus = self.settle(catalog)
         names = {ns.id: ns.name for ns in catalog.namespaces()}
         base = eligible(select(*block_columns(), Block.chain_pos), namespace_ids, protect_after)
-        lru = (Block.last_access.asc(), Block.chain_pos.desc(), Block.id.asc())
+        lru = lru_order()
         # Each class from its partial LRU index (the WHERE texts must match the index's), so a rare class
         # costs nothing to look for.
         orphans = _stream(catalog, base.where(text(ORPHAN)).order_by(*lru), names)

@@ -27,7 +27,7 @@ from kvfs.catalog.models import NO_RANK, Block
 from kvfs.layout import BlockKey
 from kvfs.policy import register_policy
 from kvfs.policy.base import Candidate, EvictionPolicy
-from kvfs.policy.lru import STREAM_CHUNK, block_columns, eligible
+from kvfs.policy.lru import STREAM_CHUNK, block_columns, eligible, lru_order
 
 if TYPE_CHECKING:
     from kvfs.catalog import Catalog
@@ -45,7 +45,7 @@ def _scoped(query: Select[Any], namespace_ids: Sequence[int] | None) -> Select[A
 
 
 def _lru_order(query: Select[Any]) -> Select[Any]:
-    return query.order_by(Block.last_access.asc(), Block.chain_pos.desc(), Block.id.asc())
+    return query.order_by(*lru_order())
 
 
 class _Stream:
