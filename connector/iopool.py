@@ -234,12 +234,14 @@ class IoPool:
     def store_bandwidth(self) -> float:
         """The pool's measured store bandwidth in bytes/s (all threads; 0 until a store has completed)."""
         with self._cv:
-            return self.threads / self._store_s_per_byte if self._store_s_per_byte else 0.0
+            return self._store_bandwidth_locked()
+
+    def _store_bandwidth_locked(self) -> float:
+        return self.threads / self._store_s_per_byte if self._store_s_per_byte else 0.0
 
     def _drop_locked(self, op: FileOp, reason: DropReason, wait_s: float) -> None:
         metrics.STORES.labels("dropped").inc()
         metrics.STORES_DROPPED.labels(str(reason)).inc()
-        bandwidth = self.threads / self._store_s_per_byte if self._store_s_per_byte else 0.0
         self._drop_log.event(
             "kvfs: %d store(s) dropped in the last minute (%s: %s would wait %.1f s for %d MiB queued at %.2f "
             "GB/s, over kvfs_store_budget %.1f s); those chunks are not reused",
@@ -247,7 +249,7 @@ class IoPool:
             op.path,
             wait_s,
             self._queued_store_bytes >> 20,
-            bandwidth / 1e9,
+            self._store_bandwidth_locked() / 1e9,
             self.store_budget_s,
         )
         self._op_done_locked(op, ok=False, nbytes=0)
