@@ -591,3 +591,32 @@ def test_store_budget_zero_never_drops(tmp_path):
         assert all(os.path.exists(o.path) for o in ops)
     finally:
         pool.shutdown()
+
+
+def test_wait_progress_ends_when_a_job_finishes_and_at_once_with_none_in_flight(tmp_path):
+    """The worker side of an idle engine step: no wait without jobs in flight, the timeout while a job is held,
+    and an early return when it finishes."""
+    page = 32
+    pool = IoPool(threads=1, max_file_bytes=BPC * page, device=torch.device("cpu"), store_budget_s=30.0)
+    try:
+        started = time.monotonic()
+        pool.wait_progress(5.0)
+        assert time.monotonic() - started < 0.5
+        held = HeldGather(make_layers(1, BPC, page, 51), [page])
+        pool.submit(1, [op(tmp_path, held, list(range(BPC)), load=False)], is_load=False)
+        assert held.gathering.wait(10)
+        started = time.monotonic()
+        pool.wait_progress(0.2)
+        assert 0.15 < time.monotonic() - started < 2 and pool.pending_jobs() == 1
+        threading.Timer(0.1, held.release.set).start()
+        started = time.monotonic()
+        pool.wait_progress(5.0)
+        assert time.monotonic() - started < 2.5
+        (done,) = pool.take_finished()
+        assert done.success
+        started = time.monotonic()
+        pool.wait_progress(5.0)  # nothing in flight, nothing waiting to be taken
+        assert time.monotonic() - started < 0.5
+    finally:
+        held.release.set()
+        pool.shutdown()
