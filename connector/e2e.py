@@ -35,6 +35,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kvfs.procs import stop_gracefully
+
 CHUNK_TOKENS = 256  # tokens per kvfs file and CPU-tier block
 # Same-engine hit variants, alternated repetition by repetition: (name, idle-step wait on).  "before" lets vLLM's
 # engine loop spin while the load runs, as before kvfs_idle_wait.
@@ -601,11 +603,7 @@ def _evictor_phase(spec: Mapping[str, Any]) -> dict[str, Any]:
         res["request_errors"] = errors
         res["peak_usage_ratio"] = peak / capacity if capacity else 0.0
     finally:
-        evictor.send_signal(signal.SIGTERM)
-        try:
-            evictor.wait(30)
-        except subprocess.TimeoutExpired:
-            evictor.kill()
+        stop_gracefully(evictor, 30)
         log.close()
     with open(log_path) as f:
         text = f.read()

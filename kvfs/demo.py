@@ -20,7 +20,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -33,6 +32,7 @@ from typing import Any
 
 import click
 
+from kvfs.procs import stop_gracefully
 from kvfs.units import format_size
 
 MARKER = ".kvfs-demo"
@@ -430,13 +430,7 @@ def run_demo(data: Path, cfg: DemoConfig, device: str = "cpu") -> int:
             if proc.is_alive():
                 proc.terminate()
             proc.join(5)
-        if evictor.poll() is None:
-            evictor.send_signal(signal.SIGTERM)
-            try:
-                evictor.wait(20)
-            except subprocess.TimeoutExpired:
-                evictor.kill()
-                evictor.wait()
+        stop_gracefully(evictor, 20)
 
     click.echo("\n$ kvfs du")
     kvfs_cli.main(["--root", str(root), "--catalog", catalog_url, "du"], standalone_mode=False)

@@ -50,6 +50,7 @@ from kvfs.layout import (  # noqa: E402
     parse_block_relpath,
     write_namespace_config,
 )
+from kvfs.procs import stop_gracefully  # noqa: E402
 
 PAYLOAD = 60 * 1024  # + 4 KiB header: 64 KiB files
 FIELDS = kvfs_fields({"model_name": "soak/model", "hash_block_size": 16})
@@ -231,12 +232,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for proc in readers:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    evictor.send_signal(signal.SIGTERM)
-    try:
-        evictor.wait(20)
-    except subprocess.TimeoutExpired:
-        evictor.kill()
-        evictor.wait()
+    stop_gracefully(evictor, 20)
 
     from kvfs.verify import verify_tree
 
