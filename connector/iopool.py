@@ -504,9 +504,8 @@ class IoPool:
 
     def _queue_gpu_phase(self, f: _Flight) -> _Flight | None:
         op, slot, n = f.op, f.slot, f.op.nbytes
-        if (
-            not self.cuda
-        ):  # the payload's hash is computed now or by helpers; a store gathers first (unless in place)
+        if not self.cuda:
+            # The payload's hash is computed now or by helpers; a store gathers first (unless in place).
             if not op.is_load and op.buffer is None:
                 op.copier.gather(op.block_ids, slot.host[:n])
             f.digests = self._hash_async(self._payload(f))
