@@ -205,3 +205,13 @@ def test_a_failing_prompt_is_recorded_and_the_next_one_measured():
     failed, ok = writer["prompts"]
     assert failed == {"tokens": 512, "error": "RuntimeError('engine died')"}
     assert ok["stores"] == {"stored": 4.0} and len(ok["hits"]) == 4
+
+
+def test_a_child_that_dies_or_fails_is_reported_and_the_run_goes_on(tmp_path):
+    """The parent survives its engine processes: a child that dies before writing a result, and one whose phase
+    raises, each come back as an error entry (the next phase then runs)."""
+    args = e2e.parse_args(["--child-timeout", "120"])
+    died = e2e.run_child(args, {"phase": "nosuch", "root_name": "a"}, str(tmp_path))
+    assert "without a result" in died["error"] and died["elapsed_s"] > 0
+    failed = e2e.run_child(args, {"phase": "reader", "root_name": "b"}, str(tmp_path))  # no engine settings
+    assert failed["error"].startswith("KeyError") and "Traceback" in failed["traceback"]
