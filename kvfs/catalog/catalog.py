@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from kvfs import metrics
 from kvfs.catalog.engine import create_catalog_engine, default_catalog_url, describe_url, parse_catalog_url
 from kvfs.catalog.errors import CatalogError, RootMismatchError
-from kvfs.catalog.models import NO_RANK, ORPHAN, Block, Namespace
+from kvfs.catalog.models import NO_RANK, ORPHAN, SUPERSEDED, Block, Namespace
 from kvfs.catalog.records import (
     ApplyStats,
     BlockRow,
@@ -97,6 +97,23 @@ class _Sql:
         # Rows used again (accessed, or stored over) since `t` had their chain sent whole: no longer orphans.
         # One range scan of the orphans' partial index per journal batch, instead of a SET per access.
         self.adopt = f"UPDATE blocks SET orphan = FALSE WHERE {ORPHAN} AND last_access >= {p}"
+        # A superseded row used again (or stored over) since `t` is live after all: the same range scan.
+        self.unsupersede = f"UPDATE blocks SET superseded = FALSE WHERE {SUPERSEDED} AND last_access >= {p}"
+        # A parent that got a child is no leaf (a writer may store behind a block it did not read from files).
+        self.extended = (
+            f"UPDATE blocks SET superseded = FALSE WHERE {SUPERSEDED} AND namespace_id = {p} AND rank = {p} "
+            f"AND grp = {p} AND block_hash = {p}"
+        )
+        # The older never-read, childless siblings of a block just stored (ix_blocks_parent finds them): the
+        # branch a conversation left behind.  Parameters: the new block's namespace, parent, rank, group,
+        # hash and store time.
+        self.supersede = (
+            "UPDATE blocks SET superseded = TRUE "
+            f"WHERE namespace_id = {p} AND parent_hash = {p} AND rank = {p} AND grp = {p} AND block_hash != {p} "
+            f"AND hits = 0 AND NOT orphan AND NOT superseded AND last_access < {p} "
+            "AND NOT EXISTS (SELECT 1 FROM blocks c WHERE c.namespace_id = blocks.namespace_id "
+            "AND c.parent_hash = blocks.block_hash AND c.rank = blocks.rank AND c.grp = blocks.grp)"
+        )
         self.delete = f"DELETE FROM blocks WHERE {_KEY_WHERE.format(p=p)}"
         self.delete_id = f"DELETE FROM blocks WHERE id = {p}"
         self.offset = (
@@ -160,6 +177,32 @@ def _pg_copy_upsert(conn: Connection, params: list[tuple[Any, ...]]) -> None:
             "parent_hash = COALESCE(excluded.parent_hash, blocks.parent_hash)"
         )
         cur.execute(f"TRUNCATE {_PG_STAGE}")
+
+
+def _branch_params(
+    store_params: Sequence[tuple[Any, ...]],
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """`_Sql.extended` and `_Sql.supersede` parameters for the stores of one journal batch (`_block_params`
+    tuples).
+
+    A parent stored in the same batch is new (its only children are in the batch too) and touched (so never
+    superseded), so only stores whose parent came from an earlier batch, and stores that share a parent within
+    the batch, need statements: about one per request instead of one per block."""
+    by_parent: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+    stored = set()
+    for p in store_params:
+        stored.add((p[0], p[1], p[2], p[3]))
+        if p[12] is not None:
+            by_parent.setdefault((p[0], p[1], p[2], p[12]), []).append(p)
+    extended, supersede = [], []
+    for parent, children in by_parent.items():
+        if parent not in stored:
+            extended.append(parent)
+        elif len(children) == 1:
+            continue
+        for p in children:
+            supersede.append((p[0], p[12], p[1], p[2], p[3], p[7]))
+    return extended, supersede
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -522,7 +565,10 @@ class Catalog:
         """Apply journal records and save the reader's new offsets, in ONE transaction.
 
         STORE: upsert (created = record time if new, last_access = max).  ACCESS: last_access = max, hits += 1;
-        an access to a block the catalog does not know is ignored and counted.
+        an access to a block the catalog does not know is ignored and counted.  Prefix bookkeeping: rows used
+        again lose `orphan` and `superseded`; a stored block with a recorded parent marks its older siblings
+        that were never read and have no children `superseded` (a conversation's next turn replaces the
+        previous turn's last block with a longer one, and a regenerated answer leaves the old one behind).
         """
         stores: dict[BlockKey, BlockRow] = {}
         accesses: dict[BlockKey, list[float]] = {}  # key -> [max time, count]
@@ -584,6 +630,12 @@ class Catalog:
                 # Every row this batch touched now has last_access >= `oldest`.  (So may an orphan whose
                 # parent went after it was last used, which the evictor's min_age makes rare.)
                 conn.exec_driver_sql(self._sql.adopt, (oldest,))
+                conn.exec_driver_sql(self._sql.unsupersede, (oldest,))
+            extended, supersede = _branch_params(store_params)
+            if extended:
+                conn.exec_driver_sql(self._sql.extended, extended)
+            if supersede:
+                conn.exec_driver_sql(self._sql.supersede, supersede)
             if offset_params:
                 conn.exec_driver_sql(self._sql.offset, offset_params)
         n_access = sum(int(c) for _, c in accesses.values())
@@ -807,7 +859,7 @@ class Catalog:
                 rows = conn.execute(
                     text(
                         "SELECT id, rank, grp, block_hash, fmt, size, created, last_access, chain_pos, hits, "
-                        "parent_hash, orphan FROM blocks WHERE namespace_id = :ns AND rank = :rank AND grp = :grp "
+                        "parent_hash, orphan, superseded FROM blocks WHERE namespace_id = :ns AND rank = :rank AND grp = :grp "
                         "AND block_hash IN ("
                         + ", ".join(f":h{i}" for i in range(len(chunk)))
                         + ") AND fmt = :fmt"
@@ -833,6 +885,7 @@ class Catalog:
                             int(r[0]),
                             parent_hash=r[10],
                             orphan=bool(r[11]),
+                            superseded=bool(r[12]),
                         )
         return found
 

@@ -61,10 +61,12 @@ class BlockState:
 FRESH = "hits = 0"
 REUSED = "hits > 0"
 ORPHAN = "orphan"
+SUPERSEDED = "superseded"
 PARTIAL_LRU_INDEXES = {
     "ix_blocks_fresh_lru": FRESH,
     "ix_blocks_reused_lru": REUSED,
     "ix_blocks_orphan_lru": ORPHAN,
+    "ix_blocks_superseded_lru": SUPERSEDED,
 }
 
 
@@ -109,6 +111,9 @@ class Block(Base):
     parent_hash: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
     # Its parent was deleted: vLLM can never load it (prefix semantics) until the chain is sent again (v3).
     orphan: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # A never-read leaf whose parent got a newer child: the branch a conversation left behind (the previous
+    # turn's last block), almost never read again (v4).  See Catalog.apply_journal.
+    superseded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class JournalOffset(Base):

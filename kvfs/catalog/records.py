@@ -20,6 +20,7 @@ class BlockRow:
     block_id: int | None = None
     parent_hash: str | None = None  # the previous block of its prefix chain, where the writer recorded it
     orphan: bool = False  # its parent was removed (read back by get_blocks; never written from here)
+    superseded: bool = False  # a never-read leaf whose parent got a newer child (read back, as `orphan`)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from sqlalchemy import Connection, inspect, text
 
 from kvfs.catalog.errors import CatalogError
-from kvfs.catalog.models import PARTIAL_LRU_INDEXES, Base
+from kvfs.catalog.models import Base
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _VERSION_KEY = "schema_version"
 # Arbitrary constant key for pg_advisory_xact_lock: serialises schema creation between processes.
 _PG_SCHEMA_LOCK = 0x6B766673
@@ -40,14 +40,26 @@ def _v3_prefix_chains(conn: Connection) -> None:
             "CREATE INDEX ix_blocks_parent ON blocks (namespace_id, parent_hash) WHERE parent_hash IS NOT NULL"
         )
     )
-    for name, where in PARTIAL_LRU_INDEXES.items():
+    # The v3 set, spelled out: later versions add their own.
+    for name, where in (
+        ("ix_blocks_fresh_lru", "hits = 0"),
+        ("ix_blocks_reused_lru", "hits > 0"),
+        ("ix_blocks_orphan_lru", "orphan"),
+    ):
         conn.execute(text(f"CREATE INDEX {name} ON blocks (last_access) WHERE {where}"))
+
+
+def _v4_superseded_leaves(conn: Connection) -> None:
+    """v4: `blocks.superseded` (never-read leaves whose parent got a newer child) and its partial LRU index."""
+    conn.execute(text("ALTER TABLE blocks ADD COLUMN superseded BOOLEAN NOT NULL DEFAULT FALSE"))
+    conn.execute(text("CREATE INDEX ix_blocks_superseded_lru ON blocks (last_access) WHERE superseded"))
 
 
 # UPGRADES[v] upgrades a database at version v-1 to version v.
 UPGRADES: dict[int, Callable[[Connection], None]] = {
     2: _v2_scan_generation_and_leases,
     3: _v3_prefix_chains,
+    4: _v4_superseded_leaves,
 }
 
 

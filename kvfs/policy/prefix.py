@@ -9,8 +9,12 @@ Why this keeps usable prefixes:
 * vLLM loads only the leading run of a prompt's blocks that are present, so a block whose parent is gone
   (an orphan: the catalog marks the children of every block it removes, where writers record parents) can
   never be loaded until its chain is sent again: orphans go first, oldest first.
-* A request touches all its blocks, so a chain's head is always at least as recent as its tail, and has at least as many hits: under this order a
-  tail always goes before its head, and a block never outlives its prefix (no dead tails are created; the
+* A prefix extended two ways leaves the older branch behind: a conversation's next turn replaces the previous
+  turn's last (partial) block with a longer one, a regenerated answer replaces the old one.  A leaf that was
+  never read and whose parent got a newer child (`superseded`, marked by the catalog) is almost never read
+  again: such leaves go right after orphans, oldest first.
+* A request touches all its blocks, so a chain's head is always at least as recent as its tail, and has at
+  least as many hits: under this order a tail always goes before its head, and a block never outlives its prefix (no dead tails are created; the
   bonus depends only on `hits`, which never increases along a chain).
 * A chain is valued by how recently and how often its prefix is reused: recency through `last_access`, reuse
   through the bonus, which the head of a shared prefix earns first and keeps longest.
@@ -25,7 +29,7 @@ says the bonus was too small (step up); each step is weighted by the other class
 evidence counts more.  On traffic where reuse does not predict reuse the bonus decays to 0 and the order is
 LRU's.  The bonus and ghosts live in the catalog, so restarts, fail-over and `kvfs gc` continue the same state.
 
-`order()` and `adapt()` are the policy: the catalog planner feeds them three SQL streams, one per partial LRU
+`order()` and `adapt()` are the policy: the catalog planner feeds them four SQL streams, one per partial LRU
 index (`candidates`), the replay feeds them its in-memory tier (`kvfs.replay.memory`), so both run the same
 decisions.
 """
@@ -40,7 +44,7 @@ from sqlalchemy import Select, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from kvfs import metrics
-from kvfs.catalog.models import FRESH, NO_RANK, ORPHAN, REUSED, Block
+from kvfs.catalog.models import FRESH, NO_RANK, ORPHAN, REUSED, SUPERSEDED, Block
 from kvfs.layout import BlockKey
 from kvfs.policy import register_policy
 from kvfs.policy.base import Candidate, EvictedBlock, EvictionPolicy
@@ -56,8 +60,9 @@ if TYPE_CHECKING:
 BETA_MAX = 0.25
 BETA_STEP = 0.02
 BETA_INITIAL = 0.0  # start as LRU; evidence moves it
-# Ghosts are kept for this many recency spans (as 2q's; 1 measured slightly worse, docs/policy.md).
-HORIZON = 3.0
+# Ghosts are kept for this many recency spans.  With superseded leaves evicted first, 1 span was the only
+# setting tried with no suite cell below LRU (3 spans: one, Mooncake at 2%; docs/policy.md).
+HORIZON = 1.0
 log = logging.getLogger("kvfs.policy")
 
 
@@ -82,13 +87,16 @@ def adapt(
 
 
 def order(
-    orphans: Iterable[T], fresh: Iterable[T], reused: Iterable[T], bonus: float
+    orphans: Iterable[T], superseded: Iterable[T], fresh: Iterable[T], reused: Iterable[T], bonus: float
 ) -> Iterator[tuple[T, bool | None]]:
-    """The eviction order from three LRU-ordered streams (oldest first, deeper chain position first on ties):
-    orphans (blocks whose parent is gone) first; then never-reused and reused blocks merged on key = last
-    access (+ `bonus` for reused ones), ties: deeper position, then the never-reused block.
-    Yields (block, was reused), with None for orphans."""
+    """The eviction order from four LRU-ordered streams (oldest first, deeper chain position first on ties):
+    orphans (blocks whose parent is gone) first; then superseded leaves (never read, and their parent has a
+    newer child); then never-reused and reused blocks merged on key = last access (+ `bonus` for reused ones),
+    ties: deeper position, then the never-reused block.
+    Yields (block, was reused), with None for orphans and superseded leaves (they leave no ghost)."""
     for item in orphans:
+        yield item, None
+    for item in superseded:
         yield item, None
     # A two-way merge by hand (the same order as heapq.merge on (key, -chain_pos, class); measured no faster).
     fresh_it, reused_it = iter(fresh), iter(reused)
@@ -128,8 +136,9 @@ def _stream(catalog: Catalog, query: Select[Any], names: dict[int, str]) -> Iter
 class PrefixPolicy(EvictionPolicy):
     name: ClassVar[str] = "prefix"
     description: ClassVar[str] = (
-        "prefix-aware LRU: blocks whose parent is gone first; reused blocks get an adaptive bonus (learned "
-        "from evicted blocks that come back); ties: deeper prefix-chain position first"
+        "prefix-aware LRU: blocks whose parent is gone first, then never-read leaves whose parent got a newer "
+        "child; reused blocks get an adaptive bonus (learned from evicted blocks that come back); ties: deeper "
+        "prefix-chain position first"
     )
 
     def __init__(self) -> None:
@@ -172,15 +181,16 @@ class PrefixPolicy(EvictionPolicy):
         # costs nothing to look for.
         orphans = _stream(catalog, base.where(text(ORPHAN)).order_by(*lru), names)
         live = base.where(text(f"NOT {ORPHAN}"))
-        fresh = _stream(catalog, live.where(text(FRESH)).order_by(*lru), names)
+        superseded = _stream(catalog, live.where(text(SUPERSEDED)).order_by(*lru), names)
+        fresh = _stream(catalog, live.where(text(FRESH), text(f"NOT {SUPERSEDED}")).order_by(*lru), names)
         reused = _stream(catalog, live.where(text(REUSED)).order_by(*lru), names)
         if len(self._offered) > 4_000_000:  # victims never executed (dry runs): forget, do not grow
             self._offered.clear()
         offered_classes = self._offered
         offered = 0
         try:
-            for cand, was_reused in order(orphans, fresh, reused, bonus):
-                if was_reused is not None:  # an orphan is no regret of the bonus: never a ghost
+            for cand, was_reused in order(orphans, superseded, fresh, reused, bonus):
+                if was_reused is not None:  # an orphan or a superseded leaf is no regret of the bonus
                     offered_classes[cand.block_id] = was_reused
                 yield cand
                 offered += cand.size
@@ -188,6 +198,7 @@ class PrefixPolicy(EvictionPolicy):
                     return
         finally:
             orphans.close()
+            superseded.close()
             fresh.close()
             reused.close()
 

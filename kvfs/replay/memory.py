@@ -1,10 +1,11 @@
 """The `prefix` policy replayed on an in-memory tier: the catalog replay's rules, without SQL.
 
 The decisions are the policy's own code (`kvfs.policy.prefix.order` and `adapt`); this module only holds the
-tier in memory, in the shape the catalog gives the policy: orphans (blocks whose parent was removed), and the
-never-reused and reused blocks each in LRU order (oldest first, deeper chain position first among blocks of
+tier in memory, in the shape the catalog gives the policy: orphans (blocks whose parent was removed), superseded
+leaves (never read, their parent got a newer child), and the never-reused and reused blocks each in LRU order (oldest first, deeper chain position first among blocks of
 one request), ghosts of evicted blocks with their class, and the bookkeeping the catalog does (children of a
-removed block become orphans, and theirs; a block used again is adopted back; `settle` before each pass).  It reproduces
+removed block become orphans, and theirs; a block used again is adopted back; a stored block supersedes its
+older never-read childless siblings; `settle` before each pass).  It reproduces
 `simulate_catalog_policy(..., policy="prefix")` block for block (tests/kvfs/test_replay_memory.py) in a
 fraction of the time.
 """
@@ -40,6 +41,13 @@ def _older_than(segment: OrderedDict[int, _Block], now: float) -> Iterator[_Bloc
         yield block
 
 
+def _lru(segment: dict[int, _Block], now: float) -> list[_Block]:
+    # The catalog's LRU order (oldest first, deeper chain position first), without the request just served.
+    return sorted(
+        (b for b in segment.values() if b.last_access < now), key=lambda b: (b.last_access, -b.chain_pos)
+    )
+
+
 def simulate_prefix(
     requests: Sequence[Sequence[int]],
     capacity: int,
@@ -51,6 +59,7 @@ def simulate_prefix(
     fresh: OrderedDict[int, _Block] = OrderedDict()
     reused: OrderedDict[int, _Block] = OrderedDict()
     orphans: dict[int, _Block] = {}
+    superseded: dict[int, _Block] = {}
     blocks: dict[int, _Block] = {}
     children: defaultdict[int, set[int]] = defaultdict(set)  # parent -> blocks stored behind it
     ghosts: dict[int, tuple[float, bool]] = {}  # block -> (last access when evicted, was reused)
@@ -65,6 +74,7 @@ def simulate_prefix(
         result.count(leading_hits(req, blocks), len(req))
         # Deepest first, so that within one request the head ends up most recent (the catalog's order on
         # equal last access is chain_pos descending).
+        branched: list[int] = []  # parents (stored before this request) that got a new child
         for pos in range(len(req) - 1, -1, -1):
             h = req[pos]
             block = blocks.get(h)
@@ -77,10 +87,14 @@ def simulate_prefix(
                 fresh[h] = block
                 if pos:
                     children[req[pos - 1]].add(h)
+                    branched.append(pos - 1)
                 continue
             block.last_access = now
             block.hits += 1
-            if block.orphan:  # used again: its chain was sent whole
+            if h in superseded:  # read after all
+                del superseded[h]
+                reused[h] = block
+            elif block.orphan:  # used again: its chain was sent whole
                 block.orphan = False
                 del orphans[h]
                 (reused if block.hits else fresh)[h] = block
@@ -89,6 +103,21 @@ def simulate_prefix(
                 reused[h] = block
             else:
                 reused.move_to_end(h)
+        # As the catalog's apply_journal: a new block's older, never-read, childless siblings are superseded.
+        for pos in branched:
+            for sibling in children[req[pos]]:
+                sib = blocks.get(sibling)
+                if (
+                    sib is None
+                    or sib.hits
+                    or sib.orphan
+                    or sibling in superseded
+                    or sib.last_access >= now
+                    or any(c in blocks for c in children.get(sibling, ()))
+                ):
+                    continue
+                del fresh[sibling]
+                superseded[sibling] = sib
         if progress is not None:
             progress(1)
         if len(blocks) <= capacity:
@@ -109,12 +138,11 @@ def simulate_prefix(
                 del ghosts[h]
                 ghost_count[ghost[1]] -= 1
         need = len(blocks) - target
-        dead = sorted(
-            (b for b in orphans.values() if b.last_access < now), key=lambda b: (b.last_access, -b.chain_pos)
-        )
+        dead = _lru(orphans, now)
+        left_behind = _lru(superseded, now)
         victims: list[tuple[_Block, bool | None]] = []
         for block, was_reused in prefix.order(
-            dead, _older_than(fresh, now), _older_than(reused, now), beta * span
+            dead, left_behind, _older_than(fresh, now), _older_than(reused, now), beta * span
         ):
             victims.append((block, was_reused))
             if len(victims) >= need:
@@ -123,8 +151,9 @@ def simulate_prefix(
             h = block.block
             del blocks[h]
             if was_reused is None:
-                del orphans[h]
-                continue  # an orphan leaves no ghost
+                if orphans.pop(h, None) is None:
+                    del superseded[h]
+                continue  # an orphan or a superseded leaf leaves no ghost
             del (reused if was_reused else fresh)[h]
             old = ghosts.get(h)
             if old is not None:
@@ -142,7 +171,8 @@ def simulate_prefix(
                     if kid is not None and not kid.orphan:
                         kid.orphan = True
                         orphans[child] = kid
-                        del (reused if kid.hits else fresh)[child]
+                        if superseded.pop(child, None) is None:
+                            del (reused if kid.hits else fresh)[child]
                         below.append(child)
             level = below
         result.evicted += len(victims)

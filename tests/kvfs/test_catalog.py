@@ -94,7 +94,7 @@ def test_upgrade_from_version_1_keeps_data(catalog_url: str) -> None:
     engine.dispose()
 
     with Catalog.open(catalog_url) as catalog:
-        assert catalog.schema_version() == SCHEMA_VERSION == 3
+        assert catalog.schema_version() == SCHEMA_VERSION == 4
         rows = list(catalog.iter_blocks())
         assert [(r.key, r.size, r.last_access, r.hits, r.chain_pos) for r in rows] == [
             (key(1), 100, 7.0, 3, 2)
@@ -108,6 +108,7 @@ def test_upgrade_from_version_1_keeps_data(catalog_url: str) -> None:
             "ix_blocks_fresh_lru",
             "ix_blocks_reused_lru",
             "ix_blocks_orphan_lru",
+            "ix_blocks_superseded_lru",  # v4
         }
         child = BlockRow(key(2), 100, created=8.0, last_access=200.0, chain_pos=3, parent_hash=f"{1:032x}")
         catalog.upsert_blocks([child])
@@ -373,6 +374,55 @@ def test_removing_a_block_orphans_its_descendants_until_they_are_used(cat: Catal
     # 9's file is gone (never seen by the scan, old); 10 was used during the walk and stays.
     assert cat.prune_missing(450.0, grace=0, keep_namespaces=[NS]) == 2  # 9 and 5
     assert orphans(cat) == {3, 8, 10}
+
+
+def superseded(catalog: Catalog) -> set[int]:
+    with catalog.engine.connect() as conn:
+        return {int(h, 16) for (h,) in conn.execute(text("SELECT block_hash FROM blocks WHERE superseded"))}
+
+
+def test_a_new_sibling_supersedes_never_read_childless_leaves(cat: Catalog) -> None:
+    def store(n: int, t: float, parent: int | None, *, pos: int, **kw: object) -> JournalRecord:
+        p = None if parent is None else f"{parent:032x}"
+        return JournalRecord(RecordKind.STORE, key(n, **kw), t, 100, pos, p)  # type: ignore[arg-type]
+
+    def access(n: int, t: float) -> JournalRecord:
+        return JournalRecord(RecordKind.ACCESS, key(n), t)
+
+    # Under 1: a leaf (2), a block with a child (3 -> 4), a leaf already read (5), the same parent hash in
+    # another rank (6) and another namespace (7).
+    cat.apply_journal(
+        [
+            store(1, 10.0, None, pos=0),
+            store(2, 10.0, 1, pos=1),
+            store(3, 11.0, 1, pos=1),
+            store(4, 11.0, 3, pos=2),
+            store(5, 12.0, 1, pos=1),
+            store(6, 12.0, 1, pos=1, rank=1),
+            store(7, 12.0, 1, pos=1, ns=NS2),
+        ],
+        {},
+    )
+    # Within one batch, the later children of 1 already supersede the earlier leaf 2.
+    assert superseded(cat) == {2}
+    cat.apply_journal([access(5, 13.0)], {})
+    cat.apply_journal([access(1, 20.0), store(8, 20.0, 1, pos=1)], {})
+    assert superseded(cat) == {2}  # 3 has a child, 5 was read, 6 and 7 are other chains, 8 is the new one
+    cat.apply_journal([store(9, 30.0, 1, pos=1)], {})
+    assert superseded(cat) == {2, 8}
+    # Read again: live after all.  A re-store over it also counts as use.
+    cat.apply_journal([access(2, 40.0)], {})
+    assert superseded(cat) == {8}
+    cat.apply_journal([store(8, 41.0, 1, pos=1)], {})  # ... and is a newer sibling of 9
+    assert superseded(cat) == {9}
+    # A superseded leaf that gets a child (stored by a writer that did not read it from files) is no leaf.
+    cat.apply_journal([store(10, 50.0, 9, pos=2)], {})
+    assert superseded(cat) == set()
+    cat.apply_journal([store(11, 60.0, 1, pos=1)], {})
+    assert superseded(cat) == {8}  # 9 has a child now
+    assert cat.get_blocks([key(11)])[key(11)].superseded is False
+    cat.apply_journal([store(12, 70.0, 1, pos=1)], {})
+    assert cat.get_blocks([key(11)])[key(11)].superseded is True
 
 
 def test_offsets_never_move_backwards_and_can_be_forgotten(cat: Catalog) -> None:

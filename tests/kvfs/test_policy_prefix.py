@@ -95,6 +95,28 @@ def test_blocks_whose_prefix_is_gone_go_first(catalog: Catalog) -> None:
     assert prefix_ghosts.ghost_count(catalog) == {}
 
 
+def test_the_last_block_a_conversation_left_behind_goes_right_after_orphans(catalog: Catalog) -> None:
+    # Turn 1 sent 1-2-3 (3: its partial last block); 9 is an older, unrelated chain.  Turn 2 re-sends 1-2 and
+    # stores 4 (the full block that replaces 3) and 5: 3 is never-read, childless, and its parent has a newer
+    # child, so it goes before 9, although 9 is older.
+    def store(n: int, t: float, pos: int, parent: int | None) -> JournalRecord:
+        return JournalRecord(
+            RecordKind.STORE, key(n), t, 100, pos, None if parent is None else key(parent).block_hash
+        )
+
+    catalog.apply_journal(
+        [store(9, 5.0, 0, None), store(1, 10.0, 0, None), store(2, 10.0, 1, 1), store(3, 10.0, 2, 2)], {}
+    )
+    assert offered(catalog, PrefixPolicy()) == [9, 3, 2, 1]  # LRU so far
+    turn2 = [JournalRecord(RecordKind.ACCESS, key(n), 20.0) for n in (1, 2)]
+    catalog.apply_journal([*turn2, store(4, 20.0, 2, 2), store(5, 20.0, 3, 4)], {})
+    assert offered(catalog, PrefixPolicy()) == [3, 9, 5, 4, 2, 1]
+    # It leaves no ghost (its return would say nothing about the bonus).
+    policy = PrefixPolicy()
+    assert evict(catalog, policy, limit=100) == [3]
+    assert prefix_ghosts.ghost_count(catalog) == {}
+
+
 def test_order_merges_by_last_access_plus_bonus() -> None:
     @dataclass
     class B:
@@ -105,7 +127,7 @@ def test_order_merges_by_last_access_plus_bonus() -> None:
     fresh = [B("a", 10), B("b", 20, 1), B("b0", 20, 0)]
     reused = [B("c", 5, 2), B("d", 12)]
     # Bonus 0: plain LRU with the deeper position first on ties.
-    assert [(b.name, r) for b, r in order([], fresh, reused, 0.0)] == [
+    assert [(b.name, r) for b, r in order([], [], fresh, reused, 0.0)] == [
         ("c", True),
         ("a", False),
         ("d", True),
@@ -113,11 +135,12 @@ def test_order_merges_by_last_access_plus_bonus() -> None:
         ("b0", False),
     ]
     # Bonus 10: c counts as 15, d as 22; on a tie the never-reused block goes first.
-    assert [b.name for b, _ in order([], fresh, reused, 10.0)] == ["a", "c", "b", "b0", "d"]
-    assert [b.name for b, _ in order([], fresh, [B("e", 10)], 0.0)] == ["a", "e", "b", "b0"]
-    # Orphans first, whatever their age.
-    assert [(b.name, r) for b, r in order([B("z", 99)], fresh[:1], reused[:1], 0.0)] == [
+    assert [b.name for b, _ in order([], [], fresh, reused, 10.0)] == ["a", "c", "b", "b0", "d"]
+    assert [b.name for b, _ in order([], [], fresh, [B("e", 10)], 0.0)] == ["a", "e", "b", "b0"]
+    # Orphans first, then superseded leaves, whatever their age.
+    assert [(b.name, r) for b, r in order([B("z", 99)], [B("s", 98)], fresh[:1], reused[:1], 0.0)] == [
         ("z", None),
+        ("s", None),
         ("c", True),
         ("a", False),
     ]
@@ -140,6 +163,9 @@ def test_returning_reused_blocks_raise_the_bonus_and_it_survives_a_reopen(catalo
     restores = metrics.POLICY_RESTORES._value.get()
     try:
         cat.upsert_blocks([row(n, 10 + n, hits=1, pos=0) for n in range(1, 6)] + [row(9, 100)])
+        # An old block of another namespace (out of scope) keeps the recency span wide: no ghost expires here.
+        other = BlockKey("org_other_0123456789ab", None, 0, "f" * 32, "kvfs")
+        cat.upsert_blocks([BlockRow(other, 100, created=0.0, last_access=0.0)])
         policy = PrefixPolicy()
         assert evict(cat, policy, limit=300) == [1, 2, 3]  # LRU while the bonus is 0
         assert prefix_ghosts.ghost_count(cat) == {True: 3}
@@ -168,7 +194,7 @@ def test_returning_fresh_blocks_lower_the_bonus(catalog: Catalog) -> None:
     assert evict(catalog, policy, limit=200) == [1, 2]
     # Two reused blocks returning first lift the bonus, then a never-reused one coming back lowers it.
     # A block of another namespace (out of scope) keeps the recency span wide, so no ghost is older than
-    # the horizon (3 spans) until the end of this test.
+    # the horizon (one span) until the end of this test.
     other = BlockKey("org_other_0123456789ab", None, 0, "f" * 32, "kvfs")
     catalog.upsert_blocks([BlockRow(other, 100, created=0.0, last_access=0.0)])
     catalog.upsert_blocks([row(7, 60, hits=1), row(8, 1000, hits=1)])
@@ -180,7 +206,7 @@ def test_returning_fresh_blocks_lower_the_bonus(catalog: Catalog) -> None:
     catalog.upsert_blocks([row(1, 1020, created=1020)])
     offered(catalog, policy, limit=100)
     assert policy.beta < high
-    # Ghosts older than the horizon (3 recency spans before the newest access) are dropped: 2's.
+    # Ghosts older than the horizon (one recency span before the newest access) are dropped: 2's.
     catalog.remove_blocks([other, key(1), key(3), key(7), key(8)])
     catalog.upsert_blocks([row(9, 100_000, hits=1)])
     offered(catalog, policy, limit=100)
