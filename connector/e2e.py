@@ -8,14 +8,15 @@ For one model shape (dummy weights) and prompt lengths, per root (/dev/shm and a
   * vLLM's own CPU tier (`CPUOffloadingSpec`, one engine for the run): cold and hit TTFT of the same prompts;
   * optionally (`--evictor`): `kvfs-evictor` holds a fresh root to a third of what a multi-round request sequence
     needs while an engine serves it: errors, hit ratio, tokens against recompute, and what Belady and LRU would
-    keep on the same sequence at the same capacity.
+    keep on the same sequence at the same capacity;
+  * optionally (`--evictor-trace chat:150`): the same under a generated multi-turn trace (connector/e2e_trace.py).
 Every hit's greedy tokens are compared with the recompute's (dummy weights are fixed by the seed).  Each engine
 runs in its own process (`--child`); this parent imports no vLLM and prints ratios against the CPU tier and
 recompute, all from one run.  For the GPU machine (recipe: ../shared/gpu/README.md); never part of CI, where the
 pure parts (arguments, result maths, table) are tested.
 
-    python -m connector.e2e [--model llama3-8b] [--prompts 8k,32k,64k,128k] [--roots shm,disk] [--evictor]
-        [--reps 3] [--json out.json] [--markdown out.md]
+    python -m connector.e2e [--model llama3-8b] [--prompts 8k,32k,64k,128k] [--roots shm,disk|none] [--evictor]
+        [--evictor-trace WORKLOAD:REQUESTS] [--reps 3] [--json out.json] [--markdown out.md]
 """
 
 from __future__ import annotations
@@ -143,6 +144,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--evictor-tokens", type=int, default=16384)
     p.add_argument("--evictor-rounds", type=int, default=3)
     p.add_argument("--evictor-fraction", type=float, default=1 / 3, help="capacity / bytes the prompts need")
+    p.add_argument(
+        "--evictor-trace",
+        help="add the trace phase: WORKLOAD:REQUESTS of kvfs.tracegen (e.g. chat:150) under kvfs-evictor at "
+        "--evictor-fraction of its unique blocks (connector/e2e_trace.py)",
+    )
+    p.add_argument("--trace-seed", type=int, default=1)
+    p.add_argument(
+        "--check-every", type=int, default=10, help="trace phase: compare every Nth request's tokens"
+    )
     p.add_argument("--setting", action="append", default=[], help="extra kvfs setting key=value (repeatable)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.85)
     p.add_argument("--child-timeout", type=float, default=900.0)
@@ -152,8 +162,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.roots = [r.strip() for r in args.roots.split(",") if r.strip()]
     bad = [r for r in args.roots if r not in ("shm", "disk")]
-    if bad or not args.roots:
-        p.error(f"--roots takes shm and/or disk, not {args.roots}")
+    if args.roots == ["none"]:  # only the evictor phases
+        args.roots = []
+    elif bad or not args.roots:
+        p.error(f"--roots takes shm and/or disk (or none), not {args.roots}")
+    if args.evictor_trace:
+        from connector.e2e_trace import parse_trace
+
+        try:
+            args.evictor_trace = parse_trace(args.evictor_trace)
+        except ValueError as exc:
+            p.error(f"--evictor-trace: {exc}")
+    if args.check_every <= 0:
+        p.error("--check-every must be positive")
     if args.reps < 1:
         p.error("--reps must be >= 1")
     if not 0 < args.evictor_fraction < 1:
@@ -368,7 +389,7 @@ class Engine:
                     **spec.get("settings", {}),
                 },
             )
-        else:
+        elif spec["connector"] == "cpu":
             ktc = KVTransferConfig(
                 kv_connector="OffloadingConnector",
                 kv_role="kv_both",
@@ -378,6 +399,8 @@ class Engine:
                     "block_size": CHUNK_TOKENS,
                 },
             )
+        else:  # plain recompute: the reference for greedy tokens
+            ktc = None
         started = time.perf_counter()
         self.llm = LLM(
             model=spec["model_dir"],
@@ -557,6 +580,32 @@ def _du(root: str) -> int:
     return total
 
 
+def start_evictor(
+    spec: Mapping[str, Any], root: str, capacity: int
+) -> tuple[subprocess.Popen[bytes], Any, str]:
+    """`kvfs-evictor` on `root` with a fresh SQLite catalog, holding it to `capacity` bytes (defaults otherwise:
+    the `prefix` policy, watermarks 85/70%), enforcing every second; its log goes to the run's directory."""
+    catalog = os.path.join(tempfile.mkdtemp(prefix="kvfs-e2e-cat-"), "catalog.db")
+    log_path = os.path.join(spec["out_dir"], f"evictor-{spec['phase']}.log")
+    cmd = [
+        sys.executable, "-m", "evictor", "--root", root, "--catalog", f"sqlite:///{catalog}",
+        "--max-bytes", str(capacity), "--min-age", "0s", "--enforce-interval", "1s", "--metrics-port", "0",
+        "--journal-interval", "0.5s",
+    ]  # fmt: skip
+    log = open(log_path, "w")  # noqa: SIM115 - the evictor writes it while the engine runs
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()), log, log_path
+
+
+def stop_evictor(evictor: subprocess.Popen[bytes], log: Any, log_path: str, res: dict[str, Any]) -> None:
+    """Stop it (SIGTERM, then SIGKILL) and put its error count and log tail into `res`."""
+    stop_gracefully(evictor, 30)
+    log.close()
+    with open(log_path) as f:
+        text = f.read()
+    res["evictor_errors"] = sum(1 for line in text.splitlines() if " ERROR " in line or "Traceback" in line)
+    res["evictor_log_tail"] = text.splitlines()[-15:]
+
+
 def _evictor_phase(spec: Mapping[str, Any]) -> dict[str, Any]:
     """kvfs-evictor holds a fresh root to a fraction of what the request sequence needs while one engine serves
     `rounds` rounds of `prompts` distinct prompts (GPU prefix cache reset before each request, so only kvfs
@@ -566,15 +615,7 @@ def _evictor_phase(spec: Mapping[str, Any]) -> dict[str, Any]:
     file_bytes = CHUNK_TOKENS * spec["bytes_per_token"]
     needed = k * chunks_per_prompt * file_bytes
     capacity = int(needed * spec["fraction"])
-    catalog = os.path.join(tempfile.mkdtemp(prefix="kvfs-e2e-cat-"), "catalog.db")
-    log_path = os.path.join(spec["out_dir"], "evictor.log")
-    cmd = [
-        sys.executable, "-m", "evictor", "--root", root, "--catalog", f"sqlite:///{catalog}",
-        "--max-bytes", str(capacity), "--min-age", "0s", "--enforce-interval", "1s", "--metrics-port", "0",
-        "--journal-interval", "0.5s",
-    ]  # fmt: skip
-    log = open(log_path, "w")  # noqa: SIM115 - the evictor writes it while the engine runs
-    evictor = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    evictor, log, log_path = start_evictor(spec, root, capacity)
     res: dict[str, Any] = {
         "prompts": k, "tokens": n, "rounds": rounds, "capacity_bytes": capacity, "needed_bytes": needed,
         "capacity_chunks": capacity // file_bytes, "fraction": spec["fraction"], "requests": [],
@@ -603,12 +644,7 @@ def _evictor_phase(spec: Mapping[str, Any]) -> dict[str, Any]:
         res["request_errors"] = errors
         res["peak_usage_ratio"] = peak / capacity if capacity else 0.0
     finally:
-        stop_gracefully(evictor, 30)
-        log.close()
-    with open(log_path) as f:
-        text = f.read()
-    res["evictor_errors"] = sum(1 for line in text.splitlines() if " ERROR " in line or "Traceback" in line)
-    res["evictor_log_tail"] = text.splitlines()[-15:]
+        stop_evictor(evictor, log, log_path, res)
     reqs = [q for q in res["requests"] if "error" not in q]
     total = sum(n for _ in reqs)
     hit_tokens = sum(min(q.get("loaded_tokens", 0), n) for q in reqs)
@@ -665,7 +701,16 @@ def child_main(path: str) -> int:
     with open(path) as f:
         spec = json.load(f)
     phase = spec["phase"]
-    fn = {"writer": _writer, "reader": _reader, "cpu": _cpu_tier, "evictor": _evictor_phase}[phase]
+    from connector import e2e_trace
+
+    fn = {
+        "writer": _writer,
+        "reader": _reader,
+        "cpu": _cpu_tier,
+        "evictor": _evictor_phase,
+        "trace-ref": e2e_trace.reference_phase,
+        "evictor-trace": e2e_trace.evictor_trace_phase,
+    }[phase]
     try:
         result = fn(spec)
     except Exception as exc:  # noqa: BLE001 - the parent reports it and goes on
@@ -714,6 +759,26 @@ def run_child(args: argparse.Namespace, spec: dict[str, Any], work: str) -> dict
     _progress(
         f"{name} done in {elapsed:.0f} s{' (ERROR: ' + result['error'] + ')' if 'error' in result else ''}"
     )
+    return result
+
+
+def run_trace(args: argparse.Namespace, base: Mapping[str, Any], work: str) -> dict[str, Any]:
+    """The trace phase: a plain engine's recompute of the checked requests, then the run under the evictor."""
+    workload, requests = args.evictor_trace
+    trace = {
+        **base, "workload": workload, "requests": requests, "trace_seed": args.trace_seed,
+        "check_every": args.check_every, "fraction": args.evictor_fraction,
+    }  # fmt: skip
+    ref = run_child(args, {**trace, "phase": "trace-ref", "connector": "none", "root_name": "ref"}, work)
+    root = os.path.join(args.shm_dir, "evictor-trace")
+    shutil.rmtree(root, ignore_errors=True)
+    os.makedirs(root)
+    spec = {**trace, "phase": "evictor-trace", "connector": "kvfs", "root": root, "root_name": "trace"}
+    spec["refs"] = ref.get("refs", {})
+    result = run_child(args, spec, work)
+    if "error" in ref:
+        result["reference_error"] = ref["error"]
+    shutil.rmtree(root, ignore_errors=True)
     return result
 
 
@@ -791,9 +856,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         }  # fmt: skip
         results["evictor"] = run_child(args, spec, work)
         shutil.rmtree(root, ignore_errors=True)
+    if args.evictor_trace:
+        results["evictor_trace"] = run_trace(args, base, work)
     report = format_table(rows_of(results))
     ev = format_evictor(results.get("evictor", {}))
-    text = f"{results['command']}\nmodel {args.model}, {bpt} KV bytes/token\n\n{report}\n\n{ev}\n"
+    from connector.e2e_trace import format_trace
+
+    trace = format_trace(results.get("evictor_trace", {}))
+    text = f"{results['command']}\nmodel {args.model}, {bpt} KV bytes/token\n\n{report}\n\n{ev}\n{trace}\n"
     print(text)
     if args.json_out:
         with open(args.json_out, "w") as f:

@@ -104,13 +104,14 @@ class _Sql:
             f"UPDATE blocks SET superseded = FALSE WHERE {SUPERSEDED} AND namespace_id = {p} AND rank = {p} "
             f"AND grp = {p} AND block_hash = {p}"
         )
+        # (`+last_access`: no index on it, so SQLite looks siblings up by parent, not the namespace's LRU range.)
         # The older never-read, childless siblings of a block just stored (ix_blocks_parent finds them): the
         # branch a conversation left behind.  Parameters: the new block's namespace, parent, rank, group,
         # hash and store time.
         self.supersede = (
             "UPDATE blocks SET superseded = TRUE "
             f"WHERE namespace_id = {p} AND parent_hash = {p} AND rank = {p} AND grp = {p} AND block_hash != {p} "
-            f"AND hits = 0 AND NOT orphan AND NOT superseded AND last_access < {p} "
+            f"AND hits = 0 AND NOT orphan AND NOT superseded AND +last_access < {p} "
             "AND NOT EXISTS (SELECT 1 FROM blocks c WHERE c.namespace_id = blocks.namespace_id "
             "AND c.parent_hash = blocks.block_hash AND c.rank = blocks.rank AND c.grp = blocks.grp)"
         )
