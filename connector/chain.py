@@ -6,6 +6,13 @@ vLLM's offloading scheduler records, per request, the end-token position of ever
 (`ReqContext.get_offload_key_position`, always a whole number of chunks for prefix keys).  A key's chain
 position is then its chunk index: end_tokens // tokens_per_chunk - 1.  Where the position is missing or not a
 whole chunk, the answer is -1 (unknown): a wrong position would be worse than none.  No vLLM import.
+
+A key's parent is the request's key of the chunk just before it.  vLLM 0.32/0.33 record the position of every
+offload key of a request, prefix hits included (`OffloadingScheduler.update_offload_keys`), but expose only the
+key -> position direction; the reverse comes from the dict behind it (`ReqContext._offload_key_positions`).
+Without it (another vLLM), a parent is known only inside one store job, from the job's own keys: the first
+chunk a turn adds to a stored prefix then has none, and neither orphan nor superseded marking sees that branch.
+tests/connector/test_scheduler.py checks the contract on a real vLLM scheduler.
 """
 
 from __future__ import annotations
@@ -34,17 +41,44 @@ def chain_positions(keys: Iterable[bytes], req_context: Any, chunk_tokens: Mappi
     return [chain_position(k, req_context, chunk_tokens) for k in keys]
 
 
+def parent_keys(
+    keys: Sequence[bytes], req_context: Any, chunk_tokens: Mapping[int, int]
+) -> list[bytes | None]:
+    """The request's offload key of the chunk just before each key (same KV group), None where not known."""
+    positions = getattr(req_context, "_offload_key_positions", None)
+    if not isinstance(positions, Mapping) or not keys:
+        return [None] * len(keys)
+    # (group, end token) -> key, over the request's keys: a few hundred entries for a 128k-token prompt.
+    by_end = {(offload_key_parts(k)[1], end): k for k, end in positions.items() if isinstance(end, int)}
+    parents: list[bytes | None] = []
+    for key in keys:
+        group = offload_key_parts(key)[1]
+        end, tokens = positions.get(key), chunk_tokens.get(group)
+        ok = isinstance(end, int) and tokens and end > tokens and end % tokens == 0
+        parents.append(by_end.get((group, end - tokens)) if ok else None)  # type: ignore[operator]
+    return parents
+
+
 def chain_parents(
-    keys: Sequence[bytes], positions: Sequence[int], block_hash: Callable[[bytes], str]
+    keys: Sequence[bytes],
+    positions: Sequence[int],
+    block_hash: Callable[[bytes], str],
+    known: Sequence[bytes | None] | None = None,
 ) -> list[str | None]:
-    """The parent's block hash of each key: the job's previous key of the same KV group when its chain position
-    is exactly one less (so it is the chunk just before).  None where that is not known: the first key of a
-    job (its parent was stored earlier), or positions missing."""
+    """The parent's block hash of each key: its `known` parent key (from `parent_keys`) where given, else the
+    job's previous key of the same KV group when its chain position is exactly one less (so it is the chunk just
+    before).  None where neither tells: the first key of a job without `known`, or positions missing."""
     last: dict[int, tuple[int, bytes]] = {}  # group -> (position, key) of the latest key seen
     parents: list[str | None] = []
-    for key, pos in zip(keys, positions, strict=True):
+    for i, (key, pos) in enumerate(zip(keys, positions, strict=True)):
         group = offload_key_parts(key)[1]
         prev = last.get(group)
-        parents.append(block_hash(prev[1]) if prev is not None and pos >= 1 and prev[0] == pos - 1 else None)
+        parent = known[i] if known is not None else None
+        if parent is not None:
+            parents.append(block_hash(parent))
+        else:
+            parents.append(
+                block_hash(prev[1]) if prev is not None and pos >= 1 and prev[0] == pos - 1 else None
+            )
         last[group] = (pos, key)
     return parents

@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from connector.access import AccessRecorder
-from connector.chain import chain_positions
+from connector.chain import chain_positions, parent_keys
 from connector.compat import (
     LoadStoreSpec,
     LookupResult,
@@ -35,13 +35,22 @@ _RESULT = {
 
 class KvfsLoadStoreSpec(LoadStoreSpec):
     """The offload keys of a job, in the order of the GPU blocks of its GPULoadStoreSpec (picklable); for stores,
-    `chain_pos` (parallel to keys) holds each chunk's prefix-chain position for the journal (-1: unknown)."""
+    `chain_pos` (parallel to keys) holds each chunk's prefix-chain position for the journal (-1: unknown) and
+    `parents` the request's key of the chunk before each (None: unknown)."""
 
-    def __init__(self, keys: Sequence[bytes], chain_pos: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        keys: Sequence[bytes],
+        chain_pos: Sequence[int] | None = None,
+        parents: Sequence[bytes | None] | None = None,
+    ) -> None:
         self.keys = [bytes(k) for k in keys]
         self.chain_pos = [int(p) for p in chain_pos] if chain_pos is not None else None
         if self.chain_pos is not None and len(self.chain_pos) != len(self.keys):
             raise ValueError(f"{len(self.chain_pos)} chain positions for {len(self.keys)} keys")
+        self.parents = [None if p is None else bytes(p) for p in parents] if parents is not None else None
+        if self.parents is not None and len(self.parents) != len(self.keys):
+            raise ValueError(f"{len(self.parents)} parents for {len(self.keys)} keys")
 
     def __repr__(self) -> str:
         return f"KvfsLoadStoreSpec({len(self.keys)} keys)"
@@ -99,7 +108,11 @@ class KvfsManager(OffloadingManager):
     def prepare_store(self, keys: Collection[bytes], req_context: ReqContext) -> PrepareStoreOutput | None:
         # Keys known to be on the mount need no GPU copy; the workers still dedupe racing writers (EXISTS).
         to_store = [k for k in keys if not self.cache.known_present(k)]
-        spec = KvfsLoadStoreSpec(to_store, chain_positions(to_store, req_context, self.chunk_tokens))
+        spec = KvfsLoadStoreSpec(
+            to_store,
+            chain_positions(to_store, req_context, self.chunk_tokens),
+            parent_keys(to_store, req_context, self.chunk_tokens),
+        )
         return PrepareStoreOutput(keys_to_store=to_store, store_spec=spec, evicted_keys=[])
 
     def complete_store(self, keys: Collection[bytes], req_context: ReqContext, success: bool = True) -> None:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from connector.chain import chain_parents, chain_positions
+from connector.chain import chain_parents, chain_positions, parent_keys
 from connector.compat import (
     JobResult,
     LookupResult,
@@ -110,7 +110,12 @@ class KvfsTier(SecondaryTierManager):
         parents = (
             [None] * len(keys)
             if is_load
-            else chain_parents(keys, positions, lambda k: self.namespace.block_key(k).block_hash)
+            else chain_parents(
+                keys,
+                positions,
+                lambda k: self.namespace.block_key(k).block_hash,
+                parent_keys(keys, job.req_context, self.chunk_tokens),
+            )
         )
         return [
             FileOp(

@@ -47,17 +47,19 @@ def plan_file_ops(
     namespace: Namespace,
     rank: int,
     chain_pos: Sequence[int] | None = None,
+    parents: Sequence[bytes | None] | None = None,
 ) -> list[FileOp]:
     """Split a job into one operation per block file.
 
     Blocks of group g in `gpu_spec` are consecutive logical blocks starting at `block_indices[g]`; the keys of
     group g (in order) are the chunks they fall in, the first one possibly entered part-way.  `chain_pos`, parallel
-    to `keys`, gives each chunk's prefix-chain position for the journal (absent: -1, unknown)."""
+    to `keys`, gives each chunk's prefix-chain position for the journal (absent: -1, unknown), `parents` the
+    request's key of the chunk before each (None: inferred from the job's own keys, or unknown)."""
     positions = dict(zip(keys, chain_pos, strict=True)) if chain_pos is not None else {}
-    parents: dict[bytes, str | None] = {}
+    parent_hashes: dict[bytes, str | None] = {}
     if chain_pos is not None and not is_load:
-        hashes = chain_parents(keys, chain_pos, lambda k: namespace.block_key(k, rank).block_hash)
-        parents = dict(zip(keys, hashes, strict=True))
+        hashes = chain_parents(keys, chain_pos, lambda k: namespace.block_key(k, rank).block_hash, parents)
+        parent_hashes = dict(zip(keys, hashes, strict=True))
     keys_by_group: dict[int, list[bytes]] = {}
     for key in keys:
         _, group_id = offload_key_parts(key)
@@ -99,7 +101,7 @@ def plan_file_ops(
                     file_blocks=file_blocks,
                     block_key=namespace.block_key(key, rank),
                     chain_pos=positions.get(key, -1),
-                    parent_hash=parents.get(key),
+                    parent_hash=parent_hashes.get(key),
                 )
             )
         if pos != size:
@@ -156,6 +158,7 @@ class KvfsWorker(OffloadingWorker):
             namespace=self.namespace,
             rank=self.rank,
             chain_pos=spec.chain_pos,
+            parents=spec.parents,
         )
 
     def submit_store(self, job_id: int, src_spec: GPULoadStoreSpec, dst_spec: LoadStoreSpec) -> bool:

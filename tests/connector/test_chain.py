@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from connector.chain import chain_parents
+from connector.chain import chain_parents, parent_keys
 
 
 def k(n: int, group: int = 0) -> bytes:
@@ -18,3 +18,32 @@ def test_a_key_right_after_its_predecessor_in_the_same_group_has_it_as_parent() 
     # Unknown positions (-1) never give a parent.
     assert chain_parents([k(1), k(2)], [-1, -1], lambda key: "x") == [None, None]
     assert chain_parents([k(1), k(2)], [0, 0], lambda key: "x") == [None, None]
+
+
+class Context:
+    """vLLM's ReqContext as far as parents go: the end-token position of every offload key of the request."""
+
+    def __init__(self, positions: dict[bytes, int]) -> None:
+        self._offload_key_positions = positions
+
+
+def test_the_first_key_of_a_job_gets_its_parent_from_the_request() -> None:
+    # A request of chunks 1, 2, 3 (group 0, 64 tokens each) and 9 (group 1, 128 tokens); the job stores 3 and 9
+    # (1, 2 were stored by an earlier request, or an earlier step of this one).
+    ctx = Context({k(1): 64, k(2): 128, k(3): 192, k(8, group=1): 128, k(9, group=1): 256})
+    tokens = {0: 64, 1: 128}
+    known = parent_keys([k(3), k(9, group=1)], ctx, tokens)
+    assert known == [k(2), k(8, group=1)]
+    assert chain_parents([k(3), k(9, group=1)], [2, 1], lambda key: key[:-4].hex(), known) == [
+        k(2)[:-4].hex(),
+        k(8)[:-4].hex(),
+    ]
+    # The chain's first chunk has none; an unknown key, a position off the chunk grid, and a context without
+    # the positions (another vLLM) give None, and the job-local inference still applies.
+    ctx._offload_key_positions[k(4)] = 200
+    assert parent_keys([k(1), k(5), k(4)], ctx, tokens) == [None, None, None]
+    assert parent_keys([k(3)], object(), tokens) == [None]
+    assert chain_parents([k(2), k(3)], [1, 2], lambda key: key[:-4].hex(), [None, None]) == [
+        None,
+        k(2)[:-4].hex(),
+    ]

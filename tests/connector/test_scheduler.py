@@ -214,6 +214,7 @@ class Replica:
 
 
 PROMPT = list(range(1, 4 * CHUNK + 1))  # 4 full chunks
+BRANCH = PROMPT[: 2 * CHUNK] + list(range(500, 500 + 2 * CHUNK))  # shares PROMPT's first 2 chunks
 
 
 @pytest.fixture
@@ -344,20 +345,34 @@ def test_stores_journal_prefix_chain_positions(model_dir, tmp_path, batch_tokens
         a.run_until_done()
         if batch_tokens < len(PROMPT):
             assert a.scheduled["a1"][:2] == [96, 96], a.scheduled  # the prompt really was split over steps
+        # The next turn of another conversation: the first two chunks shared, two new ones.
+        a.add("a2", BRANCH, max_tokens=8)
+        a.run_until_done()
     finally:
         a.shutdown()  # closes the workers' journals
-    hashes = Request(
-        request_id="h",
-        prompt_token_ids=PROMPT,
-        sampling_params=SamplingParams(max_tokens=1),
-        pooling_params=None,
-        block_hasher=a.hasher,
-    ).block_hashes
-    per_chunk = CHUNK // GPU_BLOCK
-    # vLLM keys a chunk by the hash of its last block.
-    chunk_hashes = [bytes(hashes[(i + 1) * per_chunk - 1]).hex() for i in range(len(PROMPT) // CHUNK)]
+
+    def chunk_hashes(prompt: list[int]) -> list[str]:
+        hashes = Request(
+            request_id="h",
+            prompt_token_ids=prompt,
+            sampling_params=SamplingParams(max_tokens=1),
+            pooling_params=None,
+            block_hasher=a.hasher,
+        ).block_hashes
+        per_chunk = CHUNK // GPU_BLOCK
+        # vLLM keys a chunk by the hash of its last block.
+        return [bytes(hashes[(i + 1) * per_chunk - 1]).hex() for i in range(len(prompt) // CHUNK)]
+
+    first, second = chunk_hashes(PROMPT), chunk_hashes(BRANCH)
+    assert first[:2] == second[:2] and first[2] != second[2]
     stores = [r for r in JournalReader(tmp_path).read({}).records if r.kind == RecordKind.STORE]
     got = {r.key.block_hash: r.chain_pos for r in stores}
-    assert len(stores) == len(chunk_hashes) == len(got)
+    assert len(stores) == 6 == len(got)
     # In prompt order (the I/O threads journal in completion order, which may differ).
-    assert [got.get(h) for h in chunk_hashes] == [0, 1, 2, 3]
+    assert [got.get(h) for h in first] == [0, 1, 2, 3] and [got.get(h) for h in second[2:]] == [2, 3]
+    # Every chunk records the chunk before it, also the first chunk of a store job (chunked prefill stores a
+    # chunk per step) and the first chunk a request adds behind a prefix stored earlier: what the catalog
+    # needs to mark orphans and superseded branches.
+    parents = {r.key.block_hash: r.parent for r in stores}
+    assert [parents[h] for h in first] == [None, *first[:3]]
+    assert [parents[h] for h in second[2:]] == [first[1], second[2]]
