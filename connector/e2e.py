@@ -584,7 +584,8 @@ def start_evictor(
     spec: Mapping[str, Any], root: str, capacity: int
 ) -> tuple[subprocess.Popen[bytes], Any, str]:
     """`kvfs-evictor` on `root` with a fresh SQLite catalog, holding it to `capacity` bytes (defaults otherwise:
-    the `prefix` policy, watermarks 85/70%), enforcing every second; its log goes to the run's directory."""
+    the `prefix` policy, watermarks 85/70%), enforcing every second; its log goes to the run's directory.
+    Returns the process, its open log file, the log's path and the catalog's URL."""
     catalog = os.path.join(tempfile.mkdtemp(prefix="kvfs-e2e-cat-"), "catalog.db")
     log_path = os.path.join(spec["out_dir"], f"evictor-{spec['phase']}.log")
     cmd = [
@@ -593,7 +594,8 @@ def start_evictor(
         "--journal-interval", "0.5s",
     ]  # fmt: skip
     log = open(log_path, "w")  # noqa: SIM115 - the evictor writes it while the engine runs
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()), log, log_path
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    return proc, log, log_path, f"sqlite:///{catalog}"
 
 
 def stop_evictor(evictor: subprocess.Popen[bytes], log: Any, log_path: str, res: dict[str, Any]) -> None:
@@ -615,7 +617,7 @@ def _evictor_phase(spec: Mapping[str, Any]) -> dict[str, Any]:
     file_bytes = CHUNK_TOKENS * spec["bytes_per_token"]
     needed = k * chunks_per_prompt * file_bytes
     capacity = int(needed * spec["fraction"])
-    evictor, log, log_path = start_evictor(spec, root, capacity)
+    evictor, log, log_path, _catalog = start_evictor(spec, root, capacity)
     res: dict[str, Any] = {
         "prompts": k, "tokens": n, "rounds": rounds, "capacity_bytes": capacity, "needed_bytes": needed,
         "capacity_chunks": capacity // file_bytes, "fraction": spec["fraction"], "requests": [],

@@ -98,7 +98,7 @@ def evictor_trace_phase(
         "capacity_blocks": capacity_blocks, "capacity_bytes": capacity, "fraction": spec["fraction"],
         "per_request": [],
     }  # fmt: skip
-    evictor, log, log_path = start_evictor(spec, root, capacity)
+    evictor, log, log_path, catalog_url = start_evictor(spec, root, capacity)
     peak = errors = 0
     try:
         engine = engine or Engine(spec)
@@ -126,10 +126,23 @@ def evictor_trace_phase(
             peak = max(peak, _du(root))
     finally:
         stop_evictor(evictor, log, log_path, res)
+    res["catalog"] = chain_counts(catalog_url)
     res.update(summarize(res["per_request"], capacity, peak))
     res["request_errors"] = errors
     res.update(trace_oracles(reqs, capacity_blocks))
     return res
+
+
+def chain_counts(catalog_url: str) -> dict[str, Any]:
+    """What the evictor's catalog holds at the end: blocks, how many with a recorded parent, orphans and
+    superseded leaves (are the chains the policy relies on really fed by the engine?)."""
+    from kvfs.catalog import Catalog, CatalogError
+
+    try:
+        with Catalog.open(catalog_url, create=False) as catalog:
+            return catalog.chain_counts()
+    except CatalogError as exc:
+        return {"error": str(exc)}
 
 
 def summarize(per_request: Sequence[Mapping[str, Any]], capacity: int, peak: int) -> dict[str, Any]:
@@ -157,5 +170,6 @@ def format_trace(ev: Mapping[str, Any]) -> str:
         f"{ev['replay_prefix_hit_ratio']:.3f}, LRU {ev['lru_hit_ratio']:.3f}, Belady {ev['belady_hit_ratio']:.3f}; "
         f"tokens equal to recompute: {'yes' if ev['tokens_equal'] else 'NO'} ({ev['tokens_checked']} checked); "
         f"request errors {ev['request_errors']}, load misses {ev['load_misses']}, evictor errors "
-        f"{ev['evictor_errors']}, peak usage {ev['peak_usage_ratio']:.2f}× capacity"
+        f"{ev['evictor_errors']}, peak usage {ev['peak_usage_ratio']:.2f}× capacity; catalog at the end: "
+        + ", ".join(f"{k} {v}" for k, v in ev.get("catalog", {}).items())
     )

@@ -770,6 +770,20 @@ class Catalog:
                 ).scalar_one()
             )
 
+    def chain_counts(self) -> dict[str, int]:
+        """Prefix-chain bookkeeping over all blocks: rows, rows with a recorded parent, orphans, superseded."""
+        with self._read("chain_counts") as conn:
+            row = conn.execute(
+                text(
+                    "SELECT count(*), count(parent_hash), "
+                    "coalesce(sum(CASE WHEN orphan THEN 1 ELSE 0 END), 0), "
+                    "coalesce(sum(CASE WHEN superseded THEN 1 ELSE 0 END), 0) FROM blocks"
+                )
+            ).one()
+        return dict(
+            zip(("blocks", "with_parent", "orphans", "superseded"), (int(v) for v in row), strict=True)
+        )
+
     def usage(self) -> Usage:
         """Files, bytes and last-access range per namespace, by one aggregate over the (covering) LRU index."""
         with self._read("usage") as conn:

@@ -423,6 +423,7 @@ def test_a_new_sibling_supersedes_never_read_childless_leaves(cat: Catalog) -> N
     assert cat.get_blocks([key(11)])[key(11)].superseded is False
     cat.apply_journal([store(12, 70.0, 1, pos=1)], {})
     assert cat.get_blocks([key(11)])[key(11)].superseded is True
+    assert cat.chain_counts() == {"blocks": 12, "with_parent": 11, "orphans": 0, "superseded": 2}
 
 
 def test_offsets_never_move_backwards_and_can_be_forgotten(cat: Catalog) -> None:
