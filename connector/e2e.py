@@ -582,7 +582,7 @@ def _du(root: str) -> int:
 
 def start_evictor(
     spec: Mapping[str, Any], root: str, capacity: int
-) -> tuple[subprocess.Popen[bytes], Any, str]:
+) -> tuple[subprocess.Popen[bytes], Any, str, str]:
     """`kvfs-evictor` on `root` with a fresh SQLite catalog, holding it to `capacity` bytes (defaults otherwise:
     the `prefix` policy, watermarks 85/70%), enforcing every second; its log goes to the run's directory.
     Returns the process, its open log file, the log's path and the catalog's URL."""
