@@ -49,7 +49,7 @@ def ls(state: KvfsContext, namespace: str, limit: int, policy: str, as_json: boo
         blocks = list(itertools.islice(stream, limit or None))
     finally:
         stream.close()  # type: ignore[attr-defined]
-    # Reuse count, prefix-chain position and orphan flag explain the order (the policies read them); one
+    # Reuse count, prefix-chain position and orphan/superseded flags explain the order (the policies read them); one
     # indexed lookup.
     rows_by_key = catalog.get_blocks(c.key for c in blocks)
     stats = {c.key: rows_by_key.get(c.key) for c in blocks}
@@ -71,6 +71,7 @@ def ls(state: KvfsContext, namespace: str, limit: int, policy: str, as_json: boo
                         "hits": _hits(stats[c.key]),
                         "chain_pos": _chain_pos(stats[c.key]),
                         "orphan": _orphan(stats[c.key]),
+                        "superseded": _superseded(stats[c.key]),
                     }
                     for c in blocks
                 ],
@@ -85,7 +86,7 @@ def ls(state: KvfsContext, namespace: str, limit: int, policy: str, as_json: boo
             age(c.last_access, now),
             _cell(_hits(stats[c.key])),
             _cell(_chain_pos(stats[c.key])),
-            "orphan" if _orphan(stats[c.key]) else "",
+            _prefix_state(stats[c.key]),
         )
         for n, c in enumerate(blocks)
     ]
@@ -107,6 +108,15 @@ def _chain_pos(row: BlockRow | None) -> int | None:
 def _orphan(row: BlockRow | None) -> bool:
     """Its parent is gone: vLLM cannot load it (the prefix policy evicts these first)."""
     return row is not None and row.orphan
+
+
+def _superseded(row: BlockRow | None) -> bool:
+    """Never read, and its parent got a newer child: the branch a conversation left behind (evicted next)."""
+    return row is not None and row.superseded and not row.orphan
+
+
+def _prefix_state(row: BlockRow | None) -> str:
+    return "orphan" if _orphan(row) else "superseded" if _superseded(row) else ""
 
 
 def _cell(value: int | None) -> str:

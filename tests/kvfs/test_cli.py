@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from kvfs.blockfile import BlockIdentity, StoreOutcome, store_block
 from kvfs.catalog import Catalog, prefix_ghosts
 from kvfs.cli import main
-from kvfs.journal import JournalWriter
+from kvfs.journal import JournalRecord, JournalWriter, RecordKind
 from kvfs.layout import BlockKey, fingerprint_sha256, kvfs_fields, namespace_name, write_namespace_config
 from kvfs.policy import DEFAULT_POLICY
 
@@ -186,24 +186,36 @@ def test_ls_shows_reuse_and_chain_position(site: Site) -> None:
     assert line.split()[-2:] == ["3", "7"]
 
 
-def test_ls_lists_orphans_first_and_flags_them(site: Site) -> None:
+def test_ls_lists_orphans_then_superseded_leaves_first_and_flags_them(site: Site) -> None:
     # Block 5 was stored behind block 4; block 4's file is deleted (a scan finds it gone, or verify removes
     # it): 5 can never be loaded, so the default policy lists it first although 1-4 are older.
     site.json("scan")
     alpha, _ = site.namespaces["org/alpha"]
     with Catalog.open(site.catalog_url) as catalog:
+        # 2 and 3 follow 1; 3 is stored after 2, which was never read: 2 is the branch left behind.
+        two = catalog.get_blocks([site.keys[2]])[site.keys[2]]
+        parent = site.keys[1].block_hash
+        catalog.apply_journal(
+            [
+                JournalRecord(RecordKind.STORE, site.keys[2], two.last_access, two.size, 1, parent),
+                JournalRecord(RecordKind.STORE, site.keys[3], time.time(), two.size, 1, parent),
+            ],
+            {},
+        )
         row = catalog.get_blocks([site.keys[5]])[site.keys[5]]
         catalog.upsert_blocks([dataclasses.replace(row, parent_hash=site.keys[4].block_hash, block_id=None)])
         catalog.remove_blocks([site.keys[4]])
     out = site.json("ls", alpha)
     assert out["policy"] == "prefix"
-    assert [(b["path"], b["orphan"]) for b in out["blocks"]][:2] == [
-        (site.keys[5].relpath(), True),
-        (site.keys[1].relpath(), False),
+    assert [(b["path"], b["orphan"], b["superseded"]) for b in out["blocks"]][:3] == [
+        (site.keys[5].relpath(), True, False),
+        (site.keys[2].relpath(), False, True),
+        (site.keys[1].relpath(), False, False),
     ]
     text = site.invoke("ls", alpha).output
     assert "prefix" in text.splitlines()[0]
     assert next(x for x in text.splitlines() if site.keys[5].relpath() in x).split()[-1] == "orphan"
+    assert next(x for x in text.splitlines() if site.keys[2].relpath() in x).split()[-1] == "superseded"
 
 
 def test_gc_dry_run_deletes_nothing(site: Site) -> None:
