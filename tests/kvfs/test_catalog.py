@@ -337,16 +337,26 @@ def test_apply_journal(cat: Catalog) -> None:
     assert cat.journal_offsets() == {"w1.00000001.jnl": 1024, "w2.00000001.jnl": 64}
 
 
-def orphans(catalog: Catalog) -> set[int]:
+def flagged(catalog: Catalog, flag: str) -> set[int]:
     with catalog.engine.connect() as conn:
-        return {int(h, 16) for (h,) in conn.execute(text("SELECT block_hash FROM blocks WHERE orphan"))}
+        return {int(h, 16) for (h,) in conn.execute(text(f"SELECT block_hash FROM blocks WHERE {flag}"))}
+
+
+def orphans(catalog: Catalog) -> set[int]:
+    return flagged(catalog, "orphan")
+
+
+def superseded(catalog: Catalog) -> set[int]:
+    return flagged(catalog, "superseded")
+
+
+def store(n: int, t: float, parent: int | None, *, pos: int, **kw: object) -> JournalRecord:
+    """A connector's STORE record of block n behind block `parent`."""
+    p = None if parent is None else f"{parent:032x}"
+    return JournalRecord(RecordKind.STORE, key(n, **kw), t, 100, pos, p)  # type: ignore[arg-type]
 
 
 def test_removing_a_block_orphans_its_descendants_until_they_are_used(cat: Catalog) -> None:
-    def store(n: int, t: float, parent: int | None, *, pos: int, **kw: object) -> JournalRecord:
-        p = None if parent is None else f"{parent:032x}"
-        return JournalRecord(RecordKind.STORE, key(n, **kw), t, 100, pos, p)  # type: ignore[arg-type]
-
     cat.apply_journal(
         [
             store(1, 10.0, None, pos=0),
@@ -376,16 +386,7 @@ def test_removing_a_block_orphans_its_descendants_until_they_are_used(cat: Catal
     assert orphans(cat) == {3, 8, 10}
 
 
-def superseded(catalog: Catalog) -> set[int]:
-    with catalog.engine.connect() as conn:
-        return {int(h, 16) for (h,) in conn.execute(text("SELECT block_hash FROM blocks WHERE superseded"))}
-
-
 def test_a_new_sibling_supersedes_never_read_childless_leaves(cat: Catalog) -> None:
-    def store(n: int, t: float, parent: int | None, *, pos: int, **kw: object) -> JournalRecord:
-        p = None if parent is None else f"{parent:032x}"
-        return JournalRecord(RecordKind.STORE, key(n, **kw), t, 100, pos, p)  # type: ignore[arg-type]
-
     def access(n: int, t: float) -> JournalRecord:
         return JournalRecord(RecordKind.ACCESS, key(n), t)
 

@@ -38,6 +38,13 @@ def row(n: int, last: float, *, hits: int = 0, pos: int = 0, created: float | No
     )
 
 
+def store(n: int, t: float, pos: int, parent: int | None) -> JournalRecord:
+    """A connector's STORE record of block n at chain position `pos` behind block `parent`."""
+    return JournalRecord(
+        RecordKind.STORE, key(n), t, 100, pos, None if parent is None else key(parent).block_hash
+    )
+
+
 def offered(catalog: Catalog, policy: PrefixPolicy, limit: int = 1 << 40) -> list[int]:
     scope = [catalog.namespace_id(NS) or 0]
     stream = policy.candidates(catalog, namespace_ids=scope, protect_after=NEVER_PROTECTED, limit_bytes=limit)
@@ -77,11 +84,6 @@ def test_a_chain_loses_its_tail_before_its_head(catalog: Catalog) -> None:
 def test_blocks_whose_prefix_is_gone_go_first(catalog: Catalog) -> None:
     # The chain 1-2-3 was stored with its parents recorded; 4 is older but whole.  Block 1 is deleted (a TTL,
     # a corrupt file, another tool): 2 and 3 can never be loaded, so they go before 4, the tail first.
-    def store(n: int, t: float, pos: int, parent: int | None) -> JournalRecord:
-        return JournalRecord(
-            RecordKind.STORE, key(n), t, 100, pos, None if parent is None else key(parent).block_hash
-        )
-
     catalog.apply_journal(
         [store(4, 5.0, 0, None), store(1, 10.0, 0, None), store(2, 10.0, 1, 1), store(3, 10.0, 2, 2)], {}
     )
@@ -99,11 +101,6 @@ def test_the_last_block_a_conversation_left_behind_goes_right_after_orphans(cata
     # Turn 1 sent 1-2-3 (3: its partial last block); 9 is an older, unrelated chain.  Turn 2 re-sends 1-2 and
     # stores 4 (the full block that replaces 3) and 5: 3 is never-read, childless, and its parent has a newer
     # child, so it goes before 9, although 9 is older.
-    def store(n: int, t: float, pos: int, parent: int | None) -> JournalRecord:
-        return JournalRecord(
-            RecordKind.STORE, key(n), t, 100, pos, None if parent is None else key(parent).block_hash
-        )
-
     catalog.apply_journal(
         [store(9, 5.0, 0, None), store(1, 10.0, 0, None), store(2, 10.0, 1, 1), store(3, 10.0, 2, 2)], {}
     )
