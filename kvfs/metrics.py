@@ -92,6 +92,12 @@ CATALOG_ROWS_UPSERTED = Counter("kvfs_catalog_rows_upserted_total", "Block rows 
 CATALOG_ROWS_REMOVED = Counter(
     "kvfs_catalog_rows_removed_total", "Block rows removed, by why.", ["why"]
 )  # why: evicted | missing
+CATALOG_CHAIN_MARKS = Counter(
+    "kvfs_catalog_chain_marks_total",
+    "Block rows the prefix bookkeeping marked: orphan (an ancestor was removed), superseded (a never-read leaf "
+    "whose parent got a newer child).",
+    ["mark"],
+)
 SCAN_FILES = Counter("kvfs_scan_files_total", "Block files seen by reconciliation scans.")
 SCAN_ERRORS = Counter("kvfs_scan_errors_total", "Directories or entries a scan could not read.")
 SCAN_LAST_DURATION = Gauge("kvfs_scan_last_duration_seconds", "Wall time of the last completed scan.")

@@ -636,7 +636,8 @@ class Catalog:
             if extended:
                 conn.exec_driver_sql(self._sql.extended, extended)
             if supersede:
-                conn.exec_driver_sql(self._sql.supersede, supersede)
+                marked = self._executemany_count(conn, self._sql.supersede, supersede)
+                metrics.CATALOG_CHAIN_MARKS.labels(mark="superseded").inc(marked)
             if offset_params:
                 conn.exec_driver_sql(self._sql.offset, offset_params)
         n_access = sum(int(c) for _, c in accesses.values())
@@ -687,6 +688,7 @@ class Catalog:
             conn.exec_driver_sql(self._sql.orphan_id, [(c[0],) for c in children])
             marked += len(children)
             level = [c[1:] for c in children]
+        metrics.CATALOG_CHAIN_MARKS.labels(mark="orphan").inc(marked)
         return marked
 
     def remove_blocks(self, keys: Iterable[BlockKey]) -> int:

@@ -369,8 +369,10 @@ def test_removing_a_block_orphans_its_descendants_until_they_are_used(cat: Catal
         {},
     )
     assert orphans(cat) == set()
+    marks = counter("kvfs_catalog_chain_marks_total", mark="orphan")
     assert cat.remove_blocks([key(1)]) == 1
     assert orphans(cat) == {2, 3}  # the child and the grandchild: neither can be loaded any more
+    assert counter("kvfs_catalog_chain_marks_total", mark="orphan") - marks == 2
     # The chain is sent again: 2 is used (its parent was re-stored), 3 not yet.
     cat.apply_journal([store(1, 300.0, None, pos=0), JournalRecord(RecordKind.ACCESS, key(2), 300.0)], {})
     assert orphans(cat) == {3}
@@ -387,6 +389,7 @@ def test_removing_a_block_orphans_its_descendants_until_they_are_used(cat: Catal
 
 
 def test_a_new_sibling_supersedes_never_read_childless_leaves(cat: Catalog) -> None:
+    marks_before = counter("kvfs_catalog_chain_marks_total", mark="superseded")
     def access(n: int, t: float) -> JournalRecord:
         return JournalRecord(RecordKind.ACCESS, key(n), t)
 
@@ -425,6 +428,8 @@ def test_a_new_sibling_supersedes_never_read_childless_leaves(cat: Catalog) -> N
     cat.apply_journal([store(12, 70.0, 1, pos=1)], {})
     assert cat.get_blocks([key(11)])[key(11)].superseded is True
     assert cat.chain_counts() == {"blocks": 12, "with_parent": 11, "orphans": 0, "superseded": 2}
+    # Each mark is counted when made: 2, 8 (by 9), 9 (by 8 stored again), 8 (by 11), 11 (by 12).
+    assert counter("kvfs_catalog_chain_marks_total", mark="superseded") - marks_before == 5
 
 
 def test_offsets_never_move_backwards_and_can_be_forgotten(cat: Catalog) -> None:
