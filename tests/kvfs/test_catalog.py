@@ -390,6 +390,7 @@ def test_removing_a_block_orphans_its_descendants_until_they_are_used(cat: Catal
 
 def test_a_new_sibling_supersedes_never_read_childless_leaves(cat: Catalog) -> None:
     marks_before = counter("kvfs_catalog_chain_marks_total", mark="superseded")
+
     def access(n: int, t: float) -> JournalRecord:
         return JournalRecord(RecordKind.ACCESS, key(n), t)
 
