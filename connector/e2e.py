@@ -10,6 +10,9 @@ For one model shape (dummy weights) and prompt lengths, per root (/dev/shm and a
     needs while an engine serves it: errors, hit ratio, tokens against recompute, and what Belady and LRU would
     keep on the same sequence at the same capacity;
   * optionally (`--evictor-trace chat:150`): the same under a generated multi-turn trace (connector/e2e_trace.py).
+With `--tensor-parallel-size N` every engine spans N GPUs: the probe sums the ranks' counters, the report counts
+each rank's files (`<namespace>_r<rank>`), and the idle-wait variant reaches the workers only (the scheduler
+then runs in vLLM's engine-core process).
 Every hit's greedy tokens are compared with the recompute's (dummy weights are fixed by the seed).  Each engine
 runs in its own process (`--child`); this parent imports no vLLM and prints ratios against the CPU tier and
 recompute, all from one run.  For the GPU machine (recipe: ../shared/gpu/README.md); never part of CI, where the
@@ -155,6 +158,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--setting", action="append", default=[], help="extra kvfs setting key=value (repeatable)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.85)
+    p.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=1,
+        help="GPUs per engine (each rank writes its own _r<rank>)",
+    )
     p.add_argument("--child-timeout", type=float, default=900.0)
     p.add_argument("--json", dest="json_out", help="write all results here")
     p.add_argument("--markdown", help="write the tables here (markdown)")
@@ -175,6 +184,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             p.error(f"--evictor-trace: {exc}")
     if args.check_every <= 0:
         p.error("--check-every must be positive")
+    if args.tensor_parallel_size <= 0:
+        p.error("--tensor-parallel-size must be positive")
     if args.reps < 1:
         p.error("--reps must be >= 1")
     if not 0 < args.evictor_fraction < 1:
@@ -363,6 +374,33 @@ def _probe(worker: Any, idle_wait_s: float | None = None) -> dict[str, Any]:
     return out
 
 
+def merge_probes(probes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One view of all tensor-parallel ranks: counters and pending work summed (each rank moves its share of the
+    KV, so load bytes add up to the whole model's), the rest from rank 0."""
+    out = dict(probes[0])
+    metrics: dict[str, float] = {}
+    for probe in probes:
+        for name, value in probe.get("metrics", {}).items():
+            metrics[name] = metrics.get(name, 0.0) + value
+    out["metrics"] = metrics
+    for key in ("pending_jobs", "unsubmitted_stores"):
+        out[key] = sum(int(p.get(key, 0)) for p in probes)
+    out["ranks"] = len(probes)
+    return out
+
+
+def rank_files(root: str) -> dict[int, int]:
+    """Block files per tensor-parallel rank under `root` (namespace directories `<namespace>_r<rank>`)."""
+    counts: dict[int, int] = {}
+    for entry in os.scandir(root) if os.path.isdir(root) else ():
+        head, sep, rank = entry.name.rpartition("_r")
+        if not (entry.is_dir(follow_symlinks=False) and sep and head and rank.isdigit()):
+            continue
+        n = sum(len([f for f in files if f.endswith(".kvfs")]) for _, _, files in os.walk(entry.path))
+        counts[int(rank)] = counts.get(int(rank), 0) + n
+    return counts
+
+
 def _delta(after: Mapping[str, float], before: Mapping[str, float], prefix: str) -> dict[str, float]:
     return {k[len(prefix) :]: v - before.get(k, 0.0) for k, v in after.items() if k.startswith(prefix)}
 
@@ -412,6 +450,7 @@ class Engine:
             max_model_len=spec["max_model_len"],
             gpu_memory_utilization=spec["gpu_memory_utilization"],
             seed=0,
+            tensor_parallel_size=spec.get("tp", 1),
             disable_log_stats=False,
             enable_prefix_caching=True,
         )
@@ -430,7 +469,7 @@ class Engine:
         return list(out.outputs[0].token_ids), float(ttft) if ttft else wall, wall
 
     def probe(self, idle_wait_s: float | None = None) -> dict[str, Any]:
-        return self.llm.collective_rpc(_probe, kwargs={"idle_wait_s": idle_wait_s})[0]
+        return merge_probes(self.llm.collective_rpc(_probe, kwargs={"idle_wait_s": idle_wait_s}))
 
     def settle(self, timeout: float = 300.0) -> float:
         """Wait until every store has been written (kvfs) or a fixed pause (CPU tier); vLLM submits a step's
@@ -815,6 +854,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seeds": seeds,
         "reps": args.reps,
         "settings": args.settings,
+        "tp": args.tensor_parallel_size,
         "idle_wait_s": parse_duration(idle) if isinstance(idle, str) else float(idle),
     }
     results: dict[str, Any] = {
@@ -840,6 +880,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             spec = {**base, "phase": "reader", "connector": "kvfs", "root": root, "root_name": root_name}
             spec["refs"] = refs
             phases["reader"] = run_child(args, spec, work)
+        phases["rank_files"] = rank_files(root)
         results["roots"][root_name] = phases
         shutil.rmtree(root, ignore_errors=True)
     if not args.no_cpu_tier:
@@ -865,7 +906,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from connector.e2e_trace import format_trace
 
     trace = format_trace(results.get("evictor_trace", {}))
-    text = f"{results['command']}\nmodel {args.model}, {bpt} KV bytes/token\n\n{report}\n\n{ev}\n{trace}\n"
+    ranks = "".join(
+        f"files per rank under {name}: {phases.get('rank_files', {})}\n"
+        for name, phases in results["roots"].items()
+    )
+    text = (
+        f"{results['command']}\nmodel {args.model}, {bpt} KV bytes/token, tensor parallel "
+        f"{args.tensor_parallel_size}\n\n{report}\n{ranks}\n{ev}\n{trace}\n"
+    )
     print(text)
     if args.json_out:
         with open(args.json_out, "w") as f:

@@ -215,3 +215,38 @@ def test_a_child_that_dies_or_fails_is_reported_and_the_run_goes_on(tmp_path):
     assert "without a result" in died["error"] and died["elapsed_s"] > 0
     failed = e2e.run_child(args, {"phase": "reader", "root_name": "b"}, str(tmp_path))  # no engine settings
     assert failed["error"].startswith("KeyError") and "Traceback" in failed["traceback"]
+
+
+def test_tensor_parallel_ranks_are_summed_and_counted(tmp_path):
+    """With --tensor-parallel-size 2 the probe answers once per rank: counters and pending work add up (each rank
+    moves its share of the KV), and the files of each rank's namespace directory are counted apart."""
+    assert e2e.parse_args(["--tensor-parallel-size", "2"]).tensor_parallel_size == 2
+    with pytest.raises(SystemExit):
+        e2e.parse_args(["--tensor-parallel-size", "0"])
+    merged = e2e.merge_probes(
+        [
+            {"metrics": {"kvfs_connector_load_bytes_total{}": 10.0}, "pending_jobs": 1, "threads": 16},
+            {
+                "metrics": {"kvfs_connector_load_bytes_total{}": 12.0, "x": 1.0},
+                "pending_jobs": 2,
+                "threads": 8,
+            },
+        ]
+    )
+    assert merged["metrics"] == {"kvfs_connector_load_bytes_total{}": 22.0, "x": 1.0}
+    assert (merged["pending_jobs"], merged["unsubmitted_stores"], merged["threads"], merged["ranks"]) == (
+        3,
+        0,
+        16,
+        2,
+    )
+    for rank, files in ((0, 3), (1, 2)):
+        bucket = tmp_path / f"org_model_0123456789ab_r{rank}" / "001" / "01_g0"
+        bucket.mkdir(parents=True)
+        for i in range(files):
+            (bucket / f"{i:032x}.kvfs").write_bytes(b"x")
+        (bucket / "a.kvfs_x.tmp").write_bytes(b"x")  # a writer's temp file is no block
+    (tmp_path / ".kvfs").mkdir()
+    (tmp_path / "org_model_0123456789ab").mkdir()  # no rank suffix: not a TP namespace
+    assert e2e.rank_files(str(tmp_path)) == {0: 3, 1: 2}
+    assert e2e.rank_files(str(tmp_path / "missing")) == {}
