@@ -25,7 +25,7 @@ STREAM_CHUNK = 5000
 
 
 def block_columns() -> tuple[Any, ...]:
-    """The columns a Candidate is built from, in `candidate_from_row` order."""
+    """The columns a Candidate is built from, in `stream_rows` order."""
     return (
         Block.id,
         Block.namespace_id,
@@ -35,6 +35,7 @@ def block_columns() -> tuple[Any, ...]:
         Block.fmt,
         Block.size,
         Block.last_access,
+        Block.chain_pos,
     )
 
 
@@ -52,27 +53,26 @@ def eligible(query: Select[Any], namespace_ids: Sequence[int] | None, protect_af
     return query
 
 
-def stream_candidates(
-    catalog: Catalog, query: Select[Any], limit_bytes: int, *, chunk: int = STREAM_CHUNK
+def stream_rows(
+    catalog: Catalog, query: Select[Any], names: dict[int, str], *, chunk: int | None = None
 ) -> Iterator[Candidate]:
-    """Run `query` (selecting `block_columns()`) with a streaming cursor; stop once `limit_bytes` are offered."""
-    if limit_bytes <= 0:
-        return
-    names = {ns.id: ns.name for ns in catalog.namespaces()}
-    offered = 0
+    """Candidates of `query` (selecting `block_columns()`) through a streaming cursor.  A paused generator keeps
+    its cursor (a policy may interleave several); closing it, or running out, releases it."""
     with catalog.engine.connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=chunk).execute(query)
+        # STREAM_CHUNK read per call, not bound at import (tests shrink it to cross partition boundaries).
+        result = conn.execution_options(stream_results=True, yield_per=chunk or STREAM_CHUNK).execute(query)
         try:
             # Whole partitions (one fetchmany each): per-row fetch overhead dominated planning time.
             for rows in result.partitions():
-                for block_id, ns_id, rank, grp, block_hash, fmt, size, last_access in rows:
+                for block_id, ns_id, rank, grp, block_hash, fmt, size, last_access, chain_pos in rows:
                     key = BlockKey(names[ns_id], None if rank == NO_RANK else rank, grp, block_hash, fmt)
-                    yield Candidate(block_id, key, size, last_access)
-                    offered += size
-                    if offered >= limit_bytes:
-                        return
+                    yield Candidate(block_id, key, size, last_access, chain_pos)
         finally:
             result.close()
+
+
+def namespace_names(catalog: Catalog) -> dict[int, str]:
+    return {ns.id: ns.name for ns in catalog.namespaces()}
 
 
 @register_policy
@@ -88,5 +88,16 @@ class LruPolicy(EvictionPolicy):
         protect_after: float,
         limit_bytes: int,
     ) -> Iterator[Candidate]:
+        if limit_bytes <= 0:
+            return
         query = eligible(select(*block_columns()), namespace_ids, protect_after).order_by(*lru_order())
-        return stream_candidates(catalog, query, limit_bytes)
+        rows = stream_rows(catalog, query, namespace_names(catalog))
+        offered = 0
+        try:
+            for cand in rows:
+                yield cand
+                offered += cand.size
+                if offered >= limit_bytes:
+                    return
+        finally:
+            rows.close()

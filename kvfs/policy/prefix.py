@@ -38,17 +38,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 
-from sqlalchemy import Select, select, text
+from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from kvfs import metrics
-from kvfs.catalog.models import FRESH, NO_RANK, ORPHAN, REUSED, SUPERSEDED, Block
-from kvfs.layout import BlockKey
+from kvfs.catalog.models import FRESH, ORPHAN, REUSED, SUPERSEDED
 from kvfs.policy import register_policy
 from kvfs.policy.base import Candidate, EvictedBlock, EvictionPolicy
-from kvfs.policy.lru import STREAM_CHUNK, block_columns, eligible, lru_order
+from kvfs.policy.lru import block_columns, eligible, lru_order, namespace_names, stream_rows
 
 if TYPE_CHECKING:
     from kvfs.catalog import Catalog
@@ -120,18 +119,6 @@ def order(
             yield item, False
 
 
-def _stream(catalog: Catalog, query: Select[Any], names: dict[int, str]) -> Iterator[Candidate]:
-    with catalog.engine.connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=STREAM_CHUNK).execute(query)
-        try:
-            for rows in result.partitions():
-                for block_id, ns_id, rank, grp, block_hash, fmt, size, last_access, chain_pos in rows:
-                    key = BlockKey(names[ns_id], None if rank == NO_RANK else rank, grp, block_hash, fmt)
-                    yield Candidate(block_id, key, size, last_access, chain_pos)
-        finally:
-            result.close()
-
-
 @register_policy
 class PrefixPolicy(EvictionPolicy):
     name: ClassVar[str] = "prefix"
@@ -174,16 +161,16 @@ class PrefixPolicy(EvictionPolicy):
         if limit_bytes <= 0:
             return
         bonus = self.settle(catalog)
-        names = {ns.id: ns.name for ns in catalog.namespaces()}
-        base = eligible(select(*block_columns(), Block.chain_pos), namespace_ids, protect_after)
+        names = namespace_names(catalog)
+        base = eligible(select(*block_columns()), namespace_ids, protect_after)
         lru = lru_order()
         # Each class from its partial LRU index (the WHERE texts must match the index's), so a rare class
         # costs nothing to look for.
-        orphans = _stream(catalog, base.where(text(ORPHAN)).order_by(*lru), names)
+        orphans = stream_rows(catalog, base.where(text(ORPHAN)).order_by(*lru), names)
         live = base.where(text(f"NOT {ORPHAN}"))
-        superseded = _stream(catalog, live.where(text(SUPERSEDED)).order_by(*lru), names)
-        fresh = _stream(catalog, live.where(text(FRESH), text(f"NOT {SUPERSEDED}")).order_by(*lru), names)
-        reused = _stream(catalog, live.where(text(REUSED)).order_by(*lru), names)
+        superseded = stream_rows(catalog, live.where(text(SUPERSEDED)).order_by(*lru), names)
+        fresh = stream_rows(catalog, live.where(text(FRESH), text(f"NOT {SUPERSEDED}")).order_by(*lru), names)
+        reused = stream_rows(catalog, live.where(text(REUSED)).order_by(*lru), names)
         if len(self._offered) > 4_000_000:  # victims never executed (dry runs): forget, do not grow
             self._offered.clear()
         offered_classes = self._offered

@@ -23,11 +23,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import Select, case, func, select
 
-from kvfs.catalog.models import NO_RANK, Block
-from kvfs.layout import BlockKey
+from kvfs.catalog.models import Block
 from kvfs.policy import register_policy
 from kvfs.policy.base import Candidate, EvictionPolicy
-from kvfs.policy.lru import STREAM_CHUNK, block_columns, eligible, lru_order
+from kvfs.policy.lru import block_columns, eligible, lru_order, namespace_names, stream_rows
 
 if TYPE_CHECKING:
     from kvfs.catalog import Catalog
@@ -46,51 +45,6 @@ def _scoped(query: Select[Any], namespace_ids: Sequence[int] | None) -> Select[A
 
 def _lru_order(query: Select[Any]) -> Select[Any]:
     return query.order_by(*lru_order())
-
-
-class _Stream:
-    """Candidates of one ordered query, pulled on demand (so a segment can be paused and resumed)."""
-
-    def __init__(self, catalog: Catalog, query: Select[Any], names: dict[int, str]) -> None:
-        self._catalog = catalog
-        self._query = query
-        self._names = names
-        self._rows: Iterator[Candidate] | None = None
-        self._conn: Any = None
-        self._result: Any = None
-
-    def __iter__(self) -> Iterator[Candidate]:
-        return self
-
-    def __next__(self) -> Candidate:
-        if self._rows is None:
-            self._rows = self._generate()
-        try:
-            return next(self._rows)
-        except StopIteration:
-            self.close()
-            raise
-
-    def _generate(self) -> Iterator[Candidate]:
-        self._conn = self._catalog.engine.connect()
-        self._result = self._conn.execution_options(stream_results=True, yield_per=STREAM_CHUNK).execute(
-            self._query
-        )
-        names = self._names
-        # Whole partitions (one fetchmany each), as `lru` does: per-row fetches dominated planning time.
-        for rows in self._result.partitions():
-            for block_id, ns_id, rank, grp, block_hash, fmt, size, last_access in rows:
-                key = BlockKey(names[ns_id], None if rank == NO_RANK else rank, grp, block_hash, fmt)
-                yield Candidate(block_id, key, size, last_access)
-
-    def close(self) -> None:
-        if self._result is not None:
-            self._result.close()
-            self._result = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        self._rows = iter(())
 
 
 @register_policy
@@ -148,10 +102,11 @@ class SegmentedLruPolicy(EvictionPolicy):
         """The eviction order, given the scope's total and probation bytes (`segment_bytes`)."""
         keep = max(0, total - limit_bytes)
         surplus = probation_bytes - int(self.probation_share * keep)
-        names = {ns.id: ns.name for ns in catalog.namespaces()}
+        names = namespace_names(catalog)
         base = eligible(select(*block_columns()), namespace_ids, protect_after)
-        probation = _Stream(catalog, _lru_order(base.where(Block.hits == 0)), names)
-        protected = _Stream(catalog, _lru_order(base.where(Block.hits > 0)), names)
+        # Generators pause between segments: probation is resumed where its surplus ended.
+        probation = stream_rows(catalog, _lru_order(base.where(Block.hits == 0)), names)
+        protected = stream_rows(catalog, _lru_order(base.where(Block.hits > 0)), names)
         offered = 0
         try:
             # 1. probation beyond its share, 2. protected blocks, 3. the rest of probation.
