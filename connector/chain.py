@@ -18,6 +18,7 @@ tests/connector/test_scheduler.py checks the contract on a real vLLM scheduler.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import islice
 from typing import Any
 
 from connector.naming import offload_key_parts
@@ -41,6 +42,25 @@ def chain_positions(keys: Iterable[bytes], req_context: Any, chunk_tokens: Mappi
     return [chain_position(k, req_context, chunk_tokens) for k in keys]
 
 
+class _KeysByEnd:
+    """(group, end token) -> key over one request's offload keys, kept in its ReqContext and extended with the
+    keys vLLM added since the last call (positions are only ever appended), so each store costs O(new keys)
+    on the scheduler thread instead of a pass over the whole request."""
+
+    def __init__(self) -> None:
+        self.by_end: dict[tuple[int, int], bytes] = {}
+        self.seen = 0
+
+    def update(self, positions: Mapping[bytes, Any]) -> dict[tuple[int, int], bytes]:
+        new = len(positions) - self.seen
+        if new > 0:
+            for key, end in islice(reversed(positions.items()), new):  # type: ignore[call-overload]
+                if isinstance(end, int):
+                    self.by_end[(offload_key_parts(key)[1], end)] = key
+            self.seen = len(positions)
+        return self.by_end
+
+
 def parent_keys(
     keys: Sequence[bytes], req_context: Any, chunk_tokens: Mapping[int, int]
 ) -> list[bytes | None]:
@@ -48,8 +68,12 @@ def parent_keys(
     positions = getattr(req_context, "_offload_key_positions", None)
     if not isinstance(positions, Mapping) or not keys:
         return [None] * len(keys)
-    # (group, end token) -> key, over the request's keys: a few hundred entries for a 128k-token prompt.
-    by_end = {(offload_key_parts(k)[1], end): k for k, end in positions.items() if isinstance(end, int)}
+    index = req_context.get_state(_KeysByEnd) if hasattr(req_context, "get_state") else None
+    if index is None:
+        index = _KeysByEnd()
+        if hasattr(req_context, "set_state"):
+            req_context.set_state(index)
+    by_end = index.update(positions)
     parents: list[bytes | None] = []
     for key in keys:
         group = offload_key_parts(key)[1]

@@ -47,3 +47,29 @@ def test_the_first_key_of_a_job_gets_its_parent_from_the_request() -> None:
         None,
         k(2)[:-4].hex(),
     ]
+
+
+class GrowingContext(Context):
+    """With vLLM's per-request scratch space, where the reverse index is kept between calls."""
+
+    def __init__(self, positions: dict[bytes, int]) -> None:
+        super().__init__(positions)
+        self.state: dict[type, object] = {}
+
+    def set_state(self, value: object) -> None:
+        self.state[type(value)] = value
+
+    def get_state(self, cls: type) -> object:
+        return self.state.get(cls)
+
+
+def test_the_reverse_index_follows_a_request_that_grows() -> None:
+    # A prompt of 3 chunks, then decode adds chunks one at a time (a prepare_store each): every new chunk finds
+    # the one before it, also after the index was built and kept in the request's context.
+    ctx = GrowingContext({k(n): 64 * n for n in range(1, 4)})
+    assert parent_keys([k(1), k(2), k(3)], ctx, {0: 64}) == [None, k(1), k(2)]
+    assert len(ctx.state) == 1
+    for n in range(4, 8):
+        ctx._offload_key_positions[k(n)] = 64 * n
+        assert parent_keys([k(n)], ctx, {0: 64}) == [k(n - 1)]
+    assert parent_keys([k(5), k(7)], ctx, {0: 64}) == [k(4), k(6)]
