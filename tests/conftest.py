@@ -6,8 +6,12 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from kvfs.catalog import Catalog
 
 PG_HOST = os.environ.get("KVFS_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("KVFS_TEST_PG_PORT", "5432"))
@@ -65,3 +69,13 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'catalog.db'}"
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def catalog(catalog_url: str) -> Iterator[Catalog]:
+    """An open catalog on each backend, closed after the test."""
+    from kvfs.catalog import Catalog
+
+    cat = Catalog.open(catalog_url)
+    yield cat
+    cat.close()

@@ -49,13 +49,6 @@ def evict(catalog: Catalog, policy, *, limit: int, only: set[int] | None = None)
     return [num(c.key) for c in cands]
 
 
-@pytest.fixture
-def catalog(catalog_url: str):
-    cat = Catalog.open(catalog_url)
-    yield cat
-    cat.close()
-
-
 def test_probation_surplus_then_lru_then_rest_of_probation(catalog: Catalog) -> None:
     # Blocks 1-6 never reused (probation), 7-9 reused; ages interleaved.
     catalog.upsert_blocks(

@@ -23,13 +23,6 @@ def row(ns: str, n: int, last_access: float, *, size: int = 100, chain_pos: int 
     return BlockRow(key(ns, n), size, created or last_access, last_access, chain_pos=chain_pos)
 
 
-@pytest.fixture
-def catalog(catalog_url: str):
-    cat = Catalog.open(catalog_url)
-    yield cat
-    cat.close()
-
-
 def order(catalog: Catalog, **kw) -> list[int]:
     kw.setdefault("namespace_ids", None)
     kw.setdefault("protect_after", 1e12)

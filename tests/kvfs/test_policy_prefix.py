@@ -62,13 +62,6 @@ def evict(catalog: Catalog, policy: PrefixPolicy, limit: int) -> list[int]:
     return [num(c.key) for c in cands]
 
 
-@pytest.fixture
-def catalog(catalog_url: str):
-    cat = Catalog.open(catalog_url)
-    yield cat
-    cat.close()
-
-
 def test_prefix_is_the_default() -> None:
     assert DEFAULT_POLICY == "prefix" and isinstance(get_policy(), PrefixPolicy)
 
