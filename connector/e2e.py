@@ -700,6 +700,15 @@ def _evictor_phase(spec: Mapping[str, Any]) -> dict[str, Any]:
     return res
 
 
+def watermark_blocks(capacity: int) -> tuple[int, int]:
+    """(high, low) in blocks under the evictor's default watermarks, as the phases run it: a pass starts above
+    high and frees down to low; the replay models that as capacity `high` with a slack of `high - low`."""
+    from evictor.settings import Settings
+
+    defaults = Settings()
+    return int(capacity * defaults.high_watermark / 100), int(capacity * defaults.low_watermark / 100)
+
+
 def oracles(prompts: int, chunks: int, rounds: int, capacity: int) -> dict[str, float]:
     """Belady and LRU on the evictor phase's request sequence in the replay's model (block = prompt x chunk),
     at the capacity and under the evictor's default watermarks (over 85% of it, down to 70%).  Blocks are
@@ -708,7 +717,7 @@ def oracles(prompts: int, chunks: int, rounds: int, capacity: int) -> dict[str, 
     from kvfs.replay.baselines import simulate_belady, simulate_lru
 
     seq = [[i * 100_000 + (chunks - c) for c in range(chunks)] for _ in range(rounds) for i in range(prompts)]
-    high, low = int(capacity * 0.85), int(capacity * 0.70)
+    high, low = watermark_blocks(capacity)
     return {
         "belady_hit_ratio": simulate_belady(seq, capacity).hit_ratio,
         "lru_hit_ratio": simulate_lru(seq, capacity).hit_ratio,

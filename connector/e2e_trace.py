@@ -18,10 +18,17 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from connector.e2e import CHUNK_TOKENS, Engine, _du, _hit, prompt_tokens, start_evictor, stop_evictor
+from connector.e2e import (
+    CHUNK_TOKENS,
+    Engine,
+    _du,
+    _hit,
+    prompt_tokens,
+    start_evictor,
+    stop_evictor,
+    watermark_blocks,
+)
 
-# Watermarks of the evictor's defaults: a pass starts above HIGH x capacity and frees down to LOW x capacity.
-HIGH, LOW = 0.85, 0.70
 PAUSE_S = 1.2  # about one enforcement interval between requests, as between a user's turns at scale
 
 
@@ -63,7 +70,7 @@ def trace_oracles(requests: Sequence[Sequence[int]], capacity_blocks: int) -> di
     from kvfs.replay.baselines import simulate_belady, simulate_lru
     from kvfs.replay.memory import simulate_prefix
 
-    high, low = int(capacity_blocks * HIGH), int(capacity_blocks * LOW)
+    high, low = watermark_blocks(capacity_blocks)
     slack = max(1, high - low)
     return {
         "replay_prefix_hit_ratio": simulate_prefix(requests, high, slack).hit_ratio,

@@ -123,6 +123,7 @@ def test_evictor_line():
 def test_oracles_break_belady_ties_tail_first():
     """4 prompts of 64 chunks in 3 rounds, capacity 85 chunks: with ties broken tail first Belady keeps a leading
     run (head-first ties would keep none); LRU keeps nothing of a cyclic sequence larger than the tier."""
+    assert e2e.watermark_blocks(100) == (85, 70)  # the evictor's default watermarks, read from its settings
     got = e2e.oracles(4, 64, 3, 85)
     assert got["lru_hit_ratio"] == 0.0
     assert 0.05 < got["belady_hit_ratio"] < 0.34
