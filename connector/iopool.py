@@ -82,8 +82,8 @@ class FileOp:
     block_key: BlockKey | None = None
     # Index of the chunk in its request's prefix chain (0 = head), journaled with the store; -1 = unknown.
     chain_pos: int = -1
-    # The block hash of the chunk before it in the chain, where the job holds it (the catalog orphans a
-    # block's descendants when it goes).
+    # The block hash of the chunk before it in its request's chain (connector/chain.py), journaled with the
+    # store: the catalog orphans a block's descendants when it goes, and supersedes branches left behind.
     parent_hash: str | None = None
     # Stores: a torch.cuda.Event recorded on the compute stream, which the gather waits for (on CPU, any object
     # with synchronize(), waited for before the gather).

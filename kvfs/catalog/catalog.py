@@ -229,7 +229,6 @@ class Catalog:
         self.dialect: str = engine.dialect.name
         self._sql = _Sql(self.dialect)
         self._ns_ids: dict[str, int] = {}
-        self._ns_names: dict[int, str] = {}
         self._ns_lock = threading.Lock()
 
     # --- opening -----------------------------------------------------------------------------------------
@@ -417,7 +416,6 @@ class Catalog:
     def _remember_namespace(self, name: str, ns_id: int) -> None:
         with self._ns_lock:
             self._ns_ids[name] = ns_id
-            self._ns_names[ns_id] = name
 
     def namespace_id(self, name: str) -> int | None:
         """Id of an existing namespace (no creation), None if unknown."""
@@ -444,13 +442,6 @@ class Catalog:
             if ns_id is not None:
                 result[name] = ns_id
         return result
-
-    def _namespace_name(self, ns_id: int) -> str:
-        name = self._ns_names.get(ns_id)
-        if name is None:
-            self.namespaces()  # refreshes the cache
-            name = self._ns_names[ns_id]
-        return name
 
     def namespaces(self) -> list[NamespaceInfo]:
         t = Namespace.__table__.c
