@@ -23,10 +23,11 @@ Progress = Callable[[int], None]
 
 
 class _Block:
-    __slots__ = ("block", "chain_pos", "hits", "last_access", "orphan")
+    __slots__ = ("block", "chain_pos", "hits", "last_access", "orphan", "parent")
 
-    def __init__(self, block: int, last_access: float, chain_pos: int) -> None:
+    def __init__(self, block: int, last_access: float, chain_pos: int, parent: int | None) -> None:
         self.block = block
+        self.parent = parent
         self.last_access = last_access
         self.chain_pos = chain_pos
         self.hits = 0
@@ -83,7 +84,7 @@ def simulate_prefix(
                 if ghost is not None:  # a re-store: counted at the next pass, as the catalog's settle does
                     ghost_count[ghost[1]] -= 1
                     returned[ghost[1]] += 1
-                block = blocks[h] = _Block(h, now, pos)
+                block = blocks[h] = _Block(h, now, pos, req[pos - 1] if pos else None)
                 fresh[h] = block
                 if pos:
                     children[req[pos - 1]].add(h)
@@ -150,6 +151,8 @@ def simulate_prefix(
         for block, was_reused in victims:
             h = block.block
             del blocks[h]
+            if block.parent is not None:  # a popular prefix's children would otherwise pile up, all checked
+                children[block.parent].discard(h)
             if was_reused is None:
                 if orphans.pop(h, None) is None:
                     del superseded[h]
