@@ -52,3 +52,9 @@ def test_replay_bench_small_checks_both_replays_agree(tmp_path: Path) -> None:
     proc = run("kvfs.bench.replay", "--trace", str(trace), "--runs", "1", "--capacity", "0.1")
     # rc 1 is allowed here (a 150-request trace need not be 10x faster); a mismatch is not.
     assert "MISMATCH" not in proc.stderr and "RATIO catalog/fast" in proc.stdout, proc.stderr
+
+
+def test_branching_bench_small(tmp_path: Path) -> None:
+    proc = run("kvfs.bench.branching", "--siblings", "50,200", "--runs", "2", "--tmp", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "50 siblings" in proc.stdout and "200 siblings" in proc.stdout and "per sibling" in proc.stdout
