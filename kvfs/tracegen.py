@@ -132,6 +132,33 @@ def _prompts(gen: _Gen, count: int, median_tokens: float, lo: float, hi: float) 
     return [(gen.segment(), gen.lognormal(median_tokens, 0.6, lo, hi)) for _ in range(count)]
 
 
+def _conversation(
+    gen: _Gen,
+    history: list[tuple[int, int]],
+    turns: int,
+    start: float,
+    made: int,
+    requests: int,
+    *,
+    user: Callable[[], int],
+    answer: Callable[[], int],
+    think: Callable[[], float],
+) -> int:
+    """One session of up to `turns` turns from `start`: each sends the whole history plus the user's new message,
+    and the answer becomes context of the next turn.  Returns the requests made so far (stops at `requests`)."""
+    turn_t = start
+    for _ in range(turns):
+        if made >= requests:
+            break
+        history.append((gen.segment(), user()))
+        out = answer()
+        gen.emit(turn_t, history, out)
+        made += 1
+        history.append((gen.segment(), out))
+        turn_t += think()
+    return made
+
+
 def _chat(gen: _Gen, requests: int, t0: float = 0.0, rate: float = 4.0) -> None:
     """Multi-turn sessions: the history grows every turn and is resent whole."""
     system = _prompts(gen, 8, 1500, 300, 6000)
@@ -140,17 +167,13 @@ def _chat(gen: _Gen, requests: int, t0: float = 0.0, rate: float = 4.0) -> None:
     while made < requests:
         t += gen.rng.expovariate(rate / 5.0)  # session arrivals; ~5 turns a session on average
         history = [system[gen.zipf_pick(len(system))]]
-        turn_t = t
         turns = 1 + min(40, int(gen.rng.expovariate(1 / 4.0)))
-        for _ in range(turns):
-            if made >= requests:
-                break
-            history.append((gen.segment(), gen.lognormal(300, 1.0, 20, 8000)))  # the user's message
-            out = gen.lognormal(250, 0.8, 10, 2000)
-            gen.emit(turn_t, history, out)
-            made += 1
-            history.append((gen.segment(), out))  # the answer becomes context of the next turn
-            turn_t += gen.lognormal(45, 1.0, 3, 1800)  # think time
+        made = _conversation(
+            gen, history, turns, t, made, requests,
+            user=lambda: gen.lognormal(300, 1.0, 20, 8000),
+            answer=lambda: gen.lognormal(250, 0.8, 10, 2000),
+            think=lambda: gen.lognormal(45, 1.0, 3, 1800),
+        )  # fmt: skip
 
 
 def _agent(gen: _Gen, requests: int, t0: float = 0.0, rate: float = 4.0) -> None:
@@ -204,16 +227,13 @@ def _sysprompt(gen: _Gen, requests: int, t0: float = 0.0, rate: float = 4.0) -> 
     while made < requests:
         t += gen.rng.expovariate(rate / 1.3)
         history = [apps[gen.zipf_pick(len(apps), 1.0)]]
-        turn_t = t
-        for _ in range(1 + (gen.rng.random() < 0.3)):
-            if made >= requests:
-                break
-            history.append((gen.segment(), gen.lognormal(150, 0.8, 10, 2000)))
-            out = gen.lognormal(200, 0.8, 10, 1500)
-            gen.emit(turn_t, history, out)
-            made += 1
-            history.append((gen.segment(), out))
-            turn_t += gen.lognormal(30, 1.0, 3, 600)
+        turns = 1 + (gen.rng.random() < 0.3)
+        made = _conversation(
+            gen, history, turns, t, made, requests,
+            user=lambda: gen.lognormal(150, 0.8, 10, 2000),
+            answer=lambda: gen.lognormal(200, 0.8, 10, 1500),
+            think=lambda: gen.lognormal(30, 1.0, 3, 600),
+        )  # fmt: skip
 
 
 def _sessions(gen: _Gen, requests: int, t0: float = 0.0, rate: float = 4.0) -> None:
@@ -224,20 +244,16 @@ def _sessions(gen: _Gen, requests: int, t0: float = 0.0, rate: float = 4.0) -> N
     while made < requests:
         t += gen.rng.expovariate(rate / 15.0)  # ~15 turns a session
         history = [system[gen.zipf_pick(len(system))]]
-        turn_t = t
         turns = 3 + min(80, int(gen.rng.expovariate(1 / 12.0)))
-        for _ in range(turns):
-            if made >= requests:
-                break
-            history.append((gen.segment(), gen.lognormal(200, 1.0, 10, 6000)))
-            out = gen.lognormal(400, 0.8, 20, 3000)
-            gen.emit(turn_t, history, out)
-            made += 1
-            history.append((gen.segment(), out))
-            if gen.rng.random() < 0.2:
-                turn_t += gen.lognormal(1200, 0.7, 300, 7200)  # resumed later
-            else:
-                turn_t += gen.lognormal(40, 0.8, 3, 600)
+        made = _conversation(
+            gen, history, turns, t, made, requests,
+            user=lambda: gen.lognormal(200, 1.0, 10, 6000),
+            answer=lambda: gen.lognormal(400, 0.8, 20, 3000),
+            # one pause in five: resumed later
+            think=lambda: (
+                gen.lognormal(1200, 0.7, 300, 7200) if gen.rng.random() < 0.2 else gen.lognormal(40, 0.8, 3, 600)
+            ),
+        )  # fmt: skip
 
 
 WORKLOADS: dict[str, Callable[..., None]] = {
