@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/python -m kvfs.demo
+	$(BIN)/python -m tools.demo
 
 # A real helm for the chart tests (best-effort: without it they skip that comparison and say so).
 .tools/helm:
@@ -43,27 +43,26 @@ test-vllm033:
 	$(VENV033)/bin/pip install -q --disable-pip-version-check -r requirements/vllm-0.33.0.txt
 	$(VENV033)/bin/pip install -q --disable-pip-version-check --no-deps vllm==0.33.0
 	$(VENV033)/bin/pip install -q --disable-pip-version-check --no-deps -e .
-	$(VENV033)/bin/python -m pytest -q -p no:cacheprovider -m vllm tests/connector
+	$(VENV033)/bin/python -m pytest -q -p no:cacheprovider -m vllm tests/connector tests/tools
 
 bench: setup
-	$(BIN)/python -m kvfs.bench
-	$(BIN)/python -m evictor.bench
+	$(BIN)/python -m tools.bench
 
 bench-gpu: setup
-	$(BIN)/python -m connector.bench
+	$(BIN)/python -m tools.datapath.bench
 
 # KvfsTier against vLLM 0.33's own fs tier, CPU only; needs the 0.33 venv (`make test-vllm033` builds it).
 bench-tier:
 	test -x $(VENV033)/bin/python || { echo "run make test-vllm033 first (it builds $(VENV033))"; exit 2; }
-	$(VENV033)/bin/python -m connector.tier_bench --json bench-data/tier.json
+	$(VENV033)/bin/python -m tools.datapath.tier_bench --json bench-data/tier.json
 
 # The connector in a real vLLM engine on a GPU (recipe: ../shared/gpu/README.md); run it where vLLM has a GPU.
 bench-e2e:
-	python3 -m connector.e2e --json e2e.json --markdown e2e.md
+	python3 -m tools.e2e --json e2e.json --markdown e2e.md
 
 lint: setup
-	$(BIN)/ruff check kvfs evictor connector tests
-	$(BIN)/ruff format --check kvfs evictor connector tests
+	$(BIN)/ruff check kvfs evictor connector tools tests
+	$(BIN)/ruff format --check kvfs evictor connector tools tests
 
 clean:
 	rm -rf $(VENV) $(VENV033) .pytest_cache demo-data bench-data

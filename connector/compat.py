@@ -189,7 +189,7 @@ def offloading_config(
     engine_id: str = "engine-0",
 ) -> OffloadingConfig:
     """An engine's normalized offloading config built without an engine (no model from the hub): for the tests
-    and `connector.tier_bench`, which drive real vLLM managers and tiers directly."""
+    and `tools.datapath.tier_bench`, which drive real vLLM managers and tiers directly."""
     from vllm.v1.kv_offload.config import (
         OffloadingCacheConfig,
         OffloadingGroupConfig,
@@ -230,7 +230,7 @@ def offloading_config(
 
 @contextmanager
 def fs_tier_checksummed(hash_block: Callable[[memoryview], object]) -> Iterator[None]:
-    """For `connector.tier_bench`: while inside, vLLM's own fs tier runs `hash_block` over every block it is about
+    """For `tools.datapath.tier_bench`: while inside, vLLM's own fs tier runs `hash_block` over every block it is about
     to write and every block it has read, on its I/O thread (what checksumming costs a tier that moves bytes
     exactly as it does: the bound for a self-validating tier on the same cores)."""
     from vllm.v1.kv_offload.tiering.fs import manager

@@ -810,7 +810,7 @@ class _Flight:
 
 class DeviceChecksums:
     """One I/O thread's GPU checksum state: the hasher and its digest buffers (device and pinned host).
-    Public for `connector.ladder`, which times the same steps outside the pool."""
+    Public for `tools.datapath.ladder`, which times the same steps outside the pool."""
 
     def __init__(self, device: torch.device, max_file_bytes: int) -> None:
         self.hasher = devhash.DeviceHasher(device)

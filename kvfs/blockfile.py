@@ -85,8 +85,8 @@ _VERIFY_CHUNK: Final = 8 << 20
 # is still in the CPU cache: a separate xxh3 pass over a large payload would cost one more trip through host
 # memory per byte.  Not smaller: each piece costs a syscall and two GIL hand-offs, and with 16 connector I/O
 # threads pieces of 256 KiB-1 MiB ran 1.2-4x slower on an H100 host than 4 MiB (docs/benchmarks.md, "Connector
-# data path").  A multiple of ALIGNMENT (O_DIRECT offsets); `--piece-kib` of `kvfs.bench.blockfile` and
-# `connector.bench` tunes it.  An I/O piece, unlike kvfs.checksum.HASH_PIECE_BYTES, is not part of the format.
+# data path").  A multiple of ALIGNMENT (O_DIRECT offsets); `--piece-kib` of `tools.bench.blockfile` and
+# `tools.datapath.bench` tunes it.  An I/O piece, unlike kvfs.checksum.HASH_PIECE_BYTES, is not part of the format.
 PIECE_BYTES = 4 << 20
 
 

@@ -1,6 +1,6 @@
 """Checksums of block files, built on xxh3-64 (the `xxhash` package).
 
-xxh3 runs at memory-bandwidth class speed on one core (see `python -m kvfs.bench.checksum`), several times
+xxh3 runs at memory-bandwidth class speed on one core (see `python -m tools.bench.checksum`), several times
 zlib's CRC32.  Headers carry `checksum64` of their own bytes.  Payloads carry one of two algorithms, named by id
 in each header so that both stay readable:
 
@@ -38,7 +38,7 @@ HASH_PIECE_BYTES = 1 << 20
 _xxh3_64 = xxhash.xxh3_64_intdigest
 _xxh3_64_stream = xxhash.xxh3_64
 # python-xxhash's one-shot functions hold the GIL for the whole hash, while its streaming `update()` releases it
-# above 64 KiB (measured by `python -m kvfs.bench.checksum`): block payloads go through `update()` so the
+# above 64 KiB (measured by `python -m tools.bench.checksum`): block payloads go through `update()` so the
 # connector's I/O threads can checksum in parallel; small buffers keep the cheaper one-shot call.
 GIL_RELEASE_MIN_BYTES = 1 << 16
 

@@ -32,7 +32,7 @@ _O_PATH: Final = getattr(os, "O_PATH", 0)
 _DIR_FLAGS: Final = (_O_PATH or os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _MAX_CACHED_DIRS: Final = 4096
 # One thread by default: on a local disk the per-file work is CPU-bound and threads only contend for the GIL
-# (kvfs.bench.unlink); on a network filesystem, where each unlink is a round trip, pass workers=8..16.
+# (tools.bench.unlink); on a network filesystem, where each unlink is a round trip, pass workers=8..16.
 DEFAULT_WORKERS: Final = 1
 _MIN_PATHS_PER_WORKER: Final = 64  # below this, thread start-up costs more than it saves
 

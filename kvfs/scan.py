@@ -42,7 +42,7 @@ from kvfs.layout import (
 log = logging.getLogger(__name__)
 
 # Local disks: one thread.  readdir/lstat of a cached tree take microseconds, so threads only add GIL
-# hand-offs (measured by kvfs/bench/scan.py: 2 threads ran at ~0.6x the speed of 1).  Network filesystems:
+# hand-offs (measured by tools/bench/scan.py: 2 threads ran at ~0.6x the speed of 1).  Network filesystems:
 # each lstat is a round trip, and threads overlap them.
 LOCAL_THREADS = 1
 NETWORK_THREADS = 16

@@ -2,7 +2,7 @@
 
 Hot paths (bulk upserts, journal apply, deletes) go through the driver's `executemany` with positional
 tuples, one statement text per dialect: that keeps the per-row cost close to raw `sqlite3` (see
-kvfs/bench/catalog.py).  Everything else uses SQLAlchemy Core or the ORM session.
+tools/bench/catalog.py).  Everything else uses SQLAlchemy Core or the ORM session.
 """
 
 from __future__ import annotations

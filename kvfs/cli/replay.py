@@ -63,7 +63,7 @@ def replay(
     from kvfs.policy import get_policy
     from kvfs.replay import parse_capacity, replay_steps, unique_blocks
     from kvfs.replay import replay as run_replay
-    from kvfs.tracegen import read_trace
+    from kvfs.trace import read_trace
 
     if policy is not None and policies is not None:
         raise click.UsageError("give --policy or --policies, not both")

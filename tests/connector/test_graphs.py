@@ -1,6 +1,6 @@
 """GraphCache's contract without a GPU: phases without a key always run eagerly, and a capture that fails turns
 the cache off, is counted, and still runs the phase exactly once (graphs are a speed-up, never a requirement).
-Capture and replay themselves are checked on a GPU by `python -m connector.gpu_check`."""
+Capture and replay themselves are checked on a GPU by `python -m tools.datapath.gpu_check`."""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def test_a_failed_capture_disables_the_cache_and_runs_the_phase_once() -> None:
     cache.run(("load", 1), lambda: calls.append("first"))  # first sight of a shape: eager, no capture
     assert calls == ["first"] and cache.enabled and _failed_captures() == before
     if torch.cuda.is_available():  # pragma: no cover - CI has no GPU; gpu_check covers capture there
-        pytest.skip("on a GPU the capture succeeds: python -m connector.gpu_check checks capture and replay")
+        pytest.skip(
+            "on a GPU the capture succeeds: python -m tools.datapath.gpu_check checks capture and replay"
+        )
     cache.run(("load", 1), lambda: calls.append("second"))  # second sight: capture tried, fails on CPU
     assert calls == ["first", "second"], "the phase must run exactly once even though its capture failed"
     assert not cache.enabled and len(cache) == 0

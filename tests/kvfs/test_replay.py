@@ -23,15 +23,15 @@ from kvfs.replay import (
     simulate_lru,
     unique_blocks,
 )
-from kvfs.replay.oracles import (
+from tools.oracles import (
     main as oracles_main,
 )
-from kvfs.replay.oracles import (
+from tools.oracles import (
     simulate_oracle_dead_lru,
     simulate_oracle_frequency,
     simulate_oracle_stable,
 )
-from kvfs.tracegen import generate, write_trace
+from tools.tracegen import generate, write_trace
 
 SINGLE = [[1], [2], [1], [3], [2], [1]]
 

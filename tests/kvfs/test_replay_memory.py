@@ -13,7 +13,7 @@ from kvfs.cli import main as kvfs_cli
 from kvfs.replay import belady_prefix_hit_ratio, replay, simulate_belady, simulate_lru, unique_blocks
 from kvfs.replay.catalog_replay import simulate_catalog_policy
 from kvfs.replay.memory import simulate_prefix
-from kvfs.tracegen import WORKLOADS, generate, write_trace
+from tools.tracegen import WORKLOADS, generate, write_trace
 
 
 @pytest.mark.parametrize("workload", ["chat", "rag", "agent", "sessions"])
@@ -100,7 +100,7 @@ def test_cli_policies_table_and_json(tmp_path: Path) -> None:
 
 
 def test_suite_prints_one_row_per_trace_and_capacity(tmp_path: Path, capsys) -> None:
-    from kvfs.replay.suite import main as suite_main
+    from tools.replay_suite import main as suite_main
 
     out = tmp_path / "suite.json"
     assert (

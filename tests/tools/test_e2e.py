@@ -1,0 +1,259 @@
+"""The end-to-end GPU benchmark's pure parts on CPU (arguments, prompts, result maths, table), so the script
+cannot rot between GPU runs; the engine phases themselves run only on the GPU machine."""
+
+from __future__ import annotations
+
+import pytest
+
+from tools.e2e import engine
+from tools.e2e import main as e2e
+
+
+def test_arguments_and_prompt_sizes():
+    args = e2e.parse_args(["--prompts", "8k,32k,128k", "--roots", "shm", "--setting", "kvfs_idle_wait=0"])
+    # 128k leaves room for the decoded tokens within Llama-3.1's 131,072-token context
+    assert args.prompt_sizes == [8192, 32768, 130048]
+    assert args.roots == ["shm"] and args.settings == {"kvfs_idle_wait": 0}
+    assert e2e.parse_args(["--setting", "kvfs_io_threads=16"]).settings == {"kvfs_io_threads": 16}
+    assert e2e.parse_args(["--setting", "kvfs_store_budget=30s"]).settings == {"kvfs_store_budget": "30s"}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--roots", "nfs"], ["--prompts", ",,"], ["--prompts", "0k"], ["--reps", "0"], ["--setting", "x=1"]],
+)
+def test_bad_arguments_are_refused(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        e2e.parse_args(argv)
+    assert exc.value.code == 2
+
+
+def test_kv_bytes_per_token_of_the_model_shapes():
+    assert (
+        engine.kv_bytes_per_token(e2e.MODELS["llama3-8b"]) == 32 * 2 * 8 * 128 * 2
+    )  # 128 KiB: 32 MiB a file
+    assert engine.kv_bytes_per_token(e2e.MODELS["qwen2.5-7b"]) == 28 * 2 * 4 * 128 * 2
+
+
+def test_prompts_are_deterministic_and_share_no_prefix():
+    a, b = engine.prompt_tokens(1000, 1, 128256), engine.prompt_tokens(1000, 2, 128256)
+    assert a == engine.prompt_tokens(1000, 1, 128256) and len(a) == 1000
+    assert a[:16] != b[:16]
+
+
+def _hit(variant, ttft, gbps=20.0, equal=True):
+    return {"variant": variant, "ttft_s": ttft, "tokens_equal": equal, "load_gbps": gbps}
+
+
+RESULTS = {
+    "roots": {
+        "shm": {
+            "writer": {
+                "prompts": [
+                    {
+                        "tokens": 32768,
+                        "cold_ttft_s": 4.5,
+                        "stores": {"stored": 127.0, "exists": 1.0, "dropped": 0.0},
+                        "hits": [
+                            _hit("default", 0.30),
+                            _hit("before", 0.40, 10.0),
+                            _hit("default", 0.25, 30.0),
+                            _hit("before", 0.50),
+                            _hit("default", 0.35),
+                            _hit("before", 0.45),
+                        ],
+                    },
+                    {
+                        "tokens": 65536,
+                        "cold_ttft_s": 16.0,
+                        "stores": {"stored": 200.0, "dropped": 56.0},
+                        "hits": [],
+                    },
+                ]
+            },
+            "reader": {"prompts": [{"tokens": 32768, "first_ttft_s": 0.5, "tokens_equal": True}]},
+        }
+    },
+    "cpu": {"prompts": [{"tokens": 32768, "hits": [_hit("cpu", 0.2), _hit("cpu", 0.25), _hit("cpu", 0.3)]}]},
+}
+
+
+def test_rows_take_medians_and_ratios_against_the_cpu_tier():
+    row, long = e2e.rows_of(RESULTS)
+    assert (row.root, row.tokens, row.chunks, row.stored, row.dropped) == ("shm", 32768, 128, 128, 0)
+    assert row.hit_s == 0.30 and row.hit_before_s == 0.45 and row.cpu_hit_s == 0.25
+    assert row.vs_cpu == pytest.approx(1.2) and row.before_vs_cpu == pytest.approx(1.8)
+    assert row.reader_vs_cpu == pytest.approx(2.0) and row.speedup == pytest.approx(15.0)
+    assert row.load_gbps == 20.0 and row.tokens_equal
+    # a prompt without hits or CPU-tier figures has no ratios, and its drops are shown
+    assert long.hit_s is None and long.vs_cpu is None and long.dropped == 56 and long.stored == 200
+
+
+def test_a_hit_with_different_tokens_is_flagged():
+    bad = {
+        "roots": {
+            "shm": {"writer": {"prompts": [{"tokens": 256, "hits": [_hit("default", 0.1, equal=False)]}]}}
+        }
+    }
+    (row,) = e2e.rows_of(bad)
+    assert not row.tokens_equal
+    assert "**NO**" in e2e.format_table([row])
+
+
+def test_table_prints_every_figure():
+    table = e2e.format_table(e2e.rows_of(RESULTS))
+    lines = table.splitlines()
+    assert len(lines) == 4 and lines[0].count("|") == lines[2].count("|") == 15
+    assert (
+        "| shm | 32,768 | 4.50 s | 0.300 s | 0.450 s | 0.500 s | 0.250 s | 1.20× | 1.80× | 2.00× | 15.0× |"
+        in table
+    )
+    assert "128/128" in table and "200/256 (56 dropped)" in table and "—" in lines[3]
+
+
+def test_evictor_line():
+    ev = {
+        "prompts": 4, "tokens": 16384, "rounds": 3, "capacity_bytes": 2.8e9, "needed_bytes": 8.6e9,
+        "capacity_chunks": 85, "fraction": 1 / 3, "hit_ratio": 0.2, "hit_ratio_after_first": 0.3,
+        "belady_hit_ratio": 0.31, "lru_hit_ratio": 0.0, "tokens_equal": True, "request_errors": 0,
+        "load_misses": 0, "evictor_errors": 0, "peak_usage_ratio": 0.95, "requests": [],
+    }  # fmt: skip
+    line = e2e.format_evictor(ev)
+    assert "hit ratio 0.200 (rounds 2+: 0.300)" in line and "Belady 0.310" in line
+    assert e2e.format_evictor({"error": "boom"}) == "evictor phase: boom"
+
+
+def test_oracles_break_belady_ties_tail_first():
+    """4 prompts of 64 chunks in 3 rounds, capacity 85 chunks: with ties broken tail first Belady keeps a leading
+    run (head-first ties would keep none); LRU keeps nothing of a cyclic sequence larger than the tier."""
+    assert engine.watermark_blocks(100) == (
+        85,
+        70,
+    )  # the evictor's default watermarks, read from its settings
+    got = e2e.oracles(4, 64, 3, 85)
+    assert got["lru_hit_ratio"] == 0.0
+    assert 0.05 < got["belady_hit_ratio"] < 0.34
+    assert got["belady_watermarks_hit_ratio"] <= got["belady_hit_ratio"]
+
+
+class ScriptedEngine:
+    """The harness's view of an engine (no vLLM on CI): greedy tokens are the prompt's first tokens, a prompt seen
+    before "loads" its chunks, and kvfs counters move as a real engine's would. It checks the harness's own
+    bookkeeping (per-prompt loop, metric deltas, variants, error isolation); the engine path runs on the GPU."""
+
+    startup_s = 1.0
+
+    def __init__(self, kvfs: bool = True, fail_on: int | None = None) -> None:
+        self.kvfs, self.fail_on = kvfs, fail_on
+        self.metrics = {
+            "kvfs_connector_stores_total{outcome=stored}": 0.0,
+            "kvfs_connector_load_bytes_total{}": 0.0,
+            "kvfs_connector_job_seconds_sum{kind=load}": 0.0,
+            "kvfs_connector_io_seconds_total{op=load,stage=read}": 0.0,
+        }
+        self.seen: set[int] = set()
+        self.idle_waits: list[float | None] = []
+        self.llm = self
+        self.resets = 0
+
+    def reset_prefix_cache(self) -> None:
+        self.resets += 1
+
+    def probe(self, idle_wait_s=None):  # type: ignore[no-untyped-def]
+        self.idle_waits.append(idle_wait_s)
+        return {"metrics": dict(self.metrics), "threads": 16, "cpus": 16, "store_gbps": 12.0}
+
+    def generate(self, tokens):  # type: ignore[no-untyped-def]
+        if len(tokens) == self.fail_on:
+            raise RuntimeError("engine died")
+        chunks = len(tokens) // engine.CHUNK_TOKENS
+        if len(tokens) in self.seen:
+            self.metrics["kvfs_connector_load_bytes_total{}"] += chunks * 1e6
+            self.metrics["kvfs_connector_job_seconds_sum{kind=load}"] += chunks * 1e-4
+            ttft = 0.01 * chunks
+        else:
+            self.seen.add(len(tokens))
+            self.metrics["kvfs_connector_stores_total{outcome=stored}"] += chunks
+            ttft = 0.1 * chunks
+        return tokens[:8], ttft, ttft
+
+    def settle(self) -> float:
+        return 0.0
+
+
+def _spec(**extra):  # type: ignore[no-untyped-def]
+    return {
+        "sizes": [512, 1024], "seeds": [1, 2], "vocab": 5000, "reps": 2, "bytes_per_token": 1000,
+        "idle_wait_s": 0.002, "root_name": "shm", **extra,
+    }  # fmt: skip
+
+
+def test_engine_phases_measure_every_prompt_and_feed_the_table():
+    engine = ScriptedEngine()
+    writer = e2e._writer(_spec(), engine)
+    first, second = writer["prompts"]
+    assert first["stores"] == {"stored": 2.0} and second["stores"] == {"stored": 4.0}
+    assert [h["variant"] for h in first["hits"]] == ["default", "before"] * 2
+    assert all(h["tokens_equal"] and h["load_gbps"] == pytest.approx(1e6 / 1e-4 / 1e9) for h in first["hits"])
+    assert first["hits"][0]["loaded_tokens"] == 2 * 1e6 // 1000
+    # the variants switch the idle-step wait, and the default is put back after each prompt
+    assert [w for w in engine.idle_waits if w is not None][:5] == [0.002, 0.0, 0.002, 0.0, 0.002]
+    refs = [p["ref_tokens"] for p in writer["prompts"]]
+    reader = e2e._reader(_spec(refs=refs), ScriptedEngine())
+    cpu = e2e._cpu_tier(_spec(refs=refs), ScriptedEngine(kvfs=False))
+    assert all(p["tokens_equal"] for p in reader["prompts"]) and all(p["cold_equal"] for p in cpu["prompts"])
+    rows = e2e.rows_of({"roots": {"shm": {"writer": writer, "reader": reader}}, "cpu": cpu})
+    assert [r.tokens for r in rows] == [512, 1024] and all(r.tokens_equal for r in rows)
+    assert rows[1].stored == rows[1].chunks == 4 and rows[1].hit_s == pytest.approx(0.04)
+
+
+def test_a_failing_prompt_is_recorded_and_the_next_one_measured():
+    writer = e2e._writer(_spec(), ScriptedEngine(fail_on=512))
+    failed, ok = writer["prompts"]
+    assert failed == {"tokens": 512, "error": "RuntimeError('engine died')"}
+    assert ok["stores"] == {"stored": 4.0} and len(ok["hits"]) == 4
+
+
+def test_a_child_that_dies_or_fails_is_reported_and_the_run_goes_on(tmp_path):
+    """The parent survives its engine processes: a child that dies before writing a result, and one whose phase
+    raises, each come back as an error entry (the next phase then runs)."""
+    args = e2e.parse_args(["--child-timeout", "120"])
+    died = e2e.run_child(args, {"phase": "nosuch", "root_name": "a"}, str(tmp_path))
+    assert "without a result" in died["error"] and died["elapsed_s"] > 0
+    failed = e2e.run_child(args, {"phase": "reader", "root_name": "b"}, str(tmp_path))  # no engine settings
+    assert failed["error"].startswith("KeyError") and "Traceback" in failed["traceback"]
+
+
+def test_tensor_parallel_ranks_are_summed_and_counted(tmp_path):
+    """With --tensor-parallel-size 2 the probe answers once per rank: counters and pending work add up (each rank
+    moves its share of the KV), and the files of each rank's namespace directory are counted apart."""
+    assert e2e.parse_args(["--tensor-parallel-size", "2"]).tensor_parallel_size == 2
+    with pytest.raises(SystemExit):
+        e2e.parse_args(["--tensor-parallel-size", "0"])
+    merged = engine.merge_probes(
+        [
+            {"metrics": {"kvfs_connector_load_bytes_total{}": 10.0}, "pending_jobs": 1, "threads": 16},
+            {
+                "metrics": {"kvfs_connector_load_bytes_total{}": 12.0, "x": 1.0},
+                "pending_jobs": 2,
+                "threads": 8,
+            },
+        ]
+    )
+    assert merged["metrics"] == {"kvfs_connector_load_bytes_total{}": 22.0, "x": 1.0}
+    assert (merged["pending_jobs"], merged["unsubmitted_stores"], merged["threads"], merged["ranks"]) == (
+        3,
+        0,
+        16,
+        2,
+    )
+    for rank, files in ((0, 3), (1, 2)):
+        bucket = tmp_path / f"org_model_0123456789ab_r{rank}" / "001" / "01_g0"
+        bucket.mkdir(parents=True)
+        for i in range(files):
+            (bucket / f"{i:032x}.kvfs").write_bytes(b"x")
+        (bucket / "a.kvfs_x.tmp").write_bytes(b"x")  # a writer's temp file is no block
+    (tmp_path / ".kvfs").mkdir()
+    (tmp_path / "org_model_0123456789ab").mkdir()  # no rank suffix: not a TP namespace
+    assert engine.rank_files(str(tmp_path)) == {0: 3, 1: 2}
+    assert engine.rank_files(str(tmp_path / "missing")) == {}

@@ -1,0 +1,151 @@
+"""The end-to-end benchmark's trace phase, without vLLM: trace to prompts, the bookkeeping of the phase under a
+real `kvfs-evictor` process, the replay figures it is compared with, and the report line."""
+
+from __future__ import annotations
+
+import pytest
+
+from tools.e2e import engine
+from tools.e2e import main as e2e
+from tools.e2e import trace as e2e_trace
+from tools.tracegen import generate
+
+
+def test_trace_argument():
+    assert e2e_trace.parse_trace("chat:150") == ("chat", 150)
+    assert e2e_trace.parse_trace("sessions") == ("sessions", 150)
+    with pytest.raises(ValueError, match="unknown workload"):
+        e2e_trace.parse_trace("nosuch:10")
+    with pytest.raises(ValueError, match="positive"):
+        e2e_trace.parse_trace("chat:0")
+    args = e2e.parse_args(["--roots", "none", "--no-cpu-tier", "--evictor-trace", "agent:40"])
+    assert args.roots == [] and args.evictor_trace == ("agent", 40)
+
+
+@pytest.mark.parametrize("argv", [["--evictor-trace", "chat:x"], ["--check-every", "0"], ["--roots", ""]])
+def test_bad_trace_arguments_are_refused(argv, capsys):
+    with pytest.raises(SystemExit):
+        e2e.parse_args(argv)
+    assert "error" in capsys.readouterr().err
+
+
+def test_prompts_share_exactly_the_prefix_their_blocks_share():
+    a = e2e_trace.request_tokens([1, 2, 3], 5000)
+    b = e2e_trace.request_tokens([1, 2, 4], 5000)
+    c = e2e_trace.request_tokens([1, 2, 3], 5000)
+    n = engine.CHUNK_TOKENS
+    assert len(a) == 3 * n and a == c
+    assert a[: 2 * n] == b[: 2 * n] and a[2 * n :] != b[2 * n :]
+    assert e2e_trace.checked(25, 10) == [9, 19]
+
+
+class TraceEngine:
+    """A stand-in for the engine (no vLLM on CI): a prompt's leading chunks seen before "load" (all but the last,
+    as vLLM always computes the last token), greedy tokens are the prompt's first tokens."""
+
+    startup_s = 1.0
+    kvfs = True
+
+    def __init__(self, bpt: int) -> None:
+        self.bpt, self.seen, self.loaded = bpt, set(), 0.0
+        self.llm = self
+
+    def reset_prefix_cache(self) -> None:
+        pass
+
+    def probe(self, idle_wait_s=None):  # type: ignore[no-untyped-def]
+        return {"metrics": {"kvfs_connector_load_bytes_total{}": self.loaded}}
+
+    def generate(self, tokens):  # type: ignore[no-untyped-def]
+        n = engine.CHUNK_TOKENS
+        chunks = [tuple(tokens[: (i + 1) * n]) for i in range(len(tokens) // n)]
+        hits = 0
+        for c in chunks[:-1]:
+            if c not in self.seen:
+                break
+            hits += 1
+        self.loaded += hits * n * self.bpt
+        self.seen.update(chunks)
+        return tokens[:8], 0.01, 0.01
+
+    def settle(self) -> float:
+        return 0.0
+
+
+def _spec(tmp_path, **extra):  # type: ignore[no-untyped-def]
+    root = tmp_path / "root"
+    root.mkdir()
+    return {
+        "workload": "chat", "requests": 30, "trace_seed": 3, "check_every": 10, "vocab": 5000,
+        "bytes_per_token": 10, "fraction": 0.33, "root": str(root), "out_dir": str(tmp_path),
+        "phase": "evictor-trace", **extra,
+    }  # fmt: skip
+
+
+def test_the_phase_measures_every_request_against_the_reference_and_the_replay(tmp_path):
+    spec = _spec(tmp_path)
+    ref = e2e_trace.reference_phase(spec, TraceEngine(10))
+    assert sorted(ref["refs"]) == ["19", "29", "9"]
+    refs = {**ref["refs"], "19": [0] * 8}  # one reference that the engine will not match
+    res = e2e_trace.evictor_trace_phase({**spec, "refs": refs}, TraceEngine(10), pause_s=0.0)
+    trace = [r.hash_ids for r in generate("chat", requests=30, seed=3)]
+    assert res["requests"] == len(res["per_request"]) == 30 and res["request_errors"] == 0
+    # Nothing was written, so the evictor deleted nothing: every block seen before loads (all but the last).
+    seen: set[tuple[int, ...]] = set()
+    expected = 0
+    for blocks in trace:
+        for i in range(len(blocks) - 1):
+            if tuple(blocks[: i + 1]) not in seen:
+                break
+            expected += 1
+        seen.update(tuple(blocks[: i + 1]) for i in range(len(blocks)))
+    assert res["hit_ratio"] == pytest.approx(expected / sum(len(b) for b in trace))
+    assert res["tokens_checked"] == 3 and res["tokens_equal"] is False
+    assert [q["i"] for q in res["per_request"] if q.get("tokens_equal") is False] == [19]
+    assert res["evictor_errors"] == 0  # the evictor process was started and stopped without errors
+    assert "catalog" in res  # what the evictor's catalog held: test_chain_counts_of_the_evictors_catalog
+    assert 0 <= res["lru_hit_ratio"] <= res["belady_hit_ratio"] and res["replay_prefix_hit_ratio"] > 0
+    line = e2e_trace.format_trace(res)
+    assert "chat, 30 requests" in line and "tokens equal to recompute: NO (3 checked)" in line
+    assert e2e_trace.format_trace({"error": "boom"}) == "evictor trace phase: boom"
+    assert e2e_trace.format_trace({}) == ""
+
+
+def test_a_failing_request_is_recorded_and_the_next_one_served(tmp_path):
+    class Failing(TraceEngine):
+        calls = 0
+
+        def generate(self, tokens):  # type: ignore[no-untyped-def]
+            self.calls += 1
+            if self.calls == 2:
+                raise RuntimeError("engine hiccup")
+            return super().generate(tokens)
+
+    res = e2e_trace.evictor_trace_phase(_spec(tmp_path, requests=5), Failing(10), pause_s=0.0)
+    assert res["request_errors"] == 1 and res["per_request"][1] == {
+        "i": 1,
+        "error": "RuntimeError('engine hiccup')",
+    }
+    assert len(res["per_request"]) == 5 and res["tokens_checked"] == 0 and res["tokens_equal"] is False
+
+
+def test_chain_counts_of_the_evictors_catalog(tmp_path):
+    """The phase reports the catalog's prefix bookkeeping; a catalog that is gone (the evictor never created it)
+    is a reason in the report, not an exception that loses the run's figures."""
+    from kvfs.catalog import BlockRow, Catalog
+    from kvfs.layout import BlockKey
+
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    with Catalog.open(url) as catalog:
+        rows = [
+            BlockRow(
+                BlockKey("org_model_0123456789ab", None, 0, f"{n:032x}", "kvfs"), 1, 1.0, float(n), n - 1
+            )
+            for n in (1, 2)
+        ]
+        rows[1].parent_hash = rows[0].key.block_hash
+        catalog.upsert_blocks(rows)
+        catalog.remove_blocks([rows[0].key])
+    assert e2e_trace.chain_counts(url) == {"blocks": 1, "with_parent": 1, "orphans": 1, "superseded": 0}
+    gone = e2e_trace.chain_counts(f"sqlite:///{tmp_path / 'never' / 'catalog.db'}")
+    assert set(gone) == {"error"} and gone["error"]

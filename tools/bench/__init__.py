@@ -1,0 +1,1 @@
+"""Benchmarks runnable from the repo: `python -m tools.bench` runs them all (`make bench`)."""

@@ -1,0 +1,184 @@
+"""The end-to-end benchmark's trace phase: `kvfs-evictor` under a generated multi-turn trace in a real engine.
+
+    python -m tools.e2e --roots none --no-cpu-tier --evictor-trace chat:150 [--evictor-fraction 0.33]
+
+A `tools.tracegen` workload (requests as ids of prefix blocks) is turned into token prompts: every block id
+becomes CHUNK_TOKENS deterministic tokens, i.e. one kvfs file, so the engine's prefix chains are the trace's
+(a conversation's next turn re-sends the history and replaces the previous turn's last block).  One engine serves
+the requests in order (GPU prefix cache reset before each, so only kvfs serves) while `kvfs-evictor` with its
+defaults holds a fresh root to `fraction` of the trace's unique blocks.  Reported: the hit ratio (tokens loaded
+from kvfs / prompt tokens) next to the replay's `prefix`, LRU and Belady on the same block sequence under the
+evictor's watermarks (over 85% of the capacity, down to 70%), and greedy tokens of every `check_every`-th
+request against a plain engine's recompute (phase `trace-ref`, run first in its own process).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tools.e2e.engine import (
+    CHUNK_TOKENS,
+    Engine,
+    du_bytes,
+    measure_hit,
+    prompt_tokens,
+    start_evictor,
+    stop_evictor,
+    watermark_blocks,
+)
+
+PAUSE_S = 1.2  # about one enforcement interval between requests, as between a user's turns at scale
+
+
+def parse_trace(text: str) -> tuple[str, int]:
+    """`WORKLOAD:REQUESTS` (e.g. `chat:150`) -> (workload, requests)."""
+    from tools.tracegen import WORKLOADS
+
+    workload, _, count = text.partition(":")
+    if workload not in WORKLOADS:
+        raise ValueError(f"unknown workload {workload!r} (one of {', '.join(WORKLOADS)})")
+    requests = int(count) if count else 150
+    if requests <= 0:
+        raise ValueError(f"requests must be positive: {count!r}")
+    return workload, requests
+
+
+def trace_requests(workload: str, requests: int, seed: int) -> list[list[int]]:
+    from tools.tracegen import generate
+
+    return [list(r.hash_ids) for r in generate(workload, requests=requests, seed=seed)]
+
+
+def request_tokens(blocks: Sequence[int], vocab: int) -> list[int]:
+    """The prompt of a request: each block id's own CHUNK_TOKENS tokens, so equal prefixes of ids are equal
+    prefixes of tokens (and of vLLM's chained block hashes)."""
+    tokens: list[int] = []
+    for block in blocks:
+        tokens += prompt_tokens(CHUNK_TOKENS, 7_000_000 + block, vocab)
+    return tokens
+
+
+def checked(requests: int, every: int) -> list[int]:
+    """Indices of the requests whose greedy tokens are compared with a recompute."""
+    return list(range(every - 1, requests, every))
+
+
+def trace_oracles(requests: Sequence[Sequence[int]], capacity_blocks: int) -> dict[str, float]:
+    """The replay's prefix-hit ratios on the block sequence under the evictor's watermarks."""
+    from kvfs.replay.baselines import simulate_belady, simulate_lru
+    from kvfs.replay.memory import simulate_prefix
+
+    high, low = watermark_blocks(capacity_blocks)
+    slack = max(1, high - low)
+    return {
+        "replay_prefix_hit_ratio": simulate_prefix(requests, high, slack).hit_ratio,
+        "lru_hit_ratio": simulate_lru(requests, high, slack).hit_ratio,
+        "belady_hit_ratio": simulate_belady(requests, high, slack).hit_ratio,
+    }
+
+
+def reference_phase(spec: Mapping[str, Any], engine: Any = None) -> dict[str, Any]:
+    """Greedy tokens of the checked requests from a plain engine (no connector): the recompute reference."""
+    engine = engine or Engine({**spec, "connector": "none"})
+    reqs = trace_requests(spec["workload"], spec["requests"], spec["trace_seed"])
+    refs: dict[str, list[int]] = {}
+    for i in checked(len(reqs), spec["check_every"]):
+        hit = measure_hit(
+            engine, request_tokens(reqs[i], spec["vocab"]), [], "recompute", spec["bytes_per_token"]
+        )
+        refs[str(i)] = hit["out"]
+    return {"refs": refs}
+
+
+def evictor_trace_phase(
+    spec: Mapping[str, Any], engine: Any = None, pause_s: float = PAUSE_S
+) -> dict[str, Any]:
+    root, bpt = spec["root"], spec["bytes_per_token"]
+    reqs = trace_requests(spec["workload"], spec["requests"], spec["trace_seed"])
+    unique = len({b for r in reqs for b in r})
+    file_bytes = CHUNK_TOKENS * bpt
+    capacity_blocks = max(1, int(unique * spec["fraction"]))
+    capacity = capacity_blocks * file_bytes
+    refs: dict[str, list[int]] = spec.get("refs", {})
+    res: dict[str, Any] = {
+        "workload": spec["workload"], "requests": len(reqs), "unique_blocks": unique,
+        "capacity_blocks": capacity_blocks, "capacity_bytes": capacity, "fraction": spec["fraction"],
+        "per_request": [],
+    }  # fmt: skip
+    evictor, log, log_path, catalog_url = start_evictor(spec, root, capacity)
+    peak = errors = 0
+    try:
+        engine = engine or Engine(spec)
+        for i, blocks in enumerate(reqs):
+            tokens = request_tokens(blocks, spec["vocab"])
+            ref = refs.get(str(i))
+            try:
+                hit = measure_hit(engine, tokens, ref or [], "trace", bpt)
+                engine.settle()
+            except Exception as exc:  # noqa: BLE001 - recorded; the next request goes on
+                errors += 1
+                res["per_request"].append({"i": i, "error": repr(exc)})
+                continue
+            res["per_request"].append(
+                {
+                    "i": i,
+                    "tokens": len(tokens),
+                    "loaded_tokens": min(int(hit.get("loaded_tokens", 0)), len(tokens)),
+                    "ttft_s": hit["ttft_s"],
+                    "misses": sum(hit.get("misses", {}).values()),
+                    **({"tokens_equal": hit["tokens_equal"]} if ref is not None else {}),
+                }
+            )
+            time.sleep(pause_s)
+            peak = max(peak, du_bytes(root))
+    finally:
+        stop_evictor(evictor, log, log_path, res)
+    res["catalog"] = chain_counts(catalog_url)
+    res.update(summarize(res["per_request"], capacity, peak))
+    res["request_errors"] = errors
+    res.update(trace_oracles(reqs, capacity_blocks))
+    return res
+
+
+def chain_counts(catalog_url: str) -> dict[str, Any]:
+    """What the evictor's catalog holds at the end: blocks, how many with a recorded parent, orphans and
+    superseded leaves (are the chains the policy relies on really fed by the engine?)."""
+    from kvfs.catalog import Catalog, CatalogError
+
+    try:
+        with Catalog.open(catalog_url, create=False) as catalog:
+            return catalog.chain_counts()
+    except CatalogError as exc:
+        return {"error": str(exc)}
+
+
+def summarize(per_request: Sequence[Mapping[str, Any]], capacity: int, peak: int) -> dict[str, Any]:
+    done = [q for q in per_request if "error" not in q]
+    total = sum(q["tokens"] for q in done)
+    compared = [q["tokens_equal"] for q in done if "tokens_equal" in q]
+    return {
+        "hit_ratio": sum(q["loaded_tokens"] for q in done) / total if total else 0.0,
+        "tokens_checked": len(compared),
+        "tokens_equal": bool(compared) and all(compared),
+        "load_misses": sum(q["misses"] for q in done),
+        "peak_usage_ratio": peak / capacity if capacity else 0.0,
+    }
+
+
+def format_trace(ev: Mapping[str, Any]) -> str:
+    if not ev:
+        return ""
+    if "hit_ratio" not in ev:
+        return f"evictor trace phase: {ev.get('error', 'not run')}"
+    return (
+        f"evictor trace phase: {ev['workload']}, {ev['requests']} requests, {ev['unique_blocks']} unique blocks of "
+        f"{CHUNK_TOKENS} tokens, capacity {ev['capacity_blocks']} blocks ({ev['fraction']:.2f}); hit ratio "
+        f"{ev['hit_ratio']:.3f}; the replay on the same sequence under the 85/70% watermarks: prefix "
+        f"{ev['replay_prefix_hit_ratio']:.3f}, LRU {ev['lru_hit_ratio']:.3f}, Belady {ev['belady_hit_ratio']:.3f}; "
+        f"tokens equal to recompute: {'yes' if ev['tokens_equal'] else 'NO'} ({ev['tokens_checked']} checked); "
+        f"request errors {ev['request_errors']}, load misses {ev['load_misses']}, evictor errors "
+        f"{ev['evictor_errors']}, peak usage {ev['peak_usage_ratio']:.2f}× capacity; catalog at the end: "
+        + ", ".join(f"{k} {v}" for k, v in ev.get("catalog", {}).items())
+    )
