@@ -43,6 +43,11 @@ class EvictionPolicy(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
 
+    def prepare(self, catalog: Catalog) -> None:  # noqa: B027 - optional hook
+        """Called once by an eviction pass before it plans: the policy's bookkeeping writes (2q's re-stores,
+        prefix's bonus) happen here and only here, so read commands (`kvfs ls`) that list `candidates` change
+        nothing.  Default: nothing."""
+
     @abstractmethod
     def candidates(
         self,
