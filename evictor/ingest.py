@@ -1,4 +1,4 @@
-"""The evictor's journal feed: `kvfs.ingest.ingest_journals` (the one ingest loop, shared with the CLI) plus
+"""The evictor's journal feed: `kvfs.eviction.ingest.ingest_journals` (the one ingest loop, shared with the CLI) plus
 the evictor's metrics and `/status` figures (backlog, lag).  Fully consumed segments are removed: the
 evictor's catalog is the one that reads them."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evictor import metrics
-from kvfs.ingest import ingest_journals
+from kvfs.eviction.ingest import ingest_journals
 from kvfs.journal import JournalReader
 from kvfs.layout import journal_dir
 

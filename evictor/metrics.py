@@ -15,10 +15,15 @@ USAGE_RATIO = Gauge("kvfs_evictor_usage_ratio", "Usage / capacity (0..1)")
 WATERMARK_RATIO = Gauge("kvfs_evictor_watermark_ratio", "Configured watermarks (0..1)", ["mark"])
 OVER_HIGH_WATERMARK = Gauge("kvfs_evictor_over_high_watermark", "1 while a capacity eviction is due")
 
-EVICTED_FILES = Counter("kvfs_evictor_evicted_files", "Files evicted, by reason", ["reason"])
-EVICTED_BYTES = Counter("kvfs_evictor_evicted_bytes", "Bytes freed by eviction, by reason", ["reason"])
-RECHECK_SPARED = Counter(
-    "kvfs_evictor_recheck_spared_files", "Victims spared because they were accessed after being chosen"
+LAST_PASS_SUCCESS = Gauge(
+    "kvfs_evictor_last_pass_success_timestamp_seconds",
+    "End of the last pass that did what was due (nothing due, or something removed)",
+)
+PASS_STALLED = Gauge(
+    "kvfs_evictor_pass_stalled",
+    "1 while the last pass could not do what was due, by cause (unknown_namespace, protected_by_min_age, "
+    "deletes_failing, catalog_errors)",
+    ["cause"],
 )
 ENFORCE_PASSES = Counter("kvfs_evictor_enforce_passes", "Enforcement passes, by outcome", ["outcome"])
 ENFORCE_SECONDS = Histogram(
@@ -43,11 +48,10 @@ TREE_WATCH_SETUP_SECONDS = Gauge(
 )
 TREE_EVENTS = Counter("kvfs_evictor_tree_events", "Block file events from the tree watcher", ["kind"])
 
-SCAN_SECONDS = Gauge("kvfs_evictor_scan_duration_seconds", "Duration of the last reconciliation scan")
 SCAN_FILES_PER_SECOND = Gauge("kvfs_evictor_scan_files_per_second", "Rate of the last reconciliation scan")
 SCAN_LAST_TIME = Gauge("kvfs_evictor_scan_last_timestamp_seconds", "End of the last reconciliation scan")
 SCANS = Counter("kvfs_evictor_scans", "Reconciliation scans, by outcome", ["outcome"])
-ORPHANS_KNOWN = Gauge("kvfs_evictor_orphans_known", "Temp files known (from scans and the watcher)")
+TEMP_FILES_KNOWN = Gauge("kvfs_evictor_temp_files_known", "Temp files known (from scans and the watcher)")
 
 # Every stat/scandir/statvfs the evictor issues (or the polling watcher issues for it), by source: under the
 # watermark with watch=off or inotify only `journal` and `statvfs` move.

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from evictor import metrics
-from evictor.enforce import Enforcer, PassReport
 from evictor.http import StatusServer
 from evictor.ingest import JournalIngester
 from evictor.leader import AlreadyRunningError, FileLockElector, LeaderElector, make_elector
+from evictor.passes import PassReport, PassRunner
 from evictor.settings import Settings
-from evictor.watch import OrphanTracker, TreeFeed, Watchers
+from evictor.watch import TempFileTracker, TreeFeed, Watchers
 
 if TYPE_CHECKING:
     from kvfs.catalog import Catalog
@@ -37,6 +37,8 @@ log = logging.getLogger("kvfs.evictor")
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_ALREADY_RUNNING = 3
+# Health fails when the leader's passes have made no progress for this long (or 10 enforce intervals).
+STALL_AFTER_S = 120.0
 
 
 def _first_line(exc: BaseException) -> str:
@@ -99,16 +101,19 @@ class EvictorService:
         self.backoff = Backoff()
         self.catalog: Catalog | None = None
         self.elector: LeaderElector | None = None
-        self.orphans = OrphanTracker()
+        self.temp_files = TempFileTracker()
         self.http: StatusServer | None = None
         self.scheduler: BackgroundScheduler | None = None
         self.ingester: JournalIngester | None = None
         self.tree: TreeFeed | None = None
-        self.enforcer: Enforcer | None = None
+        self.passes: PassRunner | None = None
         self.watchers: Watchers | None = None
         self._journal_wakeup = threading.Event()
         self._duty_lock = threading.Lock()  # leadership transitions
         self._leading = False
+        self._last_pass_end = (
+            time.monotonic()
+        )  # a pass (of any outcome) ended, or leadership / the scan began
         self._first_pass = threading.Event()  # set after the first enforcement attempt of a leadership term
         self.initial_scan_done = False
         self.last_scan: dict[str, Any] | None = None
@@ -116,6 +121,8 @@ class EvictorService:
         self.scans_done = 0
         self._threads: list[threading.Thread] = []
         self.fatal: str | None = None  # a configuration error found after start-up: the process exits
+        # Read at scrape time, so /metrics and /readyz never disagree.
+        metrics.READY.set_function(lambda: 1.0 if self._ready()[0] else 0.0)
 
     # ---- start / stop --------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -187,13 +194,13 @@ class EvictorService:
         self.backoff.succeeded()
         self.ingester = JournalIngester(self.root, self.catalog)
         self.ingester.ensure_dir()
-        self.tree = TreeFeed(self.root, self.catalog, self.orphans)
-        self.enforcer = Enforcer(
+        self.tree = TreeFeed(self.root, self.catalog, self.temp_files)
+        self.passes = PassRunner(
             self.settings,
             self.catalog,
             ingest=self._ingest_now,
-            orphans=self.orphans.snapshot,
-            forget_orphans=self.orphans.discard,
+            temp_files=self.temp_files.snapshot,
+            forget_temp_files=self.temp_files.discard,
             still_leader=self.elector.still_leader,
             stopping=self.stopping,
         )
@@ -251,6 +258,7 @@ class EvictorService:
                 return
             log.info("leader: ingesting journals, watching (%s) and enforcing", self.settings.watch)
             self._leading = True
+            self._last_pass_end = time.monotonic()
             self.initial_scan_done = not self.settings.startup_scan
             assert self.ingester is not None and self.tree is not None
             self.watchers = Watchers(
@@ -387,14 +395,13 @@ class EvictorService:
             metrics.SCANS.labels("failed").inc()
             self._failed("scan", exc)
             return
-        self.orphans.replace_all(list(result.tmp_orphans))
+        self.temp_files.replace_all(list(result.temp_files))
         try:
             record_scan(self.catalog, result)  # `kvfs du` reports temp files from the last scan
         except Exception as exc:  # noqa: BLE001 - the figure is informational; the scan itself succeeded
             log.warning("could not record the scan's temp-file summary: %s", exc)
         metrics.SCANS.labels("ok").inc()
-        metrics.METADATA_OPS.labels("scan").inc(result.files + result.not_blocks + len(result.tmp_orphans))
-        metrics.SCAN_SECONDS.set(result.duration_s)
+        metrics.METADATA_OPS.labels("scan").inc(result.files + result.not_blocks + len(result.temp_files))
         metrics.SCAN_FILES_PER_SECOND.set(result.files / result.duration_s if result.duration_s > 0 else 0)
         metrics.SCAN_LAST_TIME.set(time.time())
         self.last_scan = {
@@ -405,7 +412,7 @@ class EvictorService:
             "blocks_added": result.blocks_added,
             "blocks_removed": result.blocks_removed,
             "not_blocks": result.not_blocks,
-            "tmp_orphans": len(result.tmp_orphans),
+            "temp_files": len(result.temp_files),
         }
         log.info(
             "scan: %d block files (%d added, %d removed from the catalog), %d not blocks, %d temp files in %.2fs",
@@ -413,19 +420,20 @@ class EvictorService:
             result.blocks_added,
             result.blocks_removed,
             result.not_blocks,
-            len(result.tmp_orphans),
+            len(result.temp_files),
             result.duration_s,
         )
         self.scans_done += 1
         if not self.initial_scan_done:
             self.initial_scan_done = True
+            self._last_pass_end = time.monotonic()
             sched = self.scheduler
             if sched is not None:  # enforce now, not at the next tick of the interval
                 with contextlib.suppress(Exception):
                     sched.modify_job("enforce", next_run_time=_now_dt())
 
     def _enforce_job(self) -> None:
-        if not self._leading or self.stopping.is_set() or self.enforcer is None:
+        if not self._leading or self.stopping.is_set() or self.passes is None:
             return
         # The lease is renewed here, by the loop whose liveness it stands for (and before each delete batch).
         if self.elector is not None and not self.elector.still_leader():
@@ -436,23 +444,24 @@ class EvictorService:
         if self.backoff.wait_needed() > 0:
             return
         try:
-            report = self.enforcer.run_pass()
+            report = self.passes.run_pass()
             self.backoff.succeeded()
         except Exception as exc:  # noqa: BLE001
             metrics.ENFORCE_PASSES.labels("failed").inc()
             self._failed("enforce", exc)
             return
         finally:
+            self._last_pass_end = time.monotonic()
             self._first_pass.set()
         if self.first_pass_at is None:
             self.first_pass_at = time.time()
             log.info("first enforcement pass done %.2fs after start", self.first_pass_at - self.started)
         try:
-            self.enforcer.reclaim_dirs(report)
+            self.passes.reclaim_dirs(report)
         except OSError as exc:
             metrics.ERRORS.labels("delete").inc()
             log.warning("could not remove emptied directories: %s", exc)
-        metrics.ENFORCE_PASSES.labels("evicted" if report.planned_files else "idle").inc()
+        metrics.ENFORCE_PASSES.labels(report.outcome).inc()
 
     # ---- probes and status ----------------------------------------------------------------------------------
     def health(self) -> tuple[bool, str]:
@@ -461,12 +470,29 @@ class EvictorService:
         dead = [t.name for t in self._threads if not t.is_alive()]
         if dead:
             return False, f"threads died: {', '.join(dead)}"
+        stalled = self._passes_stopped()
+        if stalled:
+            return False, stalled
         return True, "ok"
 
+    def _passes_stopped(self) -> str | None:
+        """Why the leader's passes stopped (a pass stuck in one step, or no pass at all for a while), or None.
+        A catalog outage is readiness's to report; passes that run but cannot evict are `kvfs_evictor_pass_stalled`."""
+        if self.passes is None or not self._leading or self.backoff.failing:
+            return None
+        now = time.monotonic()
+        stuck_for = now - self.passes.progress_at
+        if self.passes.phase != "idle" and stuck_for > max(
+            STALL_AFTER_S, 2 * self.settings.pause_before_delete
+        ):
+            return f"eviction pass stuck in {self.passes.phase} for {stuck_for:.0f}s"
+        quiet_for = now - self._last_pass_end
+        if self.initial_scan_done and quiet_for > max(STALL_AFTER_S, 10 * self.settings.enforce_interval):
+            return f"no eviction pass for {quiet_for:.0f}s"
+        return None
+
     def ready(self) -> tuple[bool, str]:
-        ok, reason = self._ready()
-        metrics.READY.set(1 if ok else 0)
-        return ok, reason
+        return self._ready()
 
     def _ready(self) -> tuple[bool, str]:
         if self.stopping.is_set():
@@ -480,7 +506,7 @@ class EvictorService:
     def status(self) -> dict[str, Any]:
         ready, why = self.ready()
         s = self.settings
-        last: PassReport | None = self.enforcer.last if self.enforcer else None
+        last: PassReport | None = self.passes.last if self.passes else None
         out: dict[str, Any] = {
             "pid": os.getpid(),
             "started": self.started,
@@ -513,12 +539,12 @@ class EvictorService:
                 "state": self.watchers.tree_state if self.watchers else "stopped",
                 "setup_s": self.watchers.tree_setup_s if self.watchers else None,
             },
-            "phase": self.enforcer.phase if self.enforcer else "starting",
-            "paused_batches": self.enforcer.paused_batches if self.enforcer else 0,
+            "phase": self.passes.phase if self.passes else "starting",
+            "paused_batches": self.passes.paused_batches if self.passes else 0,
             "last_pass": last.to_json() if last else None,
             "usage": None,
             "journal": None,
-            "orphans_known": len(self.orphans.snapshot()),
+            "temp_files_known": len(self.temp_files.snapshot()),
         }
         if last is not None:
             cap = last.capacity

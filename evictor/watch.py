@@ -37,7 +37,7 @@ from kvfs.layout import META_DIRNAME, is_temp_name, parse_block_relpath
 
 if TYPE_CHECKING:
     from kvfs.catalog import Catalog
-    from kvfs.scan import OrphanInfo
+    from kvfs.scan import TempFile
 
 log = logging.getLogger("kvfs.evictor.watch")
 
@@ -89,30 +89,30 @@ class _Trigger(FileSystemEventHandler):
             self.callback()
 
 
-class OrphanTracker:
+class TempFileTracker:
     """Temp files known from the last scan and the tree watcher, by relpath."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._items: dict[str, OrphanInfo] = {}
+        self._items: dict[str, TempFile] = {}
 
-    def replace_all(self, orphans: list[OrphanInfo]) -> None:
+    def replace_all(self, orphans: list[TempFile]) -> None:
         with self._lock:
             self._items = {o.relpath: o for o in orphans}
-            metrics.ORPHANS_KNOWN.set(len(self._items))
+            metrics.TEMP_FILES_KNOWN.set(len(self._items))
 
-    def add(self, orphan: OrphanInfo) -> None:
+    def add(self, orphan: TempFile) -> None:
         with self._lock:
             self._items[orphan.relpath] = orphan
-            metrics.ORPHANS_KNOWN.set(len(self._items))
+            metrics.TEMP_FILES_KNOWN.set(len(self._items))
 
     def discard(self, relpaths: list[str]) -> None:
         with self._lock:
             for rel in relpaths:
                 self._items.pop(rel, None)
-            metrics.ORPHANS_KNOWN.set(len(self._items))
+            metrics.TEMP_FILES_KNOWN.set(len(self._items))
 
-    def snapshot(self) -> list[OrphanInfo]:
+    def snapshot(self) -> list[TempFile]:
         with self._lock:
             return list(self._items.values())
 
@@ -159,7 +159,7 @@ class _TreeHandler(FileSystemEventHandler):
 class TreeFeed:
     """Applies queued tree events to the catalog: stat at apply time (the file's state now is what counts)."""
 
-    def __init__(self, root: Path, catalog: Catalog, orphans: OrphanTracker) -> None:
+    def __init__(self, root: Path, catalog: Catalog, orphans: TempFileTracker) -> None:
         self.root = root
         self.catalog = catalog
         self.orphans = orphans
@@ -187,7 +187,7 @@ class TreeFeed:
 
     def _apply(self) -> int:
         from kvfs.catalog import BlockRow
-        from kvfs.scan import OrphanInfo
+        from kvfs.scan import TempFile
 
         with self._lock:
             pending, self._pending = self._pending, {}
@@ -208,7 +208,7 @@ class TreeFeed:
                 continue  # a symlink or directory with a block's name is not a block
             if key is None:  # a temp file
                 if st is not None:
-                    self.orphans.add(OrphanInfo(rel, st.st_size, st.st_mtime))
+                    self.orphans.add(TempFile(rel, st.st_size, st.st_mtime))
                 else:
                     orphan_gone.append(rel)
                 continue

@@ -102,18 +102,15 @@ SCAN_FILES = Counter("kvfs_scan_files_total", "Block files seen by reconciliatio
 SCAN_ERRORS = Counter("kvfs_scan_errors_total", "Directories or entries a scan could not read.")
 SCAN_LAST_DURATION = Gauge("kvfs_scan_last_duration_seconds", "Wall time of the last completed scan.")
 
-# --- gc and verify (kvfs/gc.py, kvfs/verify.py: the CLI's passes and the evictor's) ----------------------------
-GC_DELETED_FILES = Counter(
-    "kvfs_gc_deleted_files_total", "Files deleted by eviction passes, by reason.", ["reason"]
+# --- the eviction pass (kvfs/eviction/: the evictor's, `kvfs gc`'s) and verify ---------------------------------
+EVICTED_FILES = Counter(
+    "kvfs_evicted_files_total", "Files removed by eviction passes, by reason.", ["reason"]
 )
-GC_DELETED_BYTES = Counter(
-    "kvfs_gc_deleted_bytes_total", "Bytes deleted by eviction passes, by reason.", ["reason"]
+EVICTED_BYTES = Counter(
+    "kvfs_evicted_bytes_total", "Bytes removed by eviction passes, by reason.", ["reason"]
 )
-GC_SKIPPED_RECENT = Counter(
-    "kvfs_gc_skipped_recently_used_total", "Victims spared because they were used after being chosen."
-)
-GC_UNLINK_FAILURES = Counter(
-    "kvfs_gc_unlink_failures_total", "Victims not deleted: refused (unsafe path) or error.", ["why"]
+RECHECK_SPARED = Counter(
+    "kvfs_recheck_spared_files_total", "Victims spared because they were used after being chosen."
 )
 VERIFY_CORRUPT = Counter(
     "kvfs_verify_corrupt_total", "Corrupt kvfs block files found by verify, by reason.", ["reason"]

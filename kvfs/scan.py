@@ -64,7 +64,7 @@ class ScanError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class OrphanInfo:
+class TempFile:
     """A writer's temp file (`*.tmp`) found under a namespace directory; relpath is relative to the root."""
 
     relpath: str
@@ -79,7 +79,7 @@ class ScanResult:
     blocks_added: int
     blocks_removed: int
     not_blocks: int
-    tmp_orphans: list[OrphanInfo]
+    temp_files: list[TempFile]
     duration_s: float
     errors: int = 0
     namespaces: int = 0
@@ -97,7 +97,7 @@ class WalkBatch:
     namespace: str | None = None
     rank: int | None = None
     found: list[FoundBlock] = field(default_factory=list)
-    orphans: list[OrphanInfo] = field(default_factory=list)
+    orphans: list[TempFile] = field(default_factory=list)
     not_blocks: int = 0
     errors: int = 0
     incomplete: set[str] = field(default_factory=set)  # namespaces whose walk hit an error here
@@ -112,12 +112,12 @@ class WalkBatch:
         ]
 
 
-def _orphan(relpath: str, entry: os.DirEntry[str]) -> OrphanInfo | None:
+def _orphan(relpath: str, entry: os.DirEntry[str]) -> TempFile | None:
     try:
         st = entry.stat(follow_symlinks=False)
     except FileNotFoundError:
         return None  # renamed into place or removed since readdir
-    return OrphanInfo(relpath, st.st_size, st.st_mtime)
+    return TempFile(relpath, st.st_size, st.st_mtime)
 
 
 def _scan_bucket(root: str, rank_dir: str, namespace: str, rank: int | None, bucket: str) -> WalkBatch:
@@ -399,7 +399,7 @@ def scan_tree(
     before = catalog.block_count()
     bar = _Progress(progress)
     files = nbytes = not_blocks = errors = 0
-    orphans: list[OrphanInfo] = []
+    orphans: list[TempFile] = []
     incomplete: set[str] = set()
     pending: list[tuple[str, int | None, list[FoundBlock]]] = []
     pending_rows = 0
@@ -439,7 +439,7 @@ def scan_tree(
         blocks_added=max(added, 0),
         blocks_removed=removed,
         not_blocks=not_blocks,
-        tmp_orphans=orphans,
+        temp_files=orphans,
         duration_s=duration,
         errors=errors,
         namespaces=len(names),

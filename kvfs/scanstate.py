@@ -32,11 +32,11 @@ class OrphanSummary:
 
 
 def record_scan(catalog: Catalog, result: Any, *, now: float | None = None) -> OrphanSummary:
-    """Store the temp-file summary of a `ScanResult` (anything with `tmp_orphans`)."""
-    return record_orphans(catalog, result.tmp_orphans, now=now)
+    """Store the temp-file summary of a `ScanResult` (anything with `temp_files`)."""
+    return record_temp_files(catalog, result.temp_files, now=now)
 
 
-def record_orphans(catalog: Catalog, orphans: Iterable[Any], *, now: float | None = None) -> OrphanSummary:
+def record_temp_files(catalog: Catalog, orphans: Iterable[Any], *, now: float | None = None) -> OrphanSummary:
     """Store the count and bytes of `orphans` (objects with `size`), e.g. what a gc pass left of a scan's."""
     sizes = [o.size for o in orphans]
     summary = OrphanSummary(files=len(sizes), bytes=sum(sizes), time=time.time() if now is None else now)

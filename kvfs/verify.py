@@ -31,7 +31,6 @@ from kvfs.layout import (
     parse_namespace_dir,
     read_namespace_config,
 )
-from kvfs.safety import RootGuard
 
 if TYPE_CHECKING:
     from kvfs.catalog import Catalog
@@ -206,25 +205,10 @@ def _delete_corrupt(
     corrupt_keys: list[tuple[str, BlockKey]],
     catalog: Catalog | None,
 ) -> None:
-    from kvfs.gc import EvictReason
+    """Through the eviction pass's one delete path (`kvfs.eviction.delete_corrupt`)."""
+    from kvfs.eviction import delete_corrupt
 
-    guard = RootGuard(root)
     sizes = {c.path: c.size for c in result.corrupt}
-    gone: list[BlockKey] = []
-    per_ns: dict[str, list[int]] = {}
-    for rel, key in corrupt_keys:
-        if guard.unlink(rel):
-            result.deleted += 1
-            result.deleted_bytes += sizes[rel]
-            tally = per_ns.setdefault(key.namespace, [0, 0])
-            tally[0] += 1
-            tally[1] += sizes[rel]
-            gone.append(key)
-        elif not os.path.lexists(Path(root) / rel):
-            gone.append(key)
-    if catalog is not None:
-        if gone:
-            catalog.remove_blocks(gone)
-        now = time.time()
-        for ns, (files, nbytes) in per_ns.items():
-            catalog.log_eviction(now, ns, str(EvictReason.CORRUPT), files, nbytes)
+    removed = delete_corrupt(root, catalog, [(key, sizes[rel]) for rel, key in corrupt_keys])
+    result.deleted += removed.deleted_files
+    result.deleted_bytes += removed.deleted_bytes

@@ -87,7 +87,7 @@ def groups_by_age(state: KvfsContext, now: float) -> list[dict[str, Any]]:
 
 
 def usage_json(state: KvfsContext, by: str, now: float) -> tuple[dict[str, Any], float | None]:
-    """du's JSON (exactly `total_files`, `total_bytes`, `namespaces`, `tmp_orphans` {`files`, `bytes`},
+    """du's JSON (exactly `total_files`, `total_bytes`, `namespaces`, `temp_files` {`files`, `bytes`},
     `filesystem` (statvfs of the root, null when it cannot be read), plus `by` and `groups` for a grouping other
     than by namespace) and the time of the last scan (None: never)."""
     catalog = state.catalog(create=False)  # answers from the catalog alone: the root need not be mounted
@@ -113,7 +113,7 @@ def usage_json(state: KvfsContext, by: str, now: float) -> tuple[dict[str, Any],
         "total_files": usage.total_files,
         "total_bytes": usage.total_bytes,
         "namespaces": namespaces,
-        "tmp_orphans": {"files": orphans.files, "bytes": orphans.bytes},
+        "temp_files": {"files": orphans.files, "bytes": orphans.bytes},
         "filesystem": filesystem,
     }
     if by != "namespace":
@@ -187,7 +187,7 @@ def du(state: KvfsContext, by: str, as_json: bool) -> None:
             f"filesystem: {size(fs['used_bytes'])} used of {size(fs['size_bytes'])} "
             f"({100 * fs['use_ratio']:.1f}%{share}), {size(fs['available_bytes'])} available"
         )
-    orphans = data["tmp_orphans"]
+    orphans = data["temp_files"]
     if scanned_at is None:
         click.echo("temp files: unknown (no scan recorded; run `kvfs scan`)")
     else:

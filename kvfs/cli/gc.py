@@ -1,10 +1,10 @@
-"""`kvfs gc`: one eviction pass through the planner and executor the evictor runs."""
+"""`kvfs gc`: one eviction pass, the one the evictor runs (`kvfs.eviction.run_pass`), with its settings' quotas."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
-import time
 from typing import Any
 
 import click
@@ -13,13 +13,13 @@ from kvfs.cli.app import KvfsContext, pass_state
 from kvfs.cli.output import emit_json, size, table
 from kvfs.cli.params import DURATION, SIZE
 from kvfs.cli.scan import remove_journals_option, run_scan, scan_json
-from kvfs.gc import GcLimits, GcPlan, GcResult, execute_plan, make_recency_recheck, plan_gc
-from kvfs.ingest import ingest_journals
+from kvfs.eviction import PassHooks, Plan, Result, limits_from_settings, run_pass
+from kvfs.eviction.ingest import ingest_journals
 from kvfs.policy import DEFAULT_POLICY, available_policies, get_policy
-from kvfs.scanstate import record_orphans
+from kvfs.scanstate import record_temp_files
 
 
-def _print_plan(plan: GcPlan, result: GcResult) -> None:
+def _print_plan(plan: Plan, result: Result) -> None:
     if not plan.total_files:
         click.echo(
             f"nothing to evict: {plan.usage_files:,} files, {size(plan.usage_bytes)} in scope "
@@ -91,6 +91,14 @@ def _print_plan(plan: GcPlan, result: GcResult) -> None:
     "--orphans-older-than is given].",
 )
 @remove_journals_option
+@click.option(
+    "--config",
+    "config",
+    type=click.Path(dir_okay=False),
+    envvar="KVFS_CONFIG",
+    help="The evictor's config file: its quotas and retired namespaces apply (as do KVFS_QUOTAS and "
+    "KVFS_RETIRE) [env: KVFS_CONFIG].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_state
 def gc(
@@ -105,50 +113,56 @@ def gc(
     policy: str,
     scan_first: bool | None,
     remove_journals: bool,
+    config: str | None,
     as_json: bool,
 ) -> None:
     """Run one eviction pass: retired namespaces, TTL, quotas, capacity (--max-bytes), old temp files.
 
     Plans from the catalog in policy order, exactly as the evictor does, after ingesting pending journal
     records so recency is current; then deletes (unless --dry-run) through root-confined, symlink-refusing
-    unlinks, removes the rows and logs the pass.  Namespace quotas set in the catalog apply too.
+    unlinks, removes the rows and logs the pass.  The evictor's quotas and retired namespaces apply too: from
+    its settings (--config / KVFS_CONFIG, KVFS_QUOTAS, KVFS_RETIRE), so gc and the evictor enforce the same ones.
     """
     if policy not in available_policies():
         raise click.BadParameter(
             f"unknown policy {policy!r} (available: {', '.join(available_policies())})",
             param_hint="'--policy'",
         )
+    settings = _settings(state, config)
     root = state.require_root()
     catalog = state.catalog()
     # A dry run changes nothing on the mount: journal segments stay even with --remove-journals.
     ingested = ingest_journals(root, catalog, remove_finished=remove_journals and not dry_run)
     if scan_first is None:
         scan_first = orphans_older_than is not None or catalog.block_count() == 0
-    orphans: list[Any] = []
+    temp_files: list[Any] = []
     scanned: dict[str, Any] | None = None
     if scan_first:
         scan_result = run_scan(state, quiet=as_json)
         scanned = scan_json(scan_result)
-        orphans = list(scan_result.tmp_orphans)
-    quotas = {ns.name: ns.quota_bytes for ns in catalog.namespaces() if ns.quota_bytes is not None}
-    limits = GcLimits(
-        max_bytes=max_bytes,
+        temp_files = list(scan_result.temp_files)
+    limits = dataclasses.replace(
+        limits_from_settings(settings, max_bytes=max_bytes),
         ttl=ttl,
-        quotas=quotas,
-        retire=retire,
-        orphan_grace=orphans_older_than,
+        retire=tuple(dict.fromkeys([*settings.retire, *retire])),
+        temp_grace=orphans_older_than,
         min_age=min_age,
         namespace=namespace,
     )
-    now = time.time()
-    # One instance plans and executes: a policy may carry what it chose into what it records (prefix: ghosts).
-    order = get_policy(policy)
-    plan = plan_gc(catalog, limits, now=now, policy=order, orphans=orphans)
-    recheck = make_recency_recheck(catalog, ingest=lambda: ingest_journals(root, catalog), min_age=min_age)
-    result = execute_plan(root, catalog, plan, dry_run=dry_run, recheck=recheck, now=now, policy=order)
-    if scanned is not None and plan.orphans and not dry_run:
+    outcome = run_pass(
+        catalog,
+        root,
+        limits,
+        get_policy(policy),
+        hooks=PassHooks(ingest=lambda: ingest_journals(root, catalog)),
+        temp_files=temp_files,
+        dry_run=dry_run,
+    )
+    plan = outcome.plan
+    result = outcome.result or Result(0, 0, {}, 0, dry_run)
+    if scanned is not None and plan.temp_files and not dry_run:
         # du reports the last scan's temp files: take out the ones this pass deleted.
-        record_orphans(catalog, [o for o in orphans if os.path.lexists(root / o.relpath)])
+        record_temp_files(catalog, [t for t in temp_files if os.path.lexists(root / t.relpath)])
     if as_json:
         emit_json(
             {
@@ -162,11 +176,28 @@ def gc(
     else:
         if scanned is not None:
             click.echo(
-                f"scanned: {scanned['files']:,} block files, {scanned['tmp_orphans']['files']:,} temp files"
+                f"scanned: {scanned['files']:,} block files, {scanned['temp_files']['files']:,} temp files"
             )
         _print_plan(plan, result)
+    for name in plan.unknown_namespaces:
+        click.echo(f"Warning: namespace {name!r} (retire/quota) is not in the catalog: skipped", err=True)
+    if result.recheck_failures:
+        click.echo(f"Error: {result.recheck_failures} delete batches kept: the catalog failed", err=True)
+        sys.exit(1)
     if result.errors:
         # Deletions that failed (EACCES, EIO, ...): the pass did not do what was asked.  Refused paths
         # (symlinks, non-regular files) are counted but are the safety rules working, not a failure.
         click.echo(f"Error: {result.errors:,} deletions failed (rows kept; see the log)", err=True)
         sys.exit(1)
+
+
+def _settings(state: KvfsContext, config: str | None) -> Any:
+    """The evictor's settings, from the same sources it reads (config file < KVFS_* environment), for their
+    quotas and retired namespaces."""
+    from evictor.settings import SettingsError, load_settings
+
+    flags: dict[str, Any] = {"root": str(state.root) if state.root else None}
+    try:
+        return load_settings(flags=flags, environ=os.environ, config=config)
+    except SettingsError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--config'") from None

@@ -9,7 +9,7 @@ import click
 
 from kvfs.cli.app import KvfsContext, pass_state
 from kvfs.cli.output import emit_json, size, table
-from kvfs.ingest import IngestResult, ingest_journals
+from kvfs.eviction.ingest import IngestResult, ingest_journals
 from kvfs.scanstate import record_scan
 
 
@@ -46,7 +46,7 @@ def scan_json(result: Any) -> dict[str, Any]:
         "blocks_removed": result.blocks_removed,
         "not_blocks": result.not_blocks,
         "errors": result.errors,
-        "tmp_orphans": {"files": len(result.tmp_orphans), "bytes": sum(o.size for o in result.tmp_orphans)},
+        "temp_files": {"files": len(result.temp_files), "bytes": sum(o.size for o in result.temp_files)},
         "duration_s": round(result.duration_s, 3),
     }
 
@@ -76,7 +76,7 @@ def scan(state: KvfsContext, remove_journals: bool, as_json: bool) -> None:
         ("removed (gone)", data["blocks_removed"], ""),
         ("not blocks", data["not_blocks"], ""),
         ("unreadable entries", data["errors"], ""),
-        ("temp files", data["tmp_orphans"]["files"], size(data["tmp_orphans"]["bytes"])),
+        ("temp files", data["temp_files"]["files"], size(data["temp_files"]["bytes"])),
         ("journal records applied", data["journal_records_ingested"], ""),
     ]
     click.echo(table(("", "files", "bytes"), rows, right=(1, 2)))

@@ -1,7 +1,7 @@
 """What an eviction policy is: an ordering of catalog blocks, streamed from SQL.
 
 A policy only decides *order*.  Which limits apply (capacity, TTL, quotas, retired namespaces) and how many
-blocks to take is the planner's job (`kvfs.gc.plan_gc`); deleting them is the executor's.
+blocks to take is the planner's job (`kvfs.gc.plan_pass`); deleting them is the executor's.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Candidate:
 
 
 class EvictedBlock(Protocol):
-    """What `EvictionPolicy.evicted` is told of each deleted block (a `kvfs.gc.Victim` or a `Candidate`)."""
+    """What `EvictionPolicy.evicted` is told of each deleted block (a `kvfs.eviction.Victim` or a `Candidate`)."""
 
     key: BlockKey
     size: int

@@ -7,7 +7,7 @@ block hashes are cryptographic, and a rare collision only gives one block an und
 the block's last access when it was evicted.
 
 * `remember(catalog, blocks)`: after a delete batch, its capacity/quota victims become ghosts (called through
-  `TwoQueuePolicy.evicted` by `kvfs.gc.execute_plan`).  Only a row *created after* the ghost's last access
+  `TwoQueuePolicy.evicted` by `kvfs.eviction.execute_plan`).  Only a row *created after* the ghost's last access
   counts as a re-store.
 * `revive(catalog)`: before a pass, rows new since the last pass (ids above the saved watermark, or created at
   or after the newest access the last pass saw) whose key has an older ghost are re-stores of evicted blocks:

@@ -2,8 +2,8 @@
 
 Each request becomes the journal records the connector would write (an `access` for every block already
 present, a `store` with its chain position for every new one), applied with `Catalog.apply_journal`; when the
-tier holds more than `capacity` blocks, `kvfs.gc.plan_gc` (the evictor's planner, with the named policy)
-chooses victims, whose rows are removed as `execute_plan` does.  Time is the request's index (one tick a
+tier holds more than `capacity` blocks, `kvfs.eviction.run_pass` (the evictor's pass, with the named policy)
+evicts; the tier has rows and no files (`CatalogOnly`), so removing a victim removes its row.  Time is the request's index (one tick a
 request), so recency ties are exact and the result does not depend on the trace's clock.
 
 Records are applied lazily, right before a pass needs them (the catalog is always current when the policy
@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kvfs.catalog import Catalog
-from kvfs.gc import GcLimits, plan_gc
+from kvfs.eviction import CatalogOnly, Limits, PassHooks, run_pass
 from kvfs.journal import JournalRecord, RecordKind
 from kvfs.layout import BlockKey, namespace_name
 from kvfs.policy import EvictionPolicy, get_policy
@@ -65,7 +65,15 @@ def _run(
     present: set[int] = set()
     pending: list[JournalRecord] = []
     result = SimResult()
-    limits = GcLimits(max_bytes=max(0, capacity - slack) * BLOCK_UNIT, min_age=0.0)
+    limits = Limits(max_bytes=max(0, capacity - slack) * BLOCK_UNIT, min_age=0.0)
+    remover = CatalogOnly()
+
+    def apply_pending() -> None:
+        if pending:
+            catalog.apply_journal(pending, {})
+            pending.clear()
+
+    hooks = PassHooks(ingest=apply_pending)
     for i, req in enumerate(requests):
         now = float(i + 1)
         result.count(leading_hits(req, present), len(req))
@@ -84,14 +92,19 @@ def _run(
             progress(1)
         if len(present) <= capacity:
             continue
-        catalog.apply_journal(pending, {})
-        pending.clear()
         # Blocks used at `now` (this request) are protected: the planner's min_age 0 protects last_access >= now.
-        plan = plan_gc(catalog, limits, now=now, policy=policy)
-        ids = [v.block_id for v in plan.victims if v.block_id is not None]
-        catalog.remove_block_ids(ids)
-        policy.evicted(catalog, plan.victims)  # as execute_plan does after each batch
-        for victim in plan.victims:
+        outcome = run_pass(
+            catalog,
+            "",
+            limits,
+            policy,
+            hooks=hooks,
+            now=now,
+            batch_size=1 << 30,
+            remover=remover,
+            log_evictions=False,
+        )
+        for victim in outcome.plan.victims:
             present.discard(int(victim.key.block_hash, 16))
-        result.evicted += len(plan.victims)
+        result.evicted += len(outcome.plan.victims)
     return result

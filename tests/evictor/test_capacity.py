@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from evictor.enforce import Capacity, capacity_target, measure_capacity
+from evictor.passes import Capacity, capacity_target, measure_capacity
 from evictor.settings import load_settings
 from kvfs.catalog import BlockRow, Catalog
 from kvfs.layout import BlockKey

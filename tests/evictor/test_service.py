@@ -51,7 +51,7 @@ def test_capacity_converges_lru_by_journal_not_mtime(root: Path, catalog_url: st
         assert cat.block_count() == len(present)
         reasons = {e.reason for e in cat.eviction_log(10)}
         assert "capacity" in reasons
-    assert ev.metric("kvfs_evictor_evicted_files_total", 'reason="capacity"') == len(evicted)
+    assert ev.metric("kvfs_evicted_files_total", 'reason="capacity"') == len(evicted)
     assert ev.stop() == 0
 
 
@@ -160,7 +160,7 @@ def test_victim_accessed_between_choice_and_delete_survives(
     ev.wait_log(r"evicted 4 files", timeout=30)  # 5 chosen (down to the low watermark), 1 spared
     assert victim.exists(), "a block accessed after being chosen was deleted"
     assert len(files_on_disk(root)) == n - 4
-    assert ev.metric("kvfs_evictor_recheck_spared_files_total") == 1
+    assert ev.metric("kvfs_recheck_spared_files_total") == 1
     assert "recheck: 1 of 5 victims were used since they were chosen" in ev.log()
     assert ev.stop() == 0
 
@@ -173,7 +173,7 @@ def test_dry_run_deletes_nothing(root: Path, sqlite_url: str, start_evictor) -> 
     ev.wait_log(r"dry-run: would evict 10 files")
     time.sleep(0.7)
     assert files_on_disk(root) == before == {w["relpath"] for w in written}
-    assert ev.metric("kvfs_evictor_evicted_files_total", 'reason="ttl"') == 0
+    assert ev.metric("kvfs_evicted_files_total", 'reason="ttl"') == 0
     assert ev.stop() == 0
 
 

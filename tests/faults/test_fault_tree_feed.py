@@ -14,7 +14,7 @@ from evictor_helpers import wait_for
 from faultlib import Store
 from watchdog.events import FileDeletedEvent
 
-from evictor.watch import OrphanTracker, TreeFeed
+from evictor.watch import TempFileTracker, TreeFeed
 from kvfs.catalog import BlockRow, Catalog
 
 
@@ -23,7 +23,7 @@ def test_stale_gone_event_keeps_the_row_of_a_recreated_file(tmp_path: Path) -> N
     path = store.block(1)
     key = store.key(1)
     with Catalog.open(f"sqlite:///{tmp_path / 'catalog.db'}", root=store.root) as catalog:
-        feed = TreeFeed(store.root, catalog, OrphanTracker())
+        feed = TreeFeed(store.root, catalog, TempFileTracker())
         handler = feed.handler()
         path.unlink()  # evicted ...
         handler.on_deleted(FileDeletedEvent(str(path)))

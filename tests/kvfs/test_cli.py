@@ -86,10 +86,10 @@ def test_scan_then_du_json_has_the_exact_keys(site: Site) -> None:
     scanned = site.json("scan")
     assert scanned["files"] == 9 and scanned["blocks_added"] == 9
     du = site.json("du")
-    assert set(du) == {"total_files", "total_bytes", "namespaces", "tmp_orphans", "filesystem"}
+    assert set(du) == {"total_files", "total_bytes", "namespaces", "temp_files", "filesystem"}
     assert du["total_files"] == 9
     assert du["total_bytes"] == 9 * site.file_size
-    assert du["tmp_orphans"] == {"files": 0, "bytes": 0}
+    assert du["temp_files"] == {"files": 0, "bytes": 0}
     by_ns = {ns["namespace"]: ns for ns in du["namespaces"]}
     alpha, _ = site.namespaces["org/alpha"]
     assert set(by_ns[alpha]) == {"namespace", "model", "files", "bytes", "last_access_min", "last_access_max"}
@@ -104,7 +104,7 @@ def test_du_groups_by_model_rank_and_age(site: Site) -> None:
         "total_files",
         "total_bytes",
         "namespaces",
-        "tmp_orphans",
+        "temp_files",
         "filesystem",
         "by",
         "groups",
@@ -148,11 +148,11 @@ def test_du_reports_temp_files_of_the_last_scan(site: Site) -> None:
     Catalog.open(
         site.catalog_url, root=site.root
     ).close()  # a catalog no scan has run on yet (du never creates)
-    assert site.json("du")["tmp_orphans"] == {"files": 0, "bytes": 0}
+    assert site.json("du")["temp_files"] == {"files": 0, "bytes": 0}
     assert "temp files: unknown (no scan recorded" in site.invoke("du").output
     (site.path(1).parent / (site.path(1).name + "_deadbeef.tmp")).write_bytes(b"t" * 100)
     site.json("scan")
-    assert site.json("du")["tmp_orphans"] == {"files": 1, "bytes": 100}
+    assert site.json("du")["temp_files"] == {"files": 1, "bytes": 100}
     assert "temp files: 1 (100 B) at the last scan" in site.invoke("du").output
 
 

@@ -1,4 +1,4 @@
-"""Eviction passes on real block files and real catalogs (SQLite and PostgreSQL): plan_gc + execute_plan."""
+"""Eviction passes on real block files and real catalogs (SQLite and PostgreSQL): plan_pass + execute_plan."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ from prometheus_client import REGISTRY
 
 from kvfs.blockfile import BlockIdentity, StoreOutcome, store_block
 from kvfs.catalog import BlockRow, Catalog
-from kvfs.gc import (
+from kvfs.eviction import (
     EvictReason,
-    GcLimits,
+    Limits,
+    PassHooks,
     Victim,
     execute_plan,
-    make_recency_recheck,
-    plan_gc,
+    plan_pass,
+    recency_recheck,
 )
-from kvfs.ingest import ingest_journals
+from kvfs.eviction.ingest import ingest_journals
 from kvfs.journal import JournalWriter
 from kvfs.layout import BlockKey, fingerprint_sha256, kvfs_fields, namespace_name, write_namespace_config
 
@@ -93,19 +94,19 @@ def fill(tree: Tree, count: int = 10) -> None:
         tree.add(tree.ns_a, n, NOW - 1000 + n)
 
 
-def run(tree: Tree, limits: GcLimits, **kw):
-    plan = plan_gc(tree.catalog, limits, now=NOW, policy="lru")
+def run(tree: Tree, limits: Limits, **kw):
+    plan = plan_pass(tree.catalog, limits, now=NOW, policy="lru")
     return plan, execute_plan(tree.root, tree.catalog, plan, now=NOW, **({"dry_run": False} | kw))
 
 
 def deleted_metric(reason: str) -> float:
-    return REGISTRY.get_sample_value("kvfs_gc_deleted_files_total", {"reason": reason}) or 0.0
+    return REGISTRY.get_sample_value("kvfs_evicted_files_total", {"reason": reason}) or 0.0
 
 
 def test_capacity_evicts_oldest_until_under_the_cap(tree: Tree) -> None:
     fill(tree)
     counted_before = deleted_metric("capacity")
-    plan, result = run(tree, GcLimits(max_bytes=tree.size * 6 + 1))
+    plan, result = run(tree, Limits(max_bytes=tree.size * 6 + 1))
     assert deleted_metric("capacity") - counted_before == 4
     assert [num(v) for v in plan.victims] == [1, 2, 3, 4]
     assert {v.reason for v in plan.victims} == {EvictReason.CAPACITY}
@@ -121,7 +122,7 @@ def test_capacity_evicts_oldest_until_under_the_cap(tree: Tree) -> None:
         4 * tree.size,
     )
     # A second pass finds nothing to do.
-    plan2, result2 = run(tree, GcLimits(max_bytes=tree.size * 6 + 1))
+    plan2, result2 = run(tree, Limits(max_bytes=tree.size * 6 + 1))
     assert plan2.total_files == 0 and result2.deleted_files == 0
 
 
@@ -129,7 +130,7 @@ def test_ttl_retire_quota_and_capacity_in_order_without_double_counting(tree: Tr
     fill(tree)  # A: 1..10
     for n in range(11, 15):  # B: 11..14, older than every A block
         tree.add(tree.ns_b, n, NOW - 5000 + n)
-    limits = GcLimits(
+    limits = Limits(
         ttl=995.0,  # A blocks 1..5 are older than NOW - 995 ... and every B block
         retire=[tree.ns_b],
         quotas={tree.ns_a: tree.size * 4},  # A keeps at most 4 blocks
@@ -157,7 +158,7 @@ def test_ttl_retire_quota_and_capacity_in_order_without_double_counting(tree: Tr
 def test_min_age_protects_recent_blocks_even_over_capacity(tree: Tree) -> None:
     for n in range(1, 5):
         tree.add(tree.ns_a, n, NOW - 10 * n)  # 1: 10 s old ... 4: 40 s old
-    plan, _ = run(tree, GcLimits(max_bytes=0, min_age=25.0))
+    plan, _ = run(tree, Limits(max_bytes=0, min_age=25.0))
     assert sorted(num(v) for v in plan.victims) == [3, 4]
     assert tree.present() == {1, 2}
 
@@ -165,7 +166,7 @@ def test_min_age_protects_recent_blocks_even_over_capacity(tree: Tree) -> None:
 def test_recently_created_block_with_old_access_is_protected(tree: Tree) -> None:
     tree.add(tree.ns_a, 1, NOW - 3600, created=NOW - 1)
     tree.add(tree.ns_a, 2, NOW - 3600)
-    plan, _ = run(tree, GcLimits(ttl=60.0, min_age=10.0))
+    plan, _ = run(tree, Limits(ttl=60.0, min_age=10.0))
     assert [num(v) for v in plan.victims] == [2]
 
 
@@ -173,31 +174,34 @@ def test_namespace_scope_caps_that_namespace_only(tree: Tree) -> None:
     fill(tree, 4)
     for n in range(11, 15):
         tree.add(tree.ns_b, n, NOW - 5000 + n)  # older than A: would go first globally
-    plan, _ = run(tree, GcLimits(max_bytes=tree.size * 3, namespace=tree.ns_a))
+    plan, _ = run(tree, Limits(max_bytes=tree.size * 3, namespace=tree.ns_a))
     assert [num(v) for v in plan.victims] == [1]
     assert plan.usage_files == 4
     assert tree.present() == {2, 3, 4, 11, 12, 13, 14}
 
 
-def test_unknown_namespace_is_a_clear_error(tree: Tree) -> None:
+def test_unknown_scope_is_a_clear_error_and_unknown_retire_is_skipped(tree: Tree) -> None:
     fill(tree, 2)
-    with pytest.raises(ValueError, match="unknown namespace 'nope'"):
-        plan_gc(tree.catalog, GcLimits(retire=["nope"]), now=NOW)
     with pytest.raises(ValueError, match="unknown namespace"):
-        plan_gc(tree.catalog, GcLimits(max_bytes=0, namespace="nope"), now=NOW)
+        plan_pass(tree.catalog, Limits(max_bytes=0, namespace="nope"), now=NOW)
+    # A retired namespace the catalog does not know (a typo, or gone already) must not stop the other limits:
+    # before, the whole pass raised and nothing was ever evicted again.
+    plan = plan_pass(tree.catalog, Limits(retire=["nope"], max_bytes=tree.size), now=NOW, policy="lru")
+    assert plan.unknown_namespaces == ["nope"]
+    assert [v.reason for v in plan.victims] == [EvictReason.CAPACITY]
 
 
-def test_catalog_retired_flag_and_quota_for_unknown_namespace(tree: Tree) -> None:
+def test_retired_namespace_and_quota_for_unknown_namespace(tree: Tree) -> None:
     fill(tree, 3)
     tree.add(tree.ns_b, 20, NOW - 100)
-    tree.catalog.set_retired(tree.ns_b, True)
-    plan, _ = run(tree, GcLimits(quotas={"never_written_0123456789ab": 0}))
+    plan, _ = run(tree, Limits(retire=[tree.ns_b], quotas={"never_written_0123456789ab": 0}))
     assert [(num(v), v.reason) for v in plan.victims] == [(20, EvictReason.RETIRED)]
+    assert plan.unknown_namespaces == []
 
 
 def test_dry_run_deletes_nothing_and_reports_the_plan(tree: Tree) -> None:
     fill(tree)
-    plan, result = run(tree, GcLimits(max_bytes=0), dry_run=True)
+    plan, result = run(tree, Limits(max_bytes=0), dry_run=True)
     assert result.dry_run is True
     assert (result.deleted_files, result.deleted_bytes) == (10, 10 * tree.size)
     assert tree.present() == set(range(1, 11))
@@ -208,7 +212,7 @@ def test_dry_run_deletes_nothing_and_reports_the_plan(tree: Tree) -> None:
 def test_already_missing_file_loses_its_row_and_is_not_counted_as_deleted(tree: Tree) -> None:
     fill(tree, 3)
     os.unlink(tree.root / tree.keys[1].relpath())
-    _, result = run(tree, GcLimits(max_bytes=0))
+    _, result = run(tree, Limits(max_bytes=0))
     assert (result.deleted_files, result.missing) == (2, 1)
     assert tree.catalog.block_count() == 0
 
@@ -234,7 +238,7 @@ def test_planted_symlinks_are_never_followed(tree: Tree, tmp_path: Path) -> None
     bucket.rmdir()
     bucket.symlink_to(decoy_dir, target_is_directory=True)
 
-    _, result = run(tree, GcLimits(max_bytes=0))
+    _, result = run(tree, Limits(max_bytes=0))
     assert victim_file.read_bytes() == b"keep me"
     assert (decoy_dir / path2.name).read_bytes() == b"keep me too"
     assert path1.is_symlink()
@@ -246,13 +250,15 @@ def test_planted_symlinks_are_never_followed(tree: Tree, tmp_path: Path) -> None
 
 def test_recheck_spares_blocks_accessed_after_planning(tree: Tree) -> None:
     fill(tree, 4)
-    plan = plan_gc(tree.catalog, GcLimits(max_bytes=0), now=NOW, policy="lru")
+    plan = plan_pass(tree.catalog, Limits(max_bytes=0), now=NOW, policy="lru")
     assert len(plan.victims) == 4
     # A reader touches block 2 between planning and deletion: its access is journaled.
     writer = JournalWriter(tree.root, writer_id="reader-1")
     writer.record_access(tree.keys[2], now=NOW + 5)
     writer.close()
-    recheck = make_recency_recheck(tree.catalog, ingest=lambda: ingest_journals(tree.root, tree.catalog))
+    recheck = recency_recheck(
+        tree.catalog, PassHooks(ingest=lambda: ingest_journals(tree.root, tree.catalog))
+    )
     result = execute_plan(
         tree.root, tree.catalog, plan, dry_run=False, recheck=recheck, batch_size=2, now=NOW
     )
@@ -263,10 +269,10 @@ def test_recheck_spares_blocks_accessed_after_planning(tree: Tree) -> None:
 
 def test_recheck_drops_victims_whose_rows_are_gone(tree: Tree) -> None:
     fill(tree, 2)
-    plan = plan_gc(tree.catalog, GcLimits(max_bytes=0), now=NOW, policy="lru")
+    plan = plan_pass(tree.catalog, Limits(max_bytes=0), now=NOW, policy="lru")
     tree.catalog.remove_blocks([tree.keys[1]])
     result = execute_plan(
-        tree.root, tree.catalog, plan, dry_run=False, recheck=make_recency_recheck(tree.catalog), now=NOW
+        tree.root, tree.catalog, plan, dry_run=False, recheck=recency_recheck(tree.catalog), now=NOW
     )
     assert result.skipped_recently_used == 1
     assert tree.present() == {1}
@@ -274,7 +280,7 @@ def test_recheck_drops_victims_whose_rows_are_gone(tree: Tree) -> None:
 
 def test_victims_without_block_id_are_removed_by_key(tree: Tree) -> None:
     fill(tree, 2)
-    plan = plan_gc(tree.catalog, GcLimits(max_bytes=0), now=NOW, policy="lru")
+    plan = plan_pass(tree.catalog, Limits(max_bytes=0), now=NOW, policy="lru")
     plan.victims = [Victim(v.key, v.size, v.reason, v.last_access, None) for v in plan.victims]
     execute_plan(tree.root, tree.catalog, plan, dry_run=False, now=NOW)
     assert tree.catalog.block_count() == 0 and tree.present() == set()
@@ -294,7 +300,7 @@ def test_ingest_journals_applies_stores_and_accesses_without_removing_segments(t
     assert ingest_journals(tree.root, tree.catalog).records == 0
     assert any(tree.root.joinpath(".kvfs/journal").iterdir())
     # Block 1 is now the most recent: LRU takes 2 then 3 first.
-    plan = plan_gc(tree.catalog, GcLimits(max_bytes=tree.size), now=NOW + 10, policy="lru")
+    plan = plan_pass(tree.catalog, Limits(max_bytes=tree.size), now=NOW + 10, policy="lru")
     assert [num(v) for v in plan.victims] == [2, 3]
 
 
@@ -302,7 +308,7 @@ def test_retired_namespace_leaves_no_empty_bucket_directories(tree: Tree) -> Non
     fill(tree, 3)
     for n in range(11, 15):
         tree.add(tree.ns_b, n, NOW - 100)
-    run(tree, GcLimits(retire=[tree.ns_b]))
+    run(tree, Limits(retire=[tree.ns_b]))
     rank_dir = tree.root / f"{tree.ns_b}_r0"
     assert rank_dir.is_dir() and list(rank_dir.iterdir()) == []  # depth 1 stays, its buckets are gone
     assert (tree.root / tree.ns_b / "config.json").exists()
@@ -317,7 +323,7 @@ def test_capacity_eviction_removes_emptied_bucket_directories_only(tree: Tree) -
     shared = BlockKey(tree.ns_a, 0, 0, f"{4:03x}ff{4:027x}", "kvfs")
     store_block(tree.root / shared.relpath(), b"x" * PAYLOAD, BlockIdentity(tree.fp_a, b"shared"))
     before = REGISTRY.get_sample_value("kvfs_dirs_removed_total") or 0.0
-    _plan, result = run(tree, GcLimits(max_bytes=0))
+    _plan, result = run(tree, Limits(max_bytes=0))
     assert result.deleted_files == 4
     rank_dir = tree.root / f"{tree.ns_a}_r0"
     for n in (1, 2, 3):  # each had its own buckets: both levels gone

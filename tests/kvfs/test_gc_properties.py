@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from kvfs.catalog import BlockRow, Catalog
-from kvfs.gc import EvictReason, GcLimits, plan_gc
+from kvfs.eviction import EvictReason, Limits, plan_pass
 from kvfs.layout import BlockKey
 
 NOW = 10_000.0
@@ -61,14 +61,14 @@ def test_plan_invariants(
             for name in NAMESPACES:
                 catalog.ensure_namespace(name)
             catalog.upsert_blocks(rows)
-            limits = GcLimits(
+            limits = Limits(
                 max_bytes=max_bytes,
                 ttl=None if ttl is None else float(ttl),
                 quotas={} if quota_a is None else {NAMESPACES[0]: quota_a},
                 retire=[NAMESPACES[2]] if retire_c else [],
                 min_age=float(min_age),
             )
-            plan = plan_gc(catalog, limits, now=NOW, policy="lru")
+            plan = plan_pass(catalog, limits, now=NOW, policy="lru")
         finally:
             catalog.close()
 

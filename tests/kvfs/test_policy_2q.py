@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text
 
 from kvfs.catalog import BlockRow, Catalog
-from kvfs.gc import GcLimits, execute_plan, plan_gc
+from kvfs.eviction import Limits, execute_plan, plan_pass
 from kvfs.layout import BlockKey
 from kvfs.policy import get_policy
 from kvfs.policy.history import history_size, remember, revive
@@ -179,12 +179,12 @@ def test_plan_gc_with_2q_frees_enough_and_prefers_one_off_blocks(catalog: Catalo
     # 10 reused blocks (old), 10 never reused (newer): a 50% cut takes the one-off blocks first.
     catalog.upsert_blocks([row(n, float(n), hits=3) for n in range(1, 11)])
     catalog.upsert_blocks([row(n, float(n)) for n in range(11, 21)])
-    plan = plan_gc(catalog, GcLimits(max_bytes=1000), now=1000.0, policy="2q")
+    plan = plan_pass(catalog, Limits(max_bytes=1000), now=1000.0, policy="2q")
     assert plan.total_bytes == 1000 and plan.policy == "2q"
     chosen = sorted(num(v.key) for v in plan.victims)
     # Probation may keep 10% of the 1000 bytes that stay: 9 one-off blocks go, then the LRU reused block.
     assert chosen == [1, *range(11, 20)]
-    lru = plan_gc(catalog, GcLimits(max_bytes=1000), now=1000.0, policy="lru")
+    lru = plan_pass(catalog, Limits(max_bytes=1000), now=1000.0, policy="lru")
     assert sorted(num(v.key) for v in lru.victims) == list(range(1, 11))
 
 
@@ -225,13 +225,13 @@ def test_ghosts_come_from_deletions_not_from_ordering_or_dry_runs(catalog: Catal
         path = tmp_path / key(n).relpath()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x" * 100)
-    plan = plan_gc(catalog, GcLimits(max_bytes=300), now=1000.0, policy="2q")
+    plan = plan_pass(catalog, Limits(max_bytes=300), now=1000.0, policy="2q")
     assert sorted(num(v.key) for v in plan.victims) == [1, 2]
     execute_plan(tmp_path, catalog, plan, dry_run=True, policy="2q")
     assert history_size(catalog) == 0
     result = execute_plan(tmp_path, catalog, plan, dry_run=False, policy="2q")
     assert result.deleted_files == 2 and history_size(catalog) == 2
     # TTL victims are not ghosts: nothing of them is kept to come back to.
-    ttl = plan_gc(catalog, GcLimits(ttl=1.0), now=1000.0, policy="2q")
+    ttl = plan_pass(catalog, Limits(ttl=1.0), now=1000.0, policy="2q")
     execute_plan(tmp_path, catalog, ttl, dry_run=False, policy="2q")
     assert history_size(catalog) == 2 and catalog.block_count() == 0

@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from kvfs import metrics
 from kvfs.catalog import BlockRow, Catalog, prefix_ghosts
-from kvfs.gc import GcLimits, plan_gc
+from kvfs.eviction import Limits, plan_pass
 from kvfs.journal import JournalRecord, RecordKind
 from kvfs.layout import BlockKey
 from kvfs.policy import DEFAULT_POLICY, get_policy, prefix
@@ -211,7 +211,7 @@ def test_plan_gc_uses_it_and_bookkeeping_failures_fall_back_to_lru(sqlite_url: s
             conn.execute(text("CREATE VIEW policy_prefix_state AS SELECT 'x' AS name"))
         cat.upsert_blocks([row(1, 10, pos=0), row(2, 10, pos=1), row(3, 5, hits=4)])
         errors = metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="settle")._value.get()
-        plan = plan_gc(cat, GcLimits(max_bytes=100), now=1000.0)
+        plan = plan_pass(cat, Limits(max_bytes=100), now=1000.0)
         assert plan.policy == "prefix" and [num(v.key) for v in plan.victims] == [3, 2]
         assert metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="settle")._value.get() == errors + 1
     finally:

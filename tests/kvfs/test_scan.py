@@ -22,7 +22,7 @@ from kvfs.layout import (
     namespace_name,
     write_namespace_config,
 )
-from kvfs.scan import OrphanInfo, ScanError, scan_tree, walk_tree
+from kvfs.scan import ScanError, TempFile, scan_tree, walk_tree
 
 KVFS_FIELDS = kvfs_fields({"model_name": "org/llama", "dtype": "bfloat16", "block_size": 16})
 BIN_FIELDS = {"model_name": "org/qwen", "dtype": "float16", "block_size": 16}
@@ -135,9 +135,9 @@ def test_scan_finds_exactly_the_blocks(tree: Tree, catalog_url: str) -> None:
         assert result.blocks_removed == 0
         assert result.not_blocks == tree.not_blocks
         assert result.errors == 0
-        assert [o.relpath for o in result.tmp_orphans] == tree.orphans
-        assert all(o.mtime == OLD for o in result.tmp_orphans)
-        assert {o.size for o in result.tmp_orphans} == {33, 5}
+        assert [o.relpath for o in result.temp_files] == tree.orphans
+        assert all(o.mtime == OLD for o in result.temp_files)
+        assert {o.size for o in result.temp_files} == {33, 5}
         assert {r.key: r.size for r in catalog.iter_blocks()} == tree.keys
         infos = {i.name: i for i in catalog.namespaces()}
         assert set(infos) == {KVFS_NS, BIN_NS}
@@ -232,7 +232,7 @@ def test_empty_root(tmp_path: Path, sqlite_url: str) -> None:
     (tmp_path / "root").mkdir()
     with Catalog.open(sqlite_url) as catalog:
         result = scan_tree(tmp_path / "root", catalog)
-    assert (result.files, result.bytes, result.not_blocks, result.tmp_orphans) == (0, 0, 0, [])
+    assert (result.files, result.bytes, result.not_blocks, result.temp_files) == (0, 0, 0, [])
 
 
 def test_progress_is_quiet_without_a_tty(
@@ -250,7 +250,7 @@ def test_walk_tree_reports_progress(tree: Tree) -> None:
     assert sum(len(b.blocks) for b in batches) == len(tree.keys)
     total = seen[0][1]
     assert seen[0] == (0, total) and seen[-1] == (total, total)
-    assert isinstance(batches[0].orphans[0], OrphanInfo)
+    assert isinstance(batches[0].orphans[0], TempFile)
 
 
 def test_small_batches(tree: Tree, sqlite_url: str) -> None:

@@ -9,7 +9,7 @@ over a week, random chain positions), then measures, as medians of `--runs` runs
   orphans, JSON), next to the bare aggregate it runs (`GROUP BY namespace_id` with the stdlib `sqlite3`
   module on the same file: the floor for any du).  Goal: < 1 s at 1M blocks.
 * `kvfs du --json` as a fresh process (what a user waits for, interpreter start and imports included).
-* `plan_gc` choosing `--victims` capacity victims in LRU order (its `usage()` aggregate included, and again
+* `plan_pass` choosing `--victims` capacity victims in LRU order (its `usage()` aggregate included, and again
   with `usage` passed in as the evictor does), next to the policy's own SQL statement run with the stdlib
   `sqlite3` module, fetching the same number of rows.  Goal: < 1 s for 100k of 1M (the evictor's budget).
 
@@ -34,7 +34,7 @@ from click.testing import CliRunner
 
 from kvfs.catalog import BlockRow, Catalog
 from kvfs.cli import main as kvfs_main
-from kvfs.gc import GcLimits, plan_gc
+from kvfs.eviction import Limits, plan_pass
 from kvfs.layout import BlockKey
 from kvfs.policy import DEFAULT_POLICY, get_policy
 
@@ -173,18 +173,18 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         target = usage.total_bytes - args.victims * BLOCK_SIZE
-        limits = GcLimits(max_bytes=target)
+        limits = Limits(max_bytes=target)
         policy = get_policy("lru")
-        plan_s, plan = median_time(lambda: plan_gc(catalog, limits, policy=policy), args.runs)
+        plan_s, plan = median_time(lambda: plan_pass(catalog, limits, policy=policy), args.runs)
         assert plan is not None and len(plan.victims) == args.victims, len(plan.victims)  # type: ignore[attr-defined]
-        plan_pre_s, _ = median_time(lambda: plan_gc(catalog, limits, policy=policy, usage=usage), args.runs)
+        plan_pre_s, _ = median_time(lambda: plan_pass(catalog, limits, policy=policy, usage=usage), args.runs)
         # The evictor plans with the default policy: time it too when it is not LRU (one warm-up call first,
         # for policies that prepare state on first use).
         default_s = None
         if DEFAULT_POLICY != "lru":
             default = get_policy(DEFAULT_POLICY)
-            plan_gc(catalog, limits, policy=default, usage=usage)
-            default_s, _ = median_time(lambda: plan_gc(catalog, limits, policy=default, usage=usage), 3)
+            plan_pass(catalog, limits, policy=default, usage=usage)
+            default_s, _ = median_time(lambda: plan_pass(catalog, limits, policy=default, usage=usage), 3)
         # The policy's own statement (same WHERE and ORDER BY), fetched in the same chunks, no Python objects.
         base_plan_s, _ = median_time(
             raw_query(
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'kvfs du --json, fresh process':<44} {proc_s.wall:.3f}s wall (interpreter start and imports included)"
     )
-    line(f"plan_gc: {args.victims:,} LRU victims of {n}", plan_s, base_plan_s, "< 1 s")
+    line(f"plan_pass: {args.victims:,} LRU victims of {n}", plan_s, base_plan_s, "< 1 s")
     line("  with usage() given (the evictor's path)", plan_pre_s, base_plan_s)
     if default_s is not None:
         line(f"  default policy {DEFAULT_POLICY!r}, usage() given (3 runs)", default_s, base_plan_s)

@@ -3,7 +3,7 @@
     python -m tools.bench.evictor [--blocks 1000000] [--victims 100000] [--files 20000] [--records 200000]
                             [--tree-files 20000] [--runs 3] [--only plan,delete,ingest,rss,metaops]
 
-* plan:    victim selection (`plan_gc`, default policy) of --victims blocks from a --blocks SQLite catalog.
+* plan:    victim selection (`plan_pass`, default policy) of --victims blocks from a --blocks SQLite catalog.
            Baseline: the bare `SELECT ... ORDER BY last_access LIMIT` with the stdlib sqlite3 module.  Goal < 1 s.
 * delete:  `execute_plan` (RootGuard unlink + catalog rows + eviction log, recheck hook included) over --files
            fresh files, against a raw `os.unlink` loop over as many fresh files.  Goal >= 0.8x.
@@ -41,7 +41,7 @@ from typing import Any
 
 from evictor.ingest import JournalIngester
 from kvfs.catalog import BlockRow, Catalog
-from kvfs.gc import GcLimits, execute_plan, plan_gc
+from kvfs.eviction import Limits, execute_plan, plan_pass
 from kvfs.journal import JournalReader, JournalWriter
 from kvfs.layout import BlockKey
 from kvfs.policy import DEFAULT_POLICY, get_policy
@@ -84,19 +84,19 @@ def build_catalog(path: Path, blocks: int) -> str:
 
 # ---- plan ----------------------------------------------------------------------------------------------------
 def bench_plan(url: str, db: Path, blocks: int, victims: int, runs: int, policy_name: str) -> dict[str, Any]:
-    """The planning part of an evictor pass: `usage()` (capacity) then `plan_gc(usage=...)`, as `Enforcer`."""
+    """The planning part of an evictor pass: `usage()` (capacity) then `plan_pass(usage=...)`, as the evictor's `PassRunner`."""
     policy = get_policy(policy_name)
     times, usage_times, base = [], [], []
     with Catalog.open(url) as cat:
         total = cat.usage().total_bytes
-        limits = GcLimits(max_bytes=total - victims * BLOCK_SIZE, min_age=600)
+        limits = Limits(max_bytes=total - victims * BLOCK_SIZE, min_age=600)
         cpu = []
         for _ in range(runs):
             c0 = time.process_time()
             t0 = time.perf_counter()
             usage = cat.usage()
             t1 = time.perf_counter()
-            plan = plan_gc(cat, limits, policy=policy, usage=usage)
+            plan = plan_pass(cat, limits, policy=policy, usage=usage)
             times.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
             usage_times.append(t1 - t0)
@@ -123,7 +123,7 @@ def bench_plan(url: str, db: Path, blocks: int, victims: int, runs: int, policy_
     }
     print(
         f"plan ({policy_name}): {victims:,} victims of {blocks:,} blocks in {out['plan_s']:.3f}s, {out['plan_cpu_s']:.3f}s CPU (usage() {out['usage_s']:.3f}s + "
-        f"plan_gc; goal < 1 s); bare sqlite3 of the policy's ORDER BY ... LIMIT: {out['raw_select_s']:.3f}s "
+        f"plan_pass; goal < 1 s); bare sqlite3 of the policy's ORDER BY ... LIMIT: {out['raw_select_s']:.3f}s "
         f"({out['plan_s'] / out['raw_select_s']:.1f}x); runs {[round(t, 3) for t in times]}",
         flush=True,
     )
@@ -173,7 +173,7 @@ def bench_delete(work: Path, files: int, runs: int, catalog_dir: Path, chunk: in
         db = catalog_dir / f"kvfs-bench-delete-{os.getpid()}-{run}.db"
         with Catalog.open(f"sqlite:///{db}") as cat:
             cat.upsert_blocks(ev_rows)
-            plan = plan_gc(cat, GcLimits(max_bytes=0), policy=DEFAULT_POLICY)
+            plan = plan_pass(cat, Limits(max_bytes=0), policy=DEFAULT_POLICY)
             assert len(plan.victims) == files
 
             def recheck(batch: list[Any], cat: Catalog = cat) -> list[Any]:
@@ -183,7 +183,7 @@ def bench_delete(work: Path, files: int, runs: int, catalog_dir: Path, chunk: in
             _settle()
             deleted = 0
             for n, start in enumerate(range(0, files, chunk)):
-                sub = replace(plan, victims=plan.victims[start : start + chunk], orphans=[])
+                sub = replace(plan, victims=plan.victims[start : start + chunk], temp_files=[])
                 for side in ("raw", "evict") if n % 2 == 0 else ("evict", "raw"):
                     t0 = time.perf_counter()
                     if side == "raw":

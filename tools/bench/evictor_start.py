@@ -212,7 +212,7 @@ def run_kvfs(store: Store, work: Path, src: Path | None = None) -> dict[str, Any
                     out["cpu_s"] = _cpu_s(proc.pid)
             time.sleep(0.02)
         if src is not None:
-            evicted = _wait_log(log, r"^(.{23}) INFO kvfs.evictor.enforce: evicted", t0)
+            evicted = _wait_log(log, r"^(.{23}) INFO kvfs.evictor.passes: evicted", t0)
             watching = _wait_log(log, r"^(.{23}) INFO kvfs.evictor.watch: watching", t0)
             out["first_pass_s"] = _log_time(evicted[1]) - t0
             out["watch_ready_s"] = _log_time(watching[1]) - t0

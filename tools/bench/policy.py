@@ -2,7 +2,7 @@
 
 `python -m tools.bench.policy [--rows 1000000] [--runs 5] [--evict 0.01] [--policies lru,slru,2q,prefix] [--pg]`
 
-A pass is what the evictor does when the tier is over its cap: `plan_gc` with `max_bytes` 1% (`--evict`) below
+A pass is what the evictor does when the tier is over its cap: `plan_pass` with `max_bytes` 1% (`--evict`) below
 usage, i.e. the policy's SQL streamed until 1% of the bytes are chosen.  The baselines are the cheapest things any
 pass could do on the same table with raw `sqlite3`: one full aggregate (`sum(size)`, what any policy that
 looks at every row pays at least) and walking the LRU index for the same number of rows.
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kvfs.catalog import BlockRow, Catalog
-from kvfs.gc import GcLimits, plan_gc
+from kvfs.eviction import Limits, plan_pass
 from kvfs.journal import JournalRecord, RecordKind
 from kvfs.layout import BlockKey
 
@@ -92,7 +92,7 @@ def one_pass(catalog: Catalog, policy: str, now: float, evict: float = 0.01) -> 
     CPU s is the steadier figure on a loaded machine."""
     usage = catalog.usage().total_bytes
     t0, c0 = time.perf_counter(), time.process_time()
-    plan = plan_gc(catalog, GcLimits(max_bytes=int(usage * (1 - evict))), now=now, policy=policy)
+    plan = plan_pass(catalog, Limits(max_bytes=int(usage * (1 - evict))), now=now, policy=policy)
     return time.perf_counter() - t0, time.process_time() - c0, len(plan.victims)
 
 

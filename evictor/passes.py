@@ -1,8 +1,10 @@
-"""One enforcement pass of the leader: measure usage, plan (catalog only), recheck, delete, report.
+"""The leader's eviction passes: `kvfs.eviction.run_pass` with the evictor's capacity, hooks and reporting.
 
 Capacity is measured from the catalog when `max_bytes` is set and from statvfs of the root otherwise; both are
 O(1) in filesystem operations, so a pass under the watermark touches the filesystem only for the journal (and
 one statvfs).  Over the high watermark the pass plans enough victims to come down to the low watermark.
+Each pass ends in an outcome (`idle`, `evicted`, `stalled`, `failed`); a pass that cannot make progress says
+why in one log line per cause per minute and leaves `kvfs_evictor_last_pass_success_timestamp_seconds` behind.
 """
 
 from __future__ import annotations
@@ -17,21 +19,15 @@ from typing import Any
 from evictor import metrics
 from evictor.settings import Settings
 from kvfs.catalog import Catalog
+from kvfs.eviction import Limits, PassHooks, Plan, Result, limits_from_settings, reclaim_empty_dirs, run_pass
 from kvfs.fsusage import fs_usage
-from kvfs.gc import (
-    GcLimits,
-    GcPlan,
-    GcResult,
-    Victim,
-    execute_plan,
-    plan_gc,
-    reclaim_empty_dirs,
-    still_unused,
-)
 from kvfs.policy import get_policy
 from kvfs.units import format_size
 
-log = logging.getLogger("kvfs.evictor.enforce")
+log = logging.getLogger("kvfs.evictor.passes")
+
+# Why a pass that had work due did none of it (`kvfs_evictor_pass_stalled{cause}`).
+STALL_CAUSES = ("unknown_namespace", "protected_by_min_age", "deletes_failing", "catalog_errors")
 
 
 @dataclass(slots=True)
@@ -57,8 +53,10 @@ class PassReport:
     planned_files: int = 0
     planned_bytes: int = 0
     plan_s: float = 0.0
-    result: GcResult | None = None
+    result: Result | None = None
     duration_s: float = 0.0
+    outcome: str = "idle"  # idle | evicted | stalled (over the watermark, nothing removable) | failed
+    stalled_because: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,11 +69,13 @@ class PassReport:
             "plan_s": round(self.plan_s, 4),
             "duration_s": round(self.duration_s, 4),
             "result": self.result.to_json() if self.result else None,
+            "outcome": self.outcome,
+            "stalled_because": self.stalled_because,
         }
 
 
-def measure_capacity(settings: Settings, catalog: Catalog) -> Capacity:
-    usage = catalog.usage()
+def measure_capacity(settings: Settings, catalog: Catalog, usage: Any = None) -> Capacity:
+    usage = catalog.usage() if usage is None else usage
     if settings.max_bytes is not None:
         used, cap, source = usage.total_bytes, settings.max_bytes, "max_bytes"
     else:
@@ -93,8 +93,8 @@ def capacity_target(settings: Settings, cap: Capacity) -> int | None:
     return max(0, cap.catalog_bytes - need_free)
 
 
-class Enforcer:
-    """Runs passes; `ingest()` is the journal feed (called again just before each delete batch)."""
+class PassRunner:
+    """Runs the leader's passes; `ingest()` is the journal feed (called again just before each delete batch)."""
 
     def __init__(
         self,
@@ -102,37 +102,29 @@ class Enforcer:
         catalog: Catalog,
         *,
         ingest: Callable[[], Any],
-        orphans: Callable[[], list[Any]],
-        forget_orphans: Callable[[list[str]], None],
+        temp_files: Callable[[], list[Any]],
+        forget_temp_files: Callable[[list[str]], None],
         still_leader: Callable[[], bool],
         stopping: threading.Event,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
         self.ingest = ingest
-        self.orphans = orphans
-        self.forget_orphans = forget_orphans
+        self.temp_files = temp_files
+        self.forget_temp_files = forget_temp_files
         self.still_leader = still_leader
         self.stopping = stopping
         self.policy = get_policy(settings.policy)
         self.last: PassReport | None = None
+        self.last_success: float | None = None  # wall time of the last pass that did what was due
         self._emptied_dirs: dict[str, float] = {}  # emptied bucket directory -> when queued, not yet removed
+        self._said: dict[str, float] = {}  # cause -> when it was last logged (one line per cause per minute)
         self.phase = "idle"
+        self.progress_at = time.monotonic()  # last step of the pass in progress (health: a stuck pass)
         self.paused_batches = 0
         for mark in ("high", "low"):
             value = settings.high_watermark if mark == "high" else settings.low_watermark
             metrics.WATERMARK_RATIO.labels(mark).set(value / 100)
-
-    def limits(self, target: int | None) -> GcLimits:
-        s = self.settings
-        return GcLimits(
-            max_bytes=target,
-            ttl=s.ttl,
-            quotas=dict(s.quotas),
-            retire=tuple(s.retire),
-            orphan_grace=s.orphan_grace,
-            min_age=s.min_age,
-        )
 
     def _publish(self, cap: Capacity) -> None:
         metrics.USAGE_BYTES.set(cap.used)
@@ -149,51 +141,103 @@ class Enforcer:
                 metrics.NAMESPACE_FILES.remove(*labels)
 
     def run_pass(self) -> PassReport:
-        start = time.monotonic()
         now = time.time()
-        self.ingest()
-        cap = measure_capacity(self.settings, self.catalog)
-        self._publish(cap)
-        target = capacity_target(self.settings, cap)
-        metrics.OVER_HIGH_WATERMARK.set(1 if target is not None else 0)
-        report = PassReport(time=now, over_high=target is not None, capacity=cap)
-        self.phase = "planning"
-        t0 = time.monotonic()
-        plan = plan_gc(
+        state: dict[str, Any] = {}
+
+        def limits(usage: Any) -> Limits:
+            cap = measure_capacity(self.settings, self.catalog, usage)
+            self._publish(cap)
+            target = capacity_target(self.settings, cap)
+            metrics.OVER_HIGH_WATERMARK.set(1 if target is not None else 0)
+            state.update(cap=cap, target=target)
+            return limits_from_settings(self.settings, max_bytes=target)
+
+        outcome = run_pass(
             self.catalog,
-            self.limits(target),
+            self.settings.root,
+            limits,
+            self.policy,
+            hooks=PassHooks(ingest=self.ingest, before_batch=self._before_batch, on_phase=self._set_phase),
+            temp_files=self.temp_files(),
             now=now,
-            policy=self.policy,
-            orphans=self.orphans(),
-            usage=cap.usage,
+            dry_run=self.settings.dry_run,
+            batch_size=self.settings.delete_batch,
+            reclaim_dirs=False,  # after the pass (reclaim_dirs): the target first
         )
-        report.plan_s = time.monotonic() - t0
+        cap, target = state["cap"], state["target"]
+        report = PassReport(time=now, over_high=target is not None, capacity=cap, plan_s=outcome.plan_s)
         metrics.PLAN_SECONDS.set(report.plan_s)
+        plan, result = outcome.plan, outcome.result
         report.planned_files, report.planned_bytes = plan.total_files, plan.total_bytes
-        if plan.total_files:
-            self.phase = "deleting"
-            try:
-                result = execute_plan(
-                    self.settings.root,
-                    self.catalog,
-                    plan,
-                    dry_run=self.settings.dry_run,
-                    recheck=self._recheck,
-                    batch_size=self.settings.delete_batch,
-                    policy=self.policy,
-                    reclaim_dirs=False,  # after the pass (reclaim_dirs): the target first
-                )
-            finally:
-                self.phase = "idle"
-            report.result = result
-            if not result.dry_run and plan.orphans:
-                self.forget_orphans([o.relpath for o in plan.orphans])
+        report.result = result
+        if result is not None:
+            if not result.dry_run and plan.temp_files:
+                self.forget_temp_files([t.relpath for t in plan.temp_files])
             self._account(plan, result, cap, target)
-        self.phase = "idle"
-        report.duration_s = time.monotonic() - start
+        report.outcome, report.stalled_because = self._judge(plan, result, target)
+        if report.outcome in ("idle", "evicted"):
+            self.last_success = now
+            metrics.LAST_PASS_SUCCESS.set(now)
+        for cause in STALL_CAUSES:
+            metrics.PASS_STALLED.labels(cause).set(1 if cause in report.stalled_because else 0)
+        report.duration_s = outcome.duration_s
         metrics.ENFORCE_SECONDS.observe(report.duration_s)
         self.last = report
         return report
+
+    def _judge(self, plan: Plan, result: Result | None, target: int | None) -> tuple[str, list[str]]:
+        """The pass's outcome, and why a pass that had work due could not do it (each cause logged at most once
+        a minute, so a stalled evictor says why without flooding the log)."""
+        causes: list[str] = []
+        if plan.unknown_namespaces:
+            causes.append("unknown_namespace")
+            self._say(
+                "unknown_namespace",
+                "retire/quota names namespaces the catalog does not know (skipped): %s",
+                ", ".join(plan.unknown_namespaces),
+            )
+        if plan.shortfall_bytes > 0:
+            causes.append("protected_by_min_age")
+            self._say(
+                "protected_by_min_age",
+                "limits exceeded by %s that no pass can remove yet: every remaining block was used within "
+                "min_age (%ss); lower min_age or add capacity",
+                format_size(plan.shortfall_bytes),
+                f"{self.settings.min_age:g}",
+            )
+        if result is not None and not result.dry_run and result.attempted and result.deleted_files == 0:
+            causes.append("deletes_failing")
+            self._say(
+                "deletes_failing",
+                "every removal of this pass failed (%d errors, %d refused): check the mount's permissions",
+                result.errors,
+                result.refused,
+            )
+        if result is not None and result.recheck_failures:
+            causes.append("catalog_errors")
+            self._say(
+                "catalog_errors",
+                "%d delete batches kept: recency could not be confirmed",
+                result.recheck_failures,
+            )
+        if "deletes_failing" in causes:
+            return "failed", causes
+        if result is not None and result.deleted_files:
+            return "evicted", causes
+        due = target is not None or bool(plan.total_files)
+        if due and causes:
+            return "stalled", causes
+        return "idle", causes
+
+    def _say(self, cause: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._said.get(cause, -1e9) >= 60.0:
+            self._said[cause] = now
+            log.warning(message, *args)
+
+    def _set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self.progress_at = time.monotonic()
 
     def reclaim_dirs(self, report: PassReport) -> int:
         """After a pass (rmdir costs about ten unlinks: the target first): remove the bucket directories passes
@@ -224,41 +268,27 @@ class Enforcer:
             log.info("removed %d emptied bucket directories (%d wait for min_age)", removed, len(young))
         return removed
 
-    def _recheck(self, batch: list[Victim]) -> list[Victim]:
-        """Just before a batch is unlinked: pick up the newest journals and spare what was used since."""
+    def _before_batch(self, size: int) -> bool:
+        """Just before a batch is removed: the optional pause, then stop and leadership checks."""
         if self.settings.pause_before_delete > 0:
             self.phase = "paused_before_delete"
             self.paused_batches += 1
             log.info(
                 "pausing %.1fs before deleting a batch of %d (pause_before_delete)",
                 self.settings.pause_before_delete,
-                len(batch),
+                size,
             )
             self.stopping.wait(self.settings.pause_before_delete)
             self.phase = "deleting"
+        self.progress_at = time.monotonic()
         if self.stopping.is_set():
-            return []
+            return False
         if not self.still_leader():
-            log.warning("no longer the leader: dropping a batch of %d victims", len(batch))
-            return []
-        try:
-            self.ingest()
-            keep = still_unused(self.catalog, batch, protect_after=time.time() - self.settings.min_age)
-        except Exception as exc:  # noqa: BLE001 - cannot confirm recency: delete nothing, retry next pass
-            metrics.ERRORS.labels("catalog").inc()
-            log.warning("recheck failed, keeping a batch of %d: %s", len(batch), str(exc).splitlines()[0])
-            return []
-        spared = len(batch) - len(keep)
-        if spared:
-            metrics.RECHECK_SPARED.inc(spared)
-            log.info("recheck: %d of %d victims were used since they were chosen; kept", spared, len(batch))
-        return keep
+            log.warning("no longer the leader: dropping a batch of %d victims", size)
+            return False
+        return True
 
-    def _account(self, plan: GcPlan, result: GcResult, cap: Capacity, target: int | None) -> None:
-        for reason, tally in result.by_reason.items():
-            if not result.dry_run:
-                metrics.EVICTED_FILES.labels(str(reason)).inc(tally.files)
-                metrics.EVICTED_BYTES.labels(str(reason)).inc(tally.bytes)
+    def _account(self, plan: Plan, result: Result, cap: Capacity, target: int | None) -> None:
         reasons = ", ".join(
             f"{r}: {t.files} files {format_size(t.bytes)}" for r, t in result.by_reason.items()
         )
