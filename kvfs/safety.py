@@ -70,6 +70,10 @@ class UnlinkStats:
     not_deleted: list[str] = field(default_factory=list)
     # Paths that were already gone (deleted by someone else): their rows can go, but they were not evicted now.
     missing_paths: list[str] = field(default_factory=list)
+    # The first failure and the first refusal of the batch, for its one log line each (a hostile or broken
+    # tree can fail every file: one line per file would flood the log).
+    first_error: str | None = None
+    first_refusal: str | None = None
 
 
 def check_relpath(relpath: str) -> list[str]:
@@ -241,8 +245,21 @@ class RootGuard:
                     stats.errors += part.errors
                     stats.not_deleted.extend(part.not_deleted)
                     stats.missing_paths.extend(part.missing_paths)
+                    stats.first_error = stats.first_error or part.first_error
+                    stats.first_refusal = stats.first_refusal or part.first_refusal
         finally:
             os.close(root_fd)
+        if stats.errors:
+            log.warning(
+                "cannot delete %d files under %s (first: %s)", stats.errors, self.root, stats.first_error
+            )
+        if stats.refused:
+            log.warning(
+                "refused to delete %d paths under %s (first: %s)",
+                stats.refused,
+                self.root,
+                stats.first_refusal,
+            )
         for result, count in (
             ("deleted", stats.deleted),
             ("missing", stats.missing),
@@ -280,7 +297,7 @@ class RootGuard:
                     unlink(name, dir_fd=fd)
                     stats.deleted += 1
                 except UnsafePath as exc:
-                    self._refused(rel, exc.reason)
+                    self._refused(rel, exc.reason, stats)
                     stats.refused += 1
                     stats.not_deleted.append(rel)
                 except FileNotFoundError:
@@ -289,21 +306,26 @@ class RootGuard:
                 except OSError as exc:
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                         reason = "symlink" if exc.errno == errno.ELOOP else "not_a_directory"
-                        self._refused(rel, reason)
+                        self._refused(rel, reason, stats)
                         stats.refused += 1
                     else:
                         if exc.errno == errno.EMFILE:  # out of descriptors: drop the cache for the next path
                             _close_cached(dir_fds, root_fd)
-                        log.warning("cannot delete %s under %s: %s", rel, self.root, exc)
+                        if stats.first_error is None:
+                            stats.first_error = f"{rel}: {exc.strerror or exc}"
                         stats.errors += 1
                     stats.not_deleted.append(rel)
         finally:
             _close_cached(dir_fds, root_fd)
 
-    def _refused(self, relpath: str, reason: str) -> None:
+    def _refused(self, relpath: str, reason: str, stats: UnlinkStats | None = None) -> None:
+        """Count a refused path; a batch (`stats`) logs its first refusal once, a single operation logs now."""
         metrics.UNSAFE_PATHS_REFUSED.labels(reason=reason).inc()
         metrics.UNLINKS.labels(result="refused").inc()
-        log.warning("refused to delete %r under %s: %s", relpath, self.root, reason)
+        if stats is None:
+            log.warning("refused to delete %r under %s: %s", relpath, self.root, reason)
+        elif stats.first_refusal is None:
+            stats.first_refusal = f"{relpath!r}: {reason}"
 
 
 class _OpenHow(ctypes.Structure):
