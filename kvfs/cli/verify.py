@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import click
 
 from kvfs.cli.app import KvfsContext, pass_state
 from kvfs.cli.output import emit_json, size, table
+from kvfs.layout import META_DIRNAME, parse_namespace_dir
 from kvfs.verify import DEFAULT_THREADS, verify_tree
 
 
@@ -52,6 +55,14 @@ def verify(
     reported, never deleted: an unreadable file is not proven corrupt).  Stock `.bin` files have no header: they are counted, not checked.
     """
     root = state.require_root()
+    if namespace is not None:
+        # A misspelt namespace would check nothing and pass ("checked 0 files"): refuse it like gc and ls do.
+        known = sorted(_namespaces_in_tree(root))
+        if namespace not in known:
+            raise click.BadParameter(
+                f"unknown namespace {namespace!r} under {root} (known: {', '.join(known) or 'none'})",
+                param_hint="'--namespace'",
+            )
     catalog = state.catalog() if delete_corrupt else None
     progress = _Counter() if not as_json and sys.stderr.isatty() else None
     result = verify_tree(
@@ -84,3 +95,14 @@ def verify(
         )
     if remaining > 0:
         sys.exit(1)
+
+
+def _namespaces_in_tree(root: Path) -> set[str]:
+    names: set[str] = set()
+    with os.scandir(root) as entries:
+        for entry in entries:
+            if entry.name != META_DIRNAME and entry.is_dir(follow_symlinks=False):
+                parsed = parse_namespace_dir(entry.name)
+                if parsed is not None:
+                    names.add(parsed[0])
+    return names

@@ -449,3 +449,11 @@ def test_journal_segments_are_kept_unless_asked(site: Site) -> None:
     assert out["journal_records_ingested"] == 0  # applied once, by the scan
     assert out["journal_segments_removed"] == len(segments)
     assert list(journal.iterdir()) == []
+
+
+def test_verify_refuses_an_unknown_namespace_like_gc_and_ls(site: Site) -> None:
+    ns, _ = site.namespaces["org/alpha"]
+    ok = site.invoke("verify", "--namespace", ns)
+    assert ok.exit_code == 0, ok.output
+    typo = site.invoke("verify", "--namespace", ns + "x")
+    assert typo.exit_code == 2 and "unknown namespace" in typo.output and ns in typo.output

@@ -13,6 +13,7 @@ import ast
 import importlib.util
 import json
 import posixpath
+import re
 import shlex
 import tempfile
 from collections.abc import Iterator
@@ -94,11 +95,51 @@ def iter_workloads(docs: Any) -> Iterator[Workload]:
             yield Workload(obj, pod, c)
 
 
+SHELLS = ("sh", "bash", "dash", "ash")
+SHELL_OPERATORS = {";", "&&", "||", "|", "&", "(", ")"}
+
+
+def vllm_argv(container: Obj) -> list[str]:
+    """The argv vLLM gets: command + args, or the `vllm ...` command of a `sh -c SCRIPT`, split as the shell would.
+
+    In a script, arguments after SCRIPT are the shell's $0, $1...: never vLLM's (what a patch appending to `args`
+    of an llm-d-style container silently produces).
+    """
+    args = argv(container)
+    if len(args) >= 3 and posixpath.basename(args[0]) in SHELLS and args[1] == "-c":
+        script = args[2].replace("\\\n", " ")
+        for line in script.splitlines():
+            lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+            lexer.whitespace_split = True
+            lexer.commenters = "#"
+            segment: list[str] = []
+            for token in [*lexer, ";"]:
+                if token not in SHELL_OPERATORS:
+                    segment.append(token)
+                    continue
+                words = list(segment)
+                while words and (words[0] == "exec" or re.match(r"[A-Za-z_][A-Za-z0-9_]*=", words[0])):
+                    words.pop(0)  # `exec` and leading VAR=value assignments
+                if words and posixpath.basename(words[0]) == "vllm":
+                    return words
+                segment = []
+        return []
+    return args
+
+
+def wiring_env_enabled(container: Obj) -> bool:
+    from connector.plugin import ROOT_ENV
+
+    return bool(env_of(container).get(ROOT_ENV))
+
+
 def engines(docs: Any) -> list[Workload]:
+    """vLLM containers with the kvfs connector: on their command line or enabled by kvfs' plugin from env."""
     return [
         w
         for w in iter_workloads(docs)
-        if any(a.split("=", 1)[0] == KV_TRANSFER_FLAG for a in argv(w.container))
+        if any(a.split("=", 1)[0] == KV_TRANSFER_FLAG for a in vllm_argv(w.container))
+        or wiring_env_enabled(w.container)
     ]
 
 
@@ -162,10 +203,18 @@ def claim_of(volume: Obj) -> str | None:
 
 
 def kv_transfer_config(w: Workload) -> Obj:
-    raw = flag_value(argv(w.container), KV_TRANSFER_FLAG)
-    if raw is None:
+    """The engine's effective kv-transfer-config: its command line's, or the one kvfs' plugin adds from env.
+
+    Raises ValueError (json's included) when there is none, or when both are there and differ (the plugin refuses
+    to start such an engine).
+    """
+    from connector.plugin import effective_transfer_config
+
+    raw = flag_value(vllm_argv(w.container), KV_TRANSFER_FLAG)
+    cfg = effective_transfer_config(None if raw is None else json.loads(raw), env_of(w.container))
+    if cfg is None:
         raise ValueError(f"{w.name}: no {KV_TRANSFER_FLAG}")
-    return json.loads(raw)
+    return dict(cfg)
 
 
 def connector_root(w: Workload) -> str:
@@ -176,7 +225,7 @@ def connector_root(w: Workload) -> str:
 
 
 def engine_port(w: Workload) -> int:
-    port = flag_value(argv(w.container), "--port")
+    port = flag_value(vllm_argv(w.container), "--port")
     return int(port) if port is not None else VLLM_DEFAULT_PORT
 
 
@@ -293,7 +342,8 @@ def check_engine_metrics(docs: Any) -> list[str]:
     """
     problems: list[str] = []
     for w in engines(docs):
-        if argv(w.container)[:3] != ENGINE_COMMAND:
+        # Either the image's wrapper or kvfs' plugin (enabled from env) clears the previous run's files.
+        if argv(w.container)[:3] != ENGINE_COMMAND and not wiring_env_enabled(w.container):
             problems.append(f"{w.name}: command {argv(w.container)[:3]} is not {ENGINE_COMMAND}")
         directory = env_of(w.container).get("PROMETHEUS_MULTIPROC_DIR")
         if not directory:

