@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from connector.naming import Namespace
+from connector.naming import NamespaceDir
 
 if TYPE_CHECKING:
     from kvfs.journal import JournalWriter
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 class AccessRecorder:
     """Journals access records from a background thread: the scheduler thread only appends (time, keys)."""
 
-    def __init__(self, journal: JournalWriter, namespace: Namespace) -> None:
+    def __init__(self, journal: JournalWriter, namespace: NamespaceDir) -> None:
         self.journal = journal
         self.namespace = namespace
         self._queue: deque[tuple[float, list[bytes]]] = deque()

@@ -85,7 +85,6 @@ from vllm.v1.kv_offload.tiering.base import (  # noqa: E402
 from vllm.v1.kv_offload.tiering.factory import SecondaryTierFactory  # noqa: E402
 from vllm.v1.kv_offload.tiering.spec import TieringOffloadingSpec  # noqa: E402
 
-HAS_MANAGER_LOCK = isinstance(getattr(OffloadingManager, "lock", None), property)
 _EVENT_FIELDS = {f.name for f in dataclasses.fields(OffloadingEvent)}
 
 __all__ = [

@@ -21,7 +21,7 @@ from connector.compat import (
     storage_event,
 )
 from connector.lookup import ExistenceCache, Presence
-from connector.naming import Namespace
+from connector.naming import NamespaceDir
 
 if TYPE_CHECKING:
     from kvfs.journal import JournalWriter
@@ -59,7 +59,7 @@ class KvfsLoadStoreSpec(LoadStoreSpec):
 class KvfsManager(OffloadingManager):
     def __init__(
         self,
-        namespace: Namespace,
+        namespace: NamespaceDir,
         *,
         lookup_ttl_s: float,
         journal: JournalWriter | None,

@@ -76,7 +76,7 @@ def fingerprint_fields(
 
 
 @dataclass(frozen=True)
-class Namespace:
+class NamespaceDir:
     """One replica-independent namespace directory and the rank whose files this process reads/writes."""
 
     root: str

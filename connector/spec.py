@@ -23,7 +23,7 @@ from connector.compat import (
 )
 from connector.config import ConfigError, KvfsConnectorConfig
 from connector.manager import KvfsManager
-from connector.naming import PAYLOAD_DIRECT, Namespace
+from connector.naming import PAYLOAD_DIRECT, NamespaceDir
 from connector.worker import KvfsWorker
 from kvfs.blockfile import Durability
 
@@ -60,7 +60,7 @@ class KvfsOffloadingSpec(OffloadingSpec):
         # Pure-MLA TP-only engines hold identical KV on every rank: vLLM then lets rank 0 alone store, and
         # every rank reads that one file (no `_r<rank>` directories).
         self.replicated_layout = bool(getattr(config, "replicated_layout", False))
-        self.namespace = Namespace(
+        self.namespace = NamespaceDir(
             root=self.kvfs.root,
             fields=namespace_fields(config, payload=PAYLOAD_DIRECT, revision=self.kvfs.model_revision),
             world_size=1 if self.replicated_layout else config.parallel.world_size,

@@ -34,7 +34,7 @@ from connector.copier import GroupCopier
 from connector.iopool import FileOp, IoPool
 from connector.lookup import ExistenceCache, Presence
 from connector.manager import _RESULT
-from connector.naming import PAYLOAD_TIER, Namespace, file_identity_key
+from connector.naming import PAYLOAD_TIER, NamespaceDir, file_identity_key
 from connector.spec import open_journal
 from kvfs.blockfile import BlockIdentity, Durability
 
@@ -64,7 +64,7 @@ class KvfsTier(SecondaryTierManager):
         )
         config = offloading_spec.config
         row = self.block_size_bytes
-        self.namespace = Namespace(
+        self.namespace = NamespaceDir(
             root=self.kvfs.root,
             # One row holds every worker's bytes of a chunk, so one file per chunk, no rank directories.
             fields=namespace_fields(

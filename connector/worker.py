@@ -20,7 +20,7 @@ from connector.compat import (
 from connector.copier import GroupCopier
 from connector.iopool import FileOp, IoPool
 from connector.manager import KvfsLoadStoreSpec
-from connector.naming import Namespace, file_identity_key, offload_key_parts
+from connector.naming import NamespaceDir, file_identity_key, offload_key_parts
 from kvfs.blockfile import BlockIdentity
 
 log = logging.getLogger("kvfs.connector")
@@ -44,7 +44,7 @@ def plan_file_ops(
     group_index: dict[int, int],
     copiers: Sequence[GroupCopier],
     blocks_per_chunk: int,
-    namespace: Namespace,
+    namespace: NamespaceDir,
     rank: int,
     chain_pos: Sequence[int] | None = None,
     parents: Sequence[bytes | None] | None = None,
@@ -114,7 +114,7 @@ class KvfsWorker(OffloadingWorker):
         self,
         *,
         kv_caches: CanonicalKVCaches,
-        namespace: Namespace,
+        namespace: NamespaceDir,
         rank: int,
         group_index: dict[int, int],
         blocks_per_chunk: int,

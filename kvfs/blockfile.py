@@ -47,7 +47,6 @@ import struct
 import threading
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Final
 
 from kvfs import metrics
@@ -920,8 +919,3 @@ def check_block_file(
         return MissReason.IO_ERROR
     finally:
         os.close(fd)
-
-
-def block_path(root: str | os.PathLike[str], relpath: str) -> Path:
-    """`root / relpath` as a Path (convenience for callers holding a `BlockKey.relpath()`)."""
-    return Path(root) / relpath

@@ -24,7 +24,6 @@ from typing import Any, Literal
 from kvfs import metrics
 
 BlockFormat = Literal["kvfs", "bin"]
-BLOCK_FORMATS: tuple[BlockFormat, ...] = ("kvfs", "bin")
 KVFS_FORMAT_VERSION = 1
 CONFIG_FILENAME = "config.json"
 META_DIRNAME = ".kvfs"
@@ -34,9 +33,12 @@ ROOT_ID_FILENAME = "root-id"  # <root>/.kvfs/root-id: which root a catalog belon
 DIGEST_LEN = 12
 
 _NS_RE = re.compile(r"^(?P<ns>.+_[0-9a-f]{12})(?:_r(?P<rank>\d+))?$")
-_BUCKET1_RE = re.compile(r"^[0-9a-f]{3}$")
-_BUCKET2_RE = re.compile(r"^(?P<b2>[0-9a-f]{2})_g(?P<group>\d+)$")
-_BLOCK_RE = re.compile(r"^(?P<hash>[0-9a-f]{16,128})\.(?P<ext>kvfs|bin)$")
+# The path components of a block file, `<hhh>/<hh>_g<g>/<hash>.<ext>`, matched with fullmatch; the tree walk
+# (`kvfs.scan`) uses them one component at a time, `parse_block_relpath` all at once.
+BUCKET1_RE = re.compile(r"[0-9a-f]{3}")
+BUCKET2_RE = re.compile(r"(?P<b2>[0-9a-f]{2})_g(?P<group>\d+)")
+HASH_RE = re.compile(r"[0-9a-f]{16,128}")
+BLOCK_EXTS: dict[str, BlockFormat] = {"kvfs": "kvfs", "bin": "bin"}
 
 
 def canonical_json(fields: Mapping[str, Any]) -> str:
@@ -76,10 +78,6 @@ class BlockKey:
         return f"{rank_dir}/{h[:3]}/{h[3:5]}_g{self.group}/{h}.{self.fmt}"
 
 
-def block_relpath(key: BlockKey) -> str:
-    return key.relpath()
-
-
 def parse_block_relpath(relpath: str) -> BlockKey | None:
     """Parse `<ns>[_r<rank>]/<hhh>/<hh>_g<g>/<hash>.<ext>`; None when the path is not a block file."""
     parts = relpath.split("/")
@@ -87,11 +85,18 @@ def parse_block_relpath(relpath: str) -> BlockKey | None:
         return None
     ns_dir, bucket1, bucket2, name = parts
     ns_match = _NS_RE.match(ns_dir) if _utf8_name(ns_dir) else None
-    b2_match = _BUCKET2_RE.match(bucket2)
-    block_match = _BLOCK_RE.match(name)
-    if not (ns_match and b2_match and block_match and _BUCKET1_RE.match(bucket1)):
+    b2_match = BUCKET2_RE.fullmatch(bucket2)
+    block_hash, dot, ext = name.rpartition(".")
+    fmt = BLOCK_EXTS.get(ext)
+    if not (
+        ns_match
+        and b2_match
+        and fmt
+        and dot
+        and HASH_RE.fullmatch(block_hash)
+        and BUCKET1_RE.fullmatch(bucket1)
+    ):
         return None
-    block_hash = block_match["hash"]
     if block_hash[:3] != bucket1 or block_hash[3:5] != b2_match["b2"]:
         return None
     rank = ns_match["rank"]
@@ -100,7 +105,7 @@ def parse_block_relpath(relpath: str) -> BlockKey | None:
         rank=int(rank) if rank is not None else None,
         group=int(b2_match["group"]),
         block_hash=block_hash,
-        fmt=block_match["ext"],  # type: ignore[arg-type]
+        fmt=fmt,
     )
 
 

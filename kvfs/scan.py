@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import stat
 import sys
 import time
@@ -29,7 +28,11 @@ from kvfs import metrics
 from kvfs.catalog import BlockRow, Catalog
 from kvfs.catalog.engine import NETWORK_FILESYSTEMS, filesystem_type
 from kvfs.layout import (
+    BLOCK_EXTS,
+    BUCKET1_RE,
+    BUCKET2_RE,
     CONFIG_FILENAME,
+    HASH_RE,
     META_DIRNAME,
     BlockKey,
     fingerprint_sha256,
@@ -51,10 +54,6 @@ DEFAULT_BATCH = 10_000
 # the writers' hosts (journal times) and this one.
 DEFAULT_PRUNE_GRACE_S = 60.0
 
-_BUCKET1_RE = re.compile(r"[0-9a-f]{3}")
-_BUCKET2_RE = re.compile(r"([0-9a-f]{2})_g(\d+)")
-_HEX_RE = re.compile(r"[0-9a-f]{16,128}")
-_EXTS = {"kvfs": "kvfs", "bin": "bin"}
 _S_IFMT = stat.S_IFMT(0o177777)
 _S_IFREG = stat.S_IFREG
 
@@ -101,6 +100,7 @@ class WalkBatch:
     not_blocks: int = 0
     errors: int = 0
     incomplete: set[str] = field(default_factory=set)  # namespaces whose walk hit an error here
+    unreadable: list[str] = field(default_factory=list)  # directories that could not be listed (relpaths)
 
     @property
     def blocks(self) -> list[BlockRow]:
@@ -131,6 +131,7 @@ def _scan_bucket(root: str, rank_dir: str, namespace: str, rank: int | None, buc
         return out  # removed while we walked: its blocks are gone
     except OSError as exc:
         log.warning("scan: cannot read %s: %s", rel1, exc.strerror)
+        out.unreadable.append(rel1)
         out.errors += 1
         out.incomplete.add(namespace)
         return out
@@ -140,7 +141,7 @@ def _scan_bucket(root: str, rank_dir: str, namespace: str, rank: int | None, buc
             if orphan := _orphan(f"{rel1}/{name2}", sub):
                 out.orphans.append(orphan)
             continue
-        m2 = _BUCKET2_RE.fullmatch(name2)
+        m2 = BUCKET2_RE.fullmatch(name2)
         if m2 is None or not sub.is_dir(follow_symlinks=False):
             out.not_blocks += 1
             continue
@@ -153,6 +154,7 @@ def _scan_bucket(root: str, rank_dir: str, namespace: str, rank: int | None, buc
             continue
         except OSError as exc:
             log.warning("scan: cannot read %s: %s", rel2, exc.strerror)
+            out.unreadable.append(rel2)
             out.errors += 1
             out.incomplete.add(namespace)
             continue
@@ -160,8 +162,8 @@ def _scan_bucket(root: str, rank_dir: str, namespace: str, rank: int | None, buc
             for entry in leaves:
                 name = entry.name
                 stem, dot, ext = name.rpartition(".")
-                fmt = _EXTS.get(ext)
-                if fmt is None or not dot or not stem.startswith(prefix) or _HEX_RE.fullmatch(stem) is None:
+                fmt = BLOCK_EXTS.get(ext)
+                if fmt is None or not dot or not stem.startswith(prefix) or HASH_RE.fullmatch(stem) is None:
                     if is_temp_name(name):
                         if orphan := _orphan(f"{rel2}/{name}", entry):
                             out.orphans.append(orphan)
@@ -194,8 +196,9 @@ class _NamespaceDir:
     buckets: list[str]
 
 
-def _list_root(root: str) -> tuple[list[_NamespaceDir], WalkBatch]:
-    """Namespace directories and their buckets; the top levels' own temp files and stray entries."""
+def _list_root(root: str, only: str | None = None) -> tuple[list[_NamespaceDir], WalkBatch]:
+    """Namespace directories (of namespace `only`, or all) and their buckets; the top levels' own temp files
+    and stray entries."""
     top = WalkBatch()
     try:
         entries = list(os.scandir(root))
@@ -214,6 +217,8 @@ def _list_root(root: str) -> tuple[list[_NamespaceDir], WalkBatch]:
             top.not_blocks += 1
             continue
         namespace, rank = parsed
+        if only is not None and namespace != only:
+            continue
         ns_dir = _NamespaceDir(entry.name, namespace, rank, [])
         try:
             children = list(os.scandir(entry.path))
@@ -221,6 +226,7 @@ def _list_root(root: str) -> tuple[list[_NamespaceDir], WalkBatch]:
             continue
         except OSError as exc:
             log.warning("scan: cannot read %s: %s", entry.name, exc.strerror)
+            top.unreadable.append(entry.name)
             top.errors += 1
             top.incomplete.add(namespace)
             continue
@@ -228,7 +234,7 @@ def _list_root(root: str) -> tuple[list[_NamespaceDir], WalkBatch]:
             if is_temp_name(child.name):
                 if orphan := _orphan(f"{entry.name}/{child.name}", child):
                     top.orphans.append(orphan)
-            elif _BUCKET1_RE.fullmatch(child.name) and child.is_dir(follow_symlinks=False):
+            elif BUCKET1_RE.fullmatch(child.name) and child.is_dir(follow_symlinks=False):
                 ns_dir.buckets.append(child.name)
             elif not (child.name == CONFIG_FILENAME and rank is None):
                 top.not_blocks += 1
@@ -250,6 +256,7 @@ def _scan_buckets(
         out.not_blocks += one.not_blocks
         out.errors += one.errors
         out.incomplete |= one.incomplete
+        out.unreadable += one.unreadable
     return out
 
 
@@ -264,13 +271,15 @@ def walk_tree(
     *,
     threads: int | None = None,
     on_bucket: Callable[[int, int], None] | None = None,
+    namespace: str | None = None,
 ) -> Iterator[WalkBatch]:
-    """Yield WalkBatches covering the whole tree, bucket groups walked by `threads` threads.
+    """Yield WalkBatches covering the whole tree (or one namespace's directories), bucket groups walked by
+    `threads` threads; the one walk of the block tree (scans, `kvfs verify`).
 
     The first batch carries the namespaces' own level; `on_bucket(done, total)` reports progress in buckets.
     """
     root_s = os.fspath(root)
-    dirs, top = _list_root(root_s)
+    dirs, top = _list_root(root_s, namespace)
     yield top
     if threads is None:
         threads = default_threads(root_s)

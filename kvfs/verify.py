@@ -24,11 +24,8 @@ from typing import TYPE_CHECKING, Any
 from kvfs import metrics
 from kvfs.blockfile import MissReason, check_block_file
 from kvfs.layout import (
-    META_DIRNAME,
     BlockKey,
     fingerprint_sha256,
-    parse_block_relpath,
-    parse_namespace_dir,
     read_namespace_config,
 )
 
@@ -77,43 +74,26 @@ class VerifyResult:
 DirErrorHandler = Callable[[str, OSError], None]
 
 
-def _scandir(path: str, root: str, on_error: DirErrorHandler | None) -> list[os.DirEntry[str]]:
-    try:
-        with os.scandir(path) as it:
-            return list(it)
-    except FileNotFoundError:
-        return []  # removed since it was listed (an evicted bucket): nothing to check
-    except OSError as exc:
-        if on_error is not None:
-            on_error(os.path.relpath(path, root), exc)
-        return []
-
-
 def iter_block_files(
     root: str | os.PathLike[str],
     namespace: str | None = None,
     on_error: DirErrorHandler | None = None,
 ) -> Iterator[tuple[str, BlockKey]]:
-    """(relpath, key) of every block file under the root, without following symlinks.  A directory that
-    cannot be listed is passed to `on_error` (relpath, error) and skipped."""
-    root_s = os.fspath(root)
-    for top in sorted(_scandir(root_s, root_s, on_error), key=lambda e: e.name):
-        if top.name == META_DIRNAME or not top.is_dir(follow_symlinks=False):
+    """(relpath, key) of every block file under the root (or of one namespace), through the scan's walk
+    (`kvfs.scan.walk_tree`: no symlink followed, regular files only).  A directory that cannot be listed is
+    passed to `on_error` (relpath, error) and skipped."""
+    from kvfs.scan import walk_tree
+
+    for batch in walk_tree(root, threads=1, namespace=namespace):
+        if on_error is not None:
+            for rel in batch.unreadable:
+                on_error(rel, OSError(f"cannot list {rel}"))
+        ns, rank = batch.namespace, batch.rank
+        if ns is None:
             continue
-        parsed = parse_namespace_dir(top.name)
-        if parsed is None or (namespace is not None and parsed[0] != namespace):
-            continue
-        for b1 in _scandir(top.path, root_s, on_error):
-            if not b1.is_dir(follow_symlinks=False):
-                continue
-            for b2 in _scandir(b1.path, root_s, on_error):
-                if not b2.is_dir(follow_symlinks=False):
-                    continue
-                for entry in _scandir(b2.path, root_s, on_error):
-                    rel = f"{top.name}/{b1.name}/{b2.name}/{entry.name}"
-                    key = parse_block_relpath(rel)
-                    if key is not None and entry.is_file(follow_symlinks=False):
-                        yield rel, key
+        for group, block_hash, fmt, *_ in batch.found:
+            key = BlockKey(ns, rank, group, block_hash, fmt)  # type: ignore[arg-type]
+            yield key.relpath(), key
 
 
 class _Fingerprints:

@@ -82,13 +82,13 @@ class Engine:
         from connector.access import AccessRecorder
         from connector.copier import GroupCopier
         from connector.iopool import IoPool
-        from connector.naming import Namespace
+        from connector.naming import NamespaceDir
         from kvfs.journal import JournalWriter
         from kvfs.layout import kvfs_fields
 
         torch.set_num_threads(1)
         dev = torch.device(device)
-        self.ns = Namespace(
+        self.ns = NamespaceDir(
             root=root, fields=kvfs_fields({"model_name": MODEL, "dtype": "int8", "demo": True})
         )
         self.ns.publish_config()

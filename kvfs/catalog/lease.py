@@ -82,11 +82,3 @@ def holds(conn: Any, holder: str) -> bool:
 def release(conn: Any, holder: str) -> None:
     """Give the lease up at once (clean shutdown, step-down): a follower need not wait for the deadline."""
     conn.execute("update leases set expires_at = 0 where name = %s and holder = %s", (LEASE_NAME, holder))
-
-
-def lease_state(conn: Any) -> tuple[str, float] | None:
-    """(holder, seconds left) of the lease, for status."""
-    row = conn.execute(
-        f"select holder, expires_at - {_NOW} from leases where name = %s", (LEASE_NAME,)
-    ).fetchone()
-    return None if row is None else (str(row[0]), float(row[1]))

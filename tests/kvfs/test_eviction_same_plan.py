@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_gc import make_namespace, write_block
 
 from evictor.passes import PassRunner
 from evictor.settings import load_settings
 from kvfs.catalog import BlockRow, Catalog
 from kvfs.cli import main
 from kvfs.eviction import limits_from_settings, plan_pass
-
-from test_gc import make_namespace, write_block
 
 NOW = time.time()
 

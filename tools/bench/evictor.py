@@ -140,13 +140,6 @@ def _make_files(root: Path, keys: list[BlockKey]) -> None:
         os.close(fd)
 
 
-def _raw_unlink(paths: list[str]) -> float:
-    t0 = time.perf_counter()
-    for p in paths:
-        os.unlink(p)
-    return len(paths) / (time.perf_counter() - t0)
-
-
 def _settle() -> None:
     # Evicted files are old: their creation is on disk.  Both sides start from that state (and neither pays
     # for the other's pending metadata writes).

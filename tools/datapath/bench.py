@@ -32,7 +32,7 @@ from connector.access import AccessRecorder
 from connector.copier import GroupCopier
 from connector.iopool import FileOp, IoPool
 from connector.lookup import ExistenceCache, Presence
-from connector.naming import Namespace, file_identity_key
+from connector.naming import NamespaceDir, file_identity_key
 from kvfs import blockfile
 from kvfs.blockfile import HEADER_SIZE, BlockIdentity, probe_o_direct
 from kvfs.checksum import checksum64
@@ -289,7 +289,7 @@ def drop_caches(direct: bool) -> None:
 
 def scheduler_step_bench(root: str, tree_files: int, chunks: int = 100, steps: int = 50) -> dict[str, float]:
     """Scheduler-thread time per step for a `chunks`-chunk prompt with `tree_files` block files on the mount."""
-    ns = Namespace(root=root, fields={"model_name": "bench", "kvfs_format": 1})
+    ns = NamespaceDir(root=root, fields={"model_name": "bench", "kvfs_format": 1})
     keys = [secrets.token_bytes(32) + b"\0\0\0\0" for _ in range(tree_files)]
     t0 = time.perf_counter()
     made_dirs: set[str] = set()
