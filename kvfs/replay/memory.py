@@ -15,8 +15,9 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
-from kvfs.policy import prefix
+from kvfs.policy import adaptive_core, prefix
 from kvfs.replay.sim import SimResult, leading_hits
 
 Progress = Callable[[int], None]
@@ -24,6 +25,7 @@ Progress = Callable[[int], None]
 
 class _Block:
     __slots__ = ("block", "chain_pos", "hits", "last_access", "orphan", "parent")
+    size = 1  # one block, one unit: capacity in blocks
 
     def __init__(self, block: int, last_access: float, chain_pos: int, parent: int | None) -> None:
         self.block = block
@@ -49,6 +51,96 @@ def _lru(segment: dict[int, _Block], now: float) -> list[_Block]:
     )
 
 
+class Rule(Protocol):
+    """A chain policy's decisions on the in-memory tier: its state, settled before each pass, and its order."""
+
+    revive: bool  # a block stored again while its ghost is remembered counts as reused
+    horizon: float  # ghosts are kept for this many recency spans
+
+    def settle(self, returned: list[int], ghosts: list[int], blocks: int) -> None: ...
+
+    def order(
+        self,
+        orphans: list[_Block],
+        superseded: list[_Block],
+        fresh: Iterator[_Block],
+        reused: Iterator[_Block],
+        fresh_blocks: int,
+        total_blocks: int,
+        need: int,
+        span: float,
+    ) -> Iterator[tuple[_Block, bool | None]]: ...
+
+
+class PrefixRule:
+    revive = False
+    horizon = prefix.HORIZON
+
+    def __init__(self) -> None:
+        self.beta = prefix.BETA_INITIAL
+
+    def settle(self, returned: list[int], ghosts: list[int], blocks: int) -> None:
+        self.beta = prefix.adapt(returned[0], returned[1], ghosts[0], ghosts[1], self.beta)
+
+    def order(
+        self,
+        orphans: list[_Block],
+        superseded: list[_Block],
+        fresh: Iterator[_Block],
+        reused: Iterator[_Block],
+        fresh_blocks: int,
+        total_blocks: int,
+        need: int,
+        span: float,
+    ) -> Iterator[tuple[_Block, bool | None]]:
+        return prefix.order(orphans, superseded, fresh, reused, self.beta * span)
+
+
+class AdaptiveRule:
+    revive = True
+    horizon = adaptive_core.HORIZON
+
+    def __init__(self) -> None:
+        self.share = adaptive_core.SHARE_INITIAL
+
+    def settle(self, returned: list[int], ghosts: list[int], blocks: int) -> None:
+        self.share = adaptive_core.adapt(returned[0], returned[1], ghosts[0], ghosts[1], self.share, blocks)
+
+    def order(
+        self,
+        orphans: list[_Block],
+        superseded: list[_Block],
+        fresh: Iterator[_Block],
+        reused: Iterator[_Block],
+        fresh_blocks: int,
+        total_blocks: int,
+        need: int,
+        span: float,
+    ) -> Iterator[tuple[_Block, bool | None]]:
+        surplus = adaptive_core.fresh_surplus(fresh_blocks, total_blocks, need, self.share)
+        return adaptive_core.order(orphans, superseded, fresh, reused, surplus)
+
+
+def _insert_lru(segment: OrderedDict[int, _Block], items: list[_Block]) -> None:
+    """Add recent blocks to an LRU-ordered segment at their place (only its tail is reordered)."""
+    items.sort(key=_lru_key)
+    lowest = _lru_key(items[0])
+    tail: list[_Block] = []
+    while segment:
+        last = next(reversed(segment.values()))
+        if _lru_key(last) <= lowest:
+            break
+        segment.popitem()
+        tail.append(last)
+    tail.reverse()
+    for block in heapq.merge(items, tail, key=_lru_key):
+        segment[block.block] = block
+
+
+def _lru_key(block: _Block) -> tuple[float, int]:
+    return block.last_access, -block.chain_pos
+
+
 def simulate_prefix(
     requests: Sequence[Sequence[int]],
     capacity: int,
@@ -57,6 +149,29 @@ def simulate_prefix(
     progress: Progress | None = None,
 ) -> SimResult:
     """Hit blocks of the `prefix` policy on `requests` at `capacity` blocks, evicting to `capacity - slack`."""
+    return simulate_chains(requests, capacity, slack, PrefixRule(), progress=progress)
+
+
+def simulate_adaptive(
+    requests: Sequence[Sequence[int]],
+    capacity: int,
+    slack: int = 0,
+    *,
+    progress: Progress | None = None,
+) -> SimResult:
+    """Hit blocks of the adaptive default (`kvfs.policy.adaptive_core`) at `capacity` blocks."""
+    return simulate_chains(requests, capacity, slack, AdaptiveRule(), progress=progress)
+
+
+def simulate_chains(
+    requests: Sequence[Sequence[int]],
+    capacity: int,
+    slack: int,
+    rule: Rule,
+    *,
+    progress: Progress | None = None,
+) -> SimResult:
+    """The in-memory tier with the catalog's chain bookkeeping, ordered by `rule` at each pass."""
     fresh: OrderedDict[int, _Block] = OrderedDict()
     reused: OrderedDict[int, _Block] = OrderedDict()
     orphans: dict[int, _Block] = {}
@@ -67,7 +182,7 @@ def simulate_prefix(
     ghost_heap: list[tuple[float, int]] = []  # (last access, block): expiry order; stale entries skipped
     ghost_count = [0, 0]
     returned = [0, 0]
-    beta = prefix.BETA_INITIAL
+    restored: list[_Block] = []  # blocks stored since the last pass whose ghost was remembered
     target = max(0, capacity - slack)
     result = SimResult()
     for i, req in enumerate(requests):
@@ -86,6 +201,8 @@ def simulate_prefix(
                     returned[ghost[1]] += 1
                 block = blocks[h] = _Block(h, now, pos, req[pos - 1] if pos else None)
                 fresh[h] = block
+                if ghost is not None and rule.revive:
+                    restored.append(block)
                 if pos:
                     children[req[pos - 1]].add(h)
                     branched.append(pos - 1)
@@ -129,9 +246,19 @@ def simulate_prefix(
             min((b.last_access for b in orphans.values()), default=now),
         )
         span = now - oldest
-        beta = prefix.adapt(returned[0], returned[1], ghost_count[0], ghost_count[1], beta)
+        rule.settle(returned, ghost_count, len(blocks))
         returned = [0, 0]
-        cutoff = now - prefix.HORIZON * span
+        if restored:
+            # A re-store is a use (ARC's ghost hit goes to T2): hits 0 -> 1, into the reused LRU at its place.
+            revived = []
+            for block in restored:
+                if block.hits == 0 and fresh.pop(block.block, None) is not None:
+                    block.hits = 1
+                    revived.append(block)
+            if revived:
+                _insert_lru(reused, revived)
+            restored.clear()
+        cutoff = now - rule.horizon * span
         while ghost_heap and ghost_heap[0][0] < cutoff:
             last, h = heapq.heappop(ghost_heap)
             ghost = ghosts.get(h)
@@ -142,9 +269,17 @@ def simulate_prefix(
         dead = _lru(orphans, now)
         left_behind = _lru(superseded, now)
         victims: list[tuple[_Block, bool | None]] = []
-        for block, was_reused in prefix.order(
-            dead, left_behind, _older_than(fresh, now), _older_than(reused, now), beta * span
-        ):
+        ordered = rule.order(
+            dead,
+            left_behind,
+            _older_than(fresh, now),
+            _older_than(reused, now),
+            len(fresh),
+            len(blocks),
+            need,
+            span,
+        )
+        for block, was_reused in ordered:
             victims.append((block, was_reused))
             if len(victims) >= need:
                 break
