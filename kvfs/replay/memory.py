@@ -178,6 +178,9 @@ def simulate_chains(
     superseded: dict[int, _Block] = {}
     blocks: dict[int, _Block] = {}
     children: defaultdict[int, set[int]] = defaultdict(set)  # parent -> blocks stored behind it
+    # parent -> its children that the superseded rule could mark (never read, not orphan or superseded, no
+    # present children): a branch visits only these, not every sibling (issue 22, item 4; same marks).
+    leaves: defaultdict[int, set[int]] = defaultdict(set)
     ghosts: dict[int, tuple[float, bool]] = {}  # block -> (last access when evicted, was reused)
     ghost_heap: list[tuple[float, int]] = []  # (last access, block): expiry order; stale entries skipped
     ghost_count = [0, 0]
@@ -204,10 +207,19 @@ def simulate_chains(
                 if ghost is not None and rule.revive:
                     restored.append(block)
                 if pos:
-                    children[req[pos - 1]].add(h)
+                    parent = req[pos - 1]
+                    children[parent].add(h)
                     branched.append(pos - 1)
+                    leaves[parent].add(h)
+                    above = blocks.get(parent)
+                    if above is not None and above.parent is not None:
+                        leaves[above.parent].discard(parent)
+                if children.get(h) and pos:  # stored behind its own children (deepest first): not a leaf
+                    leaves[req[pos - 1]].discard(h)
                 continue
             block.last_access = now
+            if not block.hits and block.parent is not None:
+                leaves[block.parent].discard(h)
             block.hits += 1
             if h in superseded:  # read after all
                 del superseded[h]
@@ -223,19 +235,12 @@ def simulate_chains(
                 reused.move_to_end(h)
         # As the catalog's apply_journal: a new block's older, never-read, childless siblings are superseded.
         for pos in branched:
-            for sibling in children[req[pos]]:
-                sib = blocks.get(sibling)
-                if (
-                    sib is None
-                    or sib.hits
-                    or sib.orphan
-                    or sibling in superseded
-                    or sib.last_access >= now
-                    or any(c in blocks for c in children.get(sibling, ()))
-                ):
-                    continue
-                del fresh[sibling]
-                superseded[sibling] = sib
+            candidates = leaves.get(req[pos])
+            if not candidates:
+                continue
+            for sibling in [c for c in candidates if blocks[c].last_access < now]:
+                candidates.discard(sibling)
+                superseded[sibling] = fresh.pop(sibling)
         if progress is not None:
             progress(1)
         if len(blocks) <= capacity:
@@ -254,6 +259,8 @@ def simulate_chains(
             for block in restored:
                 if block.hits == 0 and fresh.pop(block.block, None) is not None:
                     block.hits = 1
+                    if block.parent is not None:
+                        leaves[block.parent].discard(block.block)
                     revived.append(block)
             if revived:
                 _insert_lru(reused, revived)
@@ -287,7 +294,20 @@ def simulate_chains(
             h = block.block
             del blocks[h]
             if block.parent is not None:  # a popular prefix's children would otherwise pile up, all checked
-                children[block.parent].discard(h)
+                up = block.parent
+                siblings = children[up]
+                siblings.discard(h)
+                leaves[up].discard(h)
+                above = blocks.get(up)
+                if (
+                    not siblings
+                    and above is not None
+                    and above.parent is not None
+                    and not above.hits
+                    and not above.orphan
+                    and up not in superseded
+                ):
+                    leaves[above.parent].add(up)  # a leaf again
             if was_reused is None:
                 if orphans.pop(h, None) is None:
                     del superseded[h]
@@ -308,6 +328,7 @@ def simulate_chains(
                     kid = blocks.get(child)
                     if kid is not None and not kid.orphan:
                         kid.orphan = True
+                        leaves[parent].discard(child)
                         orphans[child] = kid
                         if superseded.pop(child, None) is None:
                             del (reused if kid.hits else fresh)[child]
