@@ -30,7 +30,8 @@ from kvfs.cli.output import emit_json, table
     "--policies",
     default=None,
     metavar="A,B,C",
-    help="Several policies compared in one run (one table row each); the first is the JSON's `policy`.",
+    help="Several policies compared in one run (one table row each); the first is the JSON's `policy`; "
+    "`all`: every policy, the replay-only ones (adaptive, s3fifo, arc) included.",
 )
 @click.option(
     "--through-catalog",
@@ -60,8 +61,8 @@ def replay(
     A request hits the leading run of its blocks that are cached; then all its blocks are stored or touched.
     Reports the hit ratio (hit blocks / requested blocks) of the policy, Belady, LRU and FIFO.
     """
-    from kvfs.policy import get_policy
-    from kvfs.replay import parse_capacity, replay_steps, unique_blocks
+    from kvfs.policy import UnknownPolicyError
+    from kvfs.replay import REPLAY_ONLY, parse_capacity, replay_steps, resolve_policies, unique_blocks
     from kvfs.replay import replay as run_replay
     from kvfs.trace import read_trace
 
@@ -71,7 +72,12 @@ def replay(
     if not wanted:
         raise click.BadParameter("no policy named", param_hint="'--policies'")
     # An unknown name fails here, before the replay starts.
-    names = list(dict.fromkeys(get_policy(name).name for name in wanted))
+    try:
+        names = resolve_policies(wanted)
+    except UnknownPolicyError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--policy'/'--policies'") from None
+    if through_catalog and any(n in REPLAY_ONLY for n in names):
+        raise click.UsageError(f"--through-catalog: {', '.join(REPLAY_ONLY)} have no catalog version (yet)")
     requests = [req.hash_ids for req in read_trace(trace)]
     if not requests:
         raise click.ClickException(f"{trace}: no requests")

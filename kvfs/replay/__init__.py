@@ -2,11 +2,11 @@
 
 `replay(requests, capacity)` runs the chosen policies and the baselines under the same rules: prefix hits, the
 same capacity, and the same eviction slack (a pass evicts down to `capacity - slack`, as the evictor's
-watermarks do).  How each runs (`simulate_policy`): the default `prefix` policy on an in-memory tier through
-the policy's own ordering code (`memory`, identical to its catalog replay block for block), `lru` by the
-reference simulator (identical to the catalog's LRU block for block), Belady and FIFO as reference simulators
-(`baselines`), any other policy through the evictor's real planner on a scratch catalog (`catalog_replay`;
-`through_catalog=True` forces that path for every policy).
+watermarks do).  How each runs (`simulate_policy`): every policy in memory through its own order (`IN_MEMORY`:
+`prefix` and the adaptive default on the chain tier of `memory`, `slru` and `2q` in `segmented`, `lru` by the
+reference simulator, each identical to its catalog replay block for block; S3-FIFO and ARC, replay-only
+references, in `published`), Belady and FIFO as reference simulators (`baselines`); `through_catalog=True`
+replays the registered policies through the evictor's real planner on a scratch catalog (`catalog_replay`).
 
 `belady_prefix_hit_ratio(requests, capacity_blocks)` answers the one question the end-to-end benchmark needs:
 the prefix-hit ratio Belady reaches on a request sequence of block hashes.
@@ -18,10 +18,12 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from kvfs.policy import DEFAULT_POLICY, get_policy
+from kvfs.policy import DEFAULT_POLICY, available_policies, get_policy
 from kvfs.replay.baselines import simulate_belady, simulate_fifo, simulate_lru
 from kvfs.replay.catalog_replay import simulate_catalog_policy
-from kvfs.replay.memory import simulate_prefix
+from kvfs.replay.memory import simulate_adaptive, simulate_prefix
+from kvfs.replay.published import simulate_arc, simulate_s3fifo
+from kvfs.replay.segmented import simulate_2q, simulate_slru
 from kvfs.replay.sim import SimResult, leading_hits
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "leading_hits",
     "parse_capacity",
     "replay",
+    "resolve_policies",
     "simulate_belady",
     "simulate_catalog_policy",
     "simulate_fifo",
@@ -111,20 +114,55 @@ def simulate_policy(
     through_catalog: bool = False,
     progress: Progress | None = None,
 ) -> SimResult:
-    """Replay one registered policy; `progress(n)` is told of every n requests done."""
-    if not through_catalog and policy in FAST_POLICIES:
-        if policy == "prefix":
-            return simulate_prefix(requests, capacity, slack, progress=progress)
-        result = simulate_lru(requests, capacity, slack)
-        if progress is not None:
-            progress(len(requests))
-        return result
+    """Replay one policy (registered, or replay-only: `REPLAY_ONLY`); `progress(n)` is told of every n requests
+    done."""
+    if policy in REPLAY_ONLY and through_catalog:
+        raise ValueError(f"{policy!r} has no catalog version yet: it replays in memory only")
+    if not through_catalog and policy in IN_MEMORY:
+        return IN_MEMORY[policy](requests, capacity, slack, progress=progress)
     return simulate_catalog_policy(requests, capacity, slack, policy=policy, progress=progress)
 
 
-# Policies with an exact fast replay: `prefix` (its own order() on an in-memory tier) and `lru` (the reference
-# simulator); tests/kvfs/test_replay_memory.py checks both against the catalog replay block for block.
-FAST_POLICIES = frozenset({"prefix", "lru"})
+def _lru(
+    requests: Sequence[Sequence[int]], capacity: int, slack: int, *, progress: Progress | None = None
+) -> SimResult:
+    result = simulate_lru(requests, capacity, slack)
+    if progress is not None:
+        progress(len(requests))
+    return result
+
+
+# Every policy replays in memory, through its own order on an in-memory tier: `prefix` and `adaptive`
+# (kvfs.replay.memory), `slru` and `2q` (kvfs.replay.segmented), `lru` by the reference simulator; the
+# catalog policies are checked against their catalog replay block for block (tests/kvfs/test_replay_memory.py,
+# test_replay_segmented.py).
+IN_MEMORY: dict[str, Callable[..., SimResult]] = {
+    "prefix": simulate_prefix,
+    "lru": _lru,
+    "slru": simulate_slru,
+    "2q": simulate_2q,
+    "adaptive": simulate_adaptive,
+    "s3fifo": simulate_s3fifo,
+    "arc": simulate_arc,
+}
+# Compared by the replay, with no catalog version (yet): the adaptive default-to-be (kvfs.policy.adaptive_core)
+# and the published references S3-FIFO and ARC (kvfs.replay.published).
+REPLAY_ONLY = ("adaptive", "s3fifo", "arc")
+FAST_POLICIES = frozenset(IN_MEMORY)
+
+
+def resolve_policies(names: Sequence[str | None]) -> list[str]:
+    """Policy names as the replay runs them: `None` is the evictor's default, `all` every registered policy
+    and every replay-only one; unknown names raise `kvfs.policy.UnknownPolicyError`."""
+    out: list[str] = []
+    for name in names:
+        if name == "all":
+            out += [*available_policies(), *REPLAY_ONLY]
+        elif name in REPLAY_ONLY:
+            out.append(name)
+        else:
+            out.append(get_policy(name).name)
+    return list(dict.fromkeys(out))
 
 
 def replay(
@@ -144,7 +182,7 @@ def replay(
         raise ValueError(f"capacity must be at least one block: {capacity}")
     started = time.monotonic()
     names = [policy or DEFAULT_POLICY] if policy is None or isinstance(policy, str) else list(policy)
-    names = list(dict.fromkeys(get_policy(name).name for name in names or [DEFAULT_POLICY]))
+    names = resolve_policies(names or [DEFAULT_POLICY])
     slack = max(1, int(capacity * DEFAULT_SLACK_FRACTION)) if slack is None else slack
     ratios: dict[str, float] = {}
     chosen: SimResult | None = None
@@ -179,7 +217,7 @@ def replay(
 
 def replay_steps(policies: Sequence[str]) -> int:
     """How many simulations `replay` runs for `policies` (for sizing a progress bar in requests)."""
-    names = list(dict.fromkeys(policies))
+    names = resolve_policies(policies)
     return len(names) + (0 if "lru" in names else 1) + 2
 
 

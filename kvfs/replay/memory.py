@@ -15,8 +15,9 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
-from kvfs.policy import prefix
+from kvfs.policy import adaptive_core, prefix
 from kvfs.replay.sim import SimResult, leading_hits
 
 Progress = Callable[[int], None]
@@ -24,6 +25,7 @@ Progress = Callable[[int], None]
 
 class _Block:
     __slots__ = ("block", "chain_pos", "hits", "last_access", "orphan", "parent")
+    size = 1  # one block, one unit: capacity in blocks
 
     def __init__(self, block: int, last_access: float, chain_pos: int, parent: int | None) -> None:
         self.block = block
@@ -49,6 +51,96 @@ def _lru(segment: dict[int, _Block], now: float) -> list[_Block]:
     )
 
 
+class Rule(Protocol):
+    """A chain policy's decisions on the in-memory tier: its state, settled before each pass, and its order."""
+
+    revive: bool  # a block stored again while its ghost is remembered counts as reused
+    horizon: float  # ghosts are kept for this many recency spans
+
+    def settle(self, returned: list[int], ghosts: list[int], blocks: int) -> None: ...
+
+    def order(
+        self,
+        orphans: list[_Block],
+        superseded: list[_Block],
+        fresh: Iterator[_Block],
+        reused: Iterator[_Block],
+        fresh_blocks: int,
+        total_blocks: int,
+        need: int,
+        span: float,
+    ) -> Iterator[tuple[_Block, bool | None]]: ...
+
+
+class PrefixRule:
+    revive = False
+    horizon = prefix.HORIZON
+
+    def __init__(self) -> None:
+        self.beta = prefix.BETA_INITIAL
+
+    def settle(self, returned: list[int], ghosts: list[int], blocks: int) -> None:
+        self.beta = prefix.adapt(returned[0], returned[1], ghosts[0], ghosts[1], self.beta)
+
+    def order(
+        self,
+        orphans: list[_Block],
+        superseded: list[_Block],
+        fresh: Iterator[_Block],
+        reused: Iterator[_Block],
+        fresh_blocks: int,
+        total_blocks: int,
+        need: int,
+        span: float,
+    ) -> Iterator[tuple[_Block, bool | None]]:
+        return prefix.order(orphans, superseded, fresh, reused, self.beta * span)
+
+
+class AdaptiveRule:
+    revive = True
+    horizon = adaptive_core.HORIZON
+
+    def __init__(self) -> None:
+        self.share = adaptive_core.SHARE_INITIAL
+
+    def settle(self, returned: list[int], ghosts: list[int], blocks: int) -> None:
+        self.share = adaptive_core.adapt(returned[0], returned[1], ghosts[0], ghosts[1], self.share, blocks)
+
+    def order(
+        self,
+        orphans: list[_Block],
+        superseded: list[_Block],
+        fresh: Iterator[_Block],
+        reused: Iterator[_Block],
+        fresh_blocks: int,
+        total_blocks: int,
+        need: int,
+        span: float,
+    ) -> Iterator[tuple[_Block, bool | None]]:
+        surplus = adaptive_core.fresh_surplus(fresh_blocks, total_blocks, need, self.share)
+        return adaptive_core.order(orphans, superseded, fresh, reused, surplus)
+
+
+def _insert_lru(segment: OrderedDict[int, _Block], items: list[_Block]) -> None:
+    """Add recent blocks to an LRU-ordered segment at their place (only its tail is reordered)."""
+    items.sort(key=_lru_key)
+    lowest = _lru_key(items[0])
+    tail: list[_Block] = []
+    while segment:
+        last = next(reversed(segment.values()))
+        if _lru_key(last) <= lowest:
+            break
+        segment.popitem()
+        tail.append(last)
+    tail.reverse()
+    for block in heapq.merge(items, tail, key=_lru_key):
+        segment[block.block] = block
+
+
+def _lru_key(block: _Block) -> tuple[float, int]:
+    return block.last_access, -block.chain_pos
+
+
 def simulate_prefix(
     requests: Sequence[Sequence[int]],
     capacity: int,
@@ -57,17 +149,43 @@ def simulate_prefix(
     progress: Progress | None = None,
 ) -> SimResult:
     """Hit blocks of the `prefix` policy on `requests` at `capacity` blocks, evicting to `capacity - slack`."""
+    return simulate_chains(requests, capacity, slack, PrefixRule(), progress=progress)
+
+
+def simulate_adaptive(
+    requests: Sequence[Sequence[int]],
+    capacity: int,
+    slack: int = 0,
+    *,
+    progress: Progress | None = None,
+) -> SimResult:
+    """Hit blocks of the adaptive default (`kvfs.policy.adaptive_core`) at `capacity` blocks."""
+    return simulate_chains(requests, capacity, slack, AdaptiveRule(), progress=progress)
+
+
+def simulate_chains(
+    requests: Sequence[Sequence[int]],
+    capacity: int,
+    slack: int,
+    rule: Rule,
+    *,
+    progress: Progress | None = None,
+) -> SimResult:
+    """The in-memory tier with the catalog's chain bookkeeping, ordered by `rule` at each pass."""
     fresh: OrderedDict[int, _Block] = OrderedDict()
     reused: OrderedDict[int, _Block] = OrderedDict()
     orphans: dict[int, _Block] = {}
     superseded: dict[int, _Block] = {}
     blocks: dict[int, _Block] = {}
     children: defaultdict[int, set[int]] = defaultdict(set)  # parent -> blocks stored behind it
+    # parent -> its children that the superseded rule could mark (never read, not orphan or superseded, no
+    # present children): a branch visits only these, not every sibling (issue 22, item 4; same marks).
+    leaves: defaultdict[int, set[int]] = defaultdict(set)
     ghosts: dict[int, tuple[float, bool]] = {}  # block -> (last access when evicted, was reused)
     ghost_heap: list[tuple[float, int]] = []  # (last access, block): expiry order; stale entries skipped
     ghost_count = [0, 0]
     returned = [0, 0]
-    beta = prefix.BETA_INITIAL
+    restored: list[_Block] = []  # blocks stored since the last pass whose ghost was remembered
     target = max(0, capacity - slack)
     result = SimResult()
     for i, req in enumerate(requests):
@@ -86,11 +204,22 @@ def simulate_prefix(
                     returned[ghost[1]] += 1
                 block = blocks[h] = _Block(h, now, pos, req[pos - 1] if pos else None)
                 fresh[h] = block
+                if ghost is not None and rule.revive:
+                    restored.append(block)
                 if pos:
-                    children[req[pos - 1]].add(h)
+                    parent = req[pos - 1]
+                    children[parent].add(h)
                     branched.append(pos - 1)
+                    leaves[parent].add(h)
+                    above = blocks.get(parent)
+                    if above is not None and above.parent is not None:
+                        leaves[above.parent].discard(parent)
+                if children.get(h) and pos:  # stored behind its own children (deepest first): not a leaf
+                    leaves[req[pos - 1]].discard(h)
                 continue
             block.last_access = now
+            if not block.hits and block.parent is not None:
+                leaves[block.parent].discard(h)
             block.hits += 1
             if h in superseded:  # read after all
                 del superseded[h]
@@ -106,19 +235,12 @@ def simulate_prefix(
                 reused.move_to_end(h)
         # As the catalog's apply_journal: a new block's older, never-read, childless siblings are superseded.
         for pos in branched:
-            for sibling in children[req[pos]]:
-                sib = blocks.get(sibling)
-                if (
-                    sib is None
-                    or sib.hits
-                    or sib.orphan
-                    or sibling in superseded
-                    or sib.last_access >= now
-                    or any(c in blocks for c in children.get(sibling, ()))
-                ):
-                    continue
-                del fresh[sibling]
-                superseded[sibling] = sib
+            candidates = leaves.get(req[pos])
+            if not candidates:
+                continue
+            for sibling in [c for c in candidates if blocks[c].last_access < now]:
+                candidates.discard(sibling)
+                superseded[sibling] = fresh.pop(sibling)
         if progress is not None:
             progress(1)
         if len(blocks) <= capacity:
@@ -129,9 +251,21 @@ def simulate_prefix(
             min((b.last_access for b in orphans.values()), default=now),
         )
         span = now - oldest
-        beta = prefix.adapt(returned[0], returned[1], ghost_count[0], ghost_count[1], beta)
+        rule.settle(returned, ghost_count, len(blocks))
         returned = [0, 0]
-        cutoff = now - prefix.HORIZON * span
+        if restored:
+            # A re-store is a use (ARC's ghost hit goes to T2): hits 0 -> 1, into the reused LRU at its place.
+            revived = []
+            for block in restored:
+                if block.hits == 0 and fresh.pop(block.block, None) is not None:
+                    block.hits = 1
+                    if block.parent is not None:
+                        leaves[block.parent].discard(block.block)
+                    revived.append(block)
+            if revived:
+                _insert_lru(reused, revived)
+            restored.clear()
+        cutoff = now - rule.horizon * span
         while ghost_heap and ghost_heap[0][0] < cutoff:
             last, h = heapq.heappop(ghost_heap)
             ghost = ghosts.get(h)
@@ -142,9 +276,17 @@ def simulate_prefix(
         dead = _lru(orphans, now)
         left_behind = _lru(superseded, now)
         victims: list[tuple[_Block, bool | None]] = []
-        for block, was_reused in prefix.order(
-            dead, left_behind, _older_than(fresh, now), _older_than(reused, now), beta * span
-        ):
+        ordered = rule.order(
+            dead,
+            left_behind,
+            _older_than(fresh, now),
+            _older_than(reused, now),
+            len(fresh),
+            len(blocks),
+            need,
+            span,
+        )
+        for block, was_reused in ordered:
             victims.append((block, was_reused))
             if len(victims) >= need:
                 break
@@ -152,7 +294,20 @@ def simulate_prefix(
             h = block.block
             del blocks[h]
             if block.parent is not None:  # a popular prefix's children would otherwise pile up, all checked
-                children[block.parent].discard(h)
+                up = block.parent
+                siblings = children[up]
+                siblings.discard(h)
+                leaves[up].discard(h)
+                above = blocks.get(up)
+                if (
+                    not siblings
+                    and above is not None
+                    and above.parent is not None
+                    and not above.hits
+                    and not above.orphan
+                    and up not in superseded
+                ):
+                    leaves[above.parent].add(up)  # a leaf again
             if was_reused is None:
                 if orphans.pop(h, None) is None:
                     del superseded[h]
@@ -173,6 +328,7 @@ def simulate_prefix(
                     kid = blocks.get(child)
                     if kid is not None and not kid.orphan:
                         kid.orphan = True
+                        leaves[parent].discard(child)
                         orphans[child] = kid
                         if superseded.pop(child, None) is None:
                             del (reused if kid.hits else fresh)[child]

@@ -112,4 +112,11 @@ def test_suite_prints_one_row_per_trace_and_capacity(tmp_path: Path, capsys) -> 
     assert {(d["trace"], d["fraction"]) for d in data} == {
         (f"{w}-3", f) for w in WORKLOADS for f in (0.1, 0.25)
     }
-    assert all(d["policies"]["prefix"] == d["hit_ratio"] for d in data)
+    assert all(d["default"] == "adaptive" == d["policy"] for d in data)
+    assert all(d["policies"]["adaptive"] == d["hit_ratio"] for d in data)
+    # The envelope: the default's ratio to the best of the others, every policy compared.
+    for d in data:
+        others = {k: v for k, v in d["policies"].items() if k != "adaptive"}
+        assert set(others) == {"2q", "lru", "prefix", "slru", "s3fifo", "arc"}
+        best = max(others.values())
+        assert d["vs_best_other"] == round(d["hit_ratio"] / best, 4) and others[d["best_other"]] == best
