@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
-import weakref
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import URL, Engine, MetaData, create_engine, event
+from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
@@ -192,19 +190,3 @@ def describe_url(url: URL) -> str:
 def _first_line(exc: BaseException | None) -> str:
     text = str(exc).strip() if exc is not None else "unknown error"
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-_created: weakref.WeakKeyDictionary[Engine, set[int]] = weakref.WeakKeyDictionary()
-_created_lock = threading.Lock()
-
-
-def create_tables_once(engine: Engine, metadata: MetaData) -> None:
-    """Create `metadata`'s tables (a policy's side tables) where missing: once per engine and metadata, so the
-    callers on every pass pay one dict lookup, not a round of existence checks."""
-    with _created_lock:
-        done = _created.setdefault(engine, set())
-        if id(metadata) in done:
-            return
-        with engine.begin() as conn:
-            metadata.create_all(conn, checkfirst=True)
-        done.add(id(metadata))
