@@ -236,6 +236,7 @@ def _plan(
     now = time.time() if now is None else now
     if policy is None or isinstance(policy, str):
         policy = get_policy(policy)
+    policy.prepare(catalog)  # the policy's bookkeeping writes, once per pass (candidates only read)
     infos = {ns.name: ns for ns in catalog.namespaces()}
 
     def ns_id(name: str) -> int:
