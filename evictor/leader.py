@@ -104,12 +104,6 @@ class FileLockElector(LeaderElector):
         return {**super().describe(), "lock": str(self.lock_path)}
 
 
-def _libpq_conninfo(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 class PgLeaseElector(LeaderElector):
     """PostgreSQL: a lease row with a server-clock deadline (`kvfs.catalog.lease`), on a dedicated session.
 
@@ -118,7 +112,7 @@ class PgLeaseElector(LeaderElector):
     hangs loses it within `lease_s` and a follower takes over."""
 
     def __init__(self, url: str, *, lease_s: float = 15.0, connect_timeout: float = 3.0) -> None:
-        self.conninfo = _libpq_conninfo(url)
+        self.conninfo = lease.libpq_conninfo(url)
         self.lease_s = lease_s
         self.connect_timeout = connect_timeout
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -127,26 +121,9 @@ class PgLeaseElector(LeaderElector):
         self._no_claim_until = 0.0
 
     def _connect(self) -> Any:
-        import psycopg
-
-        conn = psycopg.connect(
-            self.conninfo,
-            autocommit=True,
-            connect_timeout=max(1, int(self.connect_timeout)),
-            application_name="kvfs-evictor-leader",
-            keepalives=1,
-            keepalives_idle=5,
-            keepalives_interval=2,
-            keepalives_count=3,
+        return lease.connect(
+            self.conninfo, holder=self.holder, lease_s=self.lease_s, connect_timeout=self.connect_timeout
         )
-        # Server side too: a vanished instance's session (and its liveness lock) is dropped within ~11 s.
-        conn.execute("set tcp_keepalives_idle = 5")
-        conn.execute("set tcp_keepalives_interval = 2")
-        conn.execute("set tcp_keepalives_count = 3")
-        # A statement stuck on the server (locks, I/O) must not outlive the lease it is meant to keep.
-        conn.execute(f"set statement_timeout = {max(1, int(self.lease_s * 1000 / 3))}")
-        lease.hold_liveness_lock(conn, self.holder)
-        return conn
 
     def _drop(self) -> None:
         if self._conn is not None:
@@ -210,9 +187,7 @@ class PgLeaseElector(LeaderElector):
 
 def make_elector(catalog_url: str, *, lease_s: float = 15.0) -> LeaderElector:
     """A lease for PostgreSQL, a file lock next to a SQLite catalog; CatalogError for a bad URL."""
-    from kvfs.catalog import parse_catalog_url
-
-    url = parse_catalog_url(catalog_url)
-    if url.get_backend_name() == "postgresql":
-        return PgLeaseElector(url.render_as_string(hide_password=False), lease_s=lease_s)
-    return FileLockElector(Path(str(url.database)))
+    backend, where = lease.locate(catalog_url)
+    if backend == "postgresql":
+        return PgLeaseElector(where, lease_s=lease_s)
+    return FileLockElector(Path(where))

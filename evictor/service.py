@@ -47,11 +47,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def is_catalog_error(exc: BaseException) -> bool:
-    from sqlalchemy.exc import SQLAlchemyError
+    from kvfs.catalog import CatalogError  # CatalogUnavailable: every failed statement, whatever the driver
 
-    from kvfs.catalog import CatalogError
-
-    return isinstance(exc, SQLAlchemyError | CatalogError | ConnectionError)
+    return isinstance(exc, CatalogError | ConnectionError)
 
 
 class StartupError(RuntimeError):

@@ -14,10 +14,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, insert, select
-
-from kvfs.catalog.models import KvfsMeta
-
 if TYPE_CHECKING:
     from kvfs.catalog import Catalog
 
@@ -41,17 +37,12 @@ def record_temp_files(catalog: Catalog, orphans: Iterable[Any], *, now: float | 
     sizes = [o.size for o in orphans]
     summary = OrphanSummary(files=len(sizes), bytes=sum(sizes), time=time.time() if now is None else now)
     value = json.dumps({"files": summary.files, "bytes": summary.bytes, "time": summary.time})
-    with catalog.engine.connect() as conn:
-        conn = conn.execution_options(kvfs_write=True)
-        with conn.begin():
-            conn.execute(delete(KvfsMeta).where(KvfsMeta.key == LAST_SCAN_KEY))
-            conn.execute(insert(KvfsMeta).values(key=LAST_SCAN_KEY, value=value))
+    catalog.set_meta(LAST_SCAN_KEY, value)
     return summary
 
 
 def last_scan_orphans(catalog: Catalog) -> OrphanSummary:
-    with catalog.engine.connect() as conn:
-        value = conn.execute(select(KvfsMeta.value).where(KvfsMeta.key == LAST_SCAN_KEY)).scalar()
+    value = catalog.get_meta(LAST_SCAN_KEY)
     if value is None:
         return OrphanSummary(0, 0, None)
     try:

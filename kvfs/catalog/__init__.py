@@ -2,11 +2,14 @@
 
 catalog = Catalog.open("sqlite:////var/lib/kvfs/catalog.db", root="/mnt/files-storage")
 catalog.upsert_blocks(rows); catalog.apply_journal(batch.records, batch.offsets); catalog.usage()
+
+Every SQL statement of kvfs lives in this package; other code calls `Catalog` methods (and `ghosts`, the
+policies' bookkeeping) and catches `CatalogError` (`CatalogUnavailable` for a failed statement).
 """
 
 from kvfs.catalog.catalog import Catalog
 from kvfs.catalog.engine import default_catalog_url, parse_catalog_url
-from kvfs.catalog.errors import CatalogError, RootMismatchError
+from kvfs.catalog.errors import CatalogError, CatalogUnavailable, RootMismatchError
 from kvfs.catalog.models import (
     NO_RANK,
     Base,
@@ -17,9 +20,21 @@ from kvfs.catalog.models import (
     KvfsMeta,
     Lease,
     Namespace,
+    PolicyGhost,
+    PolicyState,
 )
-from kvfs.catalog.records import ApplyStats, BlockRow, EvictionEntry, NamespaceInfo, NamespaceUsage, Usage
+from kvfs.catalog.records import (
+    ApplyStats,
+    BlockRow,
+    Candidate,
+    EvictionEntry,
+    GroupUsage,
+    NamespaceInfo,
+    NamespaceUsage,
+    Usage,
+)
 from kvfs.catalog.schema import SCHEMA_VERSION
+from kvfs.catalog.streams import BlockClass
 
 __all__ = [
     "NO_RANK",
@@ -27,18 +42,24 @@ __all__ = [
     "ApplyStats",
     "Base",
     "Block",
+    "BlockClass",
     "BlockRow",
     "BlockState",
+    "Candidate",
     "Catalog",
     "CatalogError",
+    "CatalogUnavailable",
     "Eviction",
     "EvictionEntry",
+    "GroupUsage",
     "JournalOffset",
     "KvfsMeta",
     "Lease",
     "Namespace",
     "NamespaceInfo",
     "NamespaceUsage",
+    "PolicyGhost",
+    "PolicyState",
     "RootMismatchError",
     "Usage",
     "default_catalog_url",

@@ -12,29 +12,32 @@ import math
 import os
 import threading
 import time as _time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, bindparam, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import SQLAlchemyError
 
 from kvfs import metrics
+from kvfs.catalog import groupings, streams
 from kvfs.catalog.engine import create_catalog_engine, default_catalog_url, describe_url, parse_catalog_url
-from kvfs.catalog.errors import CatalogError, RootMismatchError
+from kvfs.catalog.errors import CatalogError, CatalogUnavailable, RootMismatchError
 from kvfs.catalog.models import NO_RANK, ORPHAN, SUPERSEDED, Block, Namespace
 from kvfs.catalog.records import (
     ApplyStats,
     BlockRow,
+    Candidate,
     EvictionEntry,
+    GroupUsage,
     NamespaceInfo,
     NamespaceUsage,
     Usage,
 )
 from kvfs.catalog.schema import SCHEMA_VERSION, ensure_schema, read_schema_version
+from kvfs.catalog.streams import BlockClass
 from kvfs.layout import BlockKey, ensure_root_id, model_of_namespace, read_root_id, root_id_path
 
 # Journal record kinds (kvfs.journal.RecordKind is an IntEnum with these values; compared as ints so the
@@ -230,6 +233,7 @@ class Catalog:
         self._sql = _Sql(self.dialect)
         self._ns_ids: dict[str, int] = {}
         self._ns_lock = threading.Lock()
+        self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
 
     # --- opening -----------------------------------------------------------------------------------------
 
@@ -262,12 +266,14 @@ class Catalog:
                         ensure_schema(conn)
             if root is not None:
                 catalog._bind_root(root, bind=create)
+        except CatalogUnavailable as exc:
+            engine.dispose()
+            raise CatalogUnavailable(
+                f"cannot prepare catalog {catalog.description}: {exc.detail}", op="open"
+            ) from exc
         except CatalogError:
             engine.dispose()
             raise
-        except DBAPIError as exc:
-            engine.dispose()
-            raise CatalogError(f"cannot prepare catalog {catalog.description}: {exc.orig}") from exc
         return catalog
 
     def _bind_root(self, root: str | os.PathLike[str], *, bind: bool = True) -> None:
@@ -326,37 +332,32 @@ class Catalog:
     def __repr__(self) -> str:
         return f"Catalog({self.description})"
 
-    @property
-    def engine(self) -> Engine:
-        return self._engine
+    # The engine stays private: SQL lives in this package (streams, ghosts, groupings use the helpers below;
+    # tests use kvfs.catalog.testing).
 
-    def session(self) -> Session:
-        """An ORM session for ad-hoc queries (policies); the caller commits or closes it."""
-        return Session(self._engine)
+    @contextlib.contextmanager
+    def _failures(self, op: str) -> Iterator[None]:
+        """Database errors (SQLAlchemy's and the driver's own, e.g. from a raw COPY) are counted in
+        `kvfs_catalog_errors_total{op}` and re-raised as CatalogUnavailable with their first line."""
+        try:
+            yield
+        except (SQLAlchemyError, self._driver_error) as exc:
+            metrics.CATALOG_ERRORS.labels(op=op).inc()
+            raise CatalogUnavailable.of(op, exc) from exc
 
     @contextlib.contextmanager
     def _write(self, op: str) -> Iterator[Connection]:
-        """A write transaction (SQLite: BEGIN IMMEDIATE, so it waits for the lock instead of failing later).
-
-        Database errors are counted in `kvfs_catalog_errors_total{op}` and re-raised unchanged.
-        """
-        try:
-            with self._engine.connect() as conn:
-                conn.execution_options(kvfs_write=True)
-                with conn.begin():
-                    yield conn
-        except DBAPIError:
-            metrics.CATALOG_ERRORS.labels(op=op).inc()
-            raise
+        """A write transaction (SQLite: BEGIN IMMEDIATE, so it waits for the lock instead of failing later)."""
+        with self._failures(op), self._engine.connect() as conn:
+            conn.execution_options(kvfs_write=True)
+            with conn.begin():
+                yield conn
 
     @contextlib.contextmanager
     def _read(self, op: str) -> Iterator[Connection]:
-        try:
-            with self._engine.connect() as conn, conn.begin():
-                yield conn
-        except DBAPIError:
-            metrics.CATALOG_ERRORS.labels(op=op).inc()
-            raise
+        """A read transaction (one snapshot); also what streams hold while they are consumed."""
+        with self._failures(op), self._engine.connect() as conn, conn.begin():
+            yield conn
 
     def schema_version(self) -> int:
         with self._read("schema_version") as conn:
@@ -833,7 +834,7 @@ class Catalog:
         if limit is not None:
             sql += " LIMIT :limit"
             params["limit"] = int(limit)
-        with self._engine.connect() as conn:
+        with self._read("iter_blocks") as conn:
             result = conn.execution_options(stream_results=True, yield_per=batch).execute(text(sql), params)
             for r in result:
                 yield BlockRow(
@@ -953,5 +954,52 @@ class Catalog:
             ).all()
         return [EvictionEntry(float(r[0]), r[1], r[2], int(r[3]), int(r[4])) for r in rows]
 
+    # --- eviction candidates (the policies' SQL: kvfs.catalog.streams) ---------------------------------------
+
+    def stream_candidates(
+        self,
+        namespace_ids: Sequence[int] | None,
+        protect_after: float,
+        block_class: BlockClass = BlockClass.ALL,
+        *,
+        chunk: int | None = None,
+    ) -> Generator[Candidate, None, None]:
+        """Eligible blocks of `block_class` in LRU order (oldest last access, deeper chain position, id),
+        streamed; close the generator to release its cursor early.  See kvfs.catalog.streams."""
+        return streams.stream_candidates(self, namespace_ids, protect_after, block_class, chunk=chunk)
+
+    def segment_bytes(self, namespace_ids: Sequence[int] | None) -> tuple[int, int]:
+        """(all bytes, never-read bytes) in scope."""
+        return streams.segment_bytes(self, namespace_ids)
+
+    # --- usage groupings and metadata --------------------------------------------------------------------
+
+    def usage_by_rank(self) -> list[tuple[str, int | None, GroupUsage]]:
+        return groupings.by_rank(self)
+
+    def usage_by_age(self, now: float, bounds: Sequence[float]) -> list[GroupUsage]:
+        return groupings.by_age(self, now, bounds)
+
+    def get_meta(self, key: str) -> str | None:
+        """A `kvfs_meta` value (None: not set)."""
+        with self._read("get_meta") as conn:
+            value = conn.execute(text("SELECT value FROM kvfs_meta WHERE key = :k"), {"k": key}).scalar()
+        return None if value is None else str(value)
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a `kvfs_meta` value (e.g. the last scan's temp-file summary)."""
+        if key in _RESERVED_META:
+            raise CatalogError(f"kvfs_meta key {key!r} is the catalog's own")
+        with self._write("set_meta") as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO kvfs_meta (key, value) VALUES (:k, :v) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+                ),
+                {"k": key, "v": value},
+            )
+
+
+_RESERVED_META = frozenset({_ROOT_ID_KEY, "schema_version"})
 
 __all__ = ["Catalog", "SCHEMA_VERSION"]

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
-import weakref
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import URL, Engine, MetaData, create_engine, event
+from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
@@ -67,6 +66,10 @@ def parse_catalog_url(url: str) -> URL:
             raise CatalogError(f"unsupported SQLite driver {parsed.drivername!r} (use sqlite:///path)")
         if not parsed.database or parsed.database == ":memory:" or parsed.database.startswith("file:"):
             raise CatalogError("a SQLite catalog needs a file path: sqlite:///path/to/catalog.db")
+        if dict(parsed.query) not in ({}, {"mode": "ro"}):
+            raise CatalogError(
+                f"unsupported SQLite catalog URL options {dict(parsed.query)} (only ?mode=ro, read-only)"
+            )
         return parsed.set(database=os.path.abspath(os.path.expanduser(parsed.database)))
     if backend in ("postgresql", "postgres"):
         if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
@@ -123,11 +126,21 @@ def check_sqlite_location(db_path: str, root: str | os.PathLike[str] | None) -> 
 
 def _sqlite_engine(url: URL) -> Engine:
     assert url.database is not None
-    try:
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CatalogError(f"cannot create the catalog directory for {url.database}: {exc.strerror}") from exc
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+    path = url.database
+    read_only = url.query.get("mode") == "ro"
+    if read_only:
+        # `?mode=ro`: SQLite itself refuses every write (read commands on a catalog they must not change).
+        def connect() -> sqlite3.Connection:
+            uri = f"file:{urllib.parse.quote(path)}?mode=ro"
+            return sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False)
+
+        engine = create_engine(url.set(query={}), creator=connect)
+    else:
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CatalogError(f"cannot create the catalog directory for {path}: {exc.strerror}") from exc
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
@@ -135,7 +148,8 @@ def _sqlite_engine(url: URL) -> Engine:
         # write lock up front and wait on busy_timeout instead of failing with SQLITE_BUSY mid-transaction.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
+        if not read_only:  # a read-only connection reads the mode the file has (kvfs creates WAL files)
+            cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         cur.execute("PRAGMA temp_store=MEMORY")
@@ -192,19 +206,3 @@ def describe_url(url: URL) -> str:
 def _first_line(exc: BaseException | None) -> str:
     text = str(exc).strip() if exc is not None else "unknown error"
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-_created: weakref.WeakKeyDictionary[Engine, set[int]] = weakref.WeakKeyDictionary()
-_created_lock = threading.Lock()
-
-
-def create_tables_once(engine: Engine, metadata: MetaData) -> None:
-    """Create `metadata`'s tables (a policy's side tables) where missing: once per engine and metadata, so the
-    callers on every pass pay one dict lookup, not a round of existence checks."""
-    with _created_lock:
-        done = _created.setdefault(engine, set())
-        if id(metadata) in done:
-            return
-        with engine.begin() as conn:
-            metadata.create_all(conn, checkfirst=True)
-        done.add(id(metadata))

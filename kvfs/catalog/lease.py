@@ -9,17 +9,61 @@ Each instance also holds a session advisory lock on a key derived from its own h
 take the current holder's key knows that holder's session is gone (the process died): it claims the lease at
 once instead of waiting for the deadline, which keeps takeover after a crash within one retry interval.
 
-Functions take a psycopg connection in autocommit mode (the elector's dedicated session, never a pooled one).
+Functions take a psycopg connection in autocommit mode (the elector's dedicated session, never a pooled one),
+which `connect` opens and sets up.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Literal
+
+from kvfs.catalog.engine import parse_catalog_url
 
 LEASE_NAME = "kvfs-evictor-leader"
 
 _NOW = "extract(epoch from clock_timestamp())"
+
+
+def locate(catalog_url: str) -> tuple[Literal["sqlite", "postgresql"], str]:
+    """("postgresql", the URL with its password) or ("sqlite", the database file): what leader election
+    needs to know of a catalog URL.  CatalogError for a bad URL."""
+    url = parse_catalog_url(catalog_url)
+    if url.get_backend_name() == "postgresql":
+        return "postgresql", url.render_as_string(hide_password=False)
+    return "sqlite", str(url.database)
+
+
+def libpq_conninfo(url: str) -> str:
+    """A PostgreSQL catalog URL as libpq takes it (psycopg.connect: no SQLAlchemy driver name)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def connect(conninfo: str, *, holder: str, lease_s: float, connect_timeout: float) -> Any:
+    """The elector's dedicated session: autocommit, keepalives both ways, a statement timeout below the lease,
+    and the liveness lock of `holder` taken."""
+    import psycopg
+
+    conn = psycopg.connect(
+        conninfo,
+        autocommit=True,
+        connect_timeout=max(1, int(connect_timeout)),
+        application_name="kvfs-evictor-leader",
+        keepalives=1,
+        keepalives_idle=5,
+        keepalives_interval=2,
+        keepalives_count=3,
+    )
+    # Server side too: a vanished instance's session (and its liveness lock) is dropped within ~11 s.
+    conn.execute("set tcp_keepalives_idle = 5")
+    conn.execute("set tcp_keepalives_interval = 2")
+    conn.execute("set tcp_keepalives_count = 3")
+    # A statement stuck on the server (locks, I/O) must not outlive the lease it is meant to keep.
+    conn.execute(f"set statement_timeout = {max(1, int(lease_s * 1000 / 3))}")
+    hold_liveness_lock(conn, holder)
+    return conn
 
 
 def holder_key(holder: str) -> int:

@@ -144,3 +144,31 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     holder: Mapped[str] = mapped_column(String(255))
     expires_at: Mapped[float] = mapped_column(Float)
+
+
+class PolicyGhost(Base):
+    """Keys of blocks a policy evicted for capacity or quota (v5; `kvfs.catalog.ghosts`): 2q and prefix
+    remember them, one row per policy and block key (namespace, rank, group, the first 64 bits of the hash),
+    so a block stored again after its eviction is known as a re-store."""
+
+    __tablename__ = "policy_ghosts"
+    __table_args__ = (Index("ix_policy_ghosts_last_seen", "policy", "last_seen"),)
+
+    policy: Mapped[str] = mapped_column(String(64), primary_key=True)
+    namespace_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    grp: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    hash_prefix: Mapped[str] = mapped_column(String(16), primary_key=True)
+    last_seen: Mapped[float] = mapped_column(Float)  # the block's last access when it was evicted
+    reused: Mapped[bool] = mapped_column(Boolean, default=False)  # hits > 0 when it went (prefix's class)
+
+
+class PolicyState(Base):
+    """Per policy: the id/time watermark of rows already checked for re-stores, and prefix's bonus (v5)."""
+
+    __tablename__ = "policy_states"
+
+    policy: Mapped[str] = mapped_column(String(64), primary_key=True)
+    block_id: Mapped[int] = mapped_column(BigInteger)
+    access_time: Mapped[float] = mapped_column(Float)
+    beta: Mapped[float] = mapped_column(Float, default=0.0)

@@ -23,6 +23,18 @@ class BlockRow:
     superseded: bool = False  # a never-read leaf whose parent got a newer child (read back, as `orphan`)
 
 
+# Not frozen: a frozen dataclass's __init__ costs ~3x more, and the planner builds 100k+ of these.
+@dataclass(slots=True)
+class Candidate:
+    """One block offered for eviction, with the recency it was chosen on (for the pre-delete recheck)."""
+
+    block_id: int
+    key: BlockKey
+    size: int
+    last_access: float
+    chain_pos: int = -1  # index in the prefix chain (-1: unknown); the `prefix` policy's tie-break
+
+
 @dataclass(frozen=True, slots=True)
 class NamespaceInfo:
     id: int
@@ -39,6 +51,16 @@ class NamespaceInfo:
 class NamespaceUsage:
     namespace: str
     model: str | None
+    files: int
+    bytes: int
+    last_access_min: float | None
+    last_access_max: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupUsage:
+    """Files, bytes and last-access range of one group of blocks (`kvfs du --by rank|age`)."""
+
     files: int
     bytes: int
     last_access_min: float | None

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, inspect, text
 from kvfs.catalog.errors import CatalogError
 from kvfs.catalog.models import Base
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _VERSION_KEY = "schema_version"
 # Arbitrary constant key for pg_advisory_xact_lock: serialises schema creation between processes.
 _PG_SCHEMA_LOCK = 0x6B766673
@@ -55,11 +55,58 @@ def _v4_superseded_leaves(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_blocks_superseded_lru ON blocks (last_access) WHERE superseded"))
 
 
+# Before v5, 2q and prefix each created their own pair of tables on first use: (ghosts, state) -> policy name
+# their ghost rows belong to (the state tables carry it per row).
+_V4_POLICY_TABLES = (
+    ("policy_block_history", "policy_state", "'2q'", "FALSE", "0.0"),
+    ("policy_prefix_ghosts", "policy_prefix_state", "'prefix'", "reused", "beta"),
+)
+
+
+def _v5_policy_ghosts(conn: Connection) -> None:
+    """v5: one ghost store for every policy (`policy_ghosts`, `policy_states`) in the versioned schema; the
+    rows of 2q's and prefix's own tables (created on first use before v5) move over, and those tables go."""
+    conn.execute(
+        text(
+            "CREATE TABLE policy_ghosts (policy VARCHAR(64) NOT NULL, namespace_id INTEGER NOT NULL, "
+            "rank INTEGER NOT NULL, grp INTEGER NOT NULL, hash_prefix VARCHAR(16) NOT NULL, "
+            "last_seen FLOAT NOT NULL, reused BOOLEAN NOT NULL, "
+            "PRIMARY KEY (policy, namespace_id, rank, grp, hash_prefix))"
+        )
+    )
+    conn.execute(text("CREATE INDEX ix_policy_ghosts_last_seen ON policy_ghosts (policy, last_seen)"))
+    conn.execute(
+        text(
+            "CREATE TABLE policy_states (policy VARCHAR(64) NOT NULL PRIMARY KEY, block_id BIGINT NOT NULL, "
+            "access_time FLOAT NOT NULL, beta FLOAT NOT NULL)"
+        )
+    )
+    tables = set(inspect(conn).get_table_names())
+    for ghosts, state, policy, reused, beta in _V4_POLICY_TABLES:
+        if ghosts in tables:
+            conn.execute(
+                text(
+                    "INSERT INTO policy_ghosts (policy, namespace_id, rank, grp, hash_prefix, last_seen, reused) "
+                    f"SELECT {policy}, namespace_id, rank, grp, hash_prefix, last_seen, {reused} FROM {ghosts}"
+                )
+            )
+            conn.execute(text(f"DROP TABLE {ghosts}"))
+        if state in tables:
+            conn.execute(
+                text(
+                    "INSERT INTO policy_states (policy, block_id, access_time, beta) "
+                    f"SELECT name, block_id, access_time, {beta} FROM {state} WHERE TRUE ON CONFLICT (policy) DO NOTHING"
+                )
+            )
+            conn.execute(text(f"DROP TABLE {state}"))
+
+
 # UPGRADES[v] upgrades a database at version v-1 to version v.
 UPGRADES: dict[int, Callable[[Connection], None]] = {
     2: _v2_scan_generation_and_leases,
     3: _v3_prefix_chains,
     4: _v4_superseded_leaves,
+    5: _v5_policy_ghosts,
 }
 
 

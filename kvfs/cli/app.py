@@ -74,11 +74,9 @@ class KvfsContext:
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    from sqlalchemy.exc import SQLAlchemyError
+    from kvfs.catalog.errors import CatalogError  # CatalogUnavailable: a failed statement, as one line
 
-    from kvfs.catalog.errors import CatalogError
-
-    return (CatalogError, SQLAlchemyError, OSError, ValueError)
+    return (CatalogError, OSError, ValueError)
 
 
 class KvfsGroup(click.Group):

@@ -6,9 +6,7 @@ import time
 from typing import Any
 
 import click
-from sqlalchemy import case, func, select
 
-from kvfs.catalog.models import NO_RANK, Block
 from kvfs.cli.app import KvfsContext, pass_state
 from kvfs.cli.output import age, emit_json, size, table
 from kvfs.fsusage import fs_usage
@@ -52,38 +50,19 @@ def groups_by_model(namespaces: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def groups_by_rank(state: KvfsContext) -> list[dict[str, Any]]:
     catalog = state.catalog(create=False)  # answers from the catalog alone: the root need not be mounted
-    names = {ns.id: ns.name for ns in catalog.namespaces()}
-    query = select(
-        Block.namespace_id,
-        Block.rank,
-        func.count(),
-        func.sum(Block.size),
-        func.min(Block.last_access),
-        func.max(Block.last_access),
-    ).group_by(Block.namespace_id, Block.rank)
-    with catalog.engine.connect() as conn:
-        rows = conn.execute(query).all()
-    out = [
-        _group({"namespace": names.get(ns_id, "?"), "rank": None if rank == NO_RANK else rank}, n, b, lo, hi)
-        for ns_id, rank, n, b, lo, hi in rows
+    return [
+        _group({"namespace": ns, "rank": rank}, u.files, u.bytes, u.last_access_min, u.last_access_max)
+        for ns, rank, u in catalog.usage_by_rank()
     ]
-    return sorted(out, key=lambda g: (g["namespace"], -1 if g["rank"] is None else g["rank"]))
 
 
 def groups_by_age(state: KvfsContext, now: float) -> list[dict[str, Any]]:
     catalog = state.catalog(create=False)  # answers from the catalog alone: the root need not be mounted
-    whens = [(Block.last_access >= now - bound, index) for index, (_, bound) in enumerate(AGE_BUCKETS[:-1])]
-    bucket = case(*whens, else_=len(AGE_BUCKETS) - 1).label("bucket")
-    query = select(
-        bucket, func.count(), func.sum(Block.size), func.min(Block.last_access), func.max(Block.last_access)
-    ).group_by(bucket)
-    with catalog.engine.connect() as conn:
-        found = {int(b): (n, s, lo, hi) for b, n, s, lo, hi in conn.execute(query).all()}
-    out = []
-    for index, (label, _) in enumerate(AGE_BUCKETS):
-        n, s, lo, hi = found.get(index, (0, 0, None, None))
-        out.append(_group({"age": label}, n, s, lo, hi))
-    return out
+    found = catalog.usage_by_age(now, [bound for _, bound in AGE_BUCKETS[:-1]])
+    return [
+        _group({"age": label}, u.files, u.bytes, u.last_access_min, u.last_access_max)
+        for (label, _), u in zip(AGE_BUCKETS, found, strict=True)
+    ]
 
 
 def usage_json(state: KvfsContext, by: str, now: float) -> tuple[dict[str, Any], float | None]:

@@ -92,6 +92,7 @@ class _Planner:
         self.chosen_bytes_by_ns: dict[str, int] = {}
         self.by_reason: dict[EvictReason, Tally] = {}
         self.chosen_bytes = 0
+        self.prepared = False
 
     def take(
         self,
@@ -106,6 +107,9 @@ class _Planner:
         Returns the bytes chosen."""
         if need_bytes <= 0:
             return 0
+        if not self.prepared:  # the policy's bookkeeping, once per pass and only when candidates are needed
+            self.policy.prepare(self.catalog)
+            self.prepared = True
         protect = self.protect_after if protect_after is None else min(protect_after, self.protect_after)
         # The policy may offer blocks an earlier reason already took: ask for that much more.
         limit = min(_ALL_BYTES, need_bytes + in_scope_chosen)

@@ -65,8 +65,9 @@ def run_pass(
     remover: Remover | None = None,
     log_evictions: bool = True,
 ) -> PassOutcome:
-    """Run one pass.  `policy.prepare` (its bookkeeping writes) runs here, once, before planning: read
-    commands that list a policy's order never write.  Raises what ingest, usage or planning raise (nothing
+    """Run one pass.  The policy's bookkeeping writes (`policy.prepare`) happen in its planning step, once
+    and only when the pass needs candidates: read commands that list a policy's order never write, and a pass
+    under every limit writes nothing.  Raises what ingest, usage or planning raise (nothing
     was deleted then); a recheck that fails keeps its batch and is counted in `result.recheck_failures`."""
     started = time.monotonic()
     hooks = hooks or PassHooks()
@@ -80,7 +81,6 @@ def run_pass(
     phase("planning")
     try:
         t0 = time.monotonic()
-        policy.prepare(catalog)
         plan = plan_pass(catalog, limits, now=now, policy=policy, temp_files=temp_files, usage=usage)
         outcome = PassOutcome(plan, None, usage, limits, plan_s=time.monotonic() - t0)
         if plan.total_files:

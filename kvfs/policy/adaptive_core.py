@@ -27,7 +27,7 @@ from typing import Protocol, TypeVar
 # best other policy: start 1 (LRU) and ghosts for 1 span 41; start 0.1 and 1 span 34; 0.1 and 3 spans 23.
 SHARE_INITIAL = 0.1
 # Ghosts are kept for this many recency spans (newest minus oldest last access in the tier), as 2q's
-# (kvfs.policy.history.HORIZON), so one ghost store serves both.
+# (kvfs.policy.twoq.HORIZON), so one ghost store serves both.
 HORIZON = 3.0
 
 

@@ -1,4 +1,4 @@
-"""What an eviction policy is: an ordering of catalog blocks, streamed from SQL.
+"""What an eviction policy is: an ordering of catalog blocks, read through the catalog's streams.
 
 A policy only decides *order*.  Which limits apply (capacity, TTL, quotas, retired namespaces) and how many
 blocks to take is the planner's job (`kvfs.gc.plan_pass`); deleting them is the executor's.
@@ -8,25 +8,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+from kvfs.catalog.records import Candidate
 from kvfs.layout import BlockKey
 
 if TYPE_CHECKING:
     from kvfs.catalog import Catalog
 
-
-# Not frozen: a frozen dataclass's __init__ costs ~3x more, and the planner builds 100k+ of these.
-@dataclass(slots=True)
-class Candidate:
-    """One block offered for eviction, with the recency it was chosen on (for the pre-delete recheck)."""
-
-    block_id: int
-    key: BlockKey
-    size: int
-    last_access: float
-    chain_pos: int = -1  # index in the prefix chain (-1: unknown); the `prefix` policy's tie-break
+__all__ = ["Candidate", "EvictedBlock", "EvictionPolicy"]
 
 
 class EvictedBlock(Protocol):
@@ -38,7 +28,8 @@ class EvictedBlock(Protocol):
 
 
 class EvictionPolicy(ABC):
-    """Orders blocks for eviction.  Implementations stream their SQL: never load the whole catalog."""
+    """Orders blocks for eviction.  Implementations read the catalog's candidate streams
+    (`Catalog.stream_candidates`), never the whole catalog, and issue no SQL of their own."""
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
@@ -58,6 +49,7 @@ class EvictionPolicy(ABC):
         limit_bytes: int,
     ) -> Iterator[Candidate]:
         """Yield blocks in eviction order until at least `limit_bytes` have been offered (or none are left).
+        Reads only: `kvfs ls` lists this, on catalogs it may not write.
 
         `namespace_ids=None` means every namespace.  Blocks whose `last_access` or `created` is >= `protect_after`
         are never offered (in-flight writes and blocks just read).  The caller may stop iterating early; the

@@ -23,15 +23,16 @@ Why this keeps usable prefixes:
   which plain LRU lets flush them.
 
 The bonus is not a tuned constant: it adapts online from regret, as ARC adapts its target.  Blocks evicted
-for capacity or quota are remembered as ghosts with their class (`kvfs.catalog.prefix_ghosts`).  A ghost of a
+for capacity or quota are remembered as ghosts with their class (`kvfs.catalog.ghosts`).  A ghost of a
 never-reused block stored again says the bonus cost a hit (step down); a ghost of a reused block stored again
 says the bonus was too small (step up); each step is weighted by the other class's ghost count, so the rarer
 evidence counts more.  On traffic where reuse does not predict reuse the bonus decays to 0 and the order is
 LRU's.  The bonus and ghosts live in the catalog, so restarts, fail-over and `kvfs gc` continue the same state.
 
-`order()` and `adapt()` are the policy: the catalog planner feeds them four SQL streams, one per partial LRU
-index (`candidates`), the replay feeds them its in-memory tier (`kvfs.replay.memory`), so both run the same
-decisions.
+`order()` and `adapt()` are the policy: the catalog planner feeds them four catalog streams, one per partial
+LRU index (`candidates`), the replay feeds them its in-memory tier (`kvfs.replay.memory`), so both run the same
+decisions.  The bonus adapts in `prepare()`, once before each pass (`ghosts.settle`); `candidates()` only
+reads the stored bonus, so `kvfs ls` changes nothing.
 """
 
 from __future__ import annotations
@@ -40,14 +41,11 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 
-from sqlalchemy import select, text
-from sqlalchemy.exc import SQLAlchemyError
-
 from kvfs import metrics
-from kvfs.catalog.models import FRESH, ORPHAN, REUSED, SUPERSEDED
+from kvfs.catalog import CatalogError, ghosts
+from kvfs.catalog.streams import BlockClass
 from kvfs.policy import register_policy
 from kvfs.policy.base import Candidate, EvictedBlock, EvictionPolicy
-from kvfs.policy.lru import block_columns, eligible, lru_order, namespace_names, stream_rows
 
 if TYPE_CHECKING:
     from kvfs.catalog import Catalog
@@ -133,22 +131,24 @@ class PrefixPolicy(EvictionPolicy):
         # Class of each block offered this pass (block id -> was reused), for the ghosts `evicted` records.
         self._offered: dict[int, bool] = {}
 
-    def settle(self, catalog: Catalog) -> float:
-        """Adapt the bonus from re-stores since the last pass; returns the bonus in seconds of recency."""
-        from kvfs.catalog import prefix_ghosts
-
+    def prepare(self, catalog: Catalog) -> None:
+        """Adapt the bonus from re-stores since the last pass (a pass calls this once, before planning)."""
         try:
-            settled = prefix_ghosts.settle(
-                catalog, name=self.name, adapt=adapt, initial_beta=BETA_INITIAL, horizon=HORIZON
+            settled = ghosts.settle(
+                catalog, policy=self.name, adapt=adapt, initial_beta=BETA_INITIAL, horizon=HORIZON
             )
-        except SQLAlchemyError as exc:
-            # Bookkeeping only: without it this pass is plain LRU (bonus 0); nothing else is lost.
+        except CatalogError as exc:
+            # Bookkeeping only: this pass orders by the bonus stored last time; nothing else is lost.
             metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="settle").inc()
-            log.warning("prefix: bonus update failed, this pass orders by LRU: %s", exc)
-            return 0.0
+            log.warning("prefix: bonus update failed, this pass keeps the last bonus: %s", exc)
+            return
         metrics.POLICY_RESTORES.inc(settled.returned_fresh + settled.returned_reused)
         self.beta = settled.beta
-        return settled.beta * settled.span
+
+    def bonus(self, catalog: Catalog) -> float:
+        """The stored bonus in seconds of recency (beta times the tier's recency span).  Reads only."""
+        self.beta, span = ghosts.bonus(catalog, policy=self.name, default_beta=BETA_INITIAL)
+        return self.beta * span
 
     def candidates(
         self,
@@ -160,17 +160,12 @@ class PrefixPolicy(EvictionPolicy):
     ) -> Iterator[Candidate]:
         if limit_bytes <= 0:
             return
-        bonus = self.settle(catalog)
-        names = namespace_names(catalog)
-        base = eligible(select(*block_columns()), namespace_ids, protect_after)
-        lru = lru_order()
-        # Each class from its partial LRU index (the WHERE texts must match the index's), so a rare class
-        # costs nothing to look for.
-        orphans = stream_rows(catalog, base.where(text(ORPHAN)).order_by(*lru), names)
-        live = base.where(text(f"NOT {ORPHAN}"))
-        superseded = stream_rows(catalog, live.where(text(SUPERSEDED)).order_by(*lru), names)
-        fresh = stream_rows(catalog, live.where(text(FRESH), text(f"NOT {SUPERSEDED}")).order_by(*lru), names)
-        reused = stream_rows(catalog, live.where(text(REUSED)).order_by(*lru), names)
+        bonus = self.bonus(catalog)
+        # Each class from its partial LRU index, so a rare class costs nothing to look for.
+        orphans = catalog.stream_candidates(namespace_ids, protect_after, BlockClass.ORPHAN)
+        superseded = catalog.stream_candidates(namespace_ids, protect_after, BlockClass.SUPERSEDED)
+        fresh = catalog.stream_candidates(namespace_ids, protect_after, BlockClass.FRESH)
+        reused = catalog.stream_candidates(namespace_ids, protect_after, BlockClass.REUSED)
         if len(self._offered) > 4_000_000:  # victims never executed (dry runs): forget, do not grow
             self._offered.clear()
         offered_classes = self._offered
@@ -192,8 +187,6 @@ class PrefixPolicy(EvictionPolicy):
     def evicted(self, catalog: Catalog, victims: Sequence[EvictedBlock]) -> None:
         if not victims:
             return
-        from kvfs.catalog import prefix_ghosts
-
         offered = self._offered
         rows = []
         for v in victims:
@@ -202,7 +195,7 @@ class PrefixPolicy(EvictionPolicy):
             if was_reused is not None:
                 rows.append((v.key, v.last_access, was_reused))
         try:
-            prefix_ghosts.remember(catalog, rows)
-        except SQLAlchemyError as exc:
+            ghosts.remember(catalog, self.name, rows, keep_newest=False)
+        except CatalogError as exc:
             metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="remember").inc()
             log.warning("prefix: recording %d ghosts failed: %s", len(victims), exc)

@@ -19,14 +19,11 @@ scope) and index-ordered scans of `ix_blocks_lru` that stop as soon as enough by
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from sqlalchemy import Select, case, func, select
-
-from kvfs.catalog.models import Block
+from kvfs.catalog.streams import BlockClass
 from kvfs.policy import register_policy
 from kvfs.policy.base import Candidate, EvictionPolicy
-from kvfs.policy.lru import block_columns, eligible, lru_order, namespace_names, stream_rows
 
 if TYPE_CHECKING:
     from kvfs.catalog import Catalog
@@ -35,16 +32,6 @@ if TYPE_CHECKING:
 # (docs/policy.md): 0.33-0.5 is flat on prefix-reuse traces, smaller shares starve new sessions before their
 # second turn, larger ones let one-off floods back in.
 PROBATION_SHARE = 0.5
-
-
-def _scoped(query: Select[Any], namespace_ids: Sequence[int] | None) -> Select[Any]:
-    if namespace_ids is not None:
-        query = query.where(Block.namespace_id.in_(list(namespace_ids)))
-    return query
-
-
-def _lru_order(query: Select[Any]) -> Select[Any]:
-    return query.order_by(*lru_order())
 
 
 @register_policy
@@ -60,19 +47,6 @@ class SegmentedLruPolicy(EvictionPolicy):
             raise ValueError(f"probation share must be within [0, 1]: {probation_share}")
         self.probation_share = probation_share
 
-    def segment_bytes(self, catalog: Catalog, namespace_ids: Sequence[int] | None) -> tuple[int, int]:
-        """(all bytes, probation bytes) in scope, protected blocks included: they stay, so they count."""
-        query = _scoped(
-            select(
-                func.coalesce(func.sum(Block.size), 0),
-                func.coalesce(func.sum(case((Block.hits == 0, Block.size), else_=0)), 0),
-            ),
-            namespace_ids,
-        )
-        with catalog.engine.connect() as conn:
-            total, probation = conn.execute(query).one()
-        return int(total), int(probation)
-
     def candidates(
         self,
         catalog: Catalog,
@@ -83,12 +57,9 @@ class SegmentedLruPolicy(EvictionPolicy):
     ) -> Iterator[Candidate]:
         if limit_bytes <= 0:
             return
-        self.before_pass(catalog)
-        total, probation_bytes = self.segment_bytes(catalog, namespace_ids)
+        # (all bytes, probation bytes) in scope, protected blocks included: they stay, so they count.
+        total, probation_bytes = catalog.segment_bytes(namespace_ids)
         yield from self.ordered(catalog, namespace_ids, protect_after, limit_bytes, total, probation_bytes)
-
-    def before_pass(self, catalog: Catalog) -> None:
-        """Bookkeeping a subclass needs before the segments are measured (2q: re-stores).  Default: none."""
 
     def ordered(
         self,
@@ -99,14 +70,12 @@ class SegmentedLruPolicy(EvictionPolicy):
         total: int,
         probation_bytes: int,
     ) -> Iterator[Candidate]:
-        """The eviction order, given the scope's total and probation bytes (`segment_bytes`)."""
+        """The eviction order, given the scope's total and probation bytes (`Catalog.segment_bytes`)."""
         keep = max(0, total - limit_bytes)
         surplus = probation_bytes - int(self.probation_share * keep)
-        names = namespace_names(catalog)
-        base = eligible(select(*block_columns()), namespace_ids, protect_after)
         # Generators pause between segments: probation is resumed where its surplus ended.
-        probation = stream_rows(catalog, _lru_order(base.where(Block.hits == 0)), names)
-        protected = stream_rows(catalog, _lru_order(base.where(Block.hits > 0)), names)
+        probation = catalog.stream_candidates(namespace_ids, protect_after, BlockClass.PROBATION)
+        protected = catalog.stream_candidates(namespace_ids, protect_after, BlockClass.PROTECTED)
         offered = 0
         try:
             # 1. probation beyond its share, 2. protected blocks, 3. the rest of probation.

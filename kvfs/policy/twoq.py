@@ -4,9 +4,11 @@ The shape of Johnson and Shasha's 2Q, expressed on catalog rows:
 
 * A1in, probation: blocks never read since they were stored (`hits = 0`).  It may keep
   `PROBATION_SHARE` of what stays after a pass; beyond that its oldest blocks go first.
-* A1out, ghosts: keys of blocks evicted recently for capacity or quota (`kvfs.policy.history`, recorded by
+* A1out, ghosts: keys of blocks evicted recently for capacity or quota (`kvfs.catalog.ghosts`, recorded by
   `evicted()` once the executor deleted them, so dry runs and `kvfs ls` record nothing).  A block stored
-  again while its key is remembered skips probation: the step before each pass counts the re-store as a use.
+  again while its key is remembered skips probation: `prepare()`, before each pass, counts the re-store as a
+  use (`ghosts.revive`).  Ghosts last seen more than `HORIZON` times the tier's recency span ago are dropped,
+  so the store stays a few times the size of what the tier evicts per turnover.
 * Am, protected: blocks read at least once, evicted in LRU order once probation is within its share; the
   rest of probation goes last.
 
@@ -25,18 +27,18 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from kvfs import metrics
+from kvfs.catalog import CatalogError, ghosts
 from kvfs.policy import register_policy
 from kvfs.policy.base import EvictedBlock
-from kvfs.policy.history import HORIZON, remember, revive
 from kvfs.policy.slru import SegmentedLruPolicy
 
 if TYPE_CHECKING:
     from kvfs.catalog import Catalog
 
 PROBATION_SHARE = 0.1
+# Ghosts are kept for this many times the tier's recency span (docs/policy.md: 2 to 8 measure the same).
+HORIZON = 3.0
 log = logging.getLogger("kvfs.policy")
 
 
@@ -54,10 +56,12 @@ class TwoQueuePolicy(SegmentedLruPolicy):
             raise ValueError(f"history horizon must not be negative: {horizon}")
         self.horizon = horizon
 
-    def before_pass(self, catalog: Catalog) -> None:
+    def prepare(self, catalog: Catalog) -> None:
         try:
-            metrics.POLICY_RESTORES.inc(revive(catalog, name=self.name, horizon=self.horizon).revived)
-        except SQLAlchemyError as exc:
+            metrics.POLICY_RESTORES.inc(
+                ghosts.revive(catalog, policy=self.name, horizon=self.horizon).revived
+            )
+        except CatalogError as exc:
             # Bookkeeping only: without it re-stored blocks stay on probation this pass; the order is still valid.
             metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="revive").inc()
             log.warning("2q: re-store check failed, pass goes on without it: %s", exc)
@@ -67,7 +71,9 @@ class TwoQueuePolicy(SegmentedLruPolicy):
         if not victims:
             return
         try:
-            remember(catalog, victims)
-        except SQLAlchemyError as exc:
+            ghosts.remember(
+                catalog, self.name, ((v.key, v.last_access, False) for v in victims), keep_newest=True
+            )
+        except CatalogError as exc:
             metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="remember").inc()
             log.warning("2q: recording %d ghosts failed: %s", len(victims), exc)

@@ -245,7 +245,7 @@ def simulate_chains(
             progress(1)
         if len(blocks) <= capacity:
             continue
-        # settle(): as kvfs.catalog.prefix_ghosts does before the pass.
+        # settle(): as kvfs.catalog.ghosts does before the pass.
         oldest = min(
             min((seg[next(iter(seg))].last_access for seg in (fresh, reused) if seg), default=now),
             min((b.last_access for b in orphans.values()), default=now),

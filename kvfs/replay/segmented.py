@@ -2,7 +2,7 @@
 
 The tier keeps what those policies read from the catalog: probation (`hits = 0`) and protected (`hits > 0`)
 blocks, each in the catalog's LRU order (oldest first, deeper chain position first among the blocks of one
-request), and for `2q` the ghosts of evicted blocks (`kvfs.policy.history`: a block stored again while its
+request), and for `2q` the ghosts of evicted blocks (`kvfs.catalog.ghosts`: a block stored again while its
 ghost is remembered counts as used at the next pass; ghosts older than `horizon` recency spans are dropped).
 A pass offers what `SegmentedLruPolicy.ordered` offers: probation beyond its share of what stays, then
 protected blocks, then the rest of probation; the request just served is never offered.  It reproduces
@@ -15,8 +15,8 @@ import heapq
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 
-from kvfs.policy.history import HORIZON as TWOQ_HORIZON
 from kvfs.policy.slru import PROBATION_SHARE as SLRU_SHARE
+from kvfs.policy.twoq import HORIZON as TWOQ_HORIZON
 from kvfs.policy.twoq import PROBATION_SHARE as TWOQ_SHARE
 from kvfs.replay.sim import SimResult
 

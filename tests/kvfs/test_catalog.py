@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, text
 
-from kvfs.catalog import SCHEMA_VERSION, BlockRow, Catalog, CatalogError, default_catalog_url
+from kvfs.catalog import SCHEMA_VERSION, BlockRow, Catalog, CatalogError, default_catalog_url, testing
 from kvfs.catalog.engine import parse_catalog_url
 from kvfs.journal import JournalRecord, RecordKind
 from kvfs.layout import BlockKey
@@ -47,14 +47,15 @@ def test_open_creates_schema_and_reopens(catalog_url: str) -> None:
     with Catalog.open(catalog_url) as again:
         assert again.schema_version() == SCHEMA_VERSION
         assert again.block_count() == 1
-        tables = set(inspect(again.engine).get_table_names())
+        tables = testing.tables(again)
     assert {"kvfs_meta", "namespaces", "blocks", "journal_offsets", "evictions", "leases"} <= tables
+    assert {"policy_ghosts", "policy_states"} <= tables  # v5
 
 
 def test_sqlite_runs_in_wal_mode(sqlite_url: str) -> None:
-    with Catalog.open(sqlite_url) as catalog, catalog.engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    with Catalog.open(sqlite_url) as catalog:
+        assert testing.scalar(catalog, "PRAGMA journal_mode") == "wal"
+        assert testing.scalar(catalog, "PRAGMA synchronous") == 1  # NORMAL
 
 
 V1_DDL = [
@@ -94,15 +95,15 @@ def test_upgrade_from_version_1_keeps_data(catalog_url: str) -> None:
     engine.dispose()
 
     with Catalog.open(catalog_url) as catalog:
-        assert catalog.schema_version() == SCHEMA_VERSION == 4
+        assert catalog.schema_version() == SCHEMA_VERSION == 5
         rows = list(catalog.iter_blocks())
         assert [(r.key, r.size, r.last_access, r.hits, r.chain_pos) for r in rows] == [
             (key(1), 100, 7.0, 3, 2)
         ]
         assert catalog.journal_offsets() == {"w1.00000001.jnl": 4096}
-        assert set(inspect(catalog.engine).get_table_names()) >= {"leases"}
+        assert testing.tables(catalog) >= {"leases", "policy_ghosts", "policy_states"}
         # v3: the prefix-chain columns and the policy's partial indexes.
-        indexes = {ix["name"] for ix in inspect(catalog.engine).get_indexes("blocks")}
+        indexes = testing.indexes(catalog, "blocks")
         assert indexes >= {
             "ix_blocks_parent",
             "ix_blocks_fresh_lru",
@@ -338,7 +339,7 @@ def test_apply_journal(cat: Catalog) -> None:
 
 
 def flagged(catalog: Catalog, flag: str) -> set[int]:
-    with catalog.engine.connect() as conn:
+    with testing.connection(catalog) as conn:
         return {int(h, 16) for (h,) in conn.execute(text(f"SELECT block_hash FROM blocks WHERE {flag}"))}
 
 
@@ -515,14 +516,14 @@ def test_eviction_log(cat: Catalog) -> None:
     assert len(cat.eviction_log(limit=1)) == 1
 
 
-def test_session_for_policy_sql(cat: Catalog) -> None:
-    from sqlalchemy import func, select
-
-    from kvfs.catalog import Block
-
+def test_no_engine_or_session_is_handed_out_and_policies_get_segment_bytes(cat: Catalog) -> None:
+    # SQL stays in kvfs/catalog: the facade gives rows and figures, not database handles.
+    assert not hasattr(cat, "engine") and not hasattr(cat, "session")
     cat.upsert_blocks(BlockRow(key(i), 10, 1.0, 1.0) for i in range(3))
-    with cat.session() as session:
-        assert session.scalar(select(func.sum(Block.size))) == 30
+    cat.upsert_blocks([BlockRow(key(9, ns=NS2), 5, 1.0, 1.0, hits=2)])
+    assert cat.segment_bytes(None) == (35, 30)
+    assert cat.segment_bytes([cat.namespace_id(NS2) or 0]) == (5, 0)
+    assert cat.segment_bytes([]) == (0, 0)
 
 
 # --- concurrency: real processes -----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from kvfs.blockfile import BlockIdentity, StoreOutcome, store_block
-from kvfs.catalog import Catalog, prefix_ghosts
+from kvfs.catalog import Catalog, ghosts
 from kvfs.cli import main
 from kvfs.journal import JournalRecord, JournalWriter, RecordKind
 from kvfs.layout import BlockKey, fingerprint_sha256, kvfs_fields, namespace_name, write_namespace_config
@@ -246,13 +246,13 @@ def test_gc_default_policy_remembers_what_it_evicted(site: Site) -> None:
     out = site.json("gc", "--max-bytes", str(4 * site.file_size))
     assert out["deleted_files"] == 5 and out["plan"]["policy"] == DEFAULT_POLICY == "prefix"
     with Catalog.open(site.catalog_url) as catalog:
-        assert prefix_ghosts.ghost_count(catalog) == {False: 5}
+        assert ghosts.ghost_counts(catalog, "prefix") == {False: 5}
     dry = site.json("gc", "--max-bytes", str(2 * site.file_size), "--dry-run")
     assert dry["deleted_files"] == 2
     with Catalog.open(site.catalog_url) as catalog:
         # A dry run records nothing (its two victims, 1-4 h old, would be ghosts within the horizon); its settle
         # step dropped the older ghosts, beyond one recency span of the blocks left.
-        assert prefix_ghosts.ghost_count(catalog) == {}
+        assert ghosts.ghost_counts(catalog, "prefix") == {}
 
 
 def test_gc_scans_first_when_the_catalog_is_empty(site: Site) -> None:

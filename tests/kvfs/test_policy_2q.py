@@ -5,15 +5,13 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from sqlalchemy import text
 
-from kvfs.catalog import BlockRow, Catalog
+from kvfs.catalog import BlockRow, Catalog, ghosts, testing
 from kvfs.eviction import Limits, execute_plan, plan_pass
 from kvfs.layout import BlockKey
 from kvfs.policy import get_policy
-from kvfs.policy.history import history_size, remember, revive
 from kvfs.policy.slru import SegmentedLruPolicy
-from kvfs.policy.twoq import TwoQueuePolicy
+from kvfs.policy.twoq import HORIZON, TwoQueuePolicy
 
 NS = "org_model_0123456789ab"
 OTHER = "org_other_0123456789ab"
@@ -32,16 +30,34 @@ def row(n: int, last: float, *, hits: int = 0, pos: int = 0, size: int = 100, ns
     return BlockRow(key(n, ns), size, created=min(last, 1.0), last_access=last, chain_pos=pos, hits=hits)
 
 
+def history_size(catalog: Catalog) -> int:
+    return sum(ghosts.ghost_counts(catalog, "2q").values())
+
+
+def revive(catalog: Catalog, *, horizon: float = HORIZON) -> ghosts.Revived:
+    return ghosts.revive(catalog, policy="2q", horizon=horizon)
+
+
 def order(
-    catalog: Catalog, policy, *, limit: int = 1 << 40, protect: float = NEVER_PROTECTED, ns=None
+    catalog: Catalog,
+    policy,
+    *,
+    limit: int = 1 << 40,
+    protect: float = NEVER_PROTECTED,
+    ns=None,
+    prepare: bool = True,
 ) -> list[int]:
+    """The order a pass plans on (`prepare` first, as the pass does); prepare=False: what `kvfs ls` lists."""
     ids = None if ns is None else [catalog.namespace_id(ns)]
+    if prepare:
+        policy.prepare(catalog)
     stream = policy.candidates(catalog, namespace_ids=ids, protect_after=protect, limit_bytes=limit)
     return [num(c.key) for c in stream]
 
 
 def evict(catalog: Catalog, policy, *, limit: int, only: set[int] | None = None) -> list[int]:
     """Offer `limit` bytes and report the offered blocks (or `only` those) as evicted, as the executor does."""
+    policy.prepare(catalog)
     cands = list(
         policy.candidates(catalog, namespace_ids=None, protect_after=NEVER_PROTECTED, limit_bytes=limit)
     )
@@ -154,15 +170,12 @@ def test_ghosts_are_pruned_beyond_the_horizon(catalog: Catalog) -> None:
     assert history_size(catalog) == 10
     # Horizon 1: ghosts last seen before 20 - 10 go (blocks 1-9); block 10's ghost (last seen 10) stays.
     assert revive(catalog, horizon=1.0).ghosts_dropped == 9
-    with catalog.engine.connect() as conn:
-        left = conn.execute(
-            text("SELECT count(*) FROM policy_block_history WHERE last_seen < 10")
-        ).scalar_one()
+    left = testing.scalar(catalog, "SELECT count(*) FROM policy_ghosts WHERE last_seen < 10")
     assert left == 0 and history_size(catalog) == 1
 
 
 def test_remember_ignores_unknown_namespaces_and_keeps_the_latest_access(catalog: Catalog) -> None:
-    from kvfs.policy.base import Candidate
+    from kvfs.catalog import Candidate
 
     catalog.upsert_blocks([row(1, 5.0)])
     cands = [
@@ -170,12 +183,15 @@ def test_remember_ignores_unknown_namespaces_and_keeps_the_latest_access(catalog
         Candidate(1, key(1), 100, 7.0),
         Candidate(9, key(9, ns=OTHER), 1, 1.0),
     ]
-    assert remember(catalog, cands) == 1
-    with catalog.engine.connect() as conn:
-        assert conn.execute(text("SELECT last_seen FROM policy_block_history")).scalar_one() == 7.0
+    evicted = [(c.key, c.last_access, False) for c in cands]
+    assert ghosts.remember(catalog, "2q", evicted, keep_newest=True) == 1
+    assert testing.scalar(catalog, "SELECT last_seen FROM policy_ghosts") == 7.0
+    # A later eviction record of an older access keeps the newer one (a ghost's age only grows forward).
+    assert ghosts.remember(catalog, "2q", [(key(1), 6.0, False)], keep_newest=True) == 1
+    assert testing.scalar(catalog, "SELECT last_seen FROM policy_ghosts") == 7.0
 
 
-def test_plan_gc_with_2q_frees_enough_and_prefers_one_off_blocks(catalog: Catalog) -> None:
+def test_plan_pass_with_2q_frees_enough_and_prefers_one_off_blocks(catalog: Catalog) -> None:
     # 10 reused blocks (old), 10 never reused (newer): a 50% cut takes the one-off blocks first.
     catalog.upsert_blocks([row(n, float(n), hits=3) for n in range(1, 11)])
     catalog.upsert_blocks([row(n, float(n)) for n in range(11, 21)])
@@ -192,9 +208,8 @@ def test_bookkeeping_failure_is_counted_and_the_pass_goes_on(catalog: Catalog) -
     from kvfs import metrics
 
     catalog.upsert_blocks([row(1, 10), row(2, 20)])
-    assert order(catalog, get_policy("2q"), limit=150) == [1, 2]  # tables exist now
-    with catalog.engine.begin() as conn:
-        conn.execute(text("DROP TABLE policy_block_history"))
+    assert order(catalog, get_policy("2q"), limit=150) == [1, 2]  # its state exists now
+    testing.execute(catalog, "DROP TABLE policy_ghosts")
     before = {
         op: metrics.POLICY_BOOKKEEPING_ERRORS.labels(op=op)._value.get() for op in ("revive", "remember")
     }
@@ -218,7 +233,7 @@ def test_restores_are_counted(catalog: Catalog) -> None:
 def test_ghosts_come_from_deletions_not_from_ordering_or_dry_runs(catalog: Catalog, tmp_path) -> None:
     # Ordering alone (`kvfs ls`, planning) records nothing; only blocks the executor deleted for capacity do.
     catalog.upsert_blocks([row(n, float(n)) for n in range(1, 6)])
-    assert order(catalog, get_policy("2q")) == [1, 2, 3, 4, 5]
+    assert order(catalog, get_policy("2q"), prepare=False) == [1, 2, 3, 4, 5]
     assert order(catalog, get_policy("2q"), limit=100) == [1]
     assert history_size(catalog) == 0
     for n in range(1, 6):

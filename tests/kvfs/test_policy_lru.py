@@ -79,9 +79,9 @@ def test_stops_once_limit_bytes_offered(catalog: Catalog) -> None:
 
 
 def test_streams_beyond_one_chunk_and_can_be_abandoned(catalog: Catalog, monkeypatch) -> None:
-    import kvfs.policy.lru as lru
+    import kvfs.catalog.streams as streams
 
-    monkeypatch.setattr(lru, "STREAM_CHUNK", 7)
+    monkeypatch.setattr(streams, "STREAM_CHUNK", 7)
     catalog.upsert_blocks([row(NS_A, n, float(n)) for n in range(1, 51)])
     stream = LruPolicy().candidates(catalog, namespace_ids=None, protect_after=1e12, limit_bytes=1 << 62)
     first = [int(c.key.block_hash, 16) for c in itertools.islice(stream, 20)]

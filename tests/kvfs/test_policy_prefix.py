@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from sqlalchemy import text
 
 from kvfs import metrics
-from kvfs.catalog import BlockRow, Catalog, prefix_ghosts
+from kvfs.catalog import BlockRow, Catalog, ghosts, testing
 from kvfs.eviction import Limits, plan_pass
 from kvfs.journal import JournalRecord, RecordKind
 from kvfs.layout import BlockKey
@@ -45,8 +44,14 @@ def store(n: int, t: float, pos: int, parent: int | None) -> JournalRecord:
     )
 
 
+def ghost_count(catalog: Catalog) -> dict[bool, int]:
+    return ghosts.ghost_counts(catalog, "prefix")
+
+
 def offered(catalog: Catalog, policy: PrefixPolicy, limit: int = 1 << 40) -> list[int]:
+    """What a pass offers: `prepare` (settles the bonus), then the order."""
     scope = [catalog.namespace_id(NS) or 0]
+    policy.prepare(catalog)
     stream = policy.candidates(catalog, namespace_ids=scope, protect_after=NEVER_PROTECTED, limit_bytes=limit)
     return [num(c.key) for c in stream]
 
@@ -54,6 +59,7 @@ def offered(catalog: Catalog, policy: PrefixPolicy, limit: int = 1 << 40) -> lis
 def evict(catalog: Catalog, policy: PrefixPolicy, limit: int) -> list[int]:
     """Offer `limit` bytes, delete the offered rows and tell the policy, as execute_plan does."""
     scope = [catalog.namespace_id(NS) or 0]
+    policy.prepare(catalog)
     cands = list(
         policy.candidates(catalog, namespace_ids=scope, protect_after=NEVER_PROTECTED, limit_bytes=limit)
     )
@@ -87,7 +93,7 @@ def test_blocks_whose_prefix_is_gone_go_first(catalog: Catalog) -> None:
     # Orphans leave no ghosts: their coming back says nothing about the bonus.
     policy = PrefixPolicy()
     evict(catalog, policy, limit=200)
-    assert prefix_ghosts.ghost_count(catalog) == {}
+    assert ghost_count(catalog) == {}
 
 
 def test_the_last_block_a_conversation_left_behind_goes_right_after_orphans(catalog: Catalog) -> None:
@@ -104,7 +110,7 @@ def test_the_last_block_a_conversation_left_behind_goes_right_after_orphans(cata
     # It leaves no ghost (its return would say nothing about the bonus).
     policy = PrefixPolicy()
     assert evict(catalog, policy, limit=100) == [3]
-    assert prefix_ghosts.ghost_count(catalog) == {}
+    assert ghost_count(catalog) == {}
 
 
 def test_order_merges_by_last_access_plus_bonus() -> None:
@@ -158,19 +164,20 @@ def test_returning_reused_blocks_raise_the_bonus_and_it_survives_a_reopen(catalo
         cat.upsert_blocks([BlockRow(other, 100, created=0.0, last_access=0.0)])
         policy = PrefixPolicy()
         assert evict(cat, policy, limit=300) == [1, 2, 3]  # LRU while the bonus is 0
-        assert prefix_ghosts.ghost_count(cat) == {True: 3}
+        assert ghost_count(cat) == {True: 3}
         # 1 and 2 are stored again after their eviction: the bonus should have kept them.
         cat.upsert_blocks([row(1, 200, created=200), row(2, 201, created=201)])
         assert offered(cat, policy, limit=100) == [4]
         assert policy.beta == pytest.approx(adapt(0, 2, 0, 1, 0.0)) and policy.beta > 0
-        assert prefix_ghosts.ghost_count(cat) == {True: 1}  # the returned ghosts are spent
+        assert ghost_count(cat) == {True: 1}  # the returned ghosts are spent
         assert metrics.POLICY_RESTORES._value.get() == restores + 2
     finally:
         cat.close()
     # A restarted evictor (new process, new policy object) continues from the stored bonus.
     again = Catalog.open(catalog_url)
     try:
-        assert prefix_ghosts.load_beta(again, "prefix", 0.0) == pytest.approx(adapt(0, 2, 0, 1, 0.0))
+        beta, _span = ghosts.bonus(again, policy="prefix", default_beta=0.0)
+        assert beta == pytest.approx(adapt(0, 2, 0, 1, 0.0))
         fresh_policy = PrefixPolicy()
         offered(again, fresh_policy, limit=100)
         assert fresh_policy.beta == pytest.approx(adapt(0, 2, 0, 1, 0.0))
@@ -200,15 +207,14 @@ def test_returning_fresh_blocks_lower_the_bonus(catalog: Catalog) -> None:
     catalog.remove_blocks([other, key(1), key(3), key(7), key(8)])
     catalog.upsert_blocks([row(9, 100_000, hits=1)])
     offered(catalog, policy, limit=100)
-    assert prefix_ghosts.ghost_count(catalog) == {}
+    assert ghost_count(catalog) == {}
 
 
-def test_plan_gc_uses_it_and_bookkeeping_failures_fall_back_to_lru(sqlite_url: str) -> None:
+def test_plan_pass_uses_it_and_bookkeeping_failures_fall_back_to_lru(sqlite_url: str) -> None:
     cat = Catalog.open(sqlite_url)
     try:
-        # A broken state table (a view where the policy expects its table): its bookkeeping fails.
-        with cat.engine.begin() as conn:
-            conn.execute(text("CREATE VIEW policy_prefix_state AS SELECT 'x' AS name"))
+        # A broken ghost store (its table gone): settling fails; the pass orders by the stored bonus (none: 0).
+        testing.execute(cat, "DROP TABLE policy_ghosts")
         cat.upsert_blocks([row(1, 10, pos=0), row(2, 10, pos=1), row(3, 5, hits=4)])
         errors = metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="settle")._value.get()
         plan = plan_pass(cat, Limits(max_bytes=100), now=1000.0)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from kvfs.catalog import BlockRow, Catalog
+from kvfs.catalog import BlockRow, Catalog, testing
 from kvfs.cli import main as kvfs_main
 from kvfs.eviction import Limits, plan_pass
 from kvfs.layout import BlockKey
@@ -85,7 +85,7 @@ def raw_query(catalog: Catalog, sql: str, rows: int | None = None) -> Callable[[
     fetch `rows` rows in chunks of 5000 (a server-side cursor on PostgreSQL), or all when None."""
 
     def run() -> int:
-        raw = catalog.engine.raw_connection()
+        raw = testing.raw_connection(catalog)
         try:
             driver = raw.driver_connection
             named = catalog.dialect == "postgresql" and rows is not None

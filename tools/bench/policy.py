@@ -111,7 +111,7 @@ def bench(
         for policy in policies:
             if policy in ("2q", "prefix"):
                 wall, cpu, _ = one_pass(catalog, policy, now, evict)
-                results[f"{policy} first pass (creates its tables)"] = [(wall, cpu)]
+                results[f"{policy} first pass (no state yet)"] = [(wall, cpu)]
             times = []
             for _ in range(runs):
                 now += 10.0

@@ -1,0 +1,35 @@
+"""SQL only in kvfs/catalog: no shipped module outside it talks to the database or imports the test helper."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SQL = re.compile(r"sqlalchemy|\.execute\(|exec_driver_sql")
+TEST_HELPER = re.compile(
+    r"^\s*(from kvfs\.catalog\.testing import|import kvfs\.catalog\.testing|from kvfs\.catalog import .*\btesting\b)",
+    re.MULTILINE,
+)
+
+
+def shipped_files() -> list[Path]:
+    return sorted(p for pkg in ("kvfs", "evictor", "connector") for p in (REPO / pkg).rglob("*.py"))
+
+
+def test_no_sql_outside_the_catalog_package() -> None:
+    files = shipped_files()
+    assert len(files) > 20
+    catalog = REPO / "kvfs" / "catalog"
+    offenders = [
+        str(p.relative_to(REPO)) for p in files if catalog not in p.parents and SQL.search(p.read_text())
+    ]
+    assert offenders == []
+
+
+def test_product_code_never_imports_the_test_helper() -> None:
+    helper = REPO / "kvfs" / "catalog" / "testing.py"
+    offenders = [
+        str(p.relative_to(REPO)) for p in shipped_files() if p != helper and TEST_HELPER.search(p.read_text())
+    ]
+    assert offenders == []
