@@ -145,7 +145,7 @@ SETTINGS_SCHEMA: dict[str, SettingSpec] = {
             "policy",
             "str",
             DEFAULT_POLICY,
-            "Eviction policy name (`kvfs gc --help` lists them); the default is kvfs.policy.DEFAULT_POLICY.",
+            "Eviction policy (kvfs.policy; the default is kvfs.policy.DEFAULT_POLICY).",
         ),
         SettingSpec(
             "delete_batch", "int", "1000", "Files unlinked per batch (journals re-read before each)."
