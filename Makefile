@@ -10,7 +10,7 @@ export VLLM_LOGGING_LEVEL ?= WARNING
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[vllm,test]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[vllm,evictor,test]'
 	# vLLM pulls CUDA builds of these; they break imports beside CPU torch and kvfs does not use them.
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(STAMP)
@@ -42,7 +42,7 @@ test-vllm033:
 	test -x $(VENV033)/bin/python || $(PY) -m venv $(VENV033)
 	$(VENV033)/bin/pip install -q --disable-pip-version-check -r requirements/vllm-0.33.0.txt
 	$(VENV033)/bin/pip install -q --disable-pip-version-check --no-deps vllm==0.33.0
-	$(VENV033)/bin/pip install -q --disable-pip-version-check --no-deps -e .
+	$(VENV033)/bin/pip install -q --disable-pip-version-check --no-deps -e '.[evictor]'
 	$(VENV033)/bin/python -m pytest -q -p no:cacheprovider -m vllm tests/connector tests/tools
 
 bench: setup

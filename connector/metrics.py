@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from kvfs.metrics import MISS_REASONS
+
 STORES = Counter(
     "kvfs_connector_stores_total",
     "Block files the connector tried to store, by outcome (stored, exists, failed, dropped).",
@@ -58,3 +60,14 @@ STAGING_BYTES = Gauge(
 LOOKUP_HIT = LOOKUPS.labels("hit")
 LOOKUP_MISS = LOOKUPS.labels("miss")
 LOOKUP_RETRY = LOOKUPS.labels("retry")
+
+# Label values created at 0 (see kvfs/metrics.py, "known label values"): increase() sees the first event.
+for _metric, _values in (
+    (STORES, ("stored", "exists", "failed", "dropped")),
+    (STORES_DROPPED, ("backlog",)),  # connector.iopool.DropReason
+    (LOADS, ("ok", "missed")),
+    (LOAD_MISSES, MISS_REASONS),
+    (JOB_SECONDS, ("load", "store")),
+):
+    for _value in _values:
+        _metric.labels(_value)

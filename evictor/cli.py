@@ -18,17 +18,29 @@ import click
 from click.core import ParameterSource
 
 from evictor.logs import setup_logging
-from evictor.settings import SETTINGS_SCHEMA, SettingsError, load_settings
+from evictor.settings import ENV_PREFIX, SETTINGS_SCHEMA, SettingsError, load_settings
+from kvfs.cli.params import DURATION, PolicyOption
 
 _CLICK_TYPES: dict[str, Any] = {"int": int}
+# What a flag's value looks like in --help (the settings parse the text: `500GiB`, `10m`, `85`).
+_METAVARS = {"size": "SIZE", "duration": "DURATION", "percent": "PERCENT", "path": "PATH", "int": "INTEGER"}
+_NAMED_METAVARS = {"catalog": "URL", "metrics_host": "ADDRESS"}
+
+
+def _setting_help(spec: Any) -> str:
+    """The setting's help, its environment variable and its default, as click prints them for its own options
+    (the variable is read by the settings loader, not by click: flags > environment > config file)."""
+    extra = [f"env var: {ENV_PREFIX}{spec.name.upper()}"]
+    if spec.default:
+        extra.append(f"default: {spec.default}")
+    return f"{spec.help}  [{'; '.join(extra)}]"
 
 
 def _setting_options(func: Any) -> Any:
     """Attach one flag per setting; all default to None so unset flags do not override env/file."""
     for spec in reversed(list(SETTINGS_SCHEMA.values())):
         flag = "--" + spec.name.replace("_", "-")
-        default = f" [default: {spec.default}]" if spec.default else ""
-        help_text = spec.help + default
+        help_text = _setting_help(spec)
         if spec.kind == "bool":
             option = click.option(f"{flag}/--no-{flag[2:]}", spec.name, default=None, help=help_text)
         elif spec.kind == "quotas":
@@ -41,9 +53,17 @@ def _setting_options(func: Any) -> Any:
             option = click.option(
                 flag, spec.name, type=click.Choice(spec.choices), default=None, help=help_text
             )
+        elif spec.name == "policy":
+            option = click.option(flag, spec.name, cls=PolicyOption, default=None, help=help_text)
         else:
+            metavar = _NAMED_METAVARS.get(spec.name) or _METAVARS.get(spec.kind, "TEXT")
             option = click.option(
-                flag, spec.name, type=_CLICK_TYPES.get(spec.kind, str), default=None, help=help_text
+                flag,
+                spec.name,
+                type=_CLICK_TYPES.get(spec.kind, str),
+                default=None,
+                metavar=metavar,
+                help=help_text,
             )
         func = option(func)
     return func
@@ -83,6 +103,17 @@ def _inherit_kvfs_options(flags: dict[str, Any]) -> None:
             and top.get_parameter_source(group_param) is ParameterSource.COMMANDLINE
         ):
             flags[setting] = str(top.params[group_param])
+
+
+def _group_catalog() -> str | None:
+    """The catalog the `kvfs` group was given (`kvfs --catalog URL` or KVFS_CATALOG), not its default: the
+    default catalog is a local file, and reading it would describe some other store than the evictor's."""
+    top = click.get_current_context().find_root()
+    if top.info_name is None or "catalog_url" not in top.params:
+        return None
+    if top.get_parameter_source("catalog_url") in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+        return str(top.params["catalog_url"])
+    return None
 
 
 def _fetch_status(url: str, timeout: float) -> dict[str, Any]:
@@ -172,17 +203,30 @@ def _print_human(data: dict[str, Any]) -> None:
 @click.option(
     "--url", default="http://127.0.0.1:9400", show_default=True, help="The running evictor's HTTP address."
 )
-@click.option("--catalog", "catalog_url", default=None, help="Read the catalog when no service answers.")
-@click.option("--timeout", default=3.0, show_default=True, help="Seconds to wait for the service.")
+@click.option(
+    "--catalog",
+    "catalog_url",
+    default=None,
+    metavar="URL",
+    help="Read the catalog when no service answers [default: `kvfs --catalog`, else KVFS_CATALOG].",
+)
+@click.option(
+    "--timeout",
+    type=DURATION,
+    default="3s",
+    show_default=True,
+    help="How long to wait for the service (3s, 1m).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status_cmd(url: str, catalog_url: str | None, timeout: float, as_json: bool) -> None:
     """Live state: usage, watermarks, leader, last scan, journal backlog."""
+    catalog_url = catalog_url or _group_catalog()
     try:
         data = _fetch_status(url, timeout)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         if catalog_url is None:
             raise click.ClickException(
-                f"no evictor answers at {url} ({exc}); pass --catalog to read the catalog"
+                f"no evictor answers at {url} ({exc}); pass --catalog (or set KVFS_CATALOG) to read the catalog"
             ) from None
         try:
             data = _catalog_status(catalog_url)

@@ -1,14 +1,20 @@
 """Prometheus metrics of the evictor (`kvfs_evictor_*`, plus per-namespace `kvfs_namespace_*`).
 
 Defined once here, in the default registry, so `/metrics` also carries the core library's `kvfs_*` metrics.
+The per-namespace label is `kvfs_namespace`: `namespace` is the Kubernetes target label Prometheus attaches to
+every scraped sample, and a clash would rename ours to `exported_namespace`.
 """
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-NAMESPACE_BYTES = Gauge("kvfs_namespace_bytes", "Bytes of block files per namespace (catalog)", ["namespace"])
-NAMESPACE_FILES = Gauge("kvfs_namespace_files", "Block files per namespace (catalog)", ["namespace"])
+NAMESPACE_BYTES = Gauge(
+    "kvfs_namespace_bytes", "Bytes of block files per kvfs namespace (catalog)", ["kvfs_namespace"]
+)
+NAMESPACE_FILES = Gauge(
+    "kvfs_namespace_files", "Block files per kvfs namespace (catalog)", ["kvfs_namespace"]
+)
 USAGE_BYTES = Gauge("kvfs_evictor_usage_bytes", "Used bytes the watermarks are compared with")
 CAPACITY_BYTES = Gauge("kvfs_evictor_capacity_bytes", "Capacity the watermarks are percentages of")
 USAGE_RATIO = Gauge("kvfs_evictor_usage_ratio", "Usage / capacity (0..1)")
@@ -39,7 +45,8 @@ JOURNAL_BAD_RECORDS_SEEN = Counter(
 )
 JOURNAL_BACKLOG_BYTES = Gauge("kvfs_evictor_journal_backlog_bytes", "Journal bytes not yet ingested")
 JOURNAL_LAG_SECONDS = Gauge(
-    "kvfs_evictor_journal_lag_seconds", "Age of the newest record at the moment it was ingested"
+    "kvfs_evictor_journal_lag_seconds",
+    "Age of the oldest record of the last ingest that applied records, at the moment it was ingested",
 )
 JOURNAL_SEGMENTS_REMOVED = Counter("kvfs_evictor_journal_segments_removed", "Fully ingested segments removed")
 TREE_WATCH_READY = Gauge("kvfs_evictor_tree_watch_ready", "1 while the tree watcher covers the whole tree")
@@ -48,7 +55,8 @@ TREE_WATCH_SETUP_SECONDS = Gauge(
 )
 TREE_EVENTS = Counter("kvfs_evictor_tree_events", "Block file events from the tree watcher", ["kind"])
 
-SCAN_FILES_PER_SECOND = Gauge("kvfs_evictor_scan_files_per_second", "Rate of the last reconciliation scan")
+# A scan's files are counted in kvfs_scan_files_total and its wall time in kvfs_scan_last_duration_seconds
+# (kvfs/metrics.py): rate() of the counter, not a rate gauge.
 SCAN_LAST_TIME = Gauge("kvfs_evictor_scan_last_timestamp_seconds", "End of the last reconciliation scan")
 SCANS = Counter("kvfs_evictor_scans", "Reconciliation scans, by outcome", ["outcome"])
 TEMP_FILES_KNOWN = Gauge("kvfs_evictor_temp_files_known", "Temp files known (from scans and the watcher)")
@@ -63,5 +71,20 @@ LEADER_CHANGES = Counter(
 )
 READY = Gauge("kvfs_evictor_ready", "1 while /readyz answers 200")
 ERRORS = Counter(
-    "kvfs_evictor_errors", "Errors by kind (catalog, journal, scan, delete, watch, config)", ["kind"]
+    "kvfs_evictor_errors", "Errors by kind (catalog, leader, journal, scan, enforce, delete, watch)", ["kind"]
 )
+
+
+# Label values created at 0 (see kvfs/metrics.py, "known label values"): increase() sees the first event.
+ERROR_KINDS = ("catalog", "leader", "journal", "scan", "enforce", "delete", "watch")
+PASS_OUTCOMES = ("idle", "evicted", "stalled", "failed")
+for _metric, _values in (
+    (ENFORCE_PASSES, PASS_OUTCOMES),
+    (SCANS, ("ok", "failed")),
+    (LEADER_CHANGES, ("gained", "lost")),
+    (TREE_EVENTS, ("upsert", "remove")),
+    (METADATA_OPS, ("journal", "scan", "watch", "statvfs")),
+    (ERRORS, ERROR_KINDS),
+):
+    for _value in _values:
+        _metric.labels(_value)

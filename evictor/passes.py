@@ -195,6 +195,7 @@ class PassRunner:
                 "unknown_namespace",
                 "retire/quota names namespaces the catalog does not know (skipped): %s",
                 ", ".join(plan.unknown_namespaces),
+                namespaces=list(plan.unknown_namespaces),
             )
         if plan.shortfall_bytes > 0:
             causes.append("protected_by_min_age")
@@ -204,6 +205,8 @@ class PassRunner:
                 "min_age (%ss); lower min_age or add capacity",
                 format_size(plan.shortfall_bytes),
                 f"{self.settings.min_age:g}",
+                bytes=plan.shortfall_bytes,
+                min_age_s=self.settings.min_age,
             )
         if result is not None and not result.dry_run and result.attempted and result.deleted_files == 0:
             causes.append("deletes_failing")
@@ -212,6 +215,8 @@ class PassRunner:
                 "every removal of this pass failed (%d errors, %d refused): check the mount's permissions",
                 result.errors,
                 result.refused,
+                errors=result.errors,
+                refused=result.refused,
             )
         if result is not None and result.recheck_failures:
             causes.append("catalog_errors")
@@ -219,6 +224,7 @@ class PassRunner:
                 "catalog_errors",
                 "%d delete batches kept: recency could not be confirmed",
                 result.recheck_failures,
+                batches=result.recheck_failures,
             )
         if "deletes_failing" in causes:
             return "failed", causes
@@ -229,11 +235,11 @@ class PassRunner:
             return "stalled", causes
         return "idle", causes
 
-    def _say(self, cause: str, message: str, *args: Any) -> None:
+    def _say(self, cause: str, message: str, *args: Any, **fields: Any) -> None:
         now = time.monotonic()
         if now - self._said.get(cause, -1e9) >= 60.0:
             self._said[cause] = now
-            log.warning(message, *args)
+            log.warning(message, *args, extra={"event": "pass_stalled", "cause": cause, **fields})
 
     def _set_phase(self, phase: str) -> None:
         self.phase = phase
@@ -265,7 +271,12 @@ class PassRunner:
         if report.result is not None:
             report.result.dirs_removed += removed
         if removed:
-            log.info("removed %d emptied bucket directories (%d wait for min_age)", removed, len(young))
+            log.info(
+                "removed %d emptied bucket directories (%d wait for min_age)",
+                removed,
+                len(young),
+                extra={"event": "dirs_removed", "dirs": removed, "waiting": len(young)},
+            )
         return removed
 
     def _before_batch(self, size: int) -> bool:
@@ -284,7 +295,11 @@ class PassRunner:
         if self.stopping.is_set():
             return False
         if not self.still_leader():
-            log.warning("no longer the leader: dropping a batch of %d victims", size)
+            log.warning(
+                "no longer the leader: dropping a batch of %d victims",
+                size,
+                extra={"event": "batch_dropped", "reason": "not_leader", "files": size},
+            )
             return False
         return True
 
@@ -312,6 +327,25 @@ class PassRunner:
             result.missing,
             result.refused,
             result.errors,
+            extra={
+                "event": "dry_run" if result.dry_run else "evicted",
+                "files": result.deleted_files,
+                "bytes": result.deleted_bytes,
+                "reasons": {
+                    str(r): {"files": t.files, "bytes": t.bytes} for r, t in result.by_reason.items()
+                },
+                "namespaces": {
+                    ns: {"files": t.files, "bytes": t.bytes} for ns, t in result.by_namespace.items()
+                },
+                "usage_bytes": cap.used,
+                "capacity_bytes": cap.capacity,
+                "usage_source": cap.source,
+                "capacity_target_bytes": target,
+                "spared": result.skipped_recently_used,
+                "missing": result.missing,
+                "refused": result.refused,
+                "errors": result.errors,
+            },
         )
         if result.errors:
             metrics.ERRORS.labels("delete").inc(result.errors)

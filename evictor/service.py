@@ -400,7 +400,6 @@ class EvictorService:
             log.warning("could not record the scan's temp-file summary: %s", exc)
         metrics.SCANS.labels("ok").inc()
         metrics.METADATA_OPS.labels("scan").inc(result.files + result.not_blocks + len(result.temp_files))
-        metrics.SCAN_FILES_PER_SECOND.set(result.files / result.duration_s if result.duration_s > 0 else 0)
         metrics.SCAN_LAST_TIME.set(time.time())
         self.last_scan = {
             "started": started,

@@ -133,14 +133,19 @@ SETTINGS_SCHEMA: dict[str, SettingSpec] = {
         ),
         SettingSpec("dry_run", "bool", "false", "Plan and log evictions but delete nothing."),
         SettingSpec(
-            "log_format", "choice", "text", "Log lines as text or one JSON object each.", LOG_FORMATS
+            "log_format",
+            "choice",
+            "text",
+            "Log lines as text or one JSON object each (time, level, logger, msg, and the line's own fields as keys: "
+            "event, files, bytes, reason, cause, ...).",
+            LOG_FORMATS,
         ),
         SettingSpec("log_level", "choice", "info", "Log level.", LOG_LEVELS),
         SettingSpec(
             "policy",
             "str",
             DEFAULT_POLICY,
-            "Eviction policy name (`kvfs gc --help` lists them); the default is kvfs.policy.DEFAULT_POLICY.",
+            "Eviction policy (kvfs.policy; the default is kvfs.policy.DEFAULT_POLICY).",
         ),
         SettingSpec(
             "delete_batch", "int", "1000", "Files unlinked per batch (journals re-read before each)."

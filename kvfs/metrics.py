@@ -131,3 +131,57 @@ POLICY_BOOKKEEPING_ERRORS = Counter(
     "Policy bookkeeping (re-store check, prefix's bonus update, ghost upserts) that failed; the pass went on without it.",
     ["op"],
 )
+
+# --- known label values --------------------------------------------------------------------------------------
+# A labelled counter has no series until its first event, so `increase()` cannot see that event (one refused
+# unlink or one corrupt load would never alert).  Every value the code can count is created here, at 0.
+# tests/kvfs/test_metrics.py keeps these lists equal to the enums and call sites they come from.
+MISS_REASONS = (
+    "missing",
+    "truncated",
+    "bad_magic",
+    "bad_version",
+    "bad_header",
+    "fingerprint_mismatch",
+    "key_mismatch",
+    "checksum_mismatch",
+    "io_error",
+    "not_regular",
+)  # kvfs.blockfile.MissReason
+STORE_OUTCOMES = ("stored", "exists", "failed")  # kvfs.blockfile.StoreOutcome
+EVICT_REASONS = ("capacity", "ttl", "quota", "retired", "orphan", "corrupt")  # kvfs.eviction.EvictReason
+UNSAFE_PATH_REASONS = (
+    "absolute",
+    "dotdot",
+    "malformed",
+    "symlink",
+    "not_a_directory",
+    "not_regular_file",
+    "not_a_segment",
+)  # kvfs.safety, kvfs.journal
+UNLINK_RESULTS = ("deleted", "missing", "error", "refused")
+JOURNAL_DROP_REASONS = ("closed", "buffer_full", "unencodable", "write_error", "journal_bound")
+JOURNAL_BAD_REASONS = ("corrupt", "torn_tail", "invalid")
+O_DIRECT_FALLBACK_REASONS = ("probe", "open", "unaligned_buffer", "write_einval")
+
+
+def known_labels(metric: Counter, values: tuple[str, ...]) -> None:
+    """Create the series of each label value at 0 (a metric with one label)."""
+    for value in values:
+        metric.labels(value)
+
+
+for _metric, _values in (
+    (BLOCK_STORES, STORE_OUTCOMES),
+    (BLOCK_LOAD_MISSES, MISS_REASONS),
+    (O_DIRECT_FALLBACKS, O_DIRECT_FALLBACK_REASONS),
+    (JOURNAL_RECORDS_DROPPED, JOURNAL_DROP_REASONS),
+    (JOURNAL_BAD_RECORDS, JOURNAL_BAD_REASONS),
+    (UNSAFE_PATHS_REFUSED, UNSAFE_PATH_REASONS),
+    (UNLINKS, UNLINK_RESULTS),
+    (EVICTED_FILES, EVICT_REASONS),
+    (EVICTED_BYTES, EVICT_REASONS),
+    (VERIFY_CORRUPT, tuple(r for r in MISS_REASONS if r not in ("missing", "io_error", "not_regular"))),
+    (VERIFY_UNREADABLE, ("io_error", "not_regular", "dir_unreadable")),
+):
+    known_labels(_metric, _values)

@@ -19,6 +19,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import shlex
 import shutil
 import socket
 import sqlite3
@@ -356,6 +357,11 @@ def pick_device(choice: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def du_command(root: Path, catalog_url: str) -> str:
+    """`kvfs du` for the demo's tree and catalog, ready to paste into a shell."""
+    return f"KVFS_ROOT={shlex.quote(str(root))} KVFS_CATALOG={shlex.quote(catalog_url)} kvfs du"
+
+
 def run_demo(data: Path, cfg: DemoConfig, device: str = "cpu") -> int:
     from kvfs.blockfile import HEADER_SIZE
     from kvfs.cli import main as kvfs_cli
@@ -432,7 +438,9 @@ def run_demo(data: Path, cfg: DemoConfig, device: str = "cpu") -> int:
             proc.join(5)
         stop_gracefully(evictor, 20)
 
-    click.echo("\n$ kvfs du")
+    # The command as a user would type it afterwards: `kvfs du` alone reads the default root and catalog, not
+    # the demo's.
+    click.echo(f"\n$ {du_command(root, catalog_url)}")
     kvfs_cli.main(["--root", str(root), "--catalog", catalog_url, "du"], standalone_mode=False)
 
     files_on_disk, bytes_on_disk = tree_bytes(root)
@@ -466,7 +474,7 @@ def run_demo(data: Path, cfg: DemoConfig, device: str = "cpu") -> int:
     return 0 if ok else 1
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--quick", is_flag=True, help="A smaller, faster run (the test suite uses it).")
 @click.option(
     "--dir",

@@ -11,7 +11,7 @@ import click
 
 from kvfs.cli.app import KvfsContext, pass_state
 from kvfs.cli.output import emit_json, size, table
-from kvfs.cli.params import DURATION, SIZE
+from kvfs.cli.params import DURATION, SIZE, PolicyOption
 from kvfs.cli.scan import remove_journals_option, run_scan, scan_json
 from kvfs.eviction import PassHooks, Plan, Result, limits_from_settings, run_pass
 from kvfs.eviction.ingest import ingest_journals
@@ -79,9 +79,10 @@ def _print_plan(plan: Plan, result: Result) -> None:
 )
 @click.option(
     "--policy",
+    cls=PolicyOption,
     default=DEFAULT_POLICY,
     show_default=True,
-    help="Eviction order (registered policies: kvfs.policy).",
+    help="Eviction order (kvfs.policy).",
 )
 @click.option(
     "--scan/--no-scan",

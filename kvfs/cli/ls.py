@@ -10,6 +10,7 @@ import click
 from kvfs.catalog import BlockRow
 from kvfs.cli.app import KvfsContext, pass_state
 from kvfs.cli.output import age, emit_json, size, table
+from kvfs.cli.params import PolicyOption
 from kvfs.policy import DEFAULT_POLICY, get_policy
 
 # protect_after for "show everything": later than any real timestamp.
@@ -28,9 +29,10 @@ _NEVER_PROTECTED = float(1 << 52)
 )
 @click.option(
     "--policy",
+    cls=PolicyOption,
     default=DEFAULT_POLICY,
     show_default=True,
-    help="Eviction policy whose order is shown (see `kvfs gc --help`).",
+    help="Eviction policy whose order is shown.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_state

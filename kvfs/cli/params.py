@@ -39,3 +39,22 @@ class DurationType(click.ParamType):
 
 SIZE = SizeType()
 DURATION = DurationType()
+
+
+class PolicyOption(click.Option):
+    """An option whose help ends with the registered eviction policies (listed when help is shown, so a policy
+    module added to kvfs.policy appears without touching the commands)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("metavar", "NAME")
+        super().__init__(*args, **kwargs)
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from kvfs.policy import available_policies
+
+        names = ", ".join(available_policies())
+        base = (self.help or "").rstrip()
+        if "Policies:" not in base:
+            text, sep, bracket = base.partition("  [")  # before a trailing "  [env var: ...]"
+            self.help = f"{text} Policies: {names}.{sep}{bracket}"
+        return super().get_help_record(ctx)

@@ -130,3 +130,68 @@ def test_status_falls_back_to_the_catalog(sqlite_url: str) -> None:
     assert "ttl: 7 files" in result.output
     data = json.loads(CliRunner().invoke(evictor, [*args, "--json"]).output)
     assert data["usage"]["catalog_files"] == 1 and data["recent_evictions"][0]["reason"] == "ttl"
+
+
+def catalog_with_one_block(sqlite_url: str) -> None:
+    from kvfs.catalog import BlockRow, Catalog
+    from kvfs.layout import BlockKey
+
+    with Catalog.open(sqlite_url) as cat:
+        cat.upsert_blocks([BlockRow(BlockKey("org_m_0123456789ab", 0, 0, "ab" * 16, "kvfs"), 4096, 1.0, 2.0)])
+
+
+def test_status_reads_the_catalog_given_to_kvfs_or_in_kvfs_catalog(sqlite_url: str) -> None:
+    from kvfs.cli import main
+
+    catalog_with_one_block(sqlite_url)
+    status = ["evictor", "status", "--url", "http://127.0.0.1:9", "--timeout", "500ms"]
+    for args, env in (
+        (["--catalog", sqlite_url, *status], {"KVFS_CATALOG": None}),
+        (status, {"KVFS_CATALOG": sqlite_url}),
+        (["--catalog", "sqlite:////nonexistent/x.db", *status, "--catalog", sqlite_url], {}),  # own flag wins
+    ):
+        result = CliRunner().invoke(main, args, env=env)
+        assert result.exit_code == 0, (args, result.output)
+        assert "catalog: 1 files, 4.0 KiB" in result.output
+    # Neither: the group's default (a local file) is not some evictor's catalog; say how to give one.
+    result = CliRunner().invoke(main, status, env={"KVFS_CATALOG": None})
+    assert result.exit_code == 1 and "KVFS_CATALOG" in result.output
+
+
+def test_status_timeout_is_a_duration() -> None:
+    result = CliRunner().invoke(
+        evictor, ["status", "--url", "http://127.0.0.1:9", "--timeout", "2 fortnights"]
+    )
+    assert result.exit_code == 2 and "--timeout" in result.output
+    result = CliRunner().invoke(evictor, ["status", "--url", "http://127.0.0.1:9", "--timeout", "250ms"])
+    assert result.exit_code == 1 and "no evictor answers" in result.output
+
+
+def test_run_help_shows_value_kinds_and_each_environment_variable() -> None:
+    from evictor.cli import run_cmd
+
+    text = CliRunner().invoke(run_cmd, ["--help"], terminal_width=400).output
+    for flag, metavar in (
+        ("--max-bytes", "SIZE"),
+        ("--min-age", "DURATION"),
+        ("--ttl", "DURATION"),
+        ("--high-watermark", "PERCENT"),
+        ("--catalog", "URL"),
+        ("--policy", "NAME"),
+    ):
+        assert f"{flag} {metavar} " in text, flag
+    assert " TEXT " not in text
+    for name in SETTINGS_SCHEMA:
+        assert f"env var: KVFS_{name.upper()}" in text, name
+
+
+def test_policy_help_lists_the_policies() -> None:
+    from evictor.cli import run_cmd
+    from kvfs.cli import main
+    from kvfs.policy import available_policies
+
+    listing = "Policies: " + ", ".join(available_policies()) + "."
+    assert len(available_policies()) > 1
+    for cmd, args in ((main, ["gc", "--help"]), (main, ["ls", "--help"]), (run_cmd, ["--help"])):
+        text = " ".join(CliRunner().invoke(cmd, args, terminal_width=400).output.split())
+        assert listing in text, args

@@ -48,6 +48,36 @@ def type_errors(expr: str) -> list[str]:
     return errors
 
 
+def grouping_labels(expr: str) -> list[tuple[list[str], list[str]]]:
+    """(labels of `by (...)`, metrics aggregated) for every aggregation of the query."""
+    found: list[tuple[list[str], list[str]]] = []
+
+    def visit(node: Any) -> None:
+        by = isinstance(node, promql_parser.AggregateExpr) and str(node.modifier or "").startswith("by")
+        if by:
+            found.append((list(node.modifier.labels), _names_in(node.expr)))
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return found
+
+
+@functools.cache
+def kvfs_metric_labels() -> dict[str, frozenset[str]]:
+    """Sample name → the label names kvfs declares for it (`le` for buckets); from the definitions, so a gauge
+    that has no child yet still has its labels."""
+    import prometheus_client
+
+    kvfs_exposed_names()
+    registry = prometheus_client.REGISTRY
+    labels: dict[str, frozenset[str]] = {}
+    for collector, names in list(registry._collector_to_names.items()):  # noqa: SLF001 - no public accessor
+        declared = frozenset(getattr(collector, "_labelnames", ()))
+        for name in names:
+            if name.startswith("kvfs_"):
+                labels[name] = declared | ({"le"} if name.endswith("_bucket") else set())
+    return labels
+
+
 @functools.cache
 def kvfs_exposed_names() -> frozenset[str]:
     """Sample names the kvfs processes expose: the metrics modules' families, with Prometheus' suffixes."""
@@ -58,9 +88,9 @@ def kvfs_exposed_names() -> frozenset[str]:
     names: set[str] = set()
     for family in prometheus_client.REGISTRY.collect():
         if family.type == "counter":
-            names |= {family.name + "_total", family.name + "_created"}
+            names.add(family.name + "_total")  # no `_created`: evictor/http.py disables those series
         elif family.type in ("histogram", "summary"):
-            names |= {family.name + s for s in ("_bucket", "_sum", "_count", "_created")}
+            names |= {family.name + s for s in ("_bucket", "_sum", "_count")}
         else:
             names.add(family.name)
     return frozenset(n for n in names if n.startswith("kvfs_"))

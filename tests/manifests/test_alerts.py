@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 import yaml
 from manifest_render import MANIFESTS, REPO, rendered
-from promql_checks import kvfs_exposed_names, selected_metrics, type_errors
+from promql_checks import grouping_labels, kvfs_exposed_names, selected_metrics, type_errors
 
 RULES = MANIFESTS / "alerts" / "rules.yaml"
 RUNBOOK = REPO / "docs" / "runbook.md"
+# Where the shipped rules say docs/runbook.md is published (the chart's prometheusRule.runbookBaseUrl replaces it).
+RUNBOOK_BASE = "https://kvfs.example/docs/runbook.md"
 # Metrics that are not kvfs's: Prometheus' own scrape health and kube-state-metrics' CronJob status.
 EXTERNAL = {"up", "kube_cronjob_status_last_successful_time"}
 
@@ -42,8 +44,8 @@ def problems(rules: list[dict[str, Any]]) -> list[str]:
         if rule.get("labels", {}).get("severity") not in ("warning", "critical"):
             out.append(f"{name}: no severity")
         url = rule.get("annotations", {}).get("runbook_url", "")
-        if not url.startswith("docs/runbook.md#") or url.split("#", 1)[1] not in anchors:
-            out.append(f"{name}: runbook_url {url!r} has no section in docs/runbook.md")
+        if not url.startswith(RUNBOOK_BASE + "#") or url.split("#", 1)[1] not in anchors:
+            out.append(f"{name}: runbook_url {url!r} is not an absolute link to a section of docs/runbook.md")
     return out
 
 
@@ -73,6 +75,8 @@ def test_the_issues_conditions_are_covered() -> None:
         "kvfs_connector_stores_dropped_total",  # store drops
         "kvfs_evictor_errors_total",  # eviction errors
         "kube_cronjob_status_last_successful_time",  # gc CronJob not succeeding
+        "kvfs_evictor_pass_stalled",  # passes that cannot do what is due
+        "kvfs_evictor_last_pass_success_timestamp_seconds",  # no successful pass
     ):
         assert metric in covered, metric
     leader = [a["expr"] for a in alerts() if "kvfs_evictor_leader" in used[a["alert"]]]
@@ -102,9 +106,59 @@ def test_every_alert_has_a_duration_or_fires_on_an_increase() -> None:
         ({"expr": "max(kvfs_evictor_leader"}, "does not parse"),
         ({"expr": "rate(kvfs_evictor_usage_bytes[5m]) > 0"}, "not a counter"),
         ({"labels": {}}, "no severity"),
-        ({"annotations": {"runbook_url": "docs/runbook.md#nosuchalert"}}, "has no section"),
+        ({"annotations": {"runbook_url": RUNBOOK_BASE + "#nosuchalert"}}, "not an absolute link"),
+        ({"annotations": {"runbook_url": "docs/runbook.md#kvfsevictornoleader"}}, "not an absolute link"),
     ],
 )
 def test_the_checks_catch_broken_rules(change: dict[str, Any], expected: str) -> None:
     rule = {**alerts()[0], **change}
     assert any(expected in p for p in problems([rule]))
+
+
+def rule(name: str) -> dict[str, Any]:
+    (found,) = [a for a in alerts() if a["alert"] == name]
+    return found
+
+
+def test_no_leader_also_fires_when_no_evictor_is_scraped() -> None:
+    # `sum(...) == 0` is empty when the series are gone (pods crash-looping, target deleted): absent() covers it.
+    assert 'absent(kvfs_evictor_leader{job="kvfs-evictor"})' in rule("KvfsEvictorNoLeader")["expr"]
+
+
+def test_engine_alerts_aggregate_per_fleet() -> None:
+    # Engines of different namespaces (or Services) are different fleets: one bad fleet must not hide in the
+    # sum of all, and the alert must say which.
+    (engines,) = [g for g in groups() if g["name"] == "kvfs-engines"]
+    for a in engines["rules"]:
+        aggregations = grouping_labels(a["expr"])
+        assert aggregations, a["alert"]
+        for labels, _ in aggregations:
+            assert {"namespace", "job"} <= set(labels), a["alert"]
+        assert "{{ $labels.namespace }}" in a["annotations"]["summary"], a["alert"]
+
+
+def test_stalled_and_no_success_alerts() -> None:
+    stalled = rule("KvfsEvictionStalled")
+    assert stalled["expr"] == 'max by (cause) (kvfs_evictor_pass_stalled{job="kvfs-evictor"}) > 0'
+    assert stalled["for"] == "2m" and "{{ $labels.cause }}" in stalled["annotations"]["summary"]
+    no_success = rule("KvfsEvictionNoSuccess")
+    assert set(selected_metrics(no_success["expr"])) == {
+        "kvfs_evictor_last_pass_success_timestamp_seconds",
+        "kvfs_evictor_leader",
+    }
+    assert "> 300" in no_success["expr"] and "== 1" in no_success["expr"]  # the leader's, over 5 minutes
+
+
+def test_runbook_documents_the_base_url_and_every_stall_cause() -> None:
+    text = RUNBOOK.read_text()
+    assert RUNBOOK_BASE in text and "runbookBaseUrl" in text
+    section = text.split("## KvfsEvictionStalled", 1)[1].split("\n## ", 1)[0]
+    for cause in ("unknown_namespace", "protected_by_min_age", "deletes_failing", "catalog_errors"):
+        assert f"`{cause}`" in section, cause
+
+
+def test_the_gc_cronjob_overlay_ships_no_evictor_alerts() -> None:
+    # It has no evictor: KvfsEvictorNoLeader's absent() would fire forever.
+    (rule_obj,) = [d for d in rendered("gc-cronjob") if d["kind"] == "PrometheusRule"]
+    names = [g["name"] for g in rule_obj["spec"]["groups"]]
+    assert "kvfs-evictor" not in names and {"kvfs-engines", "kvfs-gc-cronjob"} <= set(names)

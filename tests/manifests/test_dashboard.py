@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 from manifest_render import MANIFESTS, rendered
-from promql_checks import kvfs_exposed_names, selected_metrics, type_errors
+from promql_checks import (
+    grouping_labels,
+    kvfs_exposed_names,
+    kvfs_metric_labels,
+    selected_metrics,
+    type_errors,
+)
 
 DASHBOARD = MANIFESTS / "grafana" / "kvfs-dashboard.json"
 SUFFIXES = ("_total", "_created", "_bucket", "_sum", "_count")
@@ -96,7 +102,50 @@ def test_metric_checks_catch_misspelt_metrics() -> None:
         "kvfs_evictor_evicted_byte_total",
         "kvfs_evictor_usage_bytes_total",
     ]
-    assert unknown_kvfs_metrics([("p", "kvfs_evictor_usage_bytes + kvfs_evictor_evicted_bytes_total")]) == []
+    assert unknown_kvfs_metrics([("p", "kvfs_evictor_usage_bytes + kvfs_evicted_bytes_total")]) == []
+    # Names main merged away (docs/evictor.md, "Renamed metrics") are unknown now.
+    gone = "rate(kvfs_evictor_evicted_bytes_total[5m]) + kvfs_gc_unlink_failures_total + kvfs_evictor_orphans_known"
+    assert len(unknown_kvfs_metrics([("p", gone)])) == 3
+
+
+# Labels Prometheus attaches to every scraped sample (a query may group by them) and histograms' `le`.
+TARGET_LABELS = {"job", "instance", "pod", "namespace", "container", "service", "endpoint", "le"}
+
+
+def unknown_grouping_labels(qs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`by (label)` over kvfs metrics where no selected kvfs metric has that label (nor is it a target label)."""
+    known = kvfs_metric_labels()
+    bad = []
+    for title, expr in qs:
+        for labels, metrics in grouping_labels(expr):
+            kvfs = [m for m in metrics if m.startswith("kvfs_")]
+            have = set().union(*(known.get(m, frozenset()) for m in kvfs))
+            bad += [(title, label) for label in labels if kvfs and label not in have | TARGET_LABELS]
+    return bad
+
+
+def test_every_grouping_label_is_one_the_metric_has() -> None:
+    assert unknown_grouping_labels(queries()) == []
+    assert unknown_grouping_labels([("p", "sum by (why) (rate(kvfs_unlinks_total[5m]))")]) == [("p", "why")]
+
+
+def test_per_namespace_panels_group_by_the_kvfs_namespace_label() -> None:
+    # `namespace` is the Kubernetes namespace Prometheus attaches; kvfs' own is `kvfs_namespace`.
+    per_ns = [
+        (p["title"], t)
+        for p in dashboard()["panels"]
+        for t in p.get("targets", [])
+        if any(m.startswith("kvfs_namespace_") for m in selected_metrics(t["expr"]))
+    ]
+    assert per_ns
+    for title, target in per_ns:
+        assert grouping_labels(target["expr"])[0][0] == ["kvfs_namespace"], title
+        assert target["legendFormat"] == "{{kvfs_namespace}}", title
+
+
+def test_the_chart_ships_this_dashboard() -> None:
+    chart_copy = MANIFESTS / "helm" / "kvfs-evictor" / "files" / "kvfs-dashboard.json"
+    assert chart_copy.read_text() == DASHBOARD.read_text()
 
 
 @pytest.mark.vllm

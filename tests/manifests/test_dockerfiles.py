@@ -67,16 +67,19 @@ def requirement_pins(path: Path) -> dict[str, Version]:
     return pins
 
 
-def pyproject_requirements() -> dict[str, Requirement]:
-    return {
-        canonicalize_name(Requirement(r).name): Requirement(r) for r in PYPROJECT["project"]["dependencies"]
-    }
+def pyproject_requirements(*extras: str) -> dict[str, Requirement]:
+    """pyproject's [project] dependencies, plus those of the named extras."""
+    lines = list(PYPROJECT["project"]["dependencies"])
+    for extra in extras:
+        lines += PYPROJECT["project"]["optional-dependencies"][extra]
+    return {canonicalize_name(Requirement(r).name): Requirement(r) for r in lines}
 
 
-def runtime_closure() -> set[str]:
-    """Names of pyproject's dependencies and everything they need on this platform (from installed metadata)."""
+def runtime_closure(*extras: str) -> set[str]:
+    """Names of pyproject's dependencies (+ extras') and everything they need on this platform (installed
+    metadata)."""
     seen: set[str] = set()
-    todo = list(pyproject_requirements().values())
+    todo = list(pyproject_requirements(*extras).values())
     while todo:
         req = todo.pop()
         name = canonicalize_name(req.name)
@@ -138,9 +141,52 @@ def test_copied_sources_exist_and_are_not_dockerignored(path: Path) -> None:
 
 def test_evictor_requirements_are_the_exact_runtime_closure() -> None:
     pins = requirement_pins(DOCKER / "requirements-evictor.txt")
-    assert set(pins) == runtime_closure()
-    for name, req in pyproject_requirements().items():
+    assert set(pins) == runtime_closure("evictor")
+    for name, req in pyproject_requirements("evictor").items():
         assert pins[name] in req.specifier, f"{name}=={pins[name]} violates pyproject's {req}"
+
+
+def test_engine_requirements_hold_no_evictor_dependency() -> None:
+    # The engine image gets kvfs' core dependencies only: the evictor extra (watchers, scheduler, psycopg)
+    # has no business in every vLLM pod.
+    engine = requirement_pins(DOCKER / "requirements-engine.txt")
+    assert set(engine) <= runtime_closure()
+    assert {"psycopg", "psycopg-binary", "apscheduler", "watchdog"} <= runtime_closure(
+        "evictor"
+    ) - runtime_closure()
+    evictor = requirement_pins(DOCKER / "requirements-evictor.txt")
+    assert {n: evictor[n] for n in engine} == engine, "both images must use the same pins"
+
+
+def test_make_setup_installs_every_extra() -> None:
+    # `make setup` is the developer's environment: the engine, the evictor and the tests, all of it.
+    (line,) = [
+        ln
+        for ln in (REPO / "Makefile").read_text().splitlines()
+        if "pip install" in ln and "-e '." in ln and "VENV033" not in ln
+    ]
+    installed = set(re.search(r"-e '\.\[([a-z0-9,]+)\]'", line).group(1).split(","))
+    assert installed == set(PYPROJECT["project"]["optional-dependencies"])
+
+
+ENGINE_IMPORTS = """
+import json, sys
+import kvfs.blockfile, kvfs.journal, kvfs.layout, kvfs.metrics, connector.plugin, connector.iopool, connector.naming
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
+"""
+
+
+def test_engine_side_modules_import_nothing_from_the_evictor_extra() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", ENGINE_IMPORTS],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=True,
+    )
+    loaded = set(json.loads(out.stdout))
+    assert not loaded & {"psycopg", "apscheduler", "watchdog", "evictor"}
 
 
 @pytest.mark.vllm

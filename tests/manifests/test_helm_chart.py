@@ -298,3 +298,22 @@ def test_invariants_catch_a_chart_mounted_elsewhere_than_the_engines_root(tmp_pa
 def test_helm_lint_strict(variant: str) -> None:
     lint = helm("lint", "--strict", str(CHART), values=VARIANTS[variant])
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_runbook_base_url_makes_every_runbook_link_point_at_it() -> None:
+    rule_values = {"enabled": True, "runbookBaseUrl": "https://wiki.example.org/ops/kvfs-runbook/"}
+    (rule,) = mc.find(render_chart({"sharedClaim": "x", "prometheusRule": rule_values}), "PrometheusRule")
+    urls = [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert urls and all(u == f"https://wiki.example.org/ops/kvfs-runbook#{u.split('#')[1]}" for u in urls)
+    (default,) = mc.find(
+        render_chart({"sharedClaim": "x", "prometheusRule": {"enabled": True}}), "PrometheusRule"
+    )
+    assert all(
+        r["annotations"]["runbook_url"].startswith("https://kvfs.example/docs/runbook.md#")
+        for g in default["spec"]["groups"]
+        for r in g["rules"]
+    )
+    with pytest.raises(ValueError, match="runbookBaseUrl"):
+        render_chart(
+            {"sharedClaim": "x", "prometheusRule": {"enabled": True, "runbookBaseUrl": "docs/runbook.md"}}
+        )

@@ -10,7 +10,7 @@ from typing import Any
 import manifest_checks as mc
 import pytest
 import yaml
-from manifest_render import kustomization_dirs, rendered
+from manifest_render import OLDEST_K8S, kustomization_dirs, rendered
 
 TREES = sorted(kustomization_dirs())
 
@@ -398,3 +398,27 @@ def test_catalog_volume_holds_ten_million_blocks() -> None:
     (pvc,) = mc.find(docs_of("base"), "PersistentVolumeClaim", "kvfs-evictor-catalog")
     size = parse_size(pvc["spec"]["resources"]["requests"]["storage"].replace("Gi", "GiB"))
     assert size / bytes_per_block(20_000) >= 10_000_000
+
+
+def lifecycle_sleeps(docs: Any) -> list[str]:
+    """Containers whose lifecycle hooks use the `sleep` handler (beta and on by default only since 1.30)."""
+    return [
+        f"{w.name}: {hook}"
+        for w in mc.iter_workloads(docs)
+        for hook, handler in (w.container.get("lifecycle") or {}).items()
+        if "sleep" in handler
+    ]
+
+
+@pytest.mark.parametrize("tree", sorted(kustomization_dirs()))
+def test_lifecycle_hooks_work_on_the_oldest_supported_kubernetes(tree: str) -> None:
+    if tuple(int(x) for x in OLDEST_K8S.split(".")) >= (1, 30):
+        pytest.skip(f"the sleep handler is fine from Kubernetes 1.30 (oldest supported: {OLDEST_K8S})")
+    assert lifecycle_sleeps(rendered(tree)) == []
+
+
+def test_lifecycle_sleep_check_catches_a_sleep_handler() -> None:
+    docs = copy.deepcopy(list(rendered("base")))
+    (engine,) = mc.engines(docs)
+    engine.container["lifecycle"] = {"preStop": {"sleep": {"seconds": 10}}}
+    assert lifecycle_sleeps(docs)

@@ -41,7 +41,9 @@ def test_engines_drain_gracefully(tree: str) -> None:
         args = w.container["args"]
         timeout = mc.flag_value(args, "--shutdown-timeout")
         assert timeout is not None and int(timeout) > 0, "vLLM's default 0 aborts in-flight requests"
-        sleep = w.container["lifecycle"]["preStop"]["sleep"]["seconds"]
+        command = w.container["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep" and len(command) == 2, command
+        sleep = int(command[1])
         assert sleep > 0
         # The kubelet's SIGKILL must come after the preStop pause and vLLM's drain.
         assert w.pod["terminationGracePeriodSeconds"] > sleep + int(timeout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -34,7 +35,8 @@ def test_quick_demo_runs_the_system_end_to_end_twice(tmp_path: Path) -> None:
         out = run_demo(data)
         assert out.returncode == 0, f"run {attempt}:\n{out.stdout}\n{out.stderr}"
         text = out.stdout
-        assert "is leader" in text and "$ kvfs du" in text and "summary" in text
+        assert "is leader" in text and "summary" in text
+        assert_printed_du_works(text, data)
         assert re.search(r"requests served\s+150 ", text), text
         assert re.search(r"\b0 bad payloads", text), text
         evicted = int(re.search(r"evicted\s+(\d+) files \(.*by kvfs-evictor", text).group(1))
@@ -45,6 +47,35 @@ def test_quick_demo_runs_the_system_end_to_end_twice(tmp_path: Path) -> None:
         assert (data / name).exists(), name
     files = [p for p in (data / "root").rglob("*.kvfs") if p.is_file()]
     assert files and all(p.stat().st_size > 4096 for p in files)
+
+
+def assert_printed_du_works(text: str, data: Path) -> None:
+    """The `kvfs du` line the demo prints runs as printed (its environment assignments, nothing else)."""
+    (line,) = [x[2:] for x in text.splitlines() if x.startswith("$ ") and x.endswith(" kvfs du")]
+    words = shlex.split(line)
+    assigned = dict(w.split("=", 1) for w in words[:-2])
+    assert set(assigned) == {"KVFS_ROOT", "KVFS_CATALOG"} and words[-2:] == ["kvfs", "du"]
+    assert assigned["KVFS_ROOT"] == str(data.resolve() / "root")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KVFS_")}
+    env["HOME"] = str(data / "home")  # the default catalog would be here: it must not be what du reads
+    out = subprocess.run(
+        [sys.executable, "-m", "kvfs.cli", "du"],
+        cwd=REPO,
+        env={**env, **assigned},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "total" in out.stdout.lower(), out.stdout
+
+
+def test_demo_help() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "tools.demo", "-h"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "--quick" in out.stdout and "--dir" in out.stdout
 
 
 def test_demo_refuses_a_folder_it_did_not_create(tmp_path: Path) -> None:
