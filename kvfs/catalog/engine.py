@@ -179,17 +179,25 @@ def create_catalog_engine(
     else:
         # TCP keepalives: a query to a server that vanished fails within ~25 s instead of hanging the caller
         # (no statement timeout here: usage and prune queries over a large catalog may rightly run long).
-        engine = create_engine(
-            url,
-            pool_pre_ping=True,
-            connect_args={
-                "connect_timeout": 10,
-                "keepalives": 1,
-                "keepalives_idle": 10,
-                "keepalives_interval": 5,
-                "keepalives_count": 3,
-            },
-        )
+        try:
+            engine = create_engine(
+                url,
+                pool_pre_ping=True,
+                connect_args={
+                    "connect_timeout": 10,
+                    "keepalives": 1,
+                    "keepalives_idle": 10,
+                    "keepalives_interval": 5,
+                    "keepalives_count": 3,
+                },
+            )
+        except (
+            ImportError
+        ) as exc:  # the engine image installs no PostgreSQL driver (the `evictor` extra does)
+            raise CatalogError(
+                f"cannot open catalog {describe_url(url)}: its driver is not installed ({exc.name or exc}); "
+                "install kvfs with the evictor extra (pip install '.[evictor]')"
+            ) from None
     try:
         with engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
