@@ -1,31 +1,43 @@
-"""The adaptive default's decisions, apart from any storage: ARC's regret on prefix chains.
+"""The adaptive default's decisions, apart from any storage: ARC's regret on prefix chains, two boundaries.
 
-Order, from six LRU-ordered streams (oldest first, deeper chain position first on ties) and one number:
+Order, from five LRU-ordered streams (oldest first, deeper chain position first on ties) and two numbers:
 
 1. orphans (their parent is gone: never loadable), 2. superseded leaves (never read, their parent got a newer
-child), as `prefix` does; 3. never-reused blocks (`fresh`) beyond `share` of what stays, oldest first;
-4. the rest: fresh and reused blocks merged by last access (ties: deeper position first), i.e. LRU.
+child), as `prefix` does; 3. never-reused blocks (FRESH, `hits = 0`) beyond `fresh_share` of what stays,
+oldest first; 4. blocks reused once (ONCE, `hits = 1`) beyond `once_share` of what stays, oldest first;
+5. the rest: FRESH, ONCE and FREQUENT (`hits >= 2`) merged by last access (ties: deeper position first), i.e. LRU.
 
-`share = 1` is LRU with the prefix rules; `share = 0` evicts every fresh block before any reused one (SLRU
-with no probation); 2Q sits in between.  `share` is not a constant: it moves by ARC's rule on ghosts of both
-kinds of victims.  A fresh ghost stored again says fresh blocks were evicted too early: `share` grows; a
-reused ghost stored again says reused blocks were: it shrinks; each by one block of the tier, times the other
-kind's ghost count over this kind's when that is larger (the rarer evidence counts more), as ARC moves `p`.
-A block stored again while its ghost is remembered counts as reused (ARC's ghost hit goes to T2; 2Q's
-re-store skips probation).  The share is clamped to [0, 1]; it starts at 2Q's share.
+Two nested ARC boundaries: `fresh_share` between never-reused and reused blocks (ARC's T1/T2 split, 2Q's
+probation), `once_share` inside reused blocks between those read once and those read more (what S3-FIFO's
+frequency counter and ARC's T2 keep: a system prompt read hundreds of times outlives a history block read
+once).  Both shares at 1 are LRU with the prefix rules.  Neither is a constant: each moves by ARC's rule on
+the ghosts of its two sides.  A FRESH ghost stored again says FRESH blocks went too early: `fresh_share` grows;
+a ONCE or FREQUENT ghost stored again: it shrinks.  Inside reused blocks, a ONCE ghost grows `once_share`, a
+FREQUENT ghost shrinks it.  Each step is one block of the tier, times the other side's ghost count over this
+side's when that is larger (the rarer evidence counts more), as ARC moves `p`.  A block stored again while
+its ghost is remembered counts as read once (ARC's ghost hit goes to T2; 2Q's re-store skips probation).
+
+A chain's tail still goes before its head: `hits` never grows along a chain, so a head is in the same class as
+its tail or a later one, and within each class the order is LRU with deeper-first ties.
 
 The catalog and the in-memory replay (`kvfs.replay.memory`) feed the same functions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import heapq
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-# Where the share starts: 2Q's probation share (kvfs.policy.twoq), the classic that the replay suite finds
-# best at small capacities; evidence moves it from there.  Replay suite (docs/policy.md), cells below 0.995x the
-# best other policy: start 1 (LRU) and ghosts for 1 span 41; start 0.1 and 1 span 34; 0.1 and 3 spans 23.
-SHARE_INITIAL = 0.1
+# Classes of live blocks, by `hits`: never reused, reused once, reused more (a ghost keeps its block's class).
+FRESH, ONCE, FREQUENT = 0, 1, 2
+# Where the shares start: 2Q's probation share for FRESH (the classic the replay suite finds best at small
+# capacities), half of what stays for ONCE; evidence moves both.  Replay suite (docs/policy.md), cells below
+# 0.995x the best other policy: one boundary (ONCE share fixed at 1) 23 of 78; ONCE share starting at 1 18 of
+# 52 (1, 2, 10, 25%), at 0.5 17, at 0.1 22, at 0 21.
+FRESH_SHARE_INITIAL = 0.1
+ONCE_SHARE_INITIAL = 0.5
 # Ghosts are kept for this many recency spans (newest minus oldest last access in the tier), as 2q's
 # (kvfs.policy.twoq.HORIZON), so one ghost store serves both.
 HORIZON = 3.0
@@ -43,70 +55,69 @@ class Sized(Protocol):
 T = TypeVar("T", bound=Sized)
 
 
-def adapt(
-    returned_fresh: int,
-    returned_reused: int,
-    ghosts_fresh: int,
-    ghosts_reused: int,
-    share: float,
-    blocks: int,
-) -> float:
-    """The new share after `returned_*` ghosts of each kind were stored again since the last pass; `ghosts_*`:
-    ghosts left of each kind; `blocks`: blocks in the tier (one block is one step, as ARC's `p` moves by one
-    page)."""
-    if not returned_fresh and not returned_reused:
+@dataclass(frozen=True, slots=True)
+class State:
+    """What persists between passes (the catalog's state row)."""
+
+    fresh_share: float = FRESH_SHARE_INITIAL
+    once_share: float = ONCE_SHARE_INITIAL
+
+
+def _arc(share: float, grow: int, shrink: int, grow_ghosts: int, shrink_ghosts: int, step: float) -> float:
+    if not grow and not shrink:
         return share
+    up = max(1.0, shrink_ghosts / max(1, grow_ghosts))
+    down = max(1.0, grow_ghosts / max(1, shrink_ghosts))
+    return min(1.0, max(0.0, share + step * (grow * up - shrink * down)))
+
+
+def adapt(state: State, returned: Sequence[int], ghosts: Sequence[int], blocks: int) -> State:
+    """The new shares after `returned[c]` ghosts of class c (FRESH, ONCE, FREQUENT) were stored again since
+    the last pass; `ghosts[c]`: ghosts of class c left; `blocks`: blocks in the tier (one block is one step,
+    as ARC's `p` moves by one page)."""
     step = 1.0 / max(1, blocks)
-    up = max(1.0, ghosts_reused / max(1, ghosts_fresh))
-    down = max(1.0, ghosts_fresh / max(1, ghosts_reused))
-    share += step * (returned_fresh * up - returned_reused * down)
-    return min(1.0, max(0.0, share))
+    reused, reused_ghosts = returned[ONCE] + returned[FREQUENT], ghosts[ONCE] + ghosts[FREQUENT]
+    fresh = _arc(state.fresh_share, returned[FRESH], reused, ghosts[FRESH], reused_ghosts, step)
+    once = _arc(state.once_share, returned[ONCE], returned[FREQUENT], ghosts[ONCE], ghosts[FREQUENT], step)
+    return State(fresh, once)
 
 
-def fresh_surplus(fresh_bytes: int, total_bytes: int, need_bytes: int, share: float) -> int:
-    """Bytes of never-reused blocks beyond `share` of what stays after the pass (protected blocks count)."""
-    keep = max(0, total_bytes - need_bytes)
-    return fresh_bytes - int(share * keep)
+def surpluses(sizes: Sequence[int], total: int, need: int, state: State) -> tuple[int, int]:
+    """Bytes of FRESH and of ONCE blocks beyond their shares of what stays after the pass (`sizes`: bytes per
+    class, protected blocks included; `total`: bytes in scope)."""
+    keep = max(0, total - need)
+    return sizes[FRESH] - int(state.fresh_share * keep), sizes[ONCE] - int(state.once_share * keep)
+
+
+def _lru_key(block: Sized) -> tuple[float, int]:
+    return block.last_access, -block.chain_pos
 
 
 def order(
-    orphans: Iterable[T], superseded: Iterable[T], fresh: Iterable[T], reused: Iterable[T], surplus: int
-) -> Iterator[tuple[T, bool | None]]:
-    """The eviction order (see the module).  Yields (block, was reused), None for orphans and superseded
-    leaves (no regret: they leave no ghost)."""
+    orphans: Iterable[T],
+    superseded: Iterable[T],
+    live: tuple[Iterable[T], Iterable[T], Iterable[T]],
+    surplus: tuple[int, int],
+) -> Iterator[tuple[T, int | None]]:
+    """The eviction order (see the module) from the orphan, superseded, FRESH, ONCE and FREQUENT streams.
+    Yields (block, its class), None for orphans and superseded leaves (no regret: they leave no ghost)."""
     for item in orphans:
         yield item, None
     for item in superseded:
         yield item, None
-    fresh_it = iter(fresh)
-    taken = 0
-    if surplus > 0:
-        for item in fresh_it:
-            yield item, False
-            taken += item.size
-            if taken >= surplus:
-                break
-    yield from merge_lru(fresh_it, reused)
+    streams = [iter(s) for s in live]
+    for cls in (FRESH, ONCE):
+        taken = 0
+        if surplus[cls] > 0:
+            for item in streams[cls]:
+                yield item, cls
+                taken += item.size
+                if taken >= surplus[cls]:
+                    break
+    tagged = [_tag(stream, cls) for cls, stream in enumerate(streams)]
+    yield from heapq.merge(*tagged, key=lambda pair: _lru_key(pair[0]))
 
 
-def merge_lru(fresh: Iterable[T], reused: Iterable[T]) -> Iterator[tuple[T, bool]]:
-    """Two LRU-ordered streams merged on (last access, deeper position first); ties: the reused block when it is
-    deeper, else the fresh one (the order of `prefix` with no bonus)."""
-    fresh_it, reused_it = iter(fresh), iter(reused)
-    f = next(fresh_it, None)
-    r = next(reused_it, None)
-    while r is not None and f is not None:
-        if r.last_access < f.last_access or (r.last_access == f.last_access and r.chain_pos > f.chain_pos):
-            yield r, True
-            r = next(reused_it, None)
-        else:
-            yield f, False
-            f = next(fresh_it, None)
-    if r is not None:
-        yield r, True
-        for item in reused_it:
-            yield item, True
-    if f is not None:
-        yield f, False
-        for item in fresh_it:
-            yield item, False
+def _tag(stream: Iterator[T], cls: int) -> Iterator[tuple[T, int]]:
+    for item in stream:
+        yield item, cls

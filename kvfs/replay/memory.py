@@ -2,8 +2,9 @@
 
 The decisions are the policy's own code (`kvfs.policy.prefix.order` and `adapt`); this module only holds the
 tier in memory, in the shape the catalog gives the policy: orphans (blocks whose parent was removed), superseded
-leaves (never read, their parent got a newer child), and the never-reused and reused blocks each in LRU order (oldest first, deeper chain position first among blocks of
-one request), ghosts of evicted blocks with their class, and the bookkeeping the catalog does (children of a
+leaves (never read, their parent got a newer child), and the live blocks by class (FRESH `hits = 0`, ONCE
+`hits = 1`, FREQUENT `hits >= 2`; `prefix` reads the last two merged as one REUSED stream) each in LRU order
+(oldest first, deeper chain position first among blocks of one request), ghosts of evicted blocks with their class, and the bookkeeping the catalog does (children of a
 removed block become orphans, and theirs; a block used again is adopted back; a stored block supersedes its
 older never-read childless siblings; `settle` before each pass).  It reproduces
 `simulate_catalog_policy(..., policy="prefix")` block for block (tests/kvfs/test_replay_memory.py) in a
@@ -57,19 +58,23 @@ class Rule(Protocol):
     revive: bool  # a block stored again while its ghost is remembered counts as reused
     horizon: float  # ghosts are kept for this many recency spans
 
-    def settle(self, returned: list[int], ghosts: list[int], blocks: int) -> None: ...
+    def settle(self, returned: list[int], ghosts: list[int], blocks: int) -> None:
+        """`returned`, `ghosts`: per class (FRESH, REUSED, FREQUENT) ghosts stored again since the last pass and
+        ghosts left; `blocks`: blocks in the tier."""
 
     def order(
         self,
         orphans: list[_Block],
         superseded: list[_Block],
-        fresh: Iterator[_Block],
-        reused: Iterator[_Block],
-        fresh_blocks: int,
-        total_blocks: int,
+        live: tuple[Iterator[_Block], Iterator[_Block], Iterator[_Block]],
+        sizes: tuple[int, int, int],
+        total: int,
         need: int,
         span: float,
-    ) -> Iterator[tuple[_Block, bool | None]]: ...
+    ) -> Iterator[tuple[_Block, object]]:
+        """Victims in order from the class streams (FRESH, REUSED, FREQUENT: each LRU-ordered, the request
+        just served left out), their sizes (blocks of each class in the tier) and the tier's; yields (block, None) for
+        orphans and superseded leaves, which leave no ghost."""
 
 
 class PrefixRule:
@@ -80,20 +85,23 @@ class PrefixRule:
         self.beta = prefix.BETA_INITIAL
 
     def settle(self, returned: list[int], ghosts: list[int], blocks: int) -> None:
-        self.beta = prefix.adapt(returned[0], returned[1], ghosts[0], ghosts[1], self.beta)
+        self.beta = prefix.adapt(
+            returned[0], returned[1] + returned[2], ghosts[0], ghosts[1] + ghosts[2], self.beta
+        )
 
     def order(
         self,
         orphans: list[_Block],
         superseded: list[_Block],
-        fresh: Iterator[_Block],
-        reused: Iterator[_Block],
-        fresh_blocks: int,
-        total_blocks: int,
+        live: tuple[Iterator[_Block], Iterator[_Block], Iterator[_Block]],
+        sizes: tuple[int, int, int],
+        total: int,
         need: int,
         span: float,
     ) -> Iterator[tuple[_Block, bool | None]]:
-        return prefix.order(orphans, superseded, fresh, reused, self.beta * span)
+        # `prefix` reads one REUSED stream (hits > 0): the two reused classes merged in LRU order.
+        reused = heapq.merge(live[1], live[2], key=_lru_key)
+        return prefix.order(orphans, superseded, live[0], reused, self.beta * span)
 
 
 class AdaptiveRule:
@@ -101,24 +109,23 @@ class AdaptiveRule:
     horizon = adaptive_core.HORIZON
 
     def __init__(self) -> None:
-        self.share = adaptive_core.SHARE_INITIAL
+        self.state = adaptive_core.State()
 
     def settle(self, returned: list[int], ghosts: list[int], blocks: int) -> None:
-        self.share = adaptive_core.adapt(returned[0], returned[1], ghosts[0], ghosts[1], self.share, blocks)
+        self.state = adaptive_core.adapt(self.state, returned, ghosts, blocks)
 
     def order(
         self,
         orphans: list[_Block],
         superseded: list[_Block],
-        fresh: Iterator[_Block],
-        reused: Iterator[_Block],
-        fresh_blocks: int,
-        total_blocks: int,
+        live: tuple[Iterator[_Block], Iterator[_Block], Iterator[_Block]],
+        sizes: tuple[int, int, int],
+        total: int,
         need: int,
         span: float,
-    ) -> Iterator[tuple[_Block, bool | None]]:
-        surplus = adaptive_core.fresh_surplus(fresh_blocks, total_blocks, need, self.share)
-        return adaptive_core.order(orphans, superseded, fresh, reused, surplus)
+    ) -> Iterator[tuple[_Block, int | None]]:
+        surplus = adaptive_core.surpluses(sizes, total, need, self.state)
+        return adaptive_core.order(orphans, superseded, live, surplus)
 
 
 def _insert_lru(segment: OrderedDict[int, _Block], items: list[_Block]) -> None:
@@ -173,7 +180,9 @@ def simulate_chains(
 ) -> SimResult:
     """The in-memory tier with the catalog's chain bookkeeping, ordered by `rule` at each pass."""
     fresh: OrderedDict[int, _Block] = OrderedDict()
-    reused: OrderedDict[int, _Block] = OrderedDict()
+    reused: OrderedDict[int, _Block] = OrderedDict()  # hits == 1
+    frequent: OrderedDict[int, _Block] = OrderedDict()  # hits >= 2
+    live = (fresh, reused, frequent)  # by class: min(hits, 2)
     orphans: dict[int, _Block] = {}
     superseded: dict[int, _Block] = {}
     blocks: dict[int, _Block] = {}
@@ -181,10 +190,10 @@ def simulate_chains(
     # parent -> its children that the superseded rule could mark (never read, not orphan or superseded, no
     # present children): a branch visits only these, not every sibling (issue 22, item 4; same marks).
     leaves: defaultdict[int, set[int]] = defaultdict(set)
-    ghosts: dict[int, tuple[float, bool]] = {}  # block -> (last access when evicted, was reused)
+    ghosts: dict[int, tuple[float, int]] = {}  # block -> (last access when evicted, its class)
     ghost_heap: list[tuple[float, int]] = []  # (last access, block): expiry order; stale entries skipped
-    ghost_count = [0, 0]
-    returned = [0, 0]
+    ghost_count = [0, 0, 0]
+    returned = [0, 0, 0]
     restored: list[_Block] = []  # blocks stored since the last pass whose ghost was remembered
     target = max(0, capacity - slack)
     result = SimResult()
@@ -227,12 +236,12 @@ def simulate_chains(
             elif block.orphan:  # used again: its chain was sent whole
                 block.orphan = False
                 del orphans[h]
-                (reused if block.hits else fresh)[h] = block
-            elif block.hits == 1:
-                del fresh[h]
-                reused[h] = block
+                live[min(block.hits, 2)][h] = block
+            elif block.hits <= 2:  # up one class
+                del live[block.hits - 1][h]
+                live[block.hits][h] = block
             else:
-                reused.move_to_end(h)
+                frequent.move_to_end(h)
         # As the catalog's apply_journal: a new block's older, never-read, childless siblings are superseded.
         for pos in branched:
             candidates = leaves.get(req[pos])
@@ -247,12 +256,14 @@ def simulate_chains(
             continue
         # settle(): as kvfs.catalog.ghosts does before the pass.
         oldest = min(
-            min((seg[next(iter(seg))].last_access for seg in (fresh, reused) if seg), default=now),
+            min((seg[next(iter(seg))].last_access for seg in live if seg), default=now),
             min((b.last_access for b in orphans.values()), default=now),
         )
         span = now - oldest
         rule.settle(returned, ghost_count, len(blocks))
-        returned = [0, 0]
+
+        returned = [0, 0, 0]
+
         if restored:
             # A re-store is a use (ARC's ghost hit goes to T2): hits 0 -> 1, into the reused LRU at its place.
             revived = []
@@ -275,22 +286,21 @@ def simulate_chains(
         need = len(blocks) - target
         dead = _lru(orphans, now)
         left_behind = _lru(superseded, now)
-        victims: list[tuple[_Block, bool | None]] = []
+        victims: list[tuple[_Block, object]] = []
         ordered = rule.order(
             dead,
             left_behind,
-            _older_than(fresh, now),
-            _older_than(reused, now),
-            len(fresh),
+            (_older_than(fresh, now), _older_than(reused, now), _older_than(frequent, now)),
+            (len(fresh), len(reused), len(frequent)),
             len(blocks),
             need,
             span,
         )
-        for block, was_reused in ordered:
-            victims.append((block, was_reused))
+        for block, live_class in ordered:
+            victims.append((block, live_class))
             if len(victims) >= need:
                 break
-        for block, was_reused in victims:
+        for block, live_class in victims:
             h = block.block
             del blocks[h]
             if block.parent is not None:  # a popular prefix's children would otherwise pile up, all checked
@@ -308,16 +318,17 @@ def simulate_chains(
                     and up not in superseded
                 ):
                     leaves[above.parent].add(up)  # a leaf again
-            if was_reused is None:
+            if live_class is None:
                 if orphans.pop(h, None) is None:
                     del superseded[h]
                 continue  # an orphan or a superseded leaf leaves no ghost
-            del (reused if was_reused else fresh)[h]
+            cls = min(block.hits, 2)
+            del live[cls][h]
             old = ghosts.get(h)
             if old is not None:
                 ghost_count[old[1]] -= 1
-            ghosts[h] = (block.last_access, was_reused)
-            ghost_count[was_reused] += 1
+            ghosts[h] = (block.last_access, cls)
+            ghost_count[cls] += 1
             heapq.heappush(ghost_heap, (block.last_access, h))
         # The catalog marks every present descendant of a removed block as an orphan.
         level = [block.block for block, _ in victims]
@@ -331,7 +342,7 @@ def simulate_chains(
                         leaves[parent].discard(child)
                         orphans[child] = kid
                         if superseded.pop(child, None) is None:
-                            del (reused if kid.hits else fresh)[child]
+                            del live[min(kid.hits, 2)][child]
                         below.append(child)
             level = below
         result.evicted += len(victims)

@@ -6,7 +6,15 @@ from dataclasses import dataclass
 
 import pytest
 
-from kvfs.policy.adaptive_core import SHARE_INITIAL, adapt, fresh_surplus, order
+from kvfs.policy.adaptive_core import (
+    FREQUENT,
+    FRESH_SHARE_INITIAL,
+    ONCE,
+    State,
+    adapt,
+    order,
+    surpluses,
+)
 from kvfs.replay import replay, simulate_lru, unique_blocks
 from kvfs.replay.memory import simulate_adaptive
 from tools.tracegen import WORKLOADS, generate
@@ -24,50 +32,81 @@ def names(items) -> list[tuple[str, bool | None]]:
     return [(b.name, r) for b, r in items]
 
 
-def test_order_dead_blocks_then_fresh_surplus_then_lru() -> None:
+def test_order_dead_blocks_then_surpluses_then_lru() -> None:
     orphans = [B("o", 9)]
     superseded = [B("s", 8)]
     fresh = [B("f1", 1), B("f2", 5), B("f3", 7)]
-    reused = [B("r1", 2), B("r2", 6)]
-    # Surplus 1: the oldest fresh block first, then fresh and reused merged by last access.
-    assert names(order(orphans, superseded, fresh, reused, 1)) == [
+    once = [B("r1", 2), B("r2", 6)]
+    frequent = [B("q1", 0.5), B("q2", 4)]
+    live = (fresh, once, frequent)
+    # Fresh surplus 1 and once surplus 1: f1, then r1, then all three classes merged by last access.
+    assert names(order(orphans, superseded, live, (1, 1))) == [
         ("o", None),
         ("s", None),
-        ("f1", False),
-        ("r1", True),
-        ("f2", False),
-        ("r2", True),
-        ("f3", False),
+        ("f1", 0),
+        ("r1", ONCE),
+        ("q1", FREQUENT),
+        ("q2", FREQUENT),
+        ("f2", 0),
+        ("r2", ONCE),
+        ("f3", 0),
     ]
-    # Surplus 2 takes f2 before the older reused r1; no surplus is plain LRU.
-    assert [n for n, _ in names(order([], [], fresh, reused, 2))][:3] == ["f1", "f2", "r1"]
-    assert [n for n, _ in names(order([], [], fresh, reused, 0))] == ["f1", "r1", "f2", "r2", "f3"]
+    # Fresh surplus 2 takes f2 before the older reused blocks; no surplus is plain LRU over the three.
+    assert [n for n, _ in names(order([], [], live, (2, 0)))][:3] == ["f1", "f2", "q1"]
+    assert [n for n, _ in names(order([], [], live, (0, 0)))] == ["q1", "f1", "r1", "q2", "f2", "r2", "f3"]
+    # A once surplus takes reused-once blocks before older frequent ones (the frequency boundary).
+    assert [n for n, _ in names(order([], [], live, (0, 2)))][:3] == ["r1", "r2", "q1"]
 
 
 def test_order_ties_take_the_deeper_block_first() -> None:
     fresh = [B("f-head", 3, chain_pos=0)]
     reused = [B("r-tail", 3, chain_pos=4)]
-    assert [n for n, _ in names(order([], [], fresh, reused, 0))] == ["r-tail", "f-head"]
-    assert [n for n, _ in names(order([], [], [B("f-tail", 3, 4)], [B("r-head", 3, 0)], 0))] == [
+    assert [n for n, _ in names(order([], [], (fresh, [], reused), (0, 0)))] == ["r-tail", "f-head"]
+    assert [n for n, _ in names(order([], [], ([B("f-tail", 3, 4)], [B("r-head", 3, 0)], []), (0, 0)))] == [
         "f-tail",
         "r-head",
     ]
 
 
-def test_adapt_moves_like_arcs_p() -> None:
-    assert adapt(0, 0, 10, 10, 0.3, 100) == 0.3  # no evidence, no move
-    assert adapt(1, 0, 10, 10, 0.3, 100) == pytest.approx(0.31)  # one block of the tier up
-    assert adapt(0, 1, 10, 10, 0.3, 100) == pytest.approx(0.29)
+def test_adapt_moves_both_boundaries_like_arcs_p() -> None:
+    s = State(0.3, 0.6)
+    assert adapt(s, [0, 0, 0], [10, 5, 5], 100) == s  # no evidence, no move
+    # A fresh ghost back: the fresh share up one block of the tier; the once share does not move.
+    assert adapt(s, [1, 0, 0], [10, 5, 5], 100) == pytest.approx(State(0.31, 0.6))
+    # A reused-once ghost back: fresh share down, once share up; a frequent one: both down.
+    assert adapt(s, [0, 1, 0], [10, 5, 5], 100) == pytest.approx(State(0.29, 0.61))
+    assert adapt(s, [0, 0, 1], [10, 5, 5], 100) == pytest.approx(State(0.29, 0.59))
     # The rarer kind of evidence counts more: a fresh ghost back while reused ghosts are 4x as many.
-    assert adapt(1, 0, 5, 20, 0.3, 100) == pytest.approx(0.34)
-    assert adapt(0, 1, 5, 20, 0.3, 100) == pytest.approx(0.29)
-    assert adapt(500, 0, 1, 1, 0.3, 100) == 1.0 and adapt(0, 500, 1, 1, 0.3, 100) == 0.0
+    assert adapt(s, [1, 0, 0], [5, 10, 10], 100).fresh_share == pytest.approx(0.34)
+    assert adapt(s, [0, 0, 1], [5, 2, 8], 100).once_share == pytest.approx(0.59)
+    assert adapt(s, [0, 1, 0], [5, 2, 8], 100).once_share == pytest.approx(0.64)
+    assert adapt(s, [500, 0, 0], [1, 1, 1], 100).fresh_share == 1.0
+    assert adapt(s, [0, 0, 500], [1, 1, 1], 100) == State(0.0, 0.0)
 
 
-def test_fresh_surplus_counts_what_stays() -> None:
-    assert fresh_surplus(60, 100, 20, 0.5) == 20  # 80 stay, fresh may keep 40 of them
-    assert fresh_surplus(10, 100, 20, 0.5) == -30
-    assert fresh_surplus(10, 100, 200, 0.5) == 10
+def test_surpluses_count_what_stays() -> None:
+    # 80 stay: fresh may keep 40 of them, reused-once 20.
+    assert surpluses((60, 30, 10), 100, 20, State(0.5, 0.25)) == (20, 10)
+    assert surpluses((10, 10, 80), 100, 20, State(0.5, 0.25)) == (-30, -10)
+    assert surpluses((10, 5, 0), 100, 200, State(0.5, 0.25)) == (10, 5)
+
+
+def test_a_reused_once_block_goes_before_a_frequent_one_beyond_its_share() -> None:
+    # Capacity 3, no slack, once share 0 (forced): 1 is read three times (frequent), 2 once.  At [4]'s pass the
+    # older frequent 1 stays and the once-read 2 goes, so the last [1] hits; LRU evicts 1 there.
+    from kvfs.policy import adaptive_core
+    from kvfs.replay.memory import AdaptiveRule, simulate_chains
+
+    seq = [[1], [1], [1], [2], [2], [3], [4], [1]]
+    rule = AdaptiveRule()
+    rule.state = State(1.0, 0.0)
+    saved = adaptive_core.adapt
+    adaptive_core.adapt = lambda state, *_: state  # type: ignore[assignment]
+    try:
+        assert simulate_chains(seq, 3, 0, rule).hit_blocks == 4
+    finally:
+        adaptive_core.adapt = saved
+    assert simulate_lru(seq, 3).hit_blocks == 3
 
 
 def test_a_restored_block_counts_as_reused() -> None:
@@ -78,10 +117,10 @@ def test_a_restored_block_counts_as_reused() -> None:
     assert simulate_lru(seq, 2).hit_blocks == 0
 
 
-def test_share_starts_at_2qs() -> None:
+def test_fresh_share_starts_at_2qs() -> None:
     from kvfs.policy.twoq import PROBATION_SHARE
 
-    assert SHARE_INITIAL == PROBATION_SHARE
+    assert FRESH_SHARE_INITIAL == PROBATION_SHARE == State().fresh_share
 
 
 @pytest.mark.parametrize("seed", [11])
