@@ -1,4 +1,4 @@
-"""Prefix-aware LRU with an adaptive bonus for reused blocks: the default eviction policy.
+"""Prefix-aware LRU with an adaptive bonus for reused blocks: the default eviction policy (`DEFAULT_POLICY`).
 
 Order: every block's key is its last access; blocks already reused (`hits > 0`) get a bonus of `beta` times the
 tier's recency span (newest minus oldest last access), so they outlive never-reused blocks of up to that age.

@@ -1,4 +1,4 @@
-"""Segmented LRU with a probation segment: the default eviction policy.
+"""Segmented LRU with a probation segment (`--policy slru`).
 
 Blocks that were never read again since they were stored (`hits = 0`) are on probation; blocks read at least
 once are protected.  Probation may hold `PROBATION_SHARE` of what stays after the pass; what it holds beyond

@@ -1,4 +1,4 @@
-"""2Q on the catalog: probation for new blocks, history of evicted ones, LRU for the rest.  The default policy.
+"""2Q on the catalog: probation for new blocks, history of evicted ones, LRU for the rest (`--policy 2q`).
 
 The shape of Johnson and Shasha's 2Q, expressed on catalog rows:
 
