@@ -53,6 +53,7 @@ RESULTS = {
                     {
                         "tokens": 32768,
                         "cold_ttft_s": 4.5,
+                        "host_limit": {"read": 30.0, "read_h2d": 25.0},
                         "stores": {"stored": 127.0, "exists": 1.0, "dropped": 0.0},
                         "hits": [
                             _hit("default", 0.30),
@@ -71,7 +72,9 @@ RESULTS = {
                     },
                 ]
             },
-            "reader": {"prompts": [{"tokens": 32768, "first_ttft_s": 0.5, "tokens_equal": True}]},
+            "reader": {
+                "prompts": [{"tokens": 32768, "first_ttft_s": 0.5, "again_ttft_s": 0.4, "tokens_equal": True}]
+            },
         }
     },
     "cpu": {"prompts": [{"tokens": 32768, "hits": [_hit("cpu", 0.2), _hit("cpu", 0.25), _hit("cpu", 0.3)]}]},
@@ -89,6 +92,41 @@ def test_rows_take_medians_and_ratios_against_the_cpu_tier():
     assert long.hit_s is None and long.vs_cpu is None and long.dropped == 56 and long.stored == 200
 
 
+def test_fresh_engine_runs_report_drops_per_run_and_the_limit_falls_back_to_the_raw_read():
+    run = {
+        "prompts": [{"tokens": 130048, "stores": {"stored": 508.0}, "host_limit": {"read": 40.0}, "hits": []}]
+    }
+    dropped = {"prompts": [{"tokens": 130048, "stores": {"stored": 444.0, "dropped": 64.0}, "hits": []}]}
+    shm = {"writer": run, "fresh": [run, dropped, run]}
+    (row,) = e2e.rows_of({"roots": {"shm": shm}})
+    assert row.drops_per_run == (0, 64, 0) and row.limit_gbps == 40.0 and row.dropped == 0
+    assert "dropped stores per fresh engine [0, 64, 0] of 508 chunks each" in e2e.format_table([row])
+    (one,) = e2e.rows_of({"roots": {"shm": {"writer": run}}})  # a single run: no per-run line
+    assert one.drops_per_run == () and "fresh engine" not in e2e.format_table([one])
+    assert e2e.parse_args(["--fresh-engines", "3"]).fresh_engines == 3
+    with pytest.raises(SystemExit):
+        e2e.parse_args(["--fresh-engines", "0"])
+
+
+def test_host_limit_reads_the_files_with_the_threads(tmp_path):
+    """The raw-read probe on CPU: every variant reads every byte (no GPU copy without a GPU), and its figures
+    are positive; the writer records the files its prompt stored."""
+    from tools.e2e import hostlimit
+
+    paths = []
+    for i in range(6):
+        p = tmp_path / f"{i}.kvfs"
+        p.write_bytes(bytes([i]) * (3 << 20))
+        paths.append(str(p))
+    got = hostlimit.measure(paths, 2, reps=1)
+    assert got["files"] == 6 and got["file_bytes"] == 3 << 20 and got["threads"] == 2
+    for key in ("read", "read_1t", "read_2mib", "read_pageable", "memcpy"):
+        assert got[key] > 0, key
+    assert "read_h2d" not in got and hostlimit.limit_of(got) == got["read"]
+    assert sorted(e2e.block_files(str(tmp_path))) == sorted(paths)
+    assert e2e.host_limit([str(tmp_path / "missing.kvfs")], 2)["error"].startswith("FileNotFoundError")
+
+
 def test_a_hit_with_different_tokens_is_flagged():
     bad = {
         "roots": {
@@ -103,10 +141,10 @@ def test_a_hit_with_different_tokens_is_flagged():
 def test_table_prints_every_figure():
     table = e2e.format_table(e2e.rows_of(RESULTS))
     lines = table.splitlines()
-    assert len(lines) == 4 and lines[0].count("|") == lines[2].count("|") == 15
+    assert len(lines) == 4 and lines[0].count("|") == lines[2].count("|") == 18
     assert (
-        "| shm | 32,768 | 4.50 s | 0.300 s | 0.450 s | 0.500 s | 0.250 s | 1.20× | 1.80× | 2.00× | 15.0× |"
-        in table
+        "| shm | 32,768 | 4.50 s | 0.300 s | 0.450 s | 0.500 s | 0.400 s | 0.250 s | 1.20× | 1.80× | 2.00× "
+        "| 15.0× | 128/128 | 20.0 | 25.0 | 0.80 | yes |" in table
     )
     assert "128/128" in table and "200/256 (56 dropped)" in table and "—" in lines[3]
 
