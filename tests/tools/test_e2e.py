@@ -295,3 +295,29 @@ def test_tensor_parallel_ranks_are_summed_and_counted(tmp_path):
     (tmp_path / "org_model_0123456789ab").mkdir()  # no rank suffix: not a TP namespace
     assert engine.rank_files(str(tmp_path)) == {0: 3, 1: 2}
     assert engine.rank_files(str(tmp_path / "missing")) == {}
+
+
+def test_cold_reader_drops_the_prompts_files_and_measures_the_raw_cold_read(tmp_path):
+    """--cold-reader: before the second engine's first hit of a prompt, that prompt's files (as the writer recorded
+    them) are written back and dropped from the page cache; after its hits the raw read of the same files is
+    measured cold with the engine's threads; the report prints both."""
+    from tools.e2e import hostlimit
+
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"{i}.kvfs"
+        p.write_bytes(bytes([i + 1]) * (1 << 20))
+        paths.append(str(p))
+    assert hostlimit.drop_from_page_cache(paths) == 4 << 20
+    cold = hostlimit.measure_cold(paths, 2)
+    assert cold["cold_read"] > 0 and cold["files"] == 4 and "cold_read_h2d" not in cold
+    assert e2e.parse_args(["--cold-reader"]).cold_reader
+    writer = e2e._writer(_spec(), ScriptedEngine())
+    refs = [p["ref_tokens"] for p in writer["prompts"]]
+    reader = e2e._reader(_spec(refs=refs, cold=True, prompt_files={"512": paths}), ScriptedEngine())
+    first, second = reader["prompts"]
+    assert first["cold"] and first["cold_limit"]["cold_read"] > 0 and first["cold_limit"]["threads"] == 16
+    assert not second["cold"] and "cold_limit" not in second  # no files recorded for it: a warm hit
+    line = e2e.format_cold({"roots": {"disk": {"reader": reader}}})
+    assert line.startswith("disk 512, cold page cache: second engine's first hit") and "raw cold read" in line
+    assert line.count("\n") == 0

@@ -142,42 +142,78 @@ def measure(
     out["memcpy"] = med(lambda: _parallel(paths, threads, copy))
     if cuda:
         assert device is not None
-        slots = [_buffers(2, size, pinned=True) for _ in range(threads)]
-        state: dict[int, Any] = {}
-
-        def setup(i: int) -> None:
-            torch.cuda.set_device(device)
-            state[i] = {
-                "stream": torch.cuda.Stream(device=device),
-                "dev": torch.empty(size, dtype=torch.uint8, device=device),
-                "events": [torch.cuda.Event(blocking=True), torch.cuda.Event(blocking=True)],
-                "views": [memoryview(s.numpy()) for s in slots[i]],
-                "next": 0,
-                "used": [False, False],
-            }
-
-        def read_h2d(i: int, p: str) -> int:
-            s = state[i]
-            k = s["next"]
-            s["next"] = 1 - k
-            if s["used"][k]:
-                s["events"][k].synchronize()  # the slot's last copy is done before it is read into again
-            n = _read_into(p, s["views"][k])
-            with torch.cuda.stream(s["stream"]):
-                s["dev"][:n].copy_(slots[i][k][:n], non_blocking=True)
-                s["events"][k].record(s["stream"])
-            s["used"][k] = True
-            return n
-
-        def h2d_run() -> float:
-            state.clear()
-            return _parallel(paths, threads, read_h2d, setup, lambda i: state[i]["stream"].synchronize())
-
-        out["read_h2d"] = med(h2d_run)
+        out["read_h2d"] = med(lambda: _read_h2d(paths, threads, device, size))
     return out
+
+
+def _read_h2d(paths: Sequence[str], threads: int, device: torch.device, size: int) -> float:
+    """GB/s of reading `paths` into two pinned slots per thread and copying each file on to the GPU on the
+    thread's own stream (the next read overlaps the last copy; the clock stops when every copy is done)."""
+    slots = [_buffers(2, size, pinned=True) for _ in range(threads)]
+    state: dict[int, Any] = {}
+
+    def setup(i: int) -> None:
+        torch.cuda.set_device(device)
+        state[i] = {
+            "stream": torch.cuda.Stream(device=device),
+            "dev": torch.empty(size, dtype=torch.uint8, device=device),
+            "events": [torch.cuda.Event(blocking=True), torch.cuda.Event(blocking=True)],
+            "views": [memoryview(s.numpy()) for s in slots[i]],
+            "next": 0,
+            "used": [False, False],
+        }
+
+    def read_h2d(i: int, p: str) -> int:
+        s = state[i]
+        k = s["next"]
+        s["next"] = 1 - k
+        if s["used"][k]:
+            s["events"][k].synchronize()  # the slot's last copy is done before it is read into again
+        n = _read_into(p, s["views"][k])
+        with torch.cuda.stream(s["stream"]):
+            s["dev"][:n].copy_(slots[i][k][:n], non_blocking=True)
+            s["events"][k].record(s["stream"])
+        s["used"][k] = True
+        return n
+
+    return _parallel(paths, threads, read_h2d, setup, lambda i: state[i]["stream"].synchronize())
 
 
 def limit_of(figures: dict[str, Any]) -> float | None:
     """The bound a staged load is compared with: raw read plus the copy to the GPU where measured, else the raw
     read."""
     return figures.get("read_h2d") or figures.get("read")
+
+
+def drop_from_page_cache(paths: Sequence[str]) -> int:
+    """Write back and drop `paths` from the page cache (fsync + POSIX_FADV_DONTNEED per file, as tier_bench does:
+    only these files, no root needed); the bytes dropped."""
+    total = 0
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            total += os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+    return total
+
+
+def measure_cold(paths: Sequence[str], threads: int, *, device: torch.device | None = None) -> dict[str, Any]:
+    """The raw parallel read of `paths` from a cold page cache (dropped before each figure), into pinned memory
+    and, on CUDA, on to the GPU: what a cold kvfs load is compared with.  One pass each (a second would be warm)."""
+    paths = list(paths)
+    if not paths or threads <= 0:
+        return {}
+    size = max(os.path.getsize(p) for p in paths)
+    cuda = device is not None and device.type == "cuda"
+    views = [memoryview(b.numpy()) for b in _buffers(threads, size, pinned=cuda)]
+    out: dict[str, Any] = {"threads": threads, "files": len(paths)}
+    drop_from_page_cache(paths)
+    out["cold_read"] = _parallel(paths, threads, lambda i, p: _read_into(p, views[i]))
+    if cuda:
+        assert device is not None
+        drop_from_page_cache(paths)
+        out["cold_read_h2d"] = _read_h2d(paths, threads, device, size)
+    return out

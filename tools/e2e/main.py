@@ -151,6 +151,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="writer runs, each a new engine on an emptied root with an empty Triton cache (drops per run)",
     )
     p.add_argument("--no-host-limit", action="store_true", help="skip the raw-read limit after the hits")
+    p.add_argument(
+        "--cold-reader",
+        action="store_true",
+        help="the second engine's first hit of each prompt from a cold page cache (its files written back and "
+        "dropped first), beside the raw cold read of the same files (use with --roots disk)",
+    )
     p.add_argument("--evictor", action="store_true", help="add the phase under kvfs-evictor")
     p.add_argument("--evictor-prompts", type=int, default=4, help="distinct prompts in the evictor phase")
     p.add_argument("--evictor-tokens", type=int, default=16384)
@@ -410,6 +416,7 @@ def _writer(spec: Mapping[str, Any], engine: Any = None) -> dict[str, Any]:
             files = sorted(set(block_files(spec["root"])) - files_before)
             limit = host_limit(files, int(after.get("threads") or 0))
         return {
+            "files": sorted(set(block_files(spec["root"])) - files_before) if spec.get("root") else [],
             "host_limit": limit,
             "cold_ttft_s": cold,
             "settle_s": settle_s,
@@ -450,15 +457,59 @@ def host_limit(files: Sequence[str], threads: int) -> dict[str, Any]:
         return {"error": repr(exc)}
 
 
+def cold_limit(files: Sequence[str], threads: int) -> dict[str, Any]:
+    """tools/e2e/hostlimit.py's cold raw read of the prompt's files; an error is recorded, not raised."""
+    try:
+        import torch
+
+        from tools.e2e import hostlimit
+
+        device = torch.device("cuda", 0) if torch.cuda.is_available() else None
+        return hostlimit.measure_cold(files, threads, device=device)
+    except Exception as exc:  # noqa: BLE001 - a failed probe must not lose the phase's figures
+        return {"error": repr(exc)}
+
+
+def format_cold(results: Mapping[str, Any]) -> str:
+    """One line per prompt the second engine hit from a cold page cache: its hit and load against the raw cold
+    read of the same files with the same threads."""
+    lines = []
+    for root, phases in results.get("roots", {}).items():
+        for p in phases.get("reader", {}).get("prompts", []):
+            if not p.get("cold"):
+                continue
+            first, lim = p.get("first", {}), p.get("cold_limit", {})
+            limit = lim.get("cold_read_h2d") or lim.get("cold_read")
+            load = first.get("load_gbps")
+            lines.append(
+                f"{root} {p['tokens']:,}, cold page cache: second engine's first hit {_fmt(p.get('first_ttft_s'), '.3f', ' s')}"
+                f" (later {_fmt(p.get('again_ttft_s'), '.3f', ' s')}), load {_fmt(load, '.2f')} GB/s; raw cold read of"
+                f" the same files {_fmt(lim.get('cold_read'), '.2f')} GB/s, +H2D {_fmt(lim.get('cold_read_h2d'), '.2f')}"
+                f" GB/s; load ÷ limit {_fmt(ratio(load, limit), '.2f')}"
+            )
+    return "\n".join(lines)
+
+
 def _reader(spec: Mapping[str, Any], engine: Any = None) -> dict[str, Any]:
     """A second engine on the writer's root: its first hit (lookups unknown: RETRY once), then repeats."""
 
     def measure(engine: Any, tokens: list[int], ref: list[int] | None) -> dict[str, Any]:
+        files = (spec.get("prompt_files") or {}).get(str(len(tokens)), [])
+        cold = bool(spec.get("cold") and files)
+        if cold:
+            from tools.e2e.hostlimit import drop_from_page_cache
+
+            drop_from_page_cache(files)
         first = measure_hit(engine, tokens, ref, "first", spec["bytes_per_token"])
         again = [
             measure_hit(engine, tokens, ref, "again", spec["bytes_per_token"]) for _ in range(spec["reps"])
         ]
+        extra: dict[str, Any] = {}
+        if cold:
+            extra["cold_limit"] = cold_limit(files, int(engine.probe().get("threads") or 0))
         return {
+            **extra,
+            "cold": cold,
             "first_ttft_s": first["ttft_s"],
             "first": first,
             "again_ttft_s": median([h["ttft_s"] for h in again]),
@@ -738,6 +789,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_reader:
             spec = {**base, "phase": "reader", "connector": "kvfs", "root": root, "root_name": root_name}
             spec["refs"] = refs
+            if args.cold_reader:
+                spec["cold"] = True
+                spec["prompt_files"] = {
+                    str(p["tokens"]): p.get("files", []) for p in fresh[-1].get("prompts", [])
+                }
             phases["reader"] = run_child(args, spec, work)
             save_partial(args, results)
         phases["rank_files"] = rank_files(root)
@@ -762,6 +818,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.evictor_trace:
         results["evictor_trace"] = run_trace(args, base, work)
     report = format_table(rows_of(results))
+    cold = format_cold(results)
+    report = f"{report}\n\n{cold}" if cold else report
     ev = format_evictor(results.get("evictor", {}))
     from tools.e2e.trace import format_trace
 
