@@ -85,6 +85,17 @@ class GroupCopier:
                 [t.stride(0) * t.element_size() for t in self.tensors], dtype=torch.int64, device=self.device
             )
 
+    def warm_up(self, num_blocks: int) -> None:
+        """Gather `num_blocks` copies of block 0 and scatter them back onto it (its bytes unchanged), so that the
+        kernels of a whole chunk's store and load compile now, at engine start: on a fresh host Triton takes
+        seconds, which the first request's stores and loads would otherwise wait for."""
+        ids = torch.zeros(num_blocks, dtype=torch.int64, device=self.device)
+        staging = torch.empty(self.payload_bytes(num_blocks), dtype=torch.uint8, device=self.device)
+        self.gather(ids, staging)
+        self.scatter(staging, ids, file_blocks=num_blocks)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def payload_bytes(self, num_blocks: int) -> int:
         return num_blocks * self.row_bytes
 

@@ -42,20 +42,25 @@ class GraphCache:
     def __len__(self) -> int:
         return len(self._graphs)
 
-    def run(self, key: Hashable | None, enqueue: Callable[[], None], *, owner: object = None) -> None:
+    def run(self, key: Hashable | None, enqueue: Callable[[], None], *, owner: object = None) -> bool:
         """Queue `enqueue`'s work on the current stream: replayed from a graph when this shape was captured,
-        else captured now if it ran once before, else run eagerly (always, for the key None)."""
+        else captured now if it ran once before, else run eagerly (always, for the key None).
+
+        Returns whether the call was steady state: False for a shape's first run (Triton compiles its kernels,
+        seconds on a fresh host) and for its capture, one-time costs that a caller timing the phase (the store
+        bandwidth estimate) must not take for the phase's cost."""
         if key is None:
             enqueue()
-            return
+            return True
         graph = self._graphs.get(key)
         if graph is not None:
             graph.replay()
-            return
+            return True
         if not self.enabled or key not in self._seen or len(self._graphs) >= self.limit:
+            seen = key in self._seen
             self._seen.add(key)
             enqueue()
-            return
+            return seen
         try:
             graph = torch.cuda.CUDAGraph()
             # thread_local: the other I/O threads and the engine keep issuing work while this one captures.
@@ -71,7 +76,8 @@ class GraphCache:
                 "kvfs: CUDA graph capture failed (%s); this I/O thread issues its copies eagerly", exc
             )
             enqueue()
-            return
+            return False
         self._graphs[key] = graph
         self._owners[key] = owner
         graph.replay()
+        return False

@@ -12,8 +12,10 @@ Loads take priority over stores.  A store waits behind the compute stream throug
 submit time.  Stores queue under a time budget on the real backlog: a store is dropped at submit (counted by
 reason, reported as not stored) only when the bytes queued ahead of it, at the pool's measured store bandwidth,
 would take longer than the budget to write.  Time a store spends waiting for the GPU (the forward pass that
-writes its KV, a long prefill beside it) is neither backlog nor storage time, so it never causes a drop.  Failed loads are reported with the GPU blocks they should
-have filled, so the connector can have vLLM recompute exactly those tokens.  No vLLM import: the GPU check and
+writes its KV, a long prefill beside it) is neither backlog nor storage time, so it never causes a drop; nor is a
+one-time cost (a shape's first run compiles its kernels, its second captures a graph): such stores are no sample.
+Failed loads are reported with the GPU blocks they should have filled, so the connector can have vLLM recompute
+exactly those tokens.  No vLLM import: the GPU check and
 the benchmark use this module on machines without vLLM.
 """
 
@@ -507,7 +509,11 @@ class IoPool:
         if not self.cuda:
             # The payload's hash is computed now or by helpers; a store gathers first (unless in place).
             if not op.is_load and op.buffer is None:
-                op.copier.gather(op.block_ids, slot.host[:n])
+                # Through the slot's (capture-less) graph cache only to learn whether this shape ran before.
+                f.warm = slot.graphs.run(
+                    ("store", id(op.copier), len(op.block_ids), n),
+                    lambda: op.copier.gather(op.block_ids, slot.host[:n]),
+                )
             f.digests = self._hash_async(self._payload(f))
             return f
         dev, host, stream = f.state.dev[:n], slot.host[:n], f.state.stream
@@ -545,7 +551,9 @@ class IoPool:
                         hashes.launch(dev)
                     host.copy_(dev, non_blocking=True)
 
-                slot.graphs.run(slot.shape("store", id(op.copier), k, n), gather_hash_copy, owner=op.copier)
+                f.warm = slot.graphs.run(
+                    slot.shape("store", id(op.copier), k, n), gather_hash_copy, owner=op.copier
+                )
             slot.ready.record(stream)
         return f
 
@@ -605,7 +613,10 @@ class IoPool:
         _STORE_WRITE_S.inc(time.monotonic() - writing)
         # The thread's own time on this store (queueing its GPU phase, writing the file), not the wall time since
         # it was picked up: that spans the GPU's wait for the forward pass and, pipelined, the next file's read.
-        elapsed = f.busy_s + time.monotonic() - finishing
+        # A store whose GPU phase ran its shape for the first time on this slot (Triton compiling the gather,
+        # seconds on a fresh host; then the graph capture) is no sample: one such time seeded the estimate 100x
+        # too slow, and the next prefill step's whole burst of stores was dropped (64 of 508 chunks at 128k).
+        elapsed = f.busy_s + time.monotonic() - finishing if f.warm else None
         metrics.STORES.labels(str(result.outcome)).inc()
         ok, nbytes = True, 0
         if result.outcome == StoreOutcome.STORED:
@@ -805,6 +816,9 @@ class _Flight:
     result: LoadResult | None = None  # a load's read, before the payload is verified
     pieces: int = 0  # whole hash pieces whose digests the GPU computes
     busy_s: float = 0.0  # thread time spent queueing its GPU phase (a store's service time, with its write)
+    warm: bool = (
+        True  # a store's GPU phase ran a shape seen before (no compile, no capture): a bandwidth sample
+    )
     digests: list[Future[list[int]]] = field(default_factory=list)  # CPU pools: the payload's hashing
 
 

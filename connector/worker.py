@@ -130,6 +130,8 @@ class KvfsWorker(OffloadingWorker):
         device = kv_caches.tensors[0].tensor.device
         max_file = max(c.payload_bytes(blocks_per_chunk) for c in self.copiers)
         self.pool = IoPool(max_file_bytes=max_file, device=device, **pool_kwargs)
+        for copier in self.copiers:  # compile the copy kernels before the first request needs them
+            copier.warm_up(blocks_per_chunk)
         # job id -> GPU blocks of its failed loads; read by KvfsOffloadingConnector.
         self.failed_load_blocks: dict[int, list[int]] = {}
         log.info(

@@ -36,6 +36,20 @@ class HeldGather(GroupCopier):
         super().gather(*args, **kwargs)
 
 
+def warm_up(pool: IoPool, tmp_path, copier: GroupCopier, chunks: list[list[int]], job: int) -> None:
+    """Stores enough files of `copier` that some slot runs its shape a second time: the pool has then measured
+    its store bandwidth (a shape's first run on a slot is a one-time cost, no sample)."""
+    assert len(chunks) > pool.threads * iopool._SLOTS
+    ops = [
+        op(tmp_path, copier, ids, load=False, key=bytes([97 + i % 26, 48 + i // 26]) * 18, job=job)
+        for i, ids in enumerate(chunks)
+    ]
+    pool.submit(job, ops, is_load=False)
+    assert pool.wait([job], timeout=30)
+    assert all(d.success for d in pool.take_finished() if d.job_id == job)
+    assert pool.store_bandwidth() > 0
+
+
 def make_layers(num_layers: int, num_blocks: int, page: int, seed: int) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     # Padded rows (page + 16) like vLLM's padded pages: only `page` bytes are payload.
@@ -241,13 +255,14 @@ def test_long_busy_prefill_drops_no_store(tmp_path):
     try:
         src = make_layers(1, 64 * BPC, page, 14)
         dst = make_layers(1, 64 * BPC, page, 15)
-        assert run(  # storage is fast, and the pool has measured it
+        # storage is fast, and the pool has measured it
+        warm_up(
             pool,
+            tmp_path,
+            GroupCopier(src, [page]),
+            [list(range(i * BPC, (i + 1) * BPC)) for i in range(41, 46)],
             1,
-            [op(tmp_path, GroupCopier(src, [page]), list(range(BPC)), load=False, key=b"w" * 36)],
-            load=False,
-        ).success
-        assert pool.store_bandwidth() > 0
+        )
         prefill = Prefill()
         copier = PrefillGather(src, [page])
         copier.prefill = prefill
@@ -292,9 +307,7 @@ def test_store_over_the_backlog_budget_is_dropped_counted_by_reason_and_logged_o
     try:
         src = make_layers(1, 16 * BPC, page, 16)
         slow = SlowGather(src, [page])
-        assert run(
-            pool, 1, [op(tmp_path, slow, list(range(BPC)), load=False, key=b"w" * 36)], load=False
-        ).success
+        warm_up(pool, tmp_path, slow, [list(range(i * BPC, (i + 1) * BPC)) for i in range(11, 14)], 1)
         assert pool.store_bandwidth() == pytest.approx(BPC * page / slow_s, rel=0.5)
         dropped = metrics.STORES.labels("dropped")._value.get()
         backlog = metrics.STORES_DROPPED.labels("backlog")._value.get()
@@ -312,6 +325,53 @@ def test_store_over_the_backlog_budget_is_dropped_counted_by_reason_and_logged_o
         assert metrics.STORES_DROPPED.labels("backlog")._value.get() == backlog + 8
         warnings = [r for r in caplog.records if "dropped" in r.getMessage()]
         assert len(warnings) == 1 and "backlog" in warnings[0].getMessage()
+    finally:
+        pool.shutdown()
+
+
+class CompilingGather(GroupCopier):
+    """A copier whose first gather in each thread takes `compile_s` (a fresh host's Triton compile of the gather
+    kernel, which every I/O thread's first store waits for), and later ones `run_s`."""
+
+    compile_s: float = 1.0
+    run_s: float = 0.005
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.local = threading.local()
+
+    def gather(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(self.run_s if getattr(self.local, "compiled", False) else self.compile_s)
+        self.local.compiled = True
+        super().gather(*args, **kwargs)
+
+
+def test_first_stores_compiling_their_kernels_do_not_drop_the_next_burst(tmp_path):
+    """A fresh engine's first stores pay one-time costs (the gather kernel's compile, the graph capture) that are
+    no measure of the storage: the next prefill step's burst of stores is written in full.  (Before: the first
+    store's compile seeded the bandwidth estimate, and at 128k the whole next step, 64 of 508 chunks, was
+    dropped on an H100 host.)"""
+    page, budget, threads = 32, 0.5, 2
+    pool = IoPool(
+        threads=threads, max_file_bytes=BPC * page, device=torch.device("cpu"), store_budget_s=budget
+    )
+    try:
+        src = make_layers(1, 32 * BPC, page, 23)
+        copier = CompilingGather(src, [page])
+        keys = [bytes([65 + i // 26, 65 + i % 26]) * 18 for i in range(24)]
+        chunks = [list(range(i * BPC, (i + 1) * BPC)) for i in range(24)]
+        first = [op(tmp_path, copier, chunks[i], load=False, key=keys[i], job=1) for i in range(8)]
+        assert run(
+            pool, 1, first, load=False
+        ).success  # the first step's stores: admitted, nothing measured yet
+        # Steady state is ~run_s a file: the estimate must be of that order, not of the compile.
+        assert pool.store_bandwidth() > threads * BPC * page / (20 * copier.run_s), pool.store_bandwidth()
+        dropped = metrics.STORES.labels("dropped")._value.get()
+        burst = [op(tmp_path, copier, chunks[i], load=False, key=keys[i], job=2) for i in range(8, 24)]
+        done = run(pool, 2, burst, load=False)  # 16 files at ~5 ms: 40 ms of backlog against a 0.5 s budget
+        assert done.success and done.files_ok == 16, done
+        assert metrics.STORES.labels("dropped")._value.get() == dropped
+        assert all(os.path.exists(o.path) for o in burst)
     finally:
         pool.shutdown()
 
@@ -404,13 +464,15 @@ def test_store_service_time_excludes_the_load_read_beside_it_in_the_pipeline(tmp
     try:
         src, dst = make_layers(1, 4 * BPC, page, 21), make_layers(1, 4 * BPC, page, 22)
 
-        plain = GroupCopier(src, [page])
-        assert run(
-            pool, 1, [op(tmp_path, plain, list(range(BPC)), load=False, key=b"a" * 36)], load=False
-        ).success
-        pool._store_s_per_byte = 0.0  # learn from the next store alone
         held = HeldGather(src, [page])
         gathering, release = held.gathering, held.release
+        release.set()  # the held copier's shape has run on the thread's slot before: its next store is a sample
+        assert run(
+            pool, 1, [op(tmp_path, held, list(range(BPC)), load=False, key=b"a" * 36)], load=False
+        ).success
+        gathering.clear()
+        release.clear()
+        pool._store_s_per_byte = 0.0  # learn from the next store alone
         pool.submit(
             2,
             [op(tmp_path, held, list(range(BPC, 2 * BPC)), load=False, key=b"b" * 36, job=2)],

@@ -21,6 +21,7 @@ from vllm.v1.kv_offload.base import (  # noqa: E402
     ReqContext,
 )
 
+from connector.copier import GroupCopier  # noqa: E402
 from connector.manager import KvfsLoadStoreSpec  # noqa: E402
 from connector.naming import file_identity_key  # noqa: E402
 from connector.spec import KvfsOffloadingSpec  # noqa: E402
@@ -323,3 +324,32 @@ def test_completed_load_rechecks_its_files(replica):
     assert poll(lambda: manager.lookup(k, ctx) == LookupResult.MISS)
     # Never announced as stored by this replica, so no removal is announced either.
     assert not [e for e in manager.take_events() if e.removed]
+
+
+def test_the_worker_compiles_its_copy_kernels_at_start_and_leaves_the_kv_cache_as_it_was(
+    tmp_path, monkeypatch
+):
+    """A new worker runs each group's gather and scatter once over a whole chunk (on a GPU: the Triton kernels
+    compile at engine start, not in the first request's stores or loads, seconds on a fresh host), copying block
+    0 onto itself: not one byte of the KV cache changes."""
+    calls: list[tuple[str, int]] = []
+    real_gather, real_scatter = GroupCopier.gather, GroupCopier.scatter
+
+    def gather(self, ids, out):  # type: ignore[no-untyped-def]
+        calls.append(("gather", len(ids)))
+        real_gather(self, ids, out)
+
+    def scatter(self, src, ids, **kw):  # type: ignore[no-untyped-def]
+        calls.append(("scatter", len(ids)))
+        real_scatter(self, src, ids, **kw)
+
+    monkeypatch.setattr(GroupCopier, "gather", gather)
+    monkeypatch.setattr(GroupCopier, "scatter", scatter)
+    caches, tensors = kv_caches(2, 3, seed=7)
+    before = [t.clone() for t in tensors]
+    worker = make_spec(tmp_path, groups=2).get_worker(caches)
+    try:
+        assert calls == [("gather", BPC), ("scatter", BPC)] * 2  # each group, a whole chunk
+        assert all(torch.equal(a, b) for a, b in zip(before, tensors, strict=True))
+    finally:
+        worker.shutdown()

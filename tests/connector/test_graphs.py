@@ -52,3 +52,17 @@ def test_a_disabled_cache_never_tries_to_capture() -> None:
     for i in range(3):
         cache.run(("scatter", 7), lambda i=i: calls.append(i))
     assert calls == [0, 1, 2] and _failed_captures() == before
+
+
+def test_run_says_whether_the_call_was_steady_state() -> None:
+    """A shape's first run (kernels compile) is not steady state, nor its capture; later runs are (the store
+    bandwidth estimate takes only those as samples)."""
+    off, calls = GraphCache(enabled=False), []
+    assert [off.run(("store", 1), lambda: calls.append(1)) for _ in range(3)] == [False, True, True]
+    assert off.run(("store", 2), lambda: calls.append(2)) is False  # another shape: its own first run
+    assert off.run(None, lambda: calls.append(3)) is True  # unkeyed: unknown, taken as steady
+    full = GraphCache(enabled=True, limit=0)
+    assert [full.run(("load", 1), lambda: calls.append(4)) for _ in range(2)] == [False, True]
+    if not torch.cuda.is_available():  # a capture tried on CPU fails: that call is no steady state either
+        on = GraphCache(enabled=True)
+        assert [on.run(("load", 1), lambda: calls.append(5)) for _ in range(3)] == [False, False, True]

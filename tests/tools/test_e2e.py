@@ -53,6 +53,7 @@ RESULTS = {
                     {
                         "tokens": 32768,
                         "cold_ttft_s": 4.5,
+                        "host_limit": {"read": 30.0, "read_h2d": 25.0},
                         "stores": {"stored": 127.0, "exists": 1.0, "dropped": 0.0},
                         "hits": [
                             _hit("default", 0.30),
@@ -71,7 +72,9 @@ RESULTS = {
                     },
                 ]
             },
-            "reader": {"prompts": [{"tokens": 32768, "first_ttft_s": 0.5, "tokens_equal": True}]},
+            "reader": {
+                "prompts": [{"tokens": 32768, "first_ttft_s": 0.5, "again_ttft_s": 0.4, "tokens_equal": True}]
+            },
         }
     },
     "cpu": {"prompts": [{"tokens": 32768, "hits": [_hit("cpu", 0.2), _hit("cpu", 0.25), _hit("cpu", 0.3)]}]},
@@ -89,6 +92,41 @@ def test_rows_take_medians_and_ratios_against_the_cpu_tier():
     assert long.hit_s is None and long.vs_cpu is None and long.dropped == 56 and long.stored == 200
 
 
+def test_fresh_engine_runs_report_drops_per_run_and_the_limit_falls_back_to_the_raw_read():
+    run = {
+        "prompts": [{"tokens": 130048, "stores": {"stored": 508.0}, "host_limit": {"read": 40.0}, "hits": []}]
+    }
+    dropped = {"prompts": [{"tokens": 130048, "stores": {"stored": 444.0, "dropped": 64.0}, "hits": []}]}
+    shm = {"writer": run, "fresh": [run, dropped, run]}
+    (row,) = e2e.rows_of({"roots": {"shm": shm}})
+    assert row.drops_per_run == (0, 64, 0) and row.limit_gbps == 40.0 and row.dropped == 0
+    assert "dropped stores per fresh engine [0, 64, 0] of 508 chunks each" in e2e.format_table([row])
+    (one,) = e2e.rows_of({"roots": {"shm": {"writer": run}}})  # a single run: no per-run line
+    assert one.drops_per_run == () and "fresh engine" not in e2e.format_table([one])
+    assert e2e.parse_args(["--fresh-engines", "3"]).fresh_engines == 3
+    with pytest.raises(SystemExit):
+        e2e.parse_args(["--fresh-engines", "0"])
+
+
+def test_host_limit_reads_the_files_with_the_threads(tmp_path):
+    """The raw-read probe on CPU: every variant reads every byte (no GPU copy without a GPU), and its figures
+    are positive; the writer records the files its prompt stored."""
+    from tools.e2e import hostlimit
+
+    paths = []
+    for i in range(6):
+        p = tmp_path / f"{i}.kvfs"
+        p.write_bytes(bytes([i]) * (3 << 20))
+        paths.append(str(p))
+    got = hostlimit.measure(paths, 2, reps=1)
+    assert got["files"] == 6 and got["file_bytes"] == 3 << 20 and got["threads"] == 2
+    for key in ("read", "read_1t", "read_2mib", "read_pageable", "memcpy"):
+        assert got[key] > 0, key
+    assert "read_h2d" not in got and hostlimit.limit_of(got) == got["read"]
+    assert sorted(e2e.block_files(str(tmp_path))) == sorted(paths)
+    assert e2e.host_limit([str(tmp_path / "missing.kvfs")], 2)["error"].startswith("FileNotFoundError")
+
+
 def test_a_hit_with_different_tokens_is_flagged():
     bad = {
         "roots": {
@@ -103,10 +141,10 @@ def test_a_hit_with_different_tokens_is_flagged():
 def test_table_prints_every_figure():
     table = e2e.format_table(e2e.rows_of(RESULTS))
     lines = table.splitlines()
-    assert len(lines) == 4 and lines[0].count("|") == lines[2].count("|") == 15
+    assert len(lines) == 4 and lines[0].count("|") == lines[2].count("|") == 18
     assert (
-        "| shm | 32,768 | 4.50 s | 0.300 s | 0.450 s | 0.500 s | 0.250 s | 1.20× | 1.80× | 2.00× | 15.0× |"
-        in table
+        "| shm | 32,768 | 4.50 s | 0.300 s | 0.450 s | 0.500 s | 0.400 s | 0.250 s | 1.20× | 1.80× | 2.00× "
+        "| 15.0× | 128/128 | 20.0 | 25.0 | 0.80 | yes |" in table
     )
     assert "128/128" in table and "200/256 (56 dropped)" in table and "—" in lines[3]
 
@@ -257,3 +295,29 @@ def test_tensor_parallel_ranks_are_summed_and_counted(tmp_path):
     (tmp_path / "org_model_0123456789ab").mkdir()  # no rank suffix: not a TP namespace
     assert engine.rank_files(str(tmp_path)) == {0: 3, 1: 2}
     assert engine.rank_files(str(tmp_path / "missing")) == {}
+
+
+def test_cold_reader_drops_the_prompts_files_and_measures_the_raw_cold_read(tmp_path):
+    """--cold-reader: before the second engine's first hit of a prompt, that prompt's files (as the writer recorded
+    them) are written back and dropped from the page cache; after its hits the raw read of the same files is
+    measured cold with the engine's threads; the report prints both."""
+    from tools.e2e import hostlimit
+
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"{i}.kvfs"
+        p.write_bytes(bytes([i + 1]) * (1 << 20))
+        paths.append(str(p))
+    assert hostlimit.drop_from_page_cache(paths) == 4 << 20
+    cold = hostlimit.measure_cold(paths, 2)
+    assert cold["cold_read"] > 0 and cold["files"] == 4 and "cold_read_h2d" not in cold
+    assert e2e.parse_args(["--cold-reader"]).cold_reader
+    writer = e2e._writer(_spec(), ScriptedEngine())
+    refs = [p["ref_tokens"] for p in writer["prompts"]]
+    reader = e2e._reader(_spec(refs=refs, cold=True, prompt_files={"512": paths}), ScriptedEngine())
+    first, second = reader["prompts"]
+    assert first["cold"] and first["cold_limit"]["cold_read"] > 0 and first["cold_limit"]["threads"] == 16
+    assert not second["cold"] and "cold_limit" not in second  # no files recorded for it: a warm hit
+    line = e2e.format_cold({"roots": {"disk": {"reader": reader}}})
+    assert line.startswith("disk 512, cold page cache: second engine's first hit") and "raw cold read" in line
+    assert line.count("\n") == 0

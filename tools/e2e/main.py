@@ -18,8 +18,13 @@ runs in its own process (`--child`); this parent imports no vLLM and prints rati
 recompute, all from one run.  For the GPU machine (recipe: ../shared/gpu/README.md); never part of CI, where the
 pure parts (arguments, result maths, table) are tested.
 
+With `--fresh-engines N` the writer phase runs N times, each in a new engine process on an emptied root with an
+empty Triton cache (as on a fresh host, where kvfs's kernels compile during the first requests): stores and drops
+per run.  After a writer's hits, `tools/e2e/hostlimit.py` reads the files the prompt stored with the pool's thread
+count, raw into pinned memory and on to the GPU: the host's limit, printed beside the load GB/s.
+
     python -m tools.e2e [--model llama3-8b] [--prompts 8k,32k,64k,128k] [--roots shm,disk|none] [--evictor]
-        [--evictor-trace WORKLOAD:REQUESTS] [--reps 3] [--json out.json] [--markdown out.md]
+        [--evictor-trace WORKLOAD:REQUESTS] [--reps 3] [--fresh-engines 3] [--json out.json] [--markdown out.md]
 """
 
 from __future__ import annotations
@@ -139,6 +144,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=3, help="hit repetitions per variant (medians reported)")
     p.add_argument("--no-cpu-tier", action="store_true", help="skip vLLM's CPU tier (no ratios against it)")
     p.add_argument("--no-reader", action="store_true", help="skip the second-engine reader")
+    p.add_argument(
+        "--fresh-engines",
+        type=int,
+        default=1,
+        help="writer runs, each a new engine on an emptied root with an empty Triton cache (drops per run)",
+    )
+    p.add_argument("--no-host-limit", action="store_true", help="skip the raw-read limit after the hits")
+    p.add_argument(
+        "--cold-reader",
+        action="store_true",
+        help="the second engine's first hit of each prompt from a cold page cache (its files written back and "
+        "dropped first), beside the raw cold read of the same files (use with --roots disk)",
+    )
     p.add_argument("--evictor", action="store_true", help="add the phase under kvfs-evictor")
     p.add_argument("--evictor-prompts", type=int, default=4, help="distinct prompts in the evictor phase")
     p.add_argument("--evictor-tokens", type=int, default=16384)
@@ -185,6 +203,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--tensor-parallel-size must be positive")
     if args.reps < 1:
         p.error("--reps must be >= 1")
+    if args.fresh_engines < 1:
+        p.error("--fresh-engines must be >= 1")
     if not 0 < args.evictor_fraction < 1:
         p.error("--evictor-fraction must be between 0 and 1")
     max_len = MODELS[args.model]["max_position_embeddings"]
@@ -227,12 +247,15 @@ class Row:
     hit_s: float | None  # kvfs hit, same engine, default settings (median)
     hit_before_s: float | None  # same, idle-step wait off (vLLM's engine loop spinning, as before)
     reader_s: float | None  # kvfs hit from a second engine (first sight)
+    reader_again_s: float | None  # the second engine's later hits (median)
     cpu_hit_s: float | None
     stored: int
     chunks: int
     dropped: int
     load_gbps: float | None
     tokens_equal: bool
+    limit_gbps: float | None = None  # the host's raw read (+ copy to the GPU) of the same files, same threads
+    drops_per_run: tuple[int, ...] = ()  # --fresh-engines: dropped stores of each fresh engine
 
     @property
     def vs_cpu(self) -> float | None:
@@ -250,13 +273,23 @@ class Row:
     def speedup(self) -> float | None:
         return ratio(self.recompute_s, self.hit_s)
 
+    @property
+    def vs_limit(self) -> float | None:
+        return ratio(self.load_gbps, self.limit_gbps)
+
 
 def rows_of(results: Mapping[str, Any]) -> list[Row]:
     """Table rows from the children's results (see `_writer`, `_reader`, `_cpu_tier`)."""
     cpu = {p["tokens"]: p for p in results.get("cpu", {}).get("prompts", [])}
     rows = []
+    from tools.e2e.hostlimit import limit_of
+
     for root, phases in results.get("roots", {}).items():
         reader = {p["tokens"]: p for p in phases.get("reader", {}).get("prompts", [])}
+        runs: dict[int, list[int]] = {}
+        for run in phases.get("fresh", [phases.get("writer", {})]):
+            for w in run.get("prompts", []):
+                runs.setdefault(w["tokens"], []).append(int(w.get("stores", {}).get("dropped", 0)))
         for w in phases.get("writer", {}).get("prompts", []):
             n = w["tokens"]
             r, c = reader.get(n, {}), cpu.get(n, {})
@@ -275,12 +308,15 @@ def rows_of(results: Mapping[str, Any]) -> list[Row]:
                     hit_s=median(on),
                     hit_before_s=median(off),
                     reader_s=r.get("first_ttft_s"),
+                    reader_again_s=r.get("again_ttft_s"),
                     cpu_hit_s=median([h["ttft_s"] for h in c.get("hits", [])]),
                     stored=int(stores.get("stored", 0) + stores.get("exists", 0)),
                     chunks=n // CHUNK_TOKENS,
                     dropped=int(stores.get("dropped", 0)),
                     load_gbps=median(loads),
                     tokens_equal=bool(equal),
+                    limit_gbps=limit_of(w.get("host_limit") or {}),
+                    drops_per_run=tuple(runs.get(n, [])) if len(phases.get("fresh", [])) > 1 else (),
                 )
             )
     return rows
@@ -292,19 +328,27 @@ def _fmt(v: float | None, spec: str, suffix: str = "") -> str:
 
 def format_table(rows: Sequence[Row]) -> str:
     head = (
-        "| root | prompt | recompute TTFT | kvfs hit | hit, idle wait off | second engine | CPU tier hit "
-        "| kvfs ÷ CPU | before ÷ CPU | 2nd engine ÷ CPU | recompute ÷ hit | stored | load GB/s | tokens equal |"
+        "| root | prompt | recompute TTFT | kvfs hit | hit, idle wait off | second engine | 2nd engine, later "
+        "| CPU tier hit | kvfs ÷ CPU | before ÷ CPU | 2nd engine ÷ CPU | recompute ÷ hit | stored | load GB/s "
+        "| host limit GB/s | load ÷ limit | tokens equal |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 17]
     for r in rows:
         lines.append(
             f"| {r.root} | {r.tokens:,} | {_fmt(r.recompute_s, '.2f', ' s')} | {_fmt(r.hit_s, '.3f', ' s')} "
             f"| {_fmt(r.hit_before_s, '.3f', ' s')} | {_fmt(r.reader_s, '.3f', ' s')} "
-            f"| {_fmt(r.cpu_hit_s, '.3f', ' s')} | {_fmt(r.vs_cpu, '.2f', '×')} | {_fmt(r.before_vs_cpu, '.2f', '×')} "
+            f"| {_fmt(r.reader_again_s, '.3f', ' s')} | {_fmt(r.cpu_hit_s, '.3f', ' s')} | {_fmt(r.vs_cpu, '.2f', '×')} | {_fmt(r.before_vs_cpu, '.2f', '×')} "
             f"| {_fmt(r.reader_vs_cpu, '.2f', '×')} | {_fmt(r.speedup, '.1f', '×')} "
             f"| {r.stored}/{r.chunks}{f' ({r.dropped} dropped)' if r.dropped else ''} "
-            f"| {_fmt(r.load_gbps, '.1f')} | {'yes' if r.tokens_equal else '**NO**'} |"
+            f"| {_fmt(r.load_gbps, '.1f')} | {_fmt(r.limit_gbps, '.1f')} | {_fmt(r.vs_limit, '.2f')} "
+            f"| {'yes' if r.tokens_equal else '**NO**'} |"
         )
+    for r in rows:
+        if r.drops_per_run:
+            lines.append(
+                f"\n{r.root} {r.tokens:,}: dropped stores per fresh engine {list(r.drops_per_run)} "
+                f"of {r.chunks} chunks each"
+            )
     return "\n".join(lines)
 
 
@@ -355,6 +399,7 @@ def _writer(spec: Mapping[str, Any], engine: Any = None) -> dict[str, Any]:
 
     def measure(engine: Any, tokens: list[int], _ref: list[int] | None) -> dict[str, Any]:
         before = engine.probe()["metrics"]
+        files_before = set(block_files(spec["root"])) if spec.get("root") else set()
         ref, cold, _ = engine.generate(tokens)
         settle_s = engine.settle()
         after = engine.probe()
@@ -366,7 +411,13 @@ def _writer(spec: Mapping[str, Any], engine: Any = None) -> dict[str, Any]:
                 engine.probe(idle_wait_s=spec["idle_wait_s"] if wait else 0.0)
                 hits.append(measure_hit(engine, tokens, ref, variant, spec["bytes_per_token"]))
         engine.probe(idle_wait_s=spec["idle_wait_s"])
+        limit: dict[str, Any] = {}
+        if spec.get("host_limit") and spec.get("root"):
+            files = sorted(set(block_files(spec["root"])) - files_before)
+            limit = host_limit(files, int(after.get("threads") or 0))
         return {
+            "files": sorted(set(block_files(spec["root"])) - files_before) if spec.get("root") else [],
+            "host_limit": limit,
             "cold_ttft_s": cold,
             "settle_s": settle_s,
             "ref_tokens": ref,
@@ -382,15 +433,83 @@ def _writer(spec: Mapping[str, Any], engine: Any = None) -> dict[str, Any]:
     return _per_prompt(spec, f"writer {spec['root_name']}", measure, engine)
 
 
+def block_files(root: str) -> list[str]:
+    """Every block file under `root` (a writer's prompt stored the ones that appear during its cold run)."""
+    return [
+        os.path.join(d, f)
+        for d, _dirs, files in os.walk(root)
+        if "/.kvfs" not in d
+        for f in files
+        if f.endswith(".kvfs")
+    ]
+
+
+def host_limit(files: Sequence[str], threads: int) -> dict[str, Any]:
+    """tools/e2e/hostlimit.py on the prompt's files with the pool's threads; an error is recorded, not raised."""
+    try:
+        import torch
+
+        from tools.e2e import hostlimit
+
+        device = torch.device("cuda", 0) if torch.cuda.is_available() else None
+        return hostlimit.measure(files, threads, device=device)
+    except Exception as exc:  # noqa: BLE001 - a failed probe must not lose the phase's figures
+        return {"error": repr(exc)}
+
+
+def cold_limit(files: Sequence[str], threads: int) -> dict[str, Any]:
+    """tools/e2e/hostlimit.py's cold raw read of the prompt's files; an error is recorded, not raised."""
+    try:
+        import torch
+
+        from tools.e2e import hostlimit
+
+        device = torch.device("cuda", 0) if torch.cuda.is_available() else None
+        return hostlimit.measure_cold(files, threads, device=device)
+    except Exception as exc:  # noqa: BLE001 - a failed probe must not lose the phase's figures
+        return {"error": repr(exc)}
+
+
+def format_cold(results: Mapping[str, Any]) -> str:
+    """One line per prompt the second engine hit from a cold page cache: its hit and load against the raw cold
+    read of the same files with the same threads."""
+    lines = []
+    for root, phases in results.get("roots", {}).items():
+        for p in phases.get("reader", {}).get("prompts", []):
+            if not p.get("cold"):
+                continue
+            first, lim = p.get("first", {}), p.get("cold_limit", {})
+            limit = lim.get("cold_read_h2d") or lim.get("cold_read")
+            load = first.get("load_gbps")
+            lines.append(
+                f"{root} {p['tokens']:,}, cold page cache: second engine's first hit {_fmt(p.get('first_ttft_s'), '.3f', ' s')}"
+                f" (later {_fmt(p.get('again_ttft_s'), '.3f', ' s')}), load {_fmt(load, '.2f')} GB/s; raw cold read of"
+                f" the same files {_fmt(lim.get('cold_read'), '.2f')} GB/s, +H2D {_fmt(lim.get('cold_read_h2d'), '.2f')}"
+                f" GB/s; load ÷ limit {_fmt(ratio(load, limit), '.2f')}"
+            )
+    return "\n".join(lines)
+
+
 def _reader(spec: Mapping[str, Any], engine: Any = None) -> dict[str, Any]:
     """A second engine on the writer's root: its first hit (lookups unknown: RETRY once), then repeats."""
 
     def measure(engine: Any, tokens: list[int], ref: list[int] | None) -> dict[str, Any]:
+        files = (spec.get("prompt_files") or {}).get(str(len(tokens)), [])
+        cold = bool(spec.get("cold") and files)
+        if cold:
+            from tools.e2e.hostlimit import drop_from_page_cache
+
+            drop_from_page_cache(files)
         first = measure_hit(engine, tokens, ref, "first", spec["bytes_per_token"])
         again = [
             measure_hit(engine, tokens, ref, "again", spec["bytes_per_token"]) for _ in range(spec["reps"])
         ]
+        extra: dict[str, Any] = {}
+        if cold:
+            extra["cold_limit"] = cold_limit(files, int(engine.probe().get("threads") or 0))
         return {
+            **extra,
+            "cold": cold,
             "first_ttft_s": first["ttft_s"],
             "first": first,
             "again_ttft_s": median([h["ttft_s"] for h in again]),
@@ -497,6 +616,8 @@ def _brief(entry: Mapping[str, Any]) -> str:
         parts.append("equal" if all(h["tokens_equal"] for h in entry["hits"]) else "TOKENS DIFFER")
     if "stores" in entry:
         parts.append(f"stores={entry['stores']}")
+    limit = entry.get("host_limit") or {}
+    parts += [f"{k}={limit[k]:.1f}GB/s" for k in ("read", "read_1t", "memcpy", "read_h2d") if k in limit]
     return " ".join(parts)
 
 
@@ -533,8 +654,15 @@ def child_main(path: str) -> int:
 # ---- orchestration (parent) ----
 
 
+def save_partial(args: argparse.Namespace, results: Mapping[str, Any]) -> None:
+    """The results so far to --json (a run cut short still leaves its finished phases)."""
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(results, f, indent=1)
+
+
 def run_child(args: argparse.Namespace, spec: dict[str, Any], work: str) -> dict[str, Any]:
-    name = f"{spec['phase']}-{spec.get('root_name', 'x')}"
+    name = spec.get("name") or f"{spec['phase']}-{spec.get('root_name', 'x')}"
     spec_path = os.path.join(work, f"{name}.json")
     spec["result_path"] = os.path.join(work, f"{name}.result.json")
     spec["out_dir"] = work
@@ -543,6 +671,8 @@ def run_child(args: argparse.Namespace, spec: dict[str, Any], work: str) -> dict
     _progress(f"starting {name}")
     env = os.environ.copy()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_project_root(), env.get("PYTHONPATH", "")]))
+    if spec.get("triton_cache"):  # a fresh host's: every Triton kernel compiles in this engine
+        env["TRITON_CACHE_DIR"] = spec["triton_cache"]
     started = time.perf_counter()
     try:
         proc = subprocess.Popen(
@@ -622,6 +752,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": args.settings,
         "tp": args.tensor_parallel_size,
         "idle_wait_s": parse_duration(idle) if isinstance(idle, str) else float(idle),
+        "host_limit": not args.no_host_limit,
     }
     results: dict[str, Any] = {
         "command": "python -m tools.e2e " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -634,26 +765,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     refs: list[list[int] | None] = [None] * len(args.prompt_sizes)
     for root_name in args.roots:
         root = dirs[root_name]
-        shutil.rmtree(root, ignore_errors=True)
-        os.makedirs(root)
         phases: dict[str, Any] = {}
-        spec = {**base, "phase": "writer", "connector": "kvfs", "root": root, "root_name": root_name}
-        phases["writer"] = run_child(args, spec, work)
+        results["roots"][root_name] = phases
+        fresh = []
+        for run in range(args.fresh_engines):
+            # The last run's files stay for the reader; each run starts from an emptied root.
+            shutil.rmtree(root, ignore_errors=True)
+            os.makedirs(root)
+            spec = {**base, "phase": "writer", "connector": "kvfs", "root": root, "root_name": root_name}
+            if args.fresh_engines > 1:
+                spec["triton_cache"] = tempfile.mkdtemp(prefix=f"triton-{run}-", dir=work)
+                spec["name"] = f"writer-{root_name}-{run}"
+                if run:  # later runs: drops and one hit each
+                    spec.update(reps=1, host_limit=False)
+            fresh.append(run_child(args, spec, work))
+            if args.fresh_engines > 1:
+                phases["fresh"] = fresh
+            save_partial(args, results)
+        phases["writer"] = fresh[0]
         for i, p in enumerate(phases["writer"].get("prompts", [])):
             if "ref_tokens" in p and refs[i] is None:
                 refs[i] = p["ref_tokens"]
         if not args.no_reader:
             spec = {**base, "phase": "reader", "connector": "kvfs", "root": root, "root_name": root_name}
             spec["refs"] = refs
+            if args.cold_reader:
+                spec["cold"] = True
+                spec["prompt_files"] = {
+                    str(p["tokens"]): p.get("files", []) for p in fresh[-1].get("prompts", [])
+                }
             phases["reader"] = run_child(args, spec, work)
+            save_partial(args, results)
         phases["rank_files"] = rank_files(root)
-        results["roots"][root_name] = phases
         shutil.rmtree(root, ignore_errors=True)
     if not args.no_cpu_tier:
         need = sum(args.prompt_sizes) * bpt
         spec = {**base, "phase": "cpu", "connector": "cpu", "root_name": "cpu", "refs": refs}
         spec["cpu_bytes"] = int(need * 1.25) + (4 << 30)
         results["cpu"] = run_child(args, spec, work)
+        save_partial(args, results)
     if args.evictor:
         root = os.path.join(args.shm_dir, "evictor")
         shutil.rmtree(root, ignore_errors=True)
@@ -668,6 +818,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.evictor_trace:
         results["evictor_trace"] = run_trace(args, base, work)
     report = format_table(rows_of(results))
+    cold = format_cold(results)
+    report = f"{report}\n\n{cold}" if cold else report
     ev = format_evictor(results.get("evictor", {}))
     from tools.e2e.trace import format_trace
 

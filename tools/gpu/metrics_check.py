@@ -1,36 +1,35 @@
-"""GPU check: a real `vllm serve` wired as the kvfs-engine component wires it shows kvfs_connector_* on /metrics.
+"""Issue 21's check on the GPU machine: do the kvfs connector's metrics reach a real `vllm serve`'s /metrics?
 
-Starts `vllm serve` (dummy weights of a small Llama shape, no tokenizer, Triton attention, eager) with the
-component's environment only -- KVFS_CONNECTOR_ROOT, PYTHONHASHSEED, PROMETHEUS_MULTIPROC_DIR -- and no
---kv-transfer-config: kvfs' vLLM plugin (registered through a `vllm.general_plugins` entry point written to a
-temporary directory on PYTHONPATH, as `pip install` of kvfs would) must enable the connector. Sends one request
-long enough to fill block files, then reads /metrics from the API-server process and prints every kvfs_* line.
-Exit 0 when kvfs_connector_stores_total{outcome="stored"} > 0 (the other kvfs_* series are printed too).
+The connector counts in vLLM's engine-core and worker processes; the API server answers /metrics from its own
+registry, which sees other processes' samples only in Prometheus' multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`,
+which vLLM itself sets only with more than one API server).  For each mode (the variable set to an empty
+directory, and unset) this starts `vllm serve` on a small dummy-weight model with the kvfs connector, sends a
+completion of prompt token ids long enough to store chunks, then a second request (vLLM submits a step's stores
+in the next step), reads /metrics and records the `kvfs_connector_*` series it shows.
 
-    python3 tools/gpu/metrics_check.py [--port 8765] [--json out.json]
-
-Run on the GPU machine after the vLLM bundle is installed (../shared/gpu/README.md), from the repository root.
+    python -m tools.gpu.metrics_check [--modes env,noenv] [--json out.json] [--port 8391]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-
-# A small Llama: fast to start with dummy weights, 256-token kvfs blocks still span many GPU blocks.
-MODEL_CONFIG = {
+# A small Llama shape: the engine starts in well under a minute, and the KV path is the same as an 8B's.
+MODEL: dict[str, Any] = {
     "architectures": ["LlamaForCausalLM"],
     "model_type": "llama",
     "hidden_size": 1024,
@@ -41,113 +40,172 @@ MODEL_CONFIG = {
     "num_hidden_layers": 4,
     "vocab_size": 32000,
     "max_position_embeddings": 4096,
+    "rope_theta": 10000.0,
     "rms_norm_eps": 1e-5,
-    "rope_theta": 500000.0,
     "torch_dtype": "bfloat16",
     "bos_token_id": 1,
     "eos_token_id": 2,
+    "tie_word_embeddings": False,
 }
+CHUNK_TOKENS = 256
+PROMPT_TOKENS = 4 * CHUNK_TOKENS + 17  # four whole chunks stored, and a partial one that is not
 
 
-def write_plugin_entry_point(where: Path) -> None:
-    """What `pip install` of kvfs registers: the vllm.general_plugins entry point (kvfs is on PYTHONPATH here)."""
-    dist = where / "kvfs_plugin_check-0.0.0.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: kvfs-plugin-check\nVersion: 0.0.0\n")
-    (dist / "entry_points.txt").write_text("[vllm.general_plugins]\nkvfs = connector.plugin:register\n")
-
-
-def get(url: str, timeout: float = 5.0) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return resp.read().decode()
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--port", type=int, default=8765)
-    ap.add_argument("--json", help="write the result here")
-    ap.add_argument("--startup-timeout", type=float, default=300.0)
-    args = ap.parse_args()
-
-    work = Path(tempfile.mkdtemp(prefix="kvfs-metrics-check-"))
-    model, root, prom, site = work / "model", work / "kv", work / "prom", work / "site"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps(MODEL_CONFIG))
-    root.mkdir()
-    write_plugin_entry_point(site)
-    env = {
-        **os.environ,
-        "KVFS_CONNECTOR_ROOT": str(root),
-        "PYTHONHASHSEED": "0",
-        "PROMETHEUS_MULTIPROC_DIR": str(prom),
-        "PYTHONPATH": os.pathsep.join([str(site), str(REPO), os.environ.get("PYTHONPATH", "")]),
-        "HF_HUB_OFFLINE": "1",
-        "VLLM_USE_FLASHINFER_SAMPLER": "0",
+def kv_transfer_config(root: str) -> dict[str, Any]:
+    return {
+        "kv_connector": "KvfsOffloadingConnector",
+        "kv_connector_module_path": "connector.connector",
+        "kv_role": "kv_both",
+        "kv_load_failure_policy": "recompute",
+        "kv_connector_extra_config": {
+            "spec_name": "KvfsOffloadingSpec",
+            "spec_module_path": "connector.spec",
+            "block_size": CHUNK_TOKENS,
+            "kvfs_root": root,
+        },
     }
-    vllm = shutil.which("vllm") or "vllm"
-    cmd = [
-        vllm, "serve", str(model), "--port", str(args.port), "--load-format", "dummy",
-        "--skip-tokenizer-init", "--enforce-eager", "--attention-backend", "TRITON_ATTN",
-        "--max-model-len", "4096", "--gpu-memory-utilization", "0.5",
+
+
+def serve_command(model_dir: str, port: int, root: str) -> list[str]:
+    """`vllm serve` as the GPU machine runs it (vLLM 0.32 flags: dummy weights, no tokenizer, Triton attention)."""
+    return [
+        sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model_dir,
+        "--load-format", "dummy", "--skip-tokenizer-init", "--enforce-eager",
+        "--attention-backend", "TRITON_ATTN", "--max-model-len", str(MODEL["max_position_embeddings"]),
+        "--gpu-memory-utilization", "0.3", "--port", str(port), "--host", "127.0.0.1",
+        "--kv-transfer-config", json.dumps(kv_transfer_config(root)),
     ]  # fmt: skip
-    print("$", " ".join(cmd), flush=True)
-    log = open(work / "vllm.log", "w")  # noqa: SIM115 -- lives as long as the server
-    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{args.port}"
-    result: dict[str, object] = {"ok": False}
+
+
+def kvfs_series(text: str, prefix: str = "kvfs_connector_") -> dict[str, float]:
+    """The samples of /metrics whose name starts with `prefix` (comments left out)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith(prefix):
+            continue
+        name, _, value = line.rpartition(" ")
+        with contextlib.suppress(ValueError):
+            out[name] = float(value)
+    return out
+
+
+def summary(series: Mapping[str, float]) -> dict[str, Any]:
+    """What the check reports of one mode: how many kvfs_connector_* series, and the stored-chunk count."""
+    stored = sum(
+        v for k, v in series.items() if k.startswith("kvfs_connector_stores_total") and "stored" in k
+    )
+    names = sorted({k.split("{")[0] for k in series})
+    return {"series": len(series), "names": names, "stored": stored}
+
+
+def _get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - localhost only
+        return resp.status, resp.read().decode()
+
+
+def _post(url: str, body: Mapping[str, Any], timeout: float = 120.0) -> tuple[int, str]:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
     try:
-        deadline = time.monotonic() + args.startup_timeout
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"vllm serve exited {server.returncode}")
-            try:
-                get(base + "/health")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("vllm serve did not become healthy") from None
-                time.sleep(2)
-        started = time.monotonic()
-        body = {"model": str(model), "prompt": list(range(100, 100 + 1100)), "max_tokens": 4}
-        req = urllib.request.Request(
-            base + "/v1/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(req, timeout=120) as resp:
-            result["usage"] = json.load(resp).get("usage")
-        result["request_s"] = round(time.monotonic() - started, 3)
-        stored = 0.0
-        for _ in range(30):  # stores finish after the response
-            text = get(base + "/metrics")
-            m = re.search(r'^kvfs_connector_stores_total\{outcome="stored"\} (\S+)$', text, re.M)
-            stored = float(m.group(1)) if m else 0.0
-            if stored > 0:
-                break
-            time.sleep(1)
-        kvfs_lines = [ln for ln in text.splitlines() if ln.startswith("kvfs_")]
-        for ln in kvfs_lines:
-            print(ln)
-        families = sorted({ln.split("{")[0].split(" ")[0] for ln in kvfs_lines})
-        result.update(
-            stored=stored,
-            kvfs_series=len(kvfs_lines),
-            families=families,
-            block_files=sum(1 for p in root.rglob("*") if p.is_file() and ".kvfs" not in p.parts),
-            ok=stored > 0,
-        )
-    except Exception as exc:  # noqa: BLE001 -- reported with the server's log tail
-        result["error"] = str(exc)
-        log.flush()
-        print((work / "vllm.log").read_text()[-4000:], file=sys.stderr)
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - localhost only
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def check(mode: str, port: int, work: str, startup_s: float = 300.0) -> dict[str, Any]:
+    """One server in `mode` ("env": PROMETHEUS_MULTIPROC_DIR set to an empty directory, "noenv": unset)."""
+    model_dir = os.path.join(work, "model")
+    os.makedirs(model_dir, exist_ok=True)
+    Path(model_dir, "config.json").write_text(json.dumps(MODEL))
+    root = tempfile.mkdtemp(
+        prefix=f"kvfs-metrics-{mode}-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+    )
+    env = os.environ.copy()
+    env.update(VLLM_USE_FLASHINFER_SAMPLER="0", HF_HUB_OFFLINE="1")
+    project = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [project, env.get("PYTHONPATH", "")]))
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if mode == "env":
+        env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prom-", dir=work)
+    log_path = os.path.join(work, f"serve-{mode}.log")
+    res: dict[str, Any] = {"mode": mode, "log": log_path}
+    base = f"http://127.0.0.1:{port}"
+    started = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            serve_command(model_dir, port, root), env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
         try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-    print(json.dumps(result, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
-    return 0 if result["ok"] else 1
+            while time.perf_counter() - started < startup_s:
+                if proc.poll() is not None:
+                    res["error"] = f"vllm serve exited {proc.returncode} before it was healthy"
+                    break
+                with contextlib.suppress(OSError, urllib.error.URLError):
+                    if _get(base + "/health")[0] == 200:
+                        break
+                time.sleep(1.0)
+            else:
+                res["error"] = "not healthy in time"
+            res["startup_s"] = time.perf_counter() - started
+            if "error" not in res:
+                prompt = [1000 + (i * 7919) % 30000 for i in range(PROMPT_TOKENS)]
+                body = {"model": model_dir, "prompt": prompt, "max_tokens": 4, "temperature": 0.0}
+                res["completion_status"], text = _post(base + "/v1/completions", body)
+                res["completion_body"] = text[:300]
+                time.sleep(1.0)
+                _post(
+                    base + "/v1/completions", {**body, "prompt": [5] * 8}
+                )  # the next step submits the stores
+                time.sleep(3.0)
+                status, metrics = _get(base + "/metrics", timeout=30)
+                res["metrics_status"] = status
+                series = kvfs_series(metrics)
+                res.update(summary(series))
+                res["sample"] = dict(list(series.items())[:12])
+                res["vllm_series"] = sum(1 for line in metrics.splitlines() if line.startswith("vllm:"))
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+    res["files_stored"] = sum(len([f for f in fs if f.endswith(".kvfs")]) for _, _, fs in os.walk(root))
+    shutil.rmtree(root, ignore_errors=True)
+    with open(log_path) as f:
+        res["log_tail"] = f.read().splitlines()[-25:]
+    return res
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.gpu.metrics_check", description=__doc__)
+    p.add_argument("--modes", default="env,noenv", help="env (PROMETHEUS_MULTIPROC_DIR set), noenv, or both")
+    p.add_argument("--port", type=int, default=8391)
+    p.add_argument("--json", dest="json_out")
+    args = p.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or any(m not in ("env", "noenv") for m in modes):
+        p.error(f"--modes takes env and/or noenv, not {args.modes!r}")
+    work = tempfile.mkdtemp(prefix="kvfs-metrics-check-")
+    results = []
+    for i, mode in enumerate(modes):
+        results.append(check(mode, args.port + i, work))
+        r = results[-1]
+        print(
+            f"[metrics_check] {mode}: {r.get('error') or 'ok'}; completion {r.get('completion_status')}, "
+            f"{r.get('series', 0)} kvfs_connector_* series, stored {r.get('stored')}, "
+            f"{r.get('files_stored')} files on the root, {r.get('vllm_series')} vllm: series",
+            flush=True,
+        )
+        if args.json_out:
+            with open(args.json_out, "w") as f:
+                json.dump(results, f, indent=1)
+    return 0
 
 
 if __name__ == "__main__":
