@@ -48,3 +48,25 @@ def test_a_server_that_dies_is_an_error_not_a_hang(tmp_path, monkeypatch):
     got = mc.check("noenv", 8399, str(tmp_path), startup_s=60)
     assert got["error"] == "vllm serve exited 3 before it was healthy" and got["files_stored"] == 0
     assert "series" not in got
+
+
+def test_plugin_mode_wires_the_connector_by_entry_point_not_command_line(tmp_path):
+    """Mode `plugin` is the kvfs-engine component's wiring: no --kv-transfer-config on the command line, and
+    kvfs's vllm.general_plugins entry point found by the same lookup vLLM's plugin loader uses."""
+    import subprocess
+    import sys
+
+    assert "--kv-transfer-config" not in mc.serve_command("/m", 8000, None)
+    mc.write_plugin_entry_point(str(tmp_path))
+    probe = (
+        "from importlib.metadata import entry_points; "
+        "print([e.value for e in entry_points(group='vllm.general_plugins') if e.name == 'kvfs'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={"PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "connector.plugin:register" in out.stdout

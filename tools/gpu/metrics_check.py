@@ -5,9 +5,12 @@ registry, which sees other processes' samples only in Prometheus' multiprocess m
 which vLLM itself sets only with more than one API server).  For each mode (the variable set to an empty
 directory, and unset) this starts `vllm serve` on a small dummy-weight model with the kvfs connector, sends a
 completion of prompt token ids long enough to store chunks, then a second request (vLLM submits a step's stores
-in the next step), reads /metrics and records the `kvfs_connector_*` series it shows.
+in the next step), reads /metrics and records the `kvfs_connector_*` series it shows.  Mode `plugin` wires the
+connector as the kvfs-engine component does: no `--kv-transfer-config`, only `KVFS_CONNECTOR_ROOT` and
+`PROMETHEUS_MULTIPROC_DIR` in the environment, and kvfs's `vllm.general_plugins` entry point (written to a
+directory on PYTHONPATH, as `pip install` registers it).
 
-    python -m tools.gpu.metrics_check [--modes env,noenv] [--json out.json] [--port 8391]
+    python -m tools.gpu.metrics_check [--modes env,noenv,plugin] [--json out.json] [--port 8391]
 """
 
 from __future__ import annotations
@@ -66,15 +69,24 @@ def kv_transfer_config(root: str) -> dict[str, Any]:
     }
 
 
-def serve_command(model_dir: str, port: int, root: str) -> list[str]:
-    """`vllm serve` as the GPU machine runs it (vLLM 0.32 flags: dummy weights, no tokenizer, Triton attention)."""
+def serve_command(model_dir: str, port: int, root: str | None) -> list[str]:
+    """`vllm serve` as the GPU machine runs it (vLLM 0.32 flags: dummy weights, no tokenizer, Triton attention);
+    `root=None`: no --kv-transfer-config (the plugin wires the connector from the environment)."""
+    wiring = [] if root is None else ["--kv-transfer-config", json.dumps(kv_transfer_config(root))]
     return [
         sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", model_dir,
         "--load-format", "dummy", "--skip-tokenizer-init", "--enforce-eager",
         "--attention-backend", "TRITON_ATTN", "--max-model-len", str(MODEL["max_position_embeddings"]),
-        "--gpu-memory-utilization", "0.3", "--port", str(port), "--host", "127.0.0.1",
-        "--kv-transfer-config", json.dumps(kv_transfer_config(root)),
+        "--gpu-memory-utilization", "0.3", "--port", str(port), "--host", "127.0.0.1", *wiring,
     ]  # fmt: skip
+
+
+def write_plugin_entry_point(where: str) -> None:
+    """What `pip install` of kvfs registers: its `vllm.general_plugins` entry point (connector/plugin.py)."""
+    dist = Path(where, "kvfs_plugin_check-0.0.0.dist-info")
+    dist.mkdir(parents=True, exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: kvfs-plugin-check\nVersion: 0.0.0\n")
+    (dist / "entry_points.txt").write_text("[vllm.general_plugins]\nkvfs = connector.plugin:register\n")
 
 
 def kvfs_series(text: str, prefix: str = "kvfs_connector_") -> dict[str, float]:
@@ -115,7 +127,8 @@ def _post(url: str, body: Mapping[str, Any], timeout: float = 120.0) -> tuple[in
 
 
 def check(mode: str, port: int, work: str, startup_s: float = 300.0) -> dict[str, Any]:
-    """One server in `mode` ("env": PROMETHEUS_MULTIPROC_DIR set to an empty directory, "noenv": unset)."""
+    """One server in `mode` ("env": PROMETHEUS_MULTIPROC_DIR set to an empty directory, "noenv": unset,
+    "plugin": set, and the connector wired by the plugin from KVFS_CONNECTOR_ROOT alone)."""
     model_dir = os.path.join(work, "model")
     os.makedirs(model_dir, exist_ok=True)
     Path(model_dir, "config.json").write_text(json.dumps(MODEL))
@@ -127,15 +140,20 @@ def check(mode: str, port: int, work: str, startup_s: float = 300.0) -> dict[str
     project = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [project, env.get("PYTHONPATH", "")]))
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    if mode == "env":
+    if mode in ("env", "plugin"):
         env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prom-", dir=work)
+    if mode == "plugin":
+        entry_points = os.path.join(work, "entry-points")
+        write_plugin_entry_point(entry_points)
+        env["PYTHONPATH"] = os.pathsep.join([entry_points, env["PYTHONPATH"]])
+        env["KVFS_CONNECTOR_ROOT"] = root
     log_path = os.path.join(work, f"serve-{mode}.log")
     res: dict[str, Any] = {"mode": mode, "log": log_path}
     base = f"http://127.0.0.1:{port}"
     started = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            serve_command(model_dir, port, root), env=env, stdout=log, stderr=subprocess.STDOUT,
+            serve_command(model_dir, port, None if mode == "plugin" else root), env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
         try:
@@ -189,8 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", dest="json_out")
     args = p.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if not modes or any(m not in ("env", "noenv") for m in modes):
-        p.error(f"--modes takes env and/or noenv, not {args.modes!r}")
+    if not modes or any(m not in ("env", "noenv", "plugin") for m in modes):
+        p.error(f"--modes takes env, noenv and/or plugin, not {args.modes!r}")
     work = tempfile.mkdtemp(prefix="kvfs-metrics-check-")
     results = []
     for i, mode in enumerate(modes):
