@@ -11,17 +11,22 @@ namespaces carry ``kvfs_format`` in their fingerprint fields, so their directory
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from kvfs import metrics
+
+log = logging.getLogger(__name__)
 
 BlockFormat = Literal["kvfs", "bin"]
 BLOCK_FORMATS: tuple[BlockFormat, ...] = ("kvfs", "bin")
@@ -33,7 +38,11 @@ TEMP_SUFFIX = ".tmp"
 ROOT_ID_FILENAME = "root-id"  # <root>/.kvfs/root-id: which root a catalog belongs to (kvfs.catalog binds it)
 DIGEST_LEN = 12
 
-_NS_RE = re.compile(r"^(?P<ns>.+_[0-9a-f]{12})(?:_r(?P<rank>\d+))?$")
+_NS_RE = re.compile(r"^(?P<ns>[^/\x00]+_[0-9a-f]{12})(?:_r(?P<rank>\d+))?$")
+# A namespace is a directory name: at most 255 bytes with its `_r<rank>` suffix (10 digits at most).
+MAX_NAMESPACE_BYTES = 255 - 12
+# config.json is a few hundred bytes; anything larger (or not a regular file) is refused, not read.
+MAX_CONFIG_BYTES = 64 << 10
 _BUCKET1_RE = re.compile(r"^[0-9a-f]{3}$")
 _BUCKET2_RE = re.compile(r"^(?P<b2>[0-9a-f]{2})_g(?P<group>\d+)$")
 _BLOCK_RE = re.compile(r"^(?P<hash>[0-9a-f]{16,128})\.(?P<ext>kvfs|bin)$")
@@ -128,6 +137,16 @@ def parse_namespace_dir(name: str) -> tuple[str, int | None] | None:
     return match["ns"], int(rank) if rank is not None else None
 
 
+def is_namespace_name(name: str) -> bool:
+    """True when `name` can be a namespace: the layout's directory rule (`<model>_<digest12>`, no `/` or NUL),
+    valid UTF-8, short enough for a directory with its rank suffix.  The one check for names that come from
+    outside the tree (journal records): a name the catalog cannot store (PostgreSQL refuses NUL) or no
+    directory can have is not a namespace."""
+    if len(name) > MAX_NAMESPACE_BYTES or parse_namespace_dir(name) != (name, None):
+        return False
+    return len(name.encode("utf-8")) <= MAX_NAMESPACE_BYTES
+
+
 def is_temp_name(name: str) -> bool:
     """Writers' in-flight files (`<final>_<random>.tmp`, vLLM's and ours); orphans once their writer died."""
     return name.endswith(TEMP_SUFFIX)
@@ -169,13 +188,74 @@ def write_namespace_config(
 
 
 def read_namespace_config(root: str | os.PathLike[str], namespace: str) -> dict[str, Any] | None:
-    """The fingerprint fields of a namespace, or None when config.json is absent or unreadable."""
+    """The fingerprint fields of a namespace, or None when config.json is absent, unreadable or refused.
+
+    Anyone who can write the mount can put anything there, so the file is opened without following a symlink
+    (neither the namespace directory nor the file), without blocking (a FIFO), only read when fstat says it is
+    a regular file of at most MAX_CONFIG_BYTES, and parsed with every error caught (a deeply nested array
+    raises RecursionError).  A refused file is counted (kvfs_namespace_configs_refused_total) and logged once
+    per namespace and reason; the caller goes on without it."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     try:
-        with open(Path(root) / namespace / CONFIG_FILENAME, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
+        dir_fd = os.open(Path(root) / namespace, flags | os.O_DIRECTORY)
+    except FileNotFoundError:
         return None
-    return data if isinstance(data, dict) else None
+    except OSError as exc:
+        reason = "not_regular" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else "unreadable"
+        return _refuse_config(namespace, reason, exc.strerror or str(exc))
+    try:
+        fd = os.open(CONFIG_FILENAME, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        reason = "not_regular" if exc.errno == errno.ELOOP else "unreadable"  # a symlink
+        return _refuse_config(namespace, reason, exc.strerror or str(exc))
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return _refuse_config(namespace, "not_regular", "not a regular file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            return _refuse_config(namespace, "too_large", f"{st.st_size} bytes > {MAX_CONFIG_BYTES}")
+        chunks: list[bytes] = []
+        total = 0
+        while total <= MAX_CONFIG_BYTES:  # the size may grow after fstat: never read past the cap
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > MAX_CONFIG_BYTES:
+            return _refuse_config(namespace, "too_large", f"more than {MAX_CONFIG_BYTES} bytes")
+    except OSError as exc:
+        return _refuse_config(namespace, "unreadable", exc.strerror or str(exc))
+    finally:
+        os.close(fd)
+    try:
+        data = json.loads(b"".join(chunks).decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return _refuse_config(namespace, "not_json", type(exc).__name__)
+    if not isinstance(data, dict):
+        return _refuse_config(namespace, "not_json", "not a JSON object")
+    return data
+
+
+_config_warned: set[tuple[str, str]] = set()
+
+
+def _refuse_config(namespace: str, reason: str, detail: str) -> dict[str, Any] | None:
+    metrics.NAMESPACE_CONFIGS_REFUSED.labels(reason=reason).inc()
+    if (namespace, reason) not in _config_warned and len(_config_warned) < 10_000:
+        _config_warned.add((namespace, reason))
+        log.warning(
+            "%r/%s refused (%s: %s): namespace kept without its fields",
+            namespace,
+            CONFIG_FILENAME,
+            reason,
+            detail,
+        )
+    return None
 
 
 def root_id_path(root: str | os.PathLike[str]) -> Path:

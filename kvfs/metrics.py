@@ -134,3 +134,11 @@ POLICY_BOOKKEEPING_ERRORS = Counter(
     "Policy bookkeeping (re-store check, prefix's bonus update, ghost upserts) that failed; the pass went on without it.",
     ["op"],
 )
+
+# --- untrusted inputs on the shared mount (kvfs/layout.py) ----------------------------------------------------
+NAMESPACE_CONFIGS_REFUSED = Counter(
+    "kvfs_namespace_configs_refused_total",
+    "Namespace config.json files refused (not_regular, too_large, not_json, unreadable): the namespace is kept "
+    "without its fields.",
+    ["reason"],
+)

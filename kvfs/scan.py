@@ -334,7 +334,7 @@ def register_namespaces(root: str, catalog: Catalog, names: set[str]) -> None:
         if fields is not None and "model_name" in fields:
             try:
                 matches = namespace_name(fields) == ns
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, RecursionError):
                 matches = False
             if matches:
                 model = str(fields["model_name"])
