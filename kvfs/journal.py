@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Final
 
 from kvfs import metrics
-from kvfs.layout import BlockKey, journal_dir
+from kvfs.layout import BlockKey, is_namespace_name, journal_dir
 
 log = logging.getLogger(__name__)
 
@@ -230,48 +230,51 @@ def decode_records(
                         ns = ns_cache.get(ns_raw)
                         if ns is None:
                             try:
-                                ns = ns_cache[ns_raw] = ns_raw.decode("utf-8")
+                            # A name that is not UTF-8 or not a namespace directory's (NUL, `/`, no digest)
+                            # becomes "": the record is consumed and counted invalid below.  PostgreSQL
+                            # refuses NUL, and one such record used to fail every batch after it.
+                                ns = ns_raw.decode("utf-8")
                             except UnicodeDecodeError:
-                                ns = None
-                        if ns is not None:
-                            raw_hash = data[a + ns_len : hash_end]
-                            block_hash = (
-                                raw_hash.decode("ascii", "replace") if fmt & _HASH_ASCII else raw_hash.hex()
+                                ns = ""
+                            ns = ns_cache[ns_raw] = ns if is_namespace_name(ns) else ""
+                        raw_hash = data[a + ns_len : hash_end]
+                        block_hash = (
+                            raw_hash.decode("ascii", "replace") if fmt & _HASH_ASCII else raw_hash.hex()
+                        )
+                        # `not (a <= x <= b)` is also true for NaN, so one test per field covers it.
+                        if (
+                            not (MIN_RECORD_TIME <= when < math.inf)
+                            or size > MAX_RECORD_SIZE
+                            or group > _MAX_GROUP
+                            or not (_MIN_HASH_LEN <= len(block_hash) <= _MAX_HASH_LEN)
+                            or (fmt & _HASH_ASCII and not _is_hex(block_hash))
+                            or not ns
+                        ):
+                            invalid += 1
+                        else:
+                            if when > now:
+                                if when > future_cutoff:
+                                    future += 1
+                                when = now
+                            key = BlockKey(
+                                ns,
+                                None if rank < 0 else rank,
+                                group,
+                                block_hash,
+                                fmt_names[fmt & _FMT_MASK],
                             )
-                            # `not (a <= x <= b)` is also true for NaN, so one test per field covers it.
-                            if (
-                                not (MIN_RECORD_TIME <= when < math.inf)
-                                or size > MAX_RECORD_SIZE
-                                or group > _MAX_GROUP
-                                or not (_MIN_HASH_LEN <= len(block_hash) <= _MAX_HASH_LEN)
-                                or (fmt & _HASH_ASCII and not _is_hex(block_hash))
-                                or not ns
-                            ):
-                                invalid += 1
-                            else:
-                                if when > now:
-                                    if when > future_cutoff:
-                                        future += 1
-                                    when = now
-                                key = BlockKey(
-                                    ns,
-                                    None if rank < 0 else rank,
-                                    group,
-                                    block_hash,
-                                    fmt_names[fmt & _FMT_MASK],
-                                )
-                                # A parent outside the hash lengths is dropped: the record still counts.
-                                parent = (
-                                    data[hash_end + 1 : end].hex()
-                                    if _MIN_HASH_LEN <= 2 * parent_len <= _MAX_HASH_LEN
-                                    else None
-                                )
-                                append(JournalRecord(kinds[kind], key, when, size, chain_pos, parent))
-                            pos = end
-                            if garbage_start >= 0:
-                                bad += 1
-                                garbage_start = -1
-                            continue
+                            # A parent outside the hash lengths is dropped: the record still counts.
+                            parent = (
+                                data[hash_end + 1 : end].hex()
+                                if _MIN_HASH_LEN <= 2 * parent_len <= _MAX_HASH_LEN
+                                else None
+                            )
+                            append(JournalRecord(kinds[kind], key, when, size, chain_pos, parent))
+                        pos = end
+                        if garbage_start >= 0:
+                            bad += 1
+                            garbage_start = -1
+                        continue
                     elif kind == _KIND_END and blen == body_size:
                         closed = True
                         pos = end

@@ -50,7 +50,7 @@ JOURNAL_RECORDS_READ = Counter("kvfs_journal_records_read_total", "Valid journal
 JOURNAL_BAD_RECORDS = Counter(
     "kvfs_journal_bad_records_total",
     "Malformed journal records skipped (corrupt = bad bytes resynced over; torn_tail = a dead writer's tail; "
-    "invalid = checksum-valid record with out-of-range size, time, group or hash).",
+    "invalid = checksum-valid record with out-of-range size, time, group, hash or namespace name).",
     ["reason"],
 )
 JOURNAL_FUTURE_RECORDS = Counter(
