@@ -57,6 +57,12 @@ JOURNAL_FUTURE_RECORDS = Counter(
     "kvfs_journal_future_records_total",
     "Journal records dated more than the clock-skew allowance ahead of the reader (clamped to its clock).",
 )
+JOURNAL_STORE_SIZES_CORRECTED = Counter(
+    "kvfs_journal_store_sizes_corrected_total",
+    "STORE records whose claimed size the catalog did not take (kvfs/ingest.py): no_file = no such regular "
+    "file (size 0), over_claimed = more than the file's allocated bytes (size cut to them).",
+    ["reason"],
+)
 JOURNAL_PENDING = Gauge("kvfs_journal_pending_records", "Records queued in this process's journal writers.")
 
 # --- safety (kvfs/safety.py) ---------------------------------------------------------------------------------

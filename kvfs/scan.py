@@ -28,6 +28,7 @@ import click
 from kvfs import metrics
 from kvfs.catalog import BlockRow, Catalog
 from kvfs.catalog.engine import NETWORK_FILESYSTEMS, filesystem_type
+from kvfs.fsusage import allocated_bytes
 from kvfs.layout import (
     CONFIG_FILENAME,
     META_DIRNAME,
@@ -182,7 +183,9 @@ def _scan_bucket(root: str, rank_dir: str, namespace: str, rank: int | None, buc
                     continue
                 mtime = st.st_mtime
                 atime = st.st_atime
-                found.append((group, stem, fmt, st.st_size, mtime, atime if atime > mtime else mtime))
+                found.append(
+                    (group, stem, fmt, allocated_bytes(st), mtime, atime if atime > mtime else mtime)
+                )
     return out
 
 
