@@ -50,6 +50,7 @@ SYNC: Final = b"\xa7\x1e"
 _FRAME = struct.Struct("<2sHI")  # sync, body length, crc32
 _BODY = struct.Struct("<BBiIiQdBB")  # kind, fmt|flags, rank, group, chain_pos, size, time, ns len, hash len
 _MAX_BODY: Final = _BODY.size + 255 + 255 + 256  # + the optional parent
+_MAX_FRAME: Final = 8 + _MAX_BODY  # the longest record, frame included
 _KIND_END: Final = 0x7F
 _HASH_ASCII: Final = 0x80  # fmt-byte flag: the hash is stored as ASCII hex (odd length)
 # fmt-byte flag: a STORE record carries its block's parent in the prefix chain (raw bytes of an even-length hex
@@ -229,10 +230,10 @@ def decode_records(
                         ns_raw = data[a : a + ns_len]
                         ns = ns_cache.get(ns_raw)
                         if ns is None:
-                            try:
                             # A name that is not UTF-8 or not a namespace directory's (NUL, `/`, no digest)
                             # becomes "": the record is consumed and counted invalid below.  PostgreSQL
                             # refuses NUL, and one such record used to fail every batch after it.
+                            try:
                                 ns = ns_raw.decode("utf-8")
                             except UnicodeDecodeError:
                                 ns = ""
@@ -679,6 +680,24 @@ class JournalReader:
             ):
                 # A dead writer: nothing more will come, so skip (and count) what cannot be decoded.
                 decoded = decode_records(data, final=True, max_records=remaining, now=now)
+            if (
+                stalled
+                and not reaches_eof
+                and decoded.end < len(data) - _MAX_FRAME
+                and (remaining is None or len(decoded.records) < remaining)
+            ):
+                # More bytes follow this chunk, so what could not be decoded in it is no record still being
+                # written: every record that starts before the last _MAX_FRAME bytes would have fitted.  Skip
+                # to there (the next read resyncs), or a chunk of garbage would stop this segment for good.
+                keep = len(data) - _MAX_FRAME
+                log.warning(
+                    "journal segment %s: skipped %d bytes that hold no record at offset %d",
+                    name,
+                    keep - decoded.end,
+                    offset + decoded.end,
+                )
+                decoded.bad += 1
+                decoded.end = keep
             if decoded.closed and decoded.end < len(data):
                 # Bytes after an END record are not the writer's: consume them as corrupt.
                 tail = decode_records(
