@@ -26,6 +26,7 @@ from evictor.enforce import Enforcer, PassReport
 from evictor.http import StatusServer
 from evictor.ingest import JournalIngester
 from evictor.leader import AlreadyRunningError, FileLockElector, LeaderElector, make_elector
+from kvfs.catalog.engine import redact_url
 from evictor.settings import Settings
 from evictor.watch import OrphanTracker, TreeFeed, Watchers
 
@@ -40,7 +41,7 @@ EXIT_ALREADY_RUNNING = 3
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = redact_url(str(exc).strip())
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
@@ -152,7 +153,7 @@ class EvictorService:
         log.info(
             "kvfs-evictor starting: root %s, catalog %s, http :%d%s",
             self.root,
-            _redact(self.settings.catalog),
+            redact_url(self.settings.catalog),
             self.http.port,
             ", DRY RUN" if self.settings.dry_run else "",
         )
@@ -197,7 +198,7 @@ class EvictorService:
             still_leader=self.elector.still_leader,
             stopping=self.stopping,
         )
-        log.info("catalog open: %s", _redact(self.settings.catalog))
+        log.info("catalog open: %s", redact_url(self.settings.catalog))
         return True
 
     def stop(self, *, exiting: bool = False) -> None:
@@ -485,7 +486,7 @@ class EvictorService:
             "pid": os.getpid(),
             "started": self.started,
             "root": str(self.root),
-            "catalog": _redact(s.catalog),
+            "catalog": redact_url(s.catalog),
             "ready": ready,
             "ready_reason": why,
             "leader": self._leading,
