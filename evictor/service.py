@@ -15,20 +15,18 @@ import os
 import signal
 import threading
 import time
-from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from apscheduler.schedulers.background import BackgroundScheduler
 
 from evictor import metrics
 from evictor.enforce import Enforcer, PassReport
 from evictor.http import StatusServer
 from evictor.ingest import JournalIngester
 from evictor.leader import AlreadyRunningError, FileLockElector, LeaderElector, make_elector
-from kvfs.catalog.engine import redact_url
 from evictor.settings import Settings
+from evictor.ticker import Ticker
 from evictor.watch import OrphanTracker, TreeFeed, Watchers
+from kvfs.catalog.engine import redact_url
 
 if TYPE_CHECKING:
     from kvfs.catalog import Catalog
@@ -102,7 +100,7 @@ class EvictorService:
         self.elector: LeaderElector | None = None
         self.orphans = OrphanTracker()
         self.http: StatusServer | None = None
-        self.scheduler: BackgroundScheduler | None = None
+        self.scheduler: Ticker | None = None
         self.ingester: JournalIngester | None = None
         self.tree: TreeFeed | None = None
         self.enforcer: Enforcer | None = None
@@ -272,21 +270,15 @@ class EvictorService:
             self._first_pass = threading.Event()
             if self.settings.watch != "off":
                 self._spawn_once(self._watch_tree, (self.watchers, self._first_pass), "evictor-tree-watch")
-            sched = BackgroundScheduler(
-                job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
-            )
-            if self.settings.startup_scan:
-                sched.add_job(self._scan_job, "date", id="startup-scan")
-            if self.settings.scan_interval > 0:
-                sched.add_job(self._scan_job, "interval", seconds=self.settings.scan_interval, id="scan")
+            # Timed by the monotonic clock: a wall clock stepped back must not pause eviction (evictor.ticker).
+            sched = Ticker()
             sched.add_job(
-                self._enforce_job,
-                "interval",
-                seconds=self.settings.enforce_interval,
-                id="enforce",
-                next_run_time=_now_dt(),
+                self._scan_job,
+                "scan",
+                interval=self.settings.scan_interval or None,
+                run_now=self.settings.startup_scan,
             )
-            sched.start()
+            sched.add_job(self._enforce_job, "enforce", interval=self.settings.enforce_interval, run_now=True)
             self.scheduler = sched
             self._journal_wakeup.set()
 
@@ -310,10 +302,7 @@ class EvictorService:
             return
         sched = self.scheduler
         if sched is not None and self.watchers is watchers and self.settings.startup_scan:
-            with contextlib.suppress(
-                Exception
-            ):  # a scheduler shut down meanwhile: a step-down, nothing to do
-                sched.add_job(self._scan_job, "date", id="watch-gap-scan")
+            sched.run_soon("scan")  # a scheduler shut down meanwhile (a step-down) ignores it
 
     def _spawn_once(self, target: Any, args: tuple[Any, ...], name: str) -> None:
         """A thread that may end (unlike `_spawn`'s, which /healthz expects alive)."""
@@ -422,8 +411,7 @@ class EvictorService:
             self.initial_scan_done = True
             sched = self.scheduler
             if sched is not None:  # enforce now, not at the next tick of the interval
-                with contextlib.suppress(Exception):
-                    sched.modify_job("enforce", next_run_time=_now_dt())
+                sched.run_soon("enforce")
 
     def _enforce_job(self) -> None:
         if not self._leading or self.stopping.is_set() or self.enforcer is None:
@@ -543,21 +531,6 @@ class EvictorService:
                 "last_success": self.ingester.last_success,
             }
         return out
-
-
-def _now_dt() -> Any:
-    from datetime import datetime
-
-    return datetime.now(UTC)
-
-
-def _redact(url: str) -> str:
-    if "://" in url and "@" in url:
-        scheme, rest = url.split("://", 1)
-        cred, host = rest.rsplit("@", 1)
-        user = cred.split(":", 1)[0]
-        return f"{scheme}://{user}{':***' if ':' in cred else ''}@{host}"
-    return url
 
 
 def run_service(settings: Settings) -> int:
