@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Final
 
 from kvfs import metrics
-from kvfs.layout import BlockKey, is_namespace_name, journal_dir
+from kvfs.layout import BlockKey, is_namespace_name, journal_dir, makedirs_exact
 
 log = logging.getLogger(__name__)
 
@@ -616,12 +616,8 @@ class JournalWriter:
 
 
 def _makedirs(directory: Path, file_mode: int) -> None:
-    if directory.is_dir():
-        return
-    mode = file_mode | ((file_mode & 0o444) >> 2)
-    directory.mkdir(parents=True, exist_ok=True, mode=mode)
-    with contextlib.suppress(OSError):
-        os.chmod(directory, mode)
+    if not directory.is_dir():
+        makedirs_exact(directory, file_mode | ((file_mode & 0o444) >> 2))  # `.kvfs/` too
 
 
 # --- reader ---------------------------------------------------------------------------------------------------

@@ -166,12 +166,35 @@ def journal_dir(root: str | os.PathLike[str]) -> Path:
     return Path(root) / META_DIRNAME / JOURNAL_DIRNAME
 
 
+DIR_MODE = 0o770  # directories of the tree and of .kvfs (README: files 0660, directories 0770)
+ROOT_ID_MODE = 0o440  # written once, never rewritten: nobody needs to write it
+
+
+def makedirs_exact(directory: str | os.PathLike[str], mode: int = DIR_MODE) -> None:
+    """mkdir -p where every directory this call creates gets exactly `mode`, whatever the umask: under umask
+    077 a parent left 0700 (`.kvfs/` above the journal) shut out every other writer uid of the group, and under
+    umask 000 it was 0777.  Existing directories are left as they are."""
+    path = Path(directory)
+    missing: list[Path] = []
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError:
+            continue  # another writer made it: its mode is its creator's business
+        os.chmod(path, mode)
+
+
 def write_namespace_config(
     root: str | os.PathLike[str], fields: Mapping[str, Any], *, file_mode: int = 0o660
 ) -> Path:
     """Create `<root>/<ns>/config.json` atomically (temp + rename) if absent; return its path."""
     ns_dir = Path(root) / namespace_name(fields)
-    ns_dir.mkdir(parents=True, exist_ok=True)
+    makedirs_exact(ns_dir, file_mode | ((file_mode & 0o444) >> 2))
     path = ns_dir / CONFIG_FILENAME
     if path.exists():
         return path
@@ -281,8 +304,13 @@ def ensure_root_id(root: str | os.PathLike[str]) -> str | None:
     path = root_id_path(root)
     tmp = path.with_name(temp_name_for(path.name))
     try:
-        path.parent.mkdir(mode=0o770, exist_ok=True)
-        tmp.write_text(secrets.token_hex(16) + "\n", encoding="ascii")
+        makedirs_exact(path.parent)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), ROOT_ID_MODE)
+        try:
+            os.fchmod(fd, ROOT_ID_MODE)  # exactly, whatever the umask (0666 under umask 000)
+            os.write(fd, (secrets.token_hex(16) + "\n").encode("ascii"))
+        finally:
+            os.close(fd)
         try:
             os.link(tmp, path)
         except FileExistsError:
