@@ -65,7 +65,7 @@ def _run_evictor(
     ]
     # Flags given twice: click keeps the last, so the case's own --metrics-port wins over the default above.
     return subprocess.run(
-        [*argv, *flags], capture_output=True, text=True, env={**env(), **environ}, cwd=tmp_path, timeout=60
+        [*argv, *flags], capture_output=True, text=True, env={**env(), **environ}, cwd=tmp_path, timeout=20
     )
 
 
