@@ -40,7 +40,7 @@ BAD_CONFIGS = {
     "catalog_empty": ("catalog:\n", {}, []),
     "metrics_port_fraction": ("metrics_port: 1.5\n", {}, []),
     "metrics_port_too_big": ("", {}, ["--metrics-port", "70000"]),
-    "high_watermark_fraction": ("", {}, ["--high-watermark", "0.85"]),
+    "high_watermark_fraction": ("", {}, ["--high-watermark", "0.85", "--low-watermark", "0.5"]),
     "low_watermark_nan": ("low_watermark: .nan\n", {}, []),
 }
 
@@ -105,7 +105,7 @@ def test_durations_are_finite_and_bounded(value: object) -> None:
 
 
 def test_watermark_percent_and_bounds_in_process() -> None:
-    with pytest.raises(SettingsError, match="85"):
-        load_settings({"high_watermark": "0.85"}, environ={})
+    with pytest.raises(SettingsError, match="write 85"):  # before: 0.85 % (with a low watermark below it)
+        load_settings({"high_watermark": "0.85", "low_watermark": "0.5"}, environ={})
     assert load_settings({"high_watermark": "90%"}, environ={}).high_watermark == 90.0
     assert load_settings({"metrics_port": "0"}, environ={}).metrics_port == 0  # any free port, as documented
