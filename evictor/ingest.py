@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from evictor import metrics
 from kvfs.eviction.ingest import ingest_journals
 from kvfs.journal import JournalReader
-from kvfs.layout import journal_dir
+from kvfs.layout import journal_dir, makedirs_exact
 
 if TYPE_CHECKING:
     from kvfs.catalog import Catalog
@@ -47,7 +47,7 @@ class JournalIngester:
 
     def ensure_dir(self) -> Path:
         path = journal_dir(self.root)
-        path.mkdir(parents=True, exist_ok=True)
+        makedirs_exact(path)  # 0770 whatever the umask: writers of the group create their segments there
         return path
 
     def ingest(self) -> IngestStats:

@@ -8,8 +8,10 @@
   for as long as its session lives, and a follower that can take the holder's key claims at once (takeover
   within `leader_retry` after a crash; 11 s of TCP keepalive when the host vanishes).  A leader that cannot
   renew (lapsed, claimed by another, catalog unreachable) drops the batch it was about to delete.
-* SQLite: the catalog is a local file; a second evictor on it is refused at start-up (an fcntl lock on
-  `<catalog>.lock`, released by the kernel when the holder dies).
+* SQLite: the catalog is a local file; a second evictor on it is refused at start-up (an flock on
+  `<real path of the catalog>.lock`, released by the kernel when the holder dies).  The real path, so a
+  symlink to the file is the same catalog; a file with several hard links is refused outright (SQLite names
+  its WAL and shared-memory files after the path it was given, so two names corrupt the database).
 """
 
 from __future__ import annotations
@@ -68,12 +70,23 @@ class FileLockElector(LeaderElector):
 
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
-        self.lock_path = Path(f"{db_path}.lock")
+        # Resolved: every name of the file (through symlinks, in any directory spelling) locks the same file.
+        self.lock_path = Path(f"{os.path.realpath(db_path)}.lock")
         self._fd: int | None = None
 
     def try_acquire(self) -> bool:
         if self._fd is not None:
             return True
+        try:
+            links = os.stat(self.db_path).st_nlink
+        except FileNotFoundError:
+            links = 1
+        if links > 1:
+            raise AlreadyRunningError(
+                f"the SQLite catalog {self.db_path} has {links} hard links: another evictor may open it under "
+                "another name, and SQLite's journal files would then differ (a corrupt catalog); remove the "
+                "extra links"
+            )
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:

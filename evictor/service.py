@@ -15,11 +15,8 @@ import os
 import signal
 import threading
 import time
-from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from apscheduler.schedulers.background import BackgroundScheduler
 
 from evictor import metrics
 from evictor.http import StatusServer
@@ -27,7 +24,9 @@ from evictor.ingest import JournalIngester
 from evictor.leader import AlreadyRunningError, FileLockElector, LeaderElector, make_elector
 from evictor.passes import PassReport, PassRunner
 from evictor.settings import Settings
+from evictor.ticker import Ticker
 from evictor.watch import TempFileTracker, TreeFeed, Watchers
+from kvfs.catalog.engine import redact_url
 
 if TYPE_CHECKING:
     from kvfs.catalog import Catalog
@@ -42,7 +41,7 @@ STALL_AFTER_S = 120.0
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    text = redact_url(str(exc).strip())
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
@@ -101,7 +100,7 @@ class EvictorService:
         self.elector: LeaderElector | None = None
         self.temp_files = TempFileTracker()
         self.http: StatusServer | None = None
-        self.scheduler: BackgroundScheduler | None = None
+        self.scheduler: Ticker | None = None
         self.ingester: JournalIngester | None = None
         self.tree: TreeFeed | None = None
         self.passes: PassRunner | None = None
@@ -157,7 +156,7 @@ class EvictorService:
         log.info(
             "kvfs-evictor starting: root %s, catalog %s, http :%d%s",
             self.root,
-            _redact(self.settings.catalog),
+            redact_url(self.settings.catalog),
             self.http.port,
             ", DRY RUN" if self.settings.dry_run else "",
         )
@@ -202,7 +201,7 @@ class EvictorService:
             still_leader=self.elector.still_leader,
             stopping=self.stopping,
         )
-        log.info("catalog open: %s", _redact(self.settings.catalog))
+        log.info("catalog open: %s", redact_url(self.settings.catalog))
         return True
 
     def stop(self, *, exiting: bool = False) -> None:
@@ -277,21 +276,15 @@ class EvictorService:
             self._first_pass = threading.Event()
             if self.settings.watch != "off":
                 self._spawn_once(self._watch_tree, (self.watchers, self._first_pass), "evictor-tree-watch")
-            sched = BackgroundScheduler(
-                job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
-            )
-            if self.settings.startup_scan:
-                sched.add_job(self._scan_job, "date", id="startup-scan")
-            if self.settings.scan_interval > 0:
-                sched.add_job(self._scan_job, "interval", seconds=self.settings.scan_interval, id="scan")
+            # Timed by the monotonic clock: a wall clock stepped back must not pause eviction (evictor.ticker).
+            sched = Ticker()
             sched.add_job(
-                self._enforce_job,
-                "interval",
-                seconds=self.settings.enforce_interval,
-                id="enforce",
-                next_run_time=_now_dt(),
+                self._scan_job,
+                "scan",
+                interval=self.settings.scan_interval or None,
+                run_now=self.settings.startup_scan,
             )
-            sched.start()
+            sched.add_job(self._enforce_job, "enforce", interval=self.settings.enforce_interval, run_now=True)
             self.scheduler = sched
             self._journal_wakeup.set()
 
@@ -315,10 +308,7 @@ class EvictorService:
             return
         sched = self.scheduler
         if sched is not None and self.watchers is watchers and self.settings.startup_scan:
-            with contextlib.suppress(
-                Exception
-            ):  # a scheduler shut down meanwhile: a step-down, nothing to do
-                sched.add_job(self._scan_job, "date", id="watch-gap-scan")
+            sched.run_soon("scan")  # a scheduler shut down meanwhile (a step-down) ignores it
 
     def _spawn_once(self, target: Any, args: tuple[Any, ...], name: str) -> None:
         """A thread that may end (unlike `_spawn`'s, which /healthz expects alive)."""
@@ -426,8 +416,7 @@ class EvictorService:
             self._last_pass_end = time.monotonic()
             sched = self.scheduler
             if sched is not None:  # enforce now, not at the next tick of the interval
-                with contextlib.suppress(Exception):
-                    sched.modify_job("enforce", next_run_time=_now_dt())
+                sched.run_soon("enforce")
 
     def _enforce_job(self) -> None:
         if not self._leading or self.stopping.is_set() or self.passes is None:
@@ -508,7 +497,7 @@ class EvictorService:
             "pid": os.getpid(),
             "started": self.started,
             "root": str(self.root),
-            "catalog": _redact(s.catalog),
+            "catalog": redact_url(s.catalog),
             "ready": ready,
             "ready_reason": why,
             "leader": self._leading,
@@ -565,21 +554,6 @@ class EvictorService:
                 "last_success": self.ingester.last_success,
             }
         return out
-
-
-def _now_dt() -> Any:
-    from datetime import datetime
-
-    return datetime.now(UTC)
-
-
-def _redact(url: str) -> str:
-    if "://" in url and "@" in url:
-        scheme, rest = url.split("://", 1)
-        cred, host = rest.rsplit("@", 1)
-        user = cred.split(":", 1)[0]
-        return f"{scheme}://{user}{':***' if ':' in cred else ''}@{host}"
-    return url
 
 
 def run_service(settings: Settings) -> int:

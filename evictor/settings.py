@@ -21,6 +21,7 @@ from kvfs.policy import DEFAULT_POLICY
 from kvfs.units import parse_duration, parse_size
 
 ENV_PREFIX = "KVFS_"
+MAX_DELETE_BATCH = 1_000_000
 WATCH_MODES = ("inotify", "polling", "off")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -232,9 +233,14 @@ def _parse_bool(text: Any) -> bool:
 
 
 def _parse_percent(text: Any) -> float:
+    if isinstance(text, bool):
+        raise ValueError(f"not a percentage: {text!r}")
     value = float(str(text).strip().rstrip("%")) if not isinstance(text, int | float) else float(text)
-    if not 0 < value <= 100:
-        raise ValueError(f"a percentage must be in (0, 100]: {text!r}")
+    if 0 < value < 1:
+        # 0.85 is almost surely meant as 85 %, and taken literally it would evict nearly everything.
+        raise ValueError(f"{text!r} is below 1 %: watermarks are percentages (write 85 for 85 %, not 0.85)")
+    if not 1 <= value <= 100:  # also true for NaN
+        raise ValueError(f"a percentage must be in [1, 100]: {text!r}")
     return value
 
 
@@ -277,14 +283,29 @@ def _parse_size_any(value: Any) -> int:
 
 
 def _parse_int(value: Any) -> int:
-    if isinstance(value, bool):
+    """An integer as written: `1000`, "1000"; never a float (1.5 would become 1, .inf overflow)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"not an integer: {value!r}")
-    return int(value)
+    if isinstance(value, str):
+        if not value.strip().lstrip("+-").isdigit() or len(value) > 20:
+            raise ValueError(f"not an integer: {value[:40]!r}")
+        value = int(value)
+    return value
+
+
+def _parse_text(value: Any) -> str:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ValueError("empty value")  # `catalog:` with nothing after it is None, not a file named "None"
+    return str(value)
+
+
+def _parse_path(value: Any) -> Path:
+    return Path(os.path.expanduser(_parse_text(value)))
 
 
 _PARSERS: dict[str, Callable[[Any], Any]] = {
-    "path": lambda v: Path(os.path.expanduser(str(v))),
-    "str": str,
+    "path": _parse_path,
+    "str": _parse_text,
     "size": _parse_size_any,
     "duration": _parse_duration_any,
     "percent": _parse_percent,
@@ -392,10 +413,21 @@ def validate(settings: Settings) -> None:
         raise SettingsError(
             f"unknown policy {settings.policy!r} (available: {', '.join(available_policies())})"
         )
-    if settings.delete_batch < 1:
-        raise SettingsError("delete_batch must be at least 1")
-    if not 0 <= settings.metrics_port < 65536:
-        raise SettingsError(f"metrics_port out of range: {settings.metrics_port}")
+    if not 1 <= settings.delete_batch <= MAX_DELETE_BATCH:
+        raise SettingsError(f"delete_batch must be 1 to {MAX_DELETE_BATCH}: {settings.delete_batch}")
+    if not 0 <= settings.metrics_port <= 65535:
+        raise SettingsError(f"metrics_port must be 1 to 65535 (0: any free port): {settings.metrics_port}")
+    if settings.watch_poll_interval <= 0:
+        raise SettingsError("watch_poll_interval must be positive")
+    if settings.ttl is not None and settings.ttl <= 0:
+        raise SettingsError("ttl must be positive (leave it empty for no TTL)")
+    from kvfs.catalog.engine import parse_catalog_url, redact_url
+    from kvfs.catalog.errors import CatalogError
+
+    try:
+        parse_catalog_url(settings.catalog)
+    except CatalogError as exc:
+        raise SettingsError(f"setting 'catalog': {redact_url(str(exc))}") from None
 
 
 def describe_settings() -> str:

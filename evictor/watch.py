@@ -33,6 +33,7 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserverVFS
 
 from evictor import metrics
+from kvfs.fsusage import allocated_bytes
 from kvfs.layout import META_DIRNAME, is_temp_name, parse_block_relpath
 
 if TYPE_CHECKING:
@@ -220,7 +221,9 @@ class TreeFeed:
                 # leaves a file no record describes (the soak found ~1 per writer kill, uncounted until the
                 # next scan, so usage stayed over the cap).  Files no journal describes: the scan's rule.
                 seen = st.st_mtime if key.fmt == "kvfs" else max(st.st_atime, st.st_mtime)
-                rows.append(BlockRow(key=key, size=st.st_size, created=st.st_mtime, last_access=seen))
+                rows.append(
+                    BlockRow(key=key, size=allocated_bytes(st), created=st.st_mtime, last_access=seen)
+                )
             else:
                 metrics.TREE_EVENTS.labels("remove").inc()
                 gone.append(key)

@@ -71,6 +71,10 @@ _FIXED = struct.Struct("<8sHHIQQ32sHH")  # magic .. flags; the key follows
 _HEADER_CHECKSUM_OFFSET: Final = HEADER_SIZE - 8
 MAX_KEY_LEN: Final = _HEADER_CHECKSUM_OFFSET - _FIXED.size
 FINGERPRINT_LEN: Final = 32
+# The largest payload a block may claim (far above any KV block: tens of MiB).  A header is written by whoever
+# can write the mount: an unbounded length let a sparse 1 TiB file make a load allocate a terabyte (MemoryError)
+# and `kvfs verify` read it for 25 minutes and call it sound.
+MAX_PAYLOAD_LEN: Final = 1 << 32
 _O_DIRECT: Final = getattr(os, "O_DIRECT", 0)
 _O_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
 # Every block open is non-blocking: opening a FIFO for reading would otherwise wait for a writer forever (and
@@ -211,7 +215,12 @@ def parse_header(buf: Buffer) -> BlockHeader | MissReason:
     (stored_sum,) = struct.unpack_from("<Q", view, _HEADER_CHECKSUM_OFFSET)
     if checksum64(view[:_HEADER_CHECKSUM_OFFSET]) != stored_sum:
         return MissReason.BAD_HEADER
-    if algo not in PAYLOAD_ALGOS or header_size != HEADER_SIZE or key_len > MAX_KEY_LEN:
+    if (
+        algo not in PAYLOAD_ALGOS
+        or header_size != HEADER_SIZE
+        or key_len > MAX_KEY_LEN
+        or payload_len > MAX_PAYLOAD_LEN
+    ):
         return MissReason.BAD_HEADER
     key = bytes(view[_FIXED.size : _FIXED.size + key_len])
     return BlockHeader(version, algo, payload_len, payload_sum, fingerprint, key)
@@ -421,6 +430,9 @@ def store_block(
     path = os.fspath(path)
     view = _byte_view(payload)
     nbytes = len(view)
+    if nbytes > MAX_PAYLOAD_LEN:  # no reader would accept it
+        _STORE_COUNT[StoreOutcome.FAILED].inc()
+        return StoreResult(StoreOutcome.FAILED, 0, f"payload of {nbytes} bytes > MAX_PAYLOAD_LEN")
     if os.path.exists(path):
         _STORE_COUNT[StoreOutcome.EXISTS].inc()
         return StoreResult(StoreOutcome.EXISTS, 0)
@@ -664,7 +676,7 @@ def load_block(
         return _miss(MissReason.IO_ERROR)
     try:
         return _load_open(fd, ident, out_view, use_direct, verify)
-    except OSError:
+    except (OSError, MemoryError):  # MemoryError: a payload too big for this process, even under the cap
         return _miss(MissReason.IO_ERROR)
     finally:
         os.close(fd)

@@ -34,3 +34,13 @@ def fs_usage(path: str | os.PathLike[str]) -> FsUsage:
         used=(st.f_blocks - st.f_bfree) * st.f_frsize,
         available=st.f_bavail * st.f_frsize,
     )
+
+
+def allocated_bytes(st: os.stat_result) -> int:
+    """The bytes a file really holds: its allocated blocks, capped by its length.
+
+    Sizes that drive eviction come from here, never from a writer's claim or `st_size` alone: a sparse file
+    (or a length set with truncate) claims terabytes it does not occupy, and counting them would make a
+    capacity pass delete other namespaces' blocks.  Blocks past the length (preallocation) do not count either.
+    """
+    return min(st.st_size, st.st_blocks * 512)

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Final
 
 from kvfs import metrics
-from kvfs.layout import BlockKey, journal_dir
+from kvfs.layout import BlockKey, is_namespace_name, journal_dir, makedirs_exact
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ SYNC: Final = b"\xa7\x1e"
 _FRAME = struct.Struct("<2sHI")  # sync, body length, crc32
 _BODY = struct.Struct("<BBiIiQdBB")  # kind, fmt|flags, rank, group, chain_pos, size, time, ns len, hash len
 _MAX_BODY: Final = _BODY.size + 255 + 255 + 256  # + the optional parent
+_MAX_FRAME: Final = 8 + _MAX_BODY  # the longest record, frame included
 _KIND_END: Final = 0x7F
 _HASH_ASCII: Final = 0x80  # fmt-byte flag: the hash is stored as ASCII hex (odd length)
 # fmt-byte flag: a STORE record carries its block's parent in the prefix chain (raw bytes of an even-length hex
@@ -229,49 +230,52 @@ def decode_records(
                         ns_raw = data[a : a + ns_len]
                         ns = ns_cache.get(ns_raw)
                         if ns is None:
+                            # A name that is not UTF-8 or not a namespace directory's (NUL, `/`, no digest)
+                            # becomes "": the record is consumed and counted invalid below.  PostgreSQL
+                            # refuses NUL, and one such record used to fail every batch after it.
                             try:
-                                ns = ns_cache[ns_raw] = ns_raw.decode("utf-8")
+                                ns = ns_raw.decode("utf-8")
                             except UnicodeDecodeError:
-                                ns = None
-                        if ns is not None:
-                            raw_hash = data[a + ns_len : hash_end]
-                            block_hash = (
-                                raw_hash.decode("ascii", "replace") if fmt & _HASH_ASCII else raw_hash.hex()
+                                ns = ""
+                            ns = ns_cache[ns_raw] = ns if is_namespace_name(ns) else ""
+                        raw_hash = data[a + ns_len : hash_end]
+                        block_hash = (
+                            raw_hash.decode("ascii", "replace") if fmt & _HASH_ASCII else raw_hash.hex()
+                        )
+                        # `not (a <= x <= b)` is also true for NaN, so one test per field covers it.
+                        if (
+                            not (MIN_RECORD_TIME <= when < math.inf)
+                            or size > MAX_RECORD_SIZE
+                            or group > _MAX_GROUP
+                            or not (_MIN_HASH_LEN <= len(block_hash) <= _MAX_HASH_LEN)
+                            or (fmt & _HASH_ASCII and not _is_hex(block_hash))
+                            or not ns
+                        ):
+                            invalid += 1
+                        else:
+                            if when > now:
+                                if when > future_cutoff:
+                                    future += 1
+                                when = now
+                            key = BlockKey(
+                                ns,
+                                None if rank < 0 else rank,
+                                group,
+                                block_hash,
+                                fmt_names[fmt & _FMT_MASK],
                             )
-                            # `not (a <= x <= b)` is also true for NaN, so one test per field covers it.
-                            if (
-                                not (MIN_RECORD_TIME <= when < math.inf)
-                                or size > MAX_RECORD_SIZE
-                                or group > _MAX_GROUP
-                                or not (_MIN_HASH_LEN <= len(block_hash) <= _MAX_HASH_LEN)
-                                or (fmt & _HASH_ASCII and not _is_hex(block_hash))
-                                or not ns
-                            ):
-                                invalid += 1
-                            else:
-                                if when > now:
-                                    if when > future_cutoff:
-                                        future += 1
-                                    when = now
-                                key = BlockKey(
-                                    ns,
-                                    None if rank < 0 else rank,
-                                    group,
-                                    block_hash,
-                                    fmt_names[fmt & _FMT_MASK],
-                                )
-                                # A parent outside the hash lengths is dropped: the record still counts.
-                                parent = (
-                                    data[hash_end + 1 : end].hex()
-                                    if _MIN_HASH_LEN <= 2 * parent_len <= _MAX_HASH_LEN
-                                    else None
-                                )
-                                append(JournalRecord(kinds[kind], key, when, size, chain_pos, parent))
-                            pos = end
-                            if garbage_start >= 0:
-                                bad += 1
-                                garbage_start = -1
-                            continue
+                            # A parent outside the hash lengths is dropped: the record still counts.
+                            parent = (
+                                data[hash_end + 1 : end].hex()
+                                if _MIN_HASH_LEN <= 2 * parent_len <= _MAX_HASH_LEN
+                                else None
+                            )
+                            append(JournalRecord(kinds[kind], key, when, size, chain_pos, parent))
+                        pos = end
+                        if garbage_start >= 0:
+                            bad += 1
+                            garbage_start = -1
+                        continue
                     elif kind == _KIND_END and blen == body_size:
                         closed = True
                         pos = end
@@ -612,12 +616,8 @@ class JournalWriter:
 
 
 def _makedirs(directory: Path, file_mode: int) -> None:
-    if directory.is_dir():
-        return
-    mode = file_mode | ((file_mode & 0o444) >> 2)
-    directory.mkdir(parents=True, exist_ok=True, mode=mode)
-    with contextlib.suppress(OSError):
-        os.chmod(directory, mode)
+    if not directory.is_dir():
+        makedirs_exact(directory, file_mode | ((file_mode & 0o444) >> 2))  # `.kvfs/` too
 
 
 # --- reader ---------------------------------------------------------------------------------------------------
@@ -676,6 +676,24 @@ class JournalReader:
             ):
                 # A dead writer: nothing more will come, so skip (and count) what cannot be decoded.
                 decoded = decode_records(data, final=True, max_records=remaining, now=now)
+            if (
+                stalled
+                and not reaches_eof
+                and decoded.end < len(data) - _MAX_FRAME
+                and (remaining is None or len(decoded.records) < remaining)
+            ):
+                # More bytes follow this chunk, so what could not be decoded in it is no record still being
+                # written: every record that starts before the last _MAX_FRAME bytes would have fitted.  Skip
+                # to there (the next read resyncs), or a chunk of garbage would stop this segment for good.
+                keep = len(data) - _MAX_FRAME
+                log.warning(
+                    "journal segment %s: skipped %d bytes that hold no record at offset %d",
+                    name,
+                    keep - decoded.end,
+                    offset + decoded.end,
+                )
+                decoded.bad += 1
+                decoded.end = keep
             if decoded.closed and decoded.end < len(data):
                 # Bytes after an END record are not the writer's: consume them as corrupt.
                 tail = decode_records(

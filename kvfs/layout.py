@@ -11,17 +11,22 @@ namespaces carry ``kvfs_format`` in their fingerprint fields, so their directory
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from kvfs import metrics
+
+log = logging.getLogger(__name__)
 
 BlockFormat = Literal["kvfs", "bin"]
 KVFS_FORMAT_VERSION = 1
@@ -32,7 +37,11 @@ TEMP_SUFFIX = ".tmp"
 ROOT_ID_FILENAME = "root-id"  # <root>/.kvfs/root-id: which root a catalog belongs to (kvfs.catalog binds it)
 DIGEST_LEN = 12
 
-_NS_RE = re.compile(r"^(?P<ns>.+_[0-9a-f]{12})(?:_r(?P<rank>\d+))?$")
+_NS_RE = re.compile(r"^(?P<ns>[^/\x00]+_[0-9a-f]{12})(?:_r(?P<rank>\d+))?$")
+# A namespace is a directory name: at most 255 bytes with its `_r<rank>` suffix (10 digits at most).
+MAX_NAMESPACE_BYTES = 255 - 12
+# config.json is a few hundred bytes; anything larger (or not a regular file) is refused, not read.
+MAX_CONFIG_BYTES = 64 << 10
 # The path components of a block file, `<hhh>/<hh>_g<g>/<hash>.<ext>`, matched with fullmatch; the tree walk
 # (`kvfs.scan`) uses them one component at a time, `parse_block_relpath` all at once.
 BUCKET1_RE = re.compile(r"[0-9a-f]{3}")
@@ -133,6 +142,16 @@ def parse_namespace_dir(name: str) -> tuple[str, int | None] | None:
     return match["ns"], int(rank) if rank is not None else None
 
 
+def is_namespace_name(name: str) -> bool:
+    """True when `name` can be a namespace: the layout's directory rule (`<model>_<digest12>`, no `/` or NUL),
+    valid UTF-8, short enough for a directory with its rank suffix.  The one check for names that come from
+    outside the tree (journal records): a name the catalog cannot store (PostgreSQL refuses NUL) or no
+    directory can have is not a namespace."""
+    if len(name) > MAX_NAMESPACE_BYTES or parse_namespace_dir(name) != (name, None):
+        return False
+    return len(name.encode("utf-8")) <= MAX_NAMESPACE_BYTES
+
+
 def is_temp_name(name: str) -> bool:
     """Writers' in-flight files (`<final>_<random>.tmp`, vLLM's and ours); orphans once their writer died."""
     return name.endswith(TEMP_SUFFIX)
@@ -152,12 +171,35 @@ def journal_dir(root: str | os.PathLike[str]) -> Path:
     return Path(root) / META_DIRNAME / JOURNAL_DIRNAME
 
 
+DIR_MODE = 0o770  # directories of the tree and of .kvfs (README: files 0660, directories 0770)
+ROOT_ID_MODE = 0o440  # written once, never rewritten: nobody needs to write it
+
+
+def makedirs_exact(directory: str | os.PathLike[str], mode: int = DIR_MODE) -> None:
+    """mkdir -p where every directory this call creates gets exactly `mode`, whatever the umask: under umask
+    077 a parent left 0700 (`.kvfs/` above the journal) shut out every other writer uid of the group, and under
+    umask 000 it was 0777.  Existing directories are left as they are."""
+    path = Path(directory)
+    missing: list[Path] = []
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError:
+            continue  # another writer made it: its mode is its creator's business
+        os.chmod(path, mode)
+
+
 def write_namespace_config(
     root: str | os.PathLike[str], fields: Mapping[str, Any], *, file_mode: int = 0o660
 ) -> Path:
     """Create `<root>/<ns>/config.json` atomically (temp + rename) if absent; return its path."""
     ns_dir = Path(root) / namespace_name(fields)
-    ns_dir.mkdir(parents=True, exist_ok=True)
+    makedirs_exact(ns_dir, file_mode | ((file_mode & 0o444) >> 2))
     path = ns_dir / CONFIG_FILENAME
     if path.exists():
         return path
@@ -174,13 +216,74 @@ def write_namespace_config(
 
 
 def read_namespace_config(root: str | os.PathLike[str], namespace: str) -> dict[str, Any] | None:
-    """The fingerprint fields of a namespace, or None when config.json is absent or unreadable."""
+    """The fingerprint fields of a namespace, or None when config.json is absent, unreadable or refused.
+
+    Anyone who can write the mount can put anything there, so the file is opened without following a symlink
+    (neither the namespace directory nor the file), without blocking (a FIFO), only read when fstat says it is
+    a regular file of at most MAX_CONFIG_BYTES, and parsed with every error caught (a deeply nested array
+    raises RecursionError).  A refused file is counted (kvfs_namespace_configs_refused_total) and logged once
+    per namespace and reason; the caller goes on without it."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     try:
-        with open(Path(root) / namespace / CONFIG_FILENAME, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
+        dir_fd = os.open(Path(root) / namespace, flags | os.O_DIRECTORY)
+    except FileNotFoundError:
         return None
-    return data if isinstance(data, dict) else None
+    except OSError as exc:
+        reason = "not_regular" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else "unreadable"
+        return _refuse_config(namespace, reason, exc.strerror or str(exc))
+    try:
+        fd = os.open(CONFIG_FILENAME, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        reason = "not_regular" if exc.errno == errno.ELOOP else "unreadable"  # a symlink
+        return _refuse_config(namespace, reason, exc.strerror or str(exc))
+    finally:
+        os.close(dir_fd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return _refuse_config(namespace, "not_regular", "not a regular file")
+        if st.st_size > MAX_CONFIG_BYTES:
+            return _refuse_config(namespace, "too_large", f"{st.st_size} bytes > {MAX_CONFIG_BYTES}")
+        chunks: list[bytes] = []
+        total = 0
+        while total <= MAX_CONFIG_BYTES:  # the size may grow after fstat: never read past the cap
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > MAX_CONFIG_BYTES:
+            return _refuse_config(namespace, "too_large", f"more than {MAX_CONFIG_BYTES} bytes")
+    except OSError as exc:
+        return _refuse_config(namespace, "unreadable", exc.strerror or str(exc))
+    finally:
+        os.close(fd)
+    try:
+        data = json.loads(b"".join(chunks).decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return _refuse_config(namespace, "not_json", type(exc).__name__)
+    if not isinstance(data, dict):
+        return _refuse_config(namespace, "not_json", "not a JSON object")
+    return data
+
+
+_config_warned: set[tuple[str, str]] = set()
+
+
+def _refuse_config(namespace: str, reason: str, detail: str) -> dict[str, Any] | None:
+    metrics.NAMESPACE_CONFIGS_REFUSED.labels(reason=reason).inc()
+    if (namespace, reason) not in _config_warned and len(_config_warned) < 10_000:
+        _config_warned.add((namespace, reason))
+        log.warning(
+            "%r/%s refused (%s: %s): namespace kept without its fields",
+            namespace,
+            CONFIG_FILENAME,
+            reason,
+            detail,
+        )
+    return None
 
 
 def root_id_path(root: str | os.PathLike[str]) -> Path:
@@ -206,8 +309,13 @@ def ensure_root_id(root: str | os.PathLike[str]) -> str | None:
     path = root_id_path(root)
     tmp = path.with_name(temp_name_for(path.name))
     try:
-        path.parent.mkdir(mode=0o770, exist_ok=True)
-        tmp.write_text(secrets.token_hex(16) + "\n", encoding="ascii")
+        makedirs_exact(path.parent)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), ROOT_ID_MODE)
+        try:
+            os.fchmod(fd, ROOT_ID_MODE)  # exactly, whatever the umask (0666 under umask 000)
+            os.write(fd, (secrets.token_hex(16) + "\n").encode("ascii"))
+        finally:
+            os.close(fd)
         try:
             os.link(tmp, path)
         except FileExistsError:

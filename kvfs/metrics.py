@@ -50,12 +50,18 @@ JOURNAL_RECORDS_READ = Counter("kvfs_journal_records_read_total", "Valid journal
 JOURNAL_BAD_RECORDS = Counter(
     "kvfs_journal_bad_records_total",
     "Malformed journal records skipped (corrupt = bad bytes resynced over; torn_tail = a dead writer's tail; "
-    "invalid = checksum-valid record with out-of-range size, time, group or hash).",
+    "invalid = checksum-valid record with out-of-range size, time, group, hash or namespace name).",
     ["reason"],
 )
 JOURNAL_FUTURE_RECORDS = Counter(
     "kvfs_journal_future_records_total",
     "Journal records dated more than the clock-skew allowance ahead of the reader (clamped to its clock).",
+)
+JOURNAL_STORE_SIZES_CORRECTED = Counter(
+    "kvfs_journal_store_sizes_corrected_total",
+    "STORE records whose claimed size the catalog did not take (kvfs/ingest.py): no_file = no such regular "
+    "file (size 0), over_claimed = more than the file's allocated bytes (size cut to them).",
+    ["reason"],
 )
 JOURNAL_PENDING = Gauge("kvfs_journal_pending_records", "Records queued in this process's journal writers.")
 
@@ -130,6 +136,14 @@ POLICY_BOOKKEEPING_ERRORS = Counter(
     "kvfs_policy_bookkeeping_errors_total",
     "Policy bookkeeping (re-store check, prefix's bonus update, ghost upserts) that failed; the pass went on without it.",
     ["op"],
+)
+
+# --- untrusted inputs on the shared mount (kvfs/layout.py) ----------------------------------------------------
+NAMESPACE_CONFIGS_REFUSED = Counter(
+    "kvfs_namespace_configs_refused_total",
+    "Namespace config.json files refused (not_regular, too_large, not_json, unreadable): the namespace is kept "
+    "without its fields.",
+    ["reason"],
 )
 
 # --- known label values --------------------------------------------------------------------------------------

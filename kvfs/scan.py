@@ -27,6 +27,7 @@ import click
 from kvfs import metrics
 from kvfs.catalog import BlockRow, Catalog
 from kvfs.catalog.engine import NETWORK_FILESYSTEMS, filesystem_type
+from kvfs.fsusage import allocated_bytes
 from kvfs.layout import (
     BLOCK_EXTS,
     BUCKET1_RE,
@@ -184,7 +185,9 @@ def _scan_bucket(root: str, rank_dir: str, namespace: str, rank: int | None, buc
                     continue
                 mtime = st.st_mtime
                 atime = st.st_atime
-                found.append((group, stem, fmt, st.st_size, mtime, atime if atime > mtime else mtime))
+                found.append(
+                    (group, stem, fmt, allocated_bytes(st), mtime, atime if atime > mtime else mtime)
+                )
     return out
 
 
@@ -343,7 +346,7 @@ def register_namespaces(root: str, catalog: Catalog, names: set[str]) -> None:
         if fields is not None and "model_name" in fields:
             try:
                 matches = namespace_name(fields) == ns
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, RecursionError):
                 matches = False
             if matches:
                 model = str(fields["model_name"])

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvfs import metrics
 from kvfs.blockfile import MissReason, check_block_file
+from kvfs.fsusage import allocated_bytes
 from kvfs.layout import (
     BlockKey,
     fingerprint_sha256,
@@ -132,7 +133,7 @@ def verify_tree(
         path = root_path / rel
         reason = check_block_file(path, fingerprints.get(key.namespace))
         try:
-            size = os.lstat(path).st_size
+            size = allocated_bytes(os.lstat(path))  # what deleting it frees (a sparse file frees little)
         except OSError:
             size = 0
         return rel, key, reason, size

@@ -8,6 +8,7 @@ catalog is refused inside the kvfs root and on a network filesystem; use Postgre
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import urllib.parse
 from pathlib import Path
@@ -58,8 +59,8 @@ def parse_catalog_url(url: str) -> URL:
         return URL.create("sqlite", database=os.path.abspath(os.path.expanduser(text)))
     try:
         parsed = make_url(text)
-    except ArgumentError as exc:
-        raise CatalogError(f"malformed catalog URL {text!r}: {exc}") from exc
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
+        raise CatalogError(f"malformed catalog URL {redact_url(text)!r}: {exc}") from exc
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if parsed.drivername not in ("sqlite", "sqlite+pysqlite"):
@@ -208,7 +209,22 @@ def create_catalog_engine(
 
 
 def describe_url(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
+    """A catalog URL as shown to people (logs, /status, errors): see `redact_url`."""
+    return redact_url(url.render_as_string(hide_password=True))
+
+
+# Query keys that carry a secret (libpq: password, sslpassword; a passfile names where one lives).
+_SECRET_KEY = r"[^=&\s/?#]*(?:pass|secret|token)[^=&\s/?#]*"
+_QUERY_SECRET_RE = re.compile(rf"([?&]{_SECRET_KEY}=)[^&\s#'\"]*", re.IGNORECASE)
+_USERINFO_RE = re.compile(r"(://[^:/@\s'\"]*):[^@\s'\"]*@")
+
+
+def redact_url(text: str) -> str:
+    """`text` (a URL, or a message that contains URLs) with every password hidden: in `user:pw@` and in
+    query parameters (`?password=`, `sslpassword=`, `passfile=`, any key holding pass/secret/token).  The one
+    redaction used wherever a catalog URL is shown."""
+    text = _USERINFO_RE.sub(r"\1:***@", text)
+    return _QUERY_SECRET_RE.sub(r"\1***", text)
 
 
 def _first_line(exc: BaseException | None) -> str:

@@ -103,7 +103,9 @@ class KvfsGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
             raise
         except _user_error_types() as exc:
-            raise click.ClickException(one_line(str(exc)) or type(exc).__name__) from exc
+            from kvfs.catalog.engine import redact_url
+
+            raise click.ClickException(one_line(redact_url(str(exc))) or type(exc).__name__) from exc
 
     def main(  # type: ignore[override]
         self,

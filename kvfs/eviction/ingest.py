@@ -6,6 +6,11 @@ records are read again on the next attempt: nothing is lost and nothing is appli
 out-of-range fields never get here: `kvfs.journal.decode_records` skips and counts them and their offsets
 advance, so one bad record cannot stall ingest.  Fully consumed closed (or abandoned) segments are removed,
 when asked, only after the transaction that consumed them committed.
+
+A STORE record's size is the writer's claim; sizes drive deletion, so the catalog takes what the file really
+holds instead: each stored file is lstat'ed (root-confined, no symlink followed) and its size becomes
+min(claim, allocated bytes), 0 when there is no such regular file.  A writer's records can therefore never
+make another namespace's blocks look over the cap.
 """
 
 from __future__ import annotations
@@ -14,9 +19,12 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from kvfs import metrics
+from kvfs.fsusage import allocated_bytes
 from kvfs.gcpause import cyclic_gc_paused
-from kvfs.journal import JournalReader
+from kvfs.journal import JournalReader, JournalRecord, RecordKind
 from kvfs.layout import journal_dir
+from kvfs.safety import RootGuard
 from kvfs.scan import register_namespaces
 
 if TYPE_CHECKING:
@@ -51,6 +59,7 @@ def ingest_journals(
     if not journal_dir(root).is_dir():
         return out
     reader = JournalReader(root) if reader is None else reader
+    guard = RootGuard(root)
     known: set[str] | None = None
     with cyclic_gc_paused():
         offsets = dict(catalog.journal_offsets())
@@ -67,6 +76,8 @@ def ingest_journals(
                 if new:
                     register_namespaces(os.fspath(root), catalog, new)
                     known |= new
+            if batch.records:
+                batch.records = checked_store_sizes(guard, batch.records)
             if batch.records or changed:
                 catalog.apply_journal(batch.records, batch.offsets)
             offsets.update(batch.offsets)
@@ -84,4 +95,30 @@ def ingest_journals(
             if not batch.records and not changed:
                 break
     out.offsets = offsets
+    return out
+
+
+def checked_store_sizes(guard: RootGuard, records: list[JournalRecord]) -> list[JournalRecord]:
+    """`records` with each STORE's size replaced by min(claim, the file's allocated bytes); 0 for a file that
+    is missing or not a regular file (counted in kvfs_journal_store_sizes_corrected_total)."""
+    stores = [i for i, r in enumerate(records) if r.kind is RecordKind.STORE]
+    if not stores:
+        return records
+    stats = guard.lstat_many(records[i].key.relpath() for i in stores)
+    out = list(records)
+    missing = reduced = 0
+    for i, st in zip(stores, stats, strict=True):
+        rec = out[i]
+        if st is None:
+            size = 0
+            missing += 1
+        else:
+            size = min(rec.size, allocated_bytes(st))
+            reduced += size < rec.size
+        if size != rec.size:
+            out[i] = JournalRecord(rec.kind, rec.key, rec.time, size, rec.chain_pos, rec.parent)
+    if missing:
+        metrics.JOURNAL_STORE_SIZES_CORRECTED.labels(reason="no_file").inc(missing)
+    if reduced:
+        metrics.JOURNAL_STORE_SIZES_CORRECTED.labels(reason="over_claimed").inc(reduced)
     return out

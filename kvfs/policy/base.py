@@ -1,7 +1,7 @@
 """What an eviction policy is: an ordering of catalog blocks, read through the catalog's streams.
 
 A policy only decides *order*.  Which limits apply (capacity, TTL, quotas, retired namespaces) and how many
-blocks to take is the planner's job (`kvfs.gc.plan_pass`); deleting them is the executor's.
+blocks to take is the planner's job (`kvfs.eviction.plan_pass`); deleting them is the executor's.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from evictor.passes import Capacity, capacity_target, measure_capacity
@@ -27,8 +28,9 @@ def test_max_bytes_mode_uses_catalog_bytes(tmp_path: Path, sqlite_url: str) -> N
 
 
 def test_statvfs_mode_measures_the_filesystem(tmp_path: Path, sqlite_url: str) -> None:
-    settings = load_settings(
-        {"root": str(tmp_path), "high_watermark": "0.001", "low_watermark": "0.0005"}, environ={}
+    # Watermarks below 1 % are refused as settings (0.85 is a typo for 85); the arithmetic takes any value.
+    settings = replace(
+        load_settings({"root": str(tmp_path)}, environ={}), high_watermark=0.001, low_watermark=0.0005
     )
     st = os.statvfs(tmp_path)
     with Catalog.open(sqlite_url) as cat:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from kvfs.blockfile import BlockIdentity, StoreOutcome, store_block
 from kvfs.layout import BlockKey, fingerprint_sha256, kvfs_fields, namespace_name, write_namespace_config
@@ -62,12 +68,72 @@ def chown_tree(path: Path, uid: int = NOBODY) -> None:
     os.lchown(path, uid, uid)
 
 
+# What the unprivileged child imports: kvfs's CLI (every command) and the evictor's.
+_CHILD_IMPORTS = "import kvfs.cli.app, kvfs.cli.gc, kvfs.cli.verify, kvfs.cli.scan, kvfs.cli.du, evictor.cli"
+
+
+def _child_runs(python: str, pythonpath: str) -> bool:
+    argv = as_unprivileged([python, "-c", _CHILD_IMPORTS])
+    environ = {**env(), "PYTHONPATH": pythonpath}
+    try:
+        proc = subprocess.run(argv, capture_output=True, env=environ, cwd="/", timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
+
+
+@functools.cache
+def unprivileged_python() -> tuple[str, str]:
+    """(interpreter, PYTHONPATH) with which the unprivileged user runs kvfs.
+
+    The checkout (and the virtual environment in it) may sit under a directory only root can enter (cloned as
+    root into a 0700 directory): the child then gets a world-readable copy of kvfs, evictor and the third-party
+    modules they import, and the first interpreter it can execute (the venv's, or the one it was made from).
+    Skips, saying why, when it can execute none."""
+    if os.geteuid() != 0 or _child_runs(sys.executable, str(REPO)):
+        return sys.executable, str(REPO)
+    listing = subprocess.run(
+        [sys.executable, "-c", f"{_CHILD_IMPORTS}; import sys, json; print(json.dumps("
+         "{n: getattr(m, '__file__', None) or '' for n, m in sys.modules.items() if '.' not in n}))"],
+        capture_output=True, text=True, check=True, timeout=120,
+        env={**env(), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},  # this process's view
+    )  # fmt: skip
+    site_dirs = {p for p in sys.path if p.endswith("-packages")}
+    copy = Path(tempfile.mkdtemp(prefix="kvfs-unprivileged-"))
+    atexit.register(shutil.rmtree, copy, True)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for package in ("kvfs", "evictor"):
+        shutil.copytree(REPO / package, copy / "src" / package, ignore=skip)
+    for name, file in json.loads(listing.stdout).items():
+        where = Path(file)
+        if name.startswith("_") or not any(str(where).startswith(d + os.sep) for d in site_dirs):
+            continue  # the standard library (reachable with its interpreter), editable-install hooks
+        source = where.parent if where.name == "__init__.py" else where
+        target = copy / "site" / source.name
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=skip, dirs_exist_ok=True)
+        else:
+            (copy / "site").mkdir(exist_ok=True)
+            shutil.copy2(source, target)
+    for dirpath, _dirnames, filenames in os.walk(copy):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o644)
+    pythonpath = f"{copy / 'src'}:{copy / 'site'}"
+    for python in (sys.executable, os.path.realpath(sys.executable)):
+        if _child_runs(python, pythonpath):
+            return python, pythonpath
+    pytest.skip(f"the unprivileged user (uid {NOBODY}) can execute no Python interpreter: {sys.executable}")
+
+
 def kvfs_cli(*args: str, unprivileged: bool = False, timeout: float = 120) -> tuple[int, Any, str]:
     """Run `python -m kvfs.cli ARGS` in a real process; (rc, parsed JSON stdout or None, stderr)."""
-    argv = [sys.executable, "-m", "kvfs.cli", *args]
+    python, pythonpath = unprivileged_python() if unprivileged else (sys.executable, str(REPO))
+    argv = [python, "-m", "kvfs.cli", *args]
     if unprivileged:
         argv = as_unprivileged(argv)
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env(), cwd="/", timeout=timeout)
+    environ = {**env(), "PYTHONPATH": pythonpath}
+    proc = subprocess.run(argv, capture_output=True, text=True, env=environ, cwd="/", timeout=timeout)
     try:
         out = json.loads(proc.stdout)
     except ValueError:

@@ -31,7 +31,16 @@ from kvfs.layout import BlockKey, journal_dir
 HEX = "0123456789abcdef"
 keys = st.builds(
     BlockKey,
-    namespace=st.text(min_size=1, max_size=60).map(lambda s: s[:60]),
+    # Names a namespace directory can have (kvfs.layout.is_namespace_name): `<model>_<digest12>`.
+    namespace=st.builds(
+        lambda model, digest: f"{model}_{digest}",
+        st.text(
+            alphabet=st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)),
+            min_size=1,
+            max_size=40,
+        ),
+        st.text(alphabet=HEX, min_size=12, max_size=12),
+    ),
     rank=st.none() | st.integers(min_value=0, max_value=2**31 - 1),
     group=st.integers(min_value=0, max_value=2**31 - 1),
     block_hash=st.text(alphabet=HEX, min_size=16, max_size=128),
