@@ -395,8 +395,6 @@ class Catalog:
                         fingerprint=fingerprint,
                         fmt=fmt,
                         created=_time.time(),
-                        quota_bytes=None,
-                        retired=False,
                     )
                     .on_conflict_do_nothing(index_elements=["name"])
                 )
@@ -449,7 +447,7 @@ class Catalog:
         with self._read("namespaces") as conn:
             rows = conn.execute(
                 select(
-                    t.id, t.name, t.model, t.fingerprint, t.created, t.quota_bytes, t.retired, t.fmt
+                    t.id, t.name, t.model, t.fingerprint, t.created, t.fmt
                 ).order_by(t.name)
             ).all()
         infos = [
@@ -459,8 +457,6 @@ class Catalog:
                 model=r.model,
                 fingerprint=r.fingerprint,
                 created=r.created,
-                quota_bytes=r.quota_bytes,
-                retired=bool(r.retired),
                 fmt=r.fmt,
             )
             for r in rows
@@ -468,20 +464,6 @@ class Catalog:
         for info in infos:
             self._remember_namespace(info.name, info.id)
         return infos
-
-    def _update_namespace(self, name: str, **values: Any) -> None:
-        with self._write("update_namespace") as conn:
-            result = conn.execute(Namespace.__table__.update().where(Namespace.name == name).values(**values))
-        if result.rowcount == 0:
-            raise CatalogError(f"unknown namespace {name!r}")
-
-    def set_quota(self, name: str, quota_bytes: int | None) -> None:
-        if quota_bytes is not None and quota_bytes < 0:
-            raise CatalogError(f"quota must not be negative: {quota_bytes}")
-        self._update_namespace(name, quota_bytes=quota_bytes)
-
-    def set_retired(self, name: str, retired: bool) -> None:
-        self._update_namespace(name, retired=retired)
 
     # --- blocks: bulk writes -----------------------------------------------------------------------------
 

@@ -46,8 +46,6 @@ class Namespace(Base):
     fingerprint: Mapped[str | None] = mapped_column(String(64))  # sha256 hex of the fingerprint fields
     fmt: Mapped[str | None] = mapped_column(String(8))  # "kvfs" | "bin" | None (unknown yet)
     created: Mapped[float] = mapped_column(Float)
-    quota_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    retired: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class BlockState:

@@ -42,8 +42,6 @@ class NamespaceInfo:
     model: str | None
     fingerprint: str | None
     created: float
-    quota_bytes: int | None
-    retired: bool
     fmt: str | None = None
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, inspect, text
 from kvfs.catalog.errors import CatalogError
 from kvfs.catalog.models import Base
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _VERSION_KEY = "schema_version"
 # Arbitrary constant key for pg_advisory_xact_lock: serialises schema creation between processes.
 _PG_SCHEMA_LOCK = 0x6B766673
@@ -101,12 +101,20 @@ def _v5_policy_ghosts(conn: Connection) -> None:
             conn.execute(text(f"DROP TABLE {state}"))
 
 
+def _v6_no_namespace_limits(conn: Connection) -> None:
+    """v6: `namespaces.quota_bytes` and `namespaces.retired` go: quotas and retired namespaces are settings, read
+    by the evictor and `kvfs gc` alike (kvfs.eviction.limits); nothing ever set these columns."""
+    conn.execute(text("ALTER TABLE namespaces DROP COLUMN quota_bytes"))
+    conn.execute(text("ALTER TABLE namespaces DROP COLUMN retired"))
+
+
 # UPGRADES[v] upgrades a database at version v-1 to version v.
 UPGRADES: dict[int, Callable[[Connection], None]] = {
     2: _v2_scan_generation_and_leases,
     3: _v3_prefix_chains,
     4: _v4_superseded_leaves,
     5: _v5_policy_ghosts,
+    6: _v6_no_namespace_limits,
 }
 
 

@@ -95,13 +95,16 @@ def test_upgrade_from_version_1_keeps_data(catalog_url: str) -> None:
     engine.dispose()
 
     with Catalog.open(catalog_url) as catalog:
-        assert catalog.schema_version() == SCHEMA_VERSION == 5
+        assert catalog.schema_version() == SCHEMA_VERSION == 6
         rows = list(catalog.iter_blocks())
         assert [(r.key, r.size, r.last_access, r.hits, r.chain_pos) for r in rows] == [
             (key(1), 100, 7.0, 3, 2)
         ]
         assert catalog.journal_offsets() == {"w1.00000001.jnl": 4096}
         assert testing.tables(catalog) >= {"leases", "policy_ghosts", "policy_states"}
+        # v6: the namespace quota and retired columns are gone (quotas and retirement are settings).
+        assert not {"quota_bytes", "retired"} & testing.columns(catalog, "namespaces")
+        assert [ns.model for ns in catalog.namespaces()] == ["org/model"]
         # v3: the prefix-chain columns and the policy's partial indexes.
         indexes = testing.indexes(catalog, "blocks")
         assert indexes >= {
@@ -199,18 +202,9 @@ def test_namespaces(cat: Catalog) -> None:
     assert cat.ensure_namespace(NS, model="org/model", fingerprint="ab" * 32, fmt="kvfs") == ns_id
     other = cat.ensure_namespace(NS2)
     assert other != ns_id
-    cat.set_quota(NS, 1 << 30)
-    cat.set_retired(NS2, True)
     infos = {i.name: i for i in cat.namespaces()}
     assert infos[NS].model == "org/model" and infos[NS].fingerprint == "ab" * 32 and infos[NS].fmt == "kvfs"
-    assert infos[NS].quota_bytes == 1 << 30 and not infos[NS].retired
-    assert infos[NS2].model == "other_model" and infos[NS2].retired and infos[NS2].quota_bytes is None
-    cat.set_quota(NS, None)
-    assert {i.name: i for i in cat.namespaces()}[NS].quota_bytes is None
-    with pytest.raises(CatalogError, match="unknown namespace"):
-        cat.set_retired("nope_000000000000", True)
-    with pytest.raises(CatalogError, match="negative"):
-        cat.set_quota(NS, -1)
+    assert infos[NS2].model == "other_model"
 
 
 def test_namespace_cache_is_shared_across_catalog_objects(catalog_url: str) -> None:
