@@ -167,8 +167,8 @@ class BlockHeader:
     key: bytes
 
 
-_STORE_COUNT = {o: metrics.BLOCK_STORES.labels(outcome=o.value) for o in StoreOutcome}
-_MISS_COUNT = {r: metrics.BLOCK_LOAD_MISSES.labels(reason=r.value) for r in MissReason}
+# Loads and stores are counted by their caller (the connector: kvfs_connector_loads_total, _load_misses_total,
+# _stores_total), once per event; this library only returns outcomes.
 
 
 # --- header ---------------------------------------------------------------------------------------------------
@@ -431,10 +431,8 @@ def store_block(
     view = _byte_view(payload)
     nbytes = len(view)
     if nbytes > MAX_PAYLOAD_LEN:  # no reader would accept it
-        _STORE_COUNT[StoreOutcome.FAILED].inc()
         return StoreResult(StoreOutcome.FAILED, 0, f"payload of {nbytes} bytes > MAX_PAYLOAD_LEN")
     if os.path.exists(path):
-        _STORE_COUNT[StoreOutcome.EXISTS].inc()
         return StoreResult(StoreOutcome.EXISTS, 0)
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, temp_name_for(name))
@@ -449,13 +447,11 @@ def store_block(
         fd = -1
         if os.path.exists(path):
             _remove_quietly(tmp)
-            _STORE_COUNT[StoreOutcome.EXISTS].inc()
             return StoreResult(StoreOutcome.EXISTS, 0)
         try:
             os.rename(tmp, path)
         except FileExistsError:  # filesystems that refuse to replace: another writer won the race
             _remove_quietly(tmp)
-            _STORE_COUNT[StoreOutcome.EXISTS].inc()
             return StoreResult(StoreOutcome.EXISTS, 0)
         if durability is Durability.DATA_DIR:
             _fsync_dir(directory)
@@ -463,7 +459,6 @@ def store_block(
         if fd >= 0:
             os.close(fd)
         _remove_quietly(tmp)
-        _STORE_COUNT[StoreOutcome.FAILED].inc()
         log.debug("store of %s failed: %s", path, exc)
         return StoreResult(StoreOutcome.FAILED, 0, f"{type(exc).__name__}: {exc}")
     except BaseException:
@@ -471,8 +466,6 @@ def store_block(
             os.close(fd)
         _remove_quietly(tmp)
         raise
-    _STORE_COUNT[StoreOutcome.STORED].inc()
-    metrics.BLOCK_STORE_BYTES.inc(nbytes)
     return StoreResult(StoreOutcome.STORED, nbytes)
 
 
@@ -630,7 +623,6 @@ def _remove_quietly(path: str) -> None:
 
 
 def _miss(reason: MissReason) -> LoadResult:
-    _MISS_COUNT[reason].inc()
     return LoadResult(False, reason, 0, None)
 
 
@@ -728,8 +720,6 @@ def _load_open(
             return LoadResult(True, None, n, None, verified=False, header=header)
         if digest != header.payload_checksum:
             return _miss(MissReason.CHECKSUM_MISMATCH)
-        metrics.BLOCK_LOAD_HITS.inc()
-        metrics.BLOCK_LOAD_BYTES.inc(n)
         return LoadResult(True, None, n, None, header=header)
     if out_view is not None:
         target = out_view
@@ -760,8 +750,6 @@ def _load_open(
         return _miss(MissReason.CHECKSUM_MISMATCH)
     if payload is None and out_view is None:
         payload = bytes(target[:n])
-    metrics.BLOCK_LOAD_HITS.inc()
-    metrics.BLOCK_LOAD_BYTES.inc(n)
     return LoadResult(True, None, n, payload, header=header)
 
 
@@ -793,8 +781,6 @@ def settle_load(result: LoadResult, checksum: int) -> LoadResult:
         raise ValueError("settle_load: not an unverified load")
     if checksum != result.header.payload_checksum:
         return _miss(MissReason.CHECKSUM_MISMATCH)
-    metrics.BLOCK_LOAD_HITS.inc()
-    metrics.BLOCK_LOAD_BYTES.inc(result.nbytes)
     return LoadResult(True, None, result.nbytes, None, header=result.header)
 
 

@@ -9,15 +9,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 # --- block files (kvfs/blockfile.py) -------------------------------------------------------------------------
-BLOCK_STORES = Counter("kvfs_block_stores_total", "Block store attempts by outcome.", ["outcome"])
-BLOCK_STORE_BYTES = Counter("kvfs_block_store_bytes_total", "Payload bytes written by successful stores.")
-BLOCK_LOAD_HITS = Counter(
-    "kvfs_block_load_hits_total", "Block loads that validated and returned the payload."
-)
-BLOCK_LOAD_BYTES = Counter("kvfs_block_load_bytes_total", "Payload bytes returned by successful loads.")
-BLOCK_LOAD_MISSES = Counter(
-    "kvfs_block_load_misses_total", "Block loads that returned a miss, by reason.", ["reason"]
-)
+# Loads and stores are counted once, by the connector that serves them to vLLM (connector/metrics.py).
 O_DIRECT_FALLBACKS = Counter(
     "kvfs_o_direct_fallbacks_total",
     "Times O_DIRECT was wanted but buffered I/O was used (probe failed, unaligned buffer, EINVAL).",
@@ -162,7 +154,6 @@ MISS_REASONS = (
     "io_error",
     "not_regular",
 )  # kvfs.blockfile.MissReason
-STORE_OUTCOMES = ("stored", "exists", "failed")  # kvfs.blockfile.StoreOutcome
 EVICT_REASONS = ("capacity", "ttl", "quota", "retired", "orphan", "corrupt")  # kvfs.eviction.EvictReason
 UNSAFE_PATH_REASONS = (
     "absolute",
@@ -186,8 +177,6 @@ def known_labels(metric: Counter, values: tuple[str, ...]) -> None:
 
 
 for _metric, _values in (
-    (BLOCK_STORES, STORE_OUTCOMES),
-    (BLOCK_LOAD_MISSES, MISS_REASONS),
     (O_DIRECT_FALLBACKS, O_DIRECT_FALLBACK_REASONS),
     (JOURNAL_RECORDS_DROPPED, JOURNAL_DROP_REASONS),
     (JOURNAL_BAD_RECORDS, JOURNAL_BAD_REASONS),

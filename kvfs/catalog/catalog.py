@@ -446,9 +446,7 @@ class Catalog:
         t = Namespace.__table__.c
         with self._read("namespaces") as conn:
             rows = conn.execute(
-                select(
-                    t.id, t.name, t.model, t.fingerprint, t.created, t.fmt
-                ).order_by(t.name)
+                select(t.id, t.name, t.model, t.fingerprint, t.created, t.fmt).order_by(t.name)
             ).all()
         infos = [
             NamespaceInfo(

@@ -71,7 +71,7 @@ def test_the_issues_conditions_are_covered() -> None:
         "kvfs_evictor_journal_backlog_bytes",  # journal backlog
         "kvfs_evictor_journal_lag_seconds",  # ingest lag
         "kvfs_evictor_scan_last_timestamp_seconds",  # scan stale
-        "kvfs_block_load_misses_total",  # load-miss ratio
+        "kvfs_connector_loads_total",  # load-miss ratio
         "kvfs_connector_stores_dropped_total",  # store drops
         "kvfs_evictor_errors_total",  # eviction errors
         "kube_cronjob_status_last_successful_time",  # gc CronJob not succeeding
