@@ -111,7 +111,8 @@ class Store:
         else:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root.mkdir()
-            build_tree(self.root, self.files, self.file_bytes, allocate=False)
+            # Allocated, not sparse: kvfs counts the bytes a file holds on disk (a sparse file counts nothing).
+            build_tree(self.root, self.files, self.file_bytes, allocate=True)
             self.capacity = int(len(self.files) * self.file_bytes / 0.90)
 
     def usage(self) -> tuple[int, int]:
