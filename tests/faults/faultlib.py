@@ -139,3 +139,29 @@ def kvfs_cli(*args: str, unprivileged: bool = False, timeout: float = 120) -> tu
     except ValueError:
         out = None
     return proc.returncode, out, proc.stderr
+
+
+def write_segment(root: Path, writer: str, data: bytes) -> Path:
+    """A journal segment of `writer` holding `data` (records as `segment_bytes` frames them, or any bytes)."""
+    from kvfs.journal import segment_name
+    from kvfs.layout import journal_dir
+
+    directory = journal_dir(root)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / segment_name(writer, 0)
+    path.write_bytes(data)
+    return path
+
+
+def segment_bytes(*records: Any) -> bytes:
+    """`records` encoded as a writer does, then the end-of-segment record."""
+    from kvfs.journal import END_RECORD, encode_record
+
+    return b"".join(encode_record(r) for r in records) + END_RECORD
+
+
+def sample(name: str, **labels: str) -> float:
+    """A metric's current value in this process (0 when it has no such series yet)."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0

@@ -13,30 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from faultlib import Store, env
-from prometheus_client import REGISTRY
+from faultlib import Store, env, sample, segment_bytes, write_segment
 
 from kvfs.catalog import Catalog
-from kvfs.journal import END_RECORD, JournalRecord, RecordKind, encode_record, segment_name
-from kvfs.layout import CONFIG_FILENAME, BlockKey, journal_dir, read_namespace_config
+from kvfs.journal import JournalRecord, RecordKind
+from kvfs.layout import CONFIG_FILENAME, BlockKey, read_namespace_config
 
 EVIL = "evil_0123456789ab"
-
-
-def _segment(root: Path, writer: str, data: bytes) -> Path:
-    directory = journal_dir(root)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / segment_name(writer, 0)
-    path.write_bytes(data)
-    return path
-
-
-def _records(*records: JournalRecord) -> bytes:
-    return b"".join(encode_record(r) for r in records) + END_RECORD
-
-
-def _sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def _hostile_config(root: Path, kind: str) -> None:
@@ -73,10 +56,10 @@ def test_hostile_config_json_is_refused_and_scan_and_ingest_go_on(tmp_path: Path
     store.block(1)
     _hostile_config(store.root, kind)
     now = time.time()
-    _segment(
+    write_segment(
         store.root,
         "w",
-        _records(
+        segment_bytes(
             JournalRecord(RecordKind.STORE, BlockKey(EVIL, None, 0, "ab" * 16, "kvfs"), now, 10),
             JournalRecord(RecordKind.STORE, store.key(1), now, 10),
         ),
@@ -101,6 +84,6 @@ REASONS = {"deep": "too_large", "deep_small": "not_json", "devzero": "not_regula
 def test_read_namespace_config_counts_each_refusal(tmp_path: Path, kind: str) -> None:
     _hostile_config(tmp_path, kind)
     reason = REASONS[kind]
-    before = _sample("kvfs_namespace_configs_refused_total", reason=reason)
+    before = sample("kvfs_namespace_configs_refused_total", reason=reason)
     assert read_namespace_config(tmp_path, EVIL) is None
-    assert _sample("kvfs_namespace_configs_refused_total", reason=reason) == before + 1
+    assert sample("kvfs_namespace_configs_refused_total", reason=reason) == before + 1

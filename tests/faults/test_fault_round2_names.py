@@ -7,30 +7,13 @@ import time
 import zlib
 from pathlib import Path
 
-from faultlib import Store
-from prometheus_client import REGISTRY
+from faultlib import Store, sample, write_segment
 
 from kvfs import journal as jmod
 from kvfs.catalog import Catalog
 from kvfs.eviction.ingest import ingest_journals
-from kvfs.journal import END_RECORD, JournalRecord, RecordKind, decode_records, encode_record, segment_name
-from kvfs.layout import BlockKey, journal_dir
-
-
-def _segment(root: Path, writer: str, data: bytes) -> Path:
-    directory = journal_dir(root)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / segment_name(writer, 0)
-    path.write_bytes(data)
-    return path
-
-
-def _records(*records: JournalRecord) -> bytes:
-    return b"".join(encode_record(r) for r in records) + END_RECORD
-
-
-def _sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+from kvfs.journal import END_RECORD, JournalRecord, RecordKind, decode_records, encode_record
+from kvfs.layout import BlockKey
 
 
 def _raw_record(ns: bytes, block_hash: bytes, size: int, when: float) -> bytes:
@@ -71,10 +54,10 @@ def test_nul_namespace_record_is_skipped_and_the_rest_ingested(tmp_path: Path, c
         + encode_record(JournalRecord(RecordKind.STORE, store.key(2), now, 10))
         + END_RECORD
     )
-    _segment(store.root, "w", data)
-    before = _sample("kvfs_journal_bad_records_total", reason="invalid")
+    write_segment(store.root, "w", data)
+    before = sample("kvfs_journal_bad_records_total", reason="invalid")
     with Catalog.open(catalog_url) as catalog:
         done = ingest_journals(store.root, catalog, remove_finished=True)
         assert done.records == 2 and done.segments_removed == 1
         assert {r.key for r in catalog.iter_blocks()} == {store.key(1), store.key(2)}
-    assert _sample("kvfs_journal_bad_records_total", reason="invalid") == before + 1
+    assert sample("kvfs_journal_bad_records_total", reason="invalid") == before + 1

@@ -6,30 +6,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from faultlib import Store
-from prometheus_client import REGISTRY
+from faultlib import Store, sample, segment_bytes, write_segment
 
 from kvfs import journal as jmod
 from kvfs.catalog import Catalog
 from kvfs.eviction.ingest import ingest_journals
-from kvfs.journal import END_RECORD, JournalRecord, RecordKind, encode_record, segment_name
-from kvfs.layout import journal_dir
-
-
-def _segment(root: Path, writer: str, data: bytes) -> Path:
-    directory = journal_dir(root)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / segment_name(writer, 0)
-    path.write_bytes(data)
-    return path
-
-
-def _records(*records: JournalRecord) -> bytes:
-    return b"".join(encode_record(r) for r in records) + END_RECORD
-
-
-def _sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+from kvfs.journal import END_RECORD, JournalRecord, RecordKind, encode_record
 
 
 def test_record_after_64_mib_of_garbage_is_ingested_and_segment_removed(tmp_path: Path) -> None:
@@ -37,14 +19,14 @@ def test_record_after_64_mib_of_garbage_is_ingested_and_segment_removed(tmp_path
     store.block(1)
     garbage = bytes(jmod._MAX_READ_PER_SEGMENT + (1 << 20))  # zeros: not one sync marker
     record = JournalRecord(RecordKind.STORE, store.key(1), time.time(), 10)
-    path = _segment(store.root, "w", garbage + _records(record))
-    before = _sample("kvfs_journal_bad_records_total", reason="corrupt")
+    path = write_segment(store.root, "w", garbage + segment_bytes(record))
+    before = sample("kvfs_journal_bad_records_total", reason="corrupt")
     with Catalog.open(f"sqlite:///{tmp_path / 'catalog.db'}") as catalog:
         done = ingest_journals(store.root, catalog, remove_finished=True)
         assert done.records == 1 and done.segments_removed == 1
         assert [r.key for r in catalog.iter_blocks()] == [store.key(1)]
     assert not path.exists()
-    assert _sample("kvfs_journal_bad_records_total", reason="corrupt") > before
+    assert sample("kvfs_journal_bad_records_total", reason="corrupt") > before
 
 
 def test_garbage_between_chunks_keeps_a_record_that_straddles_the_chunk_end(tmp_path: Path) -> None:
@@ -53,7 +35,7 @@ def test_garbage_between_chunks_keeps_a_record_that_straddles_the_chunk_end(tmp_
     store.block(1)
     record = encode_record(JournalRecord(RecordKind.STORE, store.key(1), time.time(), 10))
     garbage = bytes(jmod._MAX_READ_PER_SEGMENT - len(record) // 2)
-    _segment(store.root, "w", garbage + record + END_RECORD)
+    write_segment(store.root, "w", garbage + record + END_RECORD)
     with Catalog.open(f"sqlite:///{tmp_path / 'catalog.db'}") as catalog:
         done = ingest_journals(store.root, catalog, remove_finished=True)
         assert done.records == 1 and done.segments_removed == 1

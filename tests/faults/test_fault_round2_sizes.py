@@ -10,31 +10,13 @@ import time
 from pathlib import Path
 
 from click.testing import CliRunner
-from faultlib import Store
-from prometheus_client import REGISTRY
+from faultlib import Store, sample, segment_bytes, write_segment
 
 from kvfs.catalog import Catalog
 from kvfs.cli import main
-from kvfs.journal import END_RECORD, JournalRecord, RecordKind, encode_record, segment_name
-from kvfs.layout import journal_dir
+from kvfs.journal import JournalRecord, RecordKind
 
 TIB = 1 << 40
-
-
-def _segment(root: Path, writer: str, data: bytes) -> Path:
-    directory = journal_dir(root)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / segment_name(writer, 0)
-    path.write_bytes(data)
-    return path
-
-
-def _records(*records: JournalRecord) -> bytes:
-    return b"".join(encode_record(r) for r in records) + END_RECORD
-
-
-def _sample(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def _victim_and_writer(tmp_path: Path) -> tuple[Store, Store, list[Path], list[str]]:
@@ -60,19 +42,23 @@ def _gc(base: list[str], max_bytes: int) -> dict[str, object]:
 def test_store_record_claiming_a_tib_for_a_missing_file_deletes_nothing(tmp_path: Path) -> None:
     victim, writer, files, base = _victim_and_writer(tmp_path)
     cap = 2 * sum(p.stat().st_size for p in files)  # real usage is half the cap
-    before = _sample("kvfs_journal_store_sizes_corrected_total", reason="no_file")
-    _segment(victim.root, "w", _records(JournalRecord(RecordKind.STORE, writer.key(1), time.time(), TIB)))
+    before = sample("kvfs_journal_store_sizes_corrected_total", reason="no_file")
+    write_segment(
+        victim.root, "w", segment_bytes(JournalRecord(RecordKind.STORE, writer.key(1), time.time(), TIB))
+    )
     out = _gc(base, cap)
     assert out["deleted_files"] == 0
     assert all(p.exists() for p in files)
-    assert _sample("kvfs_journal_store_sizes_corrected_total", reason="no_file") >= before + 1
+    assert sample("kvfs_journal_store_sizes_corrected_total", reason="no_file") >= before + 1
 
 
 def test_store_record_over_claiming_a_small_file_counts_only_its_bytes(tmp_path: Path) -> None:
     victim, writer, files, base = _victim_and_writer(tmp_path)
     cap = 2 * sum(p.stat().st_size for p in files)
     own = writer.block(1, size=1000)
-    _segment(victim.root, "w", _records(JournalRecord(RecordKind.STORE, writer.key(1), time.time(), TIB)))
+    write_segment(
+        victim.root, "w", segment_bytes(JournalRecord(RecordKind.STORE, writer.key(1), time.time(), TIB))
+    )
     out = _gc(base, cap)  # gc ingests the journal first
     assert out["deleted_files"] == 0
     assert all(p.exists() for p in files) and own.exists()
