@@ -142,6 +142,15 @@ def gc(
         scan_result = run_scan(state, quiet=as_json)
         scanned = scan_json(scan_result)
         temp_files = list(scan_result.temp_files)
+    # A name typed on the command line must exist (a typo is an error, as for --namespace); names from the
+    # settings are skipped and reported instead, as the evictor does, so one stale entry stops no pass.
+    known = {ns.name for ns in catalog.namespaces()}
+    typos = [name for name in retire if name not in known]
+    if typos:
+        raise click.BadParameter(
+            f"unknown namespace {typos[0]!r} (not in the catalog: run `kvfs scan` first?)",
+            param_hint="'--retire'",
+        )
     limits = dataclasses.replace(
         limits_from_settings(settings, max_bytes=max_bytes),
         ttl=ttl,

@@ -457,3 +457,16 @@ def test_verify_refuses_an_unknown_namespace_like_gc_and_ls(site: Site) -> None:
     assert ok.exit_code == 0, ok.output
     typo = site.invoke("verify", "--namespace", ns + "x")
     assert typo.exit_code == 2 and "unknown namespace" in typo.output and ns in typo.output
+
+
+def test_gc_retire_typo_on_the_command_line_is_an_error_but_a_settings_one_is_skipped(
+    site: Site, tmp_path
+) -> None:
+    site.namespace("org/alpha")
+    result = site.invoke("gc", "--retire", "org_typo_0123456789ab", "--dry-run")
+    assert result.exit_code == 2 and "unknown namespace 'org_typo_0123456789ab'" in result.output
+    config = tmp_path / "evictor.yaml"
+    config.write_text("retire: [org_typo_0123456789ab]\n")
+    result = site.invoke("gc", "--config", str(config), "--dry-run", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["plan"]["unknown_namespaces"] == ["org_typo_0123456789ab"]
