@@ -41,7 +41,4 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # APScheduler logs every job run at INFO, and a pass that outlasts its interval ("skipped: maximum number
-    # of running instances") at WARNING: both expected.
-    logging.getLogger("apscheduler").setLevel(max(logging.ERROR, root.level))
     logging.getLogger("watchdog").setLevel(max(logging.WARNING, root.level))

@@ -1,8 +1,8 @@
 """The `kvfs-evictor` service: wires settings, catalog, leader election, feeds, enforcement and HTTP together.
 
 Threads: the HTTP server; a leadership loop (PostgreSQL followers retry the lock); a journal-ingest loop woken by
-the journal watcher or the fallback timer; APScheduler jobs for enforcement and reconciliation scans; the
-watchdog observers.  Only the leader ingests, watches, scans and enforces: followers write nothing (so journal
+the journal watcher or the fallback timer; ticker jobs on the monotonic clock (`evictor/ticker.py`) for
+enforcement and reconciliation scans; the watchdog observers.  Only the leader ingests, watches, scans and enforces: followers write nothing (so journal
 records are never applied twice) and stay ready to take over.  Catalog failures put the service in a
 not-ready state and every catalog user backs off (0.5 s doubling to 30 s) until a probe succeeds.
 """

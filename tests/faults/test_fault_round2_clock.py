@@ -35,12 +35,7 @@ def _stepped_clock(monkeypatch: pytest.MonkeyPatch) -> type[_Clock]:
             return dt.datetime.fromtimestamp(fake_time(), tz)  # type: ignore[return-value]
 
     monkeypatch.setattr(time, "time", fake_time)
-    try:  # a wall-time scheduler reads the clock through datetime.now
-        import apscheduler.schedulers.base as aps_base
-
-        monkeypatch.setattr(aps_base, "datetime", SteppedDatetime)
-    except ImportError:
-        pass
+    monkeypatch.setattr(dt, "datetime", SteppedDatetime)  # a wall-time scheduler reads datetime.now
     _Clock.offset = 0.0
     return _Clock
 

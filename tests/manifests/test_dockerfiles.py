@@ -151,9 +151,7 @@ def test_engine_requirements_hold_no_evictor_dependency() -> None:
     # has no business in every vLLM pod.
     engine = requirement_pins(DOCKER / "requirements-engine.txt")
     assert set(engine) <= runtime_closure()
-    assert {"psycopg", "psycopg-binary", "apscheduler", "watchdog"} <= runtime_closure(
-        "evictor"
-    ) - runtime_closure()
+    assert {"psycopg", "psycopg-binary", "watchdog"} <= runtime_closure("evictor") - runtime_closure()
     evictor = requirement_pins(DOCKER / "requirements-evictor.txt")
     assert {n: evictor[n] for n in engine} == engine, "both images must use the same pins"
 
@@ -186,7 +184,7 @@ def test_engine_side_modules_import_nothing_from_the_evictor_extra() -> None:
         check=True,
     )
     loaded = set(json.loads(out.stdout))
-    assert not loaded & {"psycopg", "apscheduler", "watchdog", "evictor"}
+    assert not loaded & {"psycopg", "watchdog", "evictor"}
 
 
 @pytest.mark.vllm

@@ -321,7 +321,7 @@ def bench_rss(work: Path, url: str, blocks: int, victims: int) -> dict[str, Any]
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
     bare = subprocess.run(
-        [sys.executable, "-c", "import evictor.service, kvfs.catalog, kvfs.gc, kvfs.scan, apscheduler, watchdog;"
+        [sys.executable, "-c", "import evictor.service, kvfs.catalog, kvfs.eviction, kvfs.scan, watchdog;"
          "print(open('/proc/self/status').read())"],  # fmt: skip
         capture_output=True, text=True, check=True,
     )  # fmt: skip
