@@ -100,7 +100,10 @@ class KvfsGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.ClickException, click.exceptions.Exit, click.Abort, BrokenPipeError):
+        except BrokenPipeError:
+            # `kvfs ls ... | head`: the reader left.  Handled here, not by click's main, which exits 1 for it.
+            _quiet_exit()
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except _user_error_types() as exc:
             from kvfs.catalog.engine import redact_url
@@ -131,10 +134,17 @@ class KvfsGroup(click.Group):
             click.echo("Aborted!", err=True)
             sys.exit(1)
         except BrokenPipeError:
-            # `kvfs ls ... | head`: the reader left; say nothing more.
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces the closed pipe for interpreter exit
-            sys.exit(0)
+            _quiet_exit()
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _quiet_exit() -> None:
+    """The reader of stdout left (`| head`): exit 0 and say nothing more.  stdout's descriptor is pointed at
+    /dev/null so the interpreter's final flush of what is still buffered cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(0)
 
 
 def _default_catalog() -> str:

@@ -470,3 +470,29 @@ def test_gc_retire_typo_on_the_command_line_is_an_error_but_a_settings_one_is_sk
     result = site.invoke("gc", "--config", str(config), "--dry-run", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["plan"]["unknown_namespaces"] == ["org_typo_0123456789ab"]
+
+
+def test_output_into_a_closed_pipe_exits_0(tmp_path) -> None:
+    """`kvfs ls NS | head -1`: the reader has left before kvfs writes.  Before, click's main turned the broken
+    pipe into exit 1."""
+    import subprocess
+    import sys
+
+    (tmp_path / "root").mkdir()
+    site = Site(tmp_path / "root", f"sqlite:///{tmp_path / 'c.db'}")
+    ns = site.namespace("org/pipe")
+    for n in range(60):
+        site.block("org/pipe", n, age_s=100 + n)
+    assert site.invoke("scan").exit_code == 0
+    env = {**os.environ, "KVFS_ROOT": str(site.root), "KVFS_CATALOG": site.catalog_url}
+    codes = []
+    for limit in ("50", "0"):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # the reader is gone before the first write
+        done = subprocess.run(
+            [sys.executable, "-m", "kvfs.cli", "ls", ns, "--limit", limit],
+            stdout=write_end, stderr=subprocess.PIPE, env=env, timeout=60,
+        )  # fmt: skip
+        os.close(write_end)
+        codes.append((done.returncode, done.stderr.decode()[-200:]))
+    assert codes == [(0, ""), (0, "")]
