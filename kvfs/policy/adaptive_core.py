@@ -17,7 +17,7 @@ grows; a ONCE or FREQUENT ghost stored again: it shrinks.  Inside reused blocks,
 its share by one over its side's ghost list (those left plus those returned), i.e. by the fraction of that
 side's remembered victims that proved wrong.  A short ghost list (a small tier, or the side that rarely
 loses blocks) moves the share fast; a long one, slowly, so a session resend that brings back 40 ghosts of a
-list of thousands moves it by a few percent, not 40 blocks.  (ARC's step, one block of the tier times the
+list of 4,000 moves it by 1%, not by 40 blocks.  (ARC's step, one block of the tier times the
 ghost-list ratio, was too slow at 1% capacity and too jumpy on resends: docs/policy.md.)  A block stored
 again while its ghost is remembered counts as read once (ARC's ghost hit goes to T2; 2Q's re-store skips
 probation).
