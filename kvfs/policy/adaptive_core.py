@@ -10,12 +10,17 @@ oldest first; 4. blocks reused once (ONCE, `hits = 1`) beyond `once_share` of wh
 Two nested ARC boundaries: `fresh_share` between never-reused and reused blocks (ARC's T1/T2 split, 2Q's
 probation), `once_share` inside reused blocks between those read once and those read more (what S3-FIFO's
 frequency counter and ARC's T2 keep: a system prompt read hundreds of times outlives a history block read
-once).  Both shares at 1 are LRU with the prefix rules.  Neither is a constant: each moves by ARC's rule on
-the ghosts of its two sides.  A FRESH ghost stored again says FRESH blocks went too early: `fresh_share` grows;
-a ONCE or FREQUENT ghost stored again: it shrinks.  Inside reused blocks, a ONCE ghost grows `once_share`, a
-FREQUENT ghost shrinks it.  Each step is one block of the tier, times the other side's ghost count over this
-side's when that is larger (the rarer evidence counts more), as ARC moves `p`.  A block stored again while
-its ghost is remembered counts as read once (ARC's ghost hit goes to T2; 2Q's re-store skips probation).
+once).  Both shares at 1 are LRU with the prefix rules.  Neither is a constant: each moves on the ghosts of
+its two sides, as ARC's `p`.  A FRESH ghost stored again says FRESH blocks went too early: `fresh_share`
+grows; a ONCE or FREQUENT ghost stored again: it shrinks.  Inside reused blocks, a ONCE ghost grows
+`once_share`, a FREQUENT ghost shrinks it.  The step scales with the evidence: each returning ghost moves
+its share by one over its side's ghost list (those left plus those returned), i.e. by the fraction of that
+side's remembered victims that proved wrong.  A short ghost list (a small tier, or the side that rarely
+loses blocks) moves the share fast; a long one, slowly, so a session resend that brings back 40 ghosts of a
+list of 4,000 moves it by 1%, not by 40 blocks.  (ARC's step, one block of the tier times the
+ghost-list ratio, was too slow at 1% capacity and too jumpy on resends: docs/policy.md.)  A block stored
+again while its ghost is remembered counts as read once (ARC's ghost hit goes to T2; 2Q's re-store skips
+probation).
 
 A chain's tail still goes before its head: `hits` never grows along a chain, so a head is in the same class as
 its tail or a later one, and within each class the order is LRU with deeper-first ties.
@@ -63,22 +68,19 @@ class State:
     once_share: float = ONCE_SHARE_INITIAL
 
 
-def _arc(share: float, grow: int, shrink: int, grow_ghosts: int, shrink_ghosts: int, step: float) -> float:
-    if not grow and not shrink:
-        return share
-    up = max(1.0, shrink_ghosts / max(1, grow_ghosts))
-    down = max(1.0, grow_ghosts / max(1, shrink_ghosts))
-    return min(1.0, max(0.0, share + step * (grow * up - shrink * down)))
+def _move(share: float, grow: int, shrink: int, grow_ghosts: int, shrink_ghosts: int) -> float:
+    # Each return counts as one over its side's ghost list (left + returned): the share of that side's
+    # remembered victims that came back.
+    step = grow / max(1, grow_ghosts + grow) - shrink / max(1, shrink_ghosts + shrink)
+    return min(1.0, max(0.0, share + step))
 
 
-def adapt(state: State, returned: Sequence[int], ghosts: Sequence[int], blocks: int) -> State:
+def adapt(state: State, returned: Sequence[int], ghosts: Sequence[int]) -> State:
     """The new shares after `returned[c]` ghosts of class c (FRESH, ONCE, FREQUENT) were stored again since
-    the last pass; `ghosts[c]`: ghosts of class c left; `blocks`: blocks in the tier (one block is one step,
-    as ARC's `p` moves by one page)."""
-    step = 1.0 / max(1, blocks)
+    the last pass; `ghosts[c]`: ghosts of class c left."""
     reused, reused_ghosts = returned[ONCE] + returned[FREQUENT], ghosts[ONCE] + ghosts[FREQUENT]
-    fresh = _arc(state.fresh_share, returned[FRESH], reused, ghosts[FRESH], reused_ghosts, step)
-    once = _arc(state.once_share, returned[ONCE], returned[FREQUENT], ghosts[ONCE], ghosts[FREQUENT], step)
+    fresh = _move(state.fresh_share, returned[FRESH], reused, ghosts[FRESH], reused_ghosts)
+    once = _move(state.once_share, returned[ONCE], returned[FREQUENT], ghosts[ONCE], ghosts[FREQUENT])
     return State(fresh, once)
 
 

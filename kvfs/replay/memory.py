@@ -112,7 +112,7 @@ class AdaptiveRule:
         self.state = adaptive_core.State()
 
     def settle(self, returned: list[int], ghosts: list[int], blocks: int) -> None:
-        self.state = adaptive_core.adapt(self.state, returned, ghosts, blocks)
+        self.state = adaptive_core.adapt(self.state, returned, ghosts)
 
     def order(
         self,
