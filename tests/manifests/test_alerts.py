@@ -140,7 +140,7 @@ def test_engine_alerts_aggregate_per_fleet() -> None:
 def test_stalled_and_no_success_alerts() -> None:
     stalled = rule("KvfsEvictionStalled")
     assert stalled["expr"] == 'max by (cause) (kvfs_evictor_pass_stalled{job="kvfs-evictor"}) > 0'
-    assert stalled["for"] == "2m" and "{{ $labels.cause }}" in stalled["annotations"]["summary"]
+    assert stalled["for"] == "1m" and "{{ $labels.cause }}" in stalled["annotations"]["summary"]
     no_success = rule("KvfsEvictionNoSuccess")
     assert set(selected_metrics(no_success["expr"])) == {
         "kvfs_evictor_last_pass_success_timestamp_seconds",
