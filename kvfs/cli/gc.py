@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from typing import Any
@@ -13,7 +12,7 @@ from kvfs.cli.app import KvfsContext, pass_state
 from kvfs.cli.output import emit_json, size, table
 from kvfs.cli.params import DURATION, SIZE, PolicyOption
 from kvfs.cli.scan import remove_journals_option, run_scan, scan_json
-from kvfs.eviction import PassHooks, Plan, Result, limits_from_settings, run_pass
+from kvfs.eviction import PassHooks, Plan, Result, limits_for_command, run_pass
 from kvfs.eviction.ingest import ingest_journals
 from kvfs.policy import DEFAULT_POLICY, available_policies, get_policy
 from kvfs.scanstate import record_temp_files
@@ -151,12 +150,13 @@ def gc(
             f"unknown namespace {typos[0]!r} (not in the catalog: run `kvfs scan` first?)",
             param_hint="'--retire'",
         )
-    limits = dataclasses.replace(
-        limits_from_settings(settings, max_bytes=max_bytes),
+    limits = limits_for_command(
+        settings,
+        max_bytes=max_bytes,
         ttl=ttl,
-        retire=tuple(dict.fromkeys([*settings.retire, *retire])),
-        temp_grace=orphans_older_than,
         min_age=min_age,
+        temp_grace=orphans_older_than,
+        retire=retire,
         namespace=namespace,
     )
     outcome = run_pass(
@@ -167,6 +167,7 @@ def gc(
         hooks=PassHooks(ingest=lambda: ingest_journals(root, catalog)),
         temp_files=temp_files,
         dry_run=dry_run,
+        ingest_first=False,  # ingested above (with --remove-journals); the hook serves the rechecks
     )
     plan = outcome.plan
     result = outcome.result or Result(0, 0, {}, 0, dry_run)

@@ -10,7 +10,7 @@ from kvfs.eviction.execute import (
     execute_plan,
     reclaim_empty_dirs,
 )
-from kvfs.eviction.limits import KEEPING, EvictReason, Limits, limits_from_settings
+from kvfs.eviction.limits import KEEPING, EvictReason, Limits, limits_for_command, limits_from_settings
 from kvfs.eviction.plan import Plan, Tally, Victim, plan_pass, temp_file_namespace
 from kvfs.eviction.recheck import still_unused
 from kvfs.eviction.run import PassHooks, PassOutcome, recency_recheck, run_pass
@@ -29,6 +29,7 @@ __all__ = [
     "Victim",
     "delete_corrupt",
     "execute_plan",
+    "limits_for_command",
     "limits_from_settings",
     "plan_pass",
     "reclaim_empty_dirs",

@@ -235,26 +235,9 @@ def _unlink_batch(remover: Remover, relpaths: list[str], result: Result) -> tupl
     result.errors += stats.errors
     if stats.deleted == len(relpaths):
         return [True] * len(relpaths), [False] * len(relpaths)
-    kept = set(stats.not_deleted)
-    gone = [rel not in kept for rel in relpaths]
-    missing_paths = getattr(stats, "missing_paths", None)
-    if missing_paths is not None and len(missing_paths) == stats.missing:
-        # RootGuard says which paths were already gone: exact per-path attribution.
-        missing = set(missing_paths)
-        return (
-            [g and rel not in missing for g, rel in zip(gone, relpaths, strict=True)],
-            [rel in missing for rel in relpaths],
-        )
-    if stats.missing == 0:
-        return gone, [False] * len(relpaths)
-    if stats.deleted == 0:
-        return [False] * len(relpaths), gone
-    # Some deleted by us, some already gone: which is which is not reported per path.  Attribute the
-    # deletions to the first gone paths: the totals stay exact, only the per-reason split may shift.
-    deleted_flags, missing_flags, left = [], [], stats.deleted
-    for is_gone in gone:
-        ours = is_gone and left > 0
-        left -= ours
-        deleted_flags.append(ours)
-        missing_flags.append(is_gone and not ours)
-    return deleted_flags, missing_flags
+    # The remover names every path it did not delete (refused or failed) and every one already gone.
+    kept, missing = set(stats.not_deleted), set(stats.missing_paths)
+    return (
+        [rel not in kept and rel not in missing for rel in relpaths],
+        [rel in missing for rel in relpaths],
+    )

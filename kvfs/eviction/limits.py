@@ -8,7 +8,7 @@ ones.  Capacity is the caller's: the evictor turns its watermarks into a target,
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Protocol
 
@@ -57,7 +57,7 @@ class LimitSettings(Protocol):
 def limits_from_settings(settings: LimitSettings, *, max_bytes: int | None) -> Limits:
     """The one place a pass's limits are assembled from settings.  The evictor takes them whole; `kvfs gc`
     replaces TTL, min-age and temp-file grace by its own flags (`dataclasses.replace`) and keeps the quotas and
-    retired namespaces, so both enforce the same ones."""
+    retired namespaces (`limits_for_command`), so both enforce the same ones."""
     return Limits(
         max_bytes=max_bytes,
         ttl=settings.ttl,
@@ -65,4 +65,26 @@ def limits_from_settings(settings: LimitSettings, *, max_bytes: int | None) -> L
         retire=tuple(dict.fromkeys(settings.retire)),
         temp_grace=settings.orphan_grace,
         min_age=settings.min_age,
+    )
+
+
+def limits_for_command(
+    settings: LimitSettings,
+    *,
+    max_bytes: int | None,
+    ttl: float | None,
+    min_age: float,
+    temp_grace: float | None,
+    retire: Sequence[str] = (),
+    namespace: str | None = None,
+) -> Limits:
+    """`kvfs gc`'s limits: the settings' quotas and retired namespaces (plus `retire`), everything else from the
+    command's own flags (None switches a limit off)."""
+    return replace(
+        limits_from_settings(settings, max_bytes=max_bytes),
+        ttl=ttl,
+        retire=tuple(dict.fromkeys([*settings.retire, *retire])),
+        temp_grace=temp_grace,
+        min_age=min_age,
+        namespace=namespace,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -57,13 +57,14 @@ def run_pass(
     policy: EvictionPolicy,
     *,
     hooks: PassHooks | None = None,
-    temp_files: list[TempFile] | tuple[()] = (),
+    temp_files: Sequence[TempFile] = (),
     now: float | None = None,
     dry_run: bool = False,
     batch_size: int = 1000,
     reclaim_dirs: bool = True,
     remover: Remover | None = None,
     log_evictions: bool = True,
+    ingest_first: bool = True,
 ) -> PassOutcome:
     """Run one pass.  The policy's bookkeeping writes (`policy.prepare`) happen in its planning step, once
     and only when the pass needs candidates: read commands that list a policy's order never write, and a pass
@@ -73,7 +74,7 @@ def run_pass(
     hooks = hooks or PassHooks()
     now = time.time() if now is None else now
     phase = hooks.on_phase or (lambda _name: None)
-    if hooks.ingest is not None:
+    if ingest_first and hooks.ingest is not None:  # False: the caller has just ingested
         hooks.ingest()
     usage = catalog.usage()
     if callable(limits):

@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 from test_gc import make_namespace, write_block
 
-from evictor.passes import PassRunner
+from evictor.passes import PassRunner, capacity_target
 from evictor.settings import load_settings
 from kvfs.catalog import BlockRow, Catalog
 from kvfs.cli import main
-from kvfs.eviction import limits_from_settings, plan_pass
+from kvfs.eviction import limits_for_command, limits_from_settings, plan_pass
 
 NOW = time.time()
 
@@ -76,7 +76,8 @@ def test_gc_and_the_evictor_plan_the_same_victims(tmp_path: Path, catalog_url: s
     )
     report = runner.run_pass()
     assert report.result is not None and report.result.dry_run
-    target = int(report.capacity.catalog_bytes - (report.capacity.used - 14 * size * 40 // 100))
+    target = capacity_target(settings, report.capacity)  # the evictor's own target for this usage
+    assert target is not None
     evictor_view = report.result.to_json()
 
     out = CliRunner().invoke(
@@ -92,10 +93,11 @@ def test_gc_and_the_evictor_plan_the_same_victims(tmp_path: Path, catalog_url: s
     assert gc_view["by_reason"] == evictor_view["by_reason"]
     assert gc_view["by_namespace"] == evictor_view["by_namespace"]
 
-    # And block for block: the limits both assemble from the settings plan the same victims.
+    # And block for block: the limits each assembles (the evictor from its settings, gc from the settings and
+    # its flags) are the same, so they plan the same victims.
     evictor_limits = limits_from_settings(settings, max_bytes=target)
-    gc_limits = dataclasses.replace(evictor_limits, ttl=2 * 86400, min_age=30.0)
-    assert gc_limits == evictor_limits
+    gc_limits = limits_for_command(settings, max_bytes=target, ttl=2 * 86400, min_age=30.0, temp_grace=None)
+    assert gc_limits == dataclasses.replace(evictor_limits, temp_grace=None)
     a = plan_pass(catalog, evictor_limits, now=NOW, policy="lru")
     b = plan_pass(catalog, gc_limits, now=NOW, policy="lru")
     assert [(v.key, v.reason) for v in a.victims] == [(v.key, v.reason) for v in b.victims]
