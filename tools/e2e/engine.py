@@ -143,6 +143,18 @@ class Engine:
                     "block_size": CHUNK_TOKENS,
                 },
             )
+        elif spec["connector"] == "tiered":
+            # vLLM 0.33: the CPU tier, then spec["secondary_tiers"] behind it (tools/e2e/tiered.py)
+            ktc = KVTransferConfig(
+                kv_connector="OffloadingConnector",
+                kv_role="kv_both",
+                kv_connector_extra_config={
+                    "spec_name": "TieringOffloadingSpec",
+                    "cpu_bytes_to_use": spec["cpu_bytes"],
+                    "block_size": CHUNK_TOKENS,
+                    "secondary_tiers": spec["secondary_tiers"],
+                },
+            )
         else:  # plain recompute: the reference for greedy tokens
             ktc = None
         started = time.perf_counter()

@@ -625,20 +625,29 @@ def _progress(msg: str) -> None:
     print(f"[e2e {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def child_main(path: str) -> int:
+def child_main(
+    path: str, phases: Mapping[str, Callable[[Mapping[str, Any]], dict[str, Any]]] | None = None
+) -> int:
+    """An engine process: runs the spec's phase (this module's, or `phases` of the module that started it) and
+    writes its result for the parent."""
     with open(path) as f:
         spec = json.load(f)
     phase = spec["phase"]
     from tools.e2e import trace as e2e_trace
 
-    fn = {
-        "writer": _writer,
-        "reader": _reader,
-        "cpu": _cpu_tier,
-        "evictor": _evictor_phase,
-        "trace-ref": e2e_trace.reference_phase,
-        "evictor-trace": e2e_trace.evictor_trace_phase,
-    }[phase]
+    fn = (
+        dict(phases)
+        if phases is not None
+        else {
+            "writer": _writer,
+            "reader": _reader,
+            "cpu": _cpu_tier,
+            "evictor": _evictor_phase,
+            "trace-ref": e2e_trace.reference_phase,
+            "evictor-trace": e2e_trace.evictor_trace_phase,
+        }
+    )
+    fn = fn[phase]
     try:
         result = fn(spec)
     except Exception as exc:  # noqa: BLE001 - the parent reports it and goes on
@@ -661,7 +670,10 @@ def save_partial(args: argparse.Namespace, results: Mapping[str, Any]) -> None:
             json.dump(results, f, indent=1)
 
 
-def run_child(args: argparse.Namespace, spec: dict[str, Any], work: str) -> dict[str, Any]:
+def run_child(
+    args: argparse.Namespace, spec: dict[str, Any], work: str, module: str = "tools.e2e"
+) -> dict[str, Any]:
+    """`spec` in a new engine process (`python -m <module> --child`); its result, or the error it ended with."""
     name = spec.get("name") or f"{spec['phase']}-{spec.get('root_name', 'x')}"
     spec_path = os.path.join(work, f"{name}.json")
     spec["result_path"] = os.path.join(work, f"{name}.result.json")
@@ -676,7 +688,7 @@ def run_child(args: argparse.Namespace, spec: dict[str, Any], work: str) -> dict
     started = time.perf_counter()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tools.e2e", "--child", spec_path], env=env, start_new_session=True
+            [sys.executable, "-m", module, "--child", spec_path], env=env, start_new_session=True
         )
         rc = proc.wait(timeout=args.child_timeout)
     except subprocess.TimeoutExpired:

@@ -1,0 +1,128 @@
+"""`python -m tools.e2e.tiered` (the tiered path in a real engine, GPU machine): its pure parts on CPU — the tier
+configurations it hands vLLM (built by vLLM 0.33's own TieringOffloadingSpec where 0.33 is installed), the file
+count that says the cascade finished, and the table's ratios."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tools.e2e import tiered
+
+
+def test_each_mode_puts_its_tier_behind_the_cpu_tier(tmp_path):
+    assert tiered.secondary_tiers("cpu", str(tmp_path)) == []
+    assert tiered.secondary_tiers("kvfs", str(tmp_path)) == [
+        {"type": "KvfsTier", "module_path": "connector.tier", "root": str(tmp_path)}
+    ]
+    assert tiered.secondary_tiers("fs", str(tmp_path)) == [{"type": "fs", "root_dir": str(tmp_path)}]
+    with pytest.raises(ValueError, match="unknown mode"):
+        tiered.secondary_tiers("lmcache", str(tmp_path))
+
+
+def test_only_finished_chunk_files_count(tmp_path):
+    (tmp_path / "ns" / "ab").mkdir(parents=True)
+    (tmp_path / "base_r0" / "abc" / "de_g0").mkdir(parents=True)
+    for name in ("ns/ab/1.kvfs", "ns/ab/2.kvfs", "base_r0/abc/de_g0/f.bin"):
+        (tmp_path / name).write_bytes(b"x")
+    # in flight or not a chunk: temp files of either tier, the O_DIRECT probe, config files
+    for name in (
+        "ns/ab/.tmp.3.kvfs.x",
+        "base_r0/abc/de_g0/g.bin_123.tmp",
+        ".o_direct_probe_5.tmp",
+        "ns/config.json",
+    ):
+        (tmp_path / name).write_bytes(b"x")
+    assert tiered.tier_files(str(tmp_path)) == 3
+    assert tiered.tier_files(str(tmp_path / "missing")) == 0
+
+
+def _results(cross_kvfs: float, equal: bool = True) -> dict:
+    def writer(local: float, stored: int | None) -> dict:
+        prompt = {"tokens": 32768, "cold_ttft_s": 3.0, "chunks": 128, "hits": [
+            {"variant": "local", "ttft_s": local, "tokens_equal": True},
+            {"variant": "local", "ttft_s": local + 0.1, "tokens_equal": True},
+            {"variant": "local", "ttft_s": local - 0.1, "tokens_equal": equal},
+        ]}  # fmt: skip
+        if stored is not None:
+            prompt["stored"] = stored
+        return {"prompts": [prompt]}
+
+    def reader(first: float) -> dict:
+        return {
+            "prompts": [{"tokens": 32768, "first_ttft_s": first, "again_ttft_s": 0.2, "tokens_equal": True}]
+        }
+
+    return {
+        "modes": {
+            "cpu": {"writer": writer(0.20, None)},
+            "kvfs": {"writer": writer(0.21, 128), "reader": reader(cross_kvfs)},
+            "fs": {"writer": writer(0.22, 127), "reader": reader(0.80)},
+        }
+    }
+
+
+def test_table_divides_local_hits_by_the_cpu_tier_and_cross_replica_hits_by_the_stock_tier():
+    rows = tiered.rows_of(_results(cross_kvfs=0.40))
+    by = {r.mode: r for r in rows}
+    assert by["kvfs"].local_s == pytest.approx(0.21) and by["kvfs"].cross_s == 0.40
+    assert by["cpu"].cross_s is None and by["cpu"].stored is None
+    table = tiered.format_table(rows)
+    kvfs_line = next(line for line in table.splitlines() if line.startswith("| KvfsTier"))
+    assert "| 1.05× |" in kvfs_line  # 0.21 / 0.20
+    assert "| 0.50× |" in kvfs_line  # 0.40 / 0.80
+    assert "128 / 128" in kvfs_line and kvfs_line.endswith("| yes |")
+    fs_line = next(line for line in table.splitlines() if line.startswith("| vLLM fs tier"))
+    assert "| 1.00× |" in fs_line and "127 / 128" in fs_line
+
+
+def test_a_hit_with_other_tokens_and_an_error_are_shown():
+    results = _results(cross_kvfs=0.40, equal=False)
+    results["modes"]["fs"]["reader"]["prompts"][0] = {"tokens": 32768, "error": "RuntimeError('boom')"}
+    table = tiered.format_table(tiered.rows_of(results))
+    assert all(line.endswith("| NO |") for line in table.splitlines() if line.startswith("| KvfsTier"))
+    assert "- fs 32,768: RuntimeError('boom')" in table
+
+
+def test_an_engine_that_failed_as_a_whole_is_named():
+    results = _results(cross_kvfs=0.40)
+    results["modes"]["fs"]["writer"] = {"error": "RuntimeError('no GPU')", "elapsed_s": 3.0}
+    assert tiered.phase_errors(results) == ["fs writer: RuntimeError('no GPU')"]
+    assert tiered.phase_errors(_results(cross_kvfs=0.40)) == []
+
+
+def test_arguments_are_checked():
+    args = tiered.parse_args(["--modes", "kvfs,fs", "--prompts", "32k"])
+    assert args.modes == ["kvfs", "fs"] and args.prompt_sizes == [32768]
+    for bad in (["--modes", "lmcache"], ["--reps", "0"], ["--prompts", "x"]):
+        with pytest.raises(SystemExit):
+            tiered.parse_args(bad)
+
+
+@pytest.mark.vllm
+def test_vllm_0_33_builds_both_tiers_from_these_configurations(tmp_path):
+    pytest.importorskip("vllm", reason="vLLM is not installed")
+    from connector.compat import VLLM_MINOR, TieringOffloadingSpec, offloading_config
+
+    if VLLM_MINOR < (0, 33):
+        pytest.skip("TieringOffloadingSpec is vLLM 0.33's (make test-vllm033 runs this)")
+    from connector.tier import KvfsTier
+
+    for mode in ("kvfs", "fs"):
+        root = tmp_path / mode
+        root.mkdir()
+        config = offloading_config(
+            {"cpu_bytes_to_use": 1 << 20, "secondary_tiers": tiered.secondary_tiers(mode, str(root))},
+            engine_id=f"tiered-test-{mode}-{os.getpid()}",
+        )
+        spec = TieringOffloadingSpec(config)
+        manager = spec.get_manager()
+        tiers = manager.secondary_tiers
+        try:
+            assert len(tiers) == 1
+            assert isinstance(tiers[0], KvfsTier) == (mode == "kvfs")
+            assert type(tiers[0]).__name__ == ("KvfsTier" if mode == "kvfs" else "FileSystemTierManager")
+        finally:
+            manager.shutdown()  # the tiers, then the CPU tier's /dev/shm region
+        assert not [f for f in os.listdir("/dev/shm") if f"tiered-test-{mode}-{os.getpid()}" in f]

@@ -1,0 +1,321 @@
+"""The tiered path in a real engine (vLLM 0.33): GPU → vLLM's CPU tier → `KvfsTier`, against GPU → CPU tier →
+vLLM's stock `fs` tier and the CPU tier alone, all behind vLLM's own `TieringOffloadingSpec`.
+
+Per mode and prompt, in one run:
+  * writer engine: recompute (cold) TTFT; the stores cascade from the CPU tier to the secondary tier, counted as
+    the files that appear under the root (one per 256-token chunk; waited for, with a deadline); then the
+    **local hit** (`reset_prefix_cache`, the KV comes back from the CPU tier in RAM), median of `--reps`;
+  * reader engine (a new process, empty CPU tier, same root): the **cross-replica hit** — the secondary tier
+    promotes the files into the CPU tier, then vLLM loads them — then its later (local) hits.
+Greedy tokens of every hit are compared with the first recompute's (dummy weights are fixed by the seed).  The
+table prints local hits ÷ CPU tier alone (goal ≤ 1.05) and kvfs's cross-replica hit ÷ the stock tier's (goal ≤
+1.0 in time, i.e. ≥ 1.0× its speed).  For the GPU machine with vLLM 0.33 (recipe: ../shared/gpu/README.md);
+the pure parts (arguments, tier configuration, table) are tested on CPU.
+
+    python -m tools.e2e.tiered [--modes cpu,kvfs,fs] [--prompts 32k,64k] [--root /dev/shm/kvfs-tiered]
+        [--reps 3] [--json out.json] [--markdown out.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tools.e2e.engine import CHUNK_TOKENS, Engine, kv_bytes_per_token, prompt_tokens
+from tools.e2e.main import (
+    MODELS,
+    _brief,
+    _fmt,
+    _progress,
+    child_main,
+    median,
+    parse_prompt_sizes,
+    ratio,
+    run_child,
+)
+
+MODES = ("cpu", "kvfs", "fs")
+MODULE = "tools.e2e.tiered"  # what the engine processes run (`--child`)
+GIB = 1 << 30
+
+
+def secondary_tiers(mode: str, root: str) -> list[dict[str, Any]]:
+    """`secondary_tiers` of TieringOffloadingSpec for a mode: none (CPU tier alone), kvfs's tier or vLLM's own
+    `fs` tier (its defaults: 16 read and 16 write threads, O_DIRECT where its probe passes)."""
+    if mode == "cpu":
+        return []
+    if mode == "kvfs":
+        return [{"type": "KvfsTier", "module_path": "connector.tier", "root": root}]
+    if mode == "fs":
+        return [{"type": "fs", "root_dir": root}]
+    raise ValueError(f"unknown mode {mode!r}: {', '.join(MODES)}")
+
+
+def tier_files(root: str) -> int:
+    """Finished chunk files under `root`: kvfs's `*.kvfs` and the stock tier's `*.bin` (their temporary files, the
+    O_DIRECT probe and the config files end otherwise)."""
+    n = 0
+    for _d, _dirs, files in os.walk(root):
+        n += sum(1 for f in files if f.endswith((".kvfs", ".bin")))
+    return n
+
+
+def wait_for_files(engine: Any, root: str, expected: int, timeout: float = 120.0) -> tuple[int, float]:
+    """Until `expected` new chunk files exist (or the count stops growing for 10 s, or the deadline): vLLM submits
+    a step's stores at the next step, so a tiny request pushes the last ones through.  (files, seconds)."""
+    started = time.perf_counter()
+    last, last_change = -1, started
+    while True:
+        engine.generate([7] * 16)
+        n = tier_files(root)
+        now = time.perf_counter()
+        if n != last:
+            last, last_change = n, now
+        if n >= expected or now - last_change > 10.0 or now - started > timeout:
+            return n, now - started
+        time.sleep(0.25)
+
+
+def _hit(engine: Any, tokens: list[int], ref: list[int], variant: str) -> dict[str, Any]:
+    engine.llm.reset_prefix_cache()
+    out, ttft, wall = engine.generate(tokens)
+    return {"variant": variant, "ttft_s": ttft, "wall_s": wall, "tokens_equal": out == ref}
+
+
+def _engine_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """What tools.e2e.engine.Engine builds: the tiering spec with this mode's secondary tier."""
+    return {**spec, "connector": "tiered", "secondary_tiers": secondary_tiers(spec["mode"], spec["root"])}
+
+
+def writer_phase(spec: Mapping[str, Any]) -> dict[str, Any]:
+    engine = Engine(_engine_spec(spec))
+    res: dict[str, Any] = {"startup_s": engine.startup_s, "prompts": []}
+    for n, seed in zip(spec["sizes"], spec["seeds"], strict=True):
+        entry: dict[str, Any] = {"tokens": n}
+        try:
+            tokens = prompt_tokens(n, seed, spec["vocab"])
+            before = tier_files(spec["root"]) if spec["mode"] != "cpu" else 0
+            ref, cold, _ = engine.generate(tokens)
+            entry.update(cold_ttft_s=cold, ref_tokens=ref, chunks=n // CHUNK_TOKENS)
+            if spec["mode"] != "cpu":
+                files, waited = wait_for_files(engine, spec["root"], before + n // CHUNK_TOKENS)
+                entry.update(stored=files - before, settle_s=waited)
+            else:
+                engine.generate([7] * 16)
+                time.sleep(2.0)
+            entry["hits"] = [_hit(engine, tokens, ref, "local") for _ in range(spec["reps"])]
+        except Exception as exc:  # noqa: BLE001 - record it and go on with the next prompt
+            entry["error"] = repr(exc)
+        res["prompts"].append(entry)
+        _progress(f"tiered writer {spec['mode']} {n}: {_brief(entry)}")
+    return res
+
+
+def reader_phase(spec: Mapping[str, Any]) -> dict[str, Any]:
+    engine = Engine(_engine_spec(spec))
+    res: dict[str, Any] = {"startup_s": engine.startup_s, "prompts": []}
+    refs = spec.get("refs") or [None] * len(spec["sizes"])
+    for n, seed, ref in zip(spec["sizes"], spec["seeds"], refs, strict=True):
+        entry: dict[str, Any] = {"tokens": n}
+        try:
+            tokens = prompt_tokens(n, seed, spec["vocab"])
+            if ref is None:
+                raise RuntimeError("no reference tokens from the writer")
+            first = _hit(engine, tokens, ref, "cross")
+            again = [_hit(engine, tokens, ref, "again") for _ in range(spec["reps"])]
+            entry.update(
+                first_ttft_s=first["ttft_s"],
+                again_ttft_s=median([h["ttft_s"] for h in again]),
+                tokens_equal=first["tokens_equal"] and all(h["tokens_equal"] for h in again),
+            )
+        except Exception as exc:  # noqa: BLE001 - record it and go on with the next prompt
+            entry["error"] = repr(exc)
+        res["prompts"].append(entry)
+        _progress(f"tiered reader {spec['mode']} {n}: {_brief(entry)}")
+    return res
+
+
+# ---- result maths (pure) ----
+
+
+@dataclass
+class TierRow:
+    mode: str
+    tokens: int
+    recompute_s: float | None
+    local_s: float | None  # writer's hits after reset_prefix_cache (median): from the CPU tier in RAM
+    cross_s: float | None  # a new engine's first hit: from the secondary tier's files
+    cross_again_s: float | None
+    stored: int | None
+    chunks: int
+    tokens_equal: bool
+    errors: tuple[str, ...] = ()
+
+
+def rows_of(results: Mapping[str, Any]) -> list[TierRow]:
+    rows = []
+    for mode, phases in results.get("modes", {}).items():
+        reader = {p["tokens"]: p for p in phases.get("reader", {}).get("prompts", [])}
+        for w in phases.get("writer", {}).get("prompts", []):
+            r = reader.get(w["tokens"], {})
+            hits = w.get("hits", [])
+            errors = tuple(
+                e for e in (phases.get("writer", {}).get("error"), w.get("error"), r.get("error")) if e
+            )
+            rows.append(
+                TierRow(
+                    mode=mode,
+                    tokens=w["tokens"],
+                    recompute_s=w.get("cold_ttft_s"),
+                    local_s=median([h["ttft_s"] for h in hits]),
+                    cross_s=r.get("first_ttft_s"),
+                    cross_again_s=r.get("again_ttft_s"),
+                    stored=w.get("stored"),
+                    chunks=int(w.get("chunks", 0)),
+                    tokens_equal=bool(hits)
+                    and all(h["tokens_equal"] for h in hits)
+                    and r.get("tokens_equal", True),
+                    errors=errors,
+                )
+            )
+    return rows
+
+
+def phase_errors(results: Mapping[str, Any]) -> list[str]:
+    """Engines that failed as a whole (no prompt ran): `mode phase: error`."""
+    return [
+        f"{mode} {name}: {phase['error']}"
+        for mode, phases in results.get("modes", {}).items()
+        for name, phase in phases.items()
+        if isinstance(phase, Mapping) and phase.get("error")
+    ]
+
+
+def format_table(rows: Sequence[TierRow]) -> str:
+    """Local hits ÷ the CPU tier alone's, cross-replica hits ÷ the stock fs tier's, per prompt length."""
+    cpu = {r.tokens: r for r in rows if r.mode == "cpu"}
+    fs = {r.tokens: r for r in rows if r.mode == "fs"}
+    out = [
+        "| tier behind the CPU tier | prompt | recompute | local hit | ÷ CPU tier alone | cross-replica hit"
+        " | ÷ stock fs tier | reader's later hits | stored / chunks | tokens equal |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    names = {"cpu": "none (CPU tier alone)", "kvfs": "KvfsTier", "fs": "vLLM fs tier"}
+    for r in sorted(rows, key=lambda r: (r.tokens, MODES.index(r.mode) if r.mode in MODES else 9)):
+        c, f = cpu.get(r.tokens), fs.get(r.tokens)
+        stored = "–" if r.stored is None else f"{r.stored} / {r.chunks}"
+        out.append(
+            f"| {names.get(r.mode, r.mode)} | {r.tokens:,} | {_fmt(r.recompute_s, '.3f', ' s')}"
+            f" | {_fmt(r.local_s, '.3f', ' s')} | {_fmt(ratio(r.local_s, c.local_s if c else None), '.2f', '×')}"
+            f" | {_fmt(r.cross_s, '.3f', ' s')} | {_fmt(ratio(r.cross_s, f.cross_s if f else None), '.2f', '×')}"
+            f" | {_fmt(r.cross_again_s, '.3f', ' s')} | {stored} | {'yes' if r.tokens_equal else 'NO'} |"
+        )
+    errors = [f"- {r.mode} {r.tokens:,}: {e}" for r in rows for e in r.errors]
+    return "\n".join(out + (["", "Errors:", *errors] if errors else []))
+
+
+# ---- orchestration (parent) ----
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m tools.e2e.tiered",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", choices=sorted(MODELS), default="llama3-8b")
+    p.add_argument("--modes", default=",".join(MODES), help="cpu (CPU tier alone), kvfs, fs")
+    p.add_argument("--prompts", default="32k,64k", help="prompt lengths (k = 1024 tokens)")
+    p.add_argument("--root", default="/dev/shm/kvfs-tiered", help="the shared root (one directory per mode)")
+    p.add_argument("--cpu-gib", type=float, default=40.0, help="vLLM's CPU tier size (cpu_bytes_to_use)")
+    p.add_argument("--reps", type=int, default=3, help="hits per engine and prompt (medians reported)")
+    p.add_argument("--no-reader", action="store_true", help="skip the cross-replica engines")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.85)
+    p.add_argument("--child-timeout", type=float, default=600.0)
+    p.add_argument("--json", dest="json_out", help="write all results here (after every phase)")
+    p.add_argument("--markdown", help="write the table here (markdown)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not args.modes or any(m not in MODES for m in args.modes):
+        p.error(f"--modes takes some of {', '.join(MODES)}")
+    if args.reps < 1:
+        p.error("--reps must be >= 1")
+    try:
+        args.prompt_sizes = parse_prompt_sizes(args.prompts, MODELS[args.model]["max_position_embeddings"])
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        p.error(f"--prompts: {exc}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return child_main(args.child, {"tiered-writer": writer_phase, "tiered-reader": reader_phase})
+    model = MODELS[args.model]
+    work = tempfile.mkdtemp(prefix="kvfs-tiered-")
+    model_dir = os.path.join(work, "model")
+    os.makedirs(model_dir)
+    with open(os.path.join(model_dir, "config.json"), "w") as f:
+        json.dump(model, f)
+    base = {
+        "model_dir": model_dir,
+        "max_model_len": model["max_position_embeddings"],
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "vocab": model["vocab_size"],
+        "bytes_per_token": kv_bytes_per_token(model),
+        "sizes": args.prompt_sizes,
+        "seeds": list(range(1, len(args.prompt_sizes) + 1)),
+        "reps": args.reps,
+        "cpu_bytes": int(args.cpu_gib * GIB),
+    }
+    results: dict[str, Any] = {
+        "command": "python -m tools.e2e.tiered " + " ".join(sys.argv[1:] if argv is None else argv),
+        "model": args.model,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "modes": {},
+    }
+
+    def save() -> None:
+        if args.json_out:
+            with open(args.json_out, "w") as f:
+                json.dump(results, f, indent=1)
+
+    for mode in args.modes:
+        root = os.path.join(args.root, mode)
+        shutil.rmtree(root, ignore_errors=True)
+        os.makedirs(root)
+        phases: dict[str, Any] = {}
+        results["modes"][mode] = phases
+        spec = {**base, "mode": mode, "root": root, "name": f"tiered-writer-{mode}"}
+        phases["writer"] = run_child(args, {**spec, "phase": "tiered-writer"}, work, MODULE)
+        save()
+        if mode != "cpu" and not args.no_reader:
+            refs = [p.get("ref_tokens") for p in phases["writer"].get("prompts", [])]
+            if len(refs) == len(args.prompt_sizes):
+                reader = {**spec, "phase": "tiered-reader", "name": f"tiered-reader-{mode}", "refs": refs}
+                phases["reader"] = run_child(args, reader, work, MODULE)
+                save()
+        shutil.rmtree(root, ignore_errors=True)
+    table = format_table(rows_of(results))
+    failed = phase_errors(results)
+    if failed:
+        table += "\n\nEngines that failed:\n" + "\n".join(f"- {e}" for e in failed)
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table + "\n")
+    save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
