@@ -126,3 +126,21 @@ def test_vllm_0_33_builds_both_tiers_from_these_configurations(tmp_path):
         finally:
             manager.shutdown()  # the tiers, then the CPU tier's /dev/shm region
         assert not [f for f in os.listdir("/dev/shm") if f"tiered-test-{mode}-{os.getpid()}" in f]
+
+
+def test_an_engine_s_leftover_cpu_tier_region_is_removed_and_others_kept(tmp_path, monkeypatch):
+    (tmp_path / "vllm_offload_other.mmap").write_bytes(b"x")  # another engine's, there before
+    (tmp_path / "PostgreSQL.1").write_bytes(b"x")
+
+    def child(_args, spec, _work, module):
+        assert module == "tools.e2e.tiered"
+        (tmp_path / "vllm_offload_killed.mmap").write_bytes(b"x")  # an engine killed at its phase's end
+        return {"prompts": [], "phase": spec["phase"]}
+
+    monkeypatch.setattr(tiered, "SHM", str(tmp_path))
+    monkeypatch.setattr(tiered, "run_child", child)
+    assert tiered.run_engine(tiered.parse_args([]), {"phase": "tiered-writer"}, str(tmp_path)) == {
+        "prompts": [],
+        "phase": "tiered-writer",
+    }
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["PostgreSQL.1", "vllm_offload_other.mmap"]

@@ -19,6 +19,7 @@ the pure parts (arguments, tier configuration, table) are tested on CPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -235,7 +236,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--modes", default=",".join(MODES), help="cpu (CPU tier alone), kvfs, fs")
     p.add_argument("--prompts", default="32k,64k", help="prompt lengths (k = 1024 tokens)")
     p.add_argument("--root", default="/dev/shm/kvfs-tiered", help="the shared root (one directory per mode)")
-    p.add_argument("--cpu-gib", type=float, default=40.0, help="vLLM's CPU tier size (cpu_bytes_to_use)")
+    p.add_argument("--cpu-gib", type=float, default=16.0, help="vLLM's CPU tier size (cpu_bytes_to_use)")
     p.add_argument("--reps", type=int, default=3, help="hits per engine and prompt (medians reported)")
     p.add_argument("--no-reader", action="store_true", help="skip the cross-replica engines")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.85)
@@ -254,6 +255,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     except (ValueError, argparse.ArgumentTypeError) as exc:
         p.error(f"--prompts: {exc}")
     return args
+
+
+SHM = "/dev/shm"
+
+
+def shm_regions() -> set[str]:
+    """vLLM's CPU-tier regions in /dev/shm (`vllm_offload_<engine id>.mmap`)."""
+    try:
+        return {f for f in os.listdir(SHM) if f.startswith("vllm_offload_")}
+    except OSError:
+        return set()
+
+
+def run_engine(args: argparse.Namespace, spec: dict[str, Any], work: str) -> dict[str, Any]:
+    """One engine process; the CPU-tier region it created is removed after it, since an engine killed at the end
+    of its phase leaves its region behind and the next one would not fit beside it."""
+    before = shm_regions()
+    try:
+        return run_child(args, spec, work, MODULE)
+    finally:
+        for name in shm_regions() - before:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(SHM, name))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -296,13 +320,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         phases: dict[str, Any] = {}
         results["modes"][mode] = phases
         spec = {**base, "mode": mode, "root": root, "name": f"tiered-writer-{mode}"}
-        phases["writer"] = run_child(args, {**spec, "phase": "tiered-writer"}, work, MODULE)
+        phases["writer"] = run_engine(args, {**spec, "phase": "tiered-writer"}, work)
         save()
         if mode != "cpu" and not args.no_reader:
             refs = [p.get("ref_tokens") for p in phases["writer"].get("prompts", [])]
             if len(refs) == len(args.prompt_sizes):
                 reader = {**spec, "phase": "tiered-reader", "name": f"tiered-reader-{mode}", "refs": refs}
-                phases["reader"] = run_child(args, reader, work, MODULE)
+                phases["reader"] = run_engine(args, reader, work)
                 save()
         shutil.rmtree(root, ignore_errors=True)
     table = format_table(rows_of(results))
