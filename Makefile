@@ -6,7 +6,7 @@ STAMP := $(VENV)/.kvfs-installed
 export HF_HUB_OFFLINE := 1
 export VLLM_LOGGING_LEVEL ?= WARNING
 
-.PHONY: setup demo test test-fast test-vllm033 bench bench-gpu bench-e2e bench-tier lint clean soak
+.PHONY: setup demo test test-fast test-vllm033 bench bench-gpu bench-e2e bench-tiered bench-tier lint clean soak
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -59,6 +59,10 @@ bench-tier:
 # The connector in a real vLLM engine on a GPU (recipe: ../shared/gpu/README.md); run it where vLLM has a GPU.
 bench-e2e:
 	python3 -m tools.e2e --json e2e.json --markdown e2e.md
+
+# The tiered path (GPU → CPU tier → KvfsTier / vLLM's fs tier / none) in a real engine; needs vLLM 0.33 and a GPU.
+bench-tiered:
+	python3 -m tools.e2e.tiered --json tiered.json --markdown tiered.md
 
 lint: setup
 	$(BIN)/ruff check kvfs evictor connector tools tests
