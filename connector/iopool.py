@@ -202,6 +202,41 @@ class IoPool:
         for w in self._workers:
             w.start()
 
+    def warm_up_loads(self, copiers: Sequence[GroupCopier], blocks: int, timeout_s: float = 30.0) -> int:
+        """Run the load phases of a whole `blocks`-block chunk of each KV group twice on every staging slot (the
+        first run compiles, the second captures the slot's CUDA graph), so that a process's first loads replay
+        graphs as its later ones do.  Without it each slot's first two loads of a shape run eagerly and capture:
+        a fresh engine's first hit (a new replica reading others' files) was ~45% slower than its later hits.
+        The bytes moved are block 0's own, put back.  Call it before any operation is submitted: it uses the
+        I/O threads' slots from this thread.  Returns the graphs captured (0 on CPU or with graphs off)."""
+        if not (self.cuda and self.cuda_graphs):
+            return 0
+        deadline = time.monotonic() + timeout_s
+        with self._cv:  # every thread registers its staging as it starts
+            while len(self._states) < self.threads and self._cv.wait(max(0.0, deadline - time.monotonic())):
+                pass
+            states = list(self._states)
+        before = self.captured_graphs()
+        zeros = torch.zeros(blocks, dtype=torch.int64, device=self.device)
+        ids = [0] * blocks
+        for state in states:
+            assert state.dev is not None and state.stream is not None
+            with torch.cuda.stream(state.stream):
+                for slot in state.slots:
+                    for copier in copiers:
+                        n = copier.payload_bytes(blocks)
+                        dev, host = state.dev[:n], slot.host[:n]
+                        copier.gather(zeros, dev)  # block 0, `blocks` times: what the scatter writes back
+                        host.copy_(dev, non_blocking=True)
+                        for _ in range(2):
+                            if slot.hashes is not None:
+                                _copy_and_hash(slot, dev, host)
+                                _scatter(slot, dev, copier, ids, blocks, 0)
+                            else:
+                                _copy_and_scatter(slot, dev, host, copier, ids, blocks, 0)
+            state.stream.synchronize()
+        return self.captured_graphs() - before
+
     # -- submission (called from the worker's main thread; never blocks on I/O) --
 
     def submit(self, job_id: int, ops: Sequence[FileOp], *, is_load: bool) -> None:
@@ -366,6 +401,7 @@ class IoPool:
             state = self._thread_state()
             with self._cv:
                 self._states.append(state)
+                self._cv.notify_all()  # warm_up_loads waits for every thread's staging
         except Exception:  # noqa: BLE001 - a thread that cannot set up must still answer its operations
             log.exception("kvfs: an I/O thread could not set up; the operations it takes fail (recomputed)")
             state = None
@@ -521,25 +557,9 @@ class IoPool:
         f.pieces = hashes.hasher.full_pieces(n) if hashes is not None else 0
         with torch.cuda.stream(stream):
             if op.is_load and f.result is not None and f.result.verified:  # hashed by the CPU as it was read
-                k = slot.stage_ids(op.block_ids)
-
-                def copy_and_scatter() -> None:
-                    dev.copy_(host, non_blocking=True)
-                    op.copier.scatter(dev, slot.ids_on_device(k), file_blocks=op.file_blocks, first=op.first)
-
-                slot.graphs.run(
-                    slot.shape("load+scatter", id(op.copier), k, op.file_blocks, op.first, n),
-                    copy_and_scatter,
-                    owner=op.copier,
-                )
+                _copy_and_scatter(slot, dev, host, op.copier, op.block_ids, op.file_blocks, op.first)
             elif op.is_load:
-                assert hashes is not None
-
-                def copy_and_hash() -> None:
-                    dev.copy_(host, non_blocking=True)
-                    hashes.launch(dev)
-
-                slot.graphs.run(("load", n), copy_and_hash)
+                _copy_and_hash(slot, dev, host)
             else:
                 if op.event is not None:
                     stream.wait_event(op.event)
@@ -582,18 +602,9 @@ class IoPool:
                 self._report_miss(op, result)
                 return None
             dev, stream = f.state.dev[:n], f.state.stream
-            k = slot.stage_ids(op.block_ids)
-
-            def scatter() -> None:
-                op.copier.scatter(dev, slot.ids_on_device(k), file_blocks=op.file_blocks, first=op.first)
-
             with torch.cuda.stream(stream):
                 # Only verified bytes reach the KV cache; the copies of block ids and payload before it are done.
-                slot.graphs.run(
-                    slot.shape("scatter", id(op.copier), k, op.file_blocks, op.first, n),
-                    scatter,
-                    owner=op.copier,
-                )
+                _scatter(slot, dev, op.copier, op.block_ids, op.file_blocks, op.first)
                 slot.done.record(stream)
             return f
         if slot.hashes is not None:
@@ -731,6 +742,60 @@ _HELPER_MIN_BYTES = 8 * HASH_PIECE_BYTES
 # Block-id buffers hold at most this many ids; a file of more blocks (not a layout vLLM produces) falls back to
 # a copy of its ids made at launch.
 _MAX_BLOCKS_PER_FILE = 4096
+
+
+# A load's GPU phases, by graph shape: the I/O threads and `IoPool.warm_up_loads` queue them through these, so
+# a warmed-up shape is exactly the one a load replays.
+
+
+def _copy_and_hash(slot: _Slot, dev: torch.Tensor, host: torch.Tensor) -> None:
+    """Device-hashed load: the staged file to the device and its hash, before anything reaches the KV cache."""
+    hashes = slot.hashes
+    assert hashes is not None
+
+    def enqueue() -> None:
+        dev.copy_(host, non_blocking=True)
+        hashes.launch(dev)
+
+    slot.graphs.run(("load", host.numel()), enqueue)
+
+
+def _scatter(
+    slot: _Slot,
+    dev: torch.Tensor,
+    copier: GroupCopier,
+    block_ids: Sequence[int],
+    file_blocks: int,
+    first: int,
+) -> None:
+    """Device-hashed load, once verified: the payload from device staging into the KV cache's blocks."""
+    k = slot.stage_ids(block_ids)
+    slot.graphs.run(
+        slot.shape("scatter", id(copier), k, file_blocks, first, dev.numel()),
+        lambda: copier.scatter(dev, slot.ids_on_device(k), file_blocks=file_blocks, first=first),
+        owner=copier,
+    )
+
+
+def _copy_and_scatter(
+    slot: _Slot,
+    dev: torch.Tensor,
+    host: torch.Tensor,
+    copier: GroupCopier,
+    block_ids: Sequence[int],
+    file_blocks: int,
+    first: int,
+) -> None:
+    """CPU-hashed load (verified as it was read): to the device and into the KV cache's blocks in one phase."""
+    k = slot.stage_ids(block_ids)
+
+    def enqueue() -> None:
+        dev.copy_(host, non_blocking=True)
+        copier.scatter(dev, slot.ids_on_device(k), file_blocks=file_blocks, first=first)
+
+    slot.graphs.run(
+        slot.shape("load+scatter", id(copier), k, file_blocks, first, host.numel()), enqueue, owner=copier
+    )
 
 
 @dataclass

@@ -132,6 +132,8 @@ class KvfsWorker(OffloadingWorker):
         self.pool = IoPool(max_file_bytes=max_file, device=device, **pool_kwargs)
         for copier in self.copiers:  # compile the copy kernels before the first request needs them
             copier.warm_up(blocks_per_chunk)
+        # ... and capture every staging slot's load graphs, so the first hit runs as fast as later ones.
+        self.load_graphs = self.pool.warm_up_loads(self.copiers, blocks_per_chunk)
         # job id -> GPU blocks of its failed loads; read by KvfsOffloadingConnector.
         self.failed_load_blocks: dict[int, list[int]] = {}
         log.info(

@@ -682,3 +682,23 @@ def test_wait_progress_ends_when_a_job_finishes_and_at_once_with_none_in_flight(
     finally:
         held.release.set()
         pool.shutdown()
+
+
+def test_load_warm_up_is_a_no_op_without_cuda_graphs(tmp_path, pool):
+    """On CPU (no graphs) the warm-up captures nothing and moves no byte; loads then work as before.  Its GPU
+    half — every slot's load graphs captured before the first load, KV unchanged, no capture by the first
+    loads — is checked by `python -m tools.datapath.gpu_check` (`load warm-up`)."""
+    page = 64
+    src, dst = make_layers(3, 32, page, seed=5), make_layers(3, 32, page, seed=6)
+    before = [t.clone() for t in dst]
+    assert pool.warm_up_loads([GroupCopier(dst, [page] * 3)], BPC) == 0
+    assert all(torch.equal(a, b) for a, b in zip(dst, before, strict=True)) and pool.captured_graphs() == 0
+    done = run(pool, 1, [op(tmp_path, GroupCopier(src, [page] * 3), [5, 17, 2, 30], load=False)], load=False)
+    assert done.success
+    done = run(
+        pool, 2, [op(tmp_path, GroupCopier(dst, [page] * 3), [0, 1, 2, 3], load=True, job=2)], load=True
+    )
+    assert done.success and all(
+        torch.equal(s, d)
+        for s, d in zip(pages(src, [5, 17, 2, 30], page), pages(dst, [0, 1, 2, 3], page), strict=True)
+    )

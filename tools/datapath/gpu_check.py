@@ -349,6 +349,60 @@ class Checker:
         finally:
             pool.shutdown()
 
+    def warm_up_case(self, *, triton: bool) -> None:
+        """`IoPool.warm_up_loads`: every slot's load graphs captured before the first load, the KV cache's bytes
+        unchanged by it, and the first loads after it replay (no new load graph) and are bit-exact."""
+        dev = self.device
+        blocks = 8 * BPC
+        src_kv, dst_kv = make_kv(32, 8, 128, blocks, dev, 21), make_kv(32, 8, 128, blocks, dev, 22)
+        src_c, dst_c = (GroupCopier(*canonical(x), use_triton=triton) for x in (src_kv, dst_kv))
+        tag = f"load warm-up ({'triton' if dst_c.triton else 'torch'})"
+        before = [t.clone() for t in dst_kv]
+        pool = IoPool(threads=2, max_file_bytes=src_c.payload_bytes(BPC), device=dev, store_budget_s=60)
+        try:
+            warmed = pool.warm_up_loads([dst_c], BPC)
+            per_slot = 2 if pool.device_checksums else 1  # copy+hash and scatter, or copy+scatter
+            expected = pool.threads * 2 * per_slot if dev.type == "cuda" else 0
+            unchanged = all(
+                torch.equal(a.view(torch.int16), b.view(torch.int16))
+                for a, b in zip(before, dst_kv, strict=True)
+            )
+            self.check(
+                f"{tag}: {warmed} load graphs captured (expected {expected}), KV cache unchanged",
+                warmed == expected and unchanged,
+            )
+            keys = [os.urandom(32) + b"\0\0\0\0" for _ in range(4)]
+            src_ids = [list(range(i * BPC, (i + 1) * BPC)) for i in range(4)]
+            dst_ids = [list(range((7 - i) * BPC, (8 - i) * BPC)) for i in range(4)]
+            job = self.next_job()
+            ok = run_job(
+                pool,
+                job,
+                [
+                    file_op(self.root, src_c, k, i, load=False, job=job)
+                    for k, i in zip(keys, src_ids, strict=True)
+                ],
+                load=False,
+            ).success
+            after_stores = pool.captured_graphs()
+            job = self.next_job()
+            ok &= run_job(
+                pool,
+                job,
+                [
+                    file_op(self.root, dst_c, k, i, load=True, job=job)
+                    for k, i in zip(keys, dst_ids, strict=True)
+                ],
+                load=True,
+            ).success
+            ok &= all(equal_pages(src_kv, s, dst_kv, d) for s, d in zip(src_ids, dst_ids, strict=True))
+            self.check(
+                f"{tag}: first loads after it bit-exact and captured no new load graph",
+                ok and pool.captured_graphs() == after_stores,
+            )
+        finally:
+            pool.shutdown()
+
 
 def inject(path: str, how: str, file_bytes: int) -> None:
     if how == "deleted":
@@ -398,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             checker.model_case("Llama-3.1-70B TP4 rank", 80, 2, triton=triton)
             checker.two_groups(triton=triton)
             checker.graphs_case(triton=triton)
+            checker.warm_up_case(triton=triton)
     finally:
         if args.root is None:
             shutil.rmtree(root, ignore_errors=True)

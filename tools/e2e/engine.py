@@ -67,6 +67,8 @@ def probe_worker(worker: Any, idle_wait_s: float | None = None) -> dict[str, Any
             out["pending_jobs"] = pool.pending_jobs()
             out["threads"] = pool.threads
             out["store_gbps"] = pool.store_bandwidth() / 1e9
+            out["captured_graphs"] = pool.captured_graphs()
+            out["load_graphs_at_start"] = getattr(kw, "load_graphs", None)
         if idle_wait_s is not None and kw is not None and hasattr(kw, "idle_wait_s"):
             from connector.manager import KvfsManager
 
