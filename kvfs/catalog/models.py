@@ -66,6 +66,10 @@ PARTIAL_LRU_INDEXES = {
     "ix_blocks_orphan_lru": ORPHAN,
     "ix_blocks_superseded_lru": SUPERSEDED,
 }
+# The blocks the superseded rule could mark (never read, not orphan or superseded, no children): the partial
+# index `ix_blocks_branch` holds only these, so a branching store reads only the siblings it marks (v7).  The
+# supersede statement repeats these terms (SQLite uses a partial index only for a WHERE that contains them).
+MARKABLE = "hits = 0 AND NOT orphan AND NOT superseded AND NOT has_child"
 
 
 class Block(Base):
@@ -75,13 +79,26 @@ class Block(Base):
         # LRU order per namespace; `size` makes it covering for usage() and capacity planning.
         Index("ix_blocks_ns_lru", "namespace_id", "last_access", "size"),
         Index("ix_blocks_lru", "last_access"),
-        # The children of a block (marked orphan when it goes).
+        # The children of a block (marked orphan when it goes; `has_child` probes); rank and group since v7, so
+        # a probe for one rank's children does not walk the other ranks' children of the same hash.
         Index(
             "ix_blocks_parent",
             "namespace_id",
             "parent_hash",
+            "rank",
+            "grp",
             sqlite_where=text("parent_hash IS NOT NULL"),
             postgresql_where=text("parent_hash IS NOT NULL"),
+        ),
+        # The siblings the superseded rule could mark, per parent (v7): see MARKABLE.
+        Index(
+            "ix_blocks_branch",
+            "namespace_id",
+            "parent_hash",
+            "rank",
+            "grp",
+            sqlite_where=text(f"parent_hash IS NOT NULL AND {MARKABLE}"),
+            postgresql_where=text(f"parent_hash IS NOT NULL AND {MARKABLE}"),
         ),
         # LRU order per reuse class and of orphans: the `prefix` policy streams each class from its own index,
         # so a rare class is found without walking the whole LRU index.  Queries must repeat the WHERE text.
@@ -112,6 +129,10 @@ class Block(Base):
     # A never-read leaf whose parent got a newer child: the branch a conversation left behind (the previous
     # turn's last block), almost never read again (v4).  See Catalog.apply_journal.
     superseded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Some block of the same namespace, rank and group has this block as its parent (v7): the superseded rule's
+    # "no children", kept exact by every write that adds, re-parents or removes a row (Catalog's upserts and
+    # deletes, and the re-parenting trigger: kvfs.catalog.schema.REPARENT_TRIGGER).
+    has_child: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class JournalOffset(Base):
