@@ -54,9 +54,7 @@ PG_COPY_MIN_ROWS = 500
 _BLOCK_COLS = f"{_KEY_COLS}, size, created, last_access, hits, chain_pos, state, seen, parent_hash"
 _INSERT_COLS = f"{_BLOCK_COLS}, has_child"
 # Some row of the block's namespace, rank and group has it as parent (`ix_blocks_parent`, one probe).
-_CHILD_OF = (
-    "SELECT 1 FROM blocks c WHERE c.namespace_id = {ns} AND c.parent_hash = {h} AND c.rank = {r} AND c.grp = {g}"
-)
+_CHILD_OF = "SELECT 1 FROM blocks c WHERE c.namespace_id = {ns} AND c.parent_hash = {h} AND c.rank = {r} AND c.grp = {g}"
 _PG_STAGE = "kvfs_blocks_stage"
 KEY_CHUNK = 500
 BlockOrder = Literal["lru", "mru", "created", "size"]
@@ -134,7 +132,9 @@ class _Sql:
         # A parent whose child went: childless unless another child is left (one probe).
         self.unchild = (
             f"UPDATE blocks SET has_child = FALSE WHERE has_child AND {key4} AND NOT EXISTS ("
-            + _CHILD_OF.format(ns="blocks.namespace_id", h="blocks.block_hash", r="blocks.rank", g="blocks.grp")
+            + _CHILD_OF.format(
+                ns="blocks.namespace_id", h="blocks.block_hash", r="blocks.rank", g="blocks.grp"
+            )
             + ")"
         )
         # (`+last_access`: no index on it, so SQLite looks siblings up by parent, not the namespace's LRU range.)
@@ -190,8 +190,13 @@ def _merge_duplicate_keys(params: list[tuple[Any, ...]]) -> list[tuple[Any, ...]
 
 
 def _child_keys(params: Sequence[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
-    """(namespace id, rank, group, hash) of the parents the `_block_params` tuples record."""
-    return {(p[0], p[1], p[2], p[12]) for p in params if p[12] is not None}
+    """(namespace id, rank, group, hash) of the parents the `_block_params` tuples record, as the upsert leaves
+    them: a key given twice keeps its last recorded parent."""
+    last: dict[tuple[Any, ...], str] = {}
+    for p in params:
+        if p[12] is not None:
+            last[p[:5]] = p[12]
+    return {(k[0], k[1], k[2], parent) for k, parent in last.items()}
 
 
 def _pg_copy_upsert(conn: Connection, params: list[tuple[Any, ...]], parents: set[tuple[Any, ...]]) -> None:
@@ -629,9 +634,13 @@ class Catalog:
             )
         now = _time.time()
         offset_params = [(name, int(off), now) for name, off in offsets.items()]
+        extended, supersede = _branch_params(store_params)
         with self._write("apply_journal") as conn:
             if store_params:
-                self._upsert_params(conn, store_params)  # its parents outside the batch: `extended` below
+                parents = self._upsert_params(conn, store_params)
+                if len(parents) > len(extended):  # parents in the batch: their rows in another format
+                    outside = set(extended)  # (`extended` below flags these)
+                    conn.exec_driver_sql(self._sql.has_child, [p for p in parents if p not in outside])
             if access_params:
                 access_params.sort(key=lambda p: p[2:6])  # key order, as for upserts
                 matched = self._executemany_count(conn, self._sql.access, access_params)
@@ -648,7 +657,6 @@ class Catalog:
                 # parent went after it was last used, which the evictor's min_age makes rare.)
                 conn.exec_driver_sql(self._sql.adopt, (oldest,))
                 conn.exec_driver_sql(self._sql.unsupersede, (oldest,))
-            extended, supersede = _branch_params(store_params)
             if extended:
                 conn.exec_driver_sql(self._sql.extended, extended)
             if supersede:
@@ -663,9 +671,9 @@ class Catalog:
         return ApplyStats(stores=len(store_params), accesses=n_access - unknown, unknown_accesses=unknown)
 
     def _upsert_params(self, conn: Connection, params: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """Upsert `_block_params` tuples; returns the parents they record that are not among them ((namespace
-        id, rank, group, hash), sorted): the caller sets their `has_child` (`_Sql.extended` or
-        `_Sql.has_child`).  The rows' own `has_child` is set here (see `_Sql.upsert`)."""
+        """Upsert `_block_params` tuples and set their own `has_child` (see `_Sql.upsert`); returns the parents
+        they record ((namespace id, rank, group, hash), sorted), whose rows the caller flags (`_Sql.extended` or
+        `_Sql.has_child`): those of the batch are flagged already, but not their rows in another format."""
         parents = _child_keys(params)
         # Key order turns random B-tree inserts into near-sequential ones (3x faster at 300k rows).
         params = sorted(params, key=_key_order)
@@ -677,8 +685,6 @@ class Catalog:
             conn.exec_driver_sql(
                 self._sql.upsert, [(*p, p[:4] in parents, p[0], p[3], p[1], p[2]) for p in params]
             )
-        if parents:
-            parents.difference_update(p[:4] for p in params)
         return sorted(parents)
 
     @staticmethod
@@ -806,7 +812,9 @@ class Catalog:
         with self._write("prune_missing") as conn:
             # Their descendants lose their prefix.
             doomed = conn.execute(
-                text(f"SELECT namespace_id, block_hash, rank, grp, parent_hash FROM blocks b WHERE {gone('b')}"),
+                text(
+                    f"SELECT namespace_id, block_hash, rank, grp, parent_hash FROM blocks b WHERE {gone('b')}"
+                ),
                 params,
             ).all()
             self._orphan_descendants(conn, [tuple(r[:4]) for r in doomed])

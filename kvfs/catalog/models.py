@@ -79,14 +79,11 @@ class Block(Base):
         # LRU order per namespace; `size` makes it covering for usage() and capacity planning.
         Index("ix_blocks_ns_lru", "namespace_id", "last_access", "size"),
         Index("ix_blocks_lru", "last_access"),
-        # The children of a block (marked orphan when it goes; `has_child` probes); rank and group since v7, so
-        # a probe for one rank's children does not walk the other ranks' children of the same hash.
+        # The children of a block (marked orphan when it goes; the `has_child` probes).
         Index(
             "ix_blocks_parent",
             "namespace_id",
             "parent_hash",
-            "rank",
-            "grp",
             sqlite_where=text("parent_hash IS NOT NULL"),
             postgresql_where=text("parent_hash IS NOT NULL"),
         ),

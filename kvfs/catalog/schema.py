@@ -146,17 +146,9 @@ def _create_reparent_trigger(conn: Connection) -> None:
 
 
 def _v7_has_child(conn: Connection) -> None:
-    """v7: `blocks.has_child` (backfilled with one set-based UPDATE), `ix_blocks_parent` with rank and group, the
-    partial index of the blocks the superseded rule could mark (`ix_blocks_branch`), and the re-parenting
+    """v7: `blocks.has_child` (backfilled with one set-based UPDATE), the partial index of the blocks the superseded rule could mark (`ix_blocks_branch`), and the re-parenting
     trigger: a branching store reads only the siblings it marks, not every sibling."""
     conn.execute(text("ALTER TABLE blocks ADD COLUMN has_child BOOLEAN NOT NULL DEFAULT FALSE"))
-    conn.execute(text("DROP INDEX ix_blocks_parent"))
-    conn.execute(
-        text(
-            "CREATE INDEX ix_blocks_parent ON blocks (namespace_id, parent_hash, rank, grp) "
-            "WHERE parent_hash IS NOT NULL"
-        )
-    )
     conn.execute(
         text(
             "UPDATE blocks SET has_child = TRUE WHERE EXISTS (SELECT 1 FROM blocks c "
