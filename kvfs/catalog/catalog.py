@@ -53,8 +53,13 @@ UPSERT_CHUNK = 20_000
 PG_COPY_MIN_ROWS = 500
 _BLOCK_COLS = f"{_KEY_COLS}, size, created, last_access, hits, chain_pos, state, seen, parent_hash"
 _INSERT_COLS = f"{_BLOCK_COLS}, has_child"
-# Some row of the block's namespace, rank and group has it as parent (`ix_blocks_parent`, one probe).
-_CHILD_OF = "SELECT 1 FROM blocks c WHERE c.namespace_id = {ns} AND c.parent_hash = {h} AND c.rank = {r} AND c.grp = {g}"
+# A row of the block's namespace, rank and group that has it as parent (`ix_blocks_parent`, one probe), as a
+# scalar subquery (`... IS NULL`: no child): PostgreSQL would turn a NOT EXISTS into an anti-join, which it may
+# plan as a sequential scan of the table; a scalar subquery stays one probe per row the statement reads.
+_CHILD_OF = (
+    "(SELECT 1 FROM blocks c WHERE c.namespace_id = blocks.namespace_id AND c.parent_hash = blocks.block_hash "
+    "AND c.rank = blocks.rank AND c.grp = blocks.grp LIMIT 1)"
+)
 _PG_STAGE = "kvfs_blocks_stage"
 KEY_CHUNK = 500
 BlockOrder = Literal["lru", "mru", "created", "size"]
@@ -74,21 +79,11 @@ class _Sql:
         p = "?" if dialect == "sqlite" else "%s"
         greatest = "max" if dialect == "sqlite" else "GREATEST"
         # `has_child` of an inserted row: TRUE when a row of the same batch has it as parent (the 14th
-        # parameter, computed in Python), else one probe for children already there (a block stored again
-        # after its removal, or after its children); an existing row keeps its flag, exact already.
-        if dialect == "sqlite":  # numbered parameters: the probe reuses the key's
-            values = ", ".join(f"?{i}" for i in range(1, 14))
-            probe = _CHILD_OF.format(ns="?1", h="?4", r="?2", g="?3")
-            has_child = f"CASE WHEN ?14 THEN TRUE ELSE EXISTS ({probe}) END"
-            self.upsert_width = 14
-        else:
-            values = ", ".join([p] * 13)
-            probe = _CHILD_OF.format(ns=p, h=p, r=p, g=p)
-            has_child = f"CASE WHEN {p} THEN TRUE ELSE EXISTS ({probe}) END"
-            self.upsert_width = 18
+        # parameter, computed in Python); an existing row keeps a TRUE.  Children already there (a block stored
+        # again after its removal, or after its children) are found later, by `heal`: no probe per row here.
         self.upsert = (
             f"INSERT INTO blocks ({_INSERT_COLS}) "
-            f"VALUES ({values}, {has_child}) "
+            f"VALUES ({', '.join([p] * 14)}) "
             f"ON CONFLICT ({_KEY_COLS}) DO UPDATE SET size = excluded.size, "
             f"last_access = {greatest}(blocks.last_access, excluded.last_access), "
             "hits = blocks.hits + excluded.hits, "
@@ -100,10 +95,9 @@ class _Sql:
         # The scan's pair (SQLite): mark every file seen, touching no indexed column, then rewrite only the
         # rows whose size changed or whose file times are newer.  SQLite re-indexes every index that holds a
         # column named in SET, whatever the values, so the one-statement upsert costs ~3x more on a rescan.
-        self.scan_mark = (  # SQLite only (numbered parameters); scanned rows have no parent recorded
-            f"INSERT INTO blocks ({_INSERT_COLS}) "
-            f"VALUES ({', '.join(f'?{i}' for i in range(1, 14))}, "
-            f"EXISTS ({_CHILD_OF.format(ns='?1', h='?4', r='?2', g='?3')})) "
+        self.scan_mark = (
+            f"INSERT INTO blocks ({_BLOCK_COLS}) "
+            f"VALUES ({', '.join([p] * 13)}) "
             f"ON CONFLICT ({_KEY_COLS}) DO UPDATE SET seen = {greatest}(blocks.seen, excluded.seen)"
         )
         self.scan_refresh = (
@@ -131,26 +125,24 @@ class _Sql:
         self.has_child = f"UPDATE blocks SET has_child = TRUE WHERE NOT has_child AND {key4}"
         # A parent whose child went: childless unless another child is left (one probe).
         self.unchild = (
-            f"UPDATE blocks SET has_child = FALSE WHERE has_child AND {key4} AND NOT EXISTS ("
-            + _CHILD_OF.format(
-                ns="blocks.namespace_id", h="blocks.block_hash", r="blocks.rank", g="blocks.grp"
-            )
-            + ")"
+            f"UPDATE blocks SET has_child = FALSE WHERE has_child AND {key4} AND {_CHILD_OF} IS NULL"
         )
         # (`+last_access`: no index on it, so SQLite looks siblings up by parent, not the namespace's LRU range.)
         # The older never-read, childless siblings of a block just stored: the branch a conversation left
         # behind.  `ix_blocks_branch` holds only the rows the rule could mark (MARKABLE, whose terms the WHERE
-        # repeats), so the statement reads the siblings it marks plus the new block and any newer unread
-        # siblings, whatever the parent's other children.  Parameters: the new block's namespace, parent,
-        # rank, group, hash and store time.
-        # SQLite names the index: without statistics it rates `ix_blocks_parent` (the same columns) as good and
-        # may pick it, which visits every sibling.
-        indexed_by = " INDEXED BY ix_blocks_branch" if dialect == "sqlite" else ""
+        # repeats: a row with `has_child` has a child), so the statement reads the siblings it marks, the new
+        # block, newer unread siblings and rows whose children came first (`heal` then flags these), whatever
+        # the parent's other children.  Parameters: the new block's namespace, parent, rank, group, hash and
+        # store time.  SQLite names the index: without statistics it may rate `ix_blocks_parent` (the same
+        # leading columns) as good, which visits every sibling.
+        branch = f"blocks{' INDEXED BY ix_blocks_branch' if dialect == 'sqlite' else ''}"
+        siblings = f"namespace_id = {p} AND parent_hash = {p} AND rank = {p} AND grp = {p} AND {MARKABLE}"
         self.supersede = (
-            f"UPDATE blocks{indexed_by} SET superseded = TRUE "
-            f"WHERE namespace_id = {p} AND parent_hash = {p} AND rank = {p} AND grp = {p} AND {MARKABLE} "
-            f"AND block_hash != {p} AND +last_access < {p}"
+            f"UPDATE {branch} SET superseded = TRUE WHERE {siblings} AND block_hash != {p} "
+            f"AND +last_access < {p} AND {_CHILD_OF} IS NULL"
         )
+        # After it, per parent: the rows of the same range with children get their flag, so each is read once.
+        self.heal = f"UPDATE {branch} SET has_child = TRUE WHERE {siblings} AND {_CHILD_OF} IS NOT NULL"
         self.delete = f"DELETE FROM blocks WHERE {_KEY_WHERE.format(p=p)}"
         self.delete_id = f"DELETE FROM blocks WHERE id = {p}"
         self.offset = (
@@ -215,10 +207,8 @@ def _pg_copy_upsert(conn: Connection, params: list[tuple[Any, ...]], parents: se
         with cur.copy(f"COPY {_PG_STAGE} ({_INSERT_COLS}) FROM STDIN") as copy:
             for p in params:
                 copy.write_row((*p, (p[0], p[1], p[2], p[3]) in parents))
-        probe = _CHILD_OF.format(ns="s.namespace_id", h="s.block_hash", r="s.rank", g="s.grp")
         cur.execute(
-            f"INSERT INTO blocks ({_INSERT_COLS}) SELECT {', '.join(f's.{c}' for c in _BLOCK_COLS.split(', '))}, "
-            f"CASE WHEN s.has_child THEN TRUE ELSE EXISTS ({probe}) END FROM {_PG_STAGE} s "
+            f"INSERT INTO blocks ({_INSERT_COLS}) SELECT {_INSERT_COLS} FROM {_PG_STAGE} "
             f"ON CONFLICT ({_KEY_COLS}) DO UPDATE SET size = excluded.size, "
             "last_access = GREATEST(blocks.last_access, excluded.last_access), "
             "hits = blocks.hits + excluded.hits, "
@@ -637,10 +627,7 @@ class Catalog:
         extended, supersede = _branch_params(store_params)
         with self._write("apply_journal") as conn:
             if store_params:
-                parents = self._upsert_params(conn, store_params)
-                if len(parents) > len(extended):  # parents in the batch: their rows in another format
-                    outside = set(extended)  # (`extended` below flags these)
-                    conn.exec_driver_sql(self._sql.has_child, [p for p in parents if p not in outside])
+                self._upsert_params(conn, store_params)  # the parents outside the batch: `extended` below
             if access_params:
                 access_params.sort(key=lambda p: p[2:6])  # key order, as for upserts
                 matched = self._executemany_count(conn, self._sql.access, access_params)
@@ -662,6 +649,7 @@ class Catalog:
             if supersede:
                 marked = self._executemany_count(conn, self._sql.supersede, supersede)
                 metrics.CATALOG_CHAIN_MARKS.labels(mark="superseded").inc(marked)
+                conn.exec_driver_sql(self._sql.heal, sorted({p[:4] for p in supersede}))
             if offset_params:
                 conn.exec_driver_sql(self._sql.offset, offset_params)
         n_access = sum(int(c) for _, c in accesses.values())
@@ -671,20 +659,17 @@ class Catalog:
         return ApplyStats(stores=len(store_params), accesses=n_access - unknown, unknown_accesses=unknown)
 
     def _upsert_params(self, conn: Connection, params: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """Upsert `_block_params` tuples and set their own `has_child` (see `_Sql.upsert`); returns the parents
-        they record ((namespace id, rank, group, hash), sorted), whose rows the caller flags (`_Sql.extended` or
-        `_Sql.has_child`): those of the batch are flagged already, but not their rows in another format."""
+        """Upsert `_block_params` tuples, those a tuple of the batch names as parent with `has_child` (see
+        `_Sql.upsert`); returns the other parents they record ((namespace id, rank, group, hash), sorted), whose
+        rows the caller flags (`_Sql.extended` or `_Sql.has_child`)."""
         parents = _child_keys(params)
         # Key order turns random B-tree inserts into near-sequential ones (3x faster at 300k rows).
         params = sorted(params, key=_key_order)
         if self.dialect == "postgresql" and len(params) >= PG_COPY_MIN_ROWS:
             _pg_copy_upsert(conn, params, parents)
-        elif self._sql.upsert_width == 14:
-            conn.exec_driver_sql(self._sql.upsert, [(*p, p[:4] in parents) for p in params])
         else:
-            conn.exec_driver_sql(
-                self._sql.upsert, [(*p, p[:4] in parents, p[0], p[3], p[1], p[2]) for p in params]
-            )
+            conn.exec_driver_sql(self._sql.upsert, [(*p, p[:4] in parents) for p in params])
+        parents.difference_update(p[:4] for p in params)
         return sorted(parents)
 
     @staticmethod

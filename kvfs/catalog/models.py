@@ -66,8 +66,9 @@ PARTIAL_LRU_INDEXES = {
     "ix_blocks_orphan_lru": ORPHAN,
     "ix_blocks_superseded_lru": SUPERSEDED,
 }
-# The blocks the superseded rule could mark (never read, not orphan or superseded, no children): the partial
-# index `ix_blocks_branch` holds only these, so a branching store reads only the siblings it marks (v7).  The
+# The blocks the superseded rule could mark (never read, not orphan or superseded, no children as far as
+# `has_child` knows): the partial index `ix_blocks_branch` holds only these, so a branching store reads only the
+# siblings it marks (v7).  The
 # supersede statement repeats these terms (SQLite uses a partial index only for a WHERE that contains them).
 MARKABLE = "hits = 0 AND NOT orphan AND NOT superseded AND NOT has_child"
 
@@ -126,9 +127,12 @@ class Block(Base):
     # A never-read leaf whose parent got a newer child: the branch a conversation left behind (the previous
     # turn's last block), almost never read again (v4).  See Catalog.apply_journal.
     superseded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    # Some block of the same namespace, rank and group has this block as its parent (v7): the superseded rule's
-    # "no children", kept exact by every write that adds, re-parents or removes a row (Catalog's upserts and
-    # deletes, and the re-parenting trigger: kvfs.catalog.schema.REPARENT_TRIGGER).
+    # Some block of the same namespace, rank and group has this block as its parent (v7).  TRUE only then: set
+    # when a child is stored behind it, cleared when its last child goes (Catalog's upserts and deletes; the
+    # re-parenting trigger, kvfs.catalog.schema.REPARENT_TRIGGER).  A row stored when its children were there
+    # already (stored again after its removal, found by a scan, or another format of the same block) starts
+    # FALSE and gets it from the first sibling check that reads it (`_Sql.heal`), so `ix_blocks_branch` holds
+    # each such row until then.
     has_child: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 

@@ -146,8 +146,9 @@ def _create_reparent_trigger(conn: Connection) -> None:
 
 
 def _v7_has_child(conn: Connection) -> None:
-    """v7: `blocks.has_child` (backfilled with one set-based UPDATE), the partial index of the blocks the superseded rule could mark (`ix_blocks_branch`), and the re-parenting
-    trigger: a branching store reads only the siblings it marks, not every sibling."""
+    """v7: `blocks.has_child` (backfilled with one set-based UPDATE), the partial index of the blocks the
+    superseded rule could mark (`ix_blocks_branch`) and the re-parenting trigger: a branching store reads only the
+    siblings it marks, not every sibling."""
     conn.execute(text("ALTER TABLE blocks ADD COLUMN has_child BOOLEAN NOT NULL DEFAULT FALSE"))
     conn.execute(
         text(
