@@ -56,11 +56,21 @@ _INSERT_COLS = f"{_BLOCK_COLS}, has_child"
 # A row of the block's namespace, rank and group that has it as parent (`ix_blocks_parent`, one probe), as a
 # scalar subquery (`... IS NULL`: no child): PostgreSQL would turn a NOT EXISTS into an anti-join, which it may
 # plan as a sequential scan of the table; a scalar subquery stays one probe per row the statement reads.
+# SQLite names the index: with statistics (ANALYZE) it may prefer the unique key's (namespace, rank, group)
+# prefix, a scan of the namespace.
 _CHILD_OF = (
-    "(SELECT 1 FROM blocks c WHERE c.namespace_id = blocks.namespace_id AND c.parent_hash = blocks.block_hash "
-    "AND c.rank = blocks.rank AND c.grp = blocks.grp LIMIT 1)"
+    "(SELECT 1 FROM blocks c{indexed_by} WHERE c.namespace_id = blocks.namespace_id "
+    "AND c.parent_hash = blocks.block_hash AND c.rank = blocks.rank AND c.grp = blocks.grp LIMIT 1)"
 )
 _PG_STAGE = "kvfs_blocks_stage"
+# A store over a row that records another parent: the row's first parent in this transaction is kept in
+# `old_parent`, so `Catalog._upsert_params` can clear that parent's `has_child` (no trigger: SQLite runs a row
+# trigger's bookkeeping for every row an upsert inserts, ~25% of journal ingest).
+_OLD_PARENT = (
+    "CASE WHEN excluded.parent_hash IS NOT NULL AND blocks.parent_hash IS NOT NULL "
+    "AND excluded.parent_hash != blocks.parent_hash THEN COALESCE(blocks.old_parent, blocks.parent_hash) "
+    "ELSE blocks.old_parent END"
+)
 KEY_CHUNK = 500
 BlockOrder = Literal["lru", "mru", "created", "size"]
 _ORDER_SQL: dict[str, str] = {
@@ -78,6 +88,7 @@ class _Sql:
     def __init__(self, dialect: str) -> None:
         p = "?" if dialect == "sqlite" else "%s"
         greatest = "max" if dialect == "sqlite" else "GREATEST"
+        child_of = _CHILD_OF.format(indexed_by=" INDEXED BY ix_blocks_parent" if dialect == "sqlite" else "")
         # `has_child` of an inserted row: TRUE when a row of the same batch has it as parent (the 14th
         # parameter, computed in Python); an existing row keeps a TRUE.  Children already there (a block stored
         # again after its removal, or after its children) are found later, by `heal`: no probe per row here.
@@ -90,7 +101,8 @@ class _Sql:
             "chain_pos = CASE WHEN excluded.chain_pos >= 0 THEN excluded.chain_pos ELSE blocks.chain_pos END, "
             f"seen = {greatest}(blocks.seen, excluded.seen), "
             "parent_hash = COALESCE(excluded.parent_hash, blocks.parent_hash), "
-            "has_child = blocks.has_child OR excluded.has_child"
+            "has_child = blocks.has_child OR excluded.has_child, "
+            f"old_parent = {_OLD_PARENT}"
         )
         # The scan's pair (SQLite): mark every file seen, touching no indexed column, then rewrite only the
         # rows whose size changed or whose file times are newer.  SQLite re-indexes every index that holds a
@@ -125,7 +137,7 @@ class _Sql:
         self.has_child = f"UPDATE blocks SET has_child = TRUE WHERE NOT has_child AND {key4}"
         # A parent whose child went: childless unless another child is left (one probe).
         self.unchild = (
-            f"UPDATE blocks SET has_child = FALSE WHERE has_child AND {key4} AND {_CHILD_OF} IS NULL"
+            f"UPDATE blocks SET has_child = FALSE WHERE has_child AND {key4} AND {child_of} IS NULL"
         )
         # (`+last_access`: no index on it, so SQLite looks siblings up by parent, not the namespace's LRU range.)
         # The older never-read, childless siblings of a block just stored: the branch a conversation left
@@ -139,10 +151,13 @@ class _Sql:
         siblings = f"namespace_id = {p} AND parent_hash = {p} AND rank = {p} AND grp = {p} AND {MARKABLE}"
         self.supersede = (
             f"UPDATE {branch} SET superseded = TRUE WHERE {siblings} AND block_hash != {p} "
-            f"AND +last_access < {p} AND {_CHILD_OF} IS NULL"
+            f"AND +last_access < {p} AND {child_of} IS NULL"
         )
         # After it, per parent: the rows of the same range with children get their flag, so each is read once.
-        self.heal = f"UPDATE {branch} SET has_child = TRUE WHERE {siblings} AND {_CHILD_OF} IS NOT NULL"
+        self.heal = f"UPDATE {branch} SET has_child = TRUE WHERE {siblings} AND {child_of} IS NOT NULL"
+        # Rows an upsert moved behind another parent (`ix_blocks_old_parent`, empty between transactions).
+        self.moved = "SELECT namespace_id, rank, grp, old_parent FROM blocks WHERE old_parent IS NOT NULL"
+        self.settle_moved = "UPDATE blocks SET old_parent = NULL WHERE old_parent IS NOT NULL"
         self.delete = f"DELETE FROM blocks WHERE {_KEY_WHERE.format(p=p)}"
         self.delete_id = f"DELETE FROM blocks WHERE id = {p}"
         self.offset = (
@@ -215,16 +230,17 @@ def _pg_copy_upsert(conn: Connection, params: list[tuple[Any, ...]], parents: se
             "chain_pos = CASE WHEN excluded.chain_pos >= 0 THEN excluded.chain_pos ELSE blocks.chain_pos END, "
             "seen = GREATEST(blocks.seen, excluded.seen), "
             "parent_hash = COALESCE(excluded.parent_hash, blocks.parent_hash), "
-            "has_child = blocks.has_child OR excluded.has_child"
+            "has_child = blocks.has_child OR excluded.has_child, "
+            f"old_parent = {_OLD_PARENT}"
         )
         cur.execute(f"TRUNCATE {_PG_STAGE}")
 
 
 def _branch_params(
     store_params: Sequence[tuple[Any, ...]],
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], set[tuple[Any, ...]]]:
     """`_Sql.extended` and `_Sql.supersede` parameters for the stores of one journal batch (`_block_params`
-    tuples).
+    tuples, one per key), and the parents they record (`_child_keys`).
 
     A parent stored in the same batch is new (its only children are in the batch too) and touched (so never
     superseded), so only stores whose parent came from an earlier batch, and stores that share a parent within
@@ -243,7 +259,7 @@ def _branch_params(
             continue
         for p in children:
             supersede.append((p[0], p[12], p[1], p[2], p[3], p[7]))
-    return extended, supersede
+    return extended, supersede, set(by_parent)
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -538,9 +554,11 @@ class Catalog:
         with self._write("upsert_blocks") as conn:
             for chunk in _chunks(rows, UPSERT_CHUNK):
                 params = self._block_params(chunk, seen)
-                parents = self._upsert_params(conn, params)
+                parents = _child_keys(params)
+                self._upsert_params(conn, params, parents)
+                parents.difference_update(p[:4] for p in params)  # those of the chunk are flagged
                 if parents:
-                    conn.exec_driver_sql(self._sql.has_child, parents)
+                    conn.exec_driver_sql(self._sql.has_child, sorted(parents))
                 total += len(params)
         metrics.CATALOG_ROWS_UPSERTED.inc(total)
         return total
@@ -569,7 +587,7 @@ class Catalog:
                         self._sql.scan_refresh, [(p[5], p[7], *p[:5], p[5], p[7]) for p in chunk]
                     )
                 else:
-                    self._upsert_params(conn, chunk)
+                    self._upsert_params(conn, chunk, set())
         metrics.CATALOG_ROWS_UPSERTED.inc(len(params))
         return len(params)
 
@@ -624,10 +642,10 @@ class Catalog:
             )
         now = _time.time()
         offset_params = [(name, int(off), now) for name, off in offsets.items()]
-        extended, supersede = _branch_params(store_params)
+        extended, supersede, parents = _branch_params(store_params)
         with self._write("apply_journal") as conn:
             if store_params:
-                self._upsert_params(conn, store_params)  # the parents outside the batch: `extended` below
+                self._upsert_params(conn, store_params, parents)  # those outside the batch: `extended` below
             if access_params:
                 access_params.sort(key=lambda p: p[2:6])  # key order, as for upserts
                 matched = self._executemany_count(conn, self._sql.access, access_params)
@@ -658,19 +676,23 @@ class Catalog:
         metrics.CATALOG_ROWS_UPSERTED.inc(len(store_params))
         return ApplyStats(stores=len(store_params), accesses=n_access - unknown, unknown_accesses=unknown)
 
-    def _upsert_params(self, conn: Connection, params: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        """Upsert `_block_params` tuples, those a tuple of the batch names as parent with `has_child` (see
-        `_Sql.upsert`); returns the other parents they record ((namespace id, rank, group, hash), sorted), whose
-        rows the caller flags (`_Sql.extended` or `_Sql.has_child`)."""
-        parents = _child_keys(params)
+    def _upsert_params(
+        self, conn: Connection, params: list[tuple[Any, ...]], parents: set[tuple[Any, ...]]
+    ) -> None:
+        """Upsert `_block_params` tuples, with `has_child` for those `parents` (`_child_keys` of the batch:
+        (namespace id, rank, group, hash) each) names (see `_Sql.upsert`); the caller flags the other parents
+        (`_Sql.extended` or `_Sql.has_child`).  The old parents of rows moved behind another one lose the
+        flag if they have no child left."""
         # Key order turns random B-tree inserts into near-sequential ones (3x faster at 300k rows).
         params = sorted(params, key=_key_order)
         if self.dialect == "postgresql" and len(params) >= PG_COPY_MIN_ROWS:
             _pg_copy_upsert(conn, params, parents)
         else:
             conn.exec_driver_sql(self._sql.upsert, [(*p, p[:4] in parents) for p in params])
-        parents.difference_update(p[:4] for p in params)
-        return sorted(parents)
+        moved = conn.exec_driver_sql(self._sql.moved).all()
+        if moved:  # their old parents may have no child left
+            conn.exec_driver_sql(self._sql.settle_moved)
+            self._unchild(conn, [tuple(r) for r in moved])
 
     @staticmethod
     def _executemany_count(conn: Connection, sql: str, params: list[tuple[Any, ...]]) -> int:

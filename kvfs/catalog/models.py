@@ -98,6 +98,13 @@ class Block(Base):
             sqlite_where=text(f"parent_hash IS NOT NULL AND {MARKABLE}"),
             postgresql_where=text(f"parent_hash IS NOT NULL AND {MARKABLE}"),
         ),
+        # Rows whose parent changed in this transaction (always empty between transactions; v7).
+        Index(
+            "ix_blocks_old_parent",
+            "id",
+            sqlite_where=text("old_parent IS NOT NULL"),
+            postgresql_where=text("old_parent IS NOT NULL"),
+        ),
         # LRU order per reuse class and of orphans: the `prefix` policy streams each class from its own index,
         # so a rare class is found without walking the whole LRU index.  Queries must repeat the WHERE text.
         *(
@@ -128,12 +135,15 @@ class Block(Base):
     # turn's last block), almost never read again (v4).  See Catalog.apply_journal.
     superseded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # Some block of the same namespace, rank and group has this block as its parent (v7).  TRUE only then: set
-    # when a child is stored behind it, cleared when its last child goes (Catalog's upserts and deletes; the
-    # re-parenting trigger, kvfs.catalog.schema.REPARENT_TRIGGER).  A row stored when its children were there
+    # when a child is stored behind it, cleared when its last child goes or moves behind another parent
+    # (Catalog's upserts and deletes, `old_parent`).  A row stored when its children were there
     # already (stored again after its removal, found by a scan, or another format of the same block) starts
     # FALSE and gets it from the first sibling check that reads it (`_Sql.heal`), so `ix_blocks_branch` holds
     # each such row until then.
     has_child: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The parent this row had before a store over it recorded another one (v7): the upsert keeps it here, and
+    # the same transaction clears that parent's `has_child` if it has no child left, then this column.
+    old_parent: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
 
 
 class JournalOffset(Base):

@@ -108,48 +108,13 @@ def _v6_no_namespace_limits(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE namespaces DROP COLUMN retired"))
 
 
-# `blocks.has_child` of a row's old and new parent when an update changes its `parent_hash` (a block re-stored
-# behind another parent): only the row update knows the old parent, so a trigger keeps the flag exact there.
-# Inserts and deletes maintain the flag in Catalog's own statements, batched (a trigger would cost every row).
-_CHILD_PROBE = (
-    "SELECT 1 FROM blocks c WHERE c.namespace_id = OLD.namespace_id AND c.parent_hash = OLD.parent_hash "
-    "AND c.rank = OLD.rank AND c.grp = OLD.grp"
-)
-_UNCHILD_OLD_PARENT = (
-    "UPDATE blocks SET has_child = FALSE WHERE has_child AND namespace_id = OLD.namespace_id AND rank = OLD.rank "
-    f"AND grp = OLD.grp AND block_hash = OLD.parent_hash AND NOT EXISTS ({_CHILD_PROBE})"
-)
-_CHILD_NEW_PARENT = (
-    "UPDATE blocks SET has_child = TRUE WHERE NOT has_child AND namespace_id = NEW.namespace_id "
-    "AND rank = NEW.rank AND grp = NEW.grp AND block_hash = NEW.parent_hash"
-)
-REPARENT_TRIGGER = {
-    "sqlite": [
-        "CREATE TRIGGER tr_blocks_reparent AFTER UPDATE OF parent_hash ON blocks FOR EACH ROW "
-        "WHEN OLD.parent_hash IS NOT NEW.parent_hash "
-        f"BEGIN {_UNCHILD_OLD_PARENT}; {_CHILD_NEW_PARENT}; END"
-    ],
-    "postgresql": [
-        "CREATE FUNCTION kvfs_blocks_reparent() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        f"IF OLD.parent_hash IS NOT NULL THEN {_UNCHILD_OLD_PARENT}; END IF; "
-        f"IF NEW.parent_hash IS NOT NULL THEN {_CHILD_NEW_PARENT}; END IF; "
-        "RETURN NULL; END $$",
-        "CREATE TRIGGER tr_blocks_reparent AFTER UPDATE OF parent_hash ON blocks FOR EACH ROW "
-        "WHEN (OLD.parent_hash IS DISTINCT FROM NEW.parent_hash) EXECUTE FUNCTION kvfs_blocks_reparent()",
-    ],
-}
-
-
-def _create_reparent_trigger(conn: Connection) -> None:
-    for ddl in REPARENT_TRIGGER[conn.dialect.name]:
-        conn.execute(text(ddl))
-
-
 def _v7_has_child(conn: Connection) -> None:
-    """v7: `blocks.has_child` (backfilled with one set-based UPDATE), the partial index of the blocks the
-    superseded rule could mark (`ix_blocks_branch`) and the re-parenting trigger: a branching store reads only the
-    siblings it marks, not every sibling."""
+    """v7: `blocks.has_child` (backfilled with one set-based UPDATE) and the partial index of the blocks the
+    superseded rule could mark (`ix_blocks_branch`): a branching store reads only the siblings it marks, not every
+    sibling; `blocks.old_parent` (a re-stored block's previous parent, until its flag is settled)."""
     conn.execute(text("ALTER TABLE blocks ADD COLUMN has_child BOOLEAN NOT NULL DEFAULT FALSE"))
+    conn.execute(text("ALTER TABLE blocks ADD COLUMN old_parent VARCHAR(128)"))
+    conn.execute(text("CREATE INDEX ix_blocks_old_parent ON blocks (id) WHERE old_parent IS NOT NULL"))
     conn.execute(
         text(
             "UPDATE blocks SET has_child = TRUE WHERE EXISTS (SELECT 1 FROM blocks c "
@@ -163,7 +128,6 @@ def _v7_has_child(conn: Connection) -> None:
             "parent_hash IS NOT NULL AND hits = 0 AND NOT orphan AND NOT superseded AND NOT has_child"
         )
     )
-    _create_reparent_trigger(conn)
 
 
 # UPGRADES[v] upgrades a database at version v-1 to version v.
@@ -204,7 +168,6 @@ def ensure_schema(conn: Connection) -> int:
     found = read_schema_version(conn)
     if found is None:
         Base.metadata.create_all(conn)
-        _create_reparent_trigger(conn)  # the models describe tables and indexes only
         conn.execute(
             text("INSERT INTO kvfs_meta (key, value) VALUES (:k, :v)"),
             {"k": _VERSION_KEY, "v": str(SCHEMA_VERSION)},

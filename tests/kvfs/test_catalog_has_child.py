@@ -291,18 +291,16 @@ def test_upgrade_from_v6_backfills_has_child(catalog_url: str) -> None:
                 BlockRow(key(5, rank=1), 1, 2.0, 2.0, 2, parent_hash=h(2)),  # another rank: no child of 2
             ]
         )
-        # Back to v6: no trigger, no branch index, no column.
+        # Back to v6: no branch index, no columns.
         with testing.connection(catalog, write=True) as conn:
-            conn.execute(
-                text(
-                    "DROP TRIGGER tr_blocks_reparent" + (" ON blocks" if catalog.dialect != "sqlite" else "")
-                )
-            )
-            if catalog.dialect != "sqlite":
-                conn.execute(text("DROP FUNCTION kvfs_blocks_reparent()"))
-            conn.execute(text("DROP INDEX ix_blocks_branch"))
-            conn.execute(text("ALTER TABLE blocks DROP COLUMN has_child"))
-            conn.execute(text("UPDATE kvfs_meta SET value = '6' WHERE key = 'schema_version'"))
+            for ddl in (
+                "DROP INDEX ix_blocks_branch",
+                "DROP INDEX ix_blocks_old_parent",
+                "ALTER TABLE blocks DROP COLUMN has_child",
+                "ALTER TABLE blocks DROP COLUMN old_parent",
+                "UPDATE kvfs_meta SET value = '6' WHERE key = 'schema_version'",
+            ):
+                conn.execute(text(ddl))
     with Catalog.open(catalog_url) as catalog:
         assert catalog.schema_version() == SCHEMA_VERSION == 7
         assert "ix_blocks_branch" in testing.indexes(catalog, "blocks")
@@ -310,7 +308,7 @@ def test_upgrade_from_v6_backfills_has_child(catalog_url: str) -> None:
         # The rule works on the upgraded catalog: a new child of 1 supersedes the leaf 2, not 3 (a child).
         catalog.apply_journal([JournalRecord(RecordKind.STORE, key(6), 10.0, 1, 1, h(1))], {})
         assert {m[2] for m in marks(catalog)["superseded"]} == {h(2)}
-        # ... and the trigger is there: 4 re-stored behind 2 leaves 3 childless.
+        # ... and a re-store behind another parent: 4 moved behind 2 leaves 3 childless.
         catalog.apply_journal([JournalRecord(RecordKind.STORE, key(4), 11.0, 1, 2, h(2))], {})
         assert {m[2] for m in marks(catalog)["has_child"]} == {h(1), h(2)}
         assert wrong_flags(catalog) == 0
