@@ -65,7 +65,7 @@ _CHILD_OF = (
 _PG_STAGE = "kvfs_blocks_stage"
 # A store over a row that records another parent: the row's first parent in this transaction is kept in
 # `old_parent`, so `Catalog._upsert_params` can clear that parent's `has_child` (no trigger: SQLite runs a row
-# trigger's bookkeeping for every row an upsert inserts, ~25% of journal ingest).
+# trigger's bookkeeping for every row an upsert inserts, ~20% more CPU per store).
 _OLD_PARENT = (
     "CASE WHEN excluded.parent_hash IS NOT NULL AND blocks.parent_hash IS NOT NULL "
     "AND excluded.parent_hash != blocks.parent_hash THEN COALESCE(blocks.old_parent, blocks.parent_hash) "
