@@ -25,7 +25,7 @@ from kvfs import metrics
 from kvfs.catalog import groupings, streams
 from kvfs.catalog.engine import create_catalog_engine, default_catalog_url, describe_url, parse_catalog_url
 from kvfs.catalog.errors import CatalogError, CatalogUnavailable, RootMismatchError
-from kvfs.catalog.models import NO_RANK, ORPHAN, SUPERSEDED, Block, Namespace
+from kvfs.catalog.models import MARKABLE, NO_RANK, ORPHAN, SUPERSEDED, Block, Namespace
 from kvfs.catalog.records import (
     ApplyStats,
     BlockRow,
@@ -52,7 +52,25 @@ UPSERT_CHUNK = 20_000
 # times faster than executemany, which still costs a round trip's worth of work per row).
 PG_COPY_MIN_ROWS = 500
 _BLOCK_COLS = f"{_KEY_COLS}, size, created, last_access, hits, chain_pos, state, seen, parent_hash"
+_INSERT_COLS = f"{_BLOCK_COLS}, has_child"
+# A row of the block's namespace, rank and group that has it as parent (`ix_blocks_parent`, one probe), as a
+# scalar subquery (`... IS NULL`: no child): PostgreSQL would turn a NOT EXISTS into an anti-join, which it may
+# plan as a sequential scan of the table; a scalar subquery stays one probe per row the statement reads.
+# SQLite names the index: with statistics (ANALYZE) it may prefer the unique key's (namespace, rank, group)
+# prefix, a scan of the namespace.
+_CHILD_OF = (
+    "(SELECT 1 FROM blocks c{indexed_by} WHERE c.namespace_id = blocks.namespace_id "
+    "AND c.parent_hash = blocks.block_hash AND c.rank = blocks.rank AND c.grp = blocks.grp LIMIT 1)"
+)
 _PG_STAGE = "kvfs_blocks_stage"
+# A store over a row that records another parent: the row's first parent in this transaction is kept in
+# `old_parent`, so `Catalog._upsert_params` can clear that parent's `has_child` (no trigger: SQLite runs a row
+# trigger's bookkeeping for every row an upsert inserts, ~20% more CPU per store).
+_OLD_PARENT = (
+    "CASE WHEN excluded.parent_hash IS NOT NULL AND blocks.parent_hash IS NOT NULL "
+    "AND excluded.parent_hash != blocks.parent_hash THEN COALESCE(blocks.old_parent, blocks.parent_hash) "
+    "ELSE blocks.old_parent END"
+)
 KEY_CHUNK = 500
 BlockOrder = Literal["lru", "mru", "created", "size"]
 _ORDER_SQL: dict[str, str] = {
@@ -70,15 +88,21 @@ class _Sql:
     def __init__(self, dialect: str) -> None:
         p = "?" if dialect == "sqlite" else "%s"
         greatest = "max" if dialect == "sqlite" else "GREATEST"
+        child_of = _CHILD_OF.format(indexed_by=" INDEXED BY ix_blocks_parent" if dialect == "sqlite" else "")
+        # `has_child` of an inserted row: TRUE when a row of the same batch has it as parent (the 14th
+        # parameter, computed in Python); an existing row keeps a TRUE.  Children already there (a block stored
+        # again after its removal, or after its children) are found later, by `heal`: no probe per row here.
         self.upsert = (
-            f"INSERT INTO blocks ({_BLOCK_COLS}) "
-            f"VALUES ({', '.join([p] * 13)}) "
+            f"INSERT INTO blocks ({_INSERT_COLS}) "
+            f"VALUES ({', '.join([p] * 14)}) "
             f"ON CONFLICT ({_KEY_COLS}) DO UPDATE SET size = excluded.size, "
             f"last_access = {greatest}(blocks.last_access, excluded.last_access), "
             "hits = blocks.hits + excluded.hits, "
             "chain_pos = CASE WHEN excluded.chain_pos >= 0 THEN excluded.chain_pos ELSE blocks.chain_pos END, "
             f"seen = {greatest}(blocks.seen, excluded.seen), "
-            "parent_hash = COALESCE(excluded.parent_hash, blocks.parent_hash)"
+            "parent_hash = COALESCE(excluded.parent_hash, blocks.parent_hash), "
+            "has_child = blocks.has_child OR excluded.has_child, "
+            f"old_parent = {_OLD_PARENT}"
         )
         # The scan's pair (SQLite): mark every file seen, touching no indexed column, then rewrite only the
         # rows whose size changed or whose file times are newer.  SQLite re-indexes every index that holds a
@@ -102,22 +126,38 @@ class _Sql:
         self.adopt = f"UPDATE blocks SET orphan = FALSE WHERE {ORPHAN} AND last_access >= {p}"
         # A superseded row used again (or stored over) since `t` is live after all: the same range scan.
         self.unsupersede = f"UPDATE blocks SET superseded = FALSE WHERE {SUPERSEDED} AND last_access >= {p}"
-        # A parent that got a child is no leaf (a writer may store behind a block it did not read from files).
+        # A parent that got a child is no leaf (a writer may store behind a block it did not read from files),
+        # and has a child.  Parameters: the parent's namespace, rank, group and hash.
+        key4 = f"namespace_id = {p} AND rank = {p} AND grp = {p} AND block_hash = {p}"
         self.extended = (
-            f"UPDATE blocks SET superseded = FALSE WHERE {SUPERSEDED} AND namespace_id = {p} AND rank = {p} "
-            f"AND grp = {p} AND block_hash = {p}"
+            f"UPDATE blocks SET superseded = FALSE, has_child = TRUE WHERE ({SUPERSEDED} OR NOT has_child) "
+            f"AND {key4}"
+        )
+        # The same for rows given to upsert_blocks (no superseded bookkeeping there).
+        self.has_child = f"UPDATE blocks SET has_child = TRUE WHERE NOT has_child AND {key4}"
+        # A parent whose child went: childless unless another child is left (one probe).
+        self.unchild = (
+            f"UPDATE blocks SET has_child = FALSE WHERE has_child AND {key4} AND {child_of} IS NULL"
         )
         # (`+last_access`: no index on it, so SQLite looks siblings up by parent, not the namespace's LRU range.)
-        # The older never-read, childless siblings of a block just stored (ix_blocks_parent finds them): the
-        # branch a conversation left behind.  Parameters: the new block's namespace, parent, rank, group,
-        # hash and store time.
+        # The older never-read, childless siblings of a block just stored: the branch a conversation left
+        # behind.  `ix_blocks_branch` holds only the rows the rule could mark (MARKABLE, whose terms the WHERE
+        # repeats: a row with `has_child` has a child), so the statement reads the siblings it marks, the new
+        # block, newer unread siblings and rows whose children came first (`heal` then flags these), whatever
+        # the parent's other children.  Parameters: the new block's namespace, parent, rank, group, hash and
+        # store time.  SQLite names the index: without statistics it may rate `ix_blocks_parent` (the same
+        # leading columns) as good, which visits every sibling.
+        branch = f"blocks{' INDEXED BY ix_blocks_branch' if dialect == 'sqlite' else ''}"
+        siblings = f"namespace_id = {p} AND parent_hash = {p} AND rank = {p} AND grp = {p} AND {MARKABLE}"
         self.supersede = (
-            "UPDATE blocks SET superseded = TRUE "
-            f"WHERE namespace_id = {p} AND parent_hash = {p} AND rank = {p} AND grp = {p} AND block_hash != {p} "
-            f"AND hits = 0 AND NOT orphan AND NOT superseded AND +last_access < {p} "
-            "AND NOT EXISTS (SELECT 1 FROM blocks c WHERE c.namespace_id = blocks.namespace_id "
-            "AND c.parent_hash = blocks.block_hash AND c.rank = blocks.rank AND c.grp = blocks.grp)"
+            f"UPDATE {branch} SET superseded = TRUE WHERE {siblings} AND block_hash != {p} "
+            f"AND +last_access < {p} AND {child_of} IS NULL"
         )
+        # After it, per parent: the rows of the same range with children get their flag, so each is read once.
+        self.heal = f"UPDATE {branch} SET has_child = TRUE WHERE {siblings} AND {child_of} IS NOT NULL"
+        # Rows an upsert moved behind another parent (`ix_blocks_old_parent`, empty between transactions).
+        self.moved = "SELECT namespace_id, rank, grp, old_parent FROM blocks WHERE old_parent IS NOT NULL"
+        self.settle_moved = "UPDATE blocks SET old_parent = NULL WHERE old_parent IS NOT NULL"
         self.delete = f"DELETE FROM blocks WHERE {_KEY_WHERE.format(p=p)}"
         self.delete_id = f"DELETE FROM blocks WHERE id = {p}"
         self.offset = (
@@ -156,8 +196,19 @@ def _merge_duplicate_keys(params: list[tuple[Any, ...]]) -> list[tuple[Any, ...]
     return list(merged.values()) if len(merged) != len(params) else params
 
 
-def _pg_copy_upsert(conn: Connection, params: list[tuple[Any, ...]]) -> None:
-    """COPY the rows into a session temp table, then merge them with the same conflict rules as `_Sql.upsert`."""
+def _child_keys(params: Sequence[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+    """(namespace id, rank, group, hash) of the parents the `_block_params` tuples record, as the upsert leaves
+    them: a key given twice keeps its last recorded parent."""
+    last: dict[tuple[Any, ...], str] = {}
+    for p in params:
+        if p[12] is not None:
+            last[p[:5]] = p[12]
+    return {(k[0], k[1], k[2], parent) for k, parent in last.items()}
+
+
+def _pg_copy_upsert(conn: Connection, params: list[tuple[Any, ...]], parents: set[tuple[Any, ...]]) -> None:
+    """COPY the rows into a session temp table, then merge them with the same conflict rules as `_Sql.upsert`
+    (`parents`: `_child_keys` of the batch)."""
     params = _merge_duplicate_keys(params)
     raw = conn.connection.driver_connection
     assert raw is not None
@@ -165,29 +216,31 @@ def _pg_copy_upsert(conn: Connection, params: list[tuple[Any, ...]]) -> None:
         cur.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {_PG_STAGE} (namespace_id integer, rank integer, grp integer, "
             "block_hash text, fmt text, size bigint, created double precision, last_access double precision, "
-            "hits bigint, chain_pos integer, state integer, seen double precision, parent_hash text) "
-            "ON COMMIT DELETE ROWS"
+            "hits bigint, chain_pos integer, state integer, seen double precision, parent_hash text, "
+            "has_child boolean) ON COMMIT DELETE ROWS"
         )
-        with cur.copy(f"COPY {_PG_STAGE} ({_BLOCK_COLS}) FROM STDIN") as copy:
+        with cur.copy(f"COPY {_PG_STAGE} ({_INSERT_COLS}) FROM STDIN") as copy:
             for p in params:
-                copy.write_row(p)
+                copy.write_row((*p, (p[0], p[1], p[2], p[3]) in parents))
         cur.execute(
-            f"INSERT INTO blocks ({_BLOCK_COLS}) SELECT {_BLOCK_COLS} FROM {_PG_STAGE} "
+            f"INSERT INTO blocks ({_INSERT_COLS}) SELECT {_INSERT_COLS} FROM {_PG_STAGE} "
             f"ON CONFLICT ({_KEY_COLS}) DO UPDATE SET size = excluded.size, "
             "last_access = GREATEST(blocks.last_access, excluded.last_access), "
             "hits = blocks.hits + excluded.hits, "
             "chain_pos = CASE WHEN excluded.chain_pos >= 0 THEN excluded.chain_pos ELSE blocks.chain_pos END, "
             "seen = GREATEST(blocks.seen, excluded.seen), "
-            "parent_hash = COALESCE(excluded.parent_hash, blocks.parent_hash)"
+            "parent_hash = COALESCE(excluded.parent_hash, blocks.parent_hash), "
+            "has_child = blocks.has_child OR excluded.has_child, "
+            f"old_parent = {_OLD_PARENT}"
         )
         cur.execute(f"TRUNCATE {_PG_STAGE}")
 
 
 def _branch_params(
     store_params: Sequence[tuple[Any, ...]],
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], set[tuple[Any, ...]]]:
     """`_Sql.extended` and `_Sql.supersede` parameters for the stores of one journal batch (`_block_params`
-    tuples).
+    tuples, one per key), and the parents they record (`_child_keys`).
 
     A parent stored in the same batch is new (its only children are in the batch too) and touched (so never
     superseded), so only stores whose parent came from an earlier batch, and stores that share a parent within
@@ -206,7 +259,7 @@ def _branch_params(
             continue
         for p in children:
             supersede.append((p[0], p[12], p[1], p[2], p[3], p[7]))
-    return extended, supersede
+    return extended, supersede, set(by_parent)
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -501,7 +554,11 @@ class Catalog:
         with self._write("upsert_blocks") as conn:
             for chunk in _chunks(rows, UPSERT_CHUNK):
                 params = self._block_params(chunk, seen)
-                self._upsert_params(conn, params)
+                parents = _child_keys(params)
+                self._upsert_params(conn, params, parents)
+                parents.difference_update(p[:4] for p in params)  # those of the chunk are flagged
+                if parents:
+                    conn.exec_driver_sql(self._sql.has_child, sorted(parents))
                 total += len(params)
         metrics.CATALOG_ROWS_UPSERTED.inc(total)
         return total
@@ -530,7 +587,7 @@ class Catalog:
                         self._sql.scan_refresh, [(p[5], p[7], *p[:5], p[5], p[7]) for p in chunk]
                     )
                 else:
-                    self._upsert_params(conn, chunk)
+                    self._upsert_params(conn, chunk, set())
         metrics.CATALOG_ROWS_UPSERTED.inc(len(params))
         return len(params)
 
@@ -585,9 +642,10 @@ class Catalog:
             )
         now = _time.time()
         offset_params = [(name, int(off), now) for name, off in offsets.items()]
+        extended, supersede, parents = _branch_params(store_params)
         with self._write("apply_journal") as conn:
             if store_params:
-                self._upsert_params(conn, store_params)
+                self._upsert_params(conn, store_params, parents)  # those outside the batch: `extended` below
             if access_params:
                 access_params.sort(key=lambda p: p[2:6])  # key order, as for upserts
                 matched = self._executemany_count(conn, self._sql.access, access_params)
@@ -604,12 +662,12 @@ class Catalog:
                 # parent went after it was last used, which the evictor's min_age makes rare.)
                 conn.exec_driver_sql(self._sql.adopt, (oldest,))
                 conn.exec_driver_sql(self._sql.unsupersede, (oldest,))
-            extended, supersede = _branch_params(store_params)
             if extended:
                 conn.exec_driver_sql(self._sql.extended, extended)
             if supersede:
                 marked = self._executemany_count(conn, self._sql.supersede, supersede)
                 metrics.CATALOG_CHAIN_MARKS.labels(mark="superseded").inc(marked)
+                conn.exec_driver_sql(self._sql.heal, sorted({p[:4] for p in supersede}))
             if offset_params:
                 conn.exec_driver_sql(self._sql.offset, offset_params)
         n_access = sum(int(c) for _, c in accesses.values())
@@ -618,13 +676,23 @@ class Catalog:
         metrics.CATALOG_ROWS_UPSERTED.inc(len(store_params))
         return ApplyStats(stores=len(store_params), accesses=n_access - unknown, unknown_accesses=unknown)
 
-    def _upsert_params(self, conn: Connection, params: list[tuple[Any, ...]]) -> None:
+    def _upsert_params(
+        self, conn: Connection, params: list[tuple[Any, ...]], parents: set[tuple[Any, ...]]
+    ) -> None:
+        """Upsert `_block_params` tuples, with `has_child` for those `parents` (`_child_keys` of the batch:
+        (namespace id, rank, group, hash) each) names (see `_Sql.upsert`); the caller flags the other parents
+        (`_Sql.extended` or `_Sql.has_child`).  The old parents of rows moved behind another one lose the
+        flag if they have no child left."""
         # Key order turns random B-tree inserts into near-sequential ones (3x faster at 300k rows).
         params = sorted(params, key=_key_order)
         if self.dialect == "postgresql" and len(params) >= PG_COPY_MIN_ROWS:
-            _pg_copy_upsert(conn, params)
+            _pg_copy_upsert(conn, params, parents)
         else:
-            conn.exec_driver_sql(self._sql.upsert, params)
+            conn.exec_driver_sql(self._sql.upsert, [(*p, p[:4] in parents) for p in params])
+        moved = conn.exec_driver_sql(self._sql.moved).all()
+        if moved:  # their old parents may have no child left
+            conn.exec_driver_sql(self._sql.settle_moved)
+            self._unchild(conn, [tuple(r) for r in moved])
 
     @staticmethod
     def _executemany_count(conn: Connection, sql: str, params: list[tuple[Any, ...]]) -> int:
@@ -663,6 +731,32 @@ class Catalog:
         metrics.CATALOG_CHAIN_MARKS.labels(mark="orphan").inc(marked)
         return marked
 
+    def _parents_of_keys(self, conn: Connection, params: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """(namespace id, rank, group, parent hash) of the rows with these keys ((namespace id, rank, group,
+        hash, fmt) each) that record a parent: an index seek per key on the unique key."""
+        by_prefix: dict[tuple[Any, ...], list[str]] = {}
+        for ns, rank, grp, block_hash, fmt in params:
+            by_prefix.setdefault((ns, rank, grp, fmt), []).append(block_hash)
+        parents: list[tuple[Any, ...]] = []
+        for (ns, rank, grp, fmt), hashes in by_prefix.items():
+            for chunk in _chunks(sorted(set(hashes)), KEY_CHUNK):
+                rows = conn.execute(
+                    text(
+                        "SELECT parent_hash FROM blocks WHERE namespace_id = :ns AND rank = :rank AND grp = :grp "
+                        "AND block_hash IN :hashes AND fmt = :fmt AND parent_hash IS NOT NULL"
+                    ).bindparams(bindparam("hashes", expanding=True)),
+                    {"ns": ns, "rank": rank, "grp": grp, "fmt": fmt, "hashes": chunk},
+                ).all()
+                parents += [(ns, rank, grp, parent) for (parent,) in rows]
+        return parents
+
+    def _unchild(self, conn: Connection, parents: Iterable[tuple[Any, ...]]) -> None:
+        """After rows went: `has_child` of their parents ((namespace id, rank, group, hash) each) is cleared
+        where no child is left (one probe on `ix_blocks_parent` per distinct parent)."""
+        distinct = sorted(set(parents))
+        if distinct:
+            conn.exec_driver_sql(self._sql.unchild, distinct)
+
     def remove_blocks(self, keys: Iterable[BlockKey]) -> int:
         """Delete the rows of `keys` (unknown keys ignored); returns rows deleted."""
         keys = list(keys)
@@ -677,8 +771,10 @@ class Catalog:
         if not params:
             return 0
         with self._write("remove_blocks") as conn:
+            parents = self._parents_of_keys(conn, params)
             self._orphan_descendants(conn, [(ns, h, r, g) for ns, r, g, h, _ in params])
             deleted = self._executemany_count(conn, self._sql.delete, params)
+            self._unchild(conn, parents)
         metrics.CATALOG_ROWS_REMOVED.labels(why="evicted").inc(deleted)
         return deleted
 
@@ -687,14 +783,15 @@ class Catalog:
         if not params:
             return 0
         with self._write("remove_block_ids") as conn:
-            parents: list[tuple[Any, ...]] = []
+            gone: list[tuple[Any, ...]] = []
             for chunk in _chunks(params, KEY_CHUNK):
                 marks = ", ".join(str(i) for (i,) in chunk)  # ints from int(): safe to inline
-                parents += conn.exec_driver_sql(
-                    f"SELECT namespace_id, block_hash, rank, grp FROM blocks WHERE id IN ({marks})"
+                gone += conn.exec_driver_sql(
+                    f"SELECT namespace_id, block_hash, rank, grp, parent_hash FROM blocks WHERE id IN ({marks})"
                 ).all()
-            self._orphan_descendants(conn, [tuple(r) for r in parents])
+            self._orphan_descendants(conn, [tuple(r[:4]) for r in gone])
             deleted = self._executemany_count(conn, self._sql.delete_id, params)
+            self._unchild(conn, [(r[0], r[2], r[3], r[4]) for r in gone if r[4] is not None])
         metrics.CATALOG_ROWS_REMOVED.labels(why="evicted").inc(deleted)
         return deleted
 
@@ -722,10 +819,14 @@ class Catalog:
         with self._write("prune_missing") as conn:
             # Their descendants lose their prefix.
             doomed = conn.execute(
-                text(f"SELECT namespace_id, block_hash, rank, grp FROM blocks b WHERE {gone('b')}"), params
+                text(
+                    f"SELECT namespace_id, block_hash, rank, grp, parent_hash FROM blocks b WHERE {gone('b')}"
+                ),
+                params,
             ).all()
-            self._orphan_descendants(conn, [tuple(r) for r in doomed])
+            self._orphan_descendants(conn, [tuple(r[:4]) for r in doomed])
             deleted = conn.execute(text(f"DELETE FROM blocks WHERE {gone('blocks')}"), params).rowcount
+            self._unchild(conn, [(r[0], r[2], r[3], r[4]) for r in doomed if r[4] is not None])
         metrics.CATALOG_ROWS_REMOVED.labels(why="missing").inc(deleted)
         return deleted
 

@@ -66,6 +66,11 @@ PARTIAL_LRU_INDEXES = {
     "ix_blocks_orphan_lru": ORPHAN,
     "ix_blocks_superseded_lru": SUPERSEDED,
 }
+# The blocks the superseded rule could mark (never read, not orphan or superseded, no children as far as
+# `has_child` knows): the partial index `ix_blocks_branch` holds only these, so a branching store reads only the
+# siblings it marks (v7).  The
+# supersede statement repeats these terms (SQLite uses a partial index only for a WHERE that contains them).
+MARKABLE = "hits = 0 AND NOT orphan AND NOT superseded AND NOT has_child"
 
 
 class Block(Base):
@@ -75,13 +80,30 @@ class Block(Base):
         # LRU order per namespace; `size` makes it covering for usage() and capacity planning.
         Index("ix_blocks_ns_lru", "namespace_id", "last_access", "size"),
         Index("ix_blocks_lru", "last_access"),
-        # The children of a block (marked orphan when it goes).
+        # The children of a block (marked orphan when it goes; the `has_child` probes).
         Index(
             "ix_blocks_parent",
             "namespace_id",
             "parent_hash",
             sqlite_where=text("parent_hash IS NOT NULL"),
             postgresql_where=text("parent_hash IS NOT NULL"),
+        ),
+        # The siblings the superseded rule could mark, per parent (v7): see MARKABLE.
+        Index(
+            "ix_blocks_branch",
+            "namespace_id",
+            "parent_hash",
+            "rank",
+            "grp",
+            sqlite_where=text(f"parent_hash IS NOT NULL AND {MARKABLE}"),
+            postgresql_where=text(f"parent_hash IS NOT NULL AND {MARKABLE}"),
+        ),
+        # Rows whose parent changed in this transaction (always empty between transactions; v7).
+        Index(
+            "ix_blocks_old_parent",
+            "id",
+            sqlite_where=text("old_parent IS NOT NULL"),
+            postgresql_where=text("old_parent IS NOT NULL"),
         ),
         # LRU order per reuse class and of orphans: the `prefix` policy streams each class from its own index,
         # so a rare class is found without walking the whole LRU index.  Queries must repeat the WHERE text.
@@ -112,6 +134,16 @@ class Block(Base):
     # A never-read leaf whose parent got a newer child: the branch a conversation left behind (the previous
     # turn's last block), almost never read again (v4).  See Catalog.apply_journal.
     superseded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Some block of the same namespace, rank and group has this block as its parent (v7).  TRUE only then: set
+    # when a child is stored behind it, cleared when its last child goes or moves behind another parent
+    # (Catalog's upserts and deletes, `old_parent`).  A row stored when its children were there
+    # already (stored again after its removal, found by a scan, or another format of the same block) starts
+    # FALSE and gets it from the first sibling check that reads it (`_Sql.heal`), so `ix_blocks_branch` holds
+    # each such row until then.
+    has_child: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The parent this row had before a store over it recorded another one (v7): the upsert keeps it here, and
+    # the same transaction clears that parent's `has_child` if it has no child left, then this column.
+    old_parent: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
 
 
 class JournalOffset(Base):

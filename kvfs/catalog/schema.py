@@ -14,7 +14,7 @@ from sqlalchemy import Connection, inspect, text
 from kvfs.catalog.errors import CatalogError
 from kvfs.catalog.models import Base
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 _VERSION_KEY = "schema_version"
 # Arbitrary constant key for pg_advisory_xact_lock: serialises schema creation between processes.
 _PG_SCHEMA_LOCK = 0x6B766673
@@ -108,6 +108,28 @@ def _v6_no_namespace_limits(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE namespaces DROP COLUMN retired"))
 
 
+def _v7_has_child(conn: Connection) -> None:
+    """v7: `blocks.has_child` (backfilled with one set-based UPDATE) and the partial index of the blocks the
+    superseded rule could mark (`ix_blocks_branch`): a branching store reads only the siblings it marks, not every
+    sibling; `blocks.old_parent` (a re-stored block's previous parent, until its flag is settled)."""
+    conn.execute(text("ALTER TABLE blocks ADD COLUMN has_child BOOLEAN NOT NULL DEFAULT FALSE"))
+    conn.execute(text("ALTER TABLE blocks ADD COLUMN old_parent VARCHAR(128)"))
+    conn.execute(text("CREATE INDEX ix_blocks_old_parent ON blocks (id) WHERE old_parent IS NOT NULL"))
+    conn.execute(
+        text(
+            "UPDATE blocks SET has_child = TRUE WHERE EXISTS (SELECT 1 FROM blocks c "
+            "WHERE c.namespace_id = blocks.namespace_id AND c.parent_hash = blocks.block_hash "
+            "AND c.rank = blocks.rank AND c.grp = blocks.grp)"
+        )
+    )
+    conn.execute(
+        text(
+            "CREATE INDEX ix_blocks_branch ON blocks (namespace_id, parent_hash, rank, grp) WHERE "
+            "parent_hash IS NOT NULL AND hits = 0 AND NOT orphan AND NOT superseded AND NOT has_child"
+        )
+    )
+
+
 # UPGRADES[v] upgrades a database at version v-1 to version v.
 UPGRADES: dict[int, Callable[[Connection], None]] = {
     2: _v2_scan_generation_and_leases,
@@ -115,6 +137,7 @@ UPGRADES: dict[int, Callable[[Connection], None]] = {
     4: _v4_superseded_leaves,
     5: _v5_policy_ghosts,
     6: _v6_no_namespace_limits,
+    7: _v7_has_child,
 }
 
 

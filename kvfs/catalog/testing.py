@@ -74,6 +74,15 @@ def query_plan(catalog: Catalog, query: Select[Any]) -> str:
     return "\n".join(str(r[-1]) for r in rows)
 
 
+def statement_plan(catalog: Catalog, sql: str, params: tuple[Any, ...]) -> str:
+    """The database's plan for a driver-level statement of the catalog (e.g. `catalog._sql.supersede`) with
+    positional `params`, one line per step; an UPDATE is planned, not run."""
+    with connection(catalog) as conn:
+        prefix = "EXPLAIN QUERY PLAN " if catalog.dialect == "sqlite" else "EXPLAIN "
+        rows = conn.exec_driver_sql(prefix + sql, params).all()
+    return "\n".join(str(r[-1]) for r in rows)
+
+
 def _positional(compiled: Any, dialect: str) -> Any:
     params = compiled.construct_params()
     if dialect == "sqlite":

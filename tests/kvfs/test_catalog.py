@@ -95,7 +95,7 @@ def test_upgrade_from_version_1_keeps_data(catalog_url: str) -> None:
     engine.dispose()
 
     with Catalog.open(catalog_url) as catalog:
-        assert catalog.schema_version() == SCHEMA_VERSION == 6
+        assert catalog.schema_version() == SCHEMA_VERSION == 7
         rows = list(catalog.iter_blocks())
         assert [(r.key, r.size, r.last_access, r.hits, r.chain_pos) for r in rows] == [
             (key(1), 100, 7.0, 3, 2)
@@ -113,6 +113,7 @@ def test_upgrade_from_version_1_keeps_data(catalog_url: str) -> None:
             "ix_blocks_reused_lru",
             "ix_blocks_orphan_lru",
             "ix_blocks_superseded_lru",  # v4
+            "ix_blocks_branch",  # v7
         }
         child = BlockRow(key(2), 100, created=8.0, last_access=200.0, chain_pos=3, parent_hash=f"{1:032x}")
         catalog.upsert_blocks([child])
