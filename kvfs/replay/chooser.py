@@ -29,18 +29,31 @@ TWOQ_STATE = adaptive_core.State(0.1, 1.0)
 
 
 class OrdersRule:
-    """Every candidate order on one tier; `choice` names the one that orders the next pass."""
+    """Every candidate order on one tier; `choice` names the one that orders the next pass.  `fixed`: held to
+    `choice` (a shadow), so S3-FIFO's queues are kept only if that is the FIFO order (they are a third of a
+    shadow's cost, and no other order reads them)."""
 
     revive = True  # a re-stored block counts as read once (the two shares' and 2Q's rule)
     horizon = adaptive_core.HORIZON
 
-    def __init__(self, capacity: int, choice: str = CANDIDATES[0]) -> None:
+    def __init__(self, capacity: int, choice: str = CANDIDATES[0], *, fixed: bool = False) -> None:
         if choice not in CANDIDATES:
             raise ValueError(f"unknown order {choice!r} (one of {', '.join(CANDIDATES)})")
-        self.choice = choice
+        self._choice = choice
+        self.fixed = fixed
         self.state = adaptive_core.State()
         self.beta = prefix.BETA_INITIAL
-        self.fifo: FifoQueues | None = FifoQueues(capacity)
+        self.fifo: FifoQueues | None = FifoQueues(capacity) if not fixed or choice == FIFO else None
+
+    @property
+    def choice(self) -> str:
+        return self._choice
+
+    @choice.setter
+    def choice(self, name: str) -> None:
+        if name not in CANDIDATES or (self.fixed and name != self._choice):
+            raise ValueError(f"cannot order by {name!r} (held to {self._choice!r}: {self.fixed})")
+        self._choice = name
 
     def settle(self, returned: list[int], ghosts: list[int], blocks: int) -> None:
         # Both adaptive states learn from every pass's ghosts, whichever order made them.
@@ -106,7 +119,8 @@ def simulate_adaptive(
     shadow_slack = max(1, round(slack * rate)) if slack else 0
     real = ChainTier(capacity, slack, OrdersRule(capacity))
     shadows = [
-        ChainTier(shadow_capacity, shadow_slack, OrdersRule(shadow_capacity, name)) for name in CANDIDATES
+        ChainTier(shadow_capacity, shadow_slack, OrdersRule(shadow_capacity, name, fixed=True))
+        for name in CANDIDATES
     ]
     scores = chooser.Scores.start(len(CANDIDATES))
     real_rule = real.rule

@@ -44,6 +44,11 @@ def test_each_fixed_order_is_the_candidate_it_names() -> None:
     assert shares.hit_blocks == simulate_chains(trace, capacity, 1, SharesRule()).hit_blocks
     with pytest.raises(ValueError, match="unknown order"):
         OrdersRule(capacity, "mru")
+    # A shadow is held to its order, and keeps S3-FIFO's queues only for the FIFO order.
+    shadow = OrdersRule(capacity, SHARES, fixed=True)
+    assert shadow.fifo is None and OrdersRule(capacity, FIFO, fixed=True).fifo is not None
+    with pytest.raises(ValueError, match="cannot order"):
+        shadow.choice = FIFO
 
 
 def test_the_chooser_switches_to_the_fifo_order_where_s3fifo_wins() -> None:
@@ -65,9 +70,9 @@ def test_shadows_are_sampled_to_a_fixed_size(monkeypatch: pytest.MonkeyPatch) ->
     sizes: list[int] = []
     real_init = OrdersRule.__init__
 
-    def spy(self: OrdersRule, capacity: int, choice: str = CANDIDATES[0]) -> None:
+    def spy(self: OrdersRule, capacity: int, choice: str = CANDIDATES[0], *, fixed: bool = False) -> None:
         sizes.append(capacity)
-        real_init(self, capacity, choice)
+        real_init(self, capacity, choice, fixed=fixed)
 
     monkeypatch.setattr(OrdersRule, "__init__", spy)
     monkeypatch.setattr(chooser, "SHADOW_BLOCKS", 50)
