@@ -8,7 +8,9 @@ leaves (never read, their parent got a newer child), and the live blocks by clas
 removed block become orphans, and theirs; a block used again is adopted back; a stored block supersedes its
 older never-read childless siblings; `settle` before each pass).  It reproduces
 `simulate_catalog_policy(..., policy="prefix")` block for block (tests/kvfs/test_replay_memory.py) in a
-fraction of the time.
+fraction of the time.  `ChainTier` is that tier one request at a time; the two-share order alone
+(`SharesRule`, one of `adaptive`'s candidates) and `prefix` run on it here, `adaptive` (kvfs.replay.chooser) runs
+one tier and its shadows, with S3-FIFO's queues kept by the tier when its rule has them (`Rule.fifo`).
 """
 
 from __future__ import annotations
