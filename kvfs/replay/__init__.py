@@ -3,10 +3,11 @@
 `replay(requests, capacity)` runs the chosen policies and the baselines under the same rules: prefix hits, the
 same capacity, and the same eviction slack (a pass evicts down to `capacity - slack`, as the evictor's
 watermarks do).  How each runs (`simulate_policy`): every policy in memory through its own order (`IN_MEMORY`:
-`prefix` and the adaptive default on the chain tier of `memory`, `slru` and `2q` in `segmented`, `lru` by the
-reference simulator, each identical to its catalog replay block for block; S3-FIFO and ARC, replay-only
-references, in `published`), Belady and FIFO as reference simulators (`baselines`); `through_catalog=True`
-replays the registered policies through the evictor's real planner on a scratch catalog (`catalog_replay`).
+`prefix` on the chain tier of `memory`, `slru` and `2q` in `segmented`, `lru` by the reference simulator, each
+identical to its catalog replay block for block; the adaptive default-to-be on that chain tier with its
+shadows (`chooser`); S3-FIFO and ARC, replay-only references, in `published`), Belady and FIFO as reference
+simulators (`baselines`); `through_catalog=True` replays the registered policies through the evictor's real
+planner on a scratch catalog (`catalog_replay`).
 
 `belady_prefix_hit_ratio(requests, capacity_blocks)` answers the one question the end-to-end benchmark needs:
 the prefix-hit ratio Belady reaches on a request sequence of block hashes.
@@ -21,7 +22,8 @@ from dataclasses import asdict, dataclass, field
 from kvfs.policy import DEFAULT_POLICY, available_policies, get_policy
 from kvfs.replay.baselines import simulate_belady, simulate_fifo, simulate_lru
 from kvfs.replay.catalog_replay import simulate_catalog_policy
-from kvfs.replay.memory import simulate_adaptive, simulate_prefix
+from kvfs.replay.chooser import simulate_adaptive
+from kvfs.replay.memory import simulate_prefix
 from kvfs.replay.published import simulate_arc, simulate_s3fifo
 from kvfs.replay.segmented import simulate_2q, simulate_slru
 from kvfs.replay.sim import SimResult, leading_hits
@@ -132,8 +134,8 @@ def _lru(
     return result
 
 
-# Every policy replays in memory, through its own order on an in-memory tier: `prefix` and `adaptive`
-# (kvfs.replay.memory), `slru` and `2q` (kvfs.replay.segmented), `lru` by the reference simulator; the
+# Every policy replays in memory, through its own order on an in-memory tier: `prefix` (kvfs.replay.memory),
+# `adaptive` (kvfs.replay.chooser), `slru` and `2q` (kvfs.replay.segmented), `lru` by the reference simulator; the
 # catalog policies are checked against their catalog replay block for block (tests/kvfs/test_replay_memory.py,
 # test_replay_segmented.py).
 IN_MEMORY: dict[str, Callable[..., SimResult]] = {
@@ -145,7 +147,7 @@ IN_MEMORY: dict[str, Callable[..., SimResult]] = {
     "s3fifo": simulate_s3fifo,
     "arc": simulate_arc,
 }
-# Compared by the replay, with no catalog version (yet): the adaptive default-to-be (kvfs.policy.adaptive_core)
+# Compared by the replay, with no catalog version (yet): the adaptive default-to-be (kvfs.policy.chooser)
 # and the published references S3-FIFO and ARC (kvfs.replay.published).
 REPLAY_ONLY = ("adaptive", "s3fifo", "arc")
 FAST_POLICIES = frozenset(IN_MEMORY)

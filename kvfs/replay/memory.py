@@ -8,7 +8,9 @@ leaves (never read, their parent got a newer child), and the live blocks by clas
 removed block become orphans, and theirs; a block used again is adopted back; a stored block supersedes its
 older never-read childless siblings; `settle` before each pass).  It reproduces
 `simulate_catalog_policy(..., policy="prefix")` block for block (tests/kvfs/test_replay_memory.py) in a
-fraction of the time.
+fraction of the time.  `ChainTier` is that tier one request at a time; the two-share order alone
+(`SharesRule`, one of `adaptive`'s candidates) and `prefix` run on it here, `adaptive` (kvfs.replay.chooser) runs
+one tier and its shadows, with S3-FIFO's queues kept by the tier when its rule has them (`Rule.fifo`).
 """
 
 from __future__ import annotations
@@ -19,13 +21,26 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from kvfs.policy import adaptive_core, prefix
+from kvfs.replay.fifo import FifoQueues
 from kvfs.replay.sim import SimResult, leading_hits
 
 Progress = Callable[[int], None]
 
 
 class _Block:
-    __slots__ = ("block", "chain_pos", "hits", "last_access", "orphan", "parent")
+    # freq, main, qseq, queued: S3-FIFO's state (kvfs.replay.fifo), kept only for rules that may order by it.
+    __slots__ = (
+        "block",
+        "chain_pos",
+        "freq",
+        "hits",
+        "last_access",
+        "main",
+        "orphan",
+        "parent",
+        "qseq",
+        "queued",
+    )
     size = 1  # one block, one unit: capacity in blocks
 
     def __init__(self, block: int, last_access: float, chain_pos: int, parent: int | None) -> None:
@@ -35,6 +50,10 @@ class _Block:
         self.chain_pos = chain_pos
         self.hits = 0
         self.orphan = False
+        self.freq = 0
+        self.main = False
+        self.qseq = 0
+        self.queued = False
 
 
 def _older_than(segment: OrderedDict[int, _Block], now: float) -> Iterator[_Block]:
@@ -57,6 +76,7 @@ class Rule(Protocol):
 
     revive: bool  # a block stored again while its ghost is remembered counts as reused
     horizon: float  # ghosts are kept for this many recency spans
+    fifo: FifoQueues | None  # S3-FIFO's queues, kept by the tier when the rule may order by them
 
     def settle(self, returned: list[int], ghosts: list[int], blocks: int) -> None:
         """`returned`, `ghosts`: per class (FRESH, REUSED, FREQUENT) ghosts stored again since the last pass and
@@ -71,15 +91,17 @@ class Rule(Protocol):
         total: int,
         need: int,
         span: float,
+        now: float,
     ) -> Iterator[tuple[_Block, object]]:
         """Victims in order from the class streams (FRESH, REUSED, FREQUENT: each LRU-ordered, the request
         just served left out), their sizes (blocks of each class in the tier) and the tier's; yields (block, None) for
-        orphans and superseded leaves, which leave no ghost."""
+        orphans and superseded leaves, which leave no ghost.  The tier closes the iterator after the pass."""
 
 
 class PrefixRule:
     revive = False
     horizon = prefix.HORIZON
+    fifo = None
 
     def __init__(self) -> None:
         self.beta = prefix.BETA_INITIAL
@@ -98,15 +120,19 @@ class PrefixRule:
         total: int,
         need: int,
         span: float,
+        now: float,
     ) -> Iterator[tuple[_Block, bool | None]]:
         # `prefix` reads one REUSED stream (hits > 0): the two reused classes merged in LRU order.
         reused = heapq.merge(live[1], live[2], key=_lru_key)
         return prefix.order(orphans, superseded, live[0], reused, self.beta * span)
 
 
-class AdaptiveRule:
+class SharesRule:
+    """The two-share order alone (`adaptive` before it chose among orders; one of its candidates now)."""
+
     revive = True
     horizon = adaptive_core.HORIZON
+    fifo = None
 
     def __init__(self) -> None:
         self.state = adaptive_core.State()
@@ -123,6 +149,7 @@ class AdaptiveRule:
         total: int,
         need: int,
         span: float,
+        now: float,
     ) -> Iterator[tuple[_Block, int | None]]:
         surplus = adaptive_core.surpluses(sizes, total, need, self.state)
         return adaptive_core.order(orphans, superseded, live, surplus)
@@ -159,15 +186,15 @@ def simulate_prefix(
     return simulate_chains(requests, capacity, slack, PrefixRule(), progress=progress)
 
 
-def simulate_adaptive(
+def simulate_shares(
     requests: Sequence[Sequence[int]],
     capacity: int,
     slack: int = 0,
     *,
     progress: Progress | None = None,
 ) -> SimResult:
-    """Hit blocks of the adaptive default (`kvfs.policy.adaptive_core`) at `capacity` blocks."""
-    return simulate_chains(requests, capacity, slack, AdaptiveRule(), progress=progress)
+    """Hit blocks of the two-share order alone (`kvfs.policy.adaptive_core`) at `capacity` blocks."""
+    return simulate_chains(requests, capacity, slack, SharesRule(), progress=progress)
 
 
 def simulate_chains(
@@ -179,27 +206,53 @@ def simulate_chains(
     progress: Progress | None = None,
 ) -> SimResult:
     """The in-memory tier with the catalog's chain bookkeeping, ordered by `rule` at each pass."""
-    fresh: OrderedDict[int, _Block] = OrderedDict()
-    reused: OrderedDict[int, _Block] = OrderedDict()  # hits == 1
-    frequent: OrderedDict[int, _Block] = OrderedDict()  # hits >= 2
-    live = (fresh, reused, frequent)  # by class: min(hits, 2)
-    orphans: dict[int, _Block] = {}
-    superseded: dict[int, _Block] = {}
-    blocks: dict[int, _Block] = {}
-    children: defaultdict[int, set[int]] = defaultdict(set)  # parent -> blocks stored behind it
-    # parent -> its children that the superseded rule could mark (never read, not orphan or superseded, no
-    # present children): a branch visits only these, not every sibling (issue 22, item 4; same marks).
-    leaves: defaultdict[int, set[int]] = defaultdict(set)
-    ghosts: dict[int, tuple[float, int]] = {}  # block -> (last access when evicted, its class)
-    ghost_heap: list[tuple[float, int]] = []  # (last access, block): expiry order; stale entries skipped
-    ghost_count = [0, 0, 0]
-    returned = [0, 0, 0]
-    restored: list[_Block] = []  # blocks stored since the last pass whose ghost was remembered
-    target = max(0, capacity - slack)
-    result = SimResult()
-    for i, req in enumerate(requests):
-        now = float(i + 1)
-        result.count(leading_hits(req, blocks), len(req))
+    tier = ChainTier(capacity, slack, rule)
+    for req in requests:
+        tier.serve(req)
+        if progress is not None:
+            progress(1)
+    return tier.result
+
+
+class ChainTier:
+    """The in-memory tier, one request at a time (`serve`): what `simulate_chains` runs, and what `adaptive`'s
+    real tier and its shadows are (kvfs.replay.chooser)."""
+
+    def __init__(self, capacity: int, slack: int, rule: Rule) -> None:
+        self.rule = rule
+        self.capacity = capacity
+        self.target = max(0, capacity - slack)
+        self.fresh: OrderedDict[int, _Block] = OrderedDict()
+        self.reused: OrderedDict[int, _Block] = OrderedDict()  # hits == 1
+        self.frequent: OrderedDict[int, _Block] = OrderedDict()  # hits >= 2
+        self.live = (self.fresh, self.reused, self.frequent)  # by class: min(hits, 2)
+        self.orphans: dict[int, _Block] = {}
+        self.superseded: dict[int, _Block] = {}
+        self.blocks: dict[int, _Block] = {}
+        self.children: defaultdict[int, set[int]] = defaultdict(set)  # parent -> blocks stored behind it
+        # parent -> its children that the superseded rule could mark (never read, not orphan or superseded, no
+        # present children): a branch visits only these, not every sibling (issue 22, item 4; same marks).
+        self.leaves: defaultdict[int, set[int]] = defaultdict(set)
+        self.ghosts: dict[int, tuple[float, int]] = {}  # block -> (last access when evicted, its class)
+        # (last access, block): expiry order; stale entries skipped
+        self.ghost_heap: list[tuple[float, int]] = []
+        self.ghost_count = [0, 0, 0]
+        self.returned = [0, 0, 0]
+        self.restored: list[_Block] = []  # blocks stored since the last pass whose ghost was remembered
+        self.served = 0
+        self.result = SimResult()
+
+    def serve(self, req: Sequence[int]) -> int:
+        """Count `req`'s leading hits, store or touch its blocks, run a pass if over capacity; returns the hits."""
+        blocks, fresh, reused, frequent, live = self.blocks, self.fresh, self.reused, self.frequent, self.live
+        orphans, superseded, children, leaves = self.orphans, self.superseded, self.children, self.leaves
+        ghosts, ghost_count, returned = self.ghosts, self.ghost_count, self.returned
+        rule = self.rule
+        fifo = rule.fifo
+        self.served += 1
+        now = float(self.served)
+        hits = leading_hits(req, blocks)
+        self.result.count(hits, len(req))
         # Deepest first, so that within one request the head ends up most recent (the catalog's order on
         # equal last access is chain_pos descending).
         branched: list[int] = []  # parents (stored before this request) that got a new child
@@ -213,8 +266,10 @@ def simulate_chains(
                     returned[ghost[1]] += 1
                 block = blocks[h] = _Block(h, now, pos, req[pos - 1] if pos else None)
                 fresh[h] = block
+                if fifo is not None:
+                    fifo.stored(block)
                 if ghost is not None and rule.revive:
-                    restored.append(block)
+                    self.restored.append(block)
                 if pos:
                     parent = req[pos - 1]
                     children[parent].add(h)
@@ -227,6 +282,8 @@ def simulate_chains(
                     leaves[req[pos - 1]].discard(h)
                 continue
             block.last_access = now
+            if fifo is not None:
+                fifo.used(block)
             if not block.hits and block.parent is not None:
                 leaves[block.parent].discard(h)
             block.hits += 1
@@ -250,24 +307,28 @@ def simulate_chains(
             for sibling in [c for c in candidates if blocks[c].last_access < now]:
                 candidates.discard(sibling)
                 superseded[sibling] = fresh.pop(sibling)
-        if progress is not None:
-            progress(1)
-        if len(blocks) <= capacity:
-            continue
+        if len(blocks) > self.capacity:
+            self._pass(now)
+        return hits
+
+    def _pass(self, now: float) -> None:
+        blocks, fresh, reused, live = self.blocks, self.fresh, self.reused, self.live
+        orphans, superseded, children, leaves = self.orphans, self.superseded, self.children, self.leaves
+        ghosts, ghost_heap, ghost_count = self.ghosts, self.ghost_heap, self.ghost_count
+        rule = self.rule
+        fifo = rule.fifo
         # settle(): as kvfs.catalog.ghosts does before the pass.
         oldest = min(
             min((seg[next(iter(seg))].last_access for seg in live if seg), default=now),
             min((b.last_access for b in orphans.values()), default=now),
         )
         span = now - oldest
-        rule.settle(returned, ghost_count, len(blocks))
-
-        returned = [0, 0, 0]
-
-        if restored:
+        rule.settle(self.returned, ghost_count, len(blocks))
+        self.returned[:] = [0, 0, 0]
+        if self.restored:
             # A re-store is a use (ARC's ghost hit goes to T2): hits 0 -> 1, into the reused LRU at its place.
             revived = []
-            for block in restored:
+            for block in self.restored:
                 if block.hits == 0 and fresh.pop(block.block, None) is not None:
                     block.hits = 1
                     if block.parent is not None:
@@ -275,7 +336,7 @@ def simulate_chains(
                     revived.append(block)
             if revived:
                 _insert_lru(reused, revived)
-            restored.clear()
+            self.restored.clear()
         cutoff = now - rule.horizon * span
         while ghost_heap and ghost_heap[0][0] < cutoff:
             last, h = heapq.heappop(ghost_heap)
@@ -283,26 +344,30 @@ def simulate_chains(
             if ghost is not None and ghost[0] == last:
                 del ghosts[h]
                 ghost_count[ghost[1]] -= 1
-        need = len(blocks) - target
-        dead = _lru(orphans, now)
-        left_behind = _lru(superseded, now)
+        need = len(blocks) - self.target
         victims: list[tuple[_Block, object]] = []
         ordered = rule.order(
-            dead,
-            left_behind,
-            (_older_than(fresh, now), _older_than(reused, now), _older_than(frequent, now)),
-            (len(fresh), len(reused), len(frequent)),
+            _lru(orphans, now),
+            _lru(superseded, now),
+            (_older_than(fresh, now), _older_than(reused, now), _older_than(self.frequent, now)),
+            (len(fresh), len(reused), len(self.frequent)),
             len(blocks),
             need,
             span,
+            now,
         )
         for block, live_class in ordered:
             victims.append((block, live_class))
             if len(victims) >= need:
                 break
+        close = getattr(ordered, "close", None)
+        if close is not None:  # an order that set blocks aside puts them back
+            close()
         for block, live_class in victims:
             h = block.block
             del blocks[h]
+            if fifo is not None:
+                fifo.removed(block)
             if block.parent is not None:  # a popular prefix's children would otherwise pile up, all checked
                 up = block.parent
                 siblings = children[up]
@@ -345,5 +410,4 @@ def simulate_chains(
                             del live[min(kid.hits, 2)][child]
                         below.append(child)
             level = below
-        result.evicted += len(victims)
-    return result
+        self.result.evicted += len(victims)

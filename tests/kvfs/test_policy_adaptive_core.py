@@ -1,4 +1,5 @@
-"""The adaptive default's decisions (kvfs.policy.adaptive_core) and its in-memory replay."""
+"""The two-share order's decisions (kvfs.policy.adaptive_core, one of `adaptive`'s candidates) and its in-memory
+replay."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from kvfs.policy.adaptive_core import (
     surpluses,
 )
 from kvfs.replay import replay, simulate_lru, unique_blocks
-from kvfs.replay.memory import simulate_adaptive
+from kvfs.replay.chooser import simulate_adaptive
+from kvfs.replay.memory import simulate_shares
 from tools.tracegen import WORKLOADS, generate
 
 
@@ -98,10 +100,10 @@ def test_a_reused_once_block_goes_before_a_frequent_one_beyond_its_share() -> No
     # Capacity 3, no slack, once share 0 (forced): 1 is read three times (frequent), 2 once.  At [4]'s pass the
     # older frequent 1 stays and the once-read 2 goes, so the last [1] hits; LRU evicts 1 there.
     from kvfs.policy import adaptive_core
-    from kvfs.replay.memory import AdaptiveRule, simulate_chains
+    from kvfs.replay.memory import SharesRule, simulate_chains
 
     seq = [[1], [1], [1], [2], [2], [3], [4], [1]]
-    rule = AdaptiveRule()
+    rule = SharesRule()
     rule.state = State(1.0, 0.0)
     saved = adaptive_core.adapt
     adaptive_core.adapt = lambda state, *_: state  # type: ignore[assignment]
@@ -120,7 +122,7 @@ def test_a_restored_block_counts_as_reused(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(adaptive_core, "adapt", lambda state, *_: state)
     seq = [[1], [2], [3], [1], [5], [6], [1]]
-    assert simulate_adaptive(seq, 2).hit_blocks == 1
+    assert simulate_shares(seq, 2).hit_blocks == 1
     assert simulate_lru(seq, 2).hit_blocks == 0
 
 
