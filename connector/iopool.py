@@ -196,11 +196,21 @@ class IoPool:
         self._drop_log = _RateLimitedLog(60.0)
         self._stopping = False
         self._states: list[_ThreadState] = []
+        self._set_up = 0  # threads past their set-up, with staging or without
         self._workers = [
             threading.Thread(target=self._run, name=f"kvfs-io-{i}", daemon=True) for i in range(self.threads)
         ]
         for w in self._workers:
             w.start()
+
+    def thread_staging(self, timeout_s: float) -> list[_ThreadState]:
+        """The I/O threads' staging, once every thread has set up (a thread whose set-up failed has none), or what
+        there is after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        with self._cv:
+            while self._set_up < self.threads and self._cv.wait(max(0.0, deadline - time.monotonic())):
+                pass
+            return list(self._states)
 
     def warm_up_loads(self, copiers: Sequence[GroupCopier], blocks: int, timeout_s: float = 30.0) -> int:
         """Run the load phases of a whole `blocks`-block chunk of each KV group twice on every staging slot (the
@@ -211,17 +221,13 @@ class IoPool:
         I/O threads' slots from this thread.  Returns the graphs captured (0 on CPU or with graphs off)."""
         if not (self.cuda and self.cuda_graphs):
             return 0
-        deadline = time.monotonic() + timeout_s
-        with self._cv:  # every thread registers its staging as it starts
-            while len(self._states) < self.threads and self._cv.wait(max(0.0, deadline - time.monotonic())):
-                pass
-            states = list(self._states)
+        states = self.thread_staging(timeout_s)
         before = self.captured_graphs()
         zeros = torch.zeros(blocks, dtype=torch.int64, device=self.device)
         ids = [0] * blocks
         for state in states:
             assert state.dev is not None and state.stream is not None
-            with torch.cuda.stream(state.stream):
+            with torch.cuda.device(self.device), torch.cuda.stream(state.stream):
                 for slot in state.slots:
                     for copier in copiers:
                         n = copier.payload_bytes(blocks)
@@ -401,10 +407,12 @@ class IoPool:
             state = self._thread_state()
             with self._cv:
                 self._states.append(state)
-                self._cv.notify_all()  # warm_up_loads waits for every thread's staging
         except Exception:  # noqa: BLE001 - a thread that cannot set up must still answer its operations
             log.exception("kvfs: an I/O thread could not set up; the operations it takes fail (recomputed)")
             state = None
+        with self._cv:
+            self._set_up += 1
+            self._cv.notify_all()  # warm_up_loads waits until every thread has set up (or failed to)
         in_flight: _Flight | None = None  # GPU phase queued; finished (read back, settled, written) next
         settling: _Flight | None = None  # a verified load whose scatter is queued; reported once it completes
         while True:

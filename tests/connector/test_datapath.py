@@ -403,6 +403,9 @@ def test_io_thread_that_cannot_set_up_fails_its_operations_instead_of_hanging(tm
         assert metrics.STORES.labels("failed")._value.get() == failed_before + 1
         done = run(pool, 2, [op(tmp_path, c, [4, 5, 6, 7], load=True, job=2)], load=True)
         assert not done.success and sorted(done.failed_block_ids) == [4, 5, 6, 7]
+        # The load warm-up's wait for the threads' staging ends when they have failed, not at its timeout.
+        started = time.monotonic()
+        assert pool.thread_staging(timeout_s=20.0) == [] and time.monotonic() - started < 5.0
     finally:
         pool.shutdown()
 
@@ -692,6 +695,7 @@ def test_load_warm_up_is_a_no_op_without_cuda_graphs(tmp_path, pool):
     src, dst = make_layers(3, 32, page, seed=5), make_layers(3, 32, page, seed=6)
     before = [t.clone() for t in dst]
     assert pool.warm_up_loads([GroupCopier(dst, [page] * 3)], BPC) == 0
+    assert len(pool.thread_staging(timeout_s=5.0)) == pool.threads  # every thread set up its staging
     assert all(torch.equal(a, b) for a, b in zip(dst, before, strict=True)) and pool.captured_graphs() == 0
     done = run(pool, 1, [op(tmp_path, GroupCopier(src, [page] * 3), [5, 17, 2, 30], load=False)], load=False)
     assert done.success
