@@ -11,12 +11,11 @@ order, with no warm-up.  A shadow is the same rule held to one candidate.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Iterator, Sequence
 
-from kvfs.policy import adaptive_core, chooser, prefix, s3fifo_core
+from kvfs.policy import adaptive_core, chooser, s3fifo_core
 from kvfs.replay.fifo import FifoQueues
-from kvfs.replay.memory import ChainTier, _Block, _lru_key
+from kvfs.replay.memory import ChainTier, PrefixRule, SharesRule, _Block
 from kvfs.replay.sim import SimResult
 
 Progress = Callable[[int], None]
@@ -41,8 +40,9 @@ class OrdersRule:
             raise ValueError(f"unknown order {choice!r} (one of {', '.join(CANDIDATES)})")
         self._choice = choice
         self.fixed = fixed
-        self.state = adaptive_core.State()
-        self.beta = prefix.BETA_INITIAL
+        # The two shares' and `prefix`'s own rules keep their state (the ghosts teach both, whichever order runs).
+        self.shares = SharesRule()
+        self.prefix = PrefixRule()
         self.fifo: FifoQueues | None = FifoQueues(capacity) if not fixed or choice == FIFO else None
 
     @property
@@ -57,9 +57,8 @@ class OrdersRule:
 
     def settle(self, returned: list[int], ghosts: list[int], blocks: int) -> None:
         # Both adaptive states learn from every pass's ghosts, whichever order made them.
-        self.state = adaptive_core.adapt(self.state, returned, ghosts)
-        reused, reused_ghosts = returned[1] + returned[2], ghosts[1] + ghosts[2]
-        self.beta = prefix.adapt(returned[0], reused, ghosts[0], reused_ghosts, self.beta)
+        self.shares.settle(returned, ghosts, blocks)
+        self.prefix.settle(returned, ghosts, blocks)
 
     def order(
         self,
@@ -73,14 +72,13 @@ class OrdersRule:
         now: float,
     ) -> Iterator[tuple[_Block, int | None]]:
         if self.choice == SHARES:
-            surplus = adaptive_core.surpluses(sizes, total, need, self.state)
-            return adaptive_core.order(orphans, superseded, live, surplus)
+            return self.shares.order(orphans, superseded, live, sizes, total, need, span, now)
         if self.choice == TWOQ:
             surplus = adaptive_core.surpluses(sizes, total, need, TWOQ_STATE)
             return adaptive_core.order(orphans, superseded, live, surplus)
         if self.choice == PREFIX:
-            reused = heapq.merge(live[1], live[2], key=_lru_key)
-            ordered = prefix.order(orphans, superseded, live[0], reused, self.beta * span)
+            ordered = self.prefix.order(orphans, superseded, live, sizes, total, need, span, now)
+            # `prefix` yields whether a victim was reused; the ghost store wants its class.
             return ((block, None if cls is None else min(block.hits, 2)) for block, cls in ordered)
         return self._fifo_order(orphans, superseded, now)
 
