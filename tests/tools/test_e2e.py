@@ -125,6 +125,9 @@ def test_host_limit_reads_the_files_with_the_threads(tmp_path):
     assert "read_h2d" not in got and hostlimit.limit_of(got) == got["read"]
     assert sorted(e2e.block_files(str(tmp_path))) == sorted(paths)
     assert e2e.host_limit([str(tmp_path / "missing.kvfs")], 2)["error"].startswith("FileNotFoundError")
+    assert e2e.host_limit([str(tmp_path / "missing.kvfs")], 2, cold=True)["error"].startswith(
+        "FileNotFoundError"
+    )
 
 
 def test_a_hit_with_different_tokens_is_flagged():

@@ -444,28 +444,17 @@ def block_files(root: str) -> list[str]:
     ]
 
 
-def host_limit(files: Sequence[str], threads: int) -> dict[str, Any]:
-    """tools/e2e/hostlimit.py on the prompt's files with the pool's threads; an error is recorded, not raised."""
+def host_limit(files: Sequence[str], threads: int, *, cold: bool = False) -> dict[str, Any]:
+    """tools/e2e/hostlimit.py on the prompt's files with the pool's threads (`cold`: its cold raw read, from the
+    device); an error is recorded, not raised."""
     try:
         import torch
 
         from tools.e2e import hostlimit
 
         device = torch.device("cuda", 0) if torch.cuda.is_available() else None
-        return hostlimit.measure(files, threads, device=device)
-    except Exception as exc:  # noqa: BLE001 - a failed probe must not lose the phase's figures
-        return {"error": repr(exc)}
-
-
-def cold_limit(files: Sequence[str], threads: int) -> dict[str, Any]:
-    """tools/e2e/hostlimit.py's cold raw read of the prompt's files; an error is recorded, not raised."""
-    try:
-        import torch
-
-        from tools.e2e import hostlimit
-
-        device = torch.device("cuda", 0) if torch.cuda.is_available() else None
-        return hostlimit.measure_cold(files, threads, device=device)
+        probe = hostlimit.measure_cold if cold else hostlimit.measure
+        return probe(files, threads, device=device)
     except Exception as exc:  # noqa: BLE001 - a failed probe must not lose the phase's figures
         return {"error": repr(exc)}
 
@@ -506,7 +495,7 @@ def _reader(spec: Mapping[str, Any], engine: Any = None) -> dict[str, Any]:
         ]
         extra: dict[str, Any] = {}
         if cold:
-            extra["cold_limit"] = cold_limit(files, int(engine.probe().get("threads") or 0))
+            extra["cold_limit"] = host_limit(files, int(engine.probe().get("threads") or 0), cold=True)
         return {
             **extra,
             "cold": cold,
