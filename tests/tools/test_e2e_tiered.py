@@ -21,6 +21,25 @@ def test_each_mode_puts_its_tier_behind_the_cpu_tier(tmp_path):
         tiered.secondary_tiers("lmcache", str(tmp_path))
 
 
+def test_the_engine_gets_vllm_s_tiering_spec_with_the_mode_s_tier(tmp_path):
+    from tools.e2e.engine import kv_transfer_args
+
+    spec = {"mode": "kvfs", "root": str(tmp_path), "cpu_bytes": 1 << 30}
+    args = kv_transfer_args(tiered._engine_spec(spec))
+    assert args is not None and args["kv_connector"] == "OffloadingConnector"
+    assert args["kv_connector_extra_config"] == {
+        "spec_name": "TieringOffloadingSpec",
+        "cpu_bytes_to_use": 1 << 30,
+        "block_size": 256,
+        "secondary_tiers": tiered.secondary_tiers("kvfs", str(tmp_path)),
+    }
+    cpu_alone = kv_transfer_args({"connector": "cpu", "cpu_bytes": 1 << 30})
+    assert (
+        cpu_alone is not None and cpu_alone["kv_connector_extra_config"]["spec_name"] == "CPUOffloadingSpec"
+    )
+    assert kv_transfer_args({"connector": "none"}) is None
+
+
 def test_only_finished_chunk_files_count(tmp_path):
     (tmp_path / "ns" / "ab").mkdir(parents=True)
     (tmp_path / "base_r0" / "abc" / "de_g0").mkdir(parents=True)

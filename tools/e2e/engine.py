@@ -113,6 +113,36 @@ def metric_delta(after: Mapping[str, float], before: Mapping[str, float], prefix
     return {k[len(prefix) :]: v - before.get(k, 0.0) for k, v in after.items() if k.startswith(prefix)}
 
 
+def kv_transfer_args(spec: Mapping[str, Any]) -> dict[str, Any] | None:
+    """`KVTransferConfig` arguments of an engine spec's connector: kvfs's, vLLM's CPU tier, the CPU tier with
+    `spec["secondary_tiers"]` behind it ("tiered", vLLM 0.33: tools/e2e/tiered.py), or None (plain recompute,
+    the reference for greedy tokens)."""
+    if spec["connector"] == "kvfs":
+        return {
+            "kv_connector": "KvfsOffloadingConnector",
+            "kv_connector_module_path": "connector.connector",
+            "kv_role": "kv_both",
+            "kv_load_failure_policy": "recompute",
+            "kv_connector_extra_config": {
+                "spec_name": "KvfsOffloadingSpec",
+                "spec_module_path": "connector.spec",
+                "block_size": CHUNK_TOKENS,
+                "kvfs_root": spec["root"],
+                **spec.get("settings", {}),
+            },
+        }
+    if spec["connector"] not in ("cpu", "tiered"):
+        return None
+    extra: dict[str, Any] = {
+        "spec_name": "CPUOffloadingSpec",
+        "cpu_bytes_to_use": spec["cpu_bytes"],
+        "block_size": CHUNK_TOKENS,
+    }
+    if spec["connector"] == "tiered":
+        extra.update(spec_name="TieringOffloadingSpec", secondary_tiers=spec["secondary_tiers"])
+    return {"kv_connector": "OffloadingConnector", "kv_role": "kv_both", "kv_connector_extra_config": extra}
+
+
 class Engine:
     def __init__(self, spec: Mapping[str, Any]) -> None:
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # the probe is a callable
@@ -121,44 +151,8 @@ class Engine:
         from vllm import LLM
         from vllm.config import KVTransferConfig
 
-        if spec["connector"] == "kvfs":
-            ktc = KVTransferConfig(
-                kv_connector="KvfsOffloadingConnector",
-                kv_connector_module_path="connector.connector",
-                kv_role="kv_both",
-                kv_load_failure_policy="recompute",
-                kv_connector_extra_config={
-                    "spec_name": "KvfsOffloadingSpec",
-                    "spec_module_path": "connector.spec",
-                    "block_size": CHUNK_TOKENS,
-                    "kvfs_root": spec["root"],
-                    **spec.get("settings", {}),
-                },
-            )
-        elif spec["connector"] == "cpu":
-            ktc = KVTransferConfig(
-                kv_connector="OffloadingConnector",
-                kv_role="kv_both",
-                kv_connector_extra_config={
-                    "spec_name": "CPUOffloadingSpec",
-                    "cpu_bytes_to_use": spec["cpu_bytes"],
-                    "block_size": CHUNK_TOKENS,
-                },
-            )
-        elif spec["connector"] == "tiered":
-            # vLLM 0.33: the CPU tier, then spec["secondary_tiers"] behind it (tools/e2e/tiered.py)
-            ktc = KVTransferConfig(
-                kv_connector="OffloadingConnector",
-                kv_role="kv_both",
-                kv_connector_extra_config={
-                    "spec_name": "TieringOffloadingSpec",
-                    "cpu_bytes_to_use": spec["cpu_bytes"],
-                    "block_size": CHUNK_TOKENS,
-                    "secondary_tiers": spec["secondary_tiers"],
-                },
-            )
-        else:  # plain recompute: the reference for greedy tokens
-            ktc = None
+        args = kv_transfer_args(spec)
+        ktc = KVTransferConfig(**args) if args is not None else None
         started = time.perf_counter()
         self.llm = LLM(
             model=spec["model_dir"],
