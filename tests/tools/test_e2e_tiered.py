@@ -163,3 +163,15 @@ def test_an_engine_s_leftover_cpu_tier_region_is_removed_and_others_kept(tmp_pat
         "phase": "tiered-writer",
     }
     assert sorted(p.name for p in tmp_path.iterdir()) == ["PostgreSQL.1", "vllm_offload_other.mmap"]
+
+
+def test_engine_base_writes_the_model_shape_and_the_prompts(tmp_path):
+    import json
+
+    from tools.e2e.main import MODELS, engine_base
+
+    args = tiered.parse_args(["--prompts", "1k,2k", "--reps", "2", "--model", "qwen2.5-7b"])
+    base = engine_base(args, str(tmp_path))
+    assert json.loads((tmp_path / "model" / "config.json").read_text()) == MODELS["qwen2.5-7b"]
+    assert base["sizes"] == [1024, 2048] and base["seeds"] == [1, 2] and base["reps"] == 2
+    assert base["bytes_per_token"] == 2 * 28 * 4 * (3584 // 28) * 2  # K and V, every layer, bf16

@@ -130,18 +130,38 @@ def parse_prompt_sizes(text: str, max_model_len: int) -> list[int]:
     return sizes
 
 
+def add_engine_arguments(parser: argparse.ArgumentParser, *, prompts: str, child_timeout: float) -> None:
+    """The arguments every engine benchmark of this package takes (this one, tools/e2e/tiered.py)."""
+    parser.add_argument("--model", choices=sorted(MODELS), default="llama3-8b")
+    parser.add_argument("--prompts", default=prompts, help="prompt lengths (k = 1024 tokens)")
+    parser.add_argument("--reps", type=int, default=3, help="hits per engine, prompt and variant (medians)")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.85)
+    parser.add_argument("--child-timeout", type=float, default=child_timeout)
+    parser.add_argument("--json", dest="json_out", help="write all results here (after every phase)")
+    parser.add_argument("--markdown", help="write the tables here (markdown)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+
+
+def check_engine_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Checks `add_engine_arguments`' values; sets `args.prompt_sizes`."""
+    if args.reps < 1:
+        parser.error("--reps must be >= 1")
+    try:
+        args.prompt_sizes = parse_prompt_sizes(args.prompts, MODELS[args.model]["max_position_embeddings"])
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        parser.error(f"--prompts: {exc}")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m tools.e2e",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", choices=sorted(MODELS), default="llama3-8b")
-    p.add_argument("--prompts", default="8k,32k,64k,128k", help="prompt lengths (k = 1024 tokens)")
+    add_engine_arguments(p, prompts="8k,32k,64k,128k", child_timeout=900.0)
     p.add_argument("--roots", default="shm,disk", help="shm, disk, or both")
     p.add_argument("--shm-dir", default="/dev/shm/kvfs-e2e")
     p.add_argument("--disk-dir", default="/var/tmp/kvfs-e2e", help="a directory on local disk (not tmpfs)")
-    p.add_argument("--reps", type=int, default=3, help="hit repetitions per variant (medians reported)")
     p.add_argument("--no-cpu-tier", action="store_true", help="skip vLLM's CPU tier (no ratios against it)")
     p.add_argument("--no-reader", action="store_true", help="skip the second-engine reader")
     p.add_argument(
@@ -172,17 +192,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--check-every", type=int, default=10, help="trace phase: compare every Nth request's tokens"
     )
     p.add_argument("--setting", action="append", default=[], help="extra kvfs setting key=value (repeatable)")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.85)
     p.add_argument(
         "--tensor-parallel-size",
         type=int,
         default=1,
         help="GPUs per engine (each rank writes its own _r<rank>)",
     )
-    p.add_argument("--child-timeout", type=float, default=900.0)
-    p.add_argument("--json", dest="json_out", help="write all results here")
-    p.add_argument("--markdown", help="write the tables here (markdown)")
-    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.roots = [r.strip() for r in args.roots.split(",") if r.strip()]
     bad = [r for r in args.roots if r not in ("shm", "disk")]
@@ -201,17 +216,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--check-every must be positive")
     if args.tensor_parallel_size <= 0:
         p.error("--tensor-parallel-size must be positive")
-    if args.reps < 1:
-        p.error("--reps must be >= 1")
     if args.fresh_engines < 1:
         p.error("--fresh-engines must be >= 1")
     if not 0 < args.evictor_fraction < 1:
         p.error("--evictor-fraction must be between 0 and 1")
-    max_len = MODELS[args.model]["max_position_embeddings"]
-    try:
-        args.prompt_sizes = parse_prompt_sizes(args.prompts, max_len)
-    except (ValueError, argparse.ArgumentTypeError) as exc:
-        p.error(f"--prompts: {exc}")
+    check_engine_arguments(p, args)
     settings: dict[str, Any] = {}
     for item in args.setting:
         key, sep, value = item.partition("=")
@@ -720,6 +729,26 @@ def run_trace(args: argparse.Namespace, base: Mapping[str, Any], work: str) -> d
     return result
 
 
+def engine_base(args: argparse.Namespace, work: str) -> dict[str, Any]:
+    """What every engine phase's spec holds: the model's shape written as `<work>/model/config.json` (dummy
+    weights) and the prompts (`args.model`, `args.prompt_sizes`, `args.reps`, `args.gpu_memory_utilization`)."""
+    model = MODELS[args.model]
+    model_dir = os.path.join(work, "model")
+    os.makedirs(model_dir)
+    with open(os.path.join(model_dir, "config.json"), "w") as f:
+        json.dump(model, f)
+    return {
+        "model_dir": model_dir,
+        "max_model_len": model["max_position_embeddings"],
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "vocab": model["vocab_size"],
+        "bytes_per_token": kv_bytes_per_token(model),
+        "sizes": args.prompt_sizes,
+        "seeds": list(range(1, len(args.prompt_sizes) + 1)),
+        "reps": args.reps,
+    }
+
+
 def _project_root() -> str:
     return str(Path(__file__).resolve().parents[2])
 
@@ -728,28 +757,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         return child_main(args.child)
-    model = MODELS[args.model]
     work = tempfile.mkdtemp(prefix="kvfs-e2e-")
-    model_dir = os.path.join(work, "model")
-    os.makedirs(model_dir)
-    with open(os.path.join(model_dir, "config.json"), "w") as f:
-        json.dump(model, f)
-    bpt = kv_bytes_per_token(model)
-    seeds = list(range(1, len(args.prompt_sizes) + 1))
     from connector.config import DEFAULT_IDLE_WAIT_S
     from kvfs.units import parse_duration
 
     idle = args.settings.get("kvfs_idle_wait", DEFAULT_IDLE_WAIT_S)
-
-    base = {
-        "model_dir": model_dir,
-        "max_model_len": model["max_position_embeddings"],
-        "gpu_memory_utilization": args.gpu_memory_utilization,
-        "vocab": model["vocab_size"],
-        "bytes_per_token": bpt,
-        "sizes": args.prompt_sizes,
-        "seeds": seeds,
-        "reps": args.reps,
+    base = engine_base(args, work)
+    bpt = base["bytes_per_token"]
+    base |= {
         "settings": args.settings,
         "tp": args.tensor_parallel_size,
         "idle_wait_s": parse_duration(idle) if isinstance(idle, str) else float(idle),

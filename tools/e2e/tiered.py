@@ -30,15 +30,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tools.e2e.engine import CHUNK_TOKENS, Engine, kv_bytes_per_token, prompt_tokens
+from tools.e2e.engine import CHUNK_TOKENS, Engine, prompt_tokens
 from tools.e2e.main import (
-    MODELS,
     _brief,
     _fmt,
     _progress,
+    add_engine_arguments,
+    check_engine_arguments,
     child_main,
+    engine_base,
     median,
-    parse_prompt_sizes,
     ratio,
     run_child,
 )
@@ -232,28 +233,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", choices=sorted(MODELS), default="llama3-8b")
+    add_engine_arguments(p, prompts="32k,64k", child_timeout=600.0)
     p.add_argument("--modes", default=",".join(MODES), help="cpu (CPU tier alone), kvfs, fs")
-    p.add_argument("--prompts", default="32k,64k", help="prompt lengths (k = 1024 tokens)")
     p.add_argument("--root", default="/dev/shm/kvfs-tiered", help="the shared root (one directory per mode)")
     p.add_argument("--cpu-gib", type=float, default=16.0, help="vLLM's CPU tier size (cpu_bytes_to_use)")
-    p.add_argument("--reps", type=int, default=3, help="hits per engine and prompt (medians reported)")
     p.add_argument("--no-reader", action="store_true", help="skip the cross-replica engines")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.85)
-    p.add_argument("--child-timeout", type=float, default=600.0)
-    p.add_argument("--json", dest="json_out", help="write all results here (after every phase)")
-    p.add_argument("--markdown", help="write the table here (markdown)")
-    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not args.modes or any(m not in MODES for m in args.modes):
         p.error(f"--modes takes some of {', '.join(MODES)}")
-    if args.reps < 1:
-        p.error("--reps must be >= 1")
-    try:
-        args.prompt_sizes = parse_prompt_sizes(args.prompts, MODELS[args.model]["max_position_embeddings"])
-    except (ValueError, argparse.ArgumentTypeError) as exc:
-        p.error(f"--prompts: {exc}")
+    check_engine_arguments(p, args)
     return args
 
 
@@ -284,21 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         return child_main(args.child, {"tiered-writer": writer_phase, "tiered-reader": reader_phase})
-    model = MODELS[args.model]
     work = tempfile.mkdtemp(prefix="kvfs-tiered-")
-    model_dir = os.path.join(work, "model")
-    os.makedirs(model_dir)
-    with open(os.path.join(model_dir, "config.json"), "w") as f:
-        json.dump(model, f)
-    base = {
-        "model_dir": model_dir,
-        "max_model_len": model["max_position_embeddings"],
-        "gpu_memory_utilization": args.gpu_memory_utilization,
-        "vocab": model["vocab_size"],
-        "bytes_per_token": kv_bytes_per_token(model),
-        "sizes": args.prompt_sizes,
-        "seeds": list(range(1, len(args.prompt_sizes) + 1)),
-        "reps": args.reps,
+    base = engine_base(args, work) | {
         "cpu_bytes": int(args.cpu_gib * GIB),
     }
     results: dict[str, Any] = {
