@@ -175,3 +175,26 @@ def test_engine_base_writes_the_model_shape_and_the_prompts(tmp_path):
     assert json.loads((tmp_path / "model" / "config.json").read_text()) == MODELS["qwen2.5-7b"]
     assert base["sizes"] == [1024, 2048] and base["seeds"] == [1, 2] and base["reps"] == 2
     assert base["bytes_per_token"] == 2 * 28 * 4 * (3584 // 28) * 2  # K and V, every layer, bf16
+
+
+class _FilesPerStep:
+    """An engine whose every step publishes one more chunk file, up to `limit` (a tier that stops storing)."""
+
+    def __init__(self, root, limit: int) -> None:
+        self.root, self.limit, self.steps = root, limit, 0
+
+    def generate(self, tokens):
+        self.steps += 1
+        if self.steps <= self.limit:
+            (self.root / f"{self.steps}.kvfs").write_bytes(b"x")
+        return tokens, 0.0, 0.0
+
+
+def test_waiting_for_stores_ends_when_all_are_there_or_when_they_stop_coming(tmp_path):
+    engine = _FilesPerStep(tmp_path, limit=100)
+    assert tiered.wait_for_files(engine, str(tmp_path), expected=3)[0] == 3 and engine.steps == 3
+    for f in tmp_path.iterdir():
+        f.unlink()
+    stuck = _FilesPerStep(tmp_path, limit=2)  # 2 of 5 stored, then nothing: no wait until the deadline
+    files, waited = tiered.wait_for_files(stuck, str(tmp_path), expected=5, timeout=60.0, stall_s=0.6)
+    assert files == 2 and waited < 5.0

@@ -70,9 +70,12 @@ def tier_files(root: str) -> int:
     return n
 
 
-def wait_for_files(engine: Any, root: str, expected: int, timeout: float = 120.0) -> tuple[int, float]:
-    """Until `expected` new chunk files exist (or the count stops growing for 10 s, or the deadline): vLLM submits
-    a step's stores at the next step, so a tiny request pushes the last ones through.  (files, seconds)."""
+def wait_for_files(
+    engine: Any, root: str, expected: int, timeout: float = 120.0, stall_s: float = 10.0
+) -> tuple[int, float]:
+    """Until `expected` chunk files exist under `root` (or the count stops growing for `stall_s`, or the
+    deadline): vLLM submits a step's stores at the next step, so a tiny request pushes the last ones through.
+    (files, seconds)."""
     started = time.perf_counter()
     last, last_change = -1, started
     while True:
@@ -81,7 +84,7 @@ def wait_for_files(engine: Any, root: str, expected: int, timeout: float = 120.0
         now = time.perf_counter()
         if n != last:
             last, last_change = n, now
-        if n >= expected or now - last_change > 10.0 or now - started > timeout:
+        if n >= expected or now - last_change > stall_s or now - started > timeout:
             return n, now - started
         time.sleep(0.25)
 
