@@ -284,13 +284,7 @@ class RootGuard:
                     if rel[:1] == "/" or name in _BAD_NAMES or "\x00" in name:
                         check_relpath(rel)  # raises UnsafePath with the precise reason
                     if fd is None:
-                        if len(dir_fds) > max_cached:
-                            _close_cached(dir_fds, root_fd)
-                        fd = _open_beneath(dir_rel, root_fd) if dir_rel else root_fd
-                        if fd < 0:  # no openat2, or it refused: the component walk says precisely why
-                            fd = _open_dir(rel, dir_rel, dir_fds)
-                        else:
-                            dir_fds[dir_rel] = fd
+                        fd = _cached_dir_fd(rel, dir_rel, dir_fds, root_fd, max_cached)
                     st = lstat(name, dir_fd=fd, follow_symlinks=False)
                     if not is_reg(st.st_mode):
                         raise UnsafePath(rel, "symlink" if stat.S_ISLNK(st.st_mode) else "not_regular_file")
@@ -372,14 +366,8 @@ class RootGuard:
                         if dir_rel in missing_dirs:
                             append(None)
                             continue
-                        if len(dir_fds) > max_cached:
-                            _close_cached(dir_fds, root_fd)
                         try:
-                            fd = _open_beneath(dir_rel, root_fd) if dir_rel else root_fd
-                            if fd < 0:
-                                fd = _open_dir(rel, dir_rel, dir_fds)
-                            else:
-                                dir_fds[dir_rel] = fd
+                            fd = _cached_dir_fd(rel, dir_rel, dir_fds, root_fd, max_cached)
                         except FileNotFoundError:
                             missing_dirs.add(dir_rel)
                             raise
@@ -488,6 +476,19 @@ def _open_dir(rel: str, dir_rel: str, dir_fds: dict[str, int]) -> int:
         except OSError:
             is_link = False
         raise UnsafePath(rel, "symlink" if is_link else "not_a_directory") from None
+    dir_fds[dir_rel] = fd
+    return fd
+
+
+def _cached_dir_fd(rel: str, dir_rel: str, dir_fds: dict[str, int], root_fd: int, max_cached: int) -> int:
+    """A descriptor of `rel`'s directory `dir_rel` beneath the root, opened and kept in `dir_fds` (the cache is
+    emptied first when full): openat2 beneath the root, or, without it or when it refuses, the component walk,
+    which says precisely why.  Raises UnsafePath or OSError as that walk does."""
+    if len(dir_fds) > max_cached:
+        _close_cached(dir_fds, root_fd)
+    fd = _open_beneath(dir_rel, root_fd) if dir_rel else root_fd
+    if fd < 0:
+        return _open_dir(rel, dir_rel, dir_fds)
     dir_fds[dir_rel] = fd
     return fd
 
