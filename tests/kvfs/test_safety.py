@@ -253,3 +253,34 @@ def test_component_walk_when_openat2_is_unavailable(
     )
     assert (stats.deleted, stats.refused, stats.missing) == (1, 1, 1)
     assert (outside / "de_g0" / "a.kvfs").exists() and not (root / BLOCK_DIR / "a.kvfs").exists()
+
+
+@pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "component-walk"])
+def test_lstat_many_answers_regular_files_beneath_the_root_only(
+    tree: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, openat2: bool
+) -> None:
+    """What ingest sizes STORE claims by: a stat for each regular file beneath the root, None for anything else
+    (missing file or directory, a symlink as file or directory, an escape), in order, never raising."""
+    import kvfs.safety as safety
+
+    if not openat2:
+        monkeypatch.setattr(safety, "_openat2_state", {"fn": None})
+    root, outside = tree
+    (root / "ns_0123456789ab_r0" / "lnk").symlink_to(outside)
+    (root / BLOCK_DIR / "link.kvfs").symlink_to(outside / "precious")
+    (root / BLOCK_DIR / "sub.kvfs").mkdir()
+    paths = [
+        f"{BLOCK_DIR}/a.kvfs",
+        f"{BLOCK_DIR}/gone.kvfs",
+        "ns_0123456789ab_r0/nope/x/y.kvfs",
+        "ns_0123456789ab_r0/nope/x/z.kvfs",  # a second path under the same missing directory
+        "ns_0123456789ab_r0/lnk/de_g0/a.kvfs",
+        f"{BLOCK_DIR}/link.kvfs",
+        f"{BLOCK_DIR}/sub.kvfs",
+        f"{BLOCK_DIR}/../../../../outside/precious",
+        "/etc/passwd",
+        f"{BLOCK_DIR}/b.kvfs",
+    ]
+    got = RootGuard(root).lstat_many(paths)
+    assert [st is not None for st in got] == [True] + [False] * 8 + [True]
+    assert got[0] is not None and got[0].st_size == len(b"block")
