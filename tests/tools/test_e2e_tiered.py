@@ -148,21 +148,19 @@ def test_vllm_0_33_builds_both_tiers_from_these_configurations(tmp_path):
 
 
 def test_an_engine_s_leftover_cpu_tier_region_is_removed_and_others_kept(tmp_path, monkeypatch):
+    """Every engine phase (tools.e2e.main.run_child) runs inside `removing_new_regions`."""
+    from tools.e2e import main as e2e
+
     (tmp_path / "vllm_offload_other.mmap").write_bytes(b"x")  # another engine's, there before
     (tmp_path / "PostgreSQL.1").write_bytes(b"x")
-
-    def child(_args, spec, _work, module):
-        assert module == "tools.e2e.tiered"
+    monkeypatch.setattr(e2e, "SHM", str(tmp_path))
+    with e2e.removing_new_regions():
         (tmp_path / "vllm_offload_killed.mmap").write_bytes(b"x")  # an engine killed at its phase's end
-        return {"prompts": [], "phase": spec["phase"]}
-
-    monkeypatch.setattr(tiered, "SHM", str(tmp_path))
-    monkeypatch.setattr(tiered, "run_child", child)
-    assert tiered.run_engine(tiered.parse_args([]), {"phase": "tiered-writer"}, str(tmp_path)) == {
-        "prompts": [],
-        "phase": "tiered-writer",
-    }
     assert sorted(p.name for p in tmp_path.iterdir()) == ["PostgreSQL.1", "vllm_offload_other.mmap"]
+    with pytest.raises(RuntimeError), e2e.removing_new_regions():  # also when the phase fails
+        (tmp_path / "vllm_offload_failed.mmap").write_bytes(b"x")
+        raise RuntimeError("engine died")
+    assert not (tmp_path / "vllm_offload_failed.mmap").exists()
 
 
 def test_engine_base_writes_the_model_shape_and_the_prompts(tmp_path):

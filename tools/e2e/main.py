@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -668,6 +668,30 @@ def save_partial(args: argparse.Namespace, results: Mapping[str, Any]) -> None:
             json.dump(results, f, indent=1)
 
 
+SHM = "/dev/shm"
+
+
+def shm_regions() -> set[str]:
+    """vLLM's CPU-tier regions in /dev/shm (`vllm_offload_<engine id>.mmap`, vLLM 0.33)."""
+    try:
+        return {f for f in os.listdir(SHM) if f.startswith("vllm_offload_")}
+    except OSError:
+        return set()
+
+
+@contextlib.contextmanager
+def removing_new_regions() -> Iterator[None]:
+    """Remove the CPU-tier regions that appear in /dev/shm meanwhile: an engine killed at the end of its phase
+    leaves its region behind, and the next engine's would not fit beside it."""
+    before = shm_regions()
+    try:
+        yield
+    finally:
+        for name in shm_regions() - before:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(SHM, name))
+
+
 def run_child(
     args: argparse.Namespace, spec: dict[str, Any], work: str, module: str = "tools.e2e"
 ) -> dict[str, Any]:
@@ -684,18 +708,19 @@ def run_child(
     if spec.get("triton_cache"):  # a fresh host's: every Triton kernel compiles in this engine
         env["TRITON_CACHE_DIR"] = spec["triton_cache"]
     started = time.perf_counter()
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module, "--child", spec_path], env=env, start_new_session=True
-        )
-        rc = proc.wait(timeout=args.child_timeout)
-    except subprocess.TimeoutExpired:
-        rc = -1
-    # vLLM's engine-core process outlives a child that exits at once: end the whole group, so the next engine
-    # finds the GPU memory free.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    time.sleep(3)
+    with removing_new_regions():
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module, "--child", spec_path], env=env, start_new_session=True
+            )
+            rc = proc.wait(timeout=args.child_timeout)
+        except subprocess.TimeoutExpired:
+            rc = -1
+        # vLLM's engine-core process outlives a child that exits at once: end the whole group, so the next
+        # engine finds the GPU memory free.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        time.sleep(3)
     elapsed = time.perf_counter() - started
     try:
         with open(spec["result_path"]) as f:

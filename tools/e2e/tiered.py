@@ -19,7 +19,6 @@ the pure parts (arguments, tier configuration, table) are tested on CPU.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -249,29 +248,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-SHM = "/dev/shm"
-
-
-def shm_regions() -> set[str]:
-    """vLLM's CPU-tier regions in /dev/shm (`vllm_offload_<engine id>.mmap`)."""
-    try:
-        return {f for f in os.listdir(SHM) if f.startswith("vllm_offload_")}
-    except OSError:
-        return set()
-
-
-def run_engine(args: argparse.Namespace, spec: dict[str, Any], work: str) -> dict[str, Any]:
-    """One engine process; the CPU-tier region it created is removed after it, since an engine killed at the end
-    of its phase leaves its region behind and the next one would not fit beside it."""
-    before = shm_regions()
-    try:
-        return run_child(args, spec, work, MODULE)
-    finally:
-        for name in shm_regions() - before:
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(SHM, name))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
@@ -299,13 +275,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         phases: dict[str, Any] = {}
         results["modes"][mode] = phases
         spec = {**base, "mode": mode, "root": root, "name": f"tiered-writer-{mode}"}
-        phases["writer"] = run_engine(args, {**spec, "phase": "tiered-writer"}, work)
+        phases["writer"] = run_child(args, {**spec, "phase": "tiered-writer"}, work, MODULE)
         save()
         if mode != "cpu" and not args.no_reader:
             refs = [p.get("ref_tokens") for p in phases["writer"].get("prompts", [])]
             if len(refs) == len(args.prompt_sizes):
                 reader = {**spec, "phase": "tiered-reader", "name": f"tiered-reader-{mode}", "refs": refs}
-                phases["reader"] = run_engine(args, reader, work)
+                phases["reader"] = run_child(args, reader, work, MODULE)
                 save()
         shutil.rmtree(root, ignore_errors=True)
     table = format_table(rows_of(results))
