@@ -113,6 +113,14 @@ class Checker:
         self.job += 1
         return self.job
 
+    def transfer(
+        self, pool: IoPool, copier: GroupCopier, keys: list[bytes], ids: list[list[int]], *, load: bool
+    ):  # type: ignore[no-untyped-def]
+        """One job: file `keys[i]` stored from (or loaded into) blocks `ids[i]`, whole chunks; its completion."""
+        job = self.next_job()
+        ops = [file_op(self.root, copier, k, i, load=load, job=job) for k, i in zip(keys, ids, strict=True)]
+        return run_job(pool, job, ops, load=load)
+
     def load_bad_file(
         self,
         pool: IoPool,
@@ -174,16 +182,7 @@ class Checker:
             done = run_job(pool, job, ops, load=False)
             self.check(f"{tag}: store 3 files", done.success and done.nbytes == 3 * file_bytes)
             dst_ids = [perm[48 + i * BPC : 48 + (i + 1) * BPC] for i in range(3)]
-            job = self.next_job()
-            done = run_job(
-                pool,
-                job,
-                [
-                    file_op(self.root, dst_c, k, ids, load=True, job=job)
-                    for k, ids in zip(keys, dst_ids, strict=True)
-                ],
-                load=True,
-            )
+            done = self.transfer(pool, dst_c, keys, dst_ids, load=True)
             self.check(f"{tag}: load 3 files", done.success)
             self.check(
                 f"{tag}: bit-exact, incl. pages written on the compute stream just before the store",
@@ -313,18 +312,8 @@ class Checker:
                     [perm[:BPC], perm[BPC : 2 * BPC]],
                     [perm[2 * BPC : 3 * BPC], perm[3 * BPC : 4 * BPC]],
                 )
-                job = self.next_job()
-                ops = [
-                    file_op(self.root, src_c, k, i, load=False, job=job)
-                    for k, i in zip(keys, src_ids, strict=True)
-                ]
-                ok &= run_job(pool, job, ops, load=False).success
-                job = self.next_job()
-                ops = [
-                    file_op(self.root, dst_c, k, i, load=True, job=job)
-                    for k, i in zip(keys, dst_ids, strict=True)
-                ]
-                ok &= run_job(pool, job, ops, load=True).success
+                ok &= self.transfer(pool, src_c, keys, src_ids, load=False).success
+                ok &= self.transfer(pool, dst_c, keys, dst_ids, load=True).success
                 ok &= all(equal_pages(src_kv, s, dst_kv, d) for s, d in zip(src_ids, dst_ids, strict=True))
                 # A partial load: blocks 4..11 of the first file.
                 job = self.next_job()
@@ -374,27 +363,9 @@ class Checker:
             keys = [os.urandom(32) + b"\0\0\0\0" for _ in range(4)]
             src_ids = [list(range(i * BPC, (i + 1) * BPC)) for i in range(4)]
             dst_ids = [list(range((7 - i) * BPC, (8 - i) * BPC)) for i in range(4)]
-            job = self.next_job()
-            ok = run_job(
-                pool,
-                job,
-                [
-                    file_op(self.root, src_c, k, i, load=False, job=job)
-                    for k, i in zip(keys, src_ids, strict=True)
-                ],
-                load=False,
-            ).success
+            ok = self.transfer(pool, src_c, keys, src_ids, load=False).success
             after_stores = pool.captured_graphs()
-            job = self.next_job()
-            ok &= run_job(
-                pool,
-                job,
-                [
-                    file_op(self.root, dst_c, k, i, load=True, job=job)
-                    for k, i in zip(keys, dst_ids, strict=True)
-                ],
-                load=True,
-            ).success
+            ok &= self.transfer(pool, dst_c, keys, dst_ids, load=True).success
             ok &= all(equal_pages(src_kv, s, dst_kv, d) for s, d in zip(src_ids, dst_ids, strict=True))
             self.check(
                 f"{tag}: first loads after it bit-exact and captured no new load graph",
