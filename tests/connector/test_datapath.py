@@ -696,7 +696,7 @@ def test_load_warm_up_is_a_no_op_without_cuda_graphs(tmp_path, pool):
     before = [t.clone() for t in dst]
     assert pool.warm_up_loads([GroupCopier(dst, [page] * 3)], BPC) == 0
     assert len(pool.thread_staging(timeout_s=5.0)) == pool.threads  # every thread set up its staging
-    assert all(torch.equal(a, b) for a, b in zip(dst, before, strict=True)) and pool.captured_graphs() == 0
+    assert all(torch.equal(a, b) for a, b in zip(dst, before, strict=True))
     done = run(pool, 1, [op(tmp_path, GroupCopier(src, [page] * 3), [5, 17, 2, 30], load=False)], load=False)
     assert done.success
     done = run(
