@@ -59,7 +59,7 @@ from kvfs.checksum import (
     payload_checksum,
     payload_hasher,
 )
-from kvfs.layout import temp_name_for
+from kvfs.layout import dir_mode_for, temp_name_for
 
 log = logging.getLogger(__name__)
 
@@ -405,11 +405,6 @@ def _umask() -> int:
     return _umask_value
 
 
-def dir_mode_for(file_mode: int) -> int:
-    """Directories get the file mode plus search (x) wherever it grants read: 0o660 -> 0o770."""
-    return file_mode | ((file_mode & 0o444) >> 2)
-
-
 def store_block(
     path: str | os.PathLike[str],
     payload: Buffer,
@@ -506,7 +501,9 @@ def _open_creating_dirs(tmp: str, directory: str, flags: int, file_mode: int) ->
 
 
 def _makedirs(directory: str, mode: int) -> None:
-    """mkdir -p with `mode` applied exactly (umask would otherwise strip the group bits)."""
+    """mkdir -p with `mode` applied exactly (umask would otherwise strip the group bits): the store path's
+    `kvfs.layout.makedirs_exact`, which chmods only when the umask strips a bit of `mode` (one syscall less per
+    new bucket directory; the umask is read once per process)."""
     parent = os.path.dirname(directory)
     if parent and parent != directory and not os.path.isdir(parent):
         _makedirs(parent, mode)

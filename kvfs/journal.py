@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Final
 
 from kvfs import metrics
-from kvfs.layout import BlockKey, is_namespace_name, journal_dir, makedirs_exact
+from kvfs.layout import BlockKey, dir_mode_for, is_namespace_name, journal_dir, makedirs_exact
 
 log = logging.getLogger(__name__)
 
@@ -503,7 +503,7 @@ class JournalWriter:
     def _open_segment(self) -> None:
         if self._seq < 0:
             self._seq = self._next_free_seq()
-        _makedirs(self.directory, self.file_mode)
+        makedirs_exact(self.directory, dir_mode_for(self.file_mode))  # `.kvfs/` too
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
         for _ in range(1000):
             path = self.directory / segment_name(self.writer_id, self._seq)
@@ -613,11 +613,6 @@ class JournalWriter:
             dropped,
             len(kept),
         )
-
-
-def _makedirs(directory: Path, file_mode: int) -> None:
-    if not directory.is_dir():
-        makedirs_exact(directory, file_mode | ((file_mode & 0o444) >> 2))  # `.kvfs/` too
 
 
 # --- reader ---------------------------------------------------------------------------------------------------

@@ -175,6 +175,11 @@ DIR_MODE = 0o770  # directories of the tree and of .kvfs (README: files 0660, di
 ROOT_ID_MODE = 0o440  # written once, never rewritten: nobody needs to write it
 
 
+def dir_mode_for(file_mode: int) -> int:
+    """Directories get the file mode plus search (x) wherever it grants read: 0o660 -> 0o770."""
+    return file_mode | ((file_mode & 0o444) >> 2)
+
+
 def makedirs_exact(directory: str | os.PathLike[str], mode: int = DIR_MODE) -> None:
     """mkdir -p where every directory this call creates gets exactly `mode`, whatever the umask: under umask
     077 a parent left 0700 (`.kvfs/` above the journal) shut out every other writer uid of the group, and under
@@ -199,7 +204,7 @@ def write_namespace_config(
 ) -> Path:
     """Create `<root>/<ns>/config.json` atomically (temp + rename) if absent; return its path."""
     ns_dir = Path(root) / namespace_name(fields)
-    makedirs_exact(ns_dir, file_mode | ((file_mode & 0o444) >> 2))
+    makedirs_exact(ns_dir, dir_mode_for(file_mode))
     path = ns_dir / CONFIG_FILENAME
     if path.exists():
         return path
