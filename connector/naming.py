@@ -36,6 +36,11 @@ def offload_key_parts(key: bytes) -> tuple[bytes, int]:
     return key[:-4], int.from_bytes(key[-4:], "big")
 
 
+def block_hash_hex(key: bytes) -> str:
+    """The block hash of an offload key as block files and the journal spell it (`BlockKey.block_hash`)."""
+    return key[:-4].hex()
+
+
 def fingerprint_fields(
     *,
     model: str,
@@ -97,11 +102,15 @@ class NamespaceDir:
         return None if self.world_size == 1 else rank
 
     def block_key(self, offload_key: bytes, rank: int = 0) -> BlockKey:
-        block_hash, group = offload_key_parts(offload_key)
-        return BlockKey(self.name, self.rank_of(rank), group, block_hash.hex(), "kvfs")
+        group = offload_key_parts(offload_key)[1]
+        return BlockKey(self.name, self.rank_of(rank), group, block_hash_hex(offload_key), "kvfs")
 
     def path(self, offload_key: bytes, rank: int = 0) -> str:
-        return os.path.join(self.root, self.block_key(offload_key, rank).relpath())
+        return self.path_of(self.block_key(offload_key, rank))
+
+    def path_of(self, key: BlockKey) -> str:
+        """The file of a block key of this namespace (callers holding the key skip computing it again)."""
+        return os.path.join(self.root, key.relpath())
 
     def paths_all_ranks(self, offload_key: bytes) -> list[str]:
         return [self.path(offload_key, r) for r in range(self.world_size)]

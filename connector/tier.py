@@ -34,7 +34,7 @@ from connector.copier import GroupCopier
 from connector.iopool import FileOp, IoPool
 from connector.lookup import ExistenceCache, Presence
 from connector.manager import _RESULT
-from connector.naming import PAYLOAD_TIER, NamespaceDir, file_identity_key
+from connector.naming import PAYLOAD_TIER, NamespaceDir, block_hash_hex, file_identity_key
 from connector.spec import open_journal
 from kvfs.blockfile import BlockIdentity, Durability
 
@@ -105,34 +105,34 @@ class KvfsTier(SecondaryTierManager):
         )
 
     def _ops(self, job: TransferJob, keys: list[bytes], chunk_ids: list[int], is_load: bool) -> list[FileOp]:
-        # Stores journal each chunk's prefix-chain position, from the request context vLLM hands the job.
-        positions = [-1] * len(keys) if is_load else chain_positions(keys, job.req_context, self.chunk_tokens)
-        parents = (
-            [None] * len(keys)
-            if is_load
-            else chain_parents(
-                keys,
-                positions,
-                lambda k: self.namespace.block_key(k).block_hash,
-                parent_keys(keys, job.req_context, self.chunk_tokens),
+        # Runs on the scheduler thread for every file: each key's block key is computed once here.
+        namespace, row, rows = self.namespace, self.block_size_bytes, self.rows
+        block_keys = [namespace.block_key(k) for k in keys]
+        if is_load:
+            positions: list[int] | None = None
+            parents: list[str | None] | None = None
+        else:
+            # Stores journal each chunk's prefix-chain position, from the request context vLLM hands the job.
+            positions = chain_positions(keys, job.req_context, self.chunk_tokens)
+            parents = chain_parents(
+                keys, positions, block_hash_hex, parent_keys(keys, job.req_context, self.chunk_tokens)
             )
-        )
         return [
             FileOp(
                 job_id=job.job_id,
                 is_load=is_load,
-                path=self.namespace.path(key),
-                ident=BlockIdentity(self.namespace.fingerprint, file_identity_key(key, 0, 1)),
+                path=namespace.path_of(block_key),
+                ident=BlockIdentity(namespace.fingerprint, file_identity_key(key, 0, 1)),
                 copier=self.copier,
                 block_ids=[cid],
                 first=0,
                 file_blocks=1,
-                block_key=self.namespace.block_key(key),
-                chain_pos=pos,
-                parent_hash=parent,
-                buffer=self.rows[cid * self.block_size_bytes : (cid + 1) * self.block_size_bytes],
+                block_key=block_key,
+                chain_pos=-1 if positions is None else positions[i],
+                parent_hash=None if parents is None else parents[i],
+                buffer=rows[cid * row : (cid + 1) * row],
             )
-            for key, cid, pos, parent in zip(keys, chunk_ids, positions, parents, strict=True)
+            for i, (key, cid, block_key) in enumerate(zip(keys, chunk_ids, block_keys, strict=True))
         ]
 
     def lookup(self, key: bytes, req_context: ReqContext) -> LookupResult:

@@ -20,7 +20,7 @@ from connector.compat import (
 from connector.copier import GroupCopier
 from connector.iopool import FileOp, IoPool
 from connector.manager import KvfsLoadStoreSpec
-from connector.naming import NamespaceDir, file_identity_key, offload_key_parts
+from connector.naming import NamespaceDir, block_hash_hex, file_identity_key, offload_key_parts
 from kvfs.blockfile import BlockIdentity
 
 log = logging.getLogger("kvfs.connector")
@@ -58,7 +58,7 @@ def plan_file_ops(
     positions = dict(zip(keys, chain_pos, strict=True)) if chain_pos is not None else {}
     parent_hashes: dict[bytes, str | None] = {}
     if chain_pos is not None and not is_load:
-        hashes = chain_parents(keys, chain_pos, lambda k: namespace.block_key(k, rank).block_hash, parents)
+        hashes = chain_parents(keys, chain_pos, block_hash_hex, parents)
         parent_hashes = dict(zip(keys, hashes, strict=True))
     keys_by_group: dict[int, list[bytes]] = {}
     for key in keys:
@@ -87,11 +87,12 @@ def plan_file_ops(
                 file_first, file_blocks = 0, blocks_per_chunk
             else:
                 file_first, file_blocks = first, count
+            block_key = namespace.block_key(key, rank)
             ops.append(
                 FileOp(
                     job_id=job_id,
                     is_load=is_load,
-                    path=namespace.path(key, rank),
+                    path=namespace.path_of(block_key),
                     ident=BlockIdentity(
                         namespace.fingerprint, file_identity_key(key, file_first, file_blocks)
                     ),
@@ -99,7 +100,7 @@ def plan_file_ops(
                     block_ids=chunk_ids,
                     first=first if is_load else 0,
                     file_blocks=file_blocks,
-                    block_key=namespace.block_key(key, rank),
+                    block_key=block_key,
                     chain_pos=positions.get(key, -1),
                     parent_hash=parent_hashes.get(key),
                 )

@@ -433,8 +433,7 @@ def store_block(
     tmp = os.path.join(directory, temp_name_for(name))
     fd = -1
     try:
-        fd = _open_temp(tmp, directory, file_mode, direct)
-        use_direct = bool(direct and _O_DIRECT and fcntl.fcntl(fd, fcntl.F_GETFL) & _O_DIRECT)
+        fd, use_direct = _open_temp(tmp, directory, file_mode, direct)
         _write_block(fd, ident, view, use_direct, checksum)
         if durability is not Durability.NONE:
             os.fdatasync(fd)
@@ -464,7 +463,9 @@ def store_block(
     return StoreResult(StoreOutcome.STORED, nbytes)
 
 
-def _open_temp(tmp: str, directory: str, file_mode: int, direct: bool) -> int:
+def _open_temp(tmp: str, directory: str, file_mode: int, direct: bool) -> tuple[int, bool]:
+    """The temp file's descriptor, and whether it was opened with O_DIRECT (known from the open that worked,
+    instead of an fcntl per store)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC
     if direct and _O_DIRECT:
         flags |= _O_DIRECT
@@ -474,10 +475,11 @@ def _open_temp(tmp: str, directory: str, file_mode: int, direct: bool) -> int:
         if not (flags & _O_DIRECT) or exc.errno != errno.EINVAL:
             raise
         _direct_fallback("open")
-        fd = _open_creating_dirs(tmp, directory, flags & ~_O_DIRECT, file_mode)
+        flags &= ~_O_DIRECT
+        fd = _open_creating_dirs(tmp, directory, flags, file_mode)
     if file_mode & _umask():
         os.fchmod(fd, file_mode)
-    return fd
+    return fd, bool(flags & _O_DIRECT)
 
 
 _DIR_RETRIES = 16
@@ -503,14 +505,21 @@ def _open_creating_dirs(tmp: str, directory: str, flags: int, file_mode: int) ->
 def _makedirs(directory: str, mode: int) -> None:
     """mkdir -p with `mode` applied exactly (umask would otherwise strip the group bits): the store path's
     `kvfs.layout.makedirs_exact`, which chmods only when the umask strips a bit of `mode` (one syscall less per
-    new bucket directory; the umask is read once per process)."""
-    parent = os.path.dirname(directory)
-    if parent and parent != directory and not os.path.isdir(parent):
-        _makedirs(parent, mode)
+    new bucket directory; the umask is read once per process).  The leaf is tried first: its parent usually
+    exists, and a missing one answers ENOENT (one stat less per new leaf than checking the parent first)."""
     try:
         os.mkdir(directory, mode)
     except FileExistsError:
         return
+    except FileNotFoundError:
+        parent = os.path.dirname(directory)
+        if not parent or parent == directory:
+            raise
+        _makedirs(parent, mode)
+        try:
+            os.mkdir(directory, mode)
+        except FileExistsError:
+            return
     if mode & _umask():
         os.chmod(directory, mode)
 
