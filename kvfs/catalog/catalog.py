@@ -655,15 +655,14 @@ class Catalog:
         # key -> [size, created, last access, chain position, parent]: merged in place, as the upsert would.
         stores: dict[BlockKey, list[Any]] = {}
         accesses: dict[BlockKey, list[Any]] = {}  # key -> [max time, count]
+        # (`setdefault`: one hash of the key per record; BlockKey's hash is a Python function.)
         for rec in records:
             kind = rec.kind  # RecordKind, an IntEnum: compared as an int
             if kind == _STORE:
-                key = rec.key
                 when = rec.time
-                prev = stores.get(key)
-                if prev is None:
-                    stores[key] = [rec.size, when, when, rec.chain_pos, rec.parent]
-                else:
+                new = [rec.size, when, when, rec.chain_pos, rec.parent]
+                prev = stores.setdefault(rec.key, new)
+                if prev is not new:
                     prev[0] = rec.size
                     if when < prev[1]:
                         prev[1] = when
@@ -674,11 +673,9 @@ class Catalog:
                     if rec.parent is not None:
                         prev[4] = rec.parent
             elif kind == _ACCESS:
-                key = rec.key
-                acc = accesses.get(key)
-                if acc is None:
-                    accesses[key] = [rec.time, 1]
-                else:
+                new = [rec.time, 1]
+                acc = accesses.setdefault(rec.key, new)
+                if acc is not new:
                     if rec.time > acc[0]:
                         acc[0] = rec.time
                     acc[1] += 1
@@ -700,7 +697,8 @@ class Catalog:
                 unknown += count
                 continue
             access_keys.append(key)
-            access_params.append((when, count, ns_id, _rank_in(key.rank), key.group, key.block_hash, key.fmt))
+            rank = NO_RANK if key.rank is None else key.rank
+            access_params.append((when, count, ns_id, rank, key.group, key.block_hash, key.fmt))
         now = _time.time()
         offset_params = [(name, int(off), now) for name, off in offsets.items()]
         with self._write("apply_journal") as conn:
