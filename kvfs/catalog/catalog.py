@@ -64,6 +64,7 @@ _CHILD_OF = (
     "AND c.parent_hash = blocks.block_hash AND c.rank = blocks.rank AND c.grp = blocks.grp LIMIT 1)"
 )
 _PG_STAGE = "kvfs_blocks_stage"
+_PG_ACCESS_STAGE = "kvfs_access_stage"
 # A store over a row that records another parent: the row's first parent in this transaction is kept in
 # `old_parent`, so `Catalog._upsert_params` can clear that parent's `has_child` (no trigger: SQLite runs a row
 # trigger's bookkeeping for every row an upsert inserts, ~20% more CPU per store).
@@ -256,6 +257,35 @@ def _pg_copy_upsert(conn: Connection, params: list[tuple[Any, ...]]) -> None:
             f"old_parent = {_OLD_PARENT}"
         )
         cur.execute(f"TRUNCATE {_PG_STAGE}")
+
+
+def _pg_copy_access(conn: Connection, params: list[tuple[Any, ...]]) -> int:
+    """`_Sql.access` for many rows on PostgreSQL: COPY them (one per key) into a session temp table and update
+    the blocks they name with one UPDATE ... FROM (executemany costs a round trip's worth of server work per
+    row: 40 us, two thirds of PostgreSQL ingest).  Returns the rows updated (keys matched)."""
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur:
+        cur.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_PG_ACCESS_STAGE} (last_access double precision, hits bigint, "
+            "namespace_id integer, rank integer, grp integer, block_hash text, fmt text) ON COMMIT DELETE ROWS"
+        )
+        with cur.copy(f"COPY {_PG_ACCESS_STAGE} (last_access, hits, {_KEY_COLS}) FROM STDIN") as copy:
+            for p in params:
+                copy.write_row(p)
+        # One index probe per staged row, as executemany does, whatever the statistics say: a hash join reads the
+        # whole table (1.5 s against 0.85 s for 50,000 rows of a 1M-row catalog; far worse for a small batch
+        # against stale statistics); no JIT for a plan this simple.  Reset after it.
+        cur.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; SET LOCAL jit = off")
+        cur.execute(
+            f"UPDATE blocks SET last_access = GREATEST(blocks.last_access, s.last_access), "
+            f"hits = blocks.hits + s.hits FROM {_PG_ACCESS_STAGE} s WHERE blocks.namespace_id = s.namespace_id "
+            "AND blocks.rank = s.rank AND blocks.grp = s.grp AND blocks.block_hash = s.block_hash "
+            "AND blocks.fmt = s.fmt"
+        )
+        matched = max(cur.rowcount, 0)
+        cur.execute(f"RESET enable_hashjoin; RESET enable_mergejoin; RESET jit; TRUNCATE {_PG_ACCESS_STAGE}")
+    return matched
 
 
 def _journal_rows(
@@ -706,7 +736,10 @@ class Catalog:
                 self._upsert_params(conn, upsert_rows)  # parents outside the batch: `extended` below
             if access_params:
                 access_params = _in_key_order(access_params, 2)  # key order, as for upserts
-                matched = self._executemany_count(conn, self._sql.access, access_params)
+                if self.dialect == "postgresql" and len(access_params) >= PG_COPY_MIN_ROWS:
+                    matched = _pg_copy_access(conn, access_params)
+                else:
+                    matched = self._executemany_count(conn, self._sql.access, access_params)
                 if matched < len(access_params):
                     # rowcount says how many keys matched, not which: look the rest up to count their records.
                     present = self._get_blocks(conn, access_keys)
