@@ -262,7 +262,7 @@ def _pg_copy_upsert(conn: Connection, params: list[tuple[Any, ...]]) -> None:
 def _pg_copy_access(conn: Connection, params: list[tuple[Any, ...]]) -> int:
     """`_Sql.access` for many rows on PostgreSQL: COPY them (one per key) into a session temp table and update
     the blocks they name with one UPDATE ... FROM (executemany costs a round trip's worth of server work per
-    row: 40 us, two thirds of PostgreSQL ingest).  Returns the rows updated (keys matched)."""
+    row: 40 us, over half of PostgreSQL ingest).  Returns the rows updated (keys matched)."""
     raw = conn.connection.driver_connection
     assert raw is not None
     with raw.cursor() as cur:
