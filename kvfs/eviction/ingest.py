@@ -16,7 +16,7 @@ make another namespace's blocks look over the cap.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kvfs import metrics
@@ -116,7 +116,7 @@ def checked_store_sizes(guard: RootGuard, records: list[JournalRecord]) -> list[
             size = min(rec.size, allocated_bytes(st))
             reduced += size < rec.size
         if size != rec.size:
-            out[i] = replace(rec, size=size)  # every other field kept, whatever fields a record grows
+            out[i] = rec.with_size(size)  # every other field kept, whatever fields a record grows
     if missing:
         metrics.JOURNAL_STORE_SIZES_CORRECTED.labels(reason="no_file").inc(missing)
     if reduced:

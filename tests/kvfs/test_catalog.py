@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import create_engine, text
 
 from kvfs.catalog import SCHEMA_VERSION, BlockRow, Catalog, CatalogError, default_catalog_url, testing
+from kvfs.catalog.catalog import PG_COPY_MIN_ROWS
 from kvfs.catalog.engine import parse_catalog_url
 from kvfs.journal import JournalRecord, RecordKind
 from kvfs.layout import BlockKey
@@ -331,6 +332,32 @@ def test_apply_journal(cat: Catalog) -> None:
         1,
     )  # older access: recency kept, hit counted
     assert cat.journal_offsets() == {"w1.00000001.jnl": 1024, "w2.00000001.jnl": 64}
+
+
+def test_a_large_access_batch_counts_like_a_small_one(cat: Catalog) -> None:
+    """As many accesses as ingest reads at once (PostgreSQL stages them with COPY and updates the blocks with one
+    UPDATE ... FROM; SQLite runs one UPDATE per key): last_access = max, hits added, unknown keys counted."""
+    keys = [
+        key(i, rank=i % 2 or None, group=i % 3, fmt="bin" if i % 5 == 0 else "kvfs")
+        for i in range(PG_COPY_MIN_ROWS + 100)
+    ]
+    cat.apply_journal([JournalRecord(RecordKind.STORE, k, 100.0 + i, size=1) for i, k in enumerate(keys)], {})
+    records = []
+    for i, k in enumerate(keys):  # 1 to 3 reads a block, some older than its store (recency kept)
+        records += [JournalRecord(RecordKind.ACCESS, k, 50.0 + 2 * i + j) for j in range(1 + i % 3)]
+    records += [JournalRecord(RecordKind.ACCESS, key(10_000 + j), 500.0) for j in range(7)]  # never stored
+    records.append(JournalRecord(RecordKind.ACCESS, key(1, ns="never_000000000000"), 500.0))
+    unknown_before = counter("kvfs_catalog_unknown_accesses_total")
+    stats = cat.apply_journal(records, {"w.jnl": 99})
+    assert (stats.stores, stats.accesses, stats.unknown_accesses) == (0, len(records) - 8, 8)
+    assert counter("kvfs_catalog_unknown_accesses_total") - unknown_before == 8
+    rows = cat.get_blocks(keys)
+    for i, k in enumerate(keys):
+        assert (rows[k].last_access, rows[k].hits) == (max(100.0 + i, 50.0 + 2 * i + i % 3), 1 + i % 3), k
+    assert cat.block_count() == len(keys) and cat.journal_offsets() == {"w.jnl": 99}
+    # The stage is emptied: the next batch counts only its own reads.
+    cat.apply_journal([JournalRecord(RecordKind.ACCESS, k, 1.0) for k in keys], {})
+    assert all(row.hits == 2 + i % 3 for i, row in enumerate(cat.get_blocks(keys)[k] for k in keys))
 
 
 def flagged(catalog: Catalog, flag: str) -> set[int]:

@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import text
 
 from kvfs.catalog import BlockRow, Catalog, testing
+from kvfs.catalog.catalog import PG_COPY_MIN_ROWS
 from kvfs.catalog.schema import SCHEMA_VERSION
 from kvfs.journal import JournalRecord, RecordKind
 from kvfs.layout import BlockKey
@@ -62,7 +63,7 @@ def unflagged(catalog: Catalog) -> int:
 
 def unflagged_in_branch_range(catalog: Catalog, batch: list[JournalRecord]) -> int:
     """Rows with children left unflagged among the markable siblings of the parents whose siblings `batch` had
-    checked (as `_branch_params`: a parent not stored in the batch, or with several children stored in it)."""
+    checked (as `_journal_rows`: a parent not stored in the batch, or with several children stored in it)."""
     stores = {r.key: r.parent for r in batch if r.kind == RecordKind.STORE}  # the last record's parent counts
     last = {}
     for r in batch:
@@ -138,7 +139,8 @@ class Steps:
         roll = r.random()
         if roll < 0.45:  # a journal batch: chains, branches, re-stores, reads
             records = []
-            for _ in range(r.randint(1, 6)):
+            # Now and then one as large as ingest's (PostgreSQL's COPY paths; keys stored and read many times).
+            for _ in range(600 if r.random() < 0.05 else r.randint(1, 6)):
                 k = self.a_key()
                 if r.random() < 0.7:
                     t = self.now + r.random()
@@ -184,10 +186,11 @@ def test_has_child_is_exact_and_the_marks_are_v6s(catalog_url: str, tmp_path: Pa
     steps = Steps(seed)
     with Catalog.open(catalog_url) as cat, Catalog.open(f"sqlite:///{tmp_path / 'v6-rule.db'}") as ref:
         ref._sql.supersede = V6_SUPERSEDE
-        seen_ops, reached, unflagged_seen = set(), set(), False
+        seen_ops, reached, unflagged_seen, large = set(), set(), False, 0
         for step in range(160):
             op, arg = steps.next_op()
             seen_ops.add(op)
+            large += op == "journal" and len(arg) >= PG_COPY_MIN_ROWS  # type: ignore[arg-type]
             apply(cat, op, arg)
             apply(ref, op, arg)
             assert wrong_flags(cat) == 0, (step, op)
@@ -201,6 +204,7 @@ def test_has_child_is_exact_and_the_marks_are_v6s(catalog_url: str, tmp_path: Pa
         assert seen_ops == {"journal", "upsert", "scan", "remove", "remove_ids", "prune"}
         assert reached == {"superseded", "orphan", "has_child"}
         assert unflagged_seen  # the run made rows whose children came first
+        assert large  # and applied journal batches of the size ingest reads
 
 
 def test_has_child_follows_each_way_a_link_changes(catalog: Catalog) -> None:

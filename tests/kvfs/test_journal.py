@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -144,6 +145,18 @@ def test_parent_is_optional_and_old_records_read_as_before() -> None:
     # A parent that cannot be a block hash (odd length) is not journaled; the record still is.
     odd = JournalRecord(RecordKind.STORE, key(1), 1_700_000_000.0, 10, 3, "abc")
     assert decode_records(encode_record(odd), final=True).records == [plain]
+
+
+@given(records, st.integers(min_value=0, max_value=MAX_RECORD_SIZE))
+@settings(max_examples=50, deadline=None)
+def test_with_size_keeps_every_other_field(rec: JournalRecord, size: int) -> None:
+    """What ingest stores for a corrected size: the record with `size` replaced, as dataclasses.replace does,
+    whatever fields a record has (the list comes from dataclasses.fields)."""
+    assert rec.with_size(size) == dataclasses.replace(rec, size=size)
+    assert rec.with_size(rec.size) == rec and rec.with_size(size) is not rec
+    for f in dataclasses.fields(JournalRecord):
+        if f.name != "size":
+            assert getattr(rec.with_size(size), f.name) is getattr(rec, f.name)
 
 
 def test_unencodable_keys() -> None:

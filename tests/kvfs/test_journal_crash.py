@@ -25,11 +25,16 @@ WRITER = textwrap.dedent(
     writer = JournalWriter(root, flush_interval=0.02, max_segment_bytes=int(sys.argv[3]), fsync=False)
     key = BlockKey("org_model_0123456789ab", 0, 0, "ab" * 32, "kvfs")
     i = 0
+    ready = False
     while True:
         # size carries the sequence number so the test can check nothing is lost or duplicated
         writer.record_store(key, size=i, chain_pos=round_no, now=1.0)
         i += 1
-        if i == 20_000:
+        # Ready once 20,000 records are appended and the flusher has opened a segment: it encodes its whole
+        # queue first, 60-150 ms behind this loop (more the faster records are built), and a kill before that
+        # leaves no segment at all.
+        if not ready and i >= 20_000 and writer.current_segment is not None:
+            ready = True
             print("ready", flush=True)
         if i % 1000 == 0 and writer.pending > 200_000:
             time.sleep(0.001)
