@@ -54,7 +54,10 @@ def test_sigkill_leader_follower_takes_over(root: Path, pg_url: str, start_evict
 
     # The new leader does the job: a store beyond the cap converges.
     now = time.time()
-    written = run_writer(root, "org/model-ha", [now - 1000 + i for i in range(30)], payload=PAYLOAD)
+    # Files published when their journal says (mtimes consistent with the records): the tree watcher may upsert
+    # a file from its mtime before its STORE record is applied, and an upsert never lowers a journaled recency.
+    times = [now - 1000 + i for i in range(30)]
+    written = run_writer(root, "org/model-ha", times, mtimes=[t - 10 for t in times], payload=PAYLOAD)
     wait_for(lambda: len(files_on_disk(root)) <= 14, timeout=30, what="the new leader to evict")
     assert {w["relpath"] for w in written[-14:]} <= files_on_disk(root)
     assert b.stop() == 0
