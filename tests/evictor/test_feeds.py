@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -92,6 +93,35 @@ def test_the_watcher_alone_sees_files_renamed_into_new_directories(
             wait_for(all_in_catalog, timeout=10, what="every file to reach the catalog through the watcher")
         finally:
             watchers.stop()
+
+
+def test_an_inotify_queue_overflow_is_counted_and_scanned(root: Path, sqlite_url: str, start_evictor) -> None:
+    """A real overflow: the evictor is stopped (SIGSTOP) while more events than the kernel queues are made, then
+    a stock writer stores files, whose events the full queue drops.  Before, the loss went uncounted (only
+    watchdog's log line) and those files were out of the catalog until the hourly scan."""
+    ev = start_evictor(root, sqlite_url, "--max-bytes", "1G", "--watch", "inotify")
+    ev.wait_leader()
+    wait_for(
+        lambda: (s := ev.status())["tree_watch"]["state"] == "watching" and s["scans_done"] >= 2,
+        what="the tree watch and its gap-closing scan",
+    )
+    noise = root / "noise"
+    noise.mkdir()
+    time.sleep(0.3)  # its creation event read, so it is watched
+    queue_max = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    ev.proc.send_signal(signal.SIGSTOP)
+    try:
+        for i in range(queue_max):  # 2 events each (create, close-write): the queue overflows
+            (noise / str(i)).touch()
+        written = run_writer(root, "org/overflow", [0] * 5, fmt="bin", payload=64)
+    finally:
+        ev.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: _catalog_files(ev) == 5, timeout=30, what="the scan after the overflow")
+    assert {w["relpath"] for w in written} <= files_on_disk(root)
+    assert ev.metric("kvfs_evictor_tree_watch_overflows_total") == 1
+    assert ev.status()["scans_done"] == 3
+    assert _upserts(ev) == 0  # the catalog has them from the scan alone: their events were lost
+    assert ev.stop() == 0
 
 
 def test_no_crawling_under_the_watermark(root: Path, sqlite_url: str, start_evictor) -> None:
