@@ -54,6 +54,10 @@ TREE_WATCH_SETUP_SECONDS = Gauge(
     "kvfs_evictor_tree_watch_setup_seconds", "Time the tree watcher took to add its watches (background)"
 )
 TREE_EVENTS = Counter("kvfs_evictor_tree_events", "Block file events from the tree watcher", ["kind"])
+TREE_WATCH_OVERFLOWS = Counter(
+    "kvfs_evictor_tree_watch_overflows",
+    "Times the tree watcher lost events (inotify queue overflow); each one scans",
+)
 
 # A scan's files are counted in kvfs_scan_files_total and its wall time in kvfs_scan_last_duration_seconds
 # (kvfs/metrics.py): rate() of the counter, not a rate gauge.

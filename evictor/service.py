@@ -265,6 +265,7 @@ class EvictorService:
                 self.ingester.ensure_dir(),
                 self._journal_wakeup.set,
                 self.tree,
+                self._tree_events_lost,
             )
             try:
                 self.watchers.start_journal()
@@ -309,6 +310,13 @@ class EvictorService:
         sched = self.scheduler
         if sched is not None and self.watchers is watchers and self.settings.startup_scan:
             sched.run_soon("scan")  # a scheduler shut down meanwhile (a step-down) ignores it
+
+    def _tree_events_lost(self) -> None:
+        """The tree watcher lost events (inotify queue overflow): only a scan finds what they reported, and it
+        runs whatever `startup_scan` and `scan_interval` say, or usage stays undercounted for up to an hour."""
+        sched = self.scheduler
+        if sched is not None:
+            sched.run_soon("scan")
 
     def _spawn_once(self, target: Any, args: tuple[Any, ...], name: str) -> None:
         """A thread that may end (unlike `_spawn`'s, which /healthz expects alive)."""

@@ -21,6 +21,7 @@ from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    EventsLostEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -70,6 +71,7 @@ _TREE_EVENTS: list[type[FileSystemEvent]] = [
     DirCreatedEvent,
     DirMovedEvent,
     DirDeletedEvent,
+    EventsLostEvent,  # an inotify queue overflow: events no one will see again, so the service scans
 ]
 _JOURNAL_EVENTS: list[type[FileSystemEvent]] = [
     FileCreatedEvent,
@@ -121,9 +123,10 @@ class TempFileTracker:
 class _TreeHandler(FileSystemEventHandler):
     """Queues (kind, relpath) for block files and temp files; the service applies them in batches."""
 
-    def __init__(self, root: Path, sink: Callable[[str, str], None]) -> None:
+    def __init__(self, root: Path, sink: Callable[[str, str], None], on_lost: Callable[[], None]) -> None:
         self.root = str(root)
         self.sink = sink
+        self.on_lost = on_lost
 
     def _rel(self, path: str | bytes) -> str | None:
         path = os.fsdecode(path)
@@ -156,6 +159,12 @@ class _TreeHandler(FileSystemEventHandler):
             self._emit("gone", event.src_path)
             self._emit("present", event.dest_path)
 
+    def on_events_lost(self, event: EventsLostEvent) -> None:
+        # watchdog has re-added its watches by now; files written meanwhile are in no event, only on disk.
+        metrics.TREE_WATCH_OVERFLOWS.inc()
+        log.warning("the tree watcher lost events (inotify queue overflow): scanning the tree")
+        self.on_lost()
+
 
 class TreeFeed:
     """Applies queued tree events to the catalog: stat at apply time (the file's state now is what counts)."""
@@ -170,8 +179,9 @@ class TreeFeed:
         self._apply_lock = threading.Lock()
         self._pending: dict[str, str] = {}
 
-    def handler(self) -> FileSystemEventHandler:
-        return _TreeHandler(self.root, self._queue)
+    def handler(self, on_lost: Callable[[], None] = lambda: None) -> FileSystemEventHandler:
+        """`on_lost`: called when the watcher lost events (a scan must catch up)."""
+        return _TreeHandler(self.root, self._queue, on_lost)
 
     def _queue(self, kind: str, rel: str) -> None:
         with self._lock:
@@ -258,6 +268,7 @@ class Watchers:
         journal_path: Path,
         on_journal: Callable[[], None],
         tree: TreeFeed,
+        on_tree_lost: Callable[[], None] = lambda: None,
     ) -> None:
         self.mode = mode
         self.poll_interval = poll_interval
@@ -265,6 +276,7 @@ class Watchers:
         self.journal_path = journal_path
         self.on_journal = on_journal
         self.tree = tree
+        self.on_tree_lost = on_tree_lost
         self._observers: list[Any] = []
         self._tree_observer: Any = None
         self._lock = threading.Lock()  # start_tree (a background thread) against stop
@@ -299,7 +311,12 @@ class Watchers:
             tree = make_observer(self.mode, self.poll_interval)
             tree.daemon = True
             try:
-                tree.schedule(self.tree.handler(), str(self.root), recursive=True, event_filter=_TREE_EVENTS)
+                tree.schedule(
+                    self.tree.handler(self.on_tree_lost),
+                    str(self.root),
+                    recursive=True,
+                    event_filter=_TREE_EVENTS,
+                )
                 tree.start()
             except OSError:
                 self.tree_state = "failed"
