@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 import struct
 import sys
 import threading
@@ -195,7 +196,13 @@ class IoPool:
         self._jobs: dict[int, _Job] = {}
         self._done: list[JobDone] = []
         # Seconds one I/O thread spends per stored byte (launching the copies, writing the file; not waiting for
-        # the GPU): the measured store bandwidth behind the drop-at-submit estimate.  0 until a store completed.
+        # the GPU): the measured store bandwidth behind the drop-at-submit estimate.  The median of the last
+        # stores' samples, and 0 (nothing dropped) until 2 per thread have completed: a sample also counts every
+        # moment the thread waited for the GIL, and a fresh engine's Triton compiles hold it for seconds at a
+        # time, stalling every thread at once.  An average of 10% per sample, seeded by the first, took one such
+        # burst for the storage's speed (0.07 GB/s against 2.2 GB/s a thread written) and dropped 64 of 508
+        # chunks of a 128k prompt on disk (docs/benchmarks.md, issue 23).
+        self._store_samples: deque[float] = deque(maxlen=_STORE_SAMPLES)
         self._store_s_per_byte = 0.0
         self._queued_store_bytes = 0
         self._drop_log = _RateLimitedLog(60.0)
@@ -483,9 +490,10 @@ class IoPool:
         under the same lock."""
         with self._cv:
             if store_seconds is not None and op.nbytes:
-                rate = store_seconds / op.nbytes
-                ema = self._store_s_per_byte
-                self._store_s_per_byte = rate if ema == 0 else 0.9 * ema + 0.1 * rate
+                samples = self._store_samples
+                samples.append(store_seconds / op.nbytes)
+                if len(samples) >= 2 * self.threads:
+                    self._store_s_per_byte = statistics.median(samples)
             self._op_done_locked(op, ok=ok, nbytes=nbytes)
 
     def _thread_state(self) -> _ThreadState:
@@ -756,6 +764,9 @@ _STORE_JOB_S = metrics.JOB_SECONDS.labels("store")
 
 # Staging slots per I/O thread: one file's bytes move on the GPU while the other slot's file is read or written.
 _SLOTS = 2
+# Store samples behind the bandwidth estimate: their median ignores a stall of every thread at once (one slow
+# sample each) in pools of up to 31 threads, and follows storage that really slows down within 32 stores.
+_STORE_SAMPLES = 64
 # A helper hashing task: whole hash pieces (the helpers' digests are the payload's), several per task so that a
 # large file costs few hand-offs.  Smaller payloads are hashed by their I/O thread: a hand-off (a few context
 # switches) would cost more than it overlaps.
