@@ -6,6 +6,7 @@ full benchmark itself refuses anything but 0.33."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -39,3 +40,34 @@ def test_full_run_refuses_another_vllm_than_0_33(monkeypatch, capsys):
     monkeypatch.setattr(tier_bench, "VLLM_VERSION", "0.32.0")
     assert tier_bench.main(["--roots", "shm", "--threads", "1"]) == 2
     assert "vLLM 0.33" in capsys.readouterr().err
+
+
+def test_kvfs_settings_reach_the_tier_and_the_switch_interval_is_restored(tmp_path, capsys, monkeypatch):
+    seen: list[dict] = []
+    real = tier_bench.make_tier
+
+    def recording(kind, root, threads, primary, spec, kvfs_settings):  # type: ignore[no-untyped-def]
+        tier = real(kind, root, threads, primary, spec, kvfs_settings)
+        if kind == "kvfs":
+            seen.append(
+                {"journal": tier.journal, "direct": tier.pool.direct, "interval": sys.getswitchinterval()}
+            )
+        return tier
+
+    monkeypatch.setattr(tier_bench, "make_tier", recording)
+    before = sys.getswitchinterval()
+    argv = [
+        "--dry-run",
+        "--roots",
+        "shm",
+        "--kvfs-setting",
+        "journal=false",
+        "--kvfs-setting",
+        "kvfs_direct_io=false",
+    ]
+    assert tier_bench.main([*argv, "--switch-interval", "0.001"]) == 0
+    assert seen and all(s == {"journal": None, "direct": False, "interval": 0.001} for s in seen), seen
+    assert sys.getswitchinterval() == before
+    assert "kvfs journal=false" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        tier_bench.main(["--dry-run", "--kvfs-setting", "journal"])

@@ -90,7 +90,9 @@ def make_spec(row_bytes: int) -> TieringOffloadingSpec:
     return TieringOffloadingSpec(config)
 
 
-def make_tier(kind: str, root: str, threads: int, primary: Primary, spec: Any, direct_io: str | None) -> Any:
+def make_tier(
+    kind: str, root: str, threads: int, primary: Primary, spec: Any, kvfs_settings: dict[str, str]
+) -> Any:
     os.makedirs(root, exist_ok=True)
     if kind in ("stock", "bound"):
         cfg: dict[str, Any] = {
@@ -105,8 +107,8 @@ def make_tier(kind: str, root: str, threads: int, primary: Primary, spec: Any, d
             "module_path": "connector.tier",
             "root": root,
             "io_threads": threads,
-            **({} if direct_io is None else {"direct_io": direct_io}),
             "store_budget": "1h",  # a benchmark drops nothing
+            **kvfs_settings,
         }
     return SecondaryTierFactory.create_secondary_tier(cfg, primary.view, spec)
 
@@ -184,7 +186,7 @@ def one_rep(kind: str, tier: Any, cell: Cell, root: str, primary: Primary, chunk
 KINDS = ("kvfs", "stock", "bound")
 
 
-def measure(cell: Cell, base: str, gib: float, reps: int, direct_io: str | None) -> dict[str, Any]:
+def measure(cell: Cell, base: str, gib: float, reps: int, kvfs_settings: dict[str, str]) -> dict[str, Any]:
     """One cell: the tiers built once (an engine keeps its tier), one unrecorded warm-up repetition each, then
     `reps` repetitions in rotating order.  "bound" is the stock tier with an algorithm-2 hash of every block on its
     I/O thread: what checksums cost a tier that moves the bytes exactly as the stock one does."""
@@ -193,7 +195,7 @@ def measure(cell: Cell, base: str, gib: float, reps: int, direct_io: str | None)
     primary = Primary(2 * chunks, row)
     spec = make_spec(row)
     roots = {kind: os.path.join(base, kind) for kind in KINDS}
-    tiers = {kind: make_tier(kind, roots[kind], cell.threads, primary, spec, direct_io) for kind in KINDS}
+    tiers = {kind: make_tier(kind, roots[kind], cell.threads, primary, spec, kvfs_settings) for kind in KINDS}
     runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
     o_direct = {"kvfs": tiers["kvfs"].pool.direct, "stock": getattr(tiers["stock"], "_use_o_direct", None)}
     # As in vLLM's engine core, which freezes its start-up heap (vllm.utils.gc_utils.freeze_gc_heap): unfrozen,
@@ -259,8 +261,52 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def parse_settings(pairs: list[str]) -> dict[str, str]:
+    """`KEY=VALUE` pairs as KvfsTier settings (the tier accepts names with or without the `kvfs_` prefix)."""
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--kvfs-setting {pair!r}: expected KEY=VALUE")
+        settings[key.removeprefix("kvfs_")] = value
+    return settings
+
+
 def parse_list(text: str, kind: Callable[[str], Any]) -> list[Any]:
     return [kind(x) for x in text.split(",") if x]
+
+
+def run_root(
+    root_name: str, parent: str, args: argparse.Namespace, kvfs_settings: dict[str, str]
+) -> list[Any]:
+    """Every cell of one root, printed as it completes."""
+    results = []
+    with bench_dir(parent) as base:
+        for mib in parse_list(args.mib, float):
+            for threads in parse_list(args.threads, int):
+                r = measure(Cell(root_name, mib, threads), base, args.gib, args.reps, kvfs_settings)
+                print(
+                    f"{root_name} {mib:g} MiB x{r['chunks']} {threads} threads "
+                    f"(O_DIRECT kvfs {r['o_direct']['kvfs']}, stock {r['o_direct']['stock']}): "
+                    f"store {r['kvfs_store']:.2f} vs {r['stock_store']:.2f} GB/s ({r['store_ratio']:.2f}x, "
+                    f"bound {r['store_bound']:.2f}x), load {r['kvfs_load']:.2f} vs {r['stock_load']:.2f} GB/s "
+                    f"({r['load_ratio']:.2f}x, bound {r['load_bound']:.2f}x)",
+                    flush=True,
+                )
+                results.append(r)
+    return results
+
+
+@contextmanager
+def switch_interval(seconds: float | None) -> Iterator[None]:
+    """The interpreter's GIL switch interval for the run (unchanged with None), restored after."""
+    previous = sys.getswitchinterval()
+    if seconds is not None:
+        sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,7 +322,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument(
-        "--kvfs-direct-io", default=None, help="kvfs_direct_io for KvfsTier (default: the tier's own, auto)"
+        "--kvfs-setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a KvfsTier setting (repeatable), e.g. direct_io=false, journal=false: to attribute a gap to a part",
+    )
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        default=None,
+        help="sys.setswitchinterval for the run (seconds; Python's default 0.005): how much GIL hand-offs cost",
     )
     parser.add_argument("--json", default=None, help="write the results here too")
     parser.add_argument(
@@ -293,28 +349,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     roots = {"shm": "/dev/shm", "disk": args.disk_dir}
+    kvfs_settings = parse_settings(args.kvfs_setting)
     print(
         f"vLLM {VLLM_VERSION} (stock fs tier) vs KvfsTier, torch {torch.__version__}, {os.cpu_count()} CPUs; "
         f"{args.gib:g} GiB per direction, {args.reps} alternating repetitions"
-        + (f", kvfs_direct_io={args.kvfs_direct_io}" if args.kvfs_direct_io else ""),
+        + "".join(f", kvfs {kv}" for kv in args.kvfs_setting)
+        + (f", switch interval {args.switch_interval:g} s" if args.switch_interval is not None else ""),
         flush=True,
     )
     results = []
-    for root_name in parse_list(args.roots, str):
-        parent = tempfile.gettempdir() if args.dry_run else roots[root_name]
-        with bench_dir(parent) as base:
-            for mib in parse_list(args.mib, float):
-                for threads in parse_list(args.threads, int):
-                    r = measure(Cell(root_name, mib, threads), base, args.gib, args.reps, args.kvfs_direct_io)
-                    print(
-                        f"{root_name} {mib:g} MiB x{r['chunks']} {threads} threads "
-                        f"(O_DIRECT kvfs {r['o_direct']['kvfs']}, stock {r['o_direct']['stock']}): "
-                        f"store {r['kvfs_store']:.2f} vs {r['stock_store']:.2f} GB/s ({r['store_ratio']:.2f}x, "
-                        f"bound {r['store_bound']:.2f}x), load {r['kvfs_load']:.2f} vs {r['stock_load']:.2f} GB/s "
-                        f"({r['load_ratio']:.2f}x, bound {r['load_bound']:.2f}x)",
-                        flush=True,
-                    )
-                    results.append(r)
+    with switch_interval(args.switch_interval):
+        for root_name in parse_list(args.roots, str):
+            parent = tempfile.gettempdir() if args.dry_run else roots[root_name]
+            results.extend(run_root(root_name, parent, args, kvfs_settings))
     print(table(results))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
