@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, bindparam, text
 
-from kvfs.catalog.models import FIFO_MAIN, FIFO_QUEUE_INDEXES, FIFO_SMALL, NO_RANK, Namespace
+from kvfs.catalog.models import FIFO_MAIN, FIFO_QUEUE_INDEXES, FIFO_SMALL, NO_RANK
 from kvfs.layout import BlockKey
 
 if TYPE_CHECKING:
@@ -208,10 +208,7 @@ def stream_queue(
         f"FROM {table} WHERE {_MAIN_WHERE if main else _SMALL_WHERE}{where} ORDER BY fifo_seq, id"
     )
     with catalog._read("fifo_stream") as conn:
-        names = {
-            ns_id: name
-            for ns_id, name in conn.execute(text(f"SELECT id, name FROM {Namespace.__tablename__}"))
-        }
+        names = {ns_id: name for ns_id, name in conn.execute(text("SELECT id, name FROM namespaces"))}
         result = conn.execution_options(stream_results=True, yield_per=chunk).execute(text(sql), params)
         try:
             for rows in result.partitions():
