@@ -81,23 +81,55 @@ class PassWrites:
     ghost_limit: int = 0
 
 
-@dataclass(slots=True)
 class QueuedRow:
     """A row as the sweep reads it from a queue (`stream_queue`); `freq` and `main` are the sweep's to change.
     `last_access` is the later of the row's access and creation (the sweep sets aside rows at or after the
-    pass's protection time, as the planner's streams leave them out); `access` the recency to recheck."""
+    pass's protection time, as the planner's streams leave them out); `access` the recency to recheck.  The key
+    is built only for rows offered (about half the rows a sweep reads go back to main)."""
 
-    block_id: int
-    namespace_id: int
-    key: BlockKey
-    size: int
-    last_access: float
-    access: float
-    chain_pos: int
-    freq: int
-    main: bool
-    laps: int = 0
-    promoted: bool = False
+    __slots__ = (
+        "_raw",
+        "access",
+        "block_id",
+        "chain_pos",
+        "freq",
+        "laps",
+        "last_access",
+        "main",
+        "promoted",
+        "size",
+    )
+
+    def __init__(
+        self,
+        block_id: int,
+        raw: tuple[Any, ...],
+        size: int,
+        last_access: float,
+        access: float,
+        chain_pos: int,
+        freq: int,
+        main: bool,
+    ) -> None:
+        self.block_id = block_id
+        self._raw = raw  # (namespace name, namespace id, rank, group, hash, format)
+        self.size = size
+        self.last_access = last_access
+        self.access = access
+        self.chain_pos = chain_pos
+        self.freq = freq
+        self.main = main
+        self.laps = 0
+        self.promoted = False
+
+    @property
+    def namespace_id(self) -> int:
+        return int(self._raw[1])
+
+    @property
+    def key(self) -> BlockKey:
+        name, _, rank, grp, block_hash, fmt = self._raw
+        return BlockKey(name, None if rank == NO_RANK else rank, grp, block_hash, fmt)
 
 
 def before_stores(conn: Connection) -> tuple[int, int, bool]:
@@ -211,11 +243,11 @@ def stream_queue(
         names = {ns_id: name for ns_id, name in conn.execute(text("SELECT id, name FROM namespaces"))}
         result = conn.execution_options(stream_results=True, yield_per=chunk).execute(text(sql), params)
         try:
-            for rows in result.partitions():
+            for rows in result.partitions(chunk):  # the size given: yield_per is not applied to text()
                 for block_id, ns_id, rank, grp, block_hash, fmt, size, last, created, pos, freq in rows:
-                    key = BlockKey(names[ns_id], None if rank == NO_RANK else rank, grp, block_hash, fmt)
+                    raw = (names[ns_id], ns_id, rank, grp, block_hash, fmt)
                     recent = last if last >= created else created
-                    yield QueuedRow(block_id, ns_id, key, size, recent, last, pos, freq, main)
+                    yield QueuedRow(block_id, raw, size, recent, last, pos, freq, main)
         finally:
             result.close()
 

@@ -132,15 +132,18 @@ def _v7_has_child(conn: Connection) -> None:
 
 def _v8_s3fifo(conn: Connection) -> None:
     """v8: S3-FIFO's per-block state (`fifo_queue`, `fifo_seq`, `fifo_freq`), its two queue indexes and the FIFO
-    ghost table.  Existing rows enter the small queue in LRU order (the oldest access first: what they would
-    have been stored in), their counter `min(3, hits)`; no ghosts."""
+    ghost table.  Existing rows take their places in LRU order (the oldest access first), as S3-FIFO would have
+    left them: rows never read in the small queue, rows read in main (their first read promoted them) with the
+    later reads on their counter, `min(3, hits - 1)`; no ghosts.  (All in small would make the first passes sweep
+    every read row of the tier to main before main lost one.)"""
     conn.execute(text("ALTER TABLE blocks ADD COLUMN fifo_queue INTEGER NOT NULL DEFAULT 0"))
     conn.execute(text("ALTER TABLE blocks ADD COLUMN fifo_seq BIGINT NOT NULL DEFAULT 0"))
     conn.execute(text("ALTER TABLE blocks ADD COLUMN fifo_freq INTEGER NOT NULL DEFAULT 0"))
     # Positions by rank of (last access, deeper chain position first, id): one window pass.
     conn.execute(
         text(
-            "UPDATE blocks SET fifo_freq = CASE WHEN hits > 3 THEN 3 ELSE hits END, fifo_seq = r.pos "
+            "UPDATE blocks SET fifo_queue = CASE WHEN hits > 0 THEN 1 ELSE 0 END, "
+            "fifo_freq = CASE WHEN hits > 4 THEN 3 WHEN hits > 0 THEN hits - 1 ELSE 0 END, fifo_seq = r.pos "
             "FROM (SELECT id AS rid, row_number() OVER (ORDER BY last_access, chain_pos DESC, id) AS pos "
             "FROM blocks) r WHERE blocks.id = r.rid"
         )

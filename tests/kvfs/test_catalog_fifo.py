@@ -159,10 +159,11 @@ def test_upgrade_from_v7_puts_rows_in_lru_order(catalog_url: str) -> None:
                 BlockRow(key(2), 1, 1.0, 3.0, 0),
                 BlockRow(key(3), 1, 1.0, 3.0, 1),  # same access: the deeper position first
                 BlockRow(key(4), 1, 1.0, 9.0, 2),
+                BlockRow(key(6), 1, 1.0, 4.0, 0),  # never read: small
             ]
         )
         with testing.connection(catalog, write=True) as conn:
-            for n in (1, 2, 3, 4):
+            for n in (1, 2, 3, 4):  # hits 2..5
                 conn.execute(text(f"UPDATE blocks SET hits = {n + 1} WHERE block_hash = '{h(n)}'"))
             for ddl in testing.TO_V7:
                 conn.execute(text(ddl))
@@ -170,12 +171,14 @@ def test_upgrade_from_v7_puts_rows_in_lru_order(catalog_url: str) -> None:
     with Catalog.open(catalog_url) as catalog:
         assert catalog.schema_version() == SCHEMA_VERSION == 8
         assert {"ix_blocks_fifo_small", "ix_blocks_fifo_main"} <= testing.indexes(catalog, "blocks")
-        assert queue(catalog, main=False) == [3, 2, 1, 4]
-        assert {n: s[2] for n, s in state(catalog).items()} == {1: 2, 2: 3, 3: 3, 4: 3}
+        # Read rows (all here) in main, LRU order, their reads after the first on the counter.
+        assert queue(catalog, main=True) == [3, 2, 1, 4] and queue(catalog, main=False) == [6]
+        assert {n: s[2] for n, s in state(catalog).items()} == {1: 1, 2: 2, 3: 3, 4: 3, 6: 0}
         assert ghosts(catalog) == []
         # New stores continue after the migrated positions.
         catalog.apply_journal([store(5, 10.0)], {})
-        assert queue(catalog, main=False) == [3, 2, 1, 4, 5]
+        assert queue(catalog, main=False) == [6, 5]
+        assert state(catalog)[5][1] > max(s[1] for n, s in state(catalog).items() if n != 5)
 
 
 def test_queue_sizes_count_bytes_per_queue_in_scope(cat: Catalog) -> None:
