@@ -215,6 +215,21 @@ def queue_sizes(catalog: Catalog, namespace_ids: Sequence[int] | None) -> tuple[
     """(rows, bytes, small-queue bytes, main-queue bytes) in scope, the request in flight included (the sweep
     counts it; it sets it aside)."""
     where, params = _scope(namespace_ids)
+    if namespace_ids is None:
+        # Every row is in one queue: each queue's covering index summed alone reads no table row (a third of
+        # the time of one aggregate over the table at 1M rows).
+        small_ix, main_ix = ("INDEXED BY ix_blocks_fifo_small", "INDEXED BY ix_blocks_fifo_main")
+        if catalog.dialect != "sqlite":
+            small_ix = main_ix = ""
+        sql = (
+            f"SELECT (SELECT count(*) FROM blocks {small_ix} WHERE {_SMALL_WHERE}), "
+            f"(SELECT coalesce(sum(size), 0) FROM blocks {small_ix} WHERE {_SMALL_WHERE}), "
+            f"(SELECT count(*) FROM blocks {main_ix} WHERE {_MAIN_WHERE}), "
+            f"(SELECT coalesce(sum(size), 0) FROM blocks {main_ix} WHERE {_MAIN_WHERE})"
+        )
+        with catalog._read("fifo_sizes") as conn:
+            n_small, small, n_main, main = (int(v) for v in conn.execute(text(sql)).one())
+        return n_small + n_main, small + main, small, main
     sql = (
         "SELECT count(*), coalesce(sum(size), 0), "
         f"coalesce(sum(CASE WHEN fifo_queue = {FIFO_SMALL} THEN size ELSE 0 END), 0) FROM blocks WHERE TRUE"

@@ -119,9 +119,19 @@ class Block(Base):
             Index(name, "last_access", sqlite_where=text(where), postgresql_where=text(where))
             for name, where in PARTIAL_LRU_INDEXES.items()
         ),
-        # S3-FIFO's two queues, oldest position first (v8; `s3fifo`'s sweep reads them in this order).
+        # S3-FIFO's two queues, oldest position first (v8; `s3fifo`'s sweep reads them in this order); `size`
+        # (and the queue: SQLite 3.40 reads the table for a WHERE term on a column the index lacks) makes each
+        # covering for the queue's bytes, summed per pass.
         *(
-            Index(name, "fifo_seq", "id", sqlite_where=text(where), postgresql_where=text(where))
+            Index(
+                name,
+                "fifo_seq",
+                "id",
+                "size",
+                "fifo_queue",
+                sqlite_where=text(where),
+                postgresql_where=text(where),
+            )
             for name, where in FIFO_QUEUE_INDEXES.items()
         ),
     )

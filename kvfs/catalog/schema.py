@@ -148,8 +148,16 @@ def _v8_s3fifo(conn: Connection) -> None:
             "FROM blocks) r WHERE blocks.id = r.rid"
         )
     )
-    conn.execute(text("CREATE INDEX ix_blocks_fifo_small ON blocks (fifo_seq, id) WHERE fifo_queue = 0"))
-    conn.execute(text("CREATE INDEX ix_blocks_fifo_main ON blocks (fifo_seq, id) WHERE fifo_queue = 1"))
+    conn.execute(
+        text(
+            "CREATE INDEX ix_blocks_fifo_small ON blocks (fifo_seq, id, size, fifo_queue) WHERE fifo_queue = 0"
+        )
+    )
+    conn.execute(
+        text(
+            "CREATE INDEX ix_blocks_fifo_main ON blocks (fifo_seq, id, size, fifo_queue) WHERE fifo_queue = 1"
+        )
+    )
     conn.execute(
         text(
             "CREATE TABLE fifo_ghosts (namespace_id INTEGER NOT NULL, rank INTEGER NOT NULL, grp INTEGER NOT NULL, "

@@ -94,8 +94,11 @@ class _Queues:
     def size(self, main: bool) -> int:
         if self._next[main] is None:
             self._next[main] = self._fetch(main)
+            if self._next[main] is None:
+                return 0
         # Never 0 while a row is left (the sizes were read in another snapshot than the rows).
-        return 0 if self._next[main] is None else max(self._sizes[main], 1)
+        size = self._sizes[main]
+        return size if size > 0 else 1
 
     def pop(self, main: bool) -> QueuedRow:
         row = self._next[main] if self._next[main] is not None else self._fetch(main)
