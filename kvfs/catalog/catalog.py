@@ -23,7 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from kvfs import metrics
-from kvfs.catalog import groupings, streams
+from kvfs.catalog import fifo, groupings, streams
 from kvfs.catalog.engine import create_catalog_engine, default_catalog_url, describe_url, parse_catalog_url
 from kvfs.catalog.errors import CatalogError, CatalogUnavailable, RootMismatchError
 from kvfs.catalog.models import MARKABLE, NO_RANK, ORPHAN, SUPERSEDED, Block, Namespace
@@ -53,7 +53,7 @@ UPSERT_CHUNK = 20_000
 # times faster than executemany, which still costs a round trip's worth of work per row).
 PG_COPY_MIN_ROWS = 500
 _BLOCK_COLS = f"{_KEY_COLS}, size, created, last_access, hits, chain_pos, state, seen, parent_hash"
-_INSERT_COLS = f"{_BLOCK_COLS}, has_child"
+_INSERT_COLS = f"{_BLOCK_COLS}, has_child, fifo_seq"
 # A row of the block's namespace, rank and group that has it as parent (`ix_blocks_parent`, one probe), as a
 # scalar subquery (`... IS NULL`: no child): PostgreSQL would turn a NOT EXISTS into an anti-join, which it may
 # plan as a sequential scan of the table; a scalar subquery stays one probe per row the statement reads.
@@ -96,7 +96,7 @@ class _Sql:
         # again after its removal, or after its children) are found later, by `heal`: no probe per row here.
         self.upsert = (
             f"INSERT INTO blocks ({_INSERT_COLS}) "
-            f"VALUES ({', '.join([p] * 14)}) "
+            f"VALUES ({', '.join([p] * 15)}) "
             f"ON CONFLICT ({_KEY_COLS}) DO UPDATE SET size = excluded.size, "
             f"last_access = {greatest}(blocks.last_access, excluded.last_access), "
             "hits = blocks.hits + excluded.hits, "
@@ -118,10 +118,19 @@ class _Sql:
             f"UPDATE blocks SET size = {p}, last_access = {greatest}(last_access, {p}) "
             f"WHERE {_KEY_WHERE.format(p=p)} AND (size != {p} OR last_access < {p})"
         )
-        self.access = (
-            f"UPDATE blocks SET last_access = {greatest}(last_access, {p}), hits = hits + {p} "
-            f"WHERE {_KEY_WHERE.format(p=p)}"
+        # S3-FIFO's counter rises with `hits`, in the same UPDATE.  SQLite reads the count again as `?2`
+        # (a bare `?` after it is the 3rd); PostgreSQL's executemany (small batches: larger ones go by COPY)
+        # is given it twice (`access_params`).
+        freq = (
+            f"min({fifo.MAX_FREQ}, fifo_freq + ?2)"
+            if dialect == "sqlite"
+            else f"LEAST({fifo.MAX_FREQ}, fifo_freq + %s)"
         )
+        self.access = (
+            f"UPDATE blocks SET last_access = {greatest}(last_access, {p}), hits = hits + {p}, "
+            f"fifo_freq = {freq} WHERE {_KEY_WHERE.format(p=p)}"
+        )
+        self.access_twice = dialect != "sqlite"
         self.orphan_id = f"UPDATE blocks SET orphan = TRUE WHERE id = {p}"
         # Rows used again (accessed, or stored over) since `t` had their chain sent whole: no longer orphans.
         # One range scan of the orphans' partial index per journal batch, instead of a SET per access.
@@ -210,6 +219,7 @@ def _merge_duplicate_keys(params: list[tuple[Any, ...]]) -> list[tuple[Any, ...]
                 max(old[11], p[11]),
                 p[12] if p[12] is not None else old[12],
                 old[13] or p[13],
+                old[14],  # fifo_seq: the first store's position
             )
     return list(merged.values()) if len(merged) != len(params) else params
 
@@ -225,8 +235,9 @@ def _child_keys(params: Sequence[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
 
 
 def _flagged(params: Sequence[tuple[Any, ...]], parents: set[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """`_block_params` tuples with their `has_child` (the 14th value: TRUE for the `parents` of the batch)."""
-    return [(*p, p[:4] in parents) for p in params]
+    """`_block_params` tuples with their `has_child` (the 14th value: TRUE for the `parents` of the batch) and
+    `fifo_seq` 0 (rows given whole, found by a scan: the small queue's head)."""
+    return [(*p, p[:4] in parents, 0) for p in params]
 
 
 def _pg_copy_upsert(conn: Connection, params: list[tuple[Any, ...]]) -> None:
@@ -240,7 +251,7 @@ def _pg_copy_upsert(conn: Connection, params: list[tuple[Any, ...]]) -> None:
             f"CREATE TEMP TABLE IF NOT EXISTS {_PG_STAGE} (namespace_id integer, rank integer, grp integer, "
             "block_hash text, fmt text, size bigint, created double precision, last_access double precision, "
             "hits bigint, chain_pos integer, state integer, seen double precision, parent_hash text, "
-            "has_child boolean) ON COMMIT DELETE ROWS"
+            "has_child boolean, fifo_seq bigint) ON COMMIT DELETE ROWS"
         )
         with cur.copy(f"COPY {_PG_STAGE} ({_INSERT_COLS}) FROM STDIN") as copy:
             for p in params:
@@ -279,7 +290,8 @@ def _pg_copy_access(conn: Connection, params: list[tuple[Any, ...]]) -> int:
         cur.execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; SET LOCAL jit = off")
         cur.execute(
             f"UPDATE blocks SET last_access = GREATEST(blocks.last_access, s.last_access), "
-            f"hits = blocks.hits + s.hits FROM {_PG_ACCESS_STAGE} s WHERE blocks.namespace_id = s.namespace_id "
+            f"hits = blocks.hits + s.hits, fifo_freq = LEAST({fifo.MAX_FREQ}, blocks.fifo_freq + s.hits) "
+            f"FROM {_PG_ACCESS_STAGE} s WHERE blocks.namespace_id = s.namespace_id "
             "AND blocks.rank = s.rank AND blocks.grp = s.grp AND blocks.block_hash = s.block_hash "
             "AND blocks.fmt = s.fmt"
         )
@@ -288,8 +300,11 @@ def _pg_copy_access(conn: Connection, params: list[tuple[Any, ...]]) -> int:
     return matched
 
 
+_CREATED, _CHAIN_POS = itemgetter(6), itemgetter(9)
+
+
 def _journal_rows(
-    stores: Mapping[BlockKey, list[Any]], ns_ids: Mapping[str, int]
+    stores: Mapping[BlockKey, list[Any]], ns_ids: Mapping[str, int], first_seq: int
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """The upsert rows (`_flagged` tuples), `_Sql.extended` and `_Sql.supersede` parameters for the stores of
     one journal batch (`stores`: key -> [size, created, last access, chain position, parent], one per key).
@@ -298,7 +313,10 @@ def _journal_rows(
     in the same batch is new (its only children are in the batch too) and touched (so never superseded), so
     only stores whose parent came from an earlier batch, and stores that share a parent within the batch, need
     statements: about one per request instead of one per block.  Built straight from `stores` (no BlockRow, no
-    `_block_params` tuple rebuilt with its flag): Python work per store is a sizable share of ingest."""
+    `_block_params` tuple rebuilt with its flag): Python work per store is a sizable share of ingest.
+
+    `fifo_seq` (the 15th value): S3-FIFO positions from `first_seq` on, in store order (time, then the deeper
+    chain position first, so a chain's tail leaves a queue before its head)."""
     params = []
     first: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # parent -> the first store that records it
     more: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}  # parent -> all its stores, when several
@@ -326,12 +344,16 @@ def _journal_rows(
             other = first.setdefault(parent_key, p)
             if other is not p:
                 more.setdefault(parent_key, [other]).append(p)
+    # Store order: two stable C-keyed sorts (deeper position first, then time) cost a fraction of one sort
+    # on a Python key; the upsert re-sorts the rows by key anyway.
+    params.sort(key=_CHAIN_POS, reverse=True)
+    params.sort(key=_CREATED)
     stored = set()
     rows = []
-    for p in params:
+    for seq, p in enumerate(params, first_seq):
         k = p[:4]
         stored.add(k)
-        rows.append((*p, k in first))
+        rows.append((*p, k in first, seq))
     extended, supersede = [], []
     for parent_key, p in first.items():
         children = more.get(parent_key)
@@ -716,7 +738,6 @@ class Catalog:
             ns_ids = self._ns_ids
             if any(key.namespace not in ns_ids for key in stores):
                 self._namespace_ids({key.namespace for key in stores}, create=True)
-            upsert_rows, extended, supersede = _journal_rows(stores, ns_ids)
         ns_ids = self._namespace_ids({key.namespace for key in accesses}, create=False)
         access_keys: list[BlockKey] = []
         access_params = []
@@ -732,12 +753,22 @@ class Catalog:
         now = _time.time()
         offset_params = [(name, int(off), now) for name, off in offsets.items()]
         with self._write("apply_journal") as conn:
-            if upsert_rows:
+            if stores:
+                # S3-FIFO: positions follow the tier's counter (read under the write lock); new rows whose key
+                # is a FIFO ghost enter main.
+                top_id, next_seq, any_ghost = fifo.before_stores(conn)
+                upsert_rows, extended, supersede = _journal_rows(stores, self._ns_ids, next_seq)
                 self._upsert_params(conn, upsert_rows)  # parents outside the batch: `extended` below
+                if any_ghost:
+                    fifo.ghost_returns(conn, top_id)
             if access_params:
                 access_params = _in_key_order(access_params, 2)  # key order, as for upserts
                 if self.dialect == "postgresql" and len(access_params) >= PG_COPY_MIN_ROWS:
                     matched = _pg_copy_access(conn, access_params)
+                elif self._sql.access_twice:
+                    matched = self._executemany_count(
+                        conn, self._sql.access, [(p[0], p[1], *p[1:]) for p in access_params]
+                    )
                 else:
                     matched = self._executemany_count(conn, self._sql.access, access_params)
                 if matched < len(access_params):
@@ -866,11 +897,23 @@ class Catalog:
         metrics.CATALOG_ROWS_REMOVED.labels(why="evicted").inc(deleted)
         return deleted
 
-    def remove_block_ids(self, block_ids: Iterable[int]) -> int:
+    def remove_block_ids(
+        self,
+        block_ids: Iterable[int],
+        *,
+        writes: fifo.PassWrites | None = None,
+        moves: bool = False,
+        ghost_ids: Sequence[int] = (),
+    ) -> int:
+        """Delete the rows with these ids; returns rows deleted.  `writes`: an S3-FIFO sweep's pass writes,
+        applied first in the same transaction (`fifo.apply_pass_writes`: its moves when `moves`, the FIFO
+        ghosts of `ghost_ids` and their trim)."""
         params = [(int(i),) for i in block_ids]
-        if not params:
+        if not params and not (writes is not None and moves and writes.moves):
             return 0
         with self._write("remove_block_ids") as conn:
+            if writes is not None:
+                fifo.apply_pass_writes(conn, writes, moves, ghost_ids)
             gone: list[tuple[Any, ...]] = []
             for chunk in _chunks(params, KEY_CHUNK):
                 marks = ", ".join(str(i) for (i,) in chunk)  # ints from int(): safe to inline
@@ -1140,6 +1183,20 @@ class Catalog:
     def segment_bytes(self, namespace_ids: Sequence[int] | None) -> tuple[int, int]:
         """(all bytes, never-read bytes) in scope."""
         return streams.segment_bytes(self, namespace_ids)
+
+    def fifo_queue_sizes(self, namespace_ids: Sequence[int] | None) -> tuple[int, int, int, int]:
+        """(rows, bytes, small-queue bytes, main-queue bytes) in scope (kvfs.catalog.fifo)."""
+        return fifo.queue_sizes(self, namespace_ids)
+
+    def stream_fifo_queue(
+        self, namespace_ids: Sequence[int] | None, *, main: bool
+    ) -> Generator[fifo.QueuedRow, None, None]:
+        """One S3-FIFO queue's rows in scope, oldest position first (kvfs.catalog.fifo)."""
+        return fifo.stream_queue(self, namespace_ids, main=main)
+
+    def fifo_ghost_keys(self) -> list[tuple[int, int, int, str]]:
+        """The FIFO ghosts' keys (namespace id, rank, group, hash prefix), oldest first."""
+        return fifo.ghost_keys(self)
 
     # --- usage groupings and metadata --------------------------------------------------------------------
 

@@ -71,6 +71,14 @@ PARTIAL_LRU_INDEXES = {
 # siblings it marks (v7).  The
 # supersede statement repeats these terms (SQLite uses a partial index only for a WHERE that contains them).
 MARKABLE = "hits = 0 AND NOT orphan AND NOT superseded AND NOT has_child"
+# S3-FIFO's queues (v8): `blocks.fifo_queue` values, and each queue's partial index in queue order (the WHERE
+# text a query must repeat literally).
+FIFO_SMALL = 0
+FIFO_MAIN = 1
+FIFO_QUEUE_INDEXES = {
+    "ix_blocks_fifo_small": f"fifo_queue = {FIFO_SMALL}",
+    "ix_blocks_fifo_main": f"fifo_queue = {FIFO_MAIN}",
+}
 
 
 class Block(Base):
@@ -111,6 +119,21 @@ class Block(Base):
             Index(name, "last_access", sqlite_where=text(where), postgresql_where=text(where))
             for name, where in PARTIAL_LRU_INDEXES.items()
         ),
+        # S3-FIFO's two queues, oldest position first (v8; `s3fifo`'s sweep reads them in this order); `size`
+        # (and the queue: SQLite 3.40 reads the table for a WHERE term on a column the index lacks) makes each
+        # covering for the queue's bytes, summed per pass.
+        *(
+            Index(
+                name,
+                "fifo_seq",
+                "id",
+                "size",
+                "fifo_queue",
+                sqlite_where=text(where),
+                postgresql_where=text(where),
+            )
+            for name, where in FIFO_QUEUE_INDEXES.items()
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -144,6 +167,14 @@ class Block(Base):
     # The parent this row had before a store over it recorded another one (v7): the upsert keeps it here, and
     # the same transaction clears that parent's `has_child` if it has no child left, then this column.
     old_parent: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
+    # S3-FIFO's state, kept on every row whatever policy runs (v8; kvfs.policy.s3fifo): the queue (FIFO_SMALL
+    # or FIFO_MAIN), the position in it (a new row gets the next value of the tier's counter, the largest
+    # `fifo_seq` plus one; so does a row the sweep moves to main's tail) and the 2-bit use counter.  A row
+    # stored by the journal enters small (main if its key is a FIFO ghost); rows a scan finds enter small at
+    # position 0, the head (nothing is known of them).
+    fifo_queue: Mapped[int] = mapped_column(Integer, default=FIFO_SMALL, server_default=text("0"))
+    fifo_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    fifo_freq: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class JournalOffset(Base):
@@ -202,3 +233,18 @@ class PolicyState(Base):
     block_id: Mapped[int] = mapped_column(BigInteger)
     access_time: Mapped[float] = mapped_column(Float)
     beta: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class FifoGhost(Base):
+    """Keys of blocks evicted from S3-FIFO's small queue, oldest first by `seq` (v8; kvfs.catalog.fifo): a block
+    stored again while its key is here enters the main queue.  Bounded by the main queue's share of the tier
+    (the sweep's planner gives the bound, the executor trims)."""
+
+    __tablename__ = "fifo_ghosts"
+    __table_args__ = (Index("ix_fifo_ghosts_seq", "seq"),)
+
+    namespace_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    grp: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    hash_prefix: Mapped[str] = mapped_column(String(16), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, inspect, text
 from kvfs.catalog.errors import CatalogError
 from kvfs.catalog.models import Base
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 _VERSION_KEY = "schema_version"
 # Arbitrary constant key for pg_advisory_xact_lock: serialises schema creation between processes.
 _PG_SCHEMA_LOCK = 0x6B766673
@@ -130,6 +130,44 @@ def _v7_has_child(conn: Connection) -> None:
     )
 
 
+def _v8_s3fifo(conn: Connection) -> None:
+    """v8: S3-FIFO's per-block state (`fifo_queue`, `fifo_seq`, `fifo_freq`), its two queue indexes and the FIFO
+    ghost table.  Existing rows take their places in LRU order (the oldest access first), as S3-FIFO would have
+    left them: rows never read in the small queue, rows read in main (their first read promoted them) with the
+    later reads on their counter, `min(3, hits - 1)`; no ghosts.  (All in small would make the first passes sweep
+    every read row of the tier to main before main lost one.)"""
+    conn.execute(text("ALTER TABLE blocks ADD COLUMN fifo_queue INTEGER NOT NULL DEFAULT 0"))
+    conn.execute(text("ALTER TABLE blocks ADD COLUMN fifo_seq BIGINT NOT NULL DEFAULT 0"))
+    conn.execute(text("ALTER TABLE blocks ADD COLUMN fifo_freq INTEGER NOT NULL DEFAULT 0"))
+    # Positions by rank of (last access, deeper chain position first, id): one window pass.
+    conn.execute(
+        text(
+            "UPDATE blocks SET fifo_queue = CASE WHEN hits > 0 THEN 1 ELSE 0 END, "
+            "fifo_freq = CASE WHEN hits > 4 THEN 3 WHEN hits > 0 THEN hits - 1 ELSE 0 END, fifo_seq = r.pos "
+            "FROM (SELECT id AS rid, row_number() OVER (ORDER BY last_access, chain_pos DESC, id) AS pos "
+            "FROM blocks) r WHERE blocks.id = r.rid"
+        )
+    )
+    conn.execute(
+        text(
+            "CREATE INDEX ix_blocks_fifo_small ON blocks (fifo_seq, id, size, fifo_queue) WHERE fifo_queue = 0"
+        )
+    )
+    conn.execute(
+        text(
+            "CREATE INDEX ix_blocks_fifo_main ON blocks (fifo_seq, id, size, fifo_queue) WHERE fifo_queue = 1"
+        )
+    )
+    conn.execute(
+        text(
+            "CREATE TABLE fifo_ghosts (namespace_id INTEGER NOT NULL, rank INTEGER NOT NULL, grp INTEGER NOT NULL, "
+            "hash_prefix VARCHAR(16) NOT NULL, seq BIGINT NOT NULL, "
+            "PRIMARY KEY (namespace_id, rank, grp, hash_prefix))"
+        )
+    )
+    conn.execute(text("CREATE INDEX ix_fifo_ghosts_seq ON fifo_ghosts (seq)"))
+
+
 # UPGRADES[v] upgrades a database at version v-1 to version v.
 UPGRADES: dict[int, Callable[[Connection], None]] = {
     2: _v2_scan_generation_and_leases,
@@ -138,6 +176,7 @@ UPGRADES: dict[int, Callable[[Connection], None]] = {
     5: _v5_policy_ghosts,
     6: _v6_no_namespace_limits,
     7: _v7_has_child,
+    8: _v8_s3fifo,
 }
 
 

@@ -88,3 +88,16 @@ def _positional(compiled: Any, dialect: str) -> Any:
     if dialect == "sqlite":
         return tuple(params[name] for name in compiled.positiontup)
     return params
+
+
+# Takes a current catalog back to schema v7 (tests of the v8 upgrade, and of older upgrades that start from a
+# catalog written by this version).
+TO_V7 = (
+    "DROP INDEX ix_blocks_fifo_small",
+    "DROP INDEX ix_blocks_fifo_main",
+    "ALTER TABLE blocks DROP COLUMN fifo_queue",
+    "ALTER TABLE blocks DROP COLUMN fifo_seq",
+    "ALTER TABLE blocks DROP COLUMN fifo_freq",
+    "DROP TABLE fifo_ghosts",
+    "UPDATE kvfs_meta SET value = '7' WHERE key = 'schema_version'",
+)

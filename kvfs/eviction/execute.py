@@ -125,6 +125,9 @@ def execute_plan(
     remover = RootGuard(root) if remover is None else remover
     log: dict[tuple[str, EvictReason], Tally] = {}
     unpublished: dict[EvictReason, Tally] = {}
+    # The order's own writes (S3-FIFO's moves) go with the first batch that removes rows, in its transaction.
+    writes = plan.writes if catalog is not None else None
+    moves_pending = writes is not None and bool(writes.moves)
 
     def count(namespace: str, reason: EvictReason, nbytes: int) -> None:
         result.deleted_files += 1
@@ -162,8 +165,19 @@ def execute_plan(
                 else:
                     removed_keys.append(victim.key)
                 emptied.add(victim.key.relpath().rpartition("/")[0])
-        if catalog is not None and removed_ids:
-            catalog.remove_block_ids(removed_ids)
+        if catalog is not None and (removed_ids or moves_pending):
+            # FIFO ghosts: of the blocks deleted to keep the rest (the policy's `evicted` hears of the same).
+            ghost_ids = (
+                [
+                    v.block_id
+                    for v, d in zip(victims, gone[0], strict=True)
+                    if d and v.reason in KEEPING and v.block_id is not None
+                ]
+                if writes is not None
+                else []
+            )
+            catalog.remove_block_ids(removed_ids, writes=writes, moves=moves_pending, ghost_ids=ghost_ids)
+            moves_pending = False
         if catalog is not None and removed_keys:
             catalog.remove_blocks(removed_keys)
         if policy is not None and catalog is not None:

@@ -21,6 +21,7 @@ from kvfs.policy import EvictionPolicy, get_policy
 
 if TYPE_CHECKING:
     from kvfs.catalog import Catalog, Usage
+    from kvfs.catalog.fifo import PassWrites
     from kvfs.scan import TempFile
 
 # "Everything that matches": larger than any real tree, small enough for every SQL integer type.
@@ -68,6 +69,8 @@ class Plan:
     # limits still exceed after every eligible block was chosen (the rest is protected by min_age).
     unknown_namespaces: list[str] = field(default_factory=list)
     shortfall_bytes: int = 0
+    # What the policy's order decided besides the victims (S3-FIFO's queue moves), for the executor.
+    writes: PassWrites | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -254,6 +257,7 @@ def _plan(
         now=now,
         unknown_namespaces=unknown,
         shortfall_bytes=shortfall,
+        writes=policy.take_pass_writes(),
     )
 
 

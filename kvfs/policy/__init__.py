@@ -25,8 +25,8 @@ __all__ = [
 
 # The policy used when none is named (the CLI's `--policy`, the evictor's `policy` setting).
 # Prefix-aware LRU with an adaptive bonus for reused blocks (kvfs/policy/prefix.py): it starts as LRU and
-# leaves LRU only as far as evicted blocks coming back show it should (docs/policy.md); `2q`, `slru` and `lru`
-# stay selectable by name.
+# leaves LRU only as far as evicted blocks coming back show it should (docs/policy.md); `2q`, `slru`, `s3fifo`
+# and `lru` stay selectable by name.
 DEFAULT_POLICY = "prefix"
 
 POLICIES: dict[str, type[EvictionPolicy]] = {}

@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
+from kvfs.catalog.fifo import PassWrites
 from kvfs.catalog.records import Candidate
 from kvfs.layout import BlockKey
 
@@ -55,6 +56,12 @@ class EvictionPolicy(ABC):
         are never offered (in-flight writes and blocks just read).  The caller may stop iterating early; the
         generator then releases its database resources.
         """
+
+    def take_pass_writes(self) -> PassWrites | None:
+        """Writes the order decided while planning besides its victims (S3-FIFO's sweep moves rows between
+        its queues), handed over once per pass: the planner puts them in the plan and the executor applies them
+        with the pass's first deletions, never in a dry run.  Default: none."""
+        return None
 
     def evicted(self, catalog: Catalog, victims: Sequence[EvictedBlock]) -> None:  # noqa: B027 - optional hook
         """Called by the executor after `victims` (chosen by capacity or quota) were deleted and their rows

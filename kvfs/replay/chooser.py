@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
-from kvfs.policy import adaptive_core, chooser, s3fifo_core
-from kvfs.replay.fifo import FifoQueues
+from kvfs.policy import adaptive_core, chooser
+from kvfs.replay.fifo import FifoQueues, fifo_order
 from kvfs.replay.memory import ChainTier, PrefixRule, SharesRule, _Block
 from kvfs.replay.sim import SimResult
 
@@ -85,21 +85,8 @@ class OrdersRule:
     def _fifo_order(
         self, orphans: list[_Block], superseded: list[_Block], now: float
     ) -> Iterator[tuple[_Block, int | None]]:
-        # Dead blocks first, as every chain order does; then S3-FIFO's sweep over the rest.
         assert self.fifo is not None
-        taken: set[int] = set()
-        for block in orphans:
-            taken.add(block.block)
-            yield block, None
-        for block in superseded:
-            taken.add(block.block)
-            yield block, None
-        sweep = s3fifo_core.sweep(self.fifo, self.fifo.small_target, now, lambda b: b.block in taken)
-        try:
-            for block in sweep:
-                yield block, min(block.hits, 2)
-        finally:
-            sweep.close()
+        return fifo_order(self.fifo, self.fifo.small_target, orphans, superseded, now)
 
 
 def simulate_adaptive(

@@ -10,13 +10,15 @@ removed lazily: a block carries the sequence number of its one valid entry (`qse
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import Protocol
+from collections.abc import Iterator, Sequence
+from typing import Protocol, TypeVar
 
 from kvfs.policy import s3fifo_core
 
 
 class Queued(Protocol):
     block: int
+    hits: int
     freq: int
     main: bool
     qseq: int
@@ -79,3 +81,28 @@ class FifoQueues:
         if block.queued:
             block.queued = False
             self._sizes[block.main] -= 1
+
+
+B = TypeVar("B", bound=Queued)
+
+
+def fifo_order(
+    fifo: FifoQueues, small: int, orphans: Sequence[B], superseded: Sequence[B], now: float
+) -> Iterator[tuple[B, int | None]]:
+    """S3-FIFO's order on the chain tier, as every chain order: dead blocks first (orphans, then superseded
+    leaves, each oldest first; yielded with class None: they leave no class ghost), then the sweep with small
+    queue target `small` over the rest (yielded with the block's class, min(hits, 2)).  Close the iterator after
+    the pass: the sweep puts back what it set aside."""
+    taken: set[int] = set()
+    for block in orphans:
+        taken.add(block.block)
+        yield block, None
+    for block in superseded:
+        taken.add(block.block)
+        yield block, None
+    sweep = s3fifo_core.sweep(fifo, small, now, lambda b: b.block in taken)
+    try:
+        for block in sweep:
+            yield block, min(block.hits, 2)
+    finally:
+        sweep.close()

@@ -255,6 +255,22 @@ def test_gc_default_policy_remembers_what_it_evicted(site: Site) -> None:
         assert ghosts.ghost_counts(catalog, "prefix") == {}
 
 
+def test_gc_with_s3fifo_deletes_files_and_keeps_its_queue_state(site: Site) -> None:
+    # Rows a scan finds enter the small queue at its head, unread: a pass takes them as small-queue victims and
+    # keeps their keys as FIFO ghosts; a dry run before it changes nothing.
+    site.json("scan")
+    dry = site.json("gc", "--policy", "s3fifo", "--max-bytes", str(4 * site.file_size), "--dry-run")
+    assert dry["deleted_files"] == 5 and site.present() == set(site.keys)
+    with Catalog.open(site.catalog_url) as catalog:
+        assert catalog.fifo_ghost_keys() == []
+    out = site.json("gc", "--policy", "s3fifo", "--max-bytes", str(4 * site.file_size))
+    assert out["deleted_files"] == 5 and out["plan"]["policy"] == "s3fifo"
+    assert len(site.present()) == 4
+    with Catalog.open(site.catalog_url) as catalog:
+        # Bounded by the main queue's share of what stays: 4 blocks stay, less small's 10%: 3 ghosts.
+        assert len(catalog.fifo_ghost_keys()) == 3
+
+
 def test_gc_scans_first_when_the_catalog_is_empty(site: Site) -> None:
     out = site.json("gc", "--ttl", "2d")
     assert out["scan"] is not None and out["scan"]["files"] == 9

@@ -65,7 +65,7 @@ def make_v4(catalog_url: str, *, policy_tables: bool) -> None:
 def test_upgrade_from_v4_moves_both_ghost_stores_into_one(catalog_url: str) -> None:
     make_v4(catalog_url, policy_tables=True)
     with Catalog.open(catalog_url) as catalog:
-        assert catalog.schema_version() == SCHEMA_VERSION == 7
+        assert catalog.schema_version() == SCHEMA_VERSION == 8
         dump = testing.dump(catalog)
         assert not {
             "policy_block_history",
@@ -94,7 +94,7 @@ def test_upgrade_from_v4_moves_both_ghost_stores_into_one(catalog_url: str) -> N
 def test_upgrade_from_v4_without_policy_tables(catalog_url: str) -> None:
     make_v4(catalog_url, policy_tables=False)
     with Catalog.open(catalog_url) as catalog:
-        assert catalog.schema_version() == 7
+        assert catalog.schema_version() == 8
         assert testing.columns(catalog, "policy_ghosts") == {
             "policy",
             "namespace_id",
