@@ -31,6 +31,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tools.e2e.engine import CHUNK_TOKENS, kv_transfer_args
+
 # A small Llama shape: the engine starts in well under a minute, and the KV path is the same as an 8B's.
 MODEL: dict[str, Any] = {
     "architectures": ["LlamaForCausalLM"],
@@ -50,23 +52,11 @@ MODEL: dict[str, Any] = {
     "eos_token_id": 2,
     "tie_word_embeddings": False,
 }
-CHUNK_TOKENS = 256
 PROMPT_TOKENS = 4 * CHUNK_TOKENS + 17  # four whole chunks stored, and a partial one that is not
 
 
 def kv_transfer_config(root: str) -> dict[str, Any]:
-    return {
-        "kv_connector": "KvfsOffloadingConnector",
-        "kv_connector_module_path": "connector.connector",
-        "kv_role": "kv_both",
-        "kv_load_failure_policy": "recompute",
-        "kv_connector_extra_config": {
-            "spec_name": "KvfsOffloadingSpec",
-            "spec_module_path": "connector.spec",
-            "block_size": CHUNK_TOKENS,
-            "kvfs_root": root,
-        },
-    }
+    return kv_transfer_args({"connector": "kvfs", "root": root}) or {}
 
 
 def serve_command(model_dir: str, port: int, root: str | None) -> list[str]:
