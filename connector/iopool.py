@@ -204,6 +204,9 @@ class IoPool:
         # chunks of a 128k prompt on disk (docs/benchmarks.md, issue 23).
         self._store_samples: deque[float] = deque(maxlen=_STORE_SAMPLES)
         self._store_s_per_byte = 0.0
+        # Samples came in since the median was taken: it is taken again at the next submit of stores (once a job,
+        # on the scheduler thread), not at every store's report under the lock all I/O threads share.
+        self._estimate_stale = False
         self._queued_store_bytes = 0
         self._drop_log = _RateLimitedLog(60.0)
         self._stopping = False
@@ -267,6 +270,8 @@ class IoPool:
                 return
             dropped: list[tuple[FileOp, float]] = []
             queued = 0
+            if not is_load and self.store_budget_s:
+                self._refresh_estimate_locked()
             for op in ops:
                 if is_load:
                     self._loads.append(op)
@@ -292,7 +297,14 @@ class IoPool:
     def store_bandwidth(self) -> float:
         """The pool's measured store bandwidth in bytes/s (all threads; 0 until a store has completed)."""
         with self._cv:
+            self._refresh_estimate_locked()
             return self._store_bandwidth_locked()
+
+    def _refresh_estimate_locked(self) -> None:
+        if self._estimate_stale:
+            self._estimate_stale = False
+            if len(self._store_samples) >= 2 * self.threads:
+                self._store_s_per_byte = statistics.median(self._store_samples)
 
     def _store_bandwidth_locked(self) -> float:
         return self.threads / self._store_s_per_byte if self._store_s_per_byte else 0.0
@@ -490,10 +502,8 @@ class IoPool:
         under the same lock."""
         with self._cv:
             if store_seconds is not None and op.nbytes:
-                samples = self._store_samples
-                samples.append(store_seconds / op.nbytes)
-                if len(samples) >= 2 * self.threads:
-                    self._store_s_per_byte = statistics.median(samples)
+                self._store_samples.append(store_seconds / op.nbytes)
+                self._estimate_stale = True
             self._op_done_locked(op, ok=ok, nbytes=nbytes)
 
     def _thread_state(self) -> _ThreadState:
