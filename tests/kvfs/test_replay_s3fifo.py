@@ -12,9 +12,8 @@ from kvfs.replay.catalog_replay import simulate_catalog_policy
 from kvfs.replay.published import simulate_s3fifo
 from kvfs.replay.s3fifo import simulate_s3fifo_chains
 from kvfs.trace import read_trace
+from tools.bench.replay import SHARED as MOONCAKE  # the shared trace beside the checkout
 from tools.tracegen import generate
-
-MOONCAKE = Path("/work/shared/traces/mooncake_synthetic_trace.jsonl")
 
 
 def _same(trace: list[list[int]], capacity: int, slack: int, tmp_path: Path) -> None:

@@ -12,9 +12,8 @@ from kvfs.replay.catalog_replay import simulate_catalog_policy
 from kvfs.replay.published import simulate_arc, simulate_s3fifo
 from kvfs.replay.segmented import simulate_2q, simulate_slru
 from kvfs.trace import read_trace
+from tools.bench.replay import SHARED as MOONCAKE  # the shared trace beside the checkout
 from tools.tracegen import generate
-
-MOONCAKE = Path("/work/shared/traces/mooncake_synthetic_trace.jsonl")
 
 
 @pytest.mark.parametrize("workload", ["chat", "rag", "sessions", "sysprompt"])
