@@ -35,6 +35,8 @@ class BlockClass(enum.Enum):
     SUPERSEDED = "superseded"  # a never-read leaf whose parent got a newer child (not an orphan)
     FRESH = "fresh"  # never read since stored, not an orphan, not superseded
     REUSED = "reused"  # read at least once, not an orphan
+    ONCE = "once"  # read once, not an orphan (adaptive: REUSED's index, filtered)
+    FREQUENT = "frequent"  # read twice or more, not an orphan (adaptive: REUSED's index, filtered)
     PROBATION = "probation"  # never read since stored (slru's probation segment)
     PROTECTED = "protected"  # read at least once (slru's protected segment)
 
@@ -75,6 +77,10 @@ def candidate_query(
             query = live.where(text(FRESH), text(f"NOT {SUPERSEDED}"))
         else:
             query = live.where(text(REUSED))
+            if block_class is BlockClass.ONCE:
+                query = query.where(Block.hits == 1)
+            elif block_class is BlockClass.FREQUENT:
+                query = query.where(Block.hits >= 2)
     return query.order_by(*_LRU_ORDER)
 
 
@@ -114,3 +120,23 @@ def segment_bytes(catalog: Catalog, namespace_ids: Sequence[int] | None) -> tupl
     with catalog._read("segment_bytes") as conn:
         total, probation = conn.execute(query).one()
     return int(total), int(probation)
+
+
+def class_bytes(catalog: Catalog, namespace_ids: Sequence[int] | None) -> tuple[int, int, int, int, int]:
+    """(rows, all bytes, FRESH bytes, ONCE bytes, FREQUENT bytes) in scope, protected blocks included; the three
+    classes are live rows (not orphans; FRESH not superseded either), as their streams give them."""
+    live = Block.orphan.is_(False)
+    query = select(
+        func.count(),
+        func.coalesce(func.sum(Block.size), 0),
+        func.coalesce(
+            func.sum(case(((Block.hits == 0) & live & Block.superseded.is_(False), Block.size), else_=0)), 0
+        ),
+        func.coalesce(func.sum(case(((Block.hits == 1) & live, Block.size), else_=0)), 0),
+        func.coalesce(func.sum(case(((Block.hits >= 2) & live, Block.size), else_=0)), 0),
+    ).select_from(Block)
+    if namespace_ids is not None:
+        query = query.where(Block.namespace_id.in_(list(namespace_ids)))
+    with catalog._read("class_bytes") as conn:
+        rows, total, fresh, once, frequent = conn.execute(query).one()
+    return int(rows), int(total), int(fresh), int(once), int(frequent)
