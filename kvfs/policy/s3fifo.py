@@ -153,6 +153,25 @@ class S3FifoPolicy(EvictionPolicy):
         protect_after: float,
         limit_bytes: int,
     ) -> Iterator[Candidate]:
+        ordered = self.ordered(
+            catalog, namespace_ids=namespace_ids, protect_after=protect_after, limit_bytes=limit_bytes
+        )
+        try:
+            for cand, _ in ordered:
+                yield cand
+        finally:
+            ordered.close()
+
+    def ordered(
+        self,
+        catalog: Catalog,
+        *,
+        namespace_ids: Sequence[int] | None,
+        protect_after: float,
+        limit_bytes: int,
+    ) -> Generator[tuple[Candidate, int | None], None, None]:
+        """`candidates`, each with its class: None for orphans and superseded leaves, else min(hits, 2) (what
+        `adaptive`, which runs this order as one of its candidates, records with its ghosts)."""
         if limit_bytes <= 0:
             return
         rows, total, small_bytes, main_bytes = catalog.fifo_queue_sizes(namespace_ids)
@@ -171,7 +190,7 @@ class S3FifoPolicy(EvictionPolicy):
         keep: int,
         small_bytes: int,
         main_bytes: int,
-    ) -> Generator[Candidate, None, None]:
+    ) -> Generator[tuple[Candidate, int | None], None, None]:
         offered = 0
         taken: set[int] = set()
         for block_class in (BlockClass.ORPHAN, BlockClass.SUPERSEDED):
@@ -180,7 +199,7 @@ class S3FifoPolicy(EvictionPolicy):
                 for cand in stream:
                     if cand.block_id is not None:
                         taken.add(cand.block_id)
-                    yield cand
+                    yield cand, None
                     offered += cand.size
                     if offered >= limit_bytes:
                         return
@@ -192,7 +211,7 @@ class S3FifoPolicy(EvictionPolicy):
         )
         try:
             for row in sweep:
-                yield Candidate(row.block_id, row.key, row.size, row.access, row.chain_pos)
+                yield Candidate(row.block_id, row.key, row.size, row.access, row.chain_pos), min(row.hits, 2)
                 offered += row.size
                 if offered >= limit_bytes:
                     return
