@@ -11,8 +11,8 @@ import pytest
 
 from kvfs.catalog import Catalog
 from kvfs.policy.adaptive import AdaptivePolicy
-from kvfs.replay import simulate_policy, unique_blocks
 from kvfs.replay import chooser as replay_chooser
+from kvfs.replay import simulate_policy, unique_blocks
 from kvfs.replay.catalog_replay import simulate_catalog_policy
 from kvfs.replay.chooser import FIFO, OrdersRule, simulate_adaptive
 from kvfs.trace import read_trace
@@ -57,9 +57,7 @@ def _same(
     memory_orders = _memory_orders(monkeypatch)
     fast = simulate_adaptive(trace, capacity, slack)
     policy = _Recording()
-    real = simulate_catalog_policy(
-        trace, capacity, slack, policy=policy, workdir=tmp_path, catalog=catalog
-    )
+    real = simulate_catalog_policy(trace, capacity, slack, policy=policy, workdir=tmp_path, catalog=catalog)
     assert (fast.hit_blocks, fast.total_blocks, fast.evicted) == (
         real.hit_blocks,
         real.total_blocks,
