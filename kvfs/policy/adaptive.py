@@ -30,6 +30,7 @@ from __future__ import annotations
 import heapq
 import json
 import logging
+import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
@@ -37,6 +38,7 @@ from kvfs import metrics
 from kvfs.catalog import CatalogError, ghosts
 from kvfs.catalog.fifo import PassWrites
 from kvfs.catalog.streams import BlockClass
+from kvfs.journal import JournalRecord
 from kvfs.policy import adaptive_core, chooser, prefix, register_policy
 from kvfs.policy.base import Candidate, EvictedBlock, EvictionPolicy
 from kvfs.policy.regroup import Regrouper
@@ -105,6 +107,8 @@ class AdaptivePolicy(EvictionPolicy):
         self.beta = prefix.BETA_INITIAL
         self.shadows = Shadows()
         self._regroup = Regrouper(self.shadows.feed)
+        # The evictor ingests on its own thread: records feed the shadows there while a pass reads them.
+        self._lock = threading.Lock()
         self._loaded = False
         self._fifo = S3FifoPolicy()
         self._fifo_ran = False
@@ -130,12 +134,19 @@ class AdaptivePolicy(EvictionPolicy):
         state = _State.parse(extra)
         if state is not None:
             self.shares = state.shares
-            self.shadows.scores = state.scores
-            if state.blocks:
-                self.shadows.size(state.blocks)
+            with self._lock:
+                self.shadows.scores = state.scores
+                if state.blocks:
+                    self.shadows.size(state.blocks)
 
     def _state(self) -> str:
-        return _State(self.shares, self.shadows.scores, self.shadows.blocks).dump()
+        with self._lock:
+            scores, blocks = self.shadows.scores, self.shadows.blocks
+        return _State(self.shares, scores, blocks).dump()
+
+    def _observe(self, records: Sequence[JournalRecord]) -> None:
+        with self._lock:
+            self._regroup.add(records)
 
     def _adapt(
         self, returned: tuple[int, int, int], left: tuple[int, int, int], beta: float, extra: str | None
@@ -151,7 +162,7 @@ class AdaptivePolicy(EvictionPolicy):
     # --- the pass -----------------------------------------------------------------------------------------
 
     def attach(self, catalog: Catalog) -> None:
-        catalog.add_journal_listener(self._regroup.add)
+        catalog.add_journal_listener(self._observe)
         try:
             self._load(catalog)
         except CatalogError as exc:
@@ -160,7 +171,8 @@ class AdaptivePolicy(EvictionPolicy):
 
     def prepare(self, catalog: Catalog) -> None:
         """Feed the shadows the last request, learn from re-stores, save the state (once, before planning)."""
-        self._regroup.flush()
+        with self._lock:
+            self._regroup.flush()
         self._fifo.prepare(catalog)
         self._fifo_ran = False
         self._ghost_limit = 0
@@ -206,11 +218,12 @@ class AdaptivePolicy(EvictionPolicy):
         self._load(catalog)
         rows, total, fresh, once, frequent = catalog.class_bytes(namespace_ids)
         keep = max(0, total - limit_bytes)
-        if namespace_ids is None and total > 0:
-            # The tier's size in blocks (at its mean block size): what the shadows miniaturise.
-            self.shadows.size(keep * rows // total)
+        with self._lock:
+            if namespace_ids is None and total > 0:
+                # The tier's size in blocks (at its mean block size): what the shadows miniaturise.
+                self.shadows.size(keep * rows // total)
+            choice = self.shadows.choice
         self._ghost_limit = max(self._ghost_limit, ghost_limit(rows, total, keep))
-        choice = self.shadows.choice
         if len(self._offered) > 4_000_000:  # victims never executed (dry runs): forget, do not grow
             self._offered.clear()
         offered_classes = self._offered
