@@ -34,8 +34,7 @@ SHARES, FIFO, TWOQ, PREFIX = "shares", "s3fifo", "2q", "prefix"
 CANDIDATES = (SHARES, FIFO, TWOQ, PREFIX)
 # 2Q's order: the two-share order held at 2Q's probation share, no frequency boundary (kvfs.policy.twoq).
 TWOQ_STATE = adaptive_core.State(0.1, 1.0)
-# A shadow evicts down to its capacity less this share (rounded): the evictor's watermarks and the
-# replay's slack (kvfs.replay.DEFAULT_SLACK_FRACTION) are about 1% of the tier.
+# A shadow's slack, as a share of what it keeps (rounded): the replay's (kvfs.replay.DEFAULT_SLACK_FRACTION).
 SHADOW_SLACK = 0.01
 # Requests kept before the first pass sizes the shadows (at most this many blocks, the oldest dropped): the
 # tier's size is known only then.
@@ -155,8 +154,10 @@ class Shadows:
             return
         self.blocks = blocks
         self.rate = chooser.sample_rate(blocks)
-        capacity = max(1, round(blocks * self.rate))
-        slack = round(capacity * SHADOW_SLACK)
+        # Each shadow keeps after its passes what the tier keeps (in miniature), and evicts its share of slack.
+        kept = max(1, round(blocks * self.rate))
+        slack = round(kept * SHADOW_SLACK)
+        capacity = kept + slack
         self.tiers = [
             ChainTier(capacity, slack, OrdersRule(capacity, name, fixed=True)) for name in CANDIDATES
         ]
