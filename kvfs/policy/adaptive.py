@@ -216,7 +216,10 @@ class AdaptivePolicy(EvictionPolicy):
         if limit_bytes <= 0:
             return
         self._load(catalog)
-        rows, total, fresh, once, frequent = catalog.class_bytes(namespace_ids)
+        # Rows and bytes from the queues' covering indexes (cheap); the class aggregate only for the orders
+        # that read it.
+        queue_sizes = catalog.fifo_queue_sizes(namespace_ids)
+        rows, total = queue_sizes[0], queue_sizes[1]
         keep = max(0, total - limit_bytes)
         with self._lock:
             if namespace_ids is None and total > 0:
@@ -228,9 +231,7 @@ class AdaptivePolicy(EvictionPolicy):
             self._offered.clear()
         offered_classes = self._offered
         offered = 0
-        ordered = self._ordered(
-            catalog, choice, namespace_ids, protect_after, limit_bytes, (fresh, once, frequent), total
-        )
+        ordered = self._ordered(catalog, choice, namespace_ids, protect_after, limit_bytes, queue_sizes)
         try:
             for cand, cls in ordered:
                 if cls is not None and cand.block_id is not None:  # orphans and superseded leave no ghost
@@ -249,15 +250,23 @@ class AdaptivePolicy(EvictionPolicy):
         namespace_ids: Sequence[int] | None,
         protect_after: float,
         limit_bytes: int,
-        sizes: tuple[int, int, int],
-        total: int,
+        queue_sizes: tuple[int, int, int, int],
     ) -> Generator[tuple[Candidate, int | None], None, None]:
         if choice == FIFO:
             self._fifo_ran = True
             yield from self._fifo.ordered(
-                catalog, namespace_ids=namespace_ids, protect_after=protect_after, limit_bytes=limit_bytes
+                catalog,
+                namespace_ids=namespace_ids,
+                protect_after=protect_after,
+                limit_bytes=limit_bytes,
+                queue_sizes=queue_sizes,
             )
             return
+        sizes: tuple[int, int, int] = (0, 0, 0)
+        total = queue_sizes[1]
+        if choice in (SHARES, TWOQ):
+            _rows, total, fresh_bytes, once_bytes, frequent_bytes = catalog.class_bytes(namespace_ids)
+            sizes = (fresh_bytes, once_bytes, frequent_bytes)
         opened = [
             catalog.stream_candidates(namespace_ids, protect_after, block_class)
             for block_class in (

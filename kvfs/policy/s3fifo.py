@@ -169,12 +169,16 @@ class S3FifoPolicy(EvictionPolicy):
         namespace_ids: Sequence[int] | None,
         protect_after: float,
         limit_bytes: int,
+        queue_sizes: tuple[int, int, int, int] | None = None,
     ) -> Generator[tuple[Candidate, int | None], None, None]:
         """`candidates`, each with its class: None for orphans and superseded leaves, else min(hits, 2) (what
-        `adaptive`, which runs this order as one of its candidates, records with its ghosts)."""
+        `adaptive`, which runs this order as one of its candidates, records with its ghosts).  `queue_sizes`:
+        `Catalog.fifo_queue_sizes` of the scope, if the caller read it already."""
         if limit_bytes <= 0:
             return
-        rows, total, small_bytes, main_bytes = catalog.fifo_queue_sizes(namespace_ids)
+        if queue_sizes is None:
+            queue_sizes = catalog.fifo_queue_sizes(namespace_ids)
+        rows, total, small_bytes, main_bytes = queue_sizes
         keep = max(0, total - limit_bytes)
         self._pass.ghost_limit = max(self._pass.ghost_limit, ghost_limit(rows, total, keep))
         yield from self._order(
