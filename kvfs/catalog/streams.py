@@ -35,8 +35,6 @@ class BlockClass(enum.Enum):
     SUPERSEDED = "superseded"  # a never-read leaf whose parent got a newer child (not an orphan)
     FRESH = "fresh"  # never read since stored, not an orphan, not superseded
     REUSED = "reused"  # read at least once, not an orphan
-    ONCE = "once"  # read once, not an orphan (adaptive: REUSED's index, filtered)
-    FREQUENT = "frequent"  # read twice or more, not an orphan (adaptive: REUSED's index, filtered)
     PROBATION = "probation"  # never read since stored (slru's probation segment)
     PROTECTED = "protected"  # read at least once (slru's protected segment)
 
@@ -51,6 +49,7 @@ _COLUMNS = (
     Block.size,
     Block.last_access,
     Block.chain_pos,
+    Block.hits,
 )
 _LRU_ORDER = (Block.last_access.asc(), Block.chain_pos.desc(), Block.id.asc())
 
@@ -77,10 +76,6 @@ def candidate_query(
             query = live.where(text(FRESH), text(f"NOT {SUPERSEDED}"))
         else:
             query = live.where(text(REUSED))
-            if block_class is BlockClass.ONCE:
-                query = query.where(Block.hits == 1)
-            elif block_class is BlockClass.FREQUENT:
-                query = query.where(Block.hits >= 2)
     return query.order_by(*_LRU_ORDER)
 
 
@@ -102,9 +97,9 @@ def stream_candidates(
         try:
             # Whole partitions (one fetchmany each): per-row fetch overhead dominated planning time.
             for rows in result.partitions():
-                for block_id, ns_id, rank, grp, block_hash, fmt, size, last_access, chain_pos in rows:
+                for block_id, ns_id, rank, grp, block_hash, fmt, size, last_access, chain_pos, hits in rows:
                     key = BlockKey(names[ns_id], None if rank == NO_RANK else rank, grp, block_hash, fmt)
-                    yield Candidate(block_id, key, size, last_access, chain_pos)
+                    yield Candidate(block_id, key, size, last_access, chain_pos, hits)
         finally:
             result.close()
 

@@ -27,11 +27,11 @@ kvfs.replay.chooser.Shadows).  On the catalog:
 
 from __future__ import annotations
 
-import heapq
 import json
 import logging
 import threading
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from kvfs import metrics
@@ -50,10 +50,6 @@ if TYPE_CHECKING:
 
 NAME = "adaptive"
 log = logging.getLogger("kvfs.policy")
-
-
-def _lru_key(cand: Candidate) -> tuple[float, int]:
-    return cand.last_access, -cand.chain_pos
 
 
 class _State:
@@ -269,24 +265,21 @@ class AdaptivePolicy(EvictionPolicy):
             sizes = (fresh_bytes, once_bytes, frequent_bytes)
         opened = [
             catalog.stream_candidates(namespace_ids, protect_after, block_class)
-            for block_class in (
-                BlockClass.ORPHAN,
-                BlockClass.SUPERSEDED,
-                BlockClass.FRESH,
-                BlockClass.ONCE,
-                BlockClass.FREQUENT,
-            )
+            for block_class in (BlockClass.ORPHAN, BlockClass.SUPERSEDED, BlockClass.FRESH, BlockClass.REUSED)
         ]
-        orphans, superseded, fresh, once, frequent = opened
+        orphans, superseded, fresh, reused = opened
         try:
             if choice == PREFIX:
                 _beta, _extra, span = ghosts.load(catalog, policy=NAME)
-                yield from _prefix_order(orphans, superseded, fresh, once, frequent, self.beta * span)
+                for cand, was_reused in prefix.order(orphans, superseded, fresh, reused, self.beta * span):
+                    yield cand, None if was_reused is None else _class(cand)
                 return
             state = self.shares if choice == SHARES else TWOQ_STATE
             assert choice in (SHARES, TWOQ)
             surplus = adaptive_core.surpluses(sizes, total, limit_bytes, state)
-            yield from adaptive_core.order(orphans, superseded, (fresh, once, frequent), surplus)
+            split = _Split(reused)
+            live = (fresh, split.of(adaptive_core.ONCE), split.of(adaptive_core.FREQUENT))
+            yield from adaptive_core.order(orphans, superseded, live, surplus)
         finally:
             for stream in opened:
                 stream.close()
@@ -309,28 +302,30 @@ class AdaptivePolicy(EvictionPolicy):
             log.warning("adaptive: recording %d ghosts failed: %s", len(rows), exc)
 
 
-def _prefix_order(
-    orphans: Iterable[Candidate],
-    superseded: Iterable[Candidate],
-    fresh: Iterable[Candidate],
-    once: Iterable[Candidate],
-    frequent: Iterable[Candidate],
-    bonus: float,
-) -> Iterator[tuple[Candidate, int | None]]:
-    """`prefix`'s order, its reused stream the ONCE and FREQUENT ones merged in LRU order (as the in-memory
-    tier merges them), each victim with its class."""
-    classes: dict[int | None, int] = {}
+def _class(cand: Candidate) -> int:
+    return min(cand.hits, adaptive_core.FREQUENT)
 
-    def tagged(stream: Iterable[Candidate], cls: int) -> Iterator[Candidate]:
-        for cand in stream:
-            classes[cand.block_id] = cls
+
+class _Split:
+    """The REUSED stream (LRU order) read once as two, ONCE (`hits = 1`) and FREQUENT (`hits >= 2`): rows of the
+    class not asked for wait in memory until asked for.  (Two streams filtered on `hits` would each walk the
+    whole reused index: +0.5 s for 100,000 victims of 1M rows.)"""
+
+    def __init__(self, stream: Iterator[Candidate]) -> None:
+        self._stream = stream
+        self._held: tuple[deque[Candidate], deque[Candidate]] = (deque(), deque())
+
+    def _next(self, cls: int) -> Candidate | None:
+        held = self._held[cls - adaptive_core.ONCE]
+        if held:
+            return held.popleft()
+        for cand in self._stream:
+            got = _class(cand)
+            if got == cls:
+                return cand
+            self._held[got - adaptive_core.ONCE].append(cand)
+        return None
+
+    def of(self, cls: int) -> Iterator[Candidate]:
+        while (cand := self._next(cls)) is not None:
             yield cand
-
-    reused = heapq.merge(
-        tagged(once, adaptive_core.ONCE), tagged(frequent, adaptive_core.FREQUENT), key=_lru_key
-    )
-    for cand, was_reused in prefix.order(orphans, superseded, fresh, reused, bonus):
-        if was_reused is None:
-            yield cand, None
-        else:
-            yield cand, classes.pop(cand.block_id) if was_reused else adaptive_core.FRESH

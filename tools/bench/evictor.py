@@ -89,14 +89,16 @@ def build_catalog(path: Path, blocks: int) -> str:
 def bench_plan(url: str, db: Path, blocks: int, victims: int, runs: int, policy_name: str) -> dict[str, Any]:
     """The planning part of an evictor pass: `usage()` (capacity) then `plan_pass(usage=...)`, as the evictor's `PassRunner`."""
     policy = get_policy(policy_name.partition(":")[0])
-    if isinstance(policy, AdaptivePolicy) and ":" in policy_name:
-        # `adaptive:ORDER`: the chooser settled on ORDER (each pass then reads that order's streams).
-        scores = [0.0] * len(CANDIDATES)
-        current = CANDIDATES.index(policy_name.partition(":")[2])
-        scores[current] = 1.0
-        policy.shadows.scores = Scores(tuple(scores), current)
     times, usage_times, base = [], [], []
     with Catalog.open(url) as cat:
+        if isinstance(policy, AdaptivePolicy) and ":" in policy_name:
+            # `adaptive:ORDER`: the chooser settled on ORDER (each pass then reads that order's streams); set
+            # after the stored state is loaded, which it replaces.
+            policy.attach(cat)
+            scores = [0.0] * len(CANDIDATES)
+            current = CANDIDATES.index(policy_name.partition(":")[2])
+            scores[current] = 1.0
+            policy.shadows.scores = Scores(tuple(scores), current)
         total = cat.usage().total_bytes
         limits = Limits(max_bytes=total - victims * BLOCK_SIZE, min_age=600)
         cpu = []
@@ -107,6 +109,8 @@ def bench_plan(url: str, db: Path, blocks: int, victims: int, runs: int, policy_
             t1 = time.perf_counter()
             plan = plan_pass(cat, limits, policy=policy, usage=usage)
             times.append(time.perf_counter() - t0)
+            if ":" in policy_name:
+                assert getattr(policy, "choice", None) == policy_name.partition(":")[2]
             cpu.append(time.process_time() - c0)
             usage_times.append(t1 - t0)
             assert len(plan.victims) == victims, (len(plan.victims), victims)
