@@ -2,8 +2,10 @@
 
     python -m tools.bench.evictor [--blocks 1000000] [--victims 100000] [--files 20000] [--records 200000]
                             [--tree-files 20000] [--runs 3] [--only plan,delete,ingest,rss,metaops]
+                            [--plan-policies prefix,lru,adaptive:shares,...]
 
-* plan:    victim selection (`plan_pass`, default policy) of --victims blocks from a --blocks SQLite catalog.
+* plan:    victim selection (`plan_pass`; the default policy and lru, or --plan-policies, where `adaptive:ORDER` is
+           adaptive settled on one of its orders) of --victims blocks from a --blocks SQLite catalog.
            Baseline: the bare `SELECT ... ORDER BY last_access LIMIT` with the stdlib sqlite3 module.  Goal < 1 s.
 * delete:  `execute_plan` (RootGuard unlink + catalog rows + eviction log, recheck hook included) over --files
            fresh files, against a raw `os.unlink` loop over as many fresh files.  Goal >= 0.8x.
