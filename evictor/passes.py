@@ -115,6 +115,8 @@ class PassRunner:
         self.still_leader = still_leader
         self.stopping = stopping
         self.policy = get_policy(settings.policy)
+        # From the start, not the first pass: a policy that learns from the journal (adaptive) sees it all.
+        self.policy.attach(catalog)
         self.last: PassReport | None = None
         self.last_success: float | None = None  # wall time of the last pass that did what was due
         self._emptied_dirs: dict[str, float] = {}  # emptied bucket directory -> when queued, not yet removed

@@ -426,8 +426,10 @@ class JournalWriter:
             JournalRecord(RecordKind.STORE, key, time.time() if now is None else now, size, chain_pos, parent)
         )
 
-    def record_access(self, key: BlockKey, now: float | None = None) -> None:
-        self.append(JournalRecord(RecordKind.ACCESS, key, time.time() if now is None else now))
+    def record_access(self, key: BlockKey, now: float | None = None, chain_pos: int = -1) -> None:
+        """`chain_pos`, where the writer knows it, lets the evictor regroup a request's records (adaptive's
+        shadows); the field was always in the record (-1: unknown)."""
+        self.append(JournalRecord(RecordKind.ACCESS, key, time.time() if now is None else now, 0, chain_pos))
 
     @property
     def pending(self) -> int:

@@ -8,11 +8,12 @@ tools/bench/catalog.py).  Everything else uses SQLAlchemy Core or the ORM sessio
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import threading
 import time as _time
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from operator import itemgetter
 from typing import Any, Literal
@@ -40,6 +41,8 @@ from kvfs.catalog.records import (
 from kvfs.catalog.schema import SCHEMA_VERSION, ensure_schema, read_schema_version
 from kvfs.catalog.streams import BlockClass
 from kvfs.layout import BlockKey, ensure_root_id, model_of_namespace, read_root_id, root_id_path
+
+_log = logging.getLogger("kvfs.catalog")
 
 # Journal record kinds (kvfs.journal.RecordKind is an IntEnum with these values; compared as ints so the
 # catalog does not import the journal module).
@@ -401,6 +404,8 @@ class Catalog:
         self._ns_ids: dict[str, int] = {}
         self._ns_lock = threading.Lock()
         self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        # Told of every batch of journal records once applied (adaptive's shadows learn from the traffic).
+        self._journal_listeners: list[Callable[[Sequence[Any]], None]] = []
 
     # --- opening -----------------------------------------------------------------------------------------
 
@@ -705,6 +710,16 @@ class Catalog:
         metrics.CATALOG_ROWS_UPSERTED.inc(len(params))
         return len(params)
 
+    def add_journal_listener(self, listener: Callable[[Sequence[Any]], None]) -> None:
+        """Call `listener(records)` after each `apply_journal` commits, with the records in the order given
+        (whoever ingests: the evictor, `kvfs gc`, a replay).  Added once however often it is given."""
+        if listener not in self._journal_listeners:
+            self._journal_listeners.append(listener)
+
+    def remove_journal_listener(self, listener: Callable[[Sequence[Any]], None]) -> None:
+        if listener in self._journal_listeners:
+            self._journal_listeners.remove(listener)
+
     def apply_journal(self, records: Sequence[Any], offsets: Mapping[str, int]) -> ApplyStats:
         """Apply journal records and save the reader's new offsets, in ONE transaction.
 
@@ -802,6 +817,12 @@ class Catalog:
                 conn.exec_driver_sql(self._sql.heal, sorted({p[:4] for p in supersede}))
             if offset_params:
                 conn.exec_driver_sql(self._sql.offset, offset_params)
+        for listener in list(self._journal_listeners) if records else ():
+            try:
+                listener(records)
+            except Exception:  # noqa: BLE001 - the records are applied; a listener's failure is its own
+                metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="observe").inc()
+                _log.exception("journal listener %r failed", listener)
         n_access = sum(c for _, c in accesses.values())
         if unknown:
             metrics.CATALOG_UNKNOWN_ACCESSES.inc(unknown)
@@ -1193,6 +1214,10 @@ class Catalog:
     def segment_bytes(self, namespace_ids: Sequence[int] | None) -> tuple[int, int]:
         """(all bytes, never-read bytes) in scope."""
         return streams.segment_bytes(self, namespace_ids)
+
+    def class_bytes(self, namespace_ids: Sequence[int] | None) -> tuple[int, int, int, int, int]:
+        """(rows, all bytes, FRESH, ONCE and FREQUENT bytes) in scope (kvfs.catalog.streams)."""
+        return streams.class_bytes(self, namespace_ids)
 
     def fifo_queue_sizes(self, namespace_ids: Sequence[int] | None) -> tuple[int, int, int, int]:
         """(rows, bytes, small-queue bytes, main-queue bytes) in scope (kvfs.catalog.fifo)."""

@@ -93,6 +93,7 @@ class QueuedRow:
         "block_id",
         "chain_pos",
         "freq",
+        "hits",
         "laps",
         "last_access",
         "main",
@@ -110,8 +111,10 @@ class QueuedRow:
         chain_pos: int,
         freq: int,
         main: bool,
+        hits: int = 0,
     ) -> None:
         self.block_id = block_id
+        self.hits = hits  # reads since stored (adaptive records the class of a sweep's victim)
         self._raw = raw  # (namespace name, namespace id, rank, group, hash, format)
         self.size = size
         self.last_access = last_access
@@ -252,7 +255,8 @@ def stream_queue(
     # sort the whole namespace.
     table = f"blocks INDEXED BY {index}" if catalog.dialect == "sqlite" else "blocks"
     sql = (
-        "SELECT id, namespace_id, rank, grp, block_hash, fmt, size, last_access, created, chain_pos, fifo_freq "
+        "SELECT id, namespace_id, rank, grp, block_hash, fmt, size, last_access, created, chain_pos, fifo_freq, "
+        "hits "
         f"FROM {table} WHERE {_MAIN_WHERE if main else _SMALL_WHERE}{where} ORDER BY fifo_seq, id"
     )
     with catalog._read("fifo_stream") as conn:
@@ -260,10 +264,10 @@ def stream_queue(
         result = conn.execution_options(stream_results=True, yield_per=chunk).execute(text(sql), params)
         try:
             for rows in result.partitions(chunk):  # the size given: yield_per is not applied to text()
-                for block_id, ns_id, rank, grp, block_hash, fmt, size, last, created, pos, freq in rows:
+                for block_id, ns_id, rank, grp, block_hash, fmt, size, last, created, pos, freq, hits in rows:
                     raw = (names[ns_id], ns_id, rank, grp, block_hash, fmt)
                     recent = last if last >= created else created
-                    yield QueuedRow(block_id, raw, size, recent, last, pos, freq, main)
+                    yield QueuedRow(block_id, raw, size, recent, last, pos, freq, main, hits)
         finally:
             result.close()
 

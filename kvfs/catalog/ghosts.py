@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 HASH_PREFIX = 16
 _CHUNK = 5000
+# A ghost's class (adaptive's three; 2q and prefix store FRESH or ONCE, i.e. `reused`): `reused` says hits > 0
+# when the block went, `frequent` (v9) hits >= 2.
+FRESH, ONCE, FREQUENT = 0, 1, 2
 
 # Rows new since the watermark whose key has an older ghost of `policy`.  CROSS JOIN keeps SQLite driving from
 # the new rows and probing the ghosts' primary key (PostgreSQL plans it as any join).
@@ -160,6 +163,129 @@ def settle(catalog: Catalog, *, policy: str, adapt: AdaptFn, initial_beta: float
     return Settled(beta, span, fresh, reused, max(dropped, 0))
 
 
+@dataclass(frozen=True, slots=True)
+class ClassesSettled:
+    """What `settle_classes` found and saved: per class (FRESH, ONCE, FREQUENT) ghosts stored again since the
+    last call and ghosts left, the recency span, the rows revived, the state saved."""
+
+    returned: tuple[int, int, int]
+    ghosts: tuple[int, int, int]
+    span: float
+    revived: int
+    ghosts_dropped: int
+    beta: float
+    extra: str | None
+
+
+# (returned per class, ghosts left per class, stored beta, stored extra or None) -> (beta, extra) to save
+ClassesAdaptFn = Callable[[tuple[int, int, int], tuple[int, int, int], float, str | None], tuple[float, str]]
+
+_RETURNED_CLASSES = (
+    "SELECT b.id, g.namespace_id, g.rank, g.grp, g.hash_prefix, g.reused, g.frequent "
+    f"FROM blocks b CROSS JOIN policy_ghosts g WHERE {_NEW_ROWS} AND {_GHOST_OF_ROW}"
+)
+_COUNT_CLASSES = (
+    "SELECT reused, frequent, count(*) FROM policy_ghosts WHERE policy = :policy GROUP BY reused, frequent"
+)
+# A re-store is a use (ARC's ghost hit goes to T2): a live never-read row becomes read once.
+_REVIVE_ID = "UPDATE blocks SET hits = 1 WHERE id = {p} AND hits = 0 AND NOT orphan AND NOT superseded"
+_STATE_EXTRA = "SELECT block_id, access_time, beta, extra FROM policy_states WHERE policy = :policy"
+_SAVE_EXTRA = (
+    "INSERT INTO policy_states (policy, block_id, access_time, beta, extra) "
+    "VALUES (:policy, :block_id, :t, :beta, :extra) ON CONFLICT (policy) DO UPDATE SET "
+    "block_id = excluded.block_id, access_time = excluded.access_time, beta = excluded.beta, extra = excluded.extra"
+)
+_SET_EXTRA = "UPDATE policy_states SET extra = :extra WHERE policy = :policy"
+_LOAD = (
+    "SELECT (SELECT beta FROM policy_states WHERE policy = :policy), "
+    "(SELECT extra FROM policy_states WHERE policy = :policy), (SELECT min(last_access) FROM blocks), "
+    "(SELECT max(last_access) FROM blocks)"
+)
+
+
+def _class(reused: Any, frequent: Any) -> int:
+    return FREQUENT if frequent else ONCE if reused else FRESH
+
+
+def settle_classes(
+    catalog: Catalog, *, policy: str, horizon: float, adapt: ClassesAdaptFn, initial_beta: float
+) -> ClassesSettled:
+    """`settle` with three ghost classes and 2q's revive (adaptive): count re-stores of `policy`'s ghosts since
+    the last call by class and spend those ghosts, make the re-stored rows that are still live and never read
+    read once, let `adapt` turn the counts into the state to save, drop ghosts older than `horizon` spans.
+    One transaction."""
+    with catalog._write("ghosts_settle") as conn:
+        max_id, oldest, newest = _span(conn)
+        row = conn.execute(text(_STATE_EXTRA), {"policy": policy}).first()
+        beta = initial_beta if row is None else float(row[2])
+        extra = None if row is None else row[3]
+        if max_id is None:
+            return ClassesSettled((0, 0, 0), (0, 0, 0), 0.0, 0, 0, beta, extra)
+        span = float(newest) - float(oldest)
+        returned = [0, 0, 0]
+        revived = 0
+        if row is not None:  # the first call has no ghosts yet: nothing can be a re-store
+            params = {"policy": policy, "lo": int(row[0]), "hi": int(max_id), "since": float(row[1])}
+            found: dict[tuple[Any, ...], int] = {}
+            ids: set[int] = set()
+            for r in conn.execute(text(_RETURNED_CLASSES), params):
+                found[tuple(r[1:5])] = _class(r[5], r[6])
+                ids.add(int(r[0]))
+            for cls in found.values():
+                returned[cls] += 1
+            if found:
+                p = _p(catalog)
+                revived = max(
+                    0, conn.exec_driver_sql(_REVIVE_ID.format(p=p), [(i,) for i in sorted(ids)]).rowcount
+                )
+                conn.exec_driver_sql(
+                    f"DELETE FROM policy_ghosts WHERE policy = {p} AND namespace_id = {p} AND rank = {p} "
+                    f"AND grp = {p} AND hash_prefix = {p}",
+                    [(policy, *ident) for ident in found],
+                )
+        left = [0, 0, 0]
+        for reused, frequent, count in conn.execute(text(_COUNT_CLASSES), {"policy": policy}):
+            left[_class(reused, frequent)] += int(count)
+        beta, extra = adapt((returned[0], returned[1], returned[2]), (left[0], left[1], left[2]), beta, extra)
+        cutoff = float(newest) - horizon * span
+        dropped = conn.execute(text(_PRUNE), {"policy": policy, "cutoff": cutoff}).rowcount
+        lo = int(row[0]) if row is not None else 0
+        conn.execute(
+            text(_SAVE_EXTRA),
+            {
+                "policy": policy,
+                "block_id": max(int(max_id), lo),
+                "t": float(newest),
+                "beta": beta,
+                "extra": extra,
+            },
+        )
+    return ClassesSettled(
+        (returned[0], returned[1], returned[2]),
+        (left[0], left[1], left[2]),
+        span,
+        revived,
+        max(dropped, 0),
+        beta,
+        extra,
+    )
+
+
+def save_extra(catalog: Catalog, policy: str, extra: str) -> None:
+    """Replace `policy`'s stored state beyond beta (after a pass; the row exists once `settle_classes` ran)."""
+    with catalog._write("ghosts_save_extra") as conn:
+        conn.execute(text(_SET_EXTRA), {"policy": policy, "extra": extra})
+
+
+def load(catalog: Catalog, *, policy: str) -> tuple[float | None, str | None, float]:
+    """(stored beta or None, stored extra or None, recency span now), as `settle_classes` last left them.
+    Reads only."""
+    with catalog._read("ghosts_load") as conn:
+        beta, extra, oldest, newest = conn.execute(text(_LOAD), {"policy": policy}).one()
+    span = 0.0 if oldest is None else float(newest) - float(oldest)
+    return (None if beta is None else float(beta)), extra, span
+
+
 def remember(
     catalog: Catalog, policy: str, evicted: Iterable[tuple[BlockKey, float, bool]], *, keep_newest: bool
 ) -> int:
@@ -167,9 +293,21 @@ def remember(
 
     `keep_newest` (2q): a key seen twice keeps its newest last access, in the batch and against a ghost already
     stored; otherwise (prefix) the last record of the key wins, with its class."""
+    return _remember(catalog, policy, ((k, t, FRESH + int(r)) for k, t, r in evicted), keep_newest)
+
+
+def remember_classes(catalog: Catalog, policy: str, evicted: Iterable[tuple[BlockKey, float, int]]) -> int:
+    """Record evicted blocks (key, last access, class: FRESH, ONCE or FREQUENT) as `policy`'s ghosts, the last
+    record of a key winning with its class (adaptive); returns how many rows."""
+    return _remember(catalog, policy, evicted, False)
+
+
+def _remember(
+    catalog: Catalog, policy: str, evicted: Iterable[tuple[BlockKey, float, int]], keep_newest: bool
+) -> int:
     ns_ids = {ns.name: ns.id for ns in catalog.namespaces()}
-    rows: dict[tuple[int, int, int, str], tuple[float, bool]] = {}
-    for key, last_access, was_reused in evicted:
+    rows: dict[tuple[int, int, int, str], tuple[float, int]] = {}
+    for key, last_access, cls in evicted:
         ns_id = ns_ids.get(key.namespace)
         if ns_id is None:
             continue
@@ -177,7 +315,7 @@ def remember(
         old = rows.get(ident)
         if keep_newest and old is not None and old[0] > last_access:
             continue
-        rows[ident] = (last_access, was_reused)
+        rows[ident] = (last_access, cls)
     if not rows:
         return 0
     p = _p(catalog)
@@ -186,13 +324,13 @@ def remember(
         f"{greatest}(policy_ghosts.last_seen, excluded.last_seen)" if keep_newest else "excluded.last_seen"
     )
     statement = (
-        "INSERT INTO policy_ghosts (policy, namespace_id, rank, grp, hash_prefix, last_seen, reused) "
-        f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}) "
+        "INSERT INTO policy_ghosts (policy, namespace_id, rank, grp, hash_prefix, last_seen, reused, frequent) "
+        f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) "
         "ON CONFLICT (policy, namespace_id, rank, grp, hash_prefix) DO UPDATE "
-        f"SET last_seen = {last_seen}, reused = excluded.reused"
+        f"SET last_seen = {last_seen}, reused = excluded.reused, frequent = excluded.frequent"
     )
     # Key order: near-sequential B-tree inserts, as for the catalog's upserts.
-    params = sorted((policy, *ident, last, reused) for ident, (last, reused) in rows.items())
+    params = sorted((policy, *ident, last, cls > FRESH, cls > ONCE) for ident, (last, cls) in rows.items())
     with catalog._write("ghosts_remember") as conn:
         for start in range(0, len(params), _CHUNK):
             conn.exec_driver_sql(statement, params[start : start + _CHUNK])

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Text,
     UniqueConstraint,
     false,
     text,
@@ -222,6 +223,8 @@ class PolicyGhost(Base):
     hash_prefix: Mapped[str] = mapped_column(String(16), primary_key=True)
     last_seen: Mapped[float] = mapped_column(Float)  # the block's last access when it was evicted
     reused: Mapped[bool] = mapped_column(Boolean, default=False)  # hits > 0 when it went (prefix's class)
+    # hits >= 2 when it went (v9: adaptive's third class; FALSE for every other policy)
+    frequent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class PolicyState(Base):
@@ -233,6 +236,7 @@ class PolicyState(Base):
     block_id: Mapped[int] = mapped_column(BigInteger)
     access_time: Mapped[float] = mapped_column(Float)
     beta: Mapped[float] = mapped_column(Float, default=0.0)
+    extra: Mapped[str | None] = mapped_column(Text, nullable=True)  # v9: a policy's state beyond beta (JSON)
 
 
 class FifoGhost(Base):

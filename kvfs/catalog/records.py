@@ -33,6 +33,7 @@ class Candidate:
     size: int
     last_access: float
     chain_pos: int = -1  # index in the prefix chain (-1: unknown); the `prefix` policy's tie-break
+    hits: int = -1  # reads since stored, as the stream read it (-1: not read); `adaptive`'s class
 
 
 @dataclass(frozen=True, slots=True)

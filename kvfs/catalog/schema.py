@@ -14,7 +14,7 @@ from sqlalchemy import Connection, inspect, text
 from kvfs.catalog.errors import CatalogError
 from kvfs.catalog.models import Base
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 _VERSION_KEY = "schema_version"
 # Arbitrary constant key for pg_advisory_xact_lock: serialises schema creation between processes.
 _PG_SCHEMA_LOCK = 0x6B766673
@@ -168,6 +168,14 @@ def _v8_s3fifo(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_fifo_ghosts_seq ON fifo_ghosts (seq)"))
 
 
+def _v9_adaptive(conn: Connection) -> None:
+    """v9: `adaptive`'s state (kvfs.policy.adaptive): a ghost's class has three values (`policy_ghosts.frequent`:
+    read twice or more when it went; FALSE for the ghosts of every other policy), and a policy's state beyond
+    `beta` (`policy_states.extra`, JSON: the two shares, the chooser's scores and order)."""
+    conn.execute(text("ALTER TABLE policy_ghosts ADD COLUMN frequent BOOLEAN NOT NULL DEFAULT FALSE"))
+    conn.execute(text("ALTER TABLE policy_states ADD COLUMN extra TEXT"))
+
+
 # UPGRADES[v] upgrades a database at version v-1 to version v.
 UPGRADES: dict[int, Callable[[Connection], None]] = {
     2: _v2_scan_generation_and_leases,
@@ -177,6 +185,7 @@ UPGRADES: dict[int, Callable[[Connection], None]] = {
     6: _v6_no_namespace_limits,
     7: _v7_has_child,
     8: _v8_s3fifo,
+    9: _v9_adaptive,
 }
 
 

@@ -49,6 +49,7 @@ _COLUMNS = (
     Block.size,
     Block.last_access,
     Block.chain_pos,
+    Block.hits,
 )
 _LRU_ORDER = (Block.last_access.asc(), Block.chain_pos.desc(), Block.id.asc())
 
@@ -96,9 +97,9 @@ def stream_candidates(
         try:
             # Whole partitions (one fetchmany each): per-row fetch overhead dominated planning time.
             for rows in result.partitions():
-                for block_id, ns_id, rank, grp, block_hash, fmt, size, last_access, chain_pos in rows:
+                for block_id, ns_id, rank, grp, block_hash, fmt, size, last_access, chain_pos, hits in rows:
                     key = BlockKey(names[ns_id], None if rank == NO_RANK else rank, grp, block_hash, fmt)
-                    yield Candidate(block_id, key, size, last_access, chain_pos)
+                    yield Candidate(block_id, key, size, last_access, chain_pos, hits)
         finally:
             result.close()
 
@@ -114,3 +115,23 @@ def segment_bytes(catalog: Catalog, namespace_ids: Sequence[int] | None) -> tupl
     with catalog._read("segment_bytes") as conn:
         total, probation = conn.execute(query).one()
     return int(total), int(probation)
+
+
+def class_bytes(catalog: Catalog, namespace_ids: Sequence[int] | None) -> tuple[int, int, int, int, int]:
+    """(rows, all bytes, FRESH bytes, ONCE bytes, FREQUENT bytes) in scope, protected blocks included; the three
+    classes are live rows (not orphans; FRESH not superseded either), as their streams give them."""
+    live = Block.orphan.is_(False)
+    query = select(
+        func.count(),
+        func.coalesce(func.sum(Block.size), 0),
+        func.coalesce(
+            func.sum(case(((Block.hits == 0) & live & Block.superseded.is_(False), Block.size), else_=0)), 0
+        ),
+        func.coalesce(func.sum(case(((Block.hits == 1) & live, Block.size), else_=0)), 0),
+        func.coalesce(func.sum(case(((Block.hits >= 2) & live, Block.size), else_=0)), 0),
+    ).select_from(Block)
+    if namespace_ids is not None:
+        query = query.where(Block.namespace_id.in_(list(namespace_ids)))
+    with catalog._read("class_bytes") as conn:
+        rows, total, fresh, once, frequent = conn.execute(query).one()
+    return int(rows), int(total), int(fresh), int(once), int(frequent)

@@ -90,9 +90,15 @@ def _positional(compiled: Any, dialect: str) -> Any:
     return params
 
 
-# Takes a current catalog back to schema v7 (tests of the v8 upgrade, and of older upgrades that start from a
-# catalog written by this version).
+# Take a current catalog back to schema v8 (tests of the v9 upgrade) or v7 (the v8 upgrade, and older upgrades
+# that start from a catalog written by this version).
+TO_V8 = (
+    "ALTER TABLE policy_ghosts DROP COLUMN frequent",
+    "ALTER TABLE policy_states DROP COLUMN extra",
+    "UPDATE kvfs_meta SET value = '8' WHERE key = 'schema_version'",
+)
 TO_V7 = (
+    *TO_V8[:-1],
     "DROP INDEX ix_blocks_fifo_small",
     "DROP INDEX ix_blocks_fifo_main",
     "ALTER TABLE blocks DROP COLUMN fifo_queue",

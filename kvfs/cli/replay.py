@@ -31,7 +31,7 @@ from kvfs.cli.output import emit_json, table
     default=None,
     metavar="A,B,C",
     help="Several policies compared in one run (one table row each); the first is the JSON's `policy`; "
-    "`all`: every policy, the replay-only ones (adaptive, arc) included.",
+    "`all`: every policy, the replay-only reference (arc) included.",
 )
 @click.option(
     "--through-catalog",
@@ -77,7 +77,7 @@ def replay(
     except UnknownPolicyError as exc:
         raise click.BadParameter(str(exc), param_hint="'--policy'/'--policies'") from None
     if through_catalog and any(n in REPLAY_ONLY for n in names):
-        raise click.UsageError(f"--through-catalog: {', '.join(REPLAY_ONLY)} have no catalog version (yet)")
+        raise click.UsageError(f"--through-catalog: {', '.join(REPLAY_ONLY)} has no catalog version")
     requests = [req.hash_ids for req in read_trace(trace)]
     if not requests:
         raise click.ClickException(f"{trace}: no requests")

@@ -74,6 +74,7 @@ def run_pass(
     hooks = hooks or PassHooks()
     now = time.time() if now is None else now
     phase = hooks.on_phase or (lambda _name: None)
+    policy.attach(catalog)  # before ingest, so a policy that learns from records sees this pass's too
     if ingest_first and hooks.ingest is not None:  # False: the caller has just ingested
         hooks.ingest()
     usage = catalog.usage()

@@ -35,6 +35,11 @@ class EvictionPolicy(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
 
+    def attach(self, catalog: Catalog) -> None:  # noqa: B027 - optional hook
+        """Called by an eviction pass before it ingests the journal (and may be called by whoever holds the
+        policy for a catalog's lifetime): a policy that learns from the traffic itself (adaptive's shadows)
+        subscribes to the records the catalog applies (`Catalog.add_journal_listener`).  Default: nothing."""
+
     def prepare(self, catalog: Catalog) -> None:  # noqa: B027 - optional hook
         """Called once by an eviction pass before it plans: the policy's bookkeeping writes (2q's re-stores,
         prefix's bonus) happen here and only here, so read commands (`kvfs ls`) that list `candidates` change

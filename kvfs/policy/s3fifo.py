@@ -153,9 +153,32 @@ class S3FifoPolicy(EvictionPolicy):
         protect_after: float,
         limit_bytes: int,
     ) -> Iterator[Candidate]:
+        ordered = self.ordered(
+            catalog, namespace_ids=namespace_ids, protect_after=protect_after, limit_bytes=limit_bytes
+        )
+        try:
+            for cand, _ in ordered:
+                yield cand
+        finally:
+            ordered.close()
+
+    def ordered(
+        self,
+        catalog: Catalog,
+        *,
+        namespace_ids: Sequence[int] | None,
+        protect_after: float,
+        limit_bytes: int,
+        queue_sizes: tuple[int, int, int, int] | None = None,
+    ) -> Generator[tuple[Candidate, int | None], None, None]:
+        """`candidates`, each with its class: None for orphans and superseded leaves, else min(hits, 2) (what
+        `adaptive`, which runs this order as one of its candidates, records with its ghosts).  `queue_sizes`:
+        `Catalog.fifo_queue_sizes` of the scope, if the caller read it already."""
         if limit_bytes <= 0:
             return
-        rows, total, small_bytes, main_bytes = catalog.fifo_queue_sizes(namespace_ids)
+        if queue_sizes is None:
+            queue_sizes = catalog.fifo_queue_sizes(namespace_ids)
+        rows, total, small_bytes, main_bytes = queue_sizes
         keep = max(0, total - limit_bytes)
         self._pass.ghost_limit = max(self._pass.ghost_limit, ghost_limit(rows, total, keep))
         yield from self._order(
@@ -171,7 +194,7 @@ class S3FifoPolicy(EvictionPolicy):
         keep: int,
         small_bytes: int,
         main_bytes: int,
-    ) -> Generator[Candidate, None, None]:
+    ) -> Generator[tuple[Candidate, int | None], None, None]:
         offered = 0
         taken: set[int] = set()
         for block_class in (BlockClass.ORPHAN, BlockClass.SUPERSEDED):
@@ -180,7 +203,7 @@ class S3FifoPolicy(EvictionPolicy):
                 for cand in stream:
                     if cand.block_id is not None:
                         taken.add(cand.block_id)
-                    yield cand
+                    yield cand, None
                     offered += cand.size
                     if offered >= limit_bytes:
                         return
@@ -192,7 +215,7 @@ class S3FifoPolicy(EvictionPolicy):
         )
         try:
             for row in sweep:
-                yield Candidate(row.block_id, row.key, row.size, row.access, row.chain_pos)
+                yield Candidate(row.block_id, row.key, row.size, row.access, row.chain_pos), min(row.hits, 2)
                 offered += row.size
                 if offered >= limit_bytes:
                     return

@@ -40,10 +40,14 @@ def simulate_catalog_policy(
     policy: EvictionPolicy | str | None = None,
     workdir: str | Path | None = None,
     progress: Callable[[int], None] | None = None,
+    catalog: Catalog | None = None,
 ) -> SimResult:
     """Hit blocks when `policy` (an instance or a registered name; default: the evictor's) manages the tier;
-    `progress(1)` is called after each request."""
+    `progress(1)` is called after each request.  `catalog`: an empty catalog to replay on (the tests' PostgreSQL
+    one) instead of a scratch SQLite file."""
     policy = policy if isinstance(policy, EvictionPolicy) else get_policy(policy)
+    if catalog is not None:
+        return _run(catalog, requests, capacity, slack, policy, progress)
     with tempfile.TemporaryDirectory(prefix="kvfs-replay-", dir=workdir) as tmp:
         catalog = Catalog.open(f"sqlite:///{Path(tmp) / 'replay.db'}")
         try:
@@ -82,7 +86,8 @@ def _run(
             if key is None:
                 key = keys[block] = block_key(block)
             if block in present:
-                pending.append(JournalRecord(RecordKind.ACCESS, key, now))
+                # With its chain position, as a STORE: the records of one request regroup exactly.
+                pending.append(JournalRecord(RecordKind.ACCESS, key, now, 0, pos))
             else:
                 # The parent, as a connector that knows the chain records it (orphans get marked).
                 parent = keys[req[pos - 1]].block_hash if pos else None

@@ -321,6 +321,7 @@ class ChainTier:
         oldest = min(
             min((seg[next(iter(seg))].last_access for seg in live if seg), default=now),
             min((b.last_access for b in orphans.values()), default=now),
+            min((b.last_access for b in superseded.values()), default=now),
         )
         span = now - oldest
         rule.settle(self.returned, ghost_count, len(blocks))

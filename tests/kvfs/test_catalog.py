@@ -96,7 +96,7 @@ def test_upgrade_from_version_1_keeps_data(catalog_url: str) -> None:
     engine.dispose()
 
     with Catalog.open(catalog_url) as catalog:
-        assert catalog.schema_version() == SCHEMA_VERSION == 8
+        assert catalog.schema_version() == SCHEMA_VERSION == 9
         rows = list(catalog.iter_blocks())
         assert [(r.key, r.size, r.last_access, r.hits, r.chain_pos) for r in rows] == [
             (key(1), 100, 7.0, 3, 2)

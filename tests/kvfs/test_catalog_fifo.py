@@ -169,7 +169,7 @@ def test_upgrade_from_v7_puts_rows_in_lru_order(catalog_url: str) -> None:
                 conn.execute(text(ddl))
         assert "fifo_ghosts" not in testing.tables(catalog)
     with Catalog.open(catalog_url) as catalog:
-        assert catalog.schema_version() == SCHEMA_VERSION == 8
+        assert catalog.schema_version() == SCHEMA_VERSION == 9
         assert {"ix_blocks_fifo_small", "ix_blocks_fifo_main"} <= testing.indexes(catalog, "blocks")
         # Read rows (all here) in main, LRU order, their reads after the first on the counter.
         assert queue(catalog, main=True) == [3, 2, 1, 4] and queue(catalog, main=False) == [6]

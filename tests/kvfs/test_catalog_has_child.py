@@ -307,7 +307,7 @@ def test_upgrade_from_v6_backfills_has_child(catalog_url: str) -> None:
             ):
                 conn.execute(text(ddl))
     with Catalog.open(catalog_url) as catalog:
-        assert catalog.schema_version() == SCHEMA_VERSION == 8
+        assert catalog.schema_version() == SCHEMA_VERSION == 9
         assert "ix_blocks_branch" in testing.indexes(catalog, "blocks")
         assert {m[2] for m in marks(catalog)["has_child"]} == {h(1), h(3)}
         # The rule works on the upgraded catalog: a new child of 1 supersedes the leaf 2, not 3 (a child).

@@ -65,7 +65,7 @@ def make_v4(catalog_url: str, *, policy_tables: bool) -> None:
 def test_upgrade_from_v4_moves_both_ghost_stores_into_one(catalog_url: str) -> None:
     make_v4(catalog_url, policy_tables=True)
     with Catalog.open(catalog_url) as catalog:
-        assert catalog.schema_version() == SCHEMA_VERSION == 8
+        assert catalog.schema_version() == SCHEMA_VERSION == 9
         dump = testing.dump(catalog)
         assert not {
             "policy_block_history",
@@ -74,7 +74,9 @@ def test_upgrade_from_v4_moves_both_ghost_stores_into_one(catalog_url: str) -> N
             "policy_prefix_state",
         } & set(dump)
         rows = [
-            (p, ns, r, g, h, last, bool(reused)) for p, ns, r, g, h, last, reused in dump["policy_ghosts"]
+            (p, ns, r, g, h, last, bool(reused))
+            for p, ns, r, g, h, last, reused, frequent in dump["policy_ghosts"]
+            if not frequent
         ]
         assert sorted(rows) == [
             ("2q", 1, -1, 0, "0000000000000007", 7.0, False),
@@ -82,7 +84,10 @@ def test_upgrade_from_v4_moves_both_ghost_stores_into_one(catalog_url: str) -> N
             ("prefix", 1, -1, 0, "0000000000000007", 6.0, True),
             ("prefix", 1, -1, 0, "0000000000000009", 9.0, False),
         ]
-        assert sorted(dump["policy_states"]) == [("2q", 12, 30.0, 0.0), ("prefix", 11, 29.0, 0.125)]
+        assert sorted(dump["policy_states"]) == [
+            ("2q", 12, 30.0, 0.0, None),
+            ("prefix", 11, 29.0, 0.125, None),
+        ]
         # The moved state is the policies' state: prefix orders by its stored bonus, 2q counts per its ghosts.
         assert ghosts.bonus(catalog, policy="prefix", default_beta=0.0)[0] == 0.125
         assert ghosts.ghost_counts(catalog, "prefix") == {True: 1, False: 1}
@@ -94,7 +99,7 @@ def test_upgrade_from_v4_moves_both_ghost_stores_into_one(catalog_url: str) -> N
 def test_upgrade_from_v4_without_policy_tables(catalog_url: str) -> None:
     make_v4(catalog_url, policy_tables=False)
     with Catalog.open(catalog_url) as catalog:
-        assert catalog.schema_version() == 8
+        assert catalog.schema_version() == 9
         assert testing.columns(catalog, "policy_ghosts") == {
             "policy",
             "namespace_id",
@@ -103,6 +108,7 @@ def test_upgrade_from_v4_without_policy_tables(catalog_url: str) -> None:
             "hash_prefix",
             "last_seen",
             "reused",
+            "frequent",
         }
         assert testing.indexes(catalog, "policy_ghosts") >= {"ix_policy_ghosts_last_seen"}
         assert ghosts.ghost_counts(catalog, "prefix") == {}

@@ -95,6 +95,7 @@ READ_COMMANDS = (
     ("ls", NS),
     ("ls", NS, "--json", "--limit", "0"),
     ("ls", NS, "--policy", "2q"),
+    ("ls", NS, "--policy", "adaptive", "--json"),
     ("du",),
     ("du", "--json"),
     ("du", "--by", "model"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -70,9 +71,9 @@ def test_shadows_are_sampled_to_a_fixed_size(monkeypatch: pytest.MonkeyPatch) ->
     sizes: list[int] = []
     real_init = OrdersRule.__init__
 
-    def spy(self: OrdersRule, capacity: int, choice: str = CANDIDATES[0], *, fixed: bool = False) -> None:
+    def spy(self: OrdersRule, capacity: int, choice: str = CANDIDATES[0], **kwargs: Any) -> None:
         sizes.append(capacity)
-        real_init(self, capacity, choice, fixed=fixed)
+        real_init(self, capacity, choice, **kwargs)
 
     monkeypatch.setattr(OrdersRule, "__init__", spy)
     monkeypatch.setattr(chooser, "SHADOW_BLOCKS", 50)

@@ -2,8 +2,10 @@
 
     python -m tools.bench.evictor [--blocks 1000000] [--victims 100000] [--files 20000] [--records 200000]
                             [--tree-files 20000] [--runs 3] [--only plan,delete,ingest,rss,metaops]
+                            [--plan-policies prefix,lru,adaptive:shares,...]
 
-* plan:    victim selection (`plan_pass`, default policy) of --victims blocks from a --blocks SQLite catalog.
+* plan:    victim selection (`plan_pass`; the default policy and lru, or --plan-policies, where `adaptive:ORDER` is
+           adaptive settled on one of its orders) of --victims blocks from a --blocks SQLite catalog.
            Baseline: the bare `SELECT ... ORDER BY last_access LIMIT` with the stdlib sqlite3 module.  Goal < 1 s.
 * delete:  `execute_plan` (RootGuard unlink + catalog rows + eviction log, recheck hook included) over --files
            fresh files, against a raw `os.unlink` loop over as many fresh files.  Goal >= 0.8x.
@@ -45,6 +47,9 @@ from kvfs.eviction import Limits, execute_plan, plan_pass
 from kvfs.journal import JournalReader, JournalWriter
 from kvfs.layout import BlockKey
 from kvfs.policy import DEFAULT_POLICY, get_policy
+from kvfs.policy.adaptive import AdaptivePolicy
+from kvfs.policy.chooser import Scores
+from kvfs.replay.chooser import CANDIDATES
 
 BLOCK_SIZE = 2 << 20
 NAMESPACES = ["org_model-a_0123456789ab", "org_model-b_a1b2c3d4e5f6", "org_model-c_fedcba987654"]
@@ -85,9 +90,17 @@ def build_catalog(path: Path, blocks: int) -> str:
 # ---- plan ----------------------------------------------------------------------------------------------------
 def bench_plan(url: str, db: Path, blocks: int, victims: int, runs: int, policy_name: str) -> dict[str, Any]:
     """The planning part of an evictor pass: `usage()` (capacity) then `plan_pass(usage=...)`, as the evictor's `PassRunner`."""
-    policy = get_policy(policy_name)
+    policy = get_policy(policy_name.partition(":")[0])
     times, usage_times, base = [], [], []
     with Catalog.open(url) as cat:
+        if isinstance(policy, AdaptivePolicy) and ":" in policy_name:
+            # `adaptive:ORDER`: the chooser settled on ORDER (each pass then reads that order's streams); set
+            # after the stored state is loaded, which it replaces.
+            policy.attach(cat)
+            scores = [0.0] * len(CANDIDATES)
+            current = CANDIDATES.index(policy_name.partition(":")[2])
+            scores[current] = 1.0
+            policy.shadows.scores = Scores(tuple(scores), current)
         total = cat.usage().total_bytes
         limits = Limits(max_bytes=total - victims * BLOCK_SIZE, min_age=600)
         cpu = []
@@ -98,6 +111,8 @@ def bench_plan(url: str, db: Path, blocks: int, victims: int, runs: int, policy_
             t1 = time.perf_counter()
             plan = plan_pass(cat, limits, policy=policy, usage=usage)
             times.append(time.perf_counter() - t0)
+            if ":" in policy_name:
+                assert getattr(policy, "choice", None) == policy_name.partition(":")[2]
             cpu.append(time.process_time() - c0)
             usage_times.append(t1 - t0)
             assert len(plan.victims) == victims, (len(plan.victims), victims)
@@ -455,6 +470,12 @@ def main(argv: list[str] | None = None) -> None:
         "not on the mount whose files it deletes; the step is repeated with the catalog beside the files)",
     )
     ap.add_argument("--only", default="plan,delete,ingest,rss,metaops")
+    ap.add_argument(
+        "--plan-policies",
+        default=None,
+        help="plan step: policies to time, comma-separated (default: the default and lru); "
+        "`adaptive:ORDER` times adaptive settled on one of its orders (shares, s3fifo, 2q, prefix)",
+    )
     ap.add_argument("--workdir", default=None, help="where to build (default: a temp dir, removed)")
     ap.add_argument("--json", dest="json_out", default=None, help="also write the figures to this file")
     args = ap.parse_args(argv)
@@ -464,7 +485,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"evictor bench in {work} (cpus: {os.cpu_count()})", flush=True)
     figures: dict[str, Any] = {}
     steps: list[tuple[str, Callable[[], Any]]] = []
-    plan_policies = list(dict.fromkeys([DEFAULT_POLICY, "lru"]))
+    plan_policies = (
+        args.plan_policies.split(",") if args.plan_policies else list(dict.fromkeys([DEFAULT_POLICY, "lru"]))
+    )
     db = work / "big.db"
     url = f"sqlite:///{db}"
     if only & {"plan", "rss"}:
