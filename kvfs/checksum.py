@@ -102,9 +102,12 @@ class PieceHasher:
 
 def piece_digests(buf: Buffer) -> list[int]:
     """Algorithm 2's piece digests of `buf` (a payload, or a part of one starting on a piece boundary)."""
-    hasher = PieceHasher()
-    hasher.update(buf)
-    return hasher.piece_digests()
+    # One hasher call a piece (`checksum64`: releasing the GIL above GIL_RELEASE_MIN_BYTES, one-shot below), not
+    # PieceHasher's streaming loop: a small payload is one call on the connector's per-file path.
+    view = memoryview(buf)
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    return [checksum64(view[i : i + HASH_PIECE_BYTES]) for i in range(0, len(view), HASH_PIECE_BYTES)]
 
 
 def payload_hasher(algo: int) -> PayloadHasher:
@@ -118,6 +121,8 @@ def payload_hasher(algo: int) -> PayloadHasher:
 
 def payload_checksum(buf: Buffer, algo: int = PIECES_ALGO_ID) -> int:
     """The payload checksum of `buf` under algorithm `algo`."""
+    if algo == PIECES_ALGO_ID:
+        return combine_piece_digests(piece_digests(buf))
     hasher = payload_hasher(algo)
     hasher.update(buf)
     return hasher.intdigest()
