@@ -42,6 +42,7 @@ from connector.copier import GroupCopier
 from connector.graphs import GraphCache
 from kvfs.blockfile import (
     HEADER_SIZE,
+    PIECE_BYTES,
     BlockIdentity,
     Durability,
     LoadResult,
@@ -95,10 +96,13 @@ class FileOp:
     # with no staging copy.  A load that fails validation leaves garbage there: only for memory its owner
     # discards when the load is reported failed (vLLM frees a failed promotion's CPU-tier slot).
     buffer: memoryview | None = None
+    # The file's payload bytes: computed once here, on the submitting thread, not at each of the five uses on the
+    # I/O thread (callers that know it pass it).
+    nbytes: int = -1
 
-    @property
-    def nbytes(self) -> int:
-        return self.copier.payload_bytes(self.file_blocks)
+    def __post_init__(self) -> None:
+        if self.nbytes < 0:
+            self.nbytes = self.copier.payload_bytes(self.file_blocks)
 
 
 @dataclass
@@ -534,12 +538,19 @@ class IoPool:
 
     def _begin(self, f: _Flight) -> _Flight | None:
         op = f.op
+        n = op.nbytes
         if not op.is_load:
             # Admitted at submit on the backlog it joined; however long it then waits for the GPU or for the
             # loads served first, it is written (dropping it now would waste the wait and lose the chunk).
+            if not self.cuda and n <= _CPU_INLINE_MAX_BYTES:
+                # Nothing to overlap on the CPU (hashing a payload this size is never handed to helpers): the
+                # whole store now, its hash inside store_block, instead of three pipeline steps.
+                self._launch(f)
+                return self._finish(f)
             return f
-        n = op.nbytes
-        hashed_later = f.slot.hashes is not None or not self.cuda
+        # CPU pools hash large payloads after the read (on helpers, while the next file is read); small ones as
+        # they are read, delivered at once.
+        hashed_later = f.slot.hashes is not None or (not self.cuda and n > _CPU_INLINE_MAX_BYTES)
         reading = time.monotonic()
         result = load_block(op.path, op.ident, self._payload(f), direct=self.direct, verify=not hashed_later)
         _LOAD_READ_S.inc(time.monotonic() - reading)
@@ -585,7 +596,8 @@ class IoPool:
                     ("store", id(op.copier), len(op.block_ids), n),
                     lambda: op.copier.gather(op.block_ids, slot.host[:n]),
                 )
-            f.digests = self._hash_async(self._payload(f))
+            if n > _CPU_INLINE_MAX_BYTES:  # smaller stores are hashed by store_block, as they are written
+                f.digests = self._hash_async(self._payload(f))
             return f
         dev, host, stream = f.state.dev[:n], slot.host[:n], f.state.stream
         hashes = slot.hashes
@@ -645,7 +657,8 @@ class IoPool:
         if slot.hashes is not None:
             checksum: int | None = slot.hashes.checksum(f.pieces, slot.host_mv[:n])
         else:
-            checksum = None if self.cuda else self._helper_checksum(f)  # None: store_block hashes it
+            # None: store_block hashes it
+            checksum = self._helper_checksum(f) if f.digests else None
         writing = time.monotonic()
         result = store_block(
             op.path,
@@ -782,6 +795,9 @@ _STORE_SAMPLES = 64
 # switches) would cost more than it overlaps.
 _HASH_TASK_BYTES = 4 * HASH_PIECE_BYTES
 _HELPER_MIN_BYTES = 8 * HASH_PIECE_BYTES
+# CPU pools: a payload up to one I/O piece is hashed inside load_block / store_block, with no pipeline step between
+# the read (or write) and the hash: the same system calls and bytes hashed, fewer Python steps per file.
+_CPU_INLINE_MAX_BYTES = PIECE_BYTES
 # Block-id buffers hold at most this many ids; a file of more blocks (not a layout vLLM produces) falls back to
 # a copy of its ids made at launch.
 _MAX_BLOCKS_PER_FILE = 4096

@@ -131,6 +131,7 @@ class KvfsTier(SecondaryTierManager):
                 chain_pos=-1 if positions is None else positions[i],
                 parent_hash=None if parents is None else parents[i],
                 buffer=rows[cid * row : (cid + 1) * row],
+                nbytes=row,
             )
             for i, (key, cid, block_key) in enumerate(zip(keys, chunk_ids, block_keys, strict=True))
         ]
