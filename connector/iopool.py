@@ -288,7 +288,7 @@ class IoPool:
                     self._stores.append(op)
                     self._queued_store_bytes += op.nbytes
                     queued += 1
-            metrics.QUEUED_STORES.set(len(self._stores))
+            _SET_QUEUED_STORES(float(len(self._stores)))
             for op, wait in dropped:
                 self._drop_locked(op, DropReason.BACKLOG, wait)
             self._work.notify(queued)
@@ -423,7 +423,7 @@ class IoPool:
             if self._stores:
                 op = self._stores.popleft()
                 self._queued_store_bytes -= op.nbytes
-                metrics.QUEUED_STORES.set(len(self._stores))
+                _SET_QUEUED_STORES(float(len(self._stores)))
                 return op
             return None
 
@@ -553,7 +553,7 @@ class IoPool:
         hashed_later = f.slot.hashes is not None or (not self.cuda and n > _CPU_INLINE_MAX_BYTES)
         reading = time.monotonic()
         result = load_block(op.path, op.ident, self._payload(f), direct=self.direct, verify=not hashed_later)
-        _LOAD_READ_S.inc(time.monotonic() - reading)
+        _LOAD_READ_S(time.monotonic() - reading)
         if result.ok and result.nbytes != n:
             # A shorter payload is another block range or layout: never scatter a partial chunk.
             result = LoadResult(False, MissReason.TRUNCATED, result.nbytes)
@@ -630,7 +630,7 @@ class IoPool:
             # For a store this wait includes the forward pass it waits behind (a long prefill): not storage time.
             waiting = time.monotonic()
             slot.ready.synchronize()
-            (_LOAD_GPU_WAIT_S if op.is_load else _STORE_GPU_WAIT_S).inc(time.monotonic() - waiting)
+            (_LOAD_GPU_WAIT_S if op.is_load else _STORE_GPU_WAIT_S)(time.monotonic() - waiting)
         finishing = time.monotonic()
         if op.is_load:
             assert f.result is not None
@@ -669,18 +669,18 @@ class IoPool:
             direct=self.direct,
             checksum=checksum,
         )
-        _STORE_WRITE_S.inc(time.monotonic() - writing)
+        _STORE_WRITE_S(time.monotonic() - writing)
         # The thread's own time on this store (queueing its GPU phase, writing the file), not the wall time since
         # it was picked up: that spans the GPU's wait for the forward pass and, pipelined, the next file's read.
         # A store whose GPU phase ran its shape for the first time on this slot (Triton compiling the gather,
         # seconds on a fresh host; then the graph capture) is no sample: one such time seeded the estimate 100x
         # too slow, and the next prefill step's whole burst of stores was dropped (64 of 508 chunks at 128k).
         elapsed = f.busy_s + time.monotonic() - finishing if f.warm else None
-        _STORES_BY_OUTCOME[result.outcome].inc()
+        _STORES_BY_OUTCOME[result.outcome](1)
         ok, nbytes = True, 0
         if result.outcome == StoreOutcome.STORED:
             nbytes = n
-            metrics.STORE_BYTES.inc(n)
+            _STORE_BYTES(n)
             if self.journal is not None and op.block_key is not None:
                 # The file's size, as a scan counts it: journal-fed and scanned rows must agree, or usage
                 # changes by the header's share (6% of a 64 KiB block) when a scan follows ingest.
@@ -729,12 +729,12 @@ class IoPool:
         """A verified load is done once its scatter has completed: only then may vLLM use those blocks."""
         waiting = time.monotonic()
         f.slot.done.synchronize()
-        _LOAD_GPU_WAIT_S.inc(time.monotonic() - waiting)
+        _LOAD_GPU_WAIT_S(time.monotonic() - waiting)
         self._report_loaded(f.op)
 
     def _report_loaded(self, op: FileOp) -> None:
-        _LOADS_OK.inc()
-        metrics.LOAD_BYTES.inc(op.nbytes)
+        _LOADS_OK(1)
+        _LOAD_BYTES(op.nbytes)
         self._report(op, ok=True, nbytes=op.nbytes)
 
     def _report_miss(self, op: FileOp, result: LoadResult) -> None:
@@ -775,13 +775,19 @@ class _RateLimitedLog:
         return True
 
 
-_LOAD_READ_S = metrics.IO_SECONDS.labels("load", "read")
-_LOAD_GPU_WAIT_S = metrics.IO_SECONDS.labels("load", "gpu_wait")
-_STORE_WRITE_S = metrics.IO_SECONDS.labels("store", "write")
-_STORE_GPU_WAIT_S = metrics.IO_SECONDS.labels("store", "gpu_wait")
-# Pre-bound children for the per-file path (a label look-up costs more than the count).
-_STORES_BY_OUTCOME = {outcome: metrics.STORES.labels(str(outcome)) for outcome in StoreOutcome}
-_LOADS_OK = metrics.LOADS.labels("ok")
+# Pre-bound increments for the per-file path (a label look-up costs more than the count, and prometheus_client's
+# own `inc` three Python calls: metrics.hot_inc).
+_LOAD_READ_S = metrics.hot_inc(metrics.IO_SECONDS.labels("load", "read"))
+_LOAD_GPU_WAIT_S = metrics.hot_inc(metrics.IO_SECONDS.labels("load", "gpu_wait"))
+_STORE_WRITE_S = metrics.hot_inc(metrics.IO_SECONDS.labels("store", "write"))
+_STORE_GPU_WAIT_S = metrics.hot_inc(metrics.IO_SECONDS.labels("store", "gpu_wait"))
+_STORES_BY_OUTCOME = {
+    outcome: metrics.hot_inc(metrics.STORES.labels(str(outcome))) for outcome in StoreOutcome
+}
+_STORE_BYTES = metrics.hot_inc(metrics.STORE_BYTES)
+_LOADS_OK = metrics.hot_inc(metrics.LOADS.labels("ok"))
+_LOAD_BYTES = metrics.hot_inc(metrics.LOAD_BYTES)
+_SET_QUEUED_STORES = metrics.hot_set(metrics.QUEUED_STORES)
 _LOAD_JOB_S = metrics.JOB_SECONDS.labels("load")
 _STORE_JOB_S = metrics.JOB_SECONDS.labels("store")
 
