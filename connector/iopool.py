@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("kvfs.connector")
 
 
-@dataclass
+@dataclass(slots=True)
 class FileOp:
     """One block file <-> `block_ids` of one KV group."""
 
@@ -272,17 +272,21 @@ class IoPool:
             if not ops:
                 self._finish_locked(job_id, job)
                 return
+            if is_load:
+                self._loads.extend(ops)
+                self._work.notify(len(ops))
+                return
             dropped: list[tuple[FileOp, float]] = []
             queued = 0
-            if not is_load and self.store_budget_s:
+            budget = self.store_budget_s
+            if budget:
                 self._refresh_estimate_locked()
+            # Seconds until each store would be written: the queued bytes ahead of it and its own, at the measured
+            # per-thread bandwidth times the threads (computed inline: this loop runs for every file).
+            s_per_byte = self._store_s_per_byte / self.threads
             for op in ops:
-                if is_load:
-                    self._loads.append(op)
-                    queued += 1
-                    continue
-                wait = self._store_wait_estimate_locked(op.nbytes)
-                if self.store_budget_s and wait > self.store_budget_s:
+                wait = (self._queued_store_bytes + op.nbytes) * s_per_byte
+                if budget and wait > budget:
                     dropped.append((op, wait))
                 else:
                     self._stores.append(op)
@@ -292,11 +296,6 @@ class IoPool:
             for op, wait in dropped:
                 self._drop_locked(op, DropReason.BACKLOG, wait)
             self._work.notify(queued)
-
-    def _store_wait_estimate_locked(self, nbytes: int) -> float:
-        """Seconds until a store of `nbytes` submitted now would be written: the queued bytes ahead of it and its
-        own, at the measured per-thread bandwidth times the threads."""
-        return (self._queued_store_bytes + nbytes) * self._store_s_per_byte / self.threads
 
     def store_bandwidth(self) -> float:
         """The pool's measured store bandwidth in bytes/s (all threads; 0 until a store has completed)."""
