@@ -192,9 +192,12 @@ class IoPool:
         # One lock, two conditions: I/O threads wait on `_work` for operations, callers on `_cv` for finished jobs
         # (and thread set-up).  One condition for both woke every idle I/O thread at each finished job and each
         # submitted file: with 16 threads, 15 wake-ups (and GIL hand-offs) per file for nothing.
+        # The per-file paths (submit, _next_op, _report, take_finished) enter the lock itself: a Condition's `with`
+        # costs two Python calls.
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._work = threading.Condition(self._lock)
+        self._job_waiters = 0  # callers inside wait() / wait_progress(): a finished job notifies only them
         self._loads: deque[FileOp] = deque()
         self._stores: deque[FileOp] = deque()
         self._jobs: dict[int, _Job] = {}
@@ -266,7 +269,7 @@ class IoPool:
 
     def submit(self, job_id: int, ops: Sequence[FileOp], *, is_load: bool) -> None:
         now = time.monotonic()
-        with self._cv:
+        with self._lock:
             job = _Job(is_load=is_load, remaining=len(ops), started=now)
             self._jobs[job_id] = job
             if not ops:
@@ -360,10 +363,11 @@ class IoPool:
                 files_failed=job.failed,
             )
         )
-        self._cv.notify_all()
+        if self._job_waiters:  # a Condition's notify is three Python calls, on every job's last file
+            self._cv.notify_all()
 
     def take_finished(self) -> list[JobDone]:
-        with self._cv:
+        with self._lock:
             done, self._done = self._done, []
         return done
 
@@ -372,11 +376,15 @@ class IoPool:
         ids = set(job_ids)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
-            while ids & self._jobs.keys():
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cv.wait(remaining)
+            self._job_waiters += 1
+            try:
+                while ids & self._jobs.keys():
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cv.wait(remaining)
+            finally:
+                self._job_waiters -= 1
         return True
 
     def wait_progress(self, timeout: float) -> None:
@@ -384,11 +392,15 @@ class IoPool:
         flight or a finished one awaits `take_finished`."""
         deadline = time.monotonic() + timeout
         with self._cv:
-            while self._jobs and not self._done:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                self._cv.wait(remaining)
+            self._job_waiters += 1
+            try:
+                while self._jobs and not self._done:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return
+                    self._cv.wait(remaining)
+            finally:
+                self._job_waiters -= 1
 
     def captured_graphs(self) -> int:
         """CUDA graphs the I/O threads have captured so far (0 on CPU, or with graphs off)."""
@@ -414,7 +426,7 @@ class IoPool:
     def _next_op(self, *, block: bool) -> FileOp | None:
         """The next operation, loads first.  With `block`, waits for one and returns None only when stopping;
         without, returns None at once if none is queued."""
-        with self._cv:
+        with self._lock:
             while block and not self._loads and not self._stores and not self._stopping:
                 self._work.wait()
             if self._loads:
@@ -503,7 +515,7 @@ class IoPool:
     def _report(self, op: FileOp, *, ok: bool, nbytes: int, store_seconds: float | None = None) -> None:
         """Complete one operation; `store_seconds`, a store's service time, feeds the measured store bandwidth
         under the same lock."""
-        with self._cv:
+        with self._lock:
             if store_seconds is not None and op.nbytes:
                 self._store_samples.append(store_seconds / op.nbytes)
                 self._estimate_stale = True
@@ -543,8 +555,10 @@ class IoPool:
             # loads served first, it is written (dropping it now would waste the wait and lose the chunk).
             if not self.cuda and n <= _CPU_INLINE_MAX_BYTES:
                 # Nothing to overlap on the CPU (hashing a payload this size is never handed to helpers): the
-                # whole store now, its hash inside store_block, instead of three pipeline steps.
-                self._launch(f)
+                # whole store now, its hash inside store_block, instead of three pipeline steps (the first of
+                # them empty for a payload written in place with no compute event to wait for).
+                if op.buffer is None or op.event is not None:
+                    self._launch(f)
                 return self._finish(f)
             return f
         # CPU pools hash large payloads after the read (on helpers, while the next file is read); small ones as

@@ -163,6 +163,11 @@ def is_temp_name(name: str) -> bool:
     return name.endswith(TEMP_SUFFIX)
 
 
+def temp_path_for(final_path: str) -> str:
+    """`temp_name_for` of a path's file name, in its directory: the path plus a unique suffix."""
+    return f"{final_path}_{_tmp_bits(64):016x}{TEMP_SUFFIX}"
+
+
 def temp_name_for(final_name: str) -> str:
     """A unique temp name in the final file's directory, so rename is atomic on every POSIX filesystem."""
     # 64 random bits from a private generator seeded by the OS (not `secrets`: a getrandom system call per store;
