@@ -528,7 +528,8 @@ def _open_temp(tmp: str, file_mode: int, direct: bool) -> tuple[int, bool]:
         _direct_fallback("open")
         flags &= ~_O_DIRECT
         fd = _open_creating_dirs(tmp, flags, file_mode)
-    if file_mode & _umask():
+    umask = _umask_value if _umask_value is not None else _umask()  # read once per process
+    if file_mode & umask:
         os.fchmod(fd, file_mode)
     return fd, bool(flags & _O_DIRECT)
 
