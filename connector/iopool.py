@@ -42,6 +42,7 @@ from connector.copier import GroupCopier
 from connector.graphs import GraphCache
 from kvfs.blockfile import (
     HEADER_SIZE,
+    PIECE_BYTES,
     BlockIdentity,
     Durability,
     LoadResult,
@@ -68,7 +69,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("kvfs.connector")
 
 
-@dataclass
+@dataclass(slots=True)
 class FileOp:
     """One block file <-> `block_ids` of one KV group."""
 
@@ -95,10 +96,13 @@ class FileOp:
     # with no staging copy.  A load that fails validation leaves garbage there: only for memory its owner
     # discards when the load is reported failed (vLLM frees a failed promotion's CPU-tier slot).
     buffer: memoryview | None = None
+    # The file's payload bytes: computed once here, on the submitting thread, not at each of the five uses on the
+    # I/O thread (callers that know it pass it).
+    nbytes: int = -1
 
-    @property
-    def nbytes(self) -> int:
-        return self.copier.payload_bytes(self.file_blocks)
+    def __post_init__(self) -> None:
+        if self.nbytes < 0:
+            self.nbytes = self.copier.payload_bytes(self.file_blocks)
 
 
 @dataclass
@@ -188,9 +192,12 @@ class IoPool:
         # One lock, two conditions: I/O threads wait on `_work` for operations, callers on `_cv` for finished jobs
         # (and thread set-up).  One condition for both woke every idle I/O thread at each finished job and each
         # submitted file: with 16 threads, 15 wake-ups (and GIL hand-offs) per file for nothing.
+        # The per-file paths (submit, _next_op, _report, take_finished) enter the lock itself: a Condition's `with`
+        # costs two Python calls.
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._work = threading.Condition(self._lock)
+        self._job_waiters = 0  # callers inside wait() / wait_progress(): a finished job notifies only them
         self._loads: deque[FileOp] = deque()
         self._stores: deque[FileOp] = deque()
         self._jobs: dict[int, _Job] = {}
@@ -262,37 +269,36 @@ class IoPool:
 
     def submit(self, job_id: int, ops: Sequence[FileOp], *, is_load: bool) -> None:
         now = time.monotonic()
-        with self._cv:
+        with self._lock:
             job = _Job(is_load=is_load, remaining=len(ops), started=now)
             self._jobs[job_id] = job
             if not ops:
                 self._finish_locked(job_id, job)
                 return
+            if is_load:
+                self._loads.extend(ops)
+                self._work.notify(len(ops))
+                return
             dropped: list[tuple[FileOp, float]] = []
             queued = 0
-            if not is_load and self.store_budget_s:
+            budget = self.store_budget_s
+            if budget:
                 self._refresh_estimate_locked()
+            # Seconds until each store would be written: the queued bytes ahead of it and its own, at the measured
+            # per-thread bandwidth times the threads (computed inline: this loop runs for every file).
+            s_per_byte = self._store_s_per_byte / self.threads
             for op in ops:
-                if is_load:
-                    self._loads.append(op)
-                    queued += 1
-                    continue
-                wait = self._store_wait_estimate_locked(op.nbytes)
-                if self.store_budget_s and wait > self.store_budget_s:
+                wait = (self._queued_store_bytes + op.nbytes) * s_per_byte
+                if budget and wait > budget:
                     dropped.append((op, wait))
                 else:
                     self._stores.append(op)
                     self._queued_store_bytes += op.nbytes
                     queued += 1
-            metrics.QUEUED_STORES.set(len(self._stores))
+            _SET_QUEUED_STORES(float(len(self._stores)))
             for op, wait in dropped:
                 self._drop_locked(op, DropReason.BACKLOG, wait)
             self._work.notify(queued)
-
-    def _store_wait_estimate_locked(self, nbytes: int) -> float:
-        """Seconds until a store of `nbytes` submitted now would be written: the queued bytes ahead of it and its
-        own, at the measured per-thread bandwidth times the threads."""
-        return (self._queued_store_bytes + nbytes) * self._store_s_per_byte / self.threads
 
     def store_bandwidth(self) -> float:
         """The pool's measured store bandwidth in bytes/s (all threads; 0 until a store has completed)."""
@@ -357,10 +363,11 @@ class IoPool:
                 files_failed=job.failed,
             )
         )
-        self._cv.notify_all()
+        if self._job_waiters:  # a Condition's notify is three Python calls, on every job's last file
+            self._cv.notify_all()
 
     def take_finished(self) -> list[JobDone]:
-        with self._cv:
+        with self._lock:
             done, self._done = self._done, []
         return done
 
@@ -369,11 +376,15 @@ class IoPool:
         ids = set(job_ids)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
-            while ids & self._jobs.keys():
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cv.wait(remaining)
+            self._job_waiters += 1
+            try:
+                while ids & self._jobs.keys():
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cv.wait(remaining)
+            finally:
+                self._job_waiters -= 1
         return True
 
     def wait_progress(self, timeout: float) -> None:
@@ -381,11 +392,15 @@ class IoPool:
         flight or a finished one awaits `take_finished`."""
         deadline = time.monotonic() + timeout
         with self._cv:
-            while self._jobs and not self._done:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                self._cv.wait(remaining)
+            self._job_waiters += 1
+            try:
+                while self._jobs and not self._done:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return
+                    self._cv.wait(remaining)
+            finally:
+                self._job_waiters -= 1
 
     def captured_graphs(self) -> int:
         """CUDA graphs the I/O threads have captured so far (0 on CPU, or with graphs off)."""
@@ -411,7 +426,7 @@ class IoPool:
     def _next_op(self, *, block: bool) -> FileOp | None:
         """The next operation, loads first.  With `block`, waits for one and returns None only when stopping;
         without, returns None at once if none is queued."""
-        with self._cv:
+        with self._lock:
             while block and not self._loads and not self._stores and not self._stopping:
                 self._work.wait()
             if self._loads:
@@ -419,7 +434,7 @@ class IoPool:
             if self._stores:
                 op = self._stores.popleft()
                 self._queued_store_bytes -= op.nbytes
-                metrics.QUEUED_STORES.set(len(self._stores))
+                _SET_QUEUED_STORES(float(len(self._stores)))
                 return op
             return None
 
@@ -500,7 +515,7 @@ class IoPool:
     def _report(self, op: FileOp, *, ok: bool, nbytes: int, store_seconds: float | None = None) -> None:
         """Complete one operation; `store_seconds`, a store's service time, feeds the measured store bandwidth
         under the same lock."""
-        with self._cv:
+        with self._lock:
             if store_seconds is not None and op.nbytes:
                 self._store_samples.append(store_seconds / op.nbytes)
                 self._estimate_stale = True
@@ -534,15 +549,24 @@ class IoPool:
 
     def _begin(self, f: _Flight) -> _Flight | None:
         op = f.op
+        n = op.nbytes
         if not op.is_load:
             # Admitted at submit on the backlog it joined; however long it then waits for the GPU or for the
             # loads served first, it is written (dropping it now would waste the wait and lose the chunk).
+            if not self.cuda and n <= _CPU_INLINE_MAX_BYTES:
+                # Nothing to overlap on the CPU (hashing a payload this size is never handed to helpers): the
+                # whole store now, its hash inside store_block, instead of three pipeline steps (the first of
+                # them empty for a payload written in place with no compute event to wait for).
+                if op.buffer is None or op.event is not None:
+                    self._launch(f)
+                return self._finish(f)
             return f
-        n = op.nbytes
-        hashed_later = f.slot.hashes is not None or not self.cuda
+        # CPU pools hash large payloads after the read (on helpers, while the next file is read); small ones as
+        # they are read, delivered at once.
+        hashed_later = f.slot.hashes is not None or (not self.cuda and n > _CPU_INLINE_MAX_BYTES)
         reading = time.monotonic()
         result = load_block(op.path, op.ident, self._payload(f), direct=self.direct, verify=not hashed_later)
-        _LOAD_READ_S.inc(time.monotonic() - reading)
+        _LOAD_READ_S(time.monotonic() - reading)
         if result.ok and result.nbytes != n:
             # A shorter payload is another block range or layout: never scatter a partial chunk.
             result = LoadResult(False, MissReason.TRUNCATED, result.nbytes)
@@ -585,7 +609,8 @@ class IoPool:
                     ("store", id(op.copier), len(op.block_ids), n),
                     lambda: op.copier.gather(op.block_ids, slot.host[:n]),
                 )
-            f.digests = self._hash_async(self._payload(f))
+            if n > _CPU_INLINE_MAX_BYTES:  # smaller stores are hashed by store_block, as they are written
+                f.digests = self._hash_async(self._payload(f))
             return f
         dev, host, stream = f.state.dev[:n], slot.host[:n], f.state.stream
         hashes = slot.hashes
@@ -618,7 +643,7 @@ class IoPool:
             # For a store this wait includes the forward pass it waits behind (a long prefill): not storage time.
             waiting = time.monotonic()
             slot.ready.synchronize()
-            (_LOAD_GPU_WAIT_S if op.is_load else _STORE_GPU_WAIT_S).inc(time.monotonic() - waiting)
+            (_LOAD_GPU_WAIT_S if op.is_load else _STORE_GPU_WAIT_S)(time.monotonic() - waiting)
         finishing = time.monotonic()
         if op.is_load:
             assert f.result is not None
@@ -645,7 +670,8 @@ class IoPool:
         if slot.hashes is not None:
             checksum: int | None = slot.hashes.checksum(f.pieces, slot.host_mv[:n])
         else:
-            checksum = None if self.cuda else self._helper_checksum(f)  # None: store_block hashes it
+            # None: store_block hashes it
+            checksum = self._helper_checksum(f) if f.digests else None
         writing = time.monotonic()
         result = store_block(
             op.path,
@@ -656,18 +682,18 @@ class IoPool:
             direct=self.direct,
             checksum=checksum,
         )
-        _STORE_WRITE_S.inc(time.monotonic() - writing)
+        _STORE_WRITE_S(time.monotonic() - writing)
         # The thread's own time on this store (queueing its GPU phase, writing the file), not the wall time since
         # it was picked up: that spans the GPU's wait for the forward pass and, pipelined, the next file's read.
         # A store whose GPU phase ran its shape for the first time on this slot (Triton compiling the gather,
         # seconds on a fresh host; then the graph capture) is no sample: one such time seeded the estimate 100x
         # too slow, and the next prefill step's whole burst of stores was dropped (64 of 508 chunks at 128k).
         elapsed = f.busy_s + time.monotonic() - finishing if f.warm else None
-        _STORES_BY_OUTCOME[result.outcome].inc()
+        _STORES_BY_OUTCOME[result.outcome](1)
         ok, nbytes = True, 0
         if result.outcome == StoreOutcome.STORED:
             nbytes = n
-            metrics.STORE_BYTES.inc(n)
+            _STORE_BYTES(n)
             if self.journal is not None and op.block_key is not None:
                 # The file's size, as a scan counts it: journal-fed and scanned rows must agree, or usage
                 # changes by the header's share (6% of a 64 KiB block) when a scan follows ingest.
@@ -716,12 +742,12 @@ class IoPool:
         """A verified load is done once its scatter has completed: only then may vLLM use those blocks."""
         waiting = time.monotonic()
         f.slot.done.synchronize()
-        _LOAD_GPU_WAIT_S.inc(time.monotonic() - waiting)
+        _LOAD_GPU_WAIT_S(time.monotonic() - waiting)
         self._report_loaded(f.op)
 
     def _report_loaded(self, op: FileOp) -> None:
-        _LOADS_OK.inc()
-        metrics.LOAD_BYTES.inc(op.nbytes)
+        _LOADS_OK(1)
+        _LOAD_BYTES(op.nbytes)
         self._report(op, ok=True, nbytes=op.nbytes)
 
     def _report_miss(self, op: FileOp, result: LoadResult) -> None:
@@ -762,13 +788,19 @@ class _RateLimitedLog:
         return True
 
 
-_LOAD_READ_S = metrics.IO_SECONDS.labels("load", "read")
-_LOAD_GPU_WAIT_S = metrics.IO_SECONDS.labels("load", "gpu_wait")
-_STORE_WRITE_S = metrics.IO_SECONDS.labels("store", "write")
-_STORE_GPU_WAIT_S = metrics.IO_SECONDS.labels("store", "gpu_wait")
-# Pre-bound children for the per-file path (a label look-up costs more than the count).
-_STORES_BY_OUTCOME = {outcome: metrics.STORES.labels(str(outcome)) for outcome in StoreOutcome}
-_LOADS_OK = metrics.LOADS.labels("ok")
+# Pre-bound increments for the per-file path (a label look-up costs more than the count, and prometheus_client's
+# own `inc` three Python calls: metrics.hot_inc).
+_LOAD_READ_S = metrics.hot_inc(metrics.IO_SECONDS.labels("load", "read"))
+_LOAD_GPU_WAIT_S = metrics.hot_inc(metrics.IO_SECONDS.labels("load", "gpu_wait"))
+_STORE_WRITE_S = metrics.hot_inc(metrics.IO_SECONDS.labels("store", "write"))
+_STORE_GPU_WAIT_S = metrics.hot_inc(metrics.IO_SECONDS.labels("store", "gpu_wait"))
+_STORES_BY_OUTCOME = {
+    outcome: metrics.hot_inc(metrics.STORES.labels(str(outcome))) for outcome in StoreOutcome
+}
+_STORE_BYTES = metrics.hot_inc(metrics.STORE_BYTES)
+_LOADS_OK = metrics.hot_inc(metrics.LOADS.labels("ok"))
+_LOAD_BYTES = metrics.hot_inc(metrics.LOAD_BYTES)
+_SET_QUEUED_STORES = metrics.hot_set(metrics.QUEUED_STORES)
 _LOAD_JOB_S = metrics.JOB_SECONDS.labels("load")
 _STORE_JOB_S = metrics.JOB_SECONDS.labels("store")
 
@@ -782,6 +814,9 @@ _STORE_SAMPLES = 64
 # switches) would cost more than it overlaps.
 _HASH_TASK_BYTES = 4 * HASH_PIECE_BYTES
 _HELPER_MIN_BYTES = 8 * HASH_PIECE_BYTES
+# CPU pools: a payload up to one I/O piece is hashed inside load_block / store_block, with no pipeline step between
+# the read (or write) and the hash: the same system calls and bytes hashed, fewer Python steps per file.
+_CPU_INLINE_MAX_BYTES = PIECE_BYTES
 # Block-id buffers hold at most this many ids; a file of more blocks (not a layout vLLM produces) falls back to
 # a copy of its ids made at launch.
 _MAX_BLOCKS_PER_FILE = 4096

@@ -110,7 +110,12 @@ class NamespaceDir:
 
     def path_of(self, key: BlockKey) -> str:
         """The file of a block key of this namespace (callers holding the key skip computing it again)."""
-        return os.path.join(self.root, key.relpath())
+        return self._root_prefix + key.relpath()
+
+    @cached_property
+    def _root_prefix(self) -> str:
+        # os.path.join's result for every relpath (never absolute), without its per-call checks: once a file.
+        return os.path.join(self.root, "")
 
     def paths_all_ranks(self, offload_key: bytes) -> list[str]:
         return [self.path(offload_key, r) for r in range(self.world_size)]

@@ -37,6 +37,7 @@ from connector.manager import _RESULT
 from connector.naming import PAYLOAD_TIER, NamespaceDir, block_hash_hex, file_identity_key
 from connector.spec import open_journal
 from kvfs.blockfile import BlockIdentity, Durability
+from kvfs.layout import BlockKey
 
 log = logging.getLogger("kvfs.connector")
 
@@ -104,10 +105,19 @@ class KvfsTier(SecondaryTierManager):
             self.pool.threads,
         )
 
-    def _ops(self, job: TransferJob, keys: list[bytes], chunk_ids: list[int], is_load: bool) -> list[FileOp]:
-        # Runs on the scheduler thread for every file: each key's block key is computed once here.
+    def _ops(
+        self,
+        job: TransferJob,
+        keys: list[bytes],
+        chunk_ids: list[int],
+        is_load: bool,
+        block_keys: list[BlockKey] | None = None,
+    ) -> list[FileOp]:
+        # Runs on the scheduler thread for every file: each key's block key is computed once (here, or by the
+        # caller that journals it).
         namespace, row, rows = self.namespace, self.block_size_bytes, self.rows
-        block_keys = [namespace.block_key(k) for k in keys]
+        if block_keys is None:
+            block_keys = [namespace.block_key(k) for k in keys]
         if is_load:
             positions: list[int] | None = None
             parents: list[str | None] | None = None
@@ -131,6 +141,7 @@ class KvfsTier(SecondaryTierManager):
                 chain_pos=-1 if positions is None else positions[i],
                 parent_hash=None if parents is None else parents[i],
                 buffer=rows[cid * row : (cid + 1) * row],
+                nbytes=row,
             )
             for i, (key, cid, block_key) in enumerate(zip(keys, chunk_ids, block_keys, strict=True))
         ]
@@ -151,10 +162,12 @@ class KvfsTier(SecondaryTierManager):
         keys = [bytes(k) for k in job_metadata.keys]
         chunk_ids = [int(c) for c in job_metadata.chunk_ids]
         self._jobs[job_metadata.job_id] = (keys, chunk_ids, set())
+        block_keys = [self.namespace.block_key(k) for k in keys]
         if self.journal is not None:
-            for key in keys:
-                self.journal.record_access(self.namespace.block_key(key))
-        self.pool.submit(job_metadata.job_id, self._ops(job_metadata, keys, chunk_ids, True), is_load=True)
+            for block_key in block_keys:
+                self.journal.record_access(block_key)
+        ops = self._ops(job_metadata, keys, chunk_ids, True, block_keys)
+        self.pool.submit(job_metadata.job_id, ops, is_load=True)
 
     def get_finished_jobs(self) -> Iterable[JobResult]:
         results = []

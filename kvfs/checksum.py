@@ -41,6 +41,7 @@ _xxh3_64_stream = xxhash.xxh3_64
 # above 64 KiB (measured by `python -m tools.bench.checksum`): block payloads go through `update()` so the
 # connector's I/O threads can checksum in parallel; small buffers keep the cheaper one-shot call.
 GIL_RELEASE_MIN_BYTES = 1 << 16
+_PACK_DIGEST = struct.Struct("<Q").pack  # one piece digest as algorithm 2 hashes it
 
 
 def checksum64(buf: Buffer) -> int:
@@ -102,9 +103,12 @@ class PieceHasher:
 
 def piece_digests(buf: Buffer) -> list[int]:
     """Algorithm 2's piece digests of `buf` (a payload, or a part of one starting on a piece boundary)."""
-    hasher = PieceHasher()
-    hasher.update(buf)
-    return hasher.piece_digests()
+    # One hasher call a piece (`checksum64`: releasing the GIL above GIL_RELEASE_MIN_BYTES, one-shot below), not
+    # PieceHasher's streaming loop: a small payload is one call on the connector's per-file path.
+    view = memoryview(buf)
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    return [checksum64(view[i : i + HASH_PIECE_BYTES]) for i in range(0, len(view), HASH_PIECE_BYTES)]
 
 
 def payload_hasher(algo: int) -> PayloadHasher:
@@ -118,6 +122,15 @@ def payload_hasher(algo: int) -> PayloadHasher:
 
 def payload_checksum(buf: Buffer, algo: int = PIECES_ALGO_ID) -> int:
     """The payload checksum of `buf` under algorithm `algo`."""
+    if algo == PIECES_ALGO_ID:
+        view = memoryview(buf)
+        if (
+            0 < view.nbytes <= HASH_PIECE_BYTES
+        ):  # one piece (a small block): its digest's digest, in two calls
+            if view.ndim != 1 or view.itemsize != 1:
+                view = view.cast("B")
+            return _xxh3_64(_PACK_DIGEST(checksum64(view)))
+        return combine_piece_digests(piece_digests(view))
     hasher = payload_hasher(algo)
     hasher.update(buf)
     return hasher.intdigest()

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import secrets
 import stat
@@ -37,6 +38,11 @@ TEMP_SUFFIX = ".tmp"
 ROOT_ID_FILENAME = "root-id"  # <root>/.kvfs/root-id: which root a catalog belongs to (kvfs.catalog binds it)
 DIGEST_LEN = 12
 
+# Temp-file names: reseeded in a forked child, so parent and child never draw the same names.
+_tmp_rng = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_tmp_rng.seed)
+_tmp_bits = _tmp_rng.getrandbits
 _NS_RE = re.compile(r"^(?P<ns>[^/\x00]+_[0-9a-f]{12})(?:_r(?P<rank>\d+))?$")
 # A namespace is a directory name: at most 255 bytes with its `_r<rank>` suffix (10 digits at most).
 MAX_NAMESPACE_BYTES = 255 - 12
@@ -157,9 +163,16 @@ def is_temp_name(name: str) -> bool:
     return name.endswith(TEMP_SUFFIX)
 
 
+def temp_path_for(final_path: str) -> str:
+    """`temp_name_for` of a path's file name, in its directory: the path plus a unique suffix."""
+    return f"{final_path}_{_tmp_bits(64):016x}{TEMP_SUFFIX}"
+
+
 def temp_name_for(final_name: str) -> str:
     """A unique temp name in the final file's directory, so rename is atomic on every POSIX filesystem."""
-    return f"{final_name}_{secrets.token_hex(8)}{TEMP_SUFFIX}"
+    # 64 random bits from a private generator seeded by the OS (not `secrets`: a getrandom system call per store;
+    # not the shared `random`, which engines seed alike).  Uniqueness is all they are for: O_EXCL refuses a clash.
+    return f"{final_name}_{_tmp_bits(64):016x}{TEMP_SUFFIX}"
 
 
 def model_of_namespace(namespace: str) -> str:

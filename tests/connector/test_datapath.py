@@ -38,6 +38,18 @@ class HeldGather(GroupCopier):
         super().gather(*args, **kwargs)
 
 
+class NappingGather(GroupCopier):
+    """A copier whose gathers give up the GIL for `nap_s` first (0: not at all): a store's own hand-off of the GIL
+    inside its measured time, long enough for another thread to take it."""
+
+    nap_s: float = 0.0
+
+    def gather(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if self.nap_s:
+            time.sleep(self.nap_s)
+        super().gather(*args, **kwargs)
+
+
 def warm_up(pool: IoPool, tmp_path, copier: GroupCopier, chunks: list[list[int]], job: int) -> None:
     """Stores enough files of `copier` that, besides each slot's first run of its shape (a one-time cost, no
     sample), two per thread are samples: the pool has then measured its store bandwidth."""
@@ -61,8 +73,12 @@ def make_layers(num_layers: int, num_blocks: int, page: int, seed: int) -> list[
     ]
 
 
-@pytest.fixture
-def pool():
+@pytest.fixture(params=["one-step", "pipelined"])
+def pool(request, monkeypatch):
+    # A CPU pool moves a payload of up to one I/O piece in one step, a larger one through the pipeline (helpers
+    # hash it while the next file is read): every test of this fixture runs both.
+    if request.param == "pipelined":
+        monkeypatch.setattr(iopool, "_CPU_INLINE_MAX_BYTES", -1)
     p = IoPool(threads=3, max_file_bytes=BPC * 3 * 256, device=torch.device("cpu"), store_budget_s=30.0)
     yield p
     p.shutdown()
@@ -301,17 +317,19 @@ def test_a_stall_of_every_io_thread_is_not_taken_for_slow_storage(tmp_path):
     storage's speed: the next burst of stores, well inside the budget at the storage's real speed, is written
     whole.  (Before: an average seeded and moved by such samples dropped 64 of 508 chunks of a 128k prompt on
     disk; here, most of the burst.)  The stall is real: this thread spins in Python with a long switch
-    interval, so each I/O thread waits for the GIL after every system call."""
+    interval, so each I/O thread waits for the GIL after it gives it up (here, a short nap in the gather: a store's
+    few fast system calls are often over before a waiting thread wakes)."""
     page, budget, threads = 32, 0.5, 2
     pool = IoPool(
         threads=threads, max_file_bytes=BPC * page, device=torch.device("cpu"), store_budget_s=budget
     )
     try:
         src = make_layers(1, 80 * BPC, page, 17)
-        copier = GroupCopier(src, [page])
+        copier = NappingGather(src, [page])
         chunks = [list(range(i * BPC, (i + 1) * BPC)) for i in range(80)]
         warm_up(pool, tmp_path, copier, chunks[66:80], 1)  # storage is fast, and the pool has measured it
         fast = statistics.median(pool._store_samples)
+        copier.nap_s = 0.001
         stalled = [
             op(tmp_path, copier, chunks[i], load=False, key=bytes([65, 65 + i]) * 18, job=2) for i in (0, 1)
         ]
@@ -327,6 +345,7 @@ def test_a_stall_of_every_io_thread_is_not_taken_for_slow_storage(tmp_path):
         assert pool.wait([2], timeout=30)
         assert all(d.success for d in pool.take_finished())
         assert max(pool._store_samples) > 20 * fast, "the stall reached the stores in flight"
+        copier.nap_s = 0.0
         dropped = metrics.STORES.labels("dropped")._value.get()
         burst = [
             op(tmp_path, copier, chunks[i], load=False, key=bytes([66, 65 + i]) * 18, job=3)
@@ -510,6 +529,8 @@ def test_store_service_time_excludes_the_load_read_beside_it_in_the_pipeline(tmp
     write must not make later stores look slow (they would be dropped well inside the budget)."""
 
     page, slow_s = 32, 0.4
+    # The pipeline that a CPU pool runs for payloads over one I/O piece (smaller ones are done in one step).
+    monkeypatch.setattr(iopool, "_CPU_INLINE_MAX_BYTES", -1)
     pool = IoPool(threads=1, max_file_bytes=BPC * page, device=torch.device("cpu"), store_budget_s=30.0)
     try:
         src, dst = make_layers(1, 4 * BPC, page, 21), make_layers(1, 4 * BPC, page, 22)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -350,3 +352,135 @@ def test_direct_io_with_aligned_and_unaligned_buffers(tmp_path: Path) -> None:
     assert load_block(path2, IDENT, unaligned_out, direct=True).ok and bytes(unaligned_out) == payload
     assert counter("kvfs_o_direct_fallbacks_total", reason="unaligned_buffer") == before_unaligned + 2
     assert path.read_bytes() == path2.read_bytes()
+
+
+# --- publishing in few system calls ------------------------------------------------------------------------------
+
+
+def _rival_publishes_during_the_write(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """Another writer publishes the block while this store writes its temp file (after the first stat)."""
+    write = blockfile._write_block
+
+    def racing_write(fd: int, *args: object, **kwargs: object) -> None:
+        write(fd, *args, **kwargs)  # type: ignore[arg-type]
+        path.write_bytes(b"the rival's file")
+
+    monkeypatch.setattr(blockfile, "_write_block", racing_write)
+
+
+@pytest.mark.parametrize("noreplace", [True, False], ids=["renameat2", "stat+rename"])
+def test_a_block_published_during_the_write_is_exists_and_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, noreplace: bool
+) -> None:
+    if noreplace and blockfile._renameat2 is None:
+        pytest.skip("no renameat2 in this libc")
+    if not noreplace:
+        monkeypatch.setattr(blockfile, "_renameat2", None)
+    path = tmp_path / "d" / "b.kvfs"
+    path.parent.mkdir()
+    _rival_publishes_during_the_write(monkeypatch, path)
+    result = store_block(path, b"mine" * 1000, IDENT)
+    assert (result.outcome, result.nbytes) == (StoreOutcome.EXISTS, 0)
+    assert path.read_bytes() == b"the rival's file"  # never replaced
+    assert os.listdir(path.parent) == ["b.kvfs"]  # our temp file removed
+
+
+def test_a_filesystem_refusing_renameat2_flags_falls_back_to_stat_and_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[bytes] = []
+
+    def refusing(olddir: int, old: bytes, newdir: int, new: bytes, flags: int) -> int:
+        calls.append(new)
+        ctypes.set_errno(errno.EINVAL)  # what NFS answers to RENAME_NOREPLACE
+        return -1
+
+    monkeypatch.setattr(blockfile, "_renameat2", refusing)
+    first = tmp_path / "d" / "a.kvfs"
+    assert store_block(first, b"x" * 5000, IDENT).outcome is StoreOutcome.STORED
+    assert load_block(first, IDENT).payload == b"x" * 5000
+    assert blockfile._renameat2 is None and len(calls) == 1  # refused once, then never asked again
+    second = tmp_path / "d" / "b.kvfs"
+    _rival_publishes_during_the_write(monkeypatch, second)
+    assert store_block(second, b"y" * 5000, IDENT).outcome is StoreOutcome.EXISTS
+    assert second.read_bytes() == b"the rival's file" and len(calls) == 1
+
+
+def test_a_failing_publish_is_a_failed_store_without_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(olddir: int, old: bytes, newdir: int, new: bytes, flags: int) -> int:
+        ctypes.set_errno(errno.EIO)
+        return -1
+
+    monkeypatch.setattr(blockfile, "_renameat2", failing)
+    path = tmp_path / "d" / "b.kvfs"
+    result = store_block(path, b"z" * 5000, IDENT)
+    assert (result.outcome, result.nbytes) == (StoreOutcome.FAILED, 0)
+    assert result.error is not None and "Input/output error" in result.error
+    assert os.listdir(path.parent) == []
+    assert blockfile._renameat2 is failing  # an I/O error is not a refused flag
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_a_small_payload_goes_out_with_its_header_in_one_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    writes: list[int] = []
+    pwritev = os.pwritev
+
+    def counting(fd: int, buffers: list[memoryview], offset: int) -> int:
+        writes.append(offset)
+        return pwritev(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "pwritev", counting)
+    payload = aligned_buffer(64 << 10)
+    payload[:] = os.urandom(64 << 10)
+    path = tmp_path / "d" / "b.kvfs"
+    assert store_block(path, payload, IDENT, direct=direct).outcome is StoreOutcome.STORED
+    assert writes == [0]
+    assert load_block(path, IDENT).payload == bytes(payload)
+    assert check_block_file(path) is None
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_short_vectored_writes_and_reads_are_completed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    # Network filesystems may transfer less than asked: every byte still lands, header and payload alike.
+    step = 3 * ALIGNMENT  # page multiples, so that O_DIRECT offsets stay aligned
+    pwritev, preadv = os.pwritev, os.preadv
+    calls = {"w": 0, "r": 0}
+
+    def short_write(fd: int, buffers: list[memoryview], offset: int) -> int:
+        calls["w"] += 1
+        data = b"".join(bytes(b) for b in buffers)[:step]
+        staged = aligned_buffer(len(data))  # page-aligned, as O_DIRECT wants
+        staged[: len(data)] = data
+        return pwritev(fd, [memoryview(staged)[: len(data)]], offset)
+
+    def short_read(fd: int, buffers: list[memoryview], offset: int) -> int:
+        calls["r"] += 1
+        staged = aligned_buffer(step)
+        n = preadv(fd, [memoryview(staged)[: min(step, sum(len(b) for b in buffers))]], offset)
+        got = bytes(staged[:n])
+        pos = 0
+        for b in buffers:
+            take = min(len(b), len(got) - pos)
+            b[:take] = got[pos : pos + take]
+            pos += take
+        return len(got)
+
+    payload = aligned_buffer(10 * ALIGNMENT + 100)
+    payload[:] = os.urandom(len(payload))
+    path = tmp_path / "d" / "b.kvfs"
+    monkeypatch.setattr(os, "pwritev", short_write)
+    assert store_block(path, payload, IDENT, direct=direct).outcome is StoreOutcome.STORED
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    monkeypatch.setattr(os, "preadv", short_read)
+    out = aligned_buffer(len(payload))
+    result = load_block(path, IDENT, out, direct=direct)
+    monkeypatch.setattr(os, "preadv", preadv)
+    assert result.ok and bytes(out[: result.nbytes]) == bytes(payload)
+    assert calls["w"] > 1 and calls["r"] > 1
+    assert check_block_file(path) is None

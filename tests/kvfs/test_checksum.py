@@ -23,6 +23,7 @@ from kvfs.checksum import (
     combine_piece_digests,
     payload_checksum,
     payload_hasher,
+    piece_digests,
 )
 
 
@@ -109,3 +110,14 @@ def test_packed_digests_combine_like_the_digest_list() -> None:
     as_int64 = np.array(digests, dtype=np.uint64).view(np.int64)  # how a torch int64 tensor holds them
     assert combine_packed_digests(memoryview(as_int64).cast("B")) == combine_piece_digests(digests)
     assert combine_packed_digests(b"") == combine_piece_digests([])
+
+
+def test_piece_digests_of_any_buffer_shape_match_the_streaming_hasher() -> None:
+    # The per-file path hashes pieces with one hasher call each; a streaming PieceHasher is the reference.
+    for n in (0, 1, GIL_RELEASE_MIN_BYTES, HASH_PIECE_BYTES, HASH_PIECE_BYTES + 8, 3 * HASH_PIECE_BYTES - 8):
+        data = os.urandom(n)
+        hasher = PieceHasher()
+        hasher.update(data)
+        words = memoryview(bytearray(data)).cast("B").cast("Q", (n // 64, 8)) if n and n % 64 == 0 else data
+        assert piece_digests(words) == piece_digests(data) == hasher.piece_digests()
+        assert payload_checksum(words) == hasher.intdigest()

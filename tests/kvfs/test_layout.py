@@ -129,6 +129,21 @@ def test_temp_names_are_unique_and_recognised(final: str) -> None:
     assert parse_block_relpath(f"org_model_0123456789ab/abc/de_g0/{a}") is None
 
 
+def test_a_forked_child_draws_other_temp_names_than_its_parent() -> None:
+    # Temp names come from a private generator: a child must not repeat its parent's next names (the same block
+    # stored by both at once would then fail O_EXCL instead of one of them publishing).
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next names, then out without running the parent's teardown
+        os.write(write, "\n".join(temp_name_for("b") for _ in range(4)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as fh:
+        child = set(fh.read().split())
+    assert len(child) == 4 and not child & {temp_name_for("b") for _ in range(4)}
+
+
 def test_config_written_atomically_once_and_read_back(tmp_path: Path) -> None:
     fields = kvfs_fields({"model_name": "org/m", "tp_size": 2})
     path = write_namespace_config(tmp_path, fields)

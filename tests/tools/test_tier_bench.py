@@ -30,6 +30,7 @@ def test_dry_run_measures_both_tiers_and_the_bound(tmp_path, capsys):
         assert set(c["o_direct"]) == {"kvfs", "stock"}
         for d in ("store", "load"):
             assert min(c[f"{k}_{d}"] for k in tier_bench.KINDS) > 0
+            assert min(c[f"{k}_{d}_cpu_us"] for k in tier_bench.KINDS) > 0  # CPU per file, every tier
             # One repetition: the ratios are exactly that repetition's kvfs (or bound) over stock.
             assert c[f"{d}_ratio"] == pytest.approx(c[f"kvfs_{d}"] / c[f"stock_{d}"])
             assert c[f"{d}_bound"] == pytest.approx(c[f"bound_{d}"] / c[f"stock_{d}"])

@@ -11,8 +11,8 @@ checksums cost a tier that moves the bytes exactly as the stock one does.
 Per cell the tiers are built once (an engine keeps its tier) and warmed by one unrecorded repetition; each
 repetition stores every chunk to fresh keys (one job per chunk: the stock tier runs a job on one thread, so this
 is its best case), then loads them all into other rows and checks the bytes.  The contenders rotate repetition
-by repetition; a cell reports median GB/s and the median of the per-repetition ratios to stock.  On the disk root
-the files are written back and dropped from the page cache (fsync + POSIX_FADV_DONTNEED, per file: nothing
+by repetition; a cell reports median GB/s, the median of the per-repetition ratios to stock and each tier's median
+CPU time per file stored and loaded (the whole process, every thread).  On the disk root the files are written back and dropped from the page cache (fsync + POSIX_FADV_DONTNEED, per file: nothing
 global) before the loads, so every tier reads from the device.
 
     python -m tools.datapath.tier_bench [--roots shm,disk] [--mib 2,32] [--threads 1,2,4,8] [--gib 1] [--reps 5]
@@ -26,6 +26,7 @@ import gc
 import json
 import mmap
 import os
+import resource
 import secrets
 import shutil
 import statistics
@@ -173,14 +174,31 @@ def one_rep(kind: str, tier: Any, cell: Cell, root: str, primary: Primary, chunk
         ]
 
     primary.rows[chunks:] = 0
-    store_s = run_jobs(tier, jobs(0, 0, False), load=False)
+    store_jobs, load_jobs = jobs(0, 0, False), jobs(chunks, chunks, True)
+    cpu0 = process_cpu_s()
+    store_s = run_jobs(tier, store_jobs, load=False)
+    cpu1 = process_cpu_s()
     if cell.root == "disk":
         evict(root)
-    load_s = run_jobs(tier, jobs(chunks, chunks, True), load=True)
+    cpu2 = process_cpu_s()
+    load_s = run_jobs(tier, load_jobs, load=True)
+    cpu3 = process_cpu_s()
     clear(root)
     if not np.array_equal(primary.rows[:chunks], primary.rows[chunks:]):
         raise RuntimeError(f"{kind}: loaded bytes differ from the stored ones")
-    return {"store": chunks * row / store_s / GB, "load": chunks * row / load_s / GB}
+    return {
+        "store": chunks * row / store_s / GB,
+        "load": chunks * row / load_s / GB,
+        # Every thread of the process (the polling loop included, as in a scheduler), per file.
+        "store_cpu_us": (cpu1 - cpu0) / chunks * 1e6,
+        "load_cpu_us": (cpu3 - cpu2) / chunks * 1e6,
+    }
+
+
+def process_cpu_s() -> float:
+    """User + system CPU seconds of this process so far, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 KINDS = ("kvfs", "stock", "bound")
@@ -229,6 +247,7 @@ def measure(cell: Cell, base: str, gib: float, reps: int, kvfs_settings: dict[st
     for d in ("store", "load"):
         for kind in KINDS:
             out[f"{kind}_{d}"] = statistics.median(r[d] for r in runs[kind])
+            out[f"{kind}_{d}_cpu_us"] = statistics.median(r[f"{d}_cpu_us"] for r in runs[kind])
         for name, kind in (("ratio", "kvfs"), ("bound", "bound")):
             ratios = [k[d] / s[d] for k, s in zip(runs[kind], runs["stock"], strict=True)]
             out[f"{d}_{name}"] = statistics.median(ratios)
@@ -290,7 +309,9 @@ def run_root(
                     f"(O_DIRECT kvfs {r['o_direct']['kvfs']}, stock {r['o_direct']['stock']}): "
                     f"store {r['kvfs_store']:.2f} vs {r['stock_store']:.2f} GB/s ({r['store_ratio']:.2f}x, "
                     f"bound {r['store_bound']:.2f}x), load {r['kvfs_load']:.2f} vs {r['stock_load']:.2f} GB/s "
-                    f"({r['load_ratio']:.2f}x, bound {r['load_bound']:.2f}x)",
+                    f"({r['load_ratio']:.2f}x, bound {r['load_bound']:.2f}x); CPU us a file store/load: kvfs "
+                    f"{r['kvfs_store_cpu_us']:.0f}/{r['kvfs_load_cpu_us']:.0f}, stock {r['stock_store_cpu_us']:.0f}/"
+                    f"{r['stock_load_cpu_us']:.0f}",
                     flush=True,
                 )
                 results.append(r)
