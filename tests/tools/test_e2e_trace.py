@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from kvfs.policy import DEFAULT_POLICY
+from kvfs.replay import simulate_policy
 from tools.e2e import engine
 from tools.e2e import main as e2e
 from tools.e2e import trace as e2e_trace
@@ -105,6 +107,7 @@ def test_the_phase_measures_every_request_against_the_reference_and_the_replay(t
     assert res["evictor_errors"] == 0  # the evictor process was started and stopped without errors
     assert "catalog" in res  # what the evictor's catalog held: test_chain_counts_of_the_evictors_catalog
     assert 0 <= res["lru_hit_ratio"] <= res["belady_hit_ratio"] and res["replay_prefix_hit_ratio"] > 0
+    assert res["policy"] == DEFAULT_POLICY and res["replay_policy_hit_ratio"] > 0
     line = e2e_trace.format_trace(res)
     assert "chat, 30 requests" in line and "tokens equal to recompute: NO (3 checked)" in line
     assert e2e_trace.format_trace({"error": "boom"}) == "evictor trace phase: boom"
@@ -149,3 +152,25 @@ def test_chain_counts_of_the_evictors_catalog(tmp_path):
     assert e2e_trace.chain_counts(url) == {"blocks": 1, "with_parent": 1, "orphans": 1, "superseded": 0}
     gone = e2e_trace.chain_counts(f"sqlite:///{tmp_path / 'never' / 'catalog.db'}")
     assert set(gone) == {"error"} and gone["error"]
+
+
+def test_the_phase_runs_and_replays_the_policy_it_is_given(tmp_path):
+    """--evictor-policy: the evictor process runs that policy, and the replay it is set beside is that policy's."""
+    spec = _spec(tmp_path, policy="lru")
+    res = e2e_trace.evictor_trace_phase(spec, TraceEngine(10), pause_s=0.0)
+    trace = [list(r.hash_ids) for r in generate("chat", requests=30, seed=3)]
+    high, low = engine.watermark_blocks(res["capacity_blocks"])
+    assert res["policy"] == "lru" and res["evictor_errors"] == 0
+    assert res["replay_policy_hit_ratio"] == simulate_policy(trace, high, max(1, high - low), "lru").hit_ratio
+    assert "under `lru`" in e2e_trace.format_trace(res)
+    proc, log, log_path, _ = engine.start_evictor({**spec, "phase": "policy-check"}, spec["root"], 1 << 30)
+    try:
+        assert proc.args[proc.args.index("--policy") + 1] == "lru"
+    finally:
+        engine.stop_evictor(proc, log, log_path, {})
+
+
+def test_an_unknown_evictor_policy_is_refused_before_any_engine_starts(capsys):
+    with pytest.raises(SystemExit):
+        e2e.parse_args(["--evictor-policy", "nope"])
+    assert "unknown policy 'nope'" in capsys.readouterr().err

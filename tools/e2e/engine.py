@@ -254,14 +254,15 @@ def start_evictor(
     spec: Mapping[str, Any], root: str, capacity: int
 ) -> tuple[subprocess.Popen[bytes], Any, str, str]:
     """`kvfs-evictor` on `root` with a fresh SQLite catalog, holding it to `capacity` bytes (defaults otherwise:
-    the `prefix` policy, watermarks 85/70%), enforcing every second; its log goes to the run's directory.
+    the policy `spec["policy"]` or the evictor's default, watermarks 85/70%), enforcing every second; its log goes
+    to the run's directory.
     Returns the process, its open log file, the log's path and the catalog's URL."""
     catalog = os.path.join(tempfile.mkdtemp(prefix="kvfs-e2e-cat-"), "catalog.db")
     log_path = os.path.join(spec["out_dir"], f"evictor-{spec['phase']}.log")
     cmd = [
         sys.executable, "-m", "evictor", "--root", root, "--catalog", f"sqlite:///{catalog}",
         "--max-bytes", str(capacity), "--min-age", "0s", "--enforce-interval", "1s", "--metrics-port", "0",
-        "--journal-interval", "0.5s",
+        "--journal-interval", "0.5s", *(["--policy", spec["policy"]] if spec.get("policy") else []),
     ]  # fmt: skip
     log = open(log_path, "w")  # noqa: SIM115 - the evictor writes it while the engine runs
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())

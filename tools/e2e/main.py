@@ -187,6 +187,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="add the trace phase: WORKLOAD:REQUESTS of tools.tracegen (e.g. chat:150) under kvfs-evictor at "
         "--evictor-fraction of its unique blocks (tools/e2e/trace.py)",
     )
+    p.add_argument(
+        "--evictor-policy",
+        help="the evictor's policy in the evictor phases (default: kvfs.policy.DEFAULT_POLICY)",
+    )
     p.add_argument("--trace-seed", type=int, default=1)
     p.add_argument(
         "--check-every", type=int, default=10, help="trace phase: compare every Nth request's tokens"
@@ -220,6 +224,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--fresh-engines must be >= 1")
     if not 0 < args.evictor_fraction < 1:
         p.error("--evictor-fraction must be between 0 and 1")
+    if args.evictor_policy is not None:
+        from kvfs.policy import available_policies
+
+        if args.evictor_policy not in available_policies():
+            p.error(
+                f"--evictor-policy: unknown policy {args.evictor_policy!r} ({', '.join(available_policies())})"
+            )
     check_engine_arguments(p, args)
     settings: dict[str, Any] = {}
     for item in args.setting:
@@ -739,7 +750,7 @@ def run_trace(args: argparse.Namespace, base: Mapping[str, Any], work: str) -> d
     workload, requests = args.evictor_trace
     trace = {
         **base, "workload": workload, "requests": requests, "trace_seed": args.trace_seed,
-        "check_every": args.check_every, "fraction": args.evictor_fraction,
+        "check_every": args.check_every, "fraction": args.evictor_fraction, "policy": args.evictor_policy,
     }  # fmt: skip
     ref = run_child(args, {**trace, "phase": "trace-ref", "connector": "none", "root_name": "ref"}, work)
     root = os.path.join(args.shm_dir, "evictor-trace")
@@ -852,7 +863,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = {
             **base, "phase": "evictor", "connector": "kvfs", "root": root, "root_name": "evictor",
             "tokens": args.evictor_tokens, "prompts": args.evictor_prompts, "rounds": args.evictor_rounds,
-            "fraction": args.evictor_fraction,
+            "fraction": args.evictor_fraction, "policy": args.evictor_policy,
         }  # fmt: skip
         results["evictor"] = run_child(args, spec, work)
         shutil.rmtree(root, ignore_errors=True)

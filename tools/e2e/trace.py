@@ -6,8 +6,9 @@ A `tools.tracegen` workload (requests as ids of prefix blocks) is turned into to
 becomes CHUNK_TOKENS deterministic tokens, i.e. one kvfs file, so the engine's prefix chains are the trace's
 (a conversation's next turn re-sends the history and replaces the previous turn's last block).  One engine serves
 the requests in order (GPU prefix cache reset before each, so only kvfs serves) while `kvfs-evictor` with its
-defaults holds a fresh root to `fraction` of the trace's unique blocks.  Reported: the hit ratio (tokens loaded
-from kvfs / prompt tokens) next to the replay's `prefix`, LRU and Belady on the same block sequence under the
+defaults (the policy `--evictor-policy`, the evictor's default unless given) holds a fresh root to `fraction` of
+the trace's unique blocks.  Reported: the hit ratio (tokens loaded from kvfs / prompt tokens) next to the
+replay of that policy, `prefix`, LRU and Belady on the same block sequence under the
 evictor's watermarks (over 85% of the capacity, down to 70%), and greedy tokens of every `check_every`-th
 request against a plain engine's recompute (phase `trace-ref`, run first in its own process).
 """
@@ -65,14 +66,22 @@ def checked(requests: int, every: int) -> list[int]:
     return list(range(every - 1, requests, every))
 
 
-def trace_oracles(requests: Sequence[Sequence[int]], capacity_blocks: int) -> dict[str, float]:
-    """The replay's prefix-hit ratios on the block sequence under the evictor's watermarks."""
+def trace_oracles(
+    requests: Sequence[Sequence[int]], capacity_blocks: int, policy: str | None = None
+) -> dict[str, Any]:
+    """The replay's prefix-hit ratios on the block sequence under the evictor's watermarks: the evictor's own
+    `policy` (its default when None), `prefix`, LRU and Belady."""
+    from kvfs.policy import DEFAULT_POLICY
+    from kvfs.replay import simulate_policy
     from kvfs.replay.baselines import simulate_belady, simulate_lru
     from kvfs.replay.memory import simulate_prefix
 
     high, low = watermark_blocks(capacity_blocks)
     slack = max(1, high - low)
+    policy = policy or DEFAULT_POLICY
     return {
+        "policy": policy,
+        "replay_policy_hit_ratio": simulate_policy(requests, high, slack, policy).hit_ratio,
         "replay_prefix_hit_ratio": simulate_prefix(requests, high, slack).hit_ratio,
         "lru_hit_ratio": simulate_lru(requests, high, slack).hit_ratio,
         "belady_hit_ratio": simulate_belady(requests, high, slack).hit_ratio,
@@ -138,7 +147,7 @@ def evictor_trace_phase(
     res["catalog"] = chain_counts(catalog_url)
     res.update(summarize(res["per_request"], capacity, peak))
     res["request_errors"] = errors
-    res.update(trace_oracles(reqs, capacity_blocks))
+    res.update(trace_oracles(reqs, capacity_blocks, spec.get("policy")))
     return res
 
 
@@ -175,7 +184,9 @@ def format_trace(ev: Mapping[str, Any]) -> str:
     return (
         f"evictor trace phase: {ev['workload']}, {ev['requests']} requests, {ev['unique_blocks']} unique blocks of "
         f"{CHUNK_TOKENS} tokens, capacity {ev['capacity_blocks']} blocks ({ev['fraction']:.2f}); hit ratio "
-        f"{ev['hit_ratio']:.3f}; the replay on the same sequence under the 85/70% watermarks: prefix "
+        f"{ev['hit_ratio']:.3f} under `{ev['policy']}`; the replay on the same sequence under the 85/70% "
+        f"watermarks: `{ev['policy']}` {ev['replay_policy_hit_ratio']:.3f} (engine ÷ replay "
+        f"{ev['hit_ratio'] / ev['replay_policy_hit_ratio'] if ev['replay_policy_hit_ratio'] else 0:.3f}), prefix "
         f"{ev['replay_prefix_hit_ratio']:.3f}, LRU {ev['lru_hit_ratio']:.3f}, Belady {ev['belady_hit_ratio']:.3f}; "
         f"tokens equal to recompute: {'yes' if ev['tokens_equal'] else 'NO'} ({ev['tokens_checked']} checked); "
         f"request errors {ev['request_errors']}, load misses {ev['load_misses']}, evictor errors "
