@@ -154,6 +154,17 @@ def test_chain_counts_of_the_evictors_catalog(tmp_path):
     assert set(gone) == {"error"} and gone["error"]
 
 
+def test_the_phase_prints_its_running_figures_as_it_goes(tmp_path, capsys):
+    """A phase cut short (a lent GPU's call limit) has already printed how far it got."""
+    e2e_trace.evictor_trace_phase(_spec(tmp_path), TraceEngine(10), pause_s=0.0)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[e2e trace]")]
+    assert [line.split()[2] for line in lines] == ["10/30", "20/30", "30/30"]
+    assert all("hit ratio so far" in line for line in lines)
+    assert e2e_trace.running_line(
+        [{"tokens": 4, "loaded_tokens": 1, "tokens_equal": False}, {"error": "x"}], 9
+    ) == ("2/9 requests, hit ratio so far 0.250, tokens equal 0 of 1, errors 1")
+
+
 def test_the_phase_runs_and_replays_the_policy_it_is_given(tmp_path):
     """--evictor-policy: the evictor process runs that policy, and the replay it is set beside is that policy's."""
     spec = _spec(tmp_path, policy="lru")

@@ -31,6 +31,9 @@ from tools.e2e.engine import (
 )
 
 PAUSE_S = 1.2  # about one enforcement interval between requests, as between a user's turns at scale
+# A running figure every this many requests: a phase cut by a call's time limit on a lent GPU still tells how far
+# it got and what it measured so far.
+PROGRESS_EVERY = 10
 
 
 def parse_trace(text: str) -> tuple[str, int]:
@@ -142,6 +145,8 @@ def evictor_trace_phase(
             )
             time.sleep(pause_s)
             peak = max(peak, du_bytes(root))
+            if (i + 1) % PROGRESS_EVERY == 0:
+                print(f"[e2e trace] {running_line(res['per_request'], len(reqs))}", flush=True)
     finally:
         stop_evictor(evictor, log, log_path, res)
     res["catalog"] = chain_counts(catalog_url)
@@ -174,6 +179,18 @@ def summarize(per_request: Sequence[Mapping[str, Any]], capacity: int, peak: int
         "load_misses": sum(q["misses"] for q in done),
         "peak_usage_ratio": peak / capacity if capacity else 0.0,
     }
+
+
+def running_line(per_request: Sequence[Mapping[str, Any]], total: int) -> str:
+    """How far the phase got: requests done, the hit ratio so far, tokens compared so far."""
+    done = [q for q in per_request if "error" not in q]
+    tokens = sum(q["tokens"] for q in done)
+    compared = [q["tokens_equal"] for q in done if "tokens_equal" in q]
+    ratio = sum(q["loaded_tokens"] for q in done) / tokens if tokens else 0.0
+    return (
+        f"{len(per_request)}/{total} requests, hit ratio so far {ratio:.3f}, tokens equal {sum(compared)} of "
+        f"{len(compared)}, errors {len(per_request) - len(done)}"
+    )
 
 
 def format_trace(ev: Mapping[str, Any]) -> str:
