@@ -206,7 +206,7 @@ def test_ls_lists_orphans_then_superseded_leaves_first_and_flags_them(site: Site
         catalog.upsert_blocks([dataclasses.replace(row, parent_hash=site.keys[4].block_hash, block_id=None)])
         catalog.remove_blocks([site.keys[4]])
     out = site.json("ls", alpha)
-    assert out["policy"] == "prefix"
+    assert out["policy"] == DEFAULT_POLICY
     assert [(b["path"], b["orphan"], b["superseded"]) for b in out["blocks"]][:3] == [
         (site.keys[5].relpath(), True, False),
         (site.keys[2].relpath(), False, True),
@@ -243,11 +243,24 @@ def test_gc_default_policy_remembers_what_it_evicted(site: Site) -> None:
     # The default policy learns from evicted blocks that come back: `kvfs gc` must record them, as the
     # evictor does (one policy instance plans and executes the pass).
     site.json("scan")
+    dry = site.json("gc", "--max-bytes", str(4 * site.file_size), "--dry-run")
+    assert dry["deleted_files"] == 5 and site.present() == set(site.keys)
+    with Catalog.open(site.catalog_url) as catalog:
+        assert ghosts.ghost_counts(catalog, "adaptive") == {}  # a dry run records nothing
     out = site.json("gc", "--max-bytes", str(4 * site.file_size))
-    assert out["deleted_files"] == 5 and out["plan"]["policy"] == DEFAULT_POLICY == "prefix"
+    assert out["deleted_files"] == 5 and out["plan"]["policy"] == DEFAULT_POLICY == "adaptive"
+    with Catalog.open(site.catalog_url) as catalog:
+        assert ghosts.ghost_counts(catalog, "adaptive") == {False: 5}
+
+
+def test_gc_with_prefix_remembers_what_it_evicted(site: Site) -> None:
+    # `prefix` learns from evicted blocks that come back: `kvfs gc` must record them, as the evictor does.
+    site.json("scan")
+    out = site.json("gc", "--policy", "prefix", "--max-bytes", str(4 * site.file_size))
+    assert out["deleted_files"] == 5 and out["plan"]["policy"] == "prefix"
     with Catalog.open(site.catalog_url) as catalog:
         assert ghosts.ghost_counts(catalog, "prefix") == {False: 5}
-    dry = site.json("gc", "--max-bytes", str(2 * site.file_size), "--dry-run")
+    dry = site.json("gc", "--policy", "prefix", "--max-bytes", str(2 * site.file_size), "--dry-run")
     assert dry["deleted_files"] == 2
     with Catalog.open(site.catalog_url) as catalog:
         # A dry run records nothing (its two victims, 1-4 h old, would be ghosts within the horizon); its settle

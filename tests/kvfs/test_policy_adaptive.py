@@ -25,7 +25,7 @@ from kvfs.layout import (
     namespace_name,
     write_namespace_config,
 )
-from kvfs.policy import available_policies, get_policy
+from kvfs.policy import DEFAULT_POLICY, available_policies, get_policy
 from kvfs.policy.adaptive import AdaptivePolicy
 from kvfs.replay.chooser import CANDIDATES, FIFO, PREFIX, SHARES
 
@@ -289,3 +289,7 @@ def test_kvfs_gc_runs_adaptive_and_continues_its_state(tmp_path: Path) -> None:
         kvfs_cli, [*base, "gc", "--policy", "adaptive", "--max-bytes", str(10 * size), "--json"]
     )
     assert again.exit_code == 0 and json.loads(again.stdout)["deleted_files"] == 5
+
+
+def test_adaptive_is_the_default() -> None:
+    assert DEFAULT_POLICY == "adaptive" and isinstance(get_policy(), AdaptivePolicy)

@@ -68,8 +68,8 @@ def evict(catalog: Catalog, policy: PrefixPolicy, limit: int) -> list[int]:
     return [num(c.key) for c in cands]
 
 
-def test_prefix_is_the_default() -> None:
-    assert DEFAULT_POLICY == "prefix" and isinstance(get_policy(), PrefixPolicy)
+def test_prefix_is_selectable_by_name_and_no_longer_the_default() -> None:
+    assert isinstance(get_policy("prefix"), PrefixPolicy) and DEFAULT_POLICY != "prefix"
 
 
 def test_a_chain_loses_its_tail_before_its_head(catalog: Catalog) -> None:
@@ -217,7 +217,7 @@ def test_plan_pass_uses_it_and_bookkeeping_failures_fall_back_to_lru(sqlite_url:
         testing.execute(cat, "DROP TABLE policy_ghosts")
         cat.upsert_blocks([row(1, 10, pos=0), row(2, 10, pos=1), row(3, 5, hits=4)])
         errors = metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="settle")._value.get()
-        plan = plan_pass(cat, Limits(max_bytes=100), now=1000.0)
+        plan = plan_pass(cat, Limits(max_bytes=100), now=1000.0, policy=get_policy("prefix"))
         assert plan.policy == "prefix" and [num(v.key) for v in plan.victims] == [3, 2]
         assert metrics.POLICY_BOOKKEEPING_ERRORS.labels(op="settle")._value.get() == errors + 1
     finally:

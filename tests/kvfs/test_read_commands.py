@@ -34,9 +34,8 @@ def store(n: int, t: float, pos: int, parent: int | None, ns: str = NS) -> Journ
 
 def build(catalog: Catalog) -> None:
     """A catalog as the demo leaves it: chains, reused blocks, an orphaned tail, a superseded leaf, ghosts and
-    the default policy's state from earlier passes, and re-stores since the last one (which a settle would
-    count: a read command that settled would change the bonus, the ghosts and the watermark)."""
-    assert DEFAULT_POLICY == "prefix"
+    `prefix`'s state from earlier passes, and re-stores since the last one (which a settle would count: a read
+    command that settled would change the bonus, the ghosts and the watermark)."""
     catalog.apply_journal(
         [
             # An old chain 1-2-3 whose head will be evicted (2, 3 become orphans).
@@ -56,7 +55,7 @@ def build(catalog: Catalog) -> None:
     catalog.upsert_blocks([BlockRow(key(41), B, 37.0, 37.0, chain_pos=0)])
     catalog.upsert_blocks([BlockRow(key(50), B, 5.0, 5.0, chain_pos=0, hits=1)])  # to be evicted: a ghost
     # A pass: prepare, plan, delete, remember (what the evictor does).
-    policy = get_policy()
+    policy = get_policy("prefix")
     plan = plan_pass(catalog, Limits(max_bytes=catalog.usage().total_bytes - B), now=1000.0, policy=policy)
     assert [v.key for v in plan.victims] == [key(50)]
     catalog.remove_block_ids([v.block_id for v in plan.victims if v.block_id is not None])
@@ -95,6 +94,7 @@ READ_COMMANDS = (
     ("ls", NS),
     ("ls", NS, "--json", "--limit", "0"),
     ("ls", NS, "--policy", "2q"),
+    ("ls", NS, "--policy", "prefix"),
     ("ls", NS, "--policy", "adaptive", "--json"),
     ("du",),
     ("du", "--json"),
@@ -123,7 +123,7 @@ def test_read_commands_leave_the_catalog_dump_identical(catalog_url: str, tmp_pa
     assert after == before
     # ...while a pass does write: its prepare step settles the re-store of block 50.
     with Catalog.open(catalog_url) as catalog:
-        get_policy().prepare(catalog)
+        get_policy("prefix").prepare(catalog)
         assert testing.dump(catalog) != before
 
 
@@ -139,13 +139,15 @@ def test_read_commands_work_on_a_read_only_catalog_in_the_default_order(tmp_path
     # The URL is really read-only: SQLite refuses a write.
     with Catalog.open(ro, create=False) as catalog, pytest.raises(CatalogError, match="readonly"):
         catalog.set_meta("probe", "x")
-    # The default policy's order with its stored bonus: orphans, the superseded leaf, then never-read F (41)
-    # before the older reused R (40), which plain LRU would take first.
-    default = listed(root, ro)
-    assert default[:3] == [3, 2, 22]
-    assert default.index(41) < default.index(40)
+    # `prefix`'s order with its stored bonus: orphans, the superseded leaf, then never-read F (41) before the
+    # older reused R (40), which plain LRU would take first.
+    prefix = listed(root, ro, "--policy", "prefix")
+    assert prefix[:3] == [3, 2, 22]
+    assert prefix.index(41) < prefix.index(40)
     lru = listed(root, ro, "--policy", "lru")
-    assert lru.index(40) < lru.index(41) and lru != default
+    assert lru.index(40) < lru.index(41) and lru != prefix
+    # The default policy puts the same dead blocks first, read-only too.
+    assert DEFAULT_POLICY == "adaptive" and listed(root, ro)[:3] == [3, 2, 22]
     for args in READ_COMMANDS:
         invoke(root, ro, *args)
     status = CliRunner().invoke(main, ["evictor", "status", "--url", "http://127.0.0.1:9", "--catalog", ro])

@@ -68,7 +68,7 @@ def test_replay_compares_several_policies_in_one_run() -> None:
     assert list(result.policies) == ["prefix", "2q", "lru"] and result.policy == "prefix"
     assert result.policies["2q"] == simulate_catalog_policy(trace, 60, 1, policy="2q").hit_ratio
     assert result.lru_hit_ratio == result.policies["lru"] == simulate_lru(trace, 60, 1).hit_ratio
-    assert replay(trace, 60, through_catalog=True).hit_ratio == result.hit_ratio
+    assert replay(trace, 60, policy="prefix", through_catalog=True).hit_ratio == result.hit_ratio
 
 
 def test_cli_policies_table_and_json(tmp_path: Path) -> None:
