@@ -117,21 +117,43 @@ def segment_bytes(catalog: Catalog, namespace_ids: Sequence[int] | None) -> tupl
     return int(total), int(probation)
 
 
-def class_bytes(catalog: Catalog, namespace_ids: Sequence[int] | None) -> tuple[int, int, int, int, int]:
-    """(rows, all bytes, FRESH bytes, ONCE bytes, FREQUENT bytes) in scope, protected blocks included; the three
-    classes are live rows (not orphans; FRESH not superseded either), as their streams give them."""
+def class_bytes_sql(dialect: str) -> str:
+    """`class_bytes` of the whole catalog: index-only sums over the FRESH and REUSED LRU indexes, which carry the
+    class columns and `size` (v9; a scan of the table took 0.3-0.4 s a pass at 1M rows)."""
+    fresh_ix, reused_ix = ("INDEXED BY ix_blocks_fresh_lru", "INDEXED BY ix_blocks_reused_lru")
+    if dialect != "sqlite":
+        fresh_ix = reused_ix = ""
+    return (
+        "SELECT f.b, r.once, r.frequent FROM "
+        f"(SELECT coalesce(sum(size), 0) AS b FROM blocks {fresh_ix} "
+        f"WHERE {FRESH} AND NOT {ORPHAN} AND NOT {SUPERSEDED}) f, "
+        "(SELECT coalesce(sum(CASE WHEN hits = 1 THEN size ELSE 0 END), 0) AS once, "
+        "coalesce(sum(CASE WHEN hits >= 2 THEN size ELSE 0 END), 0) AS frequent "
+        f"FROM blocks {reused_ix} WHERE {REUSED} AND NOT {ORPHAN}) r"
+    )
+
+
+def class_bytes(catalog: Catalog, namespace_ids: Sequence[int] | None) -> tuple[int, int, int]:
+    """(FRESH, ONCE, FREQUENT bytes) in scope, protected blocks included: live rows (not orphans; FRESH not
+    superseded either), as their streams give them."""
+    if namespace_ids is None:
+        with catalog._read("class_bytes") as conn:
+            fresh, once, frequent = conn.execute(text(class_bytes_sql(catalog.dialect))).one()
+        return int(fresh), int(once), int(frequent)
+    # A namespace scope: the indexes lack `namespace_id`, so one aggregate over the scope's rows.
     live = Block.orphan.is_(False)
-    query = select(
-        func.count(),
-        func.coalesce(func.sum(Block.size), 0),
-        func.coalesce(
-            func.sum(case(((Block.hits == 0) & live & Block.superseded.is_(False), Block.size), else_=0)), 0
-        ),
-        func.coalesce(func.sum(case(((Block.hits == 1) & live, Block.size), else_=0)), 0),
-        func.coalesce(func.sum(case(((Block.hits >= 2) & live, Block.size), else_=0)), 0),
-    ).select_from(Block)
-    if namespace_ids is not None:
-        query = query.where(Block.namespace_id.in_(list(namespace_ids)))
+    query = (
+        select(
+            func.coalesce(
+                func.sum(case(((Block.hits == 0) & live & Block.superseded.is_(False), Block.size), else_=0)),
+                0,
+            ),
+            func.coalesce(func.sum(case(((Block.hits == 1) & live, Block.size), else_=0)), 0),
+            func.coalesce(func.sum(case(((Block.hits >= 2) & live, Block.size), else_=0)), 0),
+        )
+        .select_from(Block)
+        .where(Block.namespace_id.in_(list(namespace_ids)))
+    )
     with catalog._read("class_bytes") as conn:
-        rows, total, fresh, once, frequent = conn.execute(query).one()
-    return int(rows), int(total), int(fresh), int(once), int(frequent)
+        fresh, once, frequent = conn.execute(query).one()
+    return int(fresh), int(once), int(frequent)
