@@ -103,10 +103,12 @@ def _positional(compiled: Any, dialect: str) -> Any:
 TO_V8 = (
     "ALTER TABLE policy_ghosts DROP COLUMN frequent",
     "ALTER TABLE policy_states DROP COLUMN extra",
-    "DROP INDEX ix_blocks_fresh_lru",
     "DROP INDEX ix_blocks_reused_lru",
-    "CREATE INDEX ix_blocks_fresh_lru ON blocks (last_access) WHERE hits = 0",
+    "DROP INDEX ix_blocks_orphan_lru",
+    "DROP INDEX ix_blocks_superseded_lru",
     "CREATE INDEX ix_blocks_reused_lru ON blocks (last_access) WHERE hits > 0",
+    "CREATE INDEX ix_blocks_orphan_lru ON blocks (last_access) WHERE orphan",
+    "CREATE INDEX ix_blocks_superseded_lru ON blocks (last_access) WHERE superseded",
     "UPDATE kvfs_meta SET value = '8' WHERE key = 'schema_version'",
 )
 TO_V7 = (

@@ -261,7 +261,7 @@ class AdaptivePolicy(EvictionPolicy):
         sizes: tuple[int, int, int] = (0, 0, 0)
         total = queue_sizes[1]  # every row is in one S3-FIFO queue: the bytes in scope
         if choice in (SHARES, TWOQ):
-            sizes = catalog.class_bytes(namespace_ids)
+            sizes = catalog.class_bytes(namespace_ids, total)
         opened = [
             catalog.stream_candidates(namespace_ids, protect_after, block_class)
             for block_class in (BlockClass.ORPHAN, BlockClass.SUPERSEDED, BlockClass.FRESH, BlockClass.REUSED)

@@ -252,14 +252,19 @@ def test_class_bytes_sums_each_live_class_from_its_covering_index(catalog: Catal
             text("UPDATE blocks SET superseded = TRUE WHERE block_hash = :h"), {"h": key(7).block_hash}
         )
     # FRESH: 8 and the other namespace's 20; ONCE: 1, 2; FREQUENT: 3, 4.
-    assert catalog.class_bytes(None) == (1100, 200, 200)
+    total = catalog.fifo_queue_sizes(None)[1]
+    assert total == 1800
+    assert catalog.class_bytes(None, total) == (1100, 200, 200)
     ns_id = catalog.namespace_id(NS)
     assert ns_id is not None
-    assert catalog.class_bytes([ns_id]) == (100, 200, 200)
-    if catalog.dialect == "sqlite":  # index-only: no table row read
+    assert catalog.class_bytes([ns_id], catalog.fifo_queue_sizes([ns_id])[1]) == (100, 200, 200)
+    # FRESH is what the other classes leave: a total read before a store never makes it negative.
+    assert catalog.class_bytes(None, 600) == (0, 200, 200)
+    if catalog.dialect == "sqlite":  # index-only: no table row read, FRESH's index not at all
         plan = testing.statement_plan(catalog, streams.class_bytes_sql("sqlite"), ())
-        assert "COVERING INDEX ix_blocks_fresh_lru" in plan
-        assert "COVERING INDEX ix_blocks_reused_lru" in plan
+        for name in ("reused", "orphan", "superseded"):
+            assert f"COVERING INDEX ix_blocks_{name}_lru" in plan
+        assert "fresh" not in plan
 
 
 def test_upgrade_from_v8_keeps_ghosts_and_states(catalog_url: str) -> None:
@@ -285,9 +290,10 @@ def test_upgrade_from_v8_keeps_ghosts_and_states(catalog_url: str) -> None:
         assert counts.ghosts == (0, 1, 1)
         # The FRESH and REUSED LRU indexes now cover their class's bytes, and the sums read them.
         ix = testing.index_columns(catalog, "blocks")
-        for name in ("ix_blocks_fresh_lru", "ix_blocks_reused_lru"):
+        for name in ("ix_blocks_reused_lru", "ix_blocks_orphan_lru", "ix_blocks_superseded_lru"):
             assert ix[name] == ["last_access", "size", "hits", "orphan", "superseded"]
-        assert catalog.class_bytes(None) == (300, 0, 0)
+        assert ix["ix_blocks_fresh_lru"] == ["last_access"]
+        assert catalog.class_bytes(None, catalog.fifo_queue_sizes(None)[1]) == (300, 0, 0)
 
 
 def test_kvfs_gc_runs_adaptive_and_continues_its_state(tmp_path: Path) -> None:
