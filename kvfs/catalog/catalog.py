@@ -1215,9 +1215,9 @@ class Catalog:
         """(all bytes, never-read bytes) in scope."""
         return streams.segment_bytes(self, namespace_ids)
 
-    def class_bytes(self, namespace_ids: Sequence[int] | None) -> tuple[int, int, int, int, int]:
-        """(rows, all bytes, FRESH, ONCE and FREQUENT bytes) in scope (kvfs.catalog.streams)."""
-        return streams.class_bytes(self, namespace_ids)
+    def class_bytes(self, namespace_ids: Sequence[int] | None, total: int) -> tuple[int, int, int]:
+        """(FRESH, ONCE, FREQUENT bytes) in scope, given its bytes `total` (kvfs.catalog.streams)."""
+        return streams.class_bytes(self, namespace_ids, total)
 
     def fifo_queue_sizes(self, namespace_ids: Sequence[int] | None) -> tuple[int, int, int, int]:
         """(rows, bytes, small-queue bytes, main-queue bytes) in scope (kvfs.catalog.fifo)."""

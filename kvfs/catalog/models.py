@@ -67,6 +67,11 @@ PARTIAL_LRU_INDEXES = {
     "ix_blocks_orphan_lru": ORPHAN,
     "ix_blocks_superseded_lru": SUPERSEDED,
 }
+# The partial LRU indexes that also cover the bytes of their class (v9: every class but FRESH, whose bytes are
+# what the others leave), and the columns they add after `last_access` (SQLite 3.40 reads the table for a WHERE
+# term on a column the index lacks).
+CLASS_BYTES_INDEXES = ("ix_blocks_reused_lru", "ix_blocks_orphan_lru", "ix_blocks_superseded_lru")
+CLASS_BYTES_COLUMNS = ("size", "hits", "orphan", "superseded")
 # The blocks the superseded rule could mark (never read, not orphan or superseded, no children as far as
 # `has_child` knows): the partial index `ix_blocks_branch` holds only these, so a branching store reads only the
 # siblings it marks (v7).  The
@@ -116,8 +121,16 @@ class Block(Base):
         ),
         # LRU order per reuse class and of orphans: the `prefix` policy streams each class from its own index,
         # so a rare class is found without walking the whole LRU index.  Queries must repeat the WHERE text.
+        # All but FRESH also carry `size` and the class columns (v9): `adaptive`'s bytes per class, summed each
+        # pass, then read no table row (FRESH, usually the largest, is not read at all).
         *(
-            Index(name, "last_access", sqlite_where=text(where), postgresql_where=text(where))
+            Index(
+                name,
+                "last_access",
+                *(CLASS_BYTES_COLUMNS if name in CLASS_BYTES_INDEXES else ()),
+                sqlite_where=text(where),
+                postgresql_where=text(where),
+            )
             for name, where in PARTIAL_LRU_INDEXES.items()
         ),
         # S3-FIFO's two queues, oldest position first (v8; `s3fifo`'s sweep reads them in this order); `size`

@@ -171,9 +171,21 @@ def _v8_s3fifo(conn: Connection) -> None:
 def _v9_adaptive(conn: Connection) -> None:
     """v9: `adaptive`'s state (kvfs.policy.adaptive): a ghost's class has three values (`policy_ghosts.frequent`:
     read twice or more when it went; FALSE for the ghosts of every other policy), and a policy's state beyond
-    `beta` (`policy_states.extra`, JSON: the two shares, the chooser's scores and order)."""
+    `beta` (`policy_states.extra`, JSON: the two shares, the chooser's scores and order); the REUSED, orphan
+    and superseded LRU indexes also hold `size`, `hits`, `orphan` and `superseded`."""
     conn.execute(text("ALTER TABLE policy_ghosts ADD COLUMN frequent BOOLEAN NOT NULL DEFAULT FALSE"))
     conn.execute(text("ALTER TABLE policy_states ADD COLUMN extra TEXT"))
+    # The REUSED, orphan and superseded LRU indexes cover their class's bytes (`adaptive` sums them each pass);
+    # spelled out, as the v3 set.
+    for name, where in (
+        ("ix_blocks_reused_lru", "hits > 0"),
+        ("ix_blocks_orphan_lru", "orphan"),
+        ("ix_blocks_superseded_lru", "superseded"),
+    ):
+        conn.execute(text(f"DROP INDEX {name}"))
+        conn.execute(
+            text(f"CREATE INDEX {name} ON blocks (last_access, size, hits, orphan, superseded) WHERE {where}")
+        )
 
 
 # UPGRADES[v] upgrades a database at version v-1 to version v.

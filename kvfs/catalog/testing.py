@@ -50,6 +50,14 @@ def indexes(catalog: Catalog, table: str) -> set[str]:
         return {str(ix["name"]) for ix in inspect(conn).get_indexes(table)}
 
 
+def index_columns(catalog: Catalog, table: str) -> dict[str, list[str]]:
+    """Each index of `table` with its columns, in order."""
+    with connection(catalog) as conn:
+        return {
+            str(ix["name"]): [str(c) for c in ix["column_names"]] for ix in inspect(conn).get_indexes(table)
+        }
+
+
 def columns(catalog: Catalog, table: str) -> set[str]:
     with connection(catalog) as conn:
         return {str(c["name"]) for c in inspect(conn).get_columns(table)}
@@ -95,6 +103,12 @@ def _positional(compiled: Any, dialect: str) -> Any:
 TO_V8 = (
     "ALTER TABLE policy_ghosts DROP COLUMN frequent",
     "ALTER TABLE policy_states DROP COLUMN extra",
+    "DROP INDEX ix_blocks_reused_lru",
+    "DROP INDEX ix_blocks_orphan_lru",
+    "DROP INDEX ix_blocks_superseded_lru",
+    "CREATE INDEX ix_blocks_reused_lru ON blocks (last_access) WHERE hits > 0",
+    "CREATE INDEX ix_blocks_orphan_lru ON blocks (last_access) WHERE orphan",
+    "CREATE INDEX ix_blocks_superseded_lru ON blocks (last_access) WHERE superseded",
     "UPDATE kvfs_meta SET value = '8' WHERE key = 'schema_version'",
 )
 TO_V7 = (

@@ -259,10 +259,9 @@ class AdaptivePolicy(EvictionPolicy):
             )
             return
         sizes: tuple[int, int, int] = (0, 0, 0)
-        total = queue_sizes[1]
+        total = queue_sizes[1]  # every row is in one S3-FIFO queue: the bytes in scope
         if choice in (SHARES, TWOQ):
-            _rows, total, fresh_bytes, once_bytes, frequent_bytes = catalog.class_bytes(namespace_ids)
-            sizes = (fresh_bytes, once_bytes, frequent_bytes)
+            sizes = catalog.class_bytes(namespace_ids, total)
         opened = [
             catalog.stream_candidates(namespace_ids, protect_after, block_class)
             for block_class in (BlockClass.ORPHAN, BlockClass.SUPERSEDED, BlockClass.FRESH, BlockClass.REUSED)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from sqlalchemy import text
 
 from kvfs.blockfile import BlockIdentity, StoreOutcome, store_block
-from kvfs.catalog import Catalog, ghosts, testing
+from kvfs.catalog import Catalog, ghosts, streams, testing
 from kvfs.cli import main as kvfs_cli
 from kvfs.eviction import Limits, execute_plan, plan_pass, run_pass
 from kvfs.eviction.execute import CatalogOnly
@@ -234,6 +234,39 @@ def test_a_failing_journal_listener_does_not_fail_ingest(catalog: Catalog) -> No
     assert seen == [2, 1]
 
 
+def test_class_bytes_sums_each_live_class_from_its_covering_index(catalog: Catalog) -> None:
+    other = "org_other_0123456789ab"
+    catalog.apply_journal([store(n, float(n)) for n in range(1, 9)], {})
+    catalog.apply_journal([JournalRecord(RecordKind.STORE, key(20, other), 1.0, 1000, 0)], {})
+    # 1-2 read once, 3-4 twice or more; 5 an orphan (read once), 6 an orphan never read, 7 superseded.
+    catalog.apply_journal([access(n, 10.0) for n in (1, 2, 3, 3, 4, 4, 4, 5)], {})
+    with testing.connection(catalog, write=True) as conn:
+        conn.execute(
+            text("UPDATE blocks SET orphan = TRUE WHERE block_hash IN (:a, :b)"),
+            {
+                "a": key(5).block_hash,
+                "b": key(6).block_hash,
+            },
+        )
+        conn.execute(
+            text("UPDATE blocks SET superseded = TRUE WHERE block_hash = :h"), {"h": key(7).block_hash}
+        )
+    # FRESH: 8 and the other namespace's 20; ONCE: 1, 2; FREQUENT: 3, 4.
+    total = catalog.fifo_queue_sizes(None)[1]
+    assert total == 1800
+    assert catalog.class_bytes(None, total) == (1100, 200, 200)
+    ns_id = catalog.namespace_id(NS)
+    assert ns_id is not None
+    assert catalog.class_bytes([ns_id], catalog.fifo_queue_sizes([ns_id])[1]) == (100, 200, 200)
+    # FRESH is what the other classes leave: a total read before a store never makes it negative.
+    assert catalog.class_bytes(None, 600) == (0, 200, 200)
+    if catalog.dialect == "sqlite":  # index-only: no table row read, FRESH's index not at all
+        plan = testing.statement_plan(catalog, streams.class_bytes_sql("sqlite"), ())
+        for name in ("reused", "orphan", "superseded"):
+            assert f"COVERING INDEX ix_blocks_{name}_lru" in plan
+        assert "fresh" not in plan
+
+
 def test_upgrade_from_v8_keeps_ghosts_and_states(catalog_url: str) -> None:
     with Catalog.open(catalog_url) as catalog:
         catalog.apply_journal([store(n, float(n)) for n in range(1, 4)], {})
@@ -255,6 +288,12 @@ def test_upgrade_from_v8_keeps_ghosts_and_states(catalog_url: str) -> None:
             catalog, policy="adaptive", horizon=3.0, adapt=lambda r, g, b, e: (b, "{}"), initial_beta=0.0
         )
         assert counts.ghosts == (0, 1, 1)
+        # The FRESH and REUSED LRU indexes now cover their class's bytes, and the sums read them.
+        ix = testing.index_columns(catalog, "blocks")
+        for name in ("ix_blocks_reused_lru", "ix_blocks_orphan_lru", "ix_blocks_superseded_lru"):
+            assert ix[name] == ["last_access", "size", "hits", "orphan", "superseded"]
+        assert ix["ix_blocks_fresh_lru"] == ["last_access"]
+        assert catalog.class_bytes(None, catalog.fifo_queue_sizes(None)[1]) == (300, 0, 0)
 
 
 def test_kvfs_gc_runs_adaptive_and_continues_its_state(tmp_path: Path) -> None:
