@@ -22,11 +22,13 @@ WRITER = textwrap.dedent(
     from kvfs.blockfile import BlockIdentity, aligned_buffer, store_block
     root, start = sys.argv[1], int(sys.argv[2])
     rng_sizes = [1 << 20, 3 << 20, (4 << 20) + 4095, 8 << 20]
+    # Buffers made once, so the writer spends its time in store_block, where the kills must land.
+    bufs = [aligned_buffer(size) for size in rng_sizes]
     i = start
     while True:
         size = rng_sizes[i % len(rng_sizes)]
-        buf = aligned_buffer(size)
-        buf[:size] = bytes([i % 251]) * size
+        buf = bufs[i % len(rng_sizes)]
+        buf[:1] = bytes([i % 251])
         path = os.path.join(root, f"{i % 7:03x}", f"{i:016x}.kvfs")
         result = store_block(path, memoryview(buf)[:size], BlockIdentity(bytes(range(32)), i.to_bytes(8, "big")),
                              direct=bool(i % 2))
@@ -43,7 +45,11 @@ def test_sigkilled_writer_leaves_no_partial_block(tmp_path: Path) -> None:
     temps_seen = 0
     finals_checked = 0
     start = 0
-    for _round in range(6):
+    # At least 6 kills, and more (up to 40) until one has caught a writer mid-store: a store is a few system
+    # calls, so several kills in a row can land between two stores.
+    rounds = 0
+    while rounds < 6 or (temps_seen == 0 and rounds < 40):
+        rounds += 1
         proc = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(tmp_path), str(start)], stdout=subprocess.PIPE, text=True
         )
