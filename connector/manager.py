@@ -86,7 +86,7 @@ class KvfsManager(OffloadingManager):
         return _RESULT[self.cache.query(key)]
 
     def prepare_load(self, keys: Collection[bytes], req_context: ReqContext) -> LoadStoreSpec:
-        self._record_access(keys)
+        self._record_access(keys, req_context)
         return KvfsLoadStoreSpec(list(keys))
 
     def complete_load(self, keys: Collection[bytes], req_context: ReqContext) -> None:
@@ -95,11 +95,13 @@ class KvfsManager(OffloadingManager):
         self.cache.refresh(keys)
 
     def touch(self, keys: Collection[bytes], req_context: ReqContext) -> None:
-        self._record_access(keys)
+        self._record_access(keys, req_context)
 
-    def _record_access(self, keys: Iterable[bytes]) -> None:
+    def _record_access(self, keys: Iterable[bytes], req_context: ReqContext) -> None:
         if self.recorder is not None:
-            self.recorder.record(keys)
+            # With their chain positions, so the evictor can regroup a request's records (adaptive's shadows).
+            keys = list(keys)
+            self.recorder.record(keys, chain_positions(keys, req_context, self.chunk_tokens))
 
     def flush_journal(self) -> None:
         if self.recorder is not None:

@@ -164,8 +164,10 @@ class KvfsTier(SecondaryTierManager):
         self._jobs[job_metadata.job_id] = (keys, chunk_ids, set())
         block_keys = [self.namespace.block_key(k) for k in keys]
         if self.journal is not None:
-            for block_key in block_keys:
-                self.journal.record_access(block_key)
+            # With its chain position, so the evictor can regroup a request's records (adaptive's shadows).
+            positions = chain_positions(keys, job_metadata.req_context, self.chunk_tokens)
+            for block_key, pos in zip(block_keys, positions, strict=True):
+                self.journal.record_access(block_key, chain_pos=pos)
         ops = self._ops(job_metadata, keys, chunk_ids, True, block_keys)
         self.pool.submit(job_metadata.job_id, ops, is_load=True)
 
@@ -195,8 +197,9 @@ class KvfsTier(SecondaryTierManager):
 
     def touch(self, keys: Collection[bytes], req_context: ReqContext) -> None:
         if self.journal is not None:
-            for key in keys:
-                self.journal.record_access(self.namespace.block_key(key))
+            keys = list(keys)
+            for key, pos in zip(keys, chain_positions(keys, req_context, self.chunk_tokens), strict=True):
+                self.journal.record_access(self.namespace.block_key(key), chain_pos=pos)
 
     def take_events(self) -> Iterable[OffloadingEvent]:
         from connector.compat import storage_event

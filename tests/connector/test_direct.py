@@ -241,6 +241,28 @@ def test_journal_records_stores_and_accesses(replica, tmp_path):
     )  # no request context: unknown
 
 
+def test_loads_and_touches_journal_their_chain_positions(replica, tmp_path):
+    """ACCESS records carry each key's chain position from the request context (the evictor regroups a
+    request's records by it, for adaptive's shadows); without one they say -1."""
+    from kvfs.journal import JournalReader, RecordKind
+
+    _spec, manager, _worker, _ = replica
+    ks = [key() for _ in range(3)]
+    ctx = ReqContext("r")
+    chunk_tokens = 16 * BPC  # offloading_config(): 16-token blocks
+    for i, k in enumerate(ks[:2]):
+        ctx.set_offload_key_position(k, (i + 1) * chunk_tokens)
+    manager.prepare_load(ks[:2], ctx)
+    manager.touch([ks[2]], ReqContext("q"))
+    manager.flush_journal()
+    records = [r for r in JournalReader(tmp_path).read({}).records if r.kind == RecordKind.ACCESS]
+    assert [(r.key.block_hash, r.chain_pos) for r in records] == [
+        (ks[0][:-4].hex(), 0),
+        (ks[1][:-4].hex(), 1),
+        (ks[2][:-4].hex(), -1),
+    ]
+
+
 def test_store_journals_chain_positions_from_the_request_context(replica, tmp_path):
     """prepare_store turns vLLM's per-key end-token positions into chain positions; the worker journals them."""
     from kvfs.journal import JournalReader, RecordKind

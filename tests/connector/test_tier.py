@@ -131,6 +131,27 @@ def test_store_records_and_stored_events(stored, tmp_path):
     assert [pos[k[:-4].hex()] for k in ks] == [0, 1, 2]
 
 
+def test_loads_and_touches_journal_their_chain_positions(stored, tmp_path):
+    """ACCESS records carry each key's chain position, so the evictor can regroup a request's records into the
+    request (adaptive's shadows); a key vLLM gave no position is -1."""
+    tier, _src, ks = stored
+    tier.journal.flush()
+    seen = len(JournalReader(tmp_path).read({}).records)
+    assert finish(
+        tier, (tier.submit_load(job(7, ks[:2], [3, 4], True, chained(ks[:2], first=4))), 7)[1]
+    ).success
+    ctx = chained(ks[2:], first=9)
+    tier.touch([ks[2], keys(1)[0]], ctx)
+    tier.journal.flush()
+    accesses = [r for r in JournalReader(tmp_path).read({}).records[seen:] if r.kind == RecordKind.ACCESS]
+    assert [(r.key.block_hash, r.chain_pos) for r in accesses[:3]] == [
+        (ks[0][:-4].hex(), 4),
+        (ks[1][:-4].hex(), 5),
+        (ks[2][:-4].hex(), 9),
+    ]
+    assert accesses[3].chain_pos == -1 and len(accesses) == 4
+
+
 def test_chain_positions_come_from_the_request_not_the_job(tmp_path):
     """A later job of the same request continues the chain; a key without a whole-chunk position is -1."""
     tier = make_tier(tmp_path, Primary(seed=2), journal=True)
