@@ -7,17 +7,16 @@ import io
 import json
 import logging
 import os
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from evictor_helpers import standalone_runner
 
 from evictor.http import StatusServer
 from evictor.logs import JsonFormatter
-from evictor.passes import PassRunner
 from evictor.settings import load_settings
 from kvfs.blockfile import BlockIdentity, StoreOutcome, store_block
 from kvfs.catalog import BlockRow, Catalog
@@ -80,15 +79,7 @@ def test_a_pass_logs_what_it_evicted_as_fields(tmp_path: Path, json_log: io.Stri
         },
         environ={},
     )
-    runner = PassRunner(
-        settings,
-        catalog,
-        ingest=lambda: None,
-        temp_files=list,
-        forget_temp_files=lambda _paths: None,
-        still_leader=lambda: True,
-        stopping=threading.Event(),
-    )
+    runner = standalone_runner(settings, catalog)
     try:
         report = runner.run_pass()
     finally:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from pathlib import Path
 
-from evictor.passes import PassRunner
+from evictor_helpers import standalone_runner
+
 from evictor.settings import load_settings
 from kvfs.blockfile import BlockIdentity, StoreOutcome, store_block
 from kvfs.catalog import Catalog, ghosts
@@ -44,15 +44,7 @@ def test_adaptive_hears_the_journal_from_start_up(tmp_path: Path) -> None:
         },
         environ={},
     )
-    runner = PassRunner(
-        settings,
-        catalog,
-        ingest=lambda: None,
-        temp_files=list,
-        forget_temp_files=lambda _paths: None,
-        still_leader=lambda: True,
-        stopping=threading.Event(),
-    )
+    runner = standalone_runner(settings, catalog)
     policy = runner.policy
     assert isinstance(policy, AdaptivePolicy)
     # The ingester's work between passes: two requests, one chain of ten blocks and its head read again.
