@@ -181,6 +181,9 @@ class IoPool:
         self.file_mode = file_mode
         self.journal = journal
         self.staging_bytes = self.threads * per_thread
+        # Payloads up to this size move in one step, hashed inside load_block / store_block: CPU pools only (a GPU
+        # pool hashes on the device), so -1 there and one comparison per file either way.
+        self._inline_max = -1 if self.cuda else _CPU_INLINE_MAX_BYTES
         metrics.STAGING_BYTES.set(self.staging_bytes)
 
         # CPU pools hash a payload after its one-call read (or before its one-call write).  With cores to spare
@@ -553,7 +556,7 @@ class IoPool:
         if not op.is_load:
             # Admitted at submit on the backlog it joined; however long it then waits for the GPU or for the
             # loads served first, it is written (dropping it now would waste the wait and lose the chunk).
-            if not self.cuda and n <= _CPU_INLINE_MAX_BYTES:
+            if n <= self._inline_max:
                 # Nothing to overlap on the CPU (hashing a payload this size is never handed to helpers): the
                 # whole store now, its hash inside store_block, instead of three pipeline steps (the first of
                 # them empty for a payload written in place with no compute event to wait for).
@@ -563,7 +566,7 @@ class IoPool:
             return f
         # CPU pools hash large payloads after the read (on helpers, while the next file is read); small ones as
         # they are read, delivered at once.
-        hashed_later = f.slot.hashes is not None or (not self.cuda and n > _CPU_INLINE_MAX_BYTES)
+        hashed_later = f.slot.hashes is not None or (not self.cuda and n > self._inline_max)
         reading = time.monotonic()
         result = load_block(op.path, op.ident, self._payload(f), direct=self.direct, verify=not hashed_later)
         _LOAD_READ_S(time.monotonic() - reading)
@@ -609,7 +612,7 @@ class IoPool:
                     ("store", id(op.copier), len(op.block_ids), n),
                     lambda: op.copier.gather(op.block_ids, slot.host[:n]),
                 )
-            if n > _CPU_INLINE_MAX_BYTES:  # smaller stores are hashed by store_block, as they are written
+            if n > self._inline_max:  # smaller stores are hashed by store_block, as they are written
                 f.digests = self._hash_async(self._payload(f))
             return f
         dev, host, stream = f.state.dev[:n], slot.host[:n], f.state.stream
