@@ -8,7 +8,7 @@ export VLLM_LOGGING_LEVEL ?= WARNING
 
 .PHONY: setup demo test test-fast test-vllm033 bench bench-gpu bench-e2e bench-tiered bench-tier lint clean soak
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py kvfs/_blockio.c
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[vllm,evictor,test]'
 	# vLLM pulls CUDA builds of these; they break imports beside CPU torch and kvfs does not use them.

@@ -40,8 +40,10 @@ import torch
 from connector import devhash, metrics
 from connector.copier import GroupCopier
 from connector.graphs import GraphCache
+from kvfs import nativeio
 from kvfs.blockfile import (
     HEADER_SIZE,
+    MAX_PAYLOAD_LEN,
     PIECE_BYTES,
     BlockIdentity,
     Durability,
@@ -181,9 +183,6 @@ class IoPool:
         self.file_mode = file_mode
         self.journal = journal
         self.staging_bytes = self.threads * per_thread
-        # Payloads up to this size move in one step, hashed inside load_block / store_block: CPU pools only (a GPU
-        # pool hashes on the device), so -1 there and one comparison per file either way.
-        self._inline_max = -1 if self.cuda else _CPU_INLINE_MAX_BYTES
         metrics.STAGING_BYTES.set(self.staging_bytes)
 
         # CPU pools hash a payload after its one-call read (or before its one-call write).  With cores to spare
@@ -192,6 +191,16 @@ class IoPool:
         # and a hand-off would only add context switches.
         helpers = 0 if self.cuda else len(os.sched_getaffinity(0)) - self.threads
         self._hasher = ThreadPoolExecutor(helpers, thread_name_prefix="kvfs-hash") if helpers > 0 else None
+        # Payloads up to this size move in one step, hashed inside load_block / store_block: CPU pools only (a GPU
+        # pool hashes on the device), so -1 there and one comparison per file either way.  With the compiled
+        # block-file path and no helpers, every payload does: it hashes each piece as it reads or writes it,
+        # without the GIL, which the pipeline's separate hash step cannot beat without spare cores.
+        if self.cuda:
+            self._inline_max = -1
+        elif nativeio.MODULE is not None and self._hasher is None:
+            self._inline_max = MAX_PAYLOAD_LEN
+        else:
+            self._inline_max = _CPU_INLINE_MAX_BYTES
         # One lock, two conditions: I/O threads wait on `_work` for operations, callers on `_cv` for finished jobs
         # (and thread set-up).  One condition for both woke every idle I/O thread at each finished job and each
         # submitted file: with 16 threads, 15 wake-ups (and GIL hand-offs) per file for nothing.

@@ -48,10 +48,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from types import ModuleType
 from typing import Final
 
-from kvfs import metrics
+from kvfs import metrics, nativeio
 from kvfs.checksum import (
+    HASH_PIECE_BYTES,
     PAYLOAD_ALGOS,
     PIECES_ALGO_ID,
     Buffer,
@@ -92,6 +94,9 @@ _VERIFY_CHUNK: Final = 8 << 20
 # data path").  A multiple of ALIGNMENT (O_DIRECT offsets); `--piece-kib` of `tools.bench.blockfile` and
 # `tools.datapath.bench` tunes it.  An I/O piece, unlike kvfs.checksum.HASH_PIECE_BYTES, is not part of the format.
 PIECE_BYTES = 4 << 20
+# The compiled path (kvfs.nativeio) reads and writes a payload in steps of one hash piece, each hashed while it is
+# in the CPU's cache: its steps cost no GIL hand-off, so smaller steps than PIECE_BYTES cost next to nothing.
+NATIVE_PIECE_BYTES: Final = HASH_PIECE_BYTES
 
 
 class Durability(StrEnum):
@@ -179,6 +184,22 @@ def encode_header(
     ident: BlockIdentity, payload_len: int, payload_checksum: int, algo: int = PIECES_ALGO_ID
 ) -> bytes:
     """The 4096 header bytes for a payload whose checksum under algorithm `algo` is `payload_checksum`."""
+    buf = _unsealed_header(ident, payload_len, payload_checksum, algo)
+    struct.pack_into(
+        "<Q", buf, _HEADER_CHECKSUM_OFFSET, checksum64(memoryview(buf)[:_HEADER_CHECKSUM_OFFSET])
+    )
+    return bytes(buf)
+
+
+# Where the payload checksum lies in a header: the compiled store (kvfs.nativeio) puts it there once it has hashed
+# the payload, then the header's own checksum at _HEADER_CHECKSUM_OFFSET.
+_PAYLOAD_CHECKSUM_OFFSET: Final = 24
+
+
+def _unsealed_header(
+    ident: BlockIdentity, payload_len: int, payload_checksum: int, algo: int = PIECES_ALGO_ID
+) -> bytearray:
+    """A header's bytes without its own checksum (zero there)."""
     buf = bytearray(HEADER_SIZE)
     _FIXED.pack_into(
         buf,
@@ -194,10 +215,7 @@ def encode_header(
         0,
     )
     buf[_FIXED.size : _FIXED.size + len(ident.key)] = ident.key
-    struct.pack_into(
-        "<Q", buf, _HEADER_CHECKSUM_OFFSET, checksum64(memoryview(buf)[:_HEADER_CHECKSUM_OFFSET])
-    )
-    return bytes(buf)
+    return buf
 
 
 def parse_header(buf: Buffer) -> BlockHeader | MissReason:
@@ -434,6 +452,9 @@ def store_block(
     nbytes = len(view)
     if nbytes > MAX_PAYLOAD_LEN:  # no reader would accept it
         return StoreResult(StoreOutcome.FAILED, 0, f"payload of {nbytes} bytes > MAX_PAYLOAD_LEN")
+    native = nativeio.MODULE
+    if native is not None and not direct:
+        return _store_native(native, path, view, ident, durability, file_mode, checksum)
     try:
         os.stat(path)
     except (OSError, ValueError):  # os.path.exists, without its Python call
@@ -465,6 +486,80 @@ def store_block(
             os.close(fd)
         _remove_quietly(tmp)
         raise
+    return StoreResult(StoreOutcome.STORED, nbytes)
+
+
+def _store_native(
+    native: ModuleType,
+    path: str,
+    view: memoryview,
+    ident: BlockIdentity,
+    durability: Durability,
+    file_mode: int,
+    checksum: int | None,
+) -> StoreResult:
+    """store_block through the compiled path: the existence check, temp file, hash, write, close and publish in
+    one call without the GIL (kvfs.nativeio); the same file, outcomes and errors as the Python path."""
+    nbytes = len(view)
+    tmp = temp_path_for(path)
+    header = _unsealed_header(ident, nbytes, 0)
+    umask = _umask_value if _umask_value is not None else _umask()
+    args = (
+        os.fsencode(tmp),
+        os.fsencode(path),
+        header,
+        _PAYLOAD_CHECKSUM_OFFSET,
+        _HEADER_CHECKSUM_OFFSET,
+        view,
+        checksum is not None,
+        checksum or 0,
+        HASH_PIECE_BYTES,
+        NATIVE_PIECE_BYTES,
+        file_mode,
+        bool(file_mode & umask),
+        durability is not Durability.NONE,
+    )
+    for _ in range(_DIR_RETRIES + 1):
+        outcome, err, _sum = native.store(*args, _renameat2 is not None)
+        if outcome != nativeio.OPEN_FAILED or err != errno.ENOENT:
+            break
+        try:  # its directory is missing (new, or removed by the evictor when it emptied): create it, again
+            _makedirs(os.path.dirname(tmp), dir_mode_for(file_mode))
+        except FileNotFoundError:
+            continue  # a parent was removed between our mkdirs
+        except OSError as exc:
+            return StoreResult(StoreOutcome.FAILED, 0, f"{type(exc).__name__}: {exc}")
+    if outcome == nativeio.STORED:
+        if durability is Durability.DATA_DIR:
+            try:
+                _fsync_dir(os.path.dirname(path))
+            except OSError as exc:
+                return StoreResult(StoreOutcome.FAILED, 0, f"{type(exc).__name__}: {exc}")
+        return StoreResult(StoreOutcome.STORED, nbytes)
+    if outcome == nativeio.EXISTS:
+        return StoreResult(StoreOutcome.EXISTS, 0)
+    if outcome == nativeio.NOREPLACE_REFUSED:  # written and closed: publish it the portable way from now on
+        return _publish_refused(tmp, path, err, nbytes, durability)
+    exc = OSError(err, os.strerror(err), tmp if outcome == nativeio.OPEN_FAILED else path)
+    log.debug("store of %s failed: %s", path, exc)
+    return StoreResult(StoreOutcome.FAILED, 0, f"{type(exc).__name__}: {exc}")
+
+
+def _publish_refused(tmp: str, path: str, err: int, nbytes: int, durability: Durability) -> StoreResult:
+    """The compiled store's temp file, where the filesystem refused RENAME_NOREPLACE: switch the process to stat +
+    rename (as `_publish` does) and publish it so."""
+    global _renameat2
+    log.info("rename with RENAME_NOREPLACE refused (%s) under %s: stat + rename", os.strerror(err), path)
+    _renameat2 = None
+    try:
+        if not _publish(tmp, path):
+            _remove_quietly(tmp)
+            return StoreResult(StoreOutcome.EXISTS, 0)
+        if durability is Durability.DATA_DIR:
+            _fsync_dir(os.path.dirname(path))
+    except OSError as exc:
+        _remove_quietly(tmp)
+        return StoreResult(StoreOutcome.FAILED, 0, f"{type(exc).__name__}: {exc}")
     return StoreResult(StoreOutcome.STORED, nbytes)
 
 
@@ -711,8 +806,11 @@ def load_block(
         out_view = _byte_view(out)
         if out_view.readonly:
             raise TypeError("load_block: `out` must be a writable buffer")
-    flags = os.O_RDONLY | _O_CLOEXEC | _O_NONBLOCK
     use_direct = bool(direct and _O_DIRECT)
+    native = nativeio.MODULE
+    if native is not None and out_view is not None and not use_direct:
+        return _load_native(native, path, ident, out_view, verify)
+    flags = os.O_RDONLY | _O_CLOEXEC | _O_NONBLOCK
     try:
         try:
             fd = os.open(path, flags | (_O_DIRECT if use_direct else 0))
@@ -732,6 +830,40 @@ def load_block(
         return _miss(MissReason.IO_ERROR)
     finally:
         os.close(fd)
+
+
+def _load_native(
+    native: ModuleType, path: str | os.PathLike[str], ident: BlockIdentity, out_view: memoryview, verify: bool
+) -> LoadResult:
+    """load_block into `out` through the compiled path: open, type check, read and hash in one call without the
+    GIL (kvfs.nativeio); the header is validated here, as on the Python path, with the same outcomes."""
+    hview = memoryview(_tls_header_buffer())[:HEADER_SIZE]
+    outcome, _err, size, got, digest = native.load(
+        os.fsencode(path), hview, out_view, verify, HASH_PIECE_BYTES, NATIVE_PIECE_BYTES
+    )
+    if outcome != nativeio.LOAD_OK:
+        return _miss(_NATIVE_MISSES.get(outcome, MissReason.IO_ERROR))
+    header = parse_header(hview[: min(got, HEADER_SIZE)])
+    problem = _check_header(header, ident, size, len(out_view))
+    if problem is not None:
+        return _miss(problem)
+    assert isinstance(header, BlockHeader)
+    n = header.payload_len
+    if got < HEADER_SIZE + n:  # the file shrank after its size was read
+        return _miss(MissReason.TRUNCATED)
+    if not verify:
+        return LoadResult(True, None, n, None, verified=False, header=header)
+    if header.checksum_algo != PIECES_ALGO_ID:  # a file from before algorithm 2
+        digest = payload_checksum(out_view[:n], header.checksum_algo)
+    if digest != header.payload_checksum:
+        return _miss(MissReason.CHECKSUM_MISMATCH)
+    return LoadResult(True, None, n, None, header=header)
+
+
+_NATIVE_MISSES: Final = {
+    nativeio.LOAD_MISSING: MissReason.MISSING,
+    nativeio.LOAD_NOT_REGULAR: MissReason.NOT_REGULAR,
+}
 
 
 def _load_open(

@@ -21,6 +21,8 @@ from typing import Protocol, TypeAlias
 
 import xxhash
 
+from kvfs import nativeio
+
 # Anything exposing the buffer protocol; `collections.abc.Buffer` needs Python 3.12.
 Buffer: TypeAlias = bytes | bytearray | memoryview | mmap.mmap
 
@@ -124,6 +126,9 @@ def payload_checksum(buf: Buffer, algo: int = PIECES_ALGO_ID) -> int:
     """The payload checksum of `buf` under algorithm `algo`."""
     if algo == PIECES_ALGO_ID:
         view = memoryview(buf)
+        native = nativeio.MODULE
+        if native is not None and view.nbytes > GIL_RELEASE_MIN_BYTES:  # one call, the GIL released once
+            return native.pieces_checksum(view if view.c_contiguous else view.tobytes(), HASH_PIECE_BYTES)  # type: ignore[no-any-return]
         if (
             0 < view.nbytes <= HASH_PIECE_BYTES
         ):  # one piece (a small block): its digest's digest, in two calls
@@ -134,3 +139,21 @@ def payload_checksum(buf: Buffer, algo: int = PIECES_ALGO_ID) -> int:
     hasher = payload_hasher(algo)
     hasher.update(buf)
     return hasher.intdigest()
+
+
+def _check_native() -> None:
+    """The compiled path (kvfs.nativeio) hashes payloads as it stores and loads them: it is used only if it
+    agrees with this module's algorithm 2 (computed here in Python) on payloads around the piece boundaries."""
+    native = nativeio.MODULE
+    if native is None:
+        return
+    pattern = bytes(range(251)) * (HASH_PIECE_BYTES // 251 * 3)
+    for n in (0, 1, 4096, HASH_PIECE_BYTES, HASH_PIECE_BYTES + 7, 2 * HASH_PIECE_BYTES + 4096):
+        sample = pattern[:n]
+        expected = combine_piece_digests(piece_digests(sample))
+        if native.pieces_checksum(sample, HASH_PIECE_BYTES) != expected:
+            nativeio.disable(f"its checksum of {n} bytes differs from kvfs.checksum's")
+            return
+
+
+_check_native()

@@ -79,3 +79,27 @@ def catalog(catalog_url: str) -> Iterator[Catalog]:
     cat = Catalog.open(catalog_url)
     yield cat
     cat.close()
+
+
+@pytest.fixture
+def python_block_io(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Block files through kvfs.blockfile's Python path, not the compiled one (kvfs.nativeio): for tests of that
+    path's own steps (they patch its functions)."""
+    from kvfs import nativeio
+
+    monkeypatch.setattr(nativeio, "MODULE", None)
+
+
+@pytest.fixture(params=["native", "python"])
+def block_io(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each block-file test on both paths: the compiled one (kvfs.nativeio, when built) and the Python one."""
+    from kvfs import nativeio
+
+    if request.param == "native":
+        if nativeio.MODULE is None:
+            pytest.skip(f"the compiled block-file path is {nativeio.STATUS}")
+        if "python_block_io" in request.fixturenames:
+            pytest.skip("a test of the Python path's own steps")
+    else:
+        monkeypatch.setattr(nativeio, "MODULE", None)
+    return str(request.param)

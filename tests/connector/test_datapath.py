@@ -609,6 +609,7 @@ def test_loads_are_taken_before_stores_queued_earlier(tmp_path):
         pool.shutdown()
 
 
+@pytest.mark.usefixtures("python_block_io")  # the full disk is a patched os.pwritev
 def test_store_failures_in_the_pipeline_fail_only_their_files_and_are_never_journaled(tmp_path, monkeypatch):
     """Five stores through one thread's pipeline: one whose gather raises, one whose file write finds the disk
     full (ENOSPC from the real pwritev call site).  Those two are reported failed with their blocks, counted,

@@ -42,6 +42,12 @@ FP = hashlib.sha256(b"namespace fields").digest()
 IDENT = BlockIdentity(FP, bytes.fromhex("ab" * 32) + (0).to_bytes(4, "big"))
 
 
+@pytest.fixture(autouse=True)
+def _both_paths(block_io: str) -> str:
+    """Every test here on the compiled block-file path and on the Python one."""
+    return block_io
+
+
 def counter(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
@@ -368,6 +374,7 @@ def _rival_publishes_during_the_write(monkeypatch: pytest.MonkeyPatch, path: Pat
     monkeypatch.setattr(blockfile, "_write_block", racing_write)
 
 
+@pytest.mark.usefixtures("python_block_io")
 @pytest.mark.parametrize("noreplace", [True, False], ids=["renameat2", "stat+rename"])
 def test_a_block_published_during_the_write_is_exists_and_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, noreplace: bool
@@ -385,6 +392,7 @@ def test_a_block_published_during_the_write_is_exists_and_kept(
     assert os.listdir(path.parent) == ["b.kvfs"]  # our temp file removed
 
 
+@pytest.mark.usefixtures("python_block_io")
 def test_a_filesystem_refusing_renameat2_flags_falls_back_to_stat_and_rename(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -406,6 +414,7 @@ def test_a_filesystem_refusing_renameat2_flags_falls_back_to_stat_and_rename(
     assert second.read_bytes() == b"the rival's file" and len(calls) == 1
 
 
+@pytest.mark.usefixtures("python_block_io")
 def test_a_failing_publish_is_a_failed_store_without_temp(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -422,6 +431,7 @@ def test_a_failing_publish_is_a_failed_store_without_temp(
     assert blockfile._renameat2 is failing  # an I/O error is not a refused flag
 
 
+@pytest.mark.usefixtures("python_block_io")
 @pytest.mark.parametrize("direct", [False, True])
 def test_a_small_payload_goes_out_with_its_header_in_one_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool
@@ -443,6 +453,7 @@ def test_a_small_payload_goes_out_with_its_header_in_one_write(
     assert check_block_file(path) is None
 
 
+@pytest.mark.usefixtures("python_block_io")
 @pytest.mark.parametrize("direct", [False, True])
 def test_short_vectored_writes_and_reads_are_completed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool

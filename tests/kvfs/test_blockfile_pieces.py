@@ -49,6 +49,12 @@ SIZES = [
 
 
 @pytest.fixture(autouse=True)
+def _both_paths(block_io: str) -> str:
+    """Every test here on the compiled block-file path and on the Python one."""
+    return block_io
+
+
+@pytest.fixture(autouse=True)
 def small_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(blockfile, "PIECE_BYTES", PIECE)
 
