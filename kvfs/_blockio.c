@@ -150,6 +150,75 @@ static ssize_t read_full(int fd, struct iovec *iov, int iovcnt, off_t off) {
     return total;
 }
 
+#define ALIGN 4096 /* O_DIRECT's buffer, offset and length alignment (kvfs.blockfile.ALIGNMENT) */
+#define ALIGNED(p) (((uintptr_t)(p) % ALIGN) == 0)
+
+/* Why an O_DIRECT operation went through the page cache instead (kvfs_o_direct_fallbacks_total's reasons). */
+enum { FB_NONE = 0, FB_OPEN = 1, FB_UNALIGNED = 2, FB_WRITE_EINVAL = 3, FB_READ_EINVAL = 4 };
+
+static void clear_direct(int fd, int *use_direct) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags >= 0) fcntl(fd, F_SETFL, flags & ~O_DIRECT);
+    *use_direct = 0;
+}
+
+/* Write buf[0:len) at off; a direct write the filesystem refuses (EINVAL) is done again through the page cache. */
+static int write_at(int fd, const void *buf, size_t len, off_t off, int *use_direct, int *fallback) {
+    struct iovec iov = {(void *)buf, len};
+    if (write_all(fd, &iov, 1, off) == 0) return 0;
+    if (errno != EINVAL || !*use_direct) return -1;
+    clear_direct(fd, use_direct);
+    *fallback = FB_WRITE_EINVAL;
+    iov.iov_base = (void *)buf;
+    iov.iov_len = len;
+    return write_all(fd, &iov, 1, off);
+}
+
+/* Read `pre_len` bytes into `pre` (a header, or nothing) and the next `len` into buf, from `off`, in one call
+ * where the kernel allows; fewer only at end of file.  `room` bytes at buf may be written.  Direct I/O reads
+ * whole pages: `len` rounded up when `room` allows (the read stops at end of file), else its aligned part
+ * direct and the rest through the page cache (O_DIRECT then cleared for the file).  Returns the bytes read
+ * into pre and buf[0:len), or -1. */
+static ssize_t read_span(int fd, unsigned char *pre, size_t pre_len, unsigned char *buf, size_t len, size_t room,
+                         off_t off, int *use_direct, int *fallback) {
+    for (;;) {
+        size_t dlen = len;
+        if (*use_direct) {
+            size_t up = (len + ALIGN - 1) / ALIGN * ALIGN;
+            dlen = up <= room ? up : len / ALIGN * ALIGN;
+        }
+        struct iovec iov[2];
+        int cnt = 0;
+        if (pre_len) iov[cnt++] = (struct iovec){pre, pre_len};
+        if (dlen) iov[cnt++] = (struct iovec){buf, dlen};
+        ssize_t n = cnt ? read_full(fd, iov, cnt, off) : 0;
+        if (n < 0) {
+            if (errno == EINVAL && *use_direct) {
+                clear_direct(fd, use_direct);
+                *fallback = FB_READ_EINVAL;
+                continue;
+            }
+            return -1;
+        }
+        size_t head = (size_t)n < pre_len ? (size_t)n : pre_len;
+        size_t body = (size_t)n - head;
+        if (body > len) body = len; /* a rounded direct read brought bytes past `len` */
+        if ((size_t)n == pre_len + dlen && dlen < len) {
+            clear_direct(fd, use_direct);
+            struct iovec tail = {buf + dlen, len - dlen};
+            ssize_t m = read_full(fd, &tail, 1, off + (off_t)(pre_len + dlen));
+            if (m < 0) return -1;
+            body = dlen + (size_t)m;
+        }
+        return (ssize_t)(head + body);
+    }
+}
+
+/* The existence checks use access(2) and the type check the fstat system call itself, not glibc's stat64 /
+ * fstat64 (versioned GLIBC_2.33): one build then loads on every glibc >= 2.28, as torch's wheels need (x86_64's
+ * struct stat is the kernel's). */
+static int fstat_raw(int fd, struct stat *st) { return (int)syscall(SYS_fstat, fd, st); }
+
 static int get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *what) {
     if (PyObject_GetBuffer(obj, view, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0) return -1;
     if (!PyBuffer_IsContiguous(view, 'C')) {
@@ -161,29 +230,31 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *
 }
 
 /* store(tmp, final, header, sum_offset, header_sum_offset, payload, known, checksum, hash_piece, write_piece,
- *       mode, fchmod, datasync, noreplace) -> (outcome, errno, checksum)
+ *       mode, fchmod, datasync, noreplace, direct) -> (outcome, errno, checksum, direct_fallback)
  *
- * header: writable, its length the header's; without `known`: hash the payload (algorithm 2, `hash_piece`
- * pieces) as it is written in `write_piece` steps, then put the checksum at `sum_offset` and the header's
- * xxh3-64 of header[:header_sum_offset] at `header_sum_offset`, and write the header last.  A known checksum
- * is put there without a pass over the payload, and header and payload go out in one pwritev. */
+ * header: writable, its length the header's (page-aligned for `direct`).  Without `known`: hash the payload
+ * (algorithm 2, `hash_piece` pieces) as it is written in `write_piece` steps, then put the checksum at
+ * `sum_offset` and the header's xxh3-64 of header[:header_sum_offset] at `header_sum_offset`, and write the header
+ * last (the file is an unpublished temp file until its rename).  A known checksum, or a payload of one step, goes
+ * out with its header in one pwritev.  `direct`: O_DIRECT for the whole pages of a page-aligned payload, the tail
+ * through the page cache; refused or unaligned, through the page cache (the reason in direct_fallback). */
 static PyObject *blockio_store(PyObject *self, PyObject *args) {
     (void)self;
     const char *tmp, *final;
     PyObject *header_obj, *payload_obj;
     Py_ssize_t sum_off, hsum_off, hash_piece, write_piece;
     unsigned long long known_sum;
-    int known, mode, do_fchmod, datasync, noreplace;
-    if (!PyArg_ParseTuple(args, "yyOnnOpKnnippp", &tmp, &final, &header_obj, &sum_off, &hsum_off, &payload_obj,
+    int known, mode, do_fchmod, datasync, noreplace, direct;
+    if (!PyArg_ParseTuple(args, "yyOnnOpKnnipppp", &tmp, &final, &header_obj, &sum_off, &hsum_off, &payload_obj,
                           &known, &known_sum, &hash_piece, &write_piece, &mode, &do_fchmod, &datasync,
-                          &noreplace))
+                          &noreplace, &direct))
         return NULL;
     if (xxh3 == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "kvfs._blockio: no hash function bound");
         return NULL;
     }
-    if (hash_piece <= 0 || write_piece <= 0 || write_piece % hash_piece) {
-        PyErr_SetString(PyExc_ValueError, "write_piece must be a positive multiple of hash_piece");
+    if (hash_piece <= 0 || write_piece <= 0 || write_piece % hash_piece || write_piece % ALIGN) {
+        PyErr_SetString(PyExc_ValueError, "write_piece must be a positive multiple of hash_piece and the page");
         return NULL;
     }
     Py_buffer header, payload;
@@ -197,28 +268,39 @@ static PyObject *blockio_store(PyObject *self, PyObject *args) {
         PyBuffer_Release(&header);
         return NULL;
     }
-    int outcome = ST_STORED, err = 0;
+    int outcome = ST_STORED, err = 0, fallback = FB_NONE;
     uint64_t checksum = known ? (uint64_t)known_sum : 0;
     unsigned char *hbuf = header.buf;
     const unsigned char *pbuf = payload.buf;
     size_t plen = (size_t)payload.len, hlen = (size_t)header.len;
 
     Py_BEGIN_ALLOW_THREADS
-    struct stat st;
-    int fd = -1;
-    if (stat(final, &st) == 0) {
+    int fd = -1, use_direct = direct;
+    if (access(final, F_OK) == 0) {
         outcome = ST_EXISTS;
         goto done;
     }
-    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, (mode_t)mode);
+    int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC;
+    fd = open(tmp, flags | (use_direct ? O_DIRECT : 0), (mode_t)mode);
+    if (fd < 0 && use_direct && errno == EINVAL) {
+        fallback = FB_OPEN;
+        use_direct = 0;
+        fd = open(tmp, flags, (mode_t)mode);
+    }
     if (fd < 0) {
         outcome = ST_OPEN_FAILED;
         err = errno;
         goto done;
     }
     if (do_fchmod && fchmod(fd, (mode_t)mode) < 0) goto failed;
+    if (use_direct && ((plen && !ALIGNED(pbuf)) || !ALIGNED(hbuf) || hlen % ALIGN)) {
+        clear_direct(fd, &use_direct);
+        fallback = FB_UNALIGNED;
+    }
+    /* With O_DIRECT only whole pages go direct; the tail goes through the page cache. */
+    size_t direct_end = use_direct ? plen / ALIGN * ALIGN : 0;
     if (!known && plen <= (size_t)write_piece) {
-        /* One piece: hashed whole, then header and payload in one system call. */
+        /* One step: hashed whole, then header and payload in one system call. */
         pieces_t pieces;
         if (!pieces_init(&pieces, plen, (size_t)hash_piece)) {
             errno = ENOMEM;
@@ -228,7 +310,26 @@ static PyObject *blockio_store(PyObject *self, PyObject *args) {
         checksum = pieces_final(&pieces);
         known = 1;
     }
-    if (!known) {
+    if (known) {
+        put_le64(hbuf + sum_off, checksum);
+        put_le64(hbuf + hsum_off, xxh3(hbuf, (size_t)hsum_off));
+        if (use_direct && !direct_end) clear_direct(fd, &use_direct); /* under a page of payload */
+        size_t first = use_direct ? direct_end : plen;
+        struct iovec iov[2] = {{hbuf, hlen}, {(void *)pbuf, first}};
+        if (write_all(fd, iov, first ? 2 : 1, 0) < 0) {
+            if (errno != EINVAL || !use_direct) goto failed;
+            clear_direct(fd, &use_direct);
+            fallback = FB_WRITE_EINVAL;
+            first = plen;
+            struct iovec again[2] = {{hbuf, hlen}, {(void *)pbuf, plen}};
+            if (write_all(fd, again, plen ? 2 : 1, 0) < 0) goto failed;
+        }
+        if (first < plen) {
+            clear_direct(fd, &use_direct);
+            if (write_at(fd, pbuf + first, plen - first, (off_t)(hlen + first), &use_direct, &fallback) < 0)
+                goto failed;
+        }
+    } else {
         pieces_t pieces;
         if (!pieces_init(&pieces, plen, (size_t)hash_piece)) {
             errno = ENOMEM;
@@ -238,8 +339,15 @@ static PyObject *blockio_store(PyObject *self, PyObject *args) {
         for (size_t pos = 0; pos < plen; pos += (size_t)write_piece) {
             size_t take = plen - pos < (size_t)write_piece ? plen - pos : (size_t)write_piece;
             pieces_feed(&pieces, pbuf + pos, take);
-            struct iovec iov = {(void *)(pbuf + pos), take};
-            if (write_all(fd, &iov, 1, (off_t)(hlen + pos)) < 0) {
+            size_t whole = take;
+            if (use_direct && pos + take > direct_end) whole = direct_end - pos; /* the last, unaligned step */
+            int bad = whole && write_at(fd, pbuf + pos, whole, (off_t)(hlen + pos), &use_direct, &fallback) < 0;
+            if (!bad && whole < take) {
+                clear_direct(fd, &use_direct);
+                bad = write_at(fd, pbuf + pos + whole, take - whole, (off_t)(hlen + pos + whole), &use_direct,
+                               &fallback) < 0;
+            }
+            if (bad) {
                 int saved = errno;
                 pieces_free(&pieces);
                 errno = saved;
@@ -249,13 +357,7 @@ static PyObject *blockio_store(PyObject *self, PyObject *args) {
         checksum = pieces_final(&pieces);
         put_le64(hbuf + sum_off, checksum);
         put_le64(hbuf + hsum_off, xxh3(hbuf, (size_t)hsum_off));
-        struct iovec iov = {hbuf, hlen};
-        if (write_all(fd, &iov, 1, 0) < 0) goto failed;
-    } else {
-        put_le64(hbuf + sum_off, checksum);
-        put_le64(hbuf + hsum_off, xxh3(hbuf, (size_t)hsum_off));
-        struct iovec iov[2] = {{hbuf, hlen}, {(void *)pbuf, plen}};
-        if (write_all(fd, iov, plen ? 2 : 1, 0) < 0) goto failed;
+        if (write_at(fd, hbuf, hlen, 0, &use_direct, &fallback) < 0) goto failed;
     }
     if (datasync && fdatasync(fd) < 0) goto failed;
     if (close(fd) < 0) {
@@ -278,7 +380,7 @@ static PyObject *blockio_store(PyObject *self, PyObject *args) {
         goto failed;
     }
     /* stat + rename where RENAME_NOREPLACE is refused (NFS): the window between them is the filesystem's. */
-    if (stat(final, &st) == 0) {
+    if (access(final, F_OK) == 0) {
         unlink(tmp);
         outcome = ST_EXISTS;
         goto done;
@@ -299,28 +401,31 @@ done:;
 
     PyBuffer_Release(&payload);
     PyBuffer_Release(&header);
-    return Py_BuildValue("iiK", outcome, err, (unsigned long long)checksum);
+    return Py_BuildValue("iiKi", outcome, err, (unsigned long long)checksum, fallback);
 }
 
-/* load(path, header_out, out, verify, hash_piece, read_piece) -> (outcome, errno, file_size, got, checksum)
+/* load(path, header_out, out, verify, hash_piece, read_piece, direct)
+ *     -> (outcome, errno, file_size, got, checksum, direct_fallback)
  *
  * Reads the file's first len(header_out) bytes into header_out and what follows (at most len(out) bytes) into
  * out; `got` counts both.  With `verify`, the payload bytes read are hashed (algorithm 2) in `read_piece` steps,
- * each right after it lands; without, everything is read in one call and checksum is 0. */
+ * each right after it lands; without, everything is read in one call and checksum is 0.  `direct`: O_DIRECT
+ * (page-aligned buffers; whole pages, the read stopping at end of file), else through the page cache. */
 static PyObject *blockio_load(PyObject *self, PyObject *args) {
     (void)self;
     const char *path;
     PyObject *header_obj, *out_obj;
-    int verify;
+    int verify, direct;
     Py_ssize_t hash_piece, read_piece;
-    if (!PyArg_ParseTuple(args, "yOOpnn", &path, &header_obj, &out_obj, &verify, &hash_piece, &read_piece))
+    if (!PyArg_ParseTuple(args, "yOOpnnp", &path, &header_obj, &out_obj, &verify, &hash_piece, &read_piece,
+                          &direct))
         return NULL;
     if (verify && xxh3 == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "kvfs._blockio: no hash function bound");
         return NULL;
     }
-    if (hash_piece <= 0 || read_piece <= 0 || read_piece % hash_piece) {
-        PyErr_SetString(PyExc_ValueError, "read_piece must be a positive multiple of hash_piece");
+    if (hash_piece <= 0 || read_piece <= 0 || read_piece % hash_piece || read_piece % ALIGN) {
+        PyErr_SetString(PyExc_ValueError, "read_piece must be a positive multiple of hash_piece and the page");
         return NULL;
     }
     Py_buffer header, out;
@@ -329,7 +434,7 @@ static PyObject *blockio_load(PyObject *self, PyObject *args) {
         PyBuffer_Release(&header);
         return NULL;
     }
-    int outcome = LD_OK, err = 0;
+    int outcome = LD_OK, err = 0, fallback = FB_NONE;
     long long size = 0, got = 0;
     uint64_t checksum = 0;
     unsigned char *hbuf = header.buf, *obuf = out.buf;
@@ -337,14 +442,20 @@ static PyObject *blockio_load(PyObject *self, PyObject *args) {
 
     Py_BEGIN_ALLOW_THREADS
     /* Non-blocking: opening a FIFO planted at a block path must not wait for a writer. */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    int flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK, use_direct = direct;
+    int fd = open(path, flags | (use_direct ? O_DIRECT : 0));
+    if (fd < 0 && use_direct && errno == EINVAL) {
+        fallback = FB_OPEN;
+        use_direct = 0;
+        fd = open(path, flags);
+    }
     if (fd < 0) {
         err = errno;
         outcome = (err == ENOENT || err == ENOTDIR) ? LD_MISSING : LD_IO_ERROR;
         goto done;
     }
     struct stat st;
-    if (fstat(fd, &st) < 0) {
+    if (fstat_raw(fd, &st) < 0) {
         err = errno;
         outcome = LD_IO_ERROR;
         goto close_done;
@@ -356,9 +467,12 @@ static PyObject *blockio_load(PyObject *self, PyObject *args) {
     size = (long long)st.st_size;
     size_t want = size > (long long)hlen ? (size_t)(size - (long long)hlen) : 0;
     if (want > olen) want = olen;
+    if (use_direct && (!ALIGNED(hbuf) || hlen % ALIGN || (olen && !ALIGNED(obuf)))) {
+        clear_direct(fd, &use_direct);
+        fallback = FB_UNALIGNED;
+    }
     if (!verify) {
-        struct iovec iov[2] = {{hbuf, hlen}, {obuf, want}};
-        ssize_t n = read_full(fd, iov, want ? 2 : 1, 0);
+        ssize_t n = read_span(fd, hbuf, hlen, obuf, want, olen, 0, &use_direct, &fallback);
         if (n < 0) {
             err = errno;
             outcome = LD_IO_ERROR;
@@ -374,10 +488,8 @@ static PyObject *blockio_load(PyObject *self, PyObject *args) {
         goto close_done;
     }
     /* The header with the first piece, then piece by piece, each hashed while it is still in the CPU cache. */
-    size_t pos = 0;
     size_t first = want < (size_t)read_piece ? want : (size_t)read_piece;
-    struct iovec iov[2] = {{hbuf, hlen}, {obuf, first}};
-    ssize_t n = read_full(fd, iov, first ? 2 : 1, 0);
+    ssize_t n = read_span(fd, hbuf, hlen, obuf, first, olen, 0, &use_direct, &fallback);
     if (n < 0) {
         err = errno;
         outcome = LD_IO_ERROR;
@@ -387,11 +499,10 @@ static PyObject *blockio_load(PyObject *self, PyObject *args) {
     got = n;
     if ((size_t)n == hlen + first) {
         pieces_feed(&pieces, obuf, first);
-        pos = first;
+        size_t pos = first;
         while (pos < want) {
             size_t take = want - pos < (size_t)read_piece ? want - pos : (size_t)read_piece;
-            struct iovec one = {obuf + pos, take};
-            n = read_full(fd, &one, 1, (off_t)(hlen + pos));
+            n = read_span(fd, NULL, 0, obuf + pos, take, olen - pos, (off_t)(hlen + pos), &use_direct, &fallback);
             if (n < 0) {
                 err = errno;
                 outcome = LD_IO_ERROR;
@@ -414,7 +525,7 @@ done:;
 
     PyBuffer_Release(&out);
     PyBuffer_Release(&header);
-    return Py_BuildValue("iiLLK", outcome, err, size, got, (unsigned long long)checksum);
+    return Py_BuildValue("iiLLKi", outcome, err, size, got, (unsigned long long)checksum, fallback);
 }
 
 /* pieces_checksum(buf, hash_piece) -> algorithm 2's checksum of buf, the GIL released. */

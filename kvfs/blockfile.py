@@ -453,8 +453,8 @@ def store_block(
     if nbytes > MAX_PAYLOAD_LEN:  # no reader would accept it
         return StoreResult(StoreOutcome.FAILED, 0, f"payload of {nbytes} bytes > MAX_PAYLOAD_LEN")
     native = nativeio.MODULE
-    if native is not None and not direct:
-        return _store_native(native, path, view, ident, durability, file_mode, checksum)
+    if native is not None:
+        return _store_native(native, path, view, ident, durability, file_mode, direct, checksum)
     try:
         os.stat(path)
     except (OSError, ValueError):  # os.path.exists, without its Python call
@@ -496,13 +496,19 @@ def _store_native(
     ident: BlockIdentity,
     durability: Durability,
     file_mode: int,
+    direct: bool,
     checksum: int | None,
 ) -> StoreResult:
     """store_block through the compiled path: the existence check, temp file, hash, write, close and publish in
     one call without the GIL (kvfs.nativeio); the same file, outcomes and errors as the Python path."""
     nbytes = len(view)
     tmp = temp_path_for(path)
-    header = _unsealed_header(ident, nbytes, 0)
+    header: bytearray | mmap.mmap = _unsealed_header(ident, nbytes, 0)
+    use_direct = bool(direct and _O_DIRECT)
+    if use_direct:  # O_DIRECT writes from page-aligned memory: this thread's header page
+        hbuf = _tls_header_buffer()
+        hbuf[:HEADER_SIZE] = header
+        header = hbuf
     umask = _umask_value if _umask_value is not None else _umask()
     args = (
         os.fsencode(tmp),
@@ -520,7 +526,9 @@ def _store_native(
         durability is not Durability.NONE,
     )
     for _ in range(_DIR_RETRIES + 1):
-        outcome, err, _sum = native.store(*args, _renameat2 is not None)
+        outcome, err, _sum, fallback = native.store(*args, _renameat2 is not None, use_direct)
+        if fallback:
+            _direct_fallback(_NATIVE_FALLBACKS[fallback])
         if outcome != nativeio.OPEN_FAILED or err != errno.ENOENT:
             break
         try:  # its directory is missing (new, or removed by the evictor when it emptied): create it, again
@@ -808,8 +816,8 @@ def load_block(
             raise TypeError("load_block: `out` must be a writable buffer")
     use_direct = bool(direct and _O_DIRECT)
     native = nativeio.MODULE
-    if native is not None and out_view is not None and not use_direct:
-        return _load_native(native, path, ident, out_view, verify)
+    if native is not None and out_view is not None:
+        return _load_native(native, path, ident, out_view, verify, use_direct)
     flags = os.O_RDONLY | _O_CLOEXEC | _O_NONBLOCK
     try:
         try:
@@ -833,14 +841,24 @@ def load_block(
 
 
 def _load_native(
-    native: ModuleType, path: str | os.PathLike[str], ident: BlockIdentity, out_view: memoryview, verify: bool
+    native: ModuleType,
+    path: str | os.PathLike[str],
+    ident: BlockIdentity,
+    out_view: memoryview,
+    verify: bool,
+    use_direct: bool,
 ) -> LoadResult:
     """load_block into `out` through the compiled path: open, type check, read and hash in one call without the
     GIL (kvfs.nativeio); the header is validated here, as on the Python path, with the same outcomes."""
     hview = memoryview(_tls_header_buffer())[:HEADER_SIZE]
-    outcome, _err, size, got, digest = native.load(
-        os.fsencode(path), hview, out_view, verify, HASH_PIECE_BYTES, NATIVE_PIECE_BYTES
-    )
+    try:
+        outcome, _err, size, got, digest, fallback = native.load(
+            os.fsencode(path), hview, out_view, verify, HASH_PIECE_BYTES, NATIVE_PIECE_BYTES, use_direct
+        )
+    except ValueError:  # a path with a NUL byte: no such file
+        return _miss(MissReason.MISSING)
+    if fallback:
+        _direct_fallback(_NATIVE_FALLBACKS[fallback])
     if outcome != nativeio.LOAD_OK:
         return _miss(_NATIVE_MISSES.get(outcome, MissReason.IO_ERROR))
     header = parse_header(hview[: min(got, HEADER_SIZE)])
@@ -860,6 +878,7 @@ def _load_native(
     return LoadResult(True, None, n, None, header=header)
 
 
+_NATIVE_FALLBACKS: Final = {1: "open", 2: "unaligned_buffer", 3: "write_einval", 4: "read_einval"}
 _NATIVE_MISSES: Final = {
     nativeio.LOAD_MISSING: MissReason.MISSING,
     nativeio.LOAD_NOT_REGULAR: MissReason.NOT_REGULAR,

@@ -167,7 +167,7 @@ UNSAFE_PATH_REASONS = (
 UNLINK_RESULTS = ("deleted", "missing", "error", "refused")
 JOURNAL_DROP_REASONS = ("closed", "buffer_full", "unencodable", "write_error", "journal_bound")
 JOURNAL_BAD_REASONS = ("corrupt", "torn_tail", "invalid")
-O_DIRECT_FALLBACK_REASONS = ("probe", "open", "unaligned_buffer", "write_einval")
+O_DIRECT_FALLBACK_REASONS = ("probe", "open", "unaligned_buffer", "write_einval", "read_einval")
 
 
 def known_labels(metric: Counter, values: tuple[str, ...]) -> None:
