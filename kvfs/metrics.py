@@ -15,6 +15,11 @@ O_DIRECT_FALLBACKS = Counter(
     "Times O_DIRECT was wanted but buffered I/O was used (probe failed, unaligned buffer, EINVAL).",
     ["reason"],
 )
+BLOCK_IO_NATIVE = Gauge(
+    "kvfs_block_io_native",
+    "1 when block files move through the compiled path (kvfs._blockio, one GIL release a file), 0 on the Python "
+    "path (not built, KVFS_NATIVE_IO=0, or its self-test failed: the log says which).",
+)
 NOT_A_BLOCK = Counter("kvfs_not_a_block_total", "Files under the root that are not block files.")
 UNDECODABLE_NAMES = Counter(
     "kvfs_undecodable_names_total", "Namespace-shaped names under the root that are not UTF-8: skipped."

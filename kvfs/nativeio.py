@@ -9,7 +9,7 @@ Python path for everything else; both produce and accept the same files (tests/k
 It is used only when the extension was built (setup.py: optional, so an install without a C compiler still
 works), its hash binds to the `xxhash` package's own XXH3_64bits, and kvfs/checksum.py's self-test at import
 agrees with it.  `KVFS_NATIVE_IO=0` turns it off (comparisons, or a suspected fault).  `STATUS` says which path
-runs and why; `kvfs_native_io` exports it.
+runs and why; `kvfs_block_io_native` exports it (1 or 0).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import ctypes
 import logging
 import os
 from types import ModuleType
-from typing import Final, NamedTuple
+from typing import Final
+
+from kvfs import metrics
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +35,6 @@ LOAD_OK: Final = 0
 LOAD_MISSING: Final = 1
 LOAD_IO_ERROR: Final = 2
 LOAD_NOT_REGULAR: Final = 3
-
-
-class StoreAnswer(NamedTuple):
-    outcome: int
-    errno: int
-    checksum: int
-
-
-class LoadAnswer(NamedTuple):
-    outcome: int
-    errno: int
-    file_size: int
-    got: int  # header and payload bytes read
-    checksum: int  # algorithm 2 of the payload bytes read (0 without verify)
 
 
 def _bind() -> tuple[ModuleType | None, str]:
@@ -67,10 +55,14 @@ def _bind() -> tuple[ModuleType | None, str]:
 
 
 MODULE, STATUS = _bind()
+metrics.BLOCK_IO_NATIVE.set(1 if MODULE is not None else 0)
+if MODULE is None:
+    log.info("kvfs: the compiled block-file path is %s", STATUS)
 
 
 def disable(why: str) -> None:
     """Turn the compiled path off for this process (kvfs/checksum.py's self-test, when it disagrees)."""
     global MODULE, STATUS
     MODULE, STATUS = None, f"off ({why})"
+    metrics.BLOCK_IO_NATIVE.set(0)
     log.warning("kvfs: the compiled block-file path is off: %s", why)

@@ -12,8 +12,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
-from kvfs import blockfile, checksum, nativeio
+from kvfs import blockfile, checksum, metrics, nativeio
 from kvfs.blockfile import (
     HEADER_SIZE,
     BlockIdentity,
@@ -58,6 +59,7 @@ def test_the_install_builds_it_and_its_hash_agrees() -> None:
     # `make setup` (pip install -e) compiles kvfs/_blockio.c; checksum.py's self-test ran at import.
     assert nativeio.MODULE is not None, nativeio.STATUS
     assert nativeio.STATUS == "on"
+    assert REGISTRY.get_sample_value("kvfs_block_io_native") == 1
 
 
 @pytest.mark.parametrize("n", SIZES)
@@ -252,10 +254,15 @@ def test_a_hash_that_disagrees_turns_the_compiled_path_off(monkeypatch: pytest.M
         def pieces_checksum(buf: object, piece: int) -> int:
             return 0
 
+    real = nativeio.MODULE
     monkeypatch.setattr(nativeio, "MODULE", WrongHash())
     monkeypatch.setattr(nativeio, "STATUS", "on")
-    checksum._check_native()
-    assert nativeio.MODULE is None and "differs" in nativeio.STATUS
+    try:
+        checksum._check_native()
+        assert nativeio.MODULE is None and "differs" in nativeio.STATUS
+        assert REGISTRY.get_sample_value("kvfs_block_io_native") == 0
+    finally:
+        metrics.BLOCK_IO_NATIVE.set(1 if real is not None else 0)
 
 
 def test_the_environment_turns_it_off() -> None:
