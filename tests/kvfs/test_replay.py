@@ -54,6 +54,9 @@ def test_hand_checked_single_block_trace() -> None:
     for sim in (simulate_lru, simulate_fifo, simulate_belady):
         assert sim(SINGLE, 3).hit_blocks == 3
     assert simulate_lru(SINGLE, 2).hit_ratio == pytest.approx(1 / 6)
+    # Each request's hits, in order (an engine's per-request hits are set beside them): LRU hits only r2.
+    assert simulate_lru(SINGLE, 2).per_request == [0, 0, 1, 0, 0, 0]
+    assert simulate_belady(SINGLE, 3).per_request == [0, 0, 1, 0, 1, 1]
 
 
 def test_hand_checked_prefix_trace_protects_the_current_request() -> None:

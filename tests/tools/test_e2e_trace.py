@@ -185,3 +185,24 @@ def test_an_unknown_evictor_policy_is_refused_before_any_engine_starts(capsys):
     with pytest.raises(SystemExit):
         e2e.parse_args(["--evictor-policy", "nope"])
     assert "unknown policy 'nope'" in capsys.readouterr().err
+
+
+def test_the_engine_is_set_beside_its_replay_request_by_request(tmp_path):
+    """Which requests the engine served differently from its policy's replay, and whether a load miss (a file gone
+    between lookup and load) or a lookup that found less made the difference."""
+    n = engine.CHUNK_TOKENS
+    per_request = [
+        {"i": 0, "tokens": 4 * n, "loaded_tokens": 2 * n, "misses": 0.0},  # as replayed
+        {"i": 1, "error": "RuntimeError()"},  # not served: not compared
+        {"i": 2, "tokens": 4 * n, "loaded_tokens": 0, "misses": 1.0},  # 3 fewer, a load miss
+        {"i": 3, "tokens": 4 * n, "loaded_tokens": n, "misses": 0.0},  # 2 fewer, found less
+        {"i": 4, "tokens": 4 * n, "loaded_tokens": 3 * n, "misses": 0.0},  # 1 more
+    ]
+    assert e2e_trace.against_replay(per_request, [2, 4, 3, 3, 2]) == {
+        "same": 1, "below": 2, "blocks_lost": 5, "below_with_load_misses": 1, "above": 1, "blocks_gained": 1,
+    }  # fmt: skip
+    res = e2e_trace.evictor_trace_phase(_spec(tmp_path, requests=12), TraceEngine(10), pause_s=0.0)
+    against = res["against_replay"]
+    assert against["same"] + against["below"] + against["above"] == 12
+    assert "replay_policy_per_request" not in res  # folded into against_replay
+    assert "request by request against the replay: " in e2e_trace.format_trace(res)

@@ -82,9 +82,11 @@ def trace_oracles(
     high, low = watermark_blocks(capacity_blocks)
     slack = max(1, high - low)
     policy = policy or DEFAULT_POLICY
+    own = simulate_policy(requests, high, slack, policy)
     return {
         "policy": policy,
-        "replay_policy_hit_ratio": simulate_policy(requests, high, slack, policy).hit_ratio,
+        "replay_policy_hit_ratio": own.hit_ratio,
+        "replay_policy_per_request": own.per_request,
         "replay_prefix_hit_ratio": simulate_prefix(requests, high, slack).hit_ratio,
         "lru_hit_ratio": simulate_lru(requests, high, slack).hit_ratio,
         "belady_hit_ratio": simulate_belady(requests, high, slack).hit_ratio,
@@ -153,7 +155,30 @@ def evictor_trace_phase(
     res.update(summarize(res["per_request"], capacity, peak))
     res["request_errors"] = errors
     res.update(trace_oracles(reqs, capacity_blocks, spec.get("policy")))
+    res["against_replay"] = against_replay(res["per_request"], res.pop("replay_policy_per_request"))
     return res
+
+
+def against_replay(per_request: Sequence[Mapping[str, Any]], replay_hits: Sequence[int]) -> dict[str, Any]:
+    """Where the engine's hits depart from its policy's replay, request by request: how many requests loaded
+    exactly the blocks the replay hit, how many fewer or more (and the blocks), and how many of the fewer had a
+    load miss (a file gone between lookup and load) rather than a lookup that found less."""
+    same = below = above = lost = gained = with_misses = 0
+    for q in per_request:
+        if "error" in q:
+            continue
+        engine, replay = q["loaded_tokens"] // CHUNK_TOKENS, replay_hits[q["i"]]
+        if engine == replay:
+            same += 1
+        elif engine < replay:
+            below, lost = below + 1, lost + replay - engine
+            with_misses += bool(q["misses"])
+        else:
+            above, gained = above + 1, gained + engine - replay
+    return {
+        "same": same, "below": below, "blocks_lost": lost, "below_with_load_misses": with_misses,
+        "above": above, "blocks_gained": gained,
+    }  # fmt: skip
 
 
 def chain_counts(catalog_url: str) -> dict[str, Any]:
@@ -209,4 +234,15 @@ def format_trace(ev: Mapping[str, Any]) -> str:
         f"request errors {ev['request_errors']}, load misses {ev['load_misses']}, evictor errors "
         f"{ev['evictor_errors']}, peak usage {ev['peak_usage_ratio']:.2f}× capacity; catalog at the end: "
         + ", ".join(f"{k} {v}" for k, v in ev.get("catalog", {}).items())
+        + _format_against(ev.get("against_replay"))
+    )
+
+
+def _format_against(against: Mapping[str, int] | None) -> str:
+    if not against:
+        return ""
+    return (
+        f"; request by request against the replay: {against['same']} loaded what it hit, {against['below']} less "
+        f"({against['blocks_lost']} blocks; {against['below_with_load_misses']} with load misses), "
+        f"{against['above']} more ({against['blocks_gained']} blocks)"
     )
