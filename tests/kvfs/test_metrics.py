@@ -13,7 +13,7 @@ import prometheus_client
 import connector.metrics  # noqa: F401 - registers the connector's metrics
 import evictor.metrics  # noqa: F401 - registers the evictor's metrics
 from connector.iopool import DropReason
-from kvfs import metrics
+from kvfs import blockfile, metrics
 from kvfs.blockfile import MissReason, StoreOutcome
 from kvfs.eviction.limits import EvictReason
 
@@ -100,6 +100,7 @@ def test_known_label_lists_cover_every_value_the_code_counts() -> None:
     bad = literal_labels("kvfs/journal.py", r'JOURNAL_BAD_RECORDS\.labels\(reason="([a-z_]+)"\)')
     assert bad == set(metrics.JOURNAL_BAD_REASONS)
     fallbacks = literal_labels("kvfs/blockfile.py", r'_direct_fallback\("([a-z_]+)"\)') | {"probe"}
+    fallbacks |= set(blockfile._NATIVE_FALLBACKS.values())  # the compiled path's reasons, by code
     assert fallbacks == set(metrics.O_DIRECT_FALLBACK_REASONS)
     kinds = literal_labels("evictor/service.py", r'_failed\("([a-z]+)"') | {
         v
