@@ -306,6 +306,7 @@ class PassRunner:
         return True
 
     def _account(self, plan: Plan, result: Result, cap: Capacity, target: int | None) -> None:
+        order = self.policy.current_order()  # adaptive: which of its orders ranked this pass's victims
         reasons = ", ".join(
             f"{r}: {t.files} files {format_size(t.bytes)}" for r, t in result.by_reason.items()
         )
@@ -314,7 +315,7 @@ class PassRunner:
         )
         log.info(
             "%s %d files, %s (%s) [%s]; usage %s of %s (%.1f%%, %s)%s; recheck kept %d, missing %d, "
-            "refused %d, errors %d",
+            "refused %d, errors %d%s",
             "dry-run: would evict" if result.dry_run else "evicted",
             result.deleted_files,
             format_size(result.deleted_bytes),
@@ -329,6 +330,7 @@ class PassRunner:
             result.missing,
             result.refused,
             result.errors,
+            f"; order {order}" if order is not None else "",
             extra={
                 "event": "dry_run" if result.dry_run else "evicted",
                 "files": result.deleted_files,
@@ -347,6 +349,7 @@ class PassRunner:
                 "missing": result.missing,
                 "refused": result.refused,
                 "errors": result.errors,
+                **({"order": order} if order is not None else {}),
             },
         )
         if result.errors:

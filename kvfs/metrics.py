@@ -129,6 +129,11 @@ POLICY_RESTORES = Counter(
     "kvfs_policy_restores_total",
     "Blocks stored again after being evicted (2q or prefix ghosts); a high rate means the tier is too small.",
 )
+POLICY_ORDER = Gauge(
+    "kvfs_policy_order",
+    "1 for the order the `adaptive` policy ranks victims by since its last pass's preparation, 0 for the others.",
+    ["order"],
+)
 POLICY_BOOKKEEPING_ERRORS = Counter(
     "kvfs_policy_bookkeeping_errors_total",
     "Policy bookkeeping (re-store check, prefix's bonus update, ghost upserts) that failed; the pass went on without it.",

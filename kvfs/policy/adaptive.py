@@ -117,6 +117,14 @@ class AdaptivePolicy(EvictionPolicy):
     def choice(self) -> str:
         return self.shadows.choice
 
+    def current_order(self) -> str:
+        return self.choice
+
+    def _publish_order(self) -> None:
+        current = self.choice
+        for name in CANDIDATES:
+            metrics.POLICY_ORDER.labels(name).set(1 if name == current else 0)
+
     # --- state --------------------------------------------------------------------------------------------
 
     def _load(self, catalog: Catalog) -> None:
@@ -169,6 +177,7 @@ class AdaptivePolicy(EvictionPolicy):
         """Feed the shadows the last request, learn from re-stores, save the state (once, before planning)."""
         with self._lock:
             self._regroup.flush()
+            self._publish_order()  # the shadows have seen everything ingested: this pass's order
         self._fifo.prepare(catalog)
         self._fifo_ran = False
         self._ghost_limit = 0

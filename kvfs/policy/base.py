@@ -62,6 +62,11 @@ class EvictionPolicy(ABC):
         generator then releases its database resources.
         """
 
+    def current_order(self) -> str | None:
+        """The order this pass ranks victims by, for a policy that chooses among several (adaptive: `shares`,
+        `s3fifo`, `2q` or `prefix`), known once `prepare` has run; None for a policy of one order."""
+        return None
+
     def take_pass_writes(self) -> PassWrites | None:
         """Writes the order decided while planning besides its victims (S3-FIFO's sweep moves rows between
         its queues), handed over once per pass: the planner puts them in the plan and the executor applies them

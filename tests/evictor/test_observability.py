@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from evictor_helpers import standalone_runner
+from prometheus_client import REGISTRY
 
 from evictor.http import StatusServer
 from evictor.logs import JsonFormatter
@@ -21,6 +22,8 @@ from evictor.settings import load_settings
 from kvfs.blockfile import BlockIdentity, StoreOutcome, store_block
 from kvfs.catalog import BlockRow, Catalog
 from kvfs.layout import BlockKey, fingerprint_sha256, kvfs_fields, namespace_name, write_namespace_config
+from kvfs.policy import DEFAULT_POLICY
+from kvfs.replay.chooser import CANDIDATES
 
 
 @pytest.fixture
@@ -85,12 +88,17 @@ def test_a_pass_logs_what_it_evicted_as_fields(tmp_path: Path, json_log: io.Stri
     finally:
         catalog.close()
     assert report.outcome == "evicted" and report.result is not None
+    assert DEFAULT_POLICY == "adaptive"
     (line,) = [x for x in lines(json_log) if x.get("event") == "evicted"]
     assert line["files"] == report.result.deleted_files == 6
     assert line["bytes"] == report.result.deleted_bytes == 6 * size
     assert line["reasons"] == {"capacity": {"files": 6, "bytes": 6 * size}}
     assert line["namespaces"] == {ns: {"files": 6, "bytes": 6 * size}}
     assert line["usage_bytes"] == 10 * size and line["errors"] == 0 and line["refused"] == 0
+    # The default policy (adaptive) says which of its orders ranked the victims, in the line and as a gauge.
+    assert line["order"] == runner.policy.current_order() and line["msg"].endswith(f"; order {line['order']}")
+    orders = {o: REGISTRY.get_sample_value("kvfs_policy_order", {"order": o}) for o in CANDIDATES}
+    assert orders == {o: 1.0 if o == line["order"] else 0.0 for o in CANDIDATES}
 
 
 def test_metrics_endpoint_has_no_created_series() -> None:

@@ -80,6 +80,11 @@ def catalog(catalog_url: str):
         yield cat
 
 
+def test_only_a_policy_of_several_orders_names_its_current_one() -> None:
+    assert get_policy("adaptive").current_order() in CANDIDATES
+    assert {get_policy(name).current_order() for name in ("lru", "prefix", "2q", "s3fifo")} == {None}
+
+
 def test_registered_and_selectable() -> None:
     assert "adaptive" in available_policies()
     assert isinstance(get_policy("adaptive"), AdaptivePolicy)
