@@ -198,9 +198,33 @@ def test_the_engine_is_set_beside_its_replay_request_by_request(tmp_path):
         {"i": 3, "tokens": 4 * n, "loaded_tokens": n, "misses": 0.0},  # 2 fewer, found less
         {"i": 4, "tokens": 4 * n, "loaded_tokens": 3 * n, "misses": 0.0},  # 1 more
     ]
-    assert e2e_trace.against_replay(per_request, [2, 4, 3, 3, 2]) == {
+    against = e2e_trace.against_replay(per_request, [2, 4, 3, 3, 2])
+    assert {k: v for k, v in against.items() if k != "departures"} == {
         "same": 1, "below": 2, "blocks_lost": 5, "below_with_load_misses": 1, "above": 1, "blocks_gained": 1,
     }  # fmt: skip
+    assert [(d["i"], d["replay_blocks"], d["engine_blocks"]) for d in against["departures"]] == [
+        (2, 3, 0), (3, 3, 1), (4, 2, 3),
+    ]  # fmt: skip
+    # With `adaptive`'s orders: the replay's after the request before, the engine's last evicting pass before it.
+    started = {2: 100.0, 3: 200.0, 4: 300.0}
+    timed = [{**q, "started": started.get(q["i"], 0.0)} for q in per_request]
+    replay_orders = ["shares", "prefix", "prefix", "2q", "2q"]
+    engine_orders = [(50.0, "shares"), (150.0, "prefix"), (250.0, "s3fifo")]
+    departures = e2e_trace.against_replay(timed, [2, 4, 3, 3, 2], replay_orders, engine_orders)["departures"]
+    assert [(d["replay_order"], d["engine_order"]) for d in departures] == [
+        ("prefix", "shares"), ("prefix", "prefix"), ("2q", "s3fifo"),
+    ]  # fmt: skip
+    log = (
+        "2026-12-06 08:45:35,904 INFO kvfs.evictor.passes: evicted 35 files, 1.1 GiB (capacity: 35 files 1.1 GiB) "
+        "[ns: 35 files 1.1 GiB]; usage 4.4 GiB of 4.8 GiB (92.2%, max_bytes); recheck kept 0, missing 0, refused "
+        "0, errors 0; order s3fifo\n"
+        "2026-12-06 08:45:35,910 INFO kvfs.evictor.passes: removed 70 emptied bucket directories\n"
+        "2026-12-06 08:45:45,812 INFO kvfs.evictor.passes: evicted 2 files, 64 MiB (capacity: 2 files 64 MiB) [ns: "
+        "2 files 64 MiB]; usage 4.1 GiB of 4.8 GiB (85.1%, max_bytes); recheck kept 0, missing 0, refused 0, "
+        "errors 0; order 2q\n"
+    )
+    (t1, o1), (t2, o2) = e2e_trace.pass_orders(log)
+    assert (o1, o2) == ("s3fifo", "2q") and t2 - t1 == pytest.approx(9.908)
     res = e2e_trace.evictor_trace_phase(_spec(tmp_path, requests=12), TraceEngine(10), pause_s=0.0)
     against = res["against_replay"]
     assert against["same"] + against["below"] + against["above"] == 12

@@ -269,14 +269,15 @@ def start_evictor(
     return proc, log, log_path, f"sqlite:///{catalog}"
 
 
-def stop_evictor(evictor: subprocess.Popen[bytes], log: Any, log_path: str, res: dict[str, Any]) -> None:
-    """Stop it (SIGTERM, then SIGKILL) and put its error count and log tail into `res`."""
+def stop_evictor(evictor: subprocess.Popen[bytes], log: Any, log_path: str, res: dict[str, Any]) -> str:
+    """Stop it (SIGTERM, then SIGKILL), put its error count and log tail into `res`; returns its whole log."""
     stop_gracefully(evictor, 30)
     log.close()
     with open(log_path) as f:
         text = f.read()
     res["evictor_errors"] = sum(1 for line in text.splitlines() if " ERROR " in line or "Traceback" in line)
     res["evictor_log_tail"] = text.splitlines()[-15:]
+    return text
 
 
 def watermark_blocks(capacity: int) -> tuple[int, int]:

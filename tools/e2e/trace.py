@@ -15,6 +15,7 @@ request against a plain engine's recompute (phase `trace-ref`, run first in its 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -77,16 +78,22 @@ def trace_oracles(
     from kvfs.policy import DEFAULT_POLICY
     from kvfs.replay import simulate_policy
     from kvfs.replay.baselines import simulate_belady, simulate_lru
+    from kvfs.replay.chooser import simulate_adaptive
     from kvfs.replay.memory import simulate_prefix
 
     high, low = watermark_blocks(capacity_blocks)
     slack = max(1, high - low)
     policy = policy or DEFAULT_POLICY
-    own = simulate_policy(requests, high, slack, policy)
+    orders: list[str] = []
+    if policy == "adaptive":  # the same replay, with the order it chose after each request
+        own = simulate_adaptive(requests, high, slack, choices=orders)
+    else:
+        own = simulate_policy(requests, high, slack, policy)
     return {
         "policy": policy,
         "replay_policy_hit_ratio": own.hit_ratio,
         "replay_policy_per_request": own.per_request,
+        "replay_orders": orders,
         "replay_prefix_hit_ratio": simulate_prefix(requests, high, slack).hit_ratio,
         "lru_hit_ratio": simulate_lru(requests, high, slack).hit_ratio,
         "belady_hit_ratio": simulate_belady(requests, high, slack).hit_ratio,
@@ -123,11 +130,13 @@ def evictor_trace_phase(
     }  # fmt: skip
     evictor, log, log_path, catalog_url = start_evictor(spec, root, capacity)
     peak = errors = 0
+    log_text = ""
     try:
         engine = engine or Engine(spec)
         for i, blocks in enumerate(reqs):
             tokens = request_tokens(blocks, spec["vocab"])
             ref = refs.get(str(i))
+            started = time.time()
             try:
                 hit = measure_hit(engine, tokens, ref or [], "trace", bpt)
                 engine.settle()
@@ -138,6 +147,7 @@ def evictor_trace_phase(
             res["per_request"].append(
                 {
                     "i": i,
+                    "started": started,
                     "tokens": len(tokens),
                     "loaded_tokens": min(int(hit.get("loaded_tokens", 0)), len(tokens)),
                     "ttft_s": hit["ttft_s"],
@@ -150,34 +160,71 @@ def evictor_trace_phase(
             if (i + 1) % PROGRESS_EVERY == 0:
                 print(f"[e2e trace] {running_line(res['per_request'], len(reqs))}", flush=True)
     finally:
-        stop_evictor(evictor, log, log_path, res)
+        log_text = stop_evictor(evictor, log, log_path, res)
     res["catalog"] = chain_counts(catalog_url)
     res.update(summarize(res["per_request"], capacity, peak))
     res["request_errors"] = errors
     res.update(trace_oracles(reqs, capacity_blocks, spec.get("policy")))
-    res["against_replay"] = against_replay(res["per_request"], res.pop("replay_policy_per_request"))
+    res["pass_orders"] = pass_orders(log_text)
+    res["against_replay"] = against_replay(
+        res["per_request"], res.pop("replay_policy_per_request"), res.pop("replay_orders"), res["pass_orders"]
+    )
     return res
 
 
-def against_replay(per_request: Sequence[Mapping[str, Any]], replay_hits: Sequence[int]) -> dict[str, Any]:
+# The evictor's text log line of a pass that evicted (evictor/passes.py), with the order `adaptive` ranked it by.
+_PASS_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) INFO \S+: evicted .*; order (\S+)$")
+
+
+def pass_orders(log_text: str) -> list[tuple[float, str]]:
+    """(time, order) of each pass that evicted, from the evictor's log (its local-time stamps, as `time.time()`
+    on the same machine reads them)."""
+    found = []
+    for line in log_text.splitlines():
+        m = _PASS_LINE.match(line)
+        if m:
+            stamp = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
+            found.append((stamp, m.group(3)))
+    return found
+
+
+def against_replay(
+    per_request: Sequence[Mapping[str, Any]],
+    replay_hits: Sequence[int],
+    replay_orders: Sequence[str] = (),
+    engine_orders: Sequence[tuple[float, str]] = (),
+) -> dict[str, Any]:
     """Where the engine's hits depart from its policy's replay, request by request: how many requests loaded
     exactly the blocks the replay hit, how many fewer or more (and the blocks), and how many of the fewer had a
-    load miss (a file gone between lookup and load) rather than a lookup that found less."""
+    load miss (a file gone between lookup and load) rather than a lookup that found less.  With the orders
+    (`adaptive`), each departing request also names the order of the engine's last evicting pass before it
+    started and the replay's order after the request before it: the evictions that decided its hits."""
     same = below = above = lost = gained = with_misses = 0
+    departures = []
     for q in per_request:
         if "error" in q:
             continue
-        engine, replay = q["loaded_tokens"] // CHUNK_TOKENS, replay_hits[q["i"]]
+        i = q["i"]
+        engine, replay = q["loaded_tokens"] // CHUNK_TOKENS, replay_hits[i]
         if engine == replay:
             same += 1
-        elif engine < replay:
+            continue
+        if engine < replay:
             below, lost = below + 1, lost + replay - engine
             with_misses += bool(q["misses"])
         else:
             above, gained = above + 1, gained + engine - replay
+        before = [order for t, order in engine_orders if t <= q.get("started", 0.0)]
+        departures.append(
+            {
+                "i": i, "replay_blocks": replay, "engine_blocks": engine, "load_misses": q["misses"],
+                "replay_order": replay_orders[i - 1] if 0 < i <= len(replay_orders) else None,
+                "engine_order": before[-1] if before else None,
+            }
+        )  # fmt: skip
     return {
         "same": same, "below": below, "blocks_lost": lost, "below_with_load_misses": with_misses,
-        "above": above, "blocks_gained": gained,
+        "above": above, "blocks_gained": gained, "departures": departures,
     }  # fmt: skip
 
 
@@ -241,8 +288,16 @@ def format_trace(ev: Mapping[str, Any]) -> str:
 def _format_against(against: Mapping[str, int] | None) -> str:
     if not against:
         return ""
-    return (
+    line = (
         f"; request by request against the replay: {against['same']} loaded what it hit, {against['below']} less "
         f"({against['blocks_lost']} blocks; {against['below_with_load_misses']} with load misses), "
         f"{against['above']} more ({against['blocks_gained']} blocks)"
+    )
+    shown = [
+        f"{d['i']}: {d['replay_blocks']}→{d['engine_blocks']}"
+        + (f" ({d['replay_order']}/{d['engine_order']})" if d["replay_order"] or d["engine_order"] else "")
+        for d in against.get("departures", [])[:12]
+    ]
+    return line + (
+        f"; request: replay→engine blocks (replay/engine order): {', '.join(shown)}" if shown else ""
     )
