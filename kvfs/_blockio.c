@@ -100,6 +100,19 @@ static uint64_t pieces_final(pieces_t *p) {
     return sum;
 }
 
+/* Drop the first n bytes of a vector after a short transfer. */
+static void advance(struct iovec **iov, int *iovcnt, size_t n) {
+    while (*iovcnt > 0 && n >= (*iov)->iov_len) {
+        n -= (*iov)->iov_len;
+        (*iov)++;
+        (*iovcnt)--;
+    }
+    if (*iovcnt > 0) {
+        (*iov)->iov_base = (char *)(*iov)->iov_base + n;
+        (*iov)->iov_len -= n;
+    }
+}
+
 static int write_all(int fd, struct iovec *iov, int iovcnt, off_t off) {
     while (iovcnt > 0) {
         ssize_t n = pwritev(fd, iov, iovcnt, off);
@@ -112,15 +125,7 @@ static int write_all(int fd, struct iovec *iov, int iovcnt, off_t off) {
             return -1;
         }
         off += n;
-        while (iovcnt > 0 && (size_t)n >= iov->iov_len) {
-            n -= (ssize_t)iov->iov_len;
-            iov++;
-            iovcnt--;
-        }
-        if (iovcnt > 0) {
-            iov->iov_base = (char *)iov->iov_base + n;
-            iov->iov_len -= (size_t)n;
-        }
+        advance(&iov, &iovcnt, (size_t)n);
     }
     return 0;
 }
@@ -137,15 +142,7 @@ static ssize_t read_full(int fd, struct iovec *iov, int iovcnt, off_t off) {
         if (n == 0) break;
         total += n;
         off += n;
-        while (iovcnt > 0 && (size_t)n >= iov->iov_len) {
-            n -= (ssize_t)iov->iov_len;
-            iov++;
-            iovcnt--;
-        }
-        if (iovcnt > 0) {
-            iov->iov_base = (char *)iov->iov_base + n;
-            iov->iov_len -= (size_t)n;
-        }
+        advance(&iov, &iovcnt, (size_t)n);
     }
     return total;
 }

@@ -470,11 +470,8 @@ def store_block(
             os.fdatasync(fd)
         os.close(fd)
         fd = -1
-        if not _publish(tmp, path):
-            _remove_quietly(tmp)
+        if not _publish_synced(tmp, path, durability):
             return StoreResult(StoreOutcome.EXISTS, 0)
-        if durability is Durability.DATA_DIR:
-            _fsync_dir(os.path.dirname(path))
     except OSError as exc:
         if fd >= 0:
             os.close(fd)
@@ -560,11 +557,8 @@ def _publish_refused(tmp: str, path: str, err: int, nbytes: int, durability: Dur
     log.info("rename with RENAME_NOREPLACE refused (%s) under %s: stat + rename", os.strerror(err), path)
     _renameat2 = None
     try:
-        if not _publish(tmp, path):
-            _remove_quietly(tmp)
+        if not _publish_synced(tmp, path, durability):
             return StoreResult(StoreOutcome.EXISTS, 0)
-        if durability is Durability.DATA_DIR:
-            _fsync_dir(os.path.dirname(path))
     except OSError as exc:
         _remove_quietly(tmp)
         return StoreResult(StoreOutcome.FAILED, 0, f"{type(exc).__name__}: {exc}")
@@ -592,6 +586,17 @@ _renameat2 = _load_renameat2()
 # Filesystems that refuse the flag (EINVAL: NFS, older FUSE, ...) switch the process to stat + rename for good:
 # correct everywhere, one system call more.
 _NOREPLACE_REFUSED: Final = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
+
+
+def _publish_synced(tmp: str, path: str, durability: Durability) -> bool:
+    """Publish a finished temp file, and under `data+dir` its directory entry; False (the temp file removed) when
+    a block was already there.  Raises OSError."""
+    if not _publish(tmp, path):
+        _remove_quietly(tmp)
+        return False
+    if durability is Durability.DATA_DIR:
+        _fsync_dir(os.path.dirname(path))
+    return True
 
 
 def _publish(tmp: str, path: str) -> bool:
