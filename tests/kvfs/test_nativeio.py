@@ -165,9 +165,12 @@ def test_stores_create_missing_directories_with_the_exact_mode(tmp_path: Path, n
 
 
 @pytest.mark.parametrize("noreplace", [True, False], ids=["renameat2", "stat+rename"])
-def test_racing_writers_of_one_block_publish_exactly_one_whole_file(
+def test_racing_writers_of_one_block_publish_one_whole_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: object, noreplace: bool
 ) -> None:
+    """With RENAME_NOREPLACE exactly one writer publishes and the others answer EXISTS; with stat + rename (a
+    filesystem refusing the flag) two writers that both pass the check may both rename, the later replacing the
+    earlier: each answers STORED, and the block is still one whole file (rename is atomic)."""
     if not noreplace:
         monkeypatch.setattr(blockfile, "_renameat2", None)
     payloads = [payload_of(HASH_PIECE_BYTES + 100, seed)[: HASH_PIECE_BYTES + 100] for seed in range(8)]
@@ -187,8 +190,9 @@ def test_racing_writers_of_one_block_publish_exactly_one_whole_file(
             t.start()
         for t in threads:
             t.join()
-        assert sorted(outcomes).count(StoreOutcome.STORED) == 1, outcomes
-        assert outcomes.count(StoreOutcome.EXISTS) == len(payloads) - 1
+        stored = outcomes.count(StoreOutcome.STORED)
+        assert stored == 1 if noreplace else stored >= 1, outcomes
+        assert outcomes.count(StoreOutcome.EXISTS) == len(payloads) - stored
         assert os.listdir(path.parent) == ["blk.kvfs"]  # every loser's temp file removed
         loaded = load_block(path, IDENT)
         assert loaded.ok and loaded.payload in payloads
