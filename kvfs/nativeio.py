@@ -3,8 +3,9 @@
 A store or load of one block file through it is one call that releases the GIL once (system calls and payload
 hash included) instead of ~6 system calls and as many hash calls, each a GIL hand-off with Python between them:
 with 16 connector I/O threads on small files those hand-offs, not the bytes, bounded kvfs (docs/benchmarks.md,
-issue 23 item 4).  kvfs/blockfile.py uses it where it applies (buffered I/O into a caller's buffer) and keeps its
-Python path for everything else; both produce and accept the same files (tests/kvfs/test_nativeio.py).
+issue 23 item 4).  kvfs/blockfile.py uses it for every store and for loads into a caller's buffer (buffered or
+O_DIRECT), and keeps its Python path for loads that return bytes (`kvfs verify`); both paths produce and accept
+the same files (tests/kvfs/test_nativeio.py).
 
 It is used only when the extension was built (setup.py: optional, so an install without a C compiler still
 works), its hash binds to the `xxhash` package's own XXH3_64bits, and kvfs/checksum.py's self-test at import
