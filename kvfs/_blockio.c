@@ -22,6 +22,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -211,6 +212,47 @@ static ssize_t read_span(int fd, unsigned char *pre, size_t pre_len, unsigned ch
     }
 }
 
+/* mkdir -p of `dir`, each directory it creates given `mode` exactly (a chmod where the umask strips a bit of
+ * it: `chmod_dirs`), the leaf tried first (its parent usually exists).  As kvfs.blockfile._makedirs: EEXIST is
+ * success (a file there fails the open that follows).  0, or -1 with errno. */
+static int make_dirs(char *dir, mode_t mode, int chmod_dirs, int depth) {
+    if (mkdir(dir, mode) == 0) return chmod_dirs ? chmod(dir, mode) : 0;
+    if (errno == EEXIST) return 0;
+    char *slash = strrchr(dir, '/');
+    if (errno != ENOENT || depth <= 0 || slash == NULL || slash == dir) return -1;
+    *slash = '\0';
+    int made = make_dirs(dir, mode, chmod_dirs, depth - 1);
+    *slash = '/';
+    if (made < 0) return -1;
+    if (mkdir(dir, mode) == 0) return chmod_dirs ? chmod(dir, mode) : 0;
+    return errno == EEXIST ? 0 : -1;
+}
+
+/* Create the temp file, creating its directories when they are missing (`dir_mode` > 0): new, or removed by the
+ * evictor when they emptied, possibly again between our mkdir and the open, so a few times. */
+#define DIR_RETRIES 16
+static int open_creating_dirs(const char *tmp, int flags, mode_t mode, mode_t dir_mode, int chmod_dirs) {
+    int fd = open(tmp, flags, mode);
+    for (int tries = 0; fd < 0 && errno == ENOENT && dir_mode && tries < DIR_RETRIES; tries++) {
+        char dir[PATH_MAX];
+        size_t len = strlen(tmp);
+        if (len >= sizeof dir) {
+            errno = ENAMETOOLONG;
+            return -1;
+        }
+        memcpy(dir, tmp, len + 1);
+        char *slash = strrchr(dir, '/');
+        if (slash == NULL || slash == dir) {
+            errno = ENOENT;
+            return -1;
+        }
+        *slash = '\0';
+        if (make_dirs(dir, dir_mode, chmod_dirs, 64) < 0 && errno != ENOENT) return -1;
+        fd = open(tmp, flags, mode);
+    }
+    return fd;
+}
+
 /* The existence checks use access(2) and the type check the fstat system call itself, not glibc's stat64 /
  * fstat64 (versioned GLIBC_2.33): one build then loads on every glibc >= 2.28, as torch's wheels need (x86_64's
  * struct stat is the kernel's). */
@@ -227,8 +269,10 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *
 }
 
 /* store(tmp, final, header, sum_offset, header_sum_offset, payload, known, checksum, hash_piece, write_piece,
- *       mode, fchmod, datasync, noreplace, direct) -> (outcome, errno, checksum, direct_fallback)
+ *       mode, fchmod, dir_mode, chmod_dirs, datasync, noreplace, direct) -> (outcome, errno, checksum,
+ *       direct_fallback)
  *
+ * Missing directories of the temp file are created with `dir_mode` (0: not created; the open fails ENOENT).
  * header: writable, its length the header's (page-aligned for `direct`).  Without `known`: hash the payload
  * (algorithm 2, `hash_piece` pieces) as it is written in `write_piece` steps, then put the checksum at
  * `sum_offset` and the header's xxh3-64 of header[:header_sum_offset] at `header_sum_offset`, and write the header
@@ -241,10 +285,10 @@ static PyObject *blockio_store(PyObject *self, PyObject *args) {
     PyObject *header_obj, *payload_obj;
     Py_ssize_t sum_off, hsum_off, hash_piece, write_piece;
     unsigned long long known_sum;
-    int known, mode, do_fchmod, datasync, noreplace, direct;
-    if (!PyArg_ParseTuple(args, "yyOnnOpKnnipppp", &tmp, &final, &header_obj, &sum_off, &hsum_off, &payload_obj,
-                          &known, &known_sum, &hash_piece, &write_piece, &mode, &do_fchmod, &datasync,
-                          &noreplace, &direct))
+    int known, mode, do_fchmod, dir_mode, chmod_dirs, datasync, noreplace, direct;
+    if (!PyArg_ParseTuple(args, "yyOnnOpKnnipipppp", &tmp, &final, &header_obj, &sum_off, &hsum_off, &payload_obj,
+                          &known, &known_sum, &hash_piece, &write_piece, &mode, &do_fchmod, &dir_mode,
+                          &chmod_dirs, &datasync, &noreplace, &direct))
         return NULL;
     if (xxh3 == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "kvfs._blockio: no hash function bound");
@@ -278,11 +322,11 @@ static PyObject *blockio_store(PyObject *self, PyObject *args) {
         goto done;
     }
     int flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC;
-    fd = open(tmp, flags | (use_direct ? O_DIRECT : 0), (mode_t)mode);
+    fd = open_creating_dirs(tmp, flags | (use_direct ? O_DIRECT : 0), (mode_t)mode, (mode_t)dir_mode, chmod_dirs);
     if (fd < 0 && use_direct && errno == EINVAL) {
         fallback = FB_OPEN;
         use_direct = 0;
-        fd = open(tmp, flags, (mode_t)mode);
+        fd = open_creating_dirs(tmp, flags, (mode_t)mode, (mode_t)dir_mode, chmod_dirs);
     }
     if (fd < 0) {
         outcome = ST_OPEN_FAILED;

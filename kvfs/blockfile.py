@@ -507,7 +507,9 @@ def _store_native(
         hbuf[:HEADER_SIZE] = header
         header = hbuf
     umask = _umask_value if _umask_value is not None else _umask()
-    args = (
+    dir_mode = dir_mode_for(file_mode)
+    # Its directories, when missing, are created in the same call (as _open_creating_dirs does here).
+    outcome, err, _sum, fallback = native.store(
         os.fsencode(tmp),
         os.fsencode(path),
         header,
@@ -520,20 +522,14 @@ def _store_native(
         NATIVE_PIECE_BYTES,
         file_mode,
         bool(file_mode & umask),
+        dir_mode,
+        bool(dir_mode & umask),
         durability is not Durability.NONE,
+        _renameat2 is not None,
+        use_direct,
     )
-    for _ in range(_DIR_RETRIES + 1):
-        outcome, err, _sum, fallback = native.store(*args, _renameat2 is not None, use_direct)
-        if fallback:
-            _direct_fallback(_NATIVE_FALLBACKS[fallback])
-        if outcome != nativeio.OPEN_FAILED or err != errno.ENOENT:
-            break
-        try:  # its directory is missing (new, or removed by the evictor when it emptied): create it, again
-            _makedirs(os.path.dirname(tmp), dir_mode_for(file_mode))
-        except FileNotFoundError:
-            continue  # a parent was removed between our mkdirs
-        except OSError as exc:
-            return StoreResult(StoreOutcome.FAILED, 0, f"{type(exc).__name__}: {exc}")
+    if fallback:
+        _direct_fallback(_NATIVE_FALLBACKS[fallback])
     if outcome == nativeio.STORED:
         if durability is Durability.DATA_DIR:
             try:
