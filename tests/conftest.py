@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -103,3 +103,25 @@ def block_io(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     else:
         monkeypatch.setattr(nativeio, "MODULE", None)
     return str(request.param)
+
+
+@pytest.fixture
+def standalone_runner() -> Callable[[Any, Any], Any]:
+    """Builds the evictor's pass runner on its own, as a test drives it: no ingest thread, no tree feed, always
+    leader (`standalone_runner(settings, catalog)`)."""
+    import threading
+
+    from evictor.passes import PassRunner
+
+    def build(settings: Any, catalog: Any) -> Any:
+        return PassRunner(
+            settings,
+            catalog,
+            ingest=lambda: None,
+            temp_files=list,
+            forget_temp_files=lambda _paths: None,
+            still_leader=lambda: True,
+            stopping=threading.Event(),
+        )
+
+    return build

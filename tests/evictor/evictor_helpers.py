@@ -164,20 +164,3 @@ def bytes_on_disk(root: Path) -> int:
         except FileNotFoundError:
             continue
     return total
-
-
-def standalone_runner(settings: Any, catalog: Any) -> Any:
-    """The evictor's pass runner on its own, as a test drives it: no ingest thread, no tree feed, always leader."""
-    import threading
-
-    from evictor.passes import PassRunner
-
-    return PassRunner(
-        settings,
-        catalog,
-        ingest=lambda: None,
-        temp_files=list,
-        forget_temp_files=lambda _paths: None,
-        still_leader=lambda: True,
-        stopping=threading.Event(),
-    )

@@ -9,11 +9,11 @@ import logging
 import os
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from evictor_helpers import standalone_runner
 from prometheus_client import REGISTRY
 
 from evictor.http import StatusServer
@@ -55,7 +55,9 @@ def test_json_lines_put_extra_fields_as_keys(json_log: io.StringIO) -> None:
     assert not {"args", "levelno", "pathname", "msecs"} & line.keys()  # LogRecord internals stay out
 
 
-def test_a_pass_logs_what_it_evicted_as_fields(tmp_path: Path, json_log: io.StringIO) -> None:
+def test_a_pass_logs_what_it_evicted_as_fields(
+    tmp_path: Path, json_log: io.StringIO, standalone_runner: Callable[[Any, Any], Any]
+) -> None:
     root = tmp_path / "root"
     root.mkdir()
     fields = kvfs_fields({"model_name": "org/m", "block_size": 16, "dtype": "bfloat16"})

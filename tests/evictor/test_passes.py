@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-
-from evictor_helpers import standalone_runner
+from typing import Any
 
 from evictor.settings import load_settings
 from kvfs.blockfile import BlockIdentity, StoreOutcome, store_block
@@ -18,7 +18,9 @@ from kvfs.layout import BlockKey, fingerprint_sha256, kvfs_fields, namespace_nam
 from kvfs.policy.adaptive import AdaptivePolicy
 
 
-def test_adaptive_hears_the_journal_from_start_up(tmp_path: Path) -> None:
+def test_adaptive_hears_the_journal_from_start_up(
+    tmp_path: Path, standalone_runner: Callable[[Any, Any], Any]
+) -> None:
     root = tmp_path / "root"
     root.mkdir()
     fields = kvfs_fields({"model_name": "org/m", "block_size": 16, "dtype": "bfloat16"})

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from test_gc import make_namespace, write_block
 
-from evictor.passes import PassRunner, capacity_target
+from evictor.passes import capacity_target
 from evictor.settings import load_settings
 from kvfs.catalog import BlockRow, Catalog
 from kvfs.cli import main
@@ -43,7 +44,9 @@ def fleet(tmp_path: Path, catalog_url: str):
     catalog.close()
 
 
-def test_gc_and_the_evictor_plan_the_same_victims(tmp_path: Path, catalog_url: str, fleet) -> None:
+def test_gc_and_the_evictor_plan_the_same_victims(
+    tmp_path: Path, catalog_url: str, fleet, standalone_runner: Callable[[Any, Any], Any]
+) -> None:
     root, catalog, names, size = fleet
     config = tmp_path / "evictor.yaml"
     config.write_text(
@@ -65,15 +68,7 @@ def test_gc_and_the_evictor_plan_the_same_victims(tmp_path: Path, catalog_url: s
     )
     settings = load_settings(environ={}, config=config)
 
-    runner = PassRunner(
-        settings,
-        catalog,
-        ingest=lambda: None,
-        temp_files=list,
-        forget_temp_files=lambda _paths: None,
-        still_leader=lambda: True,
-        stopping=threading.Event(),
-    )
+    runner = standalone_runner(settings, catalog)
     report = runner.run_pass()
     assert report.result is not None and report.result.dry_run
     target = capacity_target(settings, report.capacity)  # the evictor's own target for this usage
