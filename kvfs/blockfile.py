@@ -62,7 +62,7 @@ from kvfs.checksum import (
     payload_checksum,
     payload_hasher,
 )
-from kvfs.layout import dir_mode_for, temp_path_for
+from kvfs.layout import dir_mode_for, temp_name_for
 
 log = logging.getLogger(__name__)
 
@@ -461,7 +461,7 @@ def store_block(
         pass
     else:
         return StoreResult(StoreOutcome.EXISTS, 0)
-    tmp = temp_path_for(path)
+    tmp = temp_name_for(path)
     fd = -1
     try:
         fd, use_direct = _open_temp(tmp, file_mode, direct)
@@ -499,7 +499,7 @@ def _store_native(
     """store_block through the compiled path: the existence check, temp file, hash, write, close and publish in
     one call without the GIL (kvfs.nativeio); the same file, outcomes and errors as the Python path."""
     nbytes = len(view)
-    tmp = temp_path_for(path)
+    tmp = temp_name_for(path)
     header: bytearray | mmap.mmap = _unsealed_header(ident, nbytes, 0)
     use_direct = bool(direct and _O_DIRECT)
     if use_direct:  # O_DIRECT writes from page-aligned memory: this thread's header page

@@ -163,13 +163,9 @@ def is_temp_name(name: str) -> bool:
     return name.endswith(TEMP_SUFFIX)
 
 
-def temp_path_for(final_path: str) -> str:
-    """`temp_name_for` of a path's file name, in its directory: the path plus a unique suffix."""
-    return f"{final_path}_{_tmp_bits(64):016x}{TEMP_SUFFIX}"
-
-
 def temp_name_for(final_name: str) -> str:
-    """A unique temp name in the final file's directory, so rename is atomic on every POSIX filesystem."""
+    """A unique temp name in the final file's directory, so rename is atomic on every POSIX filesystem.  Only a
+    suffix is added: given a path, the temp file's path in the same directory."""
     # 64 random bits from a private generator seeded by the OS (not `secrets`: a getrandom system call per store;
     # not the shared `random`, which engines seed alike).  Uniqueness is all they are for: O_EXCL refuses a clash.
     return f"{final_name}_{_tmp_bits(64):016x}{TEMP_SUFFIX}"
