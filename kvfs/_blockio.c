@@ -44,7 +44,7 @@ static xxh3_fn xxh3 = NULL;
 enum {
     ST_STORED = 0,
     ST_EXISTS = 1,
-    ST_OPEN_FAILED = 2,       /* the temp file could not be created (errno: ENOENT = its directory is missing) */
+    ST_OPEN_FAILED = 2,       /* the temp file could not be created, its directories included (errno) */
     ST_FAILED = 3,            /* errno; the temp file is removed */
     ST_NOREPLACE_REFUSED = 4, /* the filesystem refuses RENAME_NOREPLACE: the temp file is written, closed and
                                  left for the caller to publish */
@@ -269,8 +269,7 @@ static int get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *
 }
 
 /* store(tmp, final, header, sum_offset, header_sum_offset, payload, known, checksum, hash_piece, write_piece,
- *       mode, fchmod, dir_mode, chmod_dirs, datasync, noreplace, direct) -> (outcome, errno, checksum,
- *       direct_fallback)
+ *       mode, fchmod, dir_mode, chmod_dirs, datasync, noreplace, direct) -> (outcome, errno, direct_fallback)
  *
  * Missing directories of the temp file are created with `dir_mode` (0: not created; the open fails ENOENT).
  * header: writable, its length the header's (page-aligned for `direct`).  Without `known`: hash the payload
@@ -442,7 +441,7 @@ done:;
 
     PyBuffer_Release(&payload);
     PyBuffer_Release(&header);
-    return Py_BuildValue("iiKi", outcome, err, (unsigned long long)checksum, fallback);
+    return Py_BuildValue("iii", outcome, err, fallback);
 }
 
 /* load(path, header_out, out, verify, hash_piece, read_piece, direct)

@@ -509,7 +509,7 @@ def _store_native(
     umask = _umask_value if _umask_value is not None else _umask()
     dir_mode = dir_mode_for(file_mode)
     # Its directories, when missing, are created in the same call (as _open_creating_dirs does here).
-    outcome, err, _sum, fallback = native.store(
+    outcome, err, fallback = native.store(
         os.fsencode(tmp),
         os.fsencode(path),
         header,
@@ -539,26 +539,18 @@ def _store_native(
         return StoreResult(StoreOutcome.STORED, nbytes)
     if outcome == nativeio.EXISTS:
         return StoreResult(StoreOutcome.EXISTS, 0)
-    if outcome == nativeio.NOREPLACE_REFUSED:  # written and closed: publish it the portable way from now on
-        return _publish_refused(tmp, path, err, nbytes, durability)
+    if outcome == nativeio.NOREPLACE_REFUSED:
+        # Written and closed; `_publish` meets the same refusal and switches the process to stat + rename.
+        try:
+            if not _publish_synced(tmp, path, durability):
+                return StoreResult(StoreOutcome.EXISTS, 0)
+        except OSError as exc:
+            _remove_quietly(tmp)
+            return StoreResult(StoreOutcome.FAILED, 0, f"{type(exc).__name__}: {exc}")
+        return StoreResult(StoreOutcome.STORED, nbytes)
     exc = OSError(err, os.strerror(err), tmp if outcome == nativeio.OPEN_FAILED else path)
     log.debug("store of %s failed: %s", path, exc)
     return StoreResult(StoreOutcome.FAILED, 0, f"{type(exc).__name__}: {exc}")
-
-
-def _publish_refused(tmp: str, path: str, err: int, nbytes: int, durability: Durability) -> StoreResult:
-    """The compiled store's temp file, where the filesystem refused RENAME_NOREPLACE: switch the process to stat +
-    rename (as `_publish` does) and publish it so."""
-    global _renameat2
-    log.info("rename with RENAME_NOREPLACE refused (%s) under %s: stat + rename", os.strerror(err), path)
-    _renameat2 = None
-    try:
-        if not _publish_synced(tmp, path, durability):
-            return StoreResult(StoreOutcome.EXISTS, 0)
-    except OSError as exc:
-        _remove_quietly(tmp)
-        return StoreResult(StoreOutcome.FAILED, 0, f"{type(exc).__name__}: {exc}")
-    return StoreResult(StoreOutcome.STORED, nbytes)
 
 
 # rename(2) with RENAME_NOREPLACE: the publish and the check that no other writer published first in one system

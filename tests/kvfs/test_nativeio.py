@@ -3,6 +3,8 @@ same files as the Python path byte for byte, the same misses for bad files, and 
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import os
 import subprocess
@@ -10,6 +12,7 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -46,7 +49,7 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture
-def native(monkeypatch: pytest.MonkeyPatch) -> object:
+def native() -> Any:
     assert nativeio.MODULE is not None, f"the compiled block-file path is {nativeio.STATUS}"
     return nativeio.MODULE
 
@@ -234,22 +237,44 @@ def test_every_durability_publishes(tmp_path: Path, native: object, durability: 
 
 
 def test_a_temp_file_left_by_a_refused_noreplace_is_published_the_portable_way(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: Any
 ) -> None:
-    # The compiled store leaves its written temp file when the filesystem refuses RENAME_NOREPLACE (NFS): the
-    # process switches to stat + rename, publishes it, and answers EXISTS when another writer got there first.
-    monkeypatch.setattr(blockfile, "_renameat2", blockfile._renameat2)
-    final, tmp = tmp_path / "a.kvfs", tmp_path / "a.kvfs_1.tmp"
-    tmp.write_bytes(b"mine")
-    result = blockfile._publish_refused(str(tmp), str(final), 22, 4, Durability.NONE)
-    assert result.outcome is StoreOutcome.STORED and final.read_bytes() == b"mine"
-    assert blockfile._renameat2 is None and not tmp.exists()
-    tmp.write_bytes(b"late")
-    assert (
-        blockfile._publish_refused(str(tmp), str(final), 22, 4, Durability.NONE).outcome
-        is StoreOutcome.EXISTS
-    )
-    assert final.read_bytes() == b"mine" and not tmp.exists()
+    """Where the filesystem refuses RENAME_NOREPLACE (NFS: EINVAL), the compiled store hands its written, closed
+    temp file back; `_publish` meets the same refusal, switches the process to stat + rename and publishes it, or
+    answers EXISTS (the temp file removed) when another writer got there first.  No local filesystem refuses the
+    flag, so the kernel's answer is played: the real compiled store writes the temp file (published under the temp
+    name itself) and answers as a refusing filesystem would, and the ctypes rename refuses."""
+    refused: list[bytes] = []
+
+    def refusing(olddir: int, old: bytes, newdir: int, new: bytes, flags: int) -> int:
+        refused.append(new)
+        ctypes.set_errno(errno.EINVAL)
+        return -1
+
+    def store_then_refuse(tmp: bytes, final: bytes, *args: Any) -> tuple[int, int, int]:
+        *rest, _noreplace, direct = args
+        outcome, err, fallback = native.store(tmp + b".w", tmp, *rest, False, direct)  # leaves `tmp` written
+        assert outcome == nativeio.STORED, err
+        return nativeio.NOREPLACE_REFUSED, errno.EINVAL, fallback
+
+    class Refusing:
+        store = staticmethod(store_then_refuse)
+        load = native.load
+        pieces_checksum = native.pieces_checksum
+
+    monkeypatch.setattr(nativeio, "MODULE", Refusing())
+    monkeypatch.setattr(blockfile, "_renameat2", refusing)
+    path = tmp_path / "d" / "a.kvfs"
+    assert store_block(path, b"mine" * 1000, IDENT).outcome is StoreOutcome.STORED
+    assert load_block(path, IDENT, bytearray(4000)).verified and blockfile._renameat2 is None
+    assert len(refused) == 1 and os.listdir(path.parent) == ["a.kvfs"]
+    rival = tmp_path / "d" / "b.kvfs"
+    rival.write_bytes(b"the rival's file")
+    assert store_block(rival, b"late" * 1000, IDENT).outcome is StoreOutcome.EXISTS  # stat + rename: EXISTS
+    assert rival.read_bytes() == b"the rival's file" and sorted(os.listdir(path.parent)) == [
+        "a.kvfs",
+        "b.kvfs",
+    ]
 
 
 def test_a_hash_that_disagrees_turns_the_compiled_path_off(monkeypatch: pytest.MonkeyPatch) -> None:
