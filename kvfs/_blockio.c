@@ -229,8 +229,9 @@ static int make_dirs(char *dir, mode_t mode, int chmod_dirs, int depth) {
 }
 
 /* Create the temp file, creating its directories when they are missing (`dir_mode` > 0): new, or removed by the
- * evictor when they emptied, possibly again between our mkdir and the open, so a few times. */
-#define DIR_RETRIES 16
+ * evictor when they emptied, possibly again between our mkdir and the open, so again and again (the bound of
+ * kvfs.blockfile._DIR_RETRIES). */
+#define DIR_RETRIES 256
 static int open_creating_dirs(const char *tmp, int flags, mode_t mode, mode_t dir_mode, int chmod_dirs) {
     int fd = open(tmp, flags, mode);
     for (int tries = 0; fd < 0 && errno == ENOENT && dir_mode && tries < DIR_RETRIES; tries++) {

@@ -630,45 +630,60 @@ def _open_temp(tmp: str, file_mode: int, direct: bool) -> tuple[int, bool]:
     return fd, bool(flags & _O_DIRECT)
 
 
-_DIR_RETRIES = 16
+# A sweep of emptied directories that runs every few tens of microseconds (tests/kvfs/test_dir_reclaim.py's reaper,
+# far harsher than an evictor, which tries a directory once it has stayed empty for min_age) wins most single
+# mkdir-then-open attempts: 16 of them in a row were lost in 1-2% of the stores that made a directory.  A few
+# hundred retries cost milliseconds only in such a race.
+_DIR_RETRIES = 256
 
 
 def _open_creating_dirs(tmp: str, flags: int, file_mode: int) -> int:
     """Open the temp file, creating its directories.  The evictor removes emptied bucket directories (rmdir,
     which only succeeds on an empty one), so a directory may vanish between our mkdir and open, or a parent
     between two mkdirs: ENOENT from either means "create again", a few times.  Once the temp file exists the
-    directory is not empty and the rename into it cannot meet ENOENT."""
+    directory is not empty and the rename into it cannot meet ENOENT.  New directories get their exact mode only
+    then: a chmod between the mkdir and the open was one more step for an emptied-directory sweep to win."""
+    mode = dir_mode_for(file_mode)
     for _ in range(_DIR_RETRIES):
         try:
             return os.open(tmp, flags, file_mode)
         except FileNotFoundError:
+            pass
+        try:
+            made = _makedirs(os.path.dirname(tmp), mode)
+            fd = os.open(tmp, flags, file_mode)
+        except FileNotFoundError:
+            continue  # removed again before the temp file was in it
+        if made and mode & _umask():
             try:
-                _makedirs(os.path.dirname(tmp), dir_mode_for(file_mode))
-            except FileNotFoundError:
-                continue  # a parent was removed between our mkdirs
+                for directory in made:
+                    os.chmod(directory, mode)
+            except OSError:
+                os.close(fd)
+                raise
+        return fd
     return os.open(tmp, flags, file_mode)
 
 
-def _makedirs(directory: str, mode: int) -> None:
-    """mkdir -p with `mode` applied exactly (umask would otherwise strip the group bits): the store path's
-    `kvfs.layout.makedirs_exact`, which chmods only when the umask strips a bit of `mode` (one syscall less per
-    new bucket directory; the umask is read once per process).  The leaf is tried first: its parent usually
-    exists, and a missing one answers ENOENT (one stat less per new leaf than checking the parent first)."""
+def _makedirs(directory: str, mode: int) -> list[str]:
+    """mkdir -p; the directories it created, outermost first (the caller gives them their exact mode: the umask
+    strips group bits from `mode`).  The leaf is tried first: its parent usually exists, and a missing one
+    answers ENOENT (one stat less per new leaf than checking the parent first)."""
     try:
         os.mkdir(directory, mode)
     except FileExistsError:
-        return
+        return []
     except FileNotFoundError:
         parent = os.path.dirname(directory)
         if not parent or parent == directory:
             raise
-        _makedirs(parent, mode)
+        made = _makedirs(parent, mode)
         try:
             os.mkdir(directory, mode)
         except FileExistsError:
-            return
-    if mode & _umask():
-        os.chmod(directory, mode)
+            return made
+        return [*made, directory]
+    return [directory]
 
 
 def _write_block(
