@@ -163,11 +163,7 @@ class KvfsTier(SecondaryTierManager):
         chunk_ids = [int(c) for c in job_metadata.chunk_ids]
         self._jobs[job_metadata.job_id] = (keys, chunk_ids, set())
         block_keys = [self.namespace.block_key(k) for k in keys]
-        if self.journal is not None:
-            # With its chain position, so the evictor can regroup a request's records (adaptive's shadows).
-            positions = chain_positions(keys, job_metadata.req_context, self.chunk_tokens)
-            for block_key, pos in zip(block_keys, positions, strict=True):
-                self.journal.record_access(block_key, chain_pos=pos)
+        self._journal_access(keys, block_keys, job_metadata.req_context)
         ops = self._ops(job_metadata, keys, chunk_ids, True, block_keys)
         self.pool.submit(job_metadata.job_id, ops, is_load=True)
 
@@ -198,8 +194,15 @@ class KvfsTier(SecondaryTierManager):
     def touch(self, keys: Collection[bytes], req_context: ReqContext) -> None:
         if self.journal is not None:
             keys = list(keys)
-            for key, pos in zip(keys, chain_positions(keys, req_context, self.chunk_tokens), strict=True):
-                self.journal.record_access(self.namespace.block_key(key), chain_pos=pos)
+            self._journal_access(keys, [self.namespace.block_key(k) for k in keys], req_context)
+
+    def _journal_access(self, keys: list[bytes], block_keys: list[BlockKey], req_context: ReqContext) -> None:
+        """An access record per key, with its chain position, so the evictor can regroup a request's records
+        (adaptive's shadows)."""
+        if self.journal is not None:
+            positions = chain_positions(keys, req_context, self.chunk_tokens)
+            for block_key, pos in zip(block_keys, positions, strict=True):
+                self.journal.record_access(block_key, chain_pos=pos)
 
     def take_events(self) -> Iterable[OffloadingEvent]:
         from connector.compat import storage_event
