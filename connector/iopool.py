@@ -40,11 +40,9 @@ import torch
 from connector import devhash, metrics
 from connector.copier import GroupCopier
 from connector.graphs import GraphCache
-from kvfs import nativeio
 from kvfs.blockfile import (
     HEADER_SIZE,
     MAX_PAYLOAD_LEN,
-    PIECE_BYTES,
     BlockIdentity,
     Durability,
     LoadResult,
@@ -191,16 +189,16 @@ class IoPool:
         # and a hand-off would only add context switches.
         helpers = 0 if self.cuda else len(os.sched_getaffinity(0)) - self.threads
         self._hasher = ThreadPoolExecutor(helpers, thread_name_prefix="kvfs-hash") if helpers > 0 else None
-        # Payloads up to this size move in one step, hashed inside load_block / store_block: CPU pools only (a GPU
-        # pool hashes on the device), so -1 there and one comparison per file either way.  With the compiled
-        # block-file path and no helpers, every payload does: it hashes each piece as it reads or writes it,
-        # without the GIL, which the pipeline's separate hash step cannot beat without spare cores.
+        # Payloads up to this size move in one step, hashed inside load_block / store_block piece by piece as they
+        # are read or written: every payload that helpers will not hash (the pipeline's separate hash step only
+        # pays where it overlaps the next file's I/O).  CPU pools only (a GPU pool hashes on the device): -1
+        # there, one comparison per file either way.
         if self.cuda:
             self._inline_max = -1
-        elif nativeio.MODULE is not None and self._hasher is None:
+        elif self._hasher is None:
             self._inline_max = MAX_PAYLOAD_LEN
         else:
-            self._inline_max = _CPU_INLINE_MAX_BYTES
+            self._inline_max = _HELPER_MIN_BYTES - 1
         # One lock, two conditions: I/O threads wait on `_work` for operations, callers on `_cv` for finished jobs
         # (and thread set-up).  One condition for both woke every idle I/O thread at each finished job and each
         # submitted file: with 16 threads, 15 wake-ups (and GIL hand-offs) per file for nothing.
@@ -727,8 +725,9 @@ class IoPool:
         return f.op.buffer if f.op.buffer is not None else f.slot.host_mv[: f.op.nbytes]
 
     def _hash_async(self, payload: memoryview) -> list[Future[list[int]]]:
-        """The payload's piece digests: on the helpers for a large payload when there are any, else now."""
-        if self._hasher is None or len(payload) < _HELPER_MIN_BYTES:
+        """The payload's piece digests, on the helpers (now, without them: a pool whose one-step size a test
+        lowered)."""
+        if self._hasher is None:
             done: Future[list[int]] = Future()
             done.set_result(piece_digests(payload))
             return [done]
@@ -826,9 +825,6 @@ _STORE_SAMPLES = 64
 # switches) would cost more than it overlaps.
 _HASH_TASK_BYTES = 4 * HASH_PIECE_BYTES
 _HELPER_MIN_BYTES = 8 * HASH_PIECE_BYTES
-# CPU pools: a payload up to one I/O piece is hashed inside load_block / store_block, with no pipeline step between
-# the read (or write) and the hash: the same system calls and bytes hashed, fewer Python steps per file.
-_CPU_INLINE_MAX_BYTES = PIECE_BYTES
 # Block-id buffers hold at most this many ids; a file of more blocks (not a layout vLLM produces) falls back to
 # a copy of its ids made at launch.
 _MAX_BLOCKS_PER_FILE = 4096

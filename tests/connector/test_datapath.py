@@ -74,12 +74,12 @@ def make_layers(num_layers: int, num_blocks: int, page: int, seed: int) -> list[
 
 
 @pytest.fixture(params=["one-step", "pipelined"])
-def pool(request, monkeypatch):
-    # A CPU pool moves a payload of up to one I/O piece in one step, a larger one through the pipeline (helpers
-    # hash it while the next file is read): every test of this fixture runs both.
-    if request.param == "pipelined":
-        monkeypatch.setattr(iopool, "_CPU_INLINE_MAX_BYTES", -1)
+def pool(request):
+    # A CPU pool moves a payload in one step unless helpers hash it (a large payload with cores to spare), then
+    # through the pipeline: every test of this fixture runs both.
     p = IoPool(threads=3, max_file_bytes=BPC * 3 * 256, device=torch.device("cpu"), store_budget_s=30.0)
+    if request.param == "pipelined":
+        p._inline_max = -1  # before any file is submitted
     yield p
     p.shutdown()
 
@@ -529,9 +529,9 @@ def test_store_service_time_excludes_the_load_read_beside_it_in_the_pipeline(tmp
     write must not make later stores look slow (they would be dropped well inside the budget)."""
 
     page, slow_s = 32, 0.4
-    # The pipeline that a CPU pool runs for payloads over one I/O piece (smaller ones are done in one step).
-    monkeypatch.setattr(iopool, "_CPU_INLINE_MAX_BYTES", -1)
+    # The pipeline a CPU pool runs for the payloads its helpers hash (every other one is done in one step).
     pool = IoPool(threads=1, max_file_bytes=BPC * page, device=torch.device("cpu"), store_budget_s=30.0)
+    pool._inline_max = -1
     try:
         src, dst = make_layers(1, 4 * BPC, page, 21), make_layers(1, 4 * BPC, page, 22)
 
