@@ -164,3 +164,13 @@ def bytes_on_disk(root: Path) -> int:
         except FileNotFoundError:
             continue
     return total
+
+
+def one_namespace(root: Path) -> tuple[str, bytes]:
+    """A fresh root holding one namespace (model `org/m`, its config written): its name and fingerprint."""
+    from kvfs.layout import fingerprint_sha256, kvfs_fields, namespace_name, write_namespace_config
+
+    root.mkdir()
+    fields = kvfs_fields({"model_name": "org/m", "block_size": 16, "dtype": "bfloat16"})
+    write_namespace_config(root, fields)
+    return namespace_name(fields), fingerprint_sha256(fields)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from evictor_helpers import one_namespace
 from prometheus_client import REGISTRY
 
 from evictor.http import StatusServer
@@ -21,7 +22,7 @@ from evictor.logs import JsonFormatter
 from evictor.settings import load_settings
 from kvfs.blockfile import BlockIdentity, StoreOutcome, store_block
 from kvfs.catalog import BlockRow, Catalog
-from kvfs.layout import BlockKey, fingerprint_sha256, kvfs_fields, namespace_name, write_namespace_config
+from kvfs.layout import BlockKey
 from kvfs.policy import DEFAULT_POLICY
 from kvfs.replay.chooser import CANDIDATES
 
@@ -59,10 +60,7 @@ def test_a_pass_logs_what_it_evicted_as_fields(
     tmp_path: Path, json_log: io.StringIO, standalone_runner: Callable[[Any, Any], Any]
 ) -> None:
     root = tmp_path / "root"
-    root.mkdir()
-    fields = kvfs_fields({"model_name": "org/m", "block_size": 16, "dtype": "bfloat16"})
-    write_namespace_config(root, fields)
-    ns, fp = namespace_name(fields), fingerprint_sha256(fields)
+    ns, fp = one_namespace(root)
     catalog = Catalog.open(f"sqlite:///{tmp_path / 'catalog.db'}", root=root)
     old = time.time() - 3600
     size = 0

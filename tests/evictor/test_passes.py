@@ -10,11 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from evictor_helpers import one_namespace
+
 from evictor.settings import load_settings
 from kvfs.blockfile import BlockIdentity, StoreOutcome, store_block
 from kvfs.catalog import Catalog, ghosts
 from kvfs.journal import JournalRecord, RecordKind
-from kvfs.layout import BlockKey, fingerprint_sha256, kvfs_fields, namespace_name, write_namespace_config
+from kvfs.layout import BlockKey
 from kvfs.policy.adaptive import AdaptivePolicy
 
 
@@ -22,10 +24,7 @@ def test_adaptive_hears_the_journal_from_start_up(
     tmp_path: Path, standalone_runner: Callable[[Any, Any], Any]
 ) -> None:
     root = tmp_path / "root"
-    root.mkdir()
-    fields = kvfs_fields({"model_name": "org/m", "block_size": 16, "dtype": "bfloat16"})
-    write_namespace_config(root, fields)
-    ns, fp = namespace_name(fields), fingerprint_sha256(fields)
+    ns, fp = one_namespace(root)
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
     catalog = Catalog.open(url, root=root)
     keys = [BlockKey(ns, 0, 0, f"{n:016x}{n:016x}", "kvfs") for n in range(1, 11)]
