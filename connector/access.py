@@ -28,9 +28,12 @@ class AccessRecorder:
         self._thread = threading.Thread(target=self._run, name="kvfs-access-journal", daemon=True)
         self._thread.start()
 
-    def record(self, keys: Iterable[bytes], chain_pos: Sequence[int] | None = None) -> None:
-        """`chain_pos`: each key's position in its request's prefix chain (-1 or None: unknown)."""
-        self._queue.append((time.time(), list(keys), chain_pos))
+    def record(
+        self, keys: Iterable[bytes], chain_pos: Sequence[int] | None = None, now: float | None = None
+    ) -> None:
+        """`chain_pos`: each key's position in its request's prefix chain (-1 or None: unknown); `now`: the
+        records' time (the request's, connector/chain.py `request_time`; None: the call's)."""
+        self._queue.append((time.time() if now is None else now, list(keys), chain_pos))
         if not self._wake.is_set():
             self._wake.set()
 

@@ -12,11 +12,20 @@ offload key of a request, prefix hits included (`OffloadingScheduler.update_offl
 key -> position direction; the reverse comes from the dict behind it (`ReqContext._offload_key_positions`).
 Without it (another vLLM), a parent is known only inside one store job, from the job's own keys: the first
 chunk a turn adds to a stored prefix then has none, and neither orphan nor superseded marking sees that branch.
+A request's records also share one time (`request_time`): the request's, not each file's.  Its stores finish
+on parallel I/O threads in any order (and a chunked prefill stores its head steps before its tail), so stamped
+one by one a chain's head could be older than its tail, and every recency order would take the head first at a
+pass's boundary, leaving the tail unloadable.  One time leaves the tie to the chain position (deeper first), as
+every replay assumes, and lets the evictor regroup the request's records whatever order they arrive in
+(kvfs/policy/regroup.py): `adaptive` on `sysprompt` replayed through the catalog, stores stamped in completion
+order, 0.472 against 0.501 stamped alike.
+
 tests/connector/test_scheduler.py checks the contract on a real vLLM scheduler.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import islice
 from typing import Any
@@ -24,6 +33,23 @@ from typing import Any
 from connector.naming import offload_key_parts
 
 UNKNOWN = -1
+
+
+class _RequestTime(float):
+    """A request's journal time, kept in its ReqContext (vLLM's per-request state is keyed by type)."""
+
+
+def request_time(req_context: Any) -> float:
+    """The time every journal record of this request carries: when kvfs first saw the request (its first lookup,
+    load or store), kept in the request's context.  Without per-request state (another vLLM), now."""
+    getter = getattr(req_context, "get_state", None)
+    if getter is None:
+        return time.time()
+    stamp = getter(_RequestTime)
+    if stamp is None:
+        stamp = _RequestTime(time.time())
+        req_context.set_state(stamp)
+    return float(stamp)
 
 
 def chain_position(key: bytes, req_context: Any, chunk_tokens: Mapping[int, int]) -> int:

@@ -89,6 +89,9 @@ class FileOp:
     # The block hash of the chunk before it in its request's chain (connector/chain.py), journaled with the
     # store: the catalog orphans a block's descendants when it goes, and supersedes branches left behind.
     parent_hash: str | None = None
+    # The time the journal records of this store carry: its request's (connector/chain.py `request_time`), so a
+    # chain's files finishing in any order stay one request to the evictor; None: the time the store finishes.
+    stamp: float | None = None
     # Stores: a torch.cuda.Event recorded on the compute stream, which the gather waits for (on CPU, any object
     # with synchronize(), waited for before the gather).
     event: object | None = None
@@ -708,11 +711,15 @@ class IoPool:
                 # The file's size, as a scan counts it: journal-fed and scanned rows must agree, or usage
                 # changes by the header's share (6% of a 64 KiB block) when a scan follows ingest.
                 self.journal.record_store(
-                    op.block_key, HEADER_SIZE + n, chain_pos=op.chain_pos, parent=op.parent_hash
+                    op.block_key,
+                    HEADER_SIZE + n,
+                    chain_pos=op.chain_pos,
+                    now=op.stamp,
+                    parent=op.parent_hash,
                 )
         elif result.outcome == StoreOutcome.EXISTS:
             if self.journal is not None and op.block_key is not None:
-                self.journal.record_access(op.block_key)
+                self.journal.record_access(op.block_key, now=op.stamp, chain_pos=op.chain_pos)
         else:
             log.warning("kvfs: store of %s failed: %s", op.path, result.error)
             ok = False

@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from connector.access import AccessRecorder
-from connector.chain import chain_positions, parent_keys
+from connector.chain import chain_positions, parent_keys, request_time
 from connector.compat import (
     LoadStoreSpec,
     LookupResult,
@@ -36,15 +36,18 @@ _RESULT = {
 class KvfsLoadStoreSpec(LoadStoreSpec):
     """The offload keys of a job, in the order of the GPU blocks of its GPULoadStoreSpec (picklable); for stores,
     `chain_pos` (parallel to keys) holds each chunk's prefix-chain position for the journal (-1: unknown) and
-    `parents` the request's key of the chunk before each (None: unknown)."""
+    `parents` the request's key of the chunk before each (None: unknown); `stamp` the request's journal time
+    (connector/chain.py `request_time`; None: each record's own)."""
 
     def __init__(
         self,
         keys: Sequence[bytes],
         chain_pos: Sequence[int] | None = None,
         parents: Sequence[bytes | None] | None = None,
+        stamp: float | None = None,
     ) -> None:
         self.keys = [bytes(k) for k in keys]
+        self.stamp = None if stamp is None else float(stamp)
         self.chain_pos = [int(p) for p in chain_pos] if chain_pos is not None else None
         if self.chain_pos is not None and len(self.chain_pos) != len(self.keys):
             raise ValueError(f"{len(self.chain_pos)} chain positions for {len(self.keys)} keys")
@@ -101,7 +104,9 @@ class KvfsManager(OffloadingManager):
         if self.recorder is not None:
             # With their chain positions, so the evictor can regroup a request's records (adaptive's shadows).
             keys = list(keys)
-            self.recorder.record(keys, chain_positions(keys, req_context, self.chunk_tokens))
+            self.recorder.record(
+                keys, chain_positions(keys, req_context, self.chunk_tokens), now=request_time(req_context)
+            )
 
     def flush_journal(self) -> None:
         if self.recorder is not None:
@@ -114,6 +119,7 @@ class KvfsManager(OffloadingManager):
             to_store,
             chain_positions(to_store, req_context, self.chunk_tokens),
             parent_keys(to_store, req_context, self.chunk_tokens),
+            request_time(req_context),
         )
         return PrepareStoreOutput(keys_to_store=to_store, store_spec=spec, evicted_keys=[])
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from connector.chain import chain_parents, chain_positions, parent_keys
+from connector.chain import chain_parents, chain_positions, parent_keys, request_time
 from connector.compat import (
     JobResult,
     LookupResult,
@@ -121,7 +121,9 @@ class KvfsTier(SecondaryTierManager):
         if is_load:
             positions: list[int] | None = None
             parents: list[str | None] | None = None
+            stamp: float | None = None
         else:
+            stamp = request_time(job.req_context)
             # Stores journal each chunk's prefix-chain position, from the request context vLLM hands the job.
             positions = chain_positions(keys, job.req_context, self.chunk_tokens)
             parents = chain_parents(
@@ -140,6 +142,7 @@ class KvfsTier(SecondaryTierManager):
                 block_key=block_key,
                 chain_pos=-1 if positions is None else positions[i],
                 parent_hash=None if parents is None else parents[i],
+                stamp=stamp,
                 buffer=rows[cid * row : (cid + 1) * row],
                 nbytes=row,
             )
@@ -201,8 +204,9 @@ class KvfsTier(SecondaryTierManager):
         (adaptive's shadows)."""
         if self.journal is not None:
             positions = chain_positions(keys, req_context, self.chunk_tokens)
+            now = request_time(req_context)
             for block_key, pos in zip(block_keys, positions, strict=True):
-                self.journal.record_access(block_key, chain_pos=pos)
+                self.journal.record_access(block_key, now=now, chain_pos=pos)
 
     def take_events(self) -> Iterable[OffloadingEvent]:
         from connector.compat import storage_event

@@ -48,13 +48,15 @@ def plan_file_ops(
     rank: int,
     chain_pos: Sequence[int] | None = None,
     parents: Sequence[bytes | None] | None = None,
+    stamp: float | None = None,
 ) -> list[FileOp]:
     """Split a job into one operation per block file.
 
     Blocks of group g in `gpu_spec` are consecutive logical blocks starting at `block_indices[g]`; the keys of
     group g (in order) are the chunks they fall in, the first one possibly entered part-way.  `chain_pos`, parallel
     to `keys`, gives each chunk's prefix-chain position for the journal (absent: -1, unknown), `parents` the
-    request's key of the chunk before each (None: inferred from the job's own keys, or unknown)."""
+    request's key of the chunk before each (None: inferred from the job's own keys, or unknown), `stamp` the time
+    the journal records carry (the request's; None: each file's own)."""
     positions = dict(zip(keys, chain_pos, strict=True)) if chain_pos is not None else {}
     parent_hashes: dict[bytes, str | None] = {}
     if chain_pos is not None and not is_load:
@@ -103,6 +105,7 @@ def plan_file_ops(
                     block_key=block_key,
                     chain_pos=positions.get(key, -1),
                     parent_hash=parent_hashes.get(key),
+                    stamp=stamp,
                 )
             )
         if pos != size:
@@ -164,6 +167,7 @@ class KvfsWorker(OffloadingWorker):
             rank=self.rank,
             chain_pos=spec.chain_pos,
             parents=spec.parents,
+            stamp=spec.stamp,
         )
 
     def submit_store(self, job_id: int, src_spec: GPULoadStoreSpec, dst_spec: LoadStoreSpec) -> bool:

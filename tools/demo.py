@@ -107,7 +107,7 @@ class Engine:
         self.job = 0
         self.next_slot = 0
 
-    def _ops(self, is_load: bool, keys: list[bytes], slots: list[int]) -> tuple[int, list[Any]]:
+    def _ops(self, is_load: bool, keys: list[bytes], slots: list[int], stamp: float) -> tuple[int, list[Any]]:
         from connector.iopool import FileOp
         from connector.naming import file_identity_key
         from kvfs.blockfile import BlockIdentity
@@ -124,13 +124,14 @@ class Engine:
                 first=0,
                 file_blocks=1,
                 block_key=self.ns.block_key(key),
+                stamp=stamp,
             )
             for key, slot in zip(keys, slots, strict=True)
         ]
         return self.job, ops
 
-    def _run(self, is_load: bool, keys: list[bytes], slots: list[int]) -> Any:
-        job, ops = self._ops(is_load, keys, slots)
+    def _run(self, is_load: bool, keys: list[bytes], slots: list[int], stamp: float) -> Any:
+        job, ops = self._ops(is_load, keys, slots, stamp)
         self.pool.submit(job, ops, is_load=is_load)
         self.pool.wait([job])
         return next(d for d in self.pool.take_finished() if d.job_id == job)
@@ -141,17 +142,18 @@ class Engine:
         self.next_slot = (self.next_slot + len(keys)) % KV_SLOTS
         out = dict.fromkeys(STATS, 0)
         out["requests"], out["blocks"] = 1, len(keys)
+        stamp = time.time()  # every journal record of the request carries its time, as the connector's do
         # Lookup: the leading run of chunks whose file exists.
         run = 0
         while run < len(keys) and os.path.exists(self.ns.path(keys[run])):
             run += 1
         hit = 0
         if run:
-            self.recorder.record(keys[:run])
+            self.recorder.record(keys[:run], now=stamp)
             for slot in slots[:run]:
                 for layer in self.kv:
                     layer[slot].zero_()  # so a verified row can only have come from the file
-            done = self._run(True, keys[:run], slots[:run])
+            done = self._run(True, keys[:run], slots[:run], stamp)
             failed = set(done.failed_block_ids)
             while hit < run and slots[hit] not in failed:  # a file evicted since the lookup: recomputed
                 hit += 1
@@ -165,7 +167,7 @@ class Engine:
             for i in range(hit, len(keys)):
                 for layer in self.kv:
                     layer[slots[i]].fill_(pattern_of(blocks[i]))  # "compute" the block's KV
-            out["stored_bytes"] = self._run(False, keys[hit:], slots[hit:]).nbytes
+            out["stored_bytes"] = self._run(False, keys[hit:], slots[hit:], stamp).nbytes
         return out
 
     def close(self) -> None:

@@ -73,3 +73,22 @@ def test_the_reverse_index_follows_a_request_that_grows() -> None:
         ctx._offload_key_positions[k(n)] = 64 * n
         assert parent_keys([k(n)], ctx, {0: 64}) == [k(n - 1)]
     assert parent_keys([k(5), k(7)], ctx, {0: 64}) == [k(4), k(6)]
+
+
+def test_a_request_keeps_the_time_it_was_first_seen() -> None:
+    """Every journal record of a request carries one time (kept in its context); another request has its own; a
+    context without per-request state (another vLLM) gets the time of the call."""
+    import time
+
+    from connector.chain import request_time
+
+    first, second = GrowingContext({}), GrowingContext({})
+    stamp = request_time(first)
+    time.sleep(0.01)
+    assert request_time(first) == stamp and isinstance(stamp, float)
+    assert request_time(second) > stamp
+    before = time.time()
+    assert before <= request_time(object()) <= time.time()
+    # Beside the reverse index in the same context: each state has its own type.
+    parent_keys([k(1), k(2)], first, {0: 64})
+    assert request_time(first) == stamp

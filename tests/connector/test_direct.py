@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 
 import pytest
 
@@ -287,6 +288,54 @@ def test_store_journals_chain_positions_from_the_request_context(replica, tmp_pa
     assert [parent[k[:-4].hex()] for k in ks] == [None, ks[0][:-4].hex(), None]
     with pytest.raises(ValueError, match="2 chain positions for 3 keys"):
         KvfsLoadStoreSpec(ks, [0, 1])
+
+
+def test_a_requests_records_share_its_time_so_its_head_outlives_its_tail(replica, tmp_path):
+    """A chunked prefill stores a request's head a step before its tail (and parallel I/O threads finish in any
+    order): each record stamped when its file finished made the head older than the tail, and LRU at a pass's
+    boundary took the head, leaving the tail unloadable.  Every record of the request carries its time, so the
+    tie goes to the deeper chain position: the tail goes first."""
+    from connector.chain import request_time
+    from kvfs.catalog import Catalog
+    from kvfs.eviction import Limits, run_pass
+    from kvfs.eviction.ingest import ingest_journals
+    from kvfs.journal import JournalReader, RecordKind
+    from kvfs.policy import get_policy
+
+    _spec, manager, worker, _ = replica
+    ks = [key() for _ in range(4)]
+    ctx = ReqContext("r")
+    chunk_tokens = 16 * BPC  # offloading_config(): 16-token blocks
+    for i, k in enumerate(ks):
+        ctx.set_offload_key_position(k, (i + 1) * chunk_tokens)
+    for job, part in enumerate((ks[:2], ks[2:]), start=1):  # two prefill steps, head first
+        out = manager.prepare_store(part, ctx)
+        worker.submit_store(job, GPULoadStoreSpec(list(range(2 * BPC)), [2 * BPC], [0]), out.store_spec)
+        assert finished(worker, job).success
+        time.sleep(0.02)
+    manager.prepare_load(ks[:1], ctx)  # the same request loading (resumed after a preemption): its time too
+    manager.prepare_load(ks[:1], ReqContext("next"))  # another request: its own, later time
+    worker.pool.journal.flush()
+    manager.flush_journal()
+    records = JournalReader(tmp_path).read({}).records
+    stamp = request_time(ctx)
+    assert [r.time for r in records if r.kind == RecordKind.STORE] == [stamp] * 4
+    accesses = sorted(r.time for r in records if r.kind == RecordKind.ACCESS)
+    assert accesses[0] == stamp < accesses[1]
+    # The evictor's order on those records: LRU over the first request's blocks takes the tail first.
+    with Catalog.open(f"sqlite:///{tmp_path / 'catalog.db'}") as catalog:
+        assert ingest_journals(tmp_path, catalog).records == 6
+        size = next(r.size for r in records if r.kind == RecordKind.STORE)
+        outcome = run_pass(
+            catalog,
+            tmp_path,
+            Limits(max_bytes=2 * size, min_age=0.0),
+            get_policy("lru"),
+            dry_run=True,
+            now=time.time() + 1,
+        )
+    victims = [v.key.block_hash for v in outcome.plan.victims]
+    assert victims == [ks[3][:-4].hex(), ks[2][:-4].hex()]
 
 
 def test_unplannable_jobs_complete_without_crashing(replica):

@@ -169,6 +169,34 @@ def test_chain_positions_come_from_the_request_not_the_job(tmp_path):
         tier.shutdown()
 
 
+def test_a_requests_records_carry_its_time_whatever_job_or_order(tmp_path):
+    """Two store jobs of one request (its head a step before its tail), a load and a touch of it: every record
+    carries the request's time, so the evictor sees its chain as stored at once (deeper position first on the
+    tie) however the files finished; another request's records carry its own."""
+    import time
+
+    from connector.chain import request_time
+
+    tier = make_tier(tmp_path, Primary(seed=3), journal=True)
+    try:
+        ks = keys(4)
+        ctx = chained(ks)
+        for job_id, (part, rows) in enumerate(((ks[:2], [0, 1]), (ks[2:], [2, 3])), start=1):
+            assert finish(tier, (tier.submit_store(job(job_id, part, rows, False, ctx)), job_id)[1]).success
+            time.sleep(0.02)
+        assert finish(tier, (tier.submit_load(job(3, ks[:1], [4], True, ctx)), 3)[1]).success
+        other = chained(ks[:1])
+        tier.touch(ks[:1], other)
+        tier.journal.flush()
+        records = JournalReader(tmp_path).read({}).records
+        stamp = request_time(ctx)
+        assert request_time(ctx) == stamp and request_time(other) > stamp
+        assert [r.time for r in records if r.kind == RecordKind.STORE] == [stamp] * 4
+        assert sorted(r.time for r in records if r.kind == RecordKind.ACCESS) == [stamp, request_time(other)]
+    finally:
+        tier.shutdown()
+
+
 def test_already_present_chunks_are_not_rewritten(stored, tmp_path):
     tier, _src, ks = stored
     assert all(lookup(tier, k) == LookupResult.HIT for k in ks)
