@@ -25,7 +25,7 @@ from evictor.leader import AlreadyRunningError, FileLockElector, LeaderElector, 
 from evictor.passes import PassReport, PassRunner
 from evictor.settings import Settings
 from evictor.ticker import Ticker
-from evictor.watch import TempFileTracker, TreeFeed, Watchers
+from evictor.watch import TempFileTracker, TreeFeed, Watchers, journal_grace
 from kvfs.catalog.engine import redact_url
 
 if TYPE_CHECKING:
@@ -191,7 +191,9 @@ class EvictorService:
         self.backoff.succeeded()
         self.ingester = JournalIngester(self.root, self.catalog)
         self.ingester.ensure_dir()
-        self.tree = TreeFeed(self.root, self.catalog, self.temp_files)
+        self.tree = TreeFeed(
+            self.root, self.catalog, self.temp_files, journal_grace(self.settings.journal_interval)
+        )
         self.passes = PassRunner(
             self.settings,
             self.catalog,

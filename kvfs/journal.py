@@ -344,6 +344,11 @@ def segment_name(writer_id: str, seq: int) -> str:
     return f"{writer_id}.{seq:08d}{SEGMENT_SUFFIX}"
 
 
+# The longest a writer holds a record before writing it out: the evictor's tree watcher waits this long (and an
+# ingest) before it makes a row for a kvfs file itself (evictor/watch.py).
+MAX_FLUSH_INTERVAL = 1.0
+
+
 class JournalWriter:
     """Buffered journal writer for one process; `append` never blocks and never raises.
 
@@ -373,8 +378,8 @@ class JournalWriter:
         fsync: bool = True,
         max_journal_bytes: int = DEFAULT_MAX_JOURNAL_BYTES,
     ) -> None:
-        if not 0 < flush_interval <= 1.0:
-            raise ValueError("flush_interval must be in (0, 1] seconds")
+        if not 0 < flush_interval <= MAX_FLUSH_INTERVAL:
+            raise ValueError(f"flush_interval must be in (0, {MAX_FLUSH_INTERVAL:g}] seconds")
         self.root = Path(root)
         self.directory = journal_dir(root)
         self.writer_id = sanitize_writer_id(writer_id) if writer_id else default_writer_id()

@@ -403,7 +403,8 @@ def scan_tree(
     `threads`: walker threads (default: `default_threads(root)`).
 
     Blocks seen for the first time get created = mtime and last_access = max(atime, mtime); known blocks
-    keep their journaled recency unless the file's atime is newer.
+    keep their journaled recency unless the file's atime or mtime is newer, and known kvfs blocks keep it
+    whatever the file's times (their writers journal every store and read with the request's time).
     """
     root_s = os.fspath(Path(root))
     started = time.time()

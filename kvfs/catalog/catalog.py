@@ -66,6 +66,14 @@ _CHILD_OF = (
     "(SELECT 1 FROM blocks c{indexed_by} WHERE c.namespace_id = blocks.namespace_id "
     "AND c.parent_hash = blocks.block_hash AND c.rank = blocks.rank AND c.grp = blocks.grp LIMIT 1)"
 )
+# A scan's row (`seen` > 0) never moves a kvfs block's last access: its writer journals every store and read,
+# with the request's time (connector/chain.py), and the file's mtime is later (when it finished); raised to it
+# at every rescan, a chain's head could become younger than its tail, and a rescan rewrote every unread row.
+# Other formats keep no journal: their file times are all there is.
+_scan_kept = (
+    "CASE WHEN excluded.seen > 0 AND blocks.fmt = 'kvfs' THEN blocks.last_access "
+    "ELSE {greatest}(blocks.last_access, excluded.last_access) END"
+)
 _PG_STAGE = "kvfs_blocks_stage"
 _PG_ACCESS_STAGE = "kvfs_access_stage"
 # A store over a row that records another parent: the row's first parent in this transaction is kept in
@@ -101,13 +109,18 @@ class _Sql:
             f"INSERT INTO blocks ({_INSERT_COLS}) "
             f"VALUES ({', '.join([p] * 15)}) "
             f"ON CONFLICT ({_KEY_COLS}) DO UPDATE SET size = excluded.size, "
-            f"last_access = {greatest}(blocks.last_access, excluded.last_access), "
+            f"last_access = {_scan_kept.format(greatest=greatest)}, "
             "hits = blocks.hits + excluded.hits, "
             "chain_pos = CASE WHEN excluded.chain_pos >= 0 THEN excluded.chain_pos ELSE blocks.chain_pos END, "
             f"seen = {greatest}(blocks.seen, excluded.seen), "
             "parent_hash = COALESCE(excluded.parent_hash, blocks.parent_hash), "
             "has_child = blocks.has_child OR excluded.has_child, "
             f"old_parent = {_OLD_PARENT}"
+        )
+        # Rows for files found on disk that a writer's journal may already describe: the journal's row stays.
+        self.insert_new = (
+            f"INSERT INTO blocks ({_INSERT_COLS}) VALUES ({', '.join([p] * 15)}) "
+            f"ON CONFLICT ({_KEY_COLS}) DO NOTHING"
         )
         # The scan's pair (SQLite): mark every file seen, touching no indexed column, then rewrite only the
         # rows whose size changed or whose file times are newer.  SQLite re-indexes every index that holds a
@@ -118,8 +131,9 @@ class _Sql:
             f"ON CONFLICT ({_KEY_COLS}) DO UPDATE SET seen = {greatest}(blocks.seen, excluded.seen)"
         )
         self.scan_refresh = (
-            f"UPDATE blocks SET size = {p}, last_access = {greatest}(last_access, {p}) "
-            f"WHERE {_KEY_WHERE.format(p=p)} AND (size != {p} OR last_access < {p})"
+            f"UPDATE blocks SET size = {p}, "
+            f"last_access = CASE WHEN fmt = 'kvfs' THEN last_access ELSE {greatest}(last_access, {p}) END "
+            f"WHERE {_KEY_WHERE.format(p=p)} AND (size != {p} OR (fmt != 'kvfs' AND last_access < {p}))"
         )
         # S3-FIFO's counter rises with `hits`, in the same UPDATE.  SQLite reads the count again as `?2`
         # (a bare `?` after it is the 3rd); PostgreSQL's executemany (small batches: larger ones go by COPY)
@@ -271,7 +285,7 @@ def _pg_copy_upsert(conn: Connection, params: list[tuple[Any, ...]]) -> None:
         cur.execute(
             f"INSERT INTO blocks ({_INSERT_COLS}) SELECT {_INSERT_COLS} FROM {_PG_STAGE} "
             f"ON CONFLICT ({_KEY_COLS}) DO UPDATE SET size = excluded.size, "
-            "last_access = GREATEST(blocks.last_access, excluded.last_access), "
+            f"last_access = {_scan_kept.format(greatest='GREATEST')}, "
             "hits = blocks.hits + excluded.hits, "
             "chain_pos = CASE WHEN excluded.chain_pos >= 0 THEN excluded.chain_pos ELSE blocks.chain_pos END, "
             "seen = GREATEST(blocks.seen, excluded.seen), "
@@ -681,6 +695,24 @@ class Catalog:
                 total += len(params)
         metrics.CATALOG_ROWS_UPSERTED.inc(total)
         return total
+
+    def add_found_blocks(self, rows: Iterable[BlockRow]) -> int:
+        """Rows for block files found on disk whose writer journals them (the tree watcher's kvfs files, after the
+        journal had time to arrive): inserted where the catalog has no row for the key (a writer killed before
+        its journal flush), at the small queue's head as a scan's; a row there is left exactly as its journal made
+        it (times, chain position, queue place).  One transaction; returns the number of rows given."""
+        rows = rows if isinstance(rows, list) else list(rows)
+        if not rows:
+            return 0
+        self._namespace_ids({row.key.namespace for row in rows}, create=True)
+        with self._write("add_found_blocks") as conn:
+            for chunk in _chunks(rows, UPSERT_CHUNK):
+                # No parents recorded: no `has_child` to set on others; their own is healed when read.
+                conn.exec_driver_sql(
+                    self._sql.insert_new, _in_key_order(_flagged(self._block_params(chunk, 0.0), set()))
+                )
+        metrics.CATALOG_ROWS_UPSERTED.inc(len(rows))
+        return len(rows)
 
     def upsert_scanned(
         self,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from evictor_helpers import files_on_disk, run_writer, wait_for
+from watchdog.events import FileCreatedEvent, FileDeletedEvent
 
 from evictor.watch import TempFileTracker, TreeFeed, Watchers
 from kvfs.catalog import Catalog
@@ -93,6 +94,48 @@ def test_the_watcher_alone_sees_files_renamed_into_new_directories(
             wait_for(all_in_catalog, timeout=10, what="every file to reach the catalog through the watcher")
         finally:
             watchers.stop()
+
+
+def test_a_kvfs_files_row_is_its_journals_and_a_file_without_one_gets_one(
+    root: Path, sqlite_url: str
+) -> None:
+    """The watcher sees a kvfs file before its writer's journal arrives (the journal flushes every 0.5 s): it waits
+    `grace` from the event and then makes a row only for a file no record describes (a writer killed before its
+    flush).  A journaled row keeps the request's time and chain position: upserted with the file's mtime, a
+    chain's files finishing head first made the head younger than its tail."""
+    from evictor.watch import journal_grace
+    from kvfs.blockfile import BlockIdentity, store_block
+    from kvfs.journal import JournalRecord, RecordKind
+    from kvfs.layout import BlockKey
+
+    keys = [BlockKey("org_model_0123456789ab", None, 0, f"{n:064x}", "kvfs") for n in (1, 2)]
+    paths = [root / k.relpath() for k in keys]
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        store_block(path, b"x" * 4096, BlockIdentity(b"\1" * 32, b"k"))
+    assert journal_grace(1.0) == 3.0  # a writer's longest flush, the ingest interval, a second
+    with Catalog.open(sqlite_url, root=root) as catalog:
+        feed = TreeFeed(root, catalog, TempFileTracker(), grace=0.5)
+        handler = feed.handler()
+        for path in paths:
+            handler.on_created(FileCreatedEvent(str(path)))
+        assert feed.apply() == 0 and catalog.get_blocks(keys) == {}  # within the grace: not yet
+        assert feed.pending() == 2
+        size = paths[0].stat().st_size
+        catalog.apply_journal([JournalRecord(RecordKind.STORE, keys[0], 100.0, size, 3)], {})  # the journal
+        time.sleep(0.6)
+        assert feed.apply() == 2 and feed.pending() == 0
+        rows = catalog.get_blocks(keys)
+        assert (rows[keys[0]].last_access, rows[keys[0]].chain_pos) == (
+            100.0,
+            3,
+        )  # the journal's, not mtime's
+        assert rows[keys[1]].last_access == paths[1].stat().st_mtime  # no record: the file's own time
+        # A later event (the file replaced) starts the wait again; a file gone is removed at once.
+        handler.on_created(FileCreatedEvent(str(paths[1])))
+        paths[0].unlink()
+        handler.on_deleted(FileDeletedEvent(str(paths[0])))
+        assert feed.apply() == 1 and set(catalog.get_blocks(keys)) == {keys[1]} and feed.pending() == 1
 
 
 def test_an_inotify_queue_overflow_is_counted_and_scanned(root: Path, sqlite_url: str, start_evictor) -> None:

@@ -80,6 +80,26 @@ def test_stores_enter_small_in_store_order_tails_first(cat: Catalog) -> None:
     assert state(cat)[5][1] == 5
 
 
+def test_found_files_get_rows_only_where_no_journal_made_one(cat: Catalog) -> None:
+    """The tree watcher's kvfs files (`add_found_blocks`): a journaled row keeps the journal's time, chain
+    position, parent and queue place (the file's later mtime would have made the request's head younger than its
+    tail, and an upsert first put the store at the small queue's head); a file no record describes gets a row."""
+    cat.apply_journal([store(1, 5.0, 0), store(2, 5.0, 1, 1)], {})
+    before = state(cat)
+    found = [BlockRow(key(n), 7, created=9.0, last_access=9.0) for n in (1, 2, 3)]
+    assert cat.add_found_blocks(found) == 3
+    rows = {int(k.block_hash[:16], 16): r for k, r in cat.get_blocks([key(1), key(2), key(3)]).items()}
+    assert [(rows[n].last_access, rows[n].chain_pos, rows[n].size) for n in (1, 2)] == [
+        (5.0, 0, 1),
+        (5.0, 1, 1),
+    ]
+    assert rows[2].parent_hash == h(1)
+    assert {n: state(cat)[n] for n in (1, 2)} == before
+    assert (rows[3].last_access, rows[3].created, rows[3].size, rows[3].chain_pos) == (9.0, 9.0, 7, -1)
+    assert queue(cat, main=False) == [3, 2, 1]  # found: the small queue's head, as a scan's row
+    assert cat.add_found_blocks([]) == 0
+
+
 def test_access_raises_the_counter_up_to_three_with_hits(cat: Catalog) -> None:
     cat.apply_journal([store(1, 1.0), store(2, 1.0)], {})
     cat.apply_journal([access(1, 2.0)], {})

@@ -14,6 +14,8 @@ from prometheus_client import REGISTRY
 
 from kvfs.blockfile import BlockIdentity, StoreOutcome, store_block
 from kvfs.catalog import BlockRow, Catalog
+from kvfs.fsusage import allocated_bytes
+from kvfs.journal import JournalRecord, RecordKind
 from kvfs.layout import (
     BlockKey,
     fingerprint_sha256,
@@ -335,6 +337,31 @@ def test_rescan_refreshes_changed_files_only(tree: Tree, catalog_url: str) -> No
     assert (rows[grown].size, rows[grown].last_access) == (4000, OLD)
     assert (rows[read_since].size, rows[read_since].last_access) == (tree.keys[read_since], OLD + 7000)
     assert rows[untouched].last_access == OLD + 9000  # never lowered by older file times
+
+
+def test_rescan_keeps_a_journaled_kvfs_blocks_recency(tree: Tree, catalog_url: str) -> None:
+    """A kvfs writer journals its stores with the request's time, earlier than the file's mtime (when the file
+    finished): a rescan must not raise it to the mtime (a chain's head finishing first would become younger than
+    its tail, and every rescan rewrote every unread row).  New kvfs files still get the file's times; a stock file's
+    atime still counts (no journal)."""
+    kvfs_keys = [k for k in tree.keys if k.fmt == "kvfs"][:2]
+    journaled, replaced = kvfs_keys
+    stamp = OLD - 50.0
+    with Catalog.open(catalog_url) as catalog:
+        # The request's time: before the files' mtimes (OLD).
+        catalog.apply_journal(
+            [JournalRecord(RecordKind.STORE, k, stamp, tree.keys[k], 2) for k in kvfs_keys], {}
+        )
+        scan_tree(tree.root, catalog)
+        os.utime(tree.root / journaled.relpath(), (OLD + 500, OLD + 400))  # read (atime) and a later mtime
+        (tree.root / replaced.relpath()).write_bytes(b"r" * 5000)  # replaced: its size changes
+        scan_tree(tree.root, catalog)
+        rows = catalog.get_blocks(kvfs_keys)
+        added = catalog.get_blocks([k for k in tree.keys if k.fmt == "kvfs"][2:])
+    assert (rows[journaled].last_access, rows[journaled].chain_pos) == (stamp, 2)
+    size = allocated_bytes(os.stat(tree.root / replaced.relpath()))
+    assert (rows[replaced].last_access, rows[replaced].size) == (stamp, size)
+    assert {row.last_access for row in added.values()} == {OLD}  # found by the scan: the file's time
 
 
 def test_progress_bar_on_a_terminal(tree: Tree, sqlite_url: str) -> None:
