@@ -14,7 +14,11 @@ def test_request_stamps_are_the_catalog_replay_record_for_record() -> None:
     for policy in ("lru", "adaptive"):
         got = engine_records.replay(trace, 60, 12, policy, "request")
         want = simulate_policy(trace, 60, 12, policy, through_catalog=True)
-        assert (got.hit_blocks, got.total_blocks, got.evicted) == (want.hit_blocks, want.total_blocks, want.evicted)
+        assert (got.hit_blocks, got.total_blocks, got.evicted) == (
+            want.hit_blocks,
+            want.total_blocks,
+            want.evicted,
+        )
 
 
 def test_stores_stamped_as_they_finish_can_take_a_chains_head_first() -> None:
@@ -27,7 +31,9 @@ def test_stores_stamped_as_they_finish_can_take_a_chains_head_first() -> None:
     assert max(per_file) <= 2 and min(per_file) < 2
 
 
-def test_the_benchmark_prints_each_mode_beside_the_in_memory_replay(capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_benchmark_prints_each_mode_beside_the_in_memory_replay(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     engine_records.main(["--trace", "chat:30", "--policy", "lru", "--draws", "2"])
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("chat:30 seed 1,") and "in-memory replay" in out[0]
