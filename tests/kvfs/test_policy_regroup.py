@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from kvfs.journal import JournalRecord, RecordKind
 from kvfs.layout import BlockKey
 from kvfs.policy.regroup import Regrouper
@@ -13,14 +15,23 @@ def key(n: int, ns: str = NS, group: int = 0) -> BlockKey:
     return BlockKey(ns, None, group, f"{n:016x}{n:016x}", "kvfs")
 
 
-def store(n: int, pos: int, parent: int | None = None, ns: str = NS) -> JournalRecord:
+_clock = itertools.count(1)
+
+
+def store(n: int, pos: int, parent: int | None = None, ns: str = NS, t: float | None = None) -> JournalRecord:
+    """A STORE at `t`; by default a time of its own, as a writer that stamps each record apart."""
     return JournalRecord(
-        RecordKind.STORE, key(n, ns), 1.0, 1, pos, None if parent is None else f"{parent:016x}" * 2
+        RecordKind.STORE,
+        key(n, ns),
+        float(next(_clock)) if t is None else t,
+        1,
+        pos,
+        None if parent is None else f"{parent:016x}" * 2,
     )
 
 
-def access(n: int, pos: int = -1) -> JournalRecord:
-    return JournalRecord(RecordKind.ACCESS, key(n), 1.0, 0, pos)
+def access(n: int, pos: int = -1, t: float | None = None) -> JournalRecord:
+    return JournalRecord(RecordKind.ACCESS, key(n), float(next(_clock)) if t is None else t, 0, pos)
 
 
 def regroup(*batches: list[JournalRecord]) -> list[list[int]]:
@@ -71,3 +82,27 @@ def test_namespaces_and_groups_get_their_own_key_space() -> None:
     assert len({a, b, c}) == 3
     assert a == 5  # the first space seen is 0: the in-memory replay's keys
     assert b & ((1 << 64) - 1) == c & ((1 << 64) - 1) == 5  # the sample reads the same 64 bits
+
+
+def test_records_with_a_requests_time_are_one_request_whatever_their_order() -> None:
+    """The connector stamps a request's records with its time: concurrent requests interleave, stores finish in
+    any order and come from another writer than the accesses; each request still reaches the shadows whole, in
+    chain order, and a block it loads again (a preemption) counts once."""
+    a = [access(1, 0, t=10.0), store(2, 1, 1, t=10.0), store(3, 2, 2, t=10.0)]
+    b = [access(1, 0, t=11.0), store(4, 1, 1, t=11.0), store(5, 2, 4, t=11.0), store(6, 3, 5, t=11.0)]
+    interleaved = [b[0], a[2], b[3], a[0], b[2], a[1], b[1], access(1, 0, t=10.0)]
+    assert regroup(interleaved) == [[1, 4, 5, 6], [1, 2, 3]]  # opened first, handed on first
+    # Split over batches (the scheduler's and the worker's journals are ingested apart), still one.
+    assert regroup(a[:1], b[:2], a[1:], b[2:]) == [[1, 2, 3], [1, 4, 5, 6]]
+
+
+def test_open_requests_are_bounded() -> None:
+    from kvfs.policy import regroup as module
+
+    out: list[list[int]] = []
+    grouper = Regrouper(out.append)
+    grouper.add([store(n, 0, t=float(n)) for n in range(module.MAX_OPEN + 5)])
+    assert [r[0] for r in out] == list(range(5))  # the oldest handed on as they are
+    grouper.add([store(10_000, 3, 0, t=0.0)])  # a late record of a request handed on: a request of its own
+    grouper.flush()
+    assert len(out) == module.MAX_OPEN + 6 and out[-1] == [10_000]

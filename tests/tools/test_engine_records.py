@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kvfs.replay import simulate_policy
+from kvfs.replay.catalog_replay import block_key
 from tools.bench import engine_records
 from tools.tracegen import generate
 
@@ -41,3 +42,21 @@ def test_the_benchmark_prints_each_mode_beside_the_in_memory_replay(
     assert "1.000x the in-memory replay" in out[1] and "2 draws" in out[2]
     with pytest.raises(ValueError, match="unknown mode"):
         engine_records.replay([[1]], 1, 0, "lru", "nope")
+
+
+def test_interleaved_requests_are_regrouped_by_their_time() -> None:
+    """A batch of concurrent requests journals its records interleaved: the evictor regroups them by the request's
+    time, so `adaptive` chooses as if they came one by one (grouped by chain position alone: 0.4885 against 0.5010
+    on `sysprompt`)."""
+    from tools.e2e.trace import trace_requests
+
+    records = [
+        engine_records.JournalRecord(engine_records.RecordKind.ACCESS, block_key(n), t, 0, 0)
+        for n, t in ((1, 1.0), (2, 1.0), (3, 2.0), (4, 3.0), (5, 3.0))
+    ]
+    assert [r.key for r in engine_records.interleaved(records, 2)] == [block_key(n) for n in (1, 3, 2, 4, 5)]
+    assert engine_records.interleaved(records, 1) == records
+    trace = trace_requests("sysprompt", 150, 1)
+    one_by_one = engine_records.replay(trace, 130, 23, "adaptive", "request")
+    batched = engine_records.replay(trace, 130, 23, "adaptive", "request", interleave=8)
+    assert batched.hit_blocks == one_by_one.hit_blocks

@@ -11,6 +11,8 @@ The engine's side did neither (issue 22 item 5: `adaptive` in a real engine at 0
   `connector/chain.py` `request_time`); the catalog replay of `kvfs replay`, record for record.
 * `per-file`: each store stamped when its file finished: parallel I/O threads finish a request's files in any
   order (a seeded shuffle, 1 ms apart), journaled in that order (the connector before).
+* `--interleave N`: every N consecutive requests' records journaled in turn (a batch of concurrent requests;
+  hits as served one after another), for the evictor's regrouping of records into requests.
 * `watcher-first`: request stamps, but each new file's row made first by the tree watcher's upsert (the file's
   later mtime, the scan's queue place) before its STORE record is ingested (the evictor before `journal_grace`).
 
@@ -39,10 +41,34 @@ from kvfs.replay.sim import SimResult, leading_hits
 MODES = ("request", "per-file", "watcher-first")
 
 
+def interleaved(records: list[JournalRecord], width: int) -> list[JournalRecord]:
+    """`records` (request by request, each at its request's index as time) with every `width` consecutive
+    requests' records taken in turn, as a batch of concurrent requests journals them."""
+    if width <= 1:
+        return records
+    requests: dict[int, list[JournalRecord]] = {}
+    for r in records:
+        requests.setdefault(int(r.time), []).append(r)
+    groups = list(requests.values())
+    out: list[JournalRecord] = []
+    for first in range(0, len(groups), width):
+        batch = [list(reversed(g)) for g in groups[first : first + width]]
+        while any(batch):
+            out.extend(g.pop() for g in batch if g)
+    return out
+
+
 def replay(
-    requests: Sequence[Sequence[int]], capacity: int, slack: int, policy: str, mode: str, seed: int = 0
+    requests: Sequence[Sequence[int]],
+    capacity: int,
+    slack: int,
+    policy: str,
+    mode: str,
+    seed: int = 0,
+    interleave: int = 1,
 ) -> SimResult:
-    """Hits of `policy` on the catalog, fed each request's records as `mode` says (see the module)."""
+    """Hits of `policy` on the catalog, fed each request's records as `mode` says (see the module), every
+    `interleave` requests' records interleaved in the journal."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r} (one of {', '.join(MODES)})")
     rng = random.Random(seed)
@@ -58,7 +84,7 @@ def replay(
 
             def ingest() -> None:
                 if pending:
-                    catalog.apply_journal(pending, {})
+                    catalog.apply_journal(interleaved(pending, interleave), {})
                     pending.clear()
 
             hooks = PassHooks(ingest=ingest)
@@ -120,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument(
         "--draws", type=int, default=5, help="finishing orders drawn for `per-file` (median, range)"
     )
+    p.add_argument(
+        "--interleave", type=int, default=1, help="journal every N requests' records interleaved (a batch)"
+    )
     args = p.parse_args(argv)
     workload, count = parse_trace(args.trace)
     requests = trace_requests(workload, count, args.seed)
@@ -133,7 +162,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     for mode in args.modes.split(","):
         started = time.perf_counter()
         draws = range(args.draws if mode == "per-file" else 1)
-        got = sorted(replay(requests, high, slack, args.policy, mode, seed).hit_ratio for seed in draws)
+        got = sorted(
+            replay(requests, high, slack, args.policy, mode, seed, args.interleave).hit_ratio
+            for seed in draws
+        )
         took = (time.perf_counter() - started) / len(got)
         median = statistics.median(got)
         spread = f", {len(got)} draws {got[0]:.4f}-{got[-1]:.4f}" if len(got) > 1 else ""
