@@ -66,14 +66,28 @@ _CHILD_OF = (
     "(SELECT 1 FROM blocks c{indexed_by} WHERE c.namespace_id = blocks.namespace_id "
     "AND c.parent_hash = blocks.block_hash AND c.rank = blocks.rank AND c.grp = blocks.grp LIMIT 1)"
 )
-# A scan's row (`seen` > 0) never moves a kvfs block's last access: its writer journals every store and read,
-# with the request's time (connector/chain.py), and the file's mtime is later (when it finished); raised to it
-# at every rescan, a chain's head could become younger than its tail, and a rescan rewrote every unread row.
-# Other formats keep no journal: their file times are all there is.
-_scan_kept = (
-    "CASE WHEN excluded.seen > 0 AND blocks.fmt = 'kvfs' THEN blocks.last_access "
-    "ELSE {greatest}(blocks.last_access, excluded.last_access) END"
-)
+# A scan never moves a kvfs block's last access: its writer journals every store and read with the request's
+# time (connector/chain.py), and the file's mtime is later (when it finished); raised to it at every rescan, a
+# chain's head could become younger than its tail, and a rescan rewrote every unread row.  Other formats keep
+# no journal: their file times are all there is.
+_LAST_ACCESS = "{greatest}(blocks.last_access, excluded.last_access)"
+_SCANNED_LAST_ACCESS = "CASE WHEN blocks.fmt = 'kvfs' THEN blocks.last_access ELSE {greatest}(blocks.last_access, excluded.last_access) END"
+
+
+def _upsert_sql(head: str, greatest: str, last_access: str) -> str:
+    """The blocks upsert after `head` (its INSERT ... VALUES or SELECT), with `last_access` for a row there."""
+    return (
+        f"{head} ON CONFLICT ({_KEY_COLS}) DO UPDATE SET size = excluded.size, "
+        f"last_access = {last_access.format(greatest=greatest)}, "
+        "hits = blocks.hits + excluded.hits, "
+        "chain_pos = CASE WHEN excluded.chain_pos >= 0 THEN excluded.chain_pos ELSE blocks.chain_pos END, "
+        f"seen = {greatest}(blocks.seen, excluded.seen), "
+        "parent_hash = COALESCE(excluded.parent_hash, blocks.parent_hash), "
+        "has_child = blocks.has_child OR excluded.has_child, "
+        f"old_parent = {_OLD_PARENT}"
+    )
+
+
 _PG_STAGE = "kvfs_blocks_stage"
 _PG_ACCESS_STAGE = "kvfs_access_stage"
 # A store over a row that records another parent: the row's first parent in this transaction is kept in
@@ -105,18 +119,9 @@ class _Sql:
         # `has_child` of an inserted row: TRUE when a row of the same batch has it as parent (the 14th
         # parameter, computed in Python); an existing row keeps a TRUE.  Children already there (a block stored
         # again after its removal, or after its children) are found later, by `heal`: no probe per row here.
-        self.upsert = (
-            f"INSERT INTO blocks ({_INSERT_COLS}) "
-            f"VALUES ({', '.join([p] * 15)}) "
-            f"ON CONFLICT ({_KEY_COLS}) DO UPDATE SET size = excluded.size, "
-            f"last_access = {_scan_kept.format(greatest=greatest)}, "
-            "hits = blocks.hits + excluded.hits, "
-            "chain_pos = CASE WHEN excluded.chain_pos >= 0 THEN excluded.chain_pos ELSE blocks.chain_pos END, "
-            f"seen = {greatest}(blocks.seen, excluded.seen), "
-            "parent_hash = COALESCE(excluded.parent_hash, blocks.parent_hash), "
-            "has_child = blocks.has_child OR excluded.has_child, "
-            f"old_parent = {_OLD_PARENT}"
-        )
+        values = f"INSERT INTO blocks ({_INSERT_COLS}) VALUES ({', '.join([p] * 15)})"
+        self.upsert = _upsert_sql(values, greatest, _LAST_ACCESS)
+        self.upsert_scanned = _upsert_sql(values, greatest, _SCANNED_LAST_ACCESS)
         # Rows for files found on disk that a writer's journal may already describe: the journal's row stays.
         self.insert_new = (
             f"INSERT INTO blocks ({_INSERT_COLS}) VALUES ({', '.join([p] * 15)}) "
@@ -266,9 +271,9 @@ def _stage(cur: Any, table: str, columns: str, names: str, params: list[tuple[An
             copy.write_row(p)
 
 
-def _pg_copy_upsert(conn: Connection, params: list[tuple[Any, ...]]) -> None:
+def _pg_copy_upsert(conn: Connection, params: list[tuple[Any, ...]], scanned: bool) -> None:
     """COPY the rows (`_flagged` tuples) into a session temp table, then merge them with the same conflict rules
-    as `_Sql.upsert`."""
+    as `_Sql.upsert` (`scanned`: `_Sql.upsert_scanned`)."""
     params = _merge_duplicate_keys(params)
     raw = conn.connection.driver_connection
     assert raw is not None
@@ -282,17 +287,8 @@ def _pg_copy_upsert(conn: Connection, params: list[tuple[Any, ...]]) -> None:
             _INSERT_COLS,
             params,
         )
-        cur.execute(
-            f"INSERT INTO blocks ({_INSERT_COLS}) SELECT {_INSERT_COLS} FROM {_PG_STAGE} "
-            f"ON CONFLICT ({_KEY_COLS}) DO UPDATE SET size = excluded.size, "
-            f"last_access = {_scan_kept.format(greatest='GREATEST')}, "
-            "hits = blocks.hits + excluded.hits, "
-            "chain_pos = CASE WHEN excluded.chain_pos >= 0 THEN excluded.chain_pos ELSE blocks.chain_pos END, "
-            "seen = GREATEST(blocks.seen, excluded.seen), "
-            "parent_hash = COALESCE(excluded.parent_hash, blocks.parent_hash), "
-            "has_child = blocks.has_child OR excluded.has_child, "
-            f"old_parent = {_OLD_PARENT}"
-        )
+        head = f"INSERT INTO blocks ({_INSERT_COLS}) SELECT {_INSERT_COLS} FROM {_PG_STAGE}"
+        cur.execute(_upsert_sql(head, "GREATEST", _SCANNED_LAST_ACCESS if scanned else _LAST_ACCESS))
         cur.execute(f"TRUNCATE {_PG_STAGE}")
 
 
@@ -738,7 +734,7 @@ class Catalog:
                         self._sql.scan_refresh, [(p[5], p[7], *p[:5], p[5], p[7]) for p in chunk]
                     )
                 else:
-                    self._upsert_params(conn, _flagged(chunk, set()))
+                    self._upsert_params(conn, _flagged(chunk, set()), scanned=True)
         metrics.CATALOG_ROWS_UPSERTED.inc(len(params))
         return len(params)
 
@@ -861,16 +857,16 @@ class Catalog:
         metrics.CATALOG_ROWS_UPSERTED.inc(len(upsert_rows))
         return ApplyStats(stores=len(upsert_rows), accesses=n_access - unknown, unknown_accesses=unknown)
 
-    def _upsert_params(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+    def _upsert_params(self, conn: Connection, rows: list[tuple[Any, ...]], scanned: bool = False) -> None:
         """Upsert `_flagged` tuples (`has_child` TRUE for the parents of the batch's other rows; the caller flags
         the parents outside it, with `_Sql.extended` or `_Sql.has_child`).  The old parents of rows moved behind
-        another one lose the flag if they have no child left."""
+        another one lose the flag if they have no child left.  `scanned`: rows of a scan (`_Sql.upsert_scanned`)."""
         # Key order turns random B-tree inserts into near-sequential ones (3x faster at 300k rows).
         rows = _in_key_order(rows)
         if self.dialect == "postgresql" and len(rows) >= PG_COPY_MIN_ROWS:
-            _pg_copy_upsert(conn, rows)
+            _pg_copy_upsert(conn, rows, scanned)
         else:
-            conn.exec_driver_sql(self._sql.upsert, rows)
+            conn.exec_driver_sql(self._sql.upsert_scanned if scanned else self._sql.upsert, rows)
         moved = conn.exec_driver_sql(self._sql.moved).all()
         if moved:  # their old parents may have no child left
             conn.exec_driver_sql(self._sql.settle_moved)
