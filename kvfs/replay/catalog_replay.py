@@ -65,12 +65,10 @@ def _run(
     progress: Callable[[int], None] | None,
 ) -> SimResult:
     catalog.ensure_namespace(REPLAY_NAMESPACE, model="replay")
-    keys: dict[int, BlockKey] = {}
     present: set[int] = set()
     pending: list[JournalRecord] = []
     result = SimResult()
     limits = Limits(max_bytes=max(0, capacity - slack) * BLOCK_UNIT, min_age=0.0)
-    remover = CatalogOnly()
 
     def apply_pending() -> None:
         if pending:
@@ -81,35 +79,55 @@ def _run(
     for i, req in enumerate(requests):
         now = float(i + 1)
         result.count(leading_hits(req, present), len(req))
-        for pos, block in enumerate(req):
-            key = keys.get(block)
-            if key is None:
-                key = keys[block] = block_key(block)
-            if block in present:
-                # With its chain position, as a STORE: the records of one request regroup exactly.
-                pending.append(JournalRecord(RecordKind.ACCESS, key, now, 0, pos))
-            else:
-                # The parent, as a connector that knows the chain records it (orphans get marked).
-                parent = keys[req[pos - 1]].block_hash if pos else None
-                pending.append(JournalRecord(RecordKind.STORE, key, now, BLOCK_UNIT, pos, parent))
-                present.add(block)
+        pending.extend(request_records(req, present, now))
         if progress is not None:
             progress(1)
-        if len(present) <= capacity:
-            continue
-        # Blocks used at `now` (this request) are protected: the planner's min_age 0 protects last_access >= now.
-        outcome = run_pass(
-            catalog,
-            "",
-            limits,
-            policy,
-            hooks=hooks,
-            now=now,
-            batch_size=1 << 30,
-            remover=remover,
-            log_evictions=False,
-        )
-        for victim in outcome.plan.victims:
-            present.discard(int(victim.key.block_hash, 16))
-        result.evicted += len(outcome.plan.victims)
+        result.evicted += evict_over(catalog, present, capacity, limits, policy, hooks, now)
     return result
+
+
+def request_records(req: Sequence[int], present: set[int], now: float) -> list[JournalRecord]:
+    """The journal records a connector writes for request `req` at `now`: an ACCESS for every block already
+    present, a STORE with its parent for every new one (added to `present`), each with its chain position."""
+    records = []
+    for pos, block in enumerate(req):
+        key = block_key(block)
+        if block in present:
+            # With its chain position, as a STORE: the records of one request regroup exactly.
+            records.append(JournalRecord(RecordKind.ACCESS, key, now, 0, pos))
+        else:
+            # The parent, as a connector that knows the chain records it (orphans get marked).
+            parent = block_key(req[pos - 1]).block_hash if pos else None
+            records.append(JournalRecord(RecordKind.STORE, key, now, BLOCK_UNIT, pos, parent))
+            present.add(block)
+    return records
+
+
+def evict_over(
+    catalog: Catalog,
+    present: set[int],
+    capacity: int,
+    limits: Limits,
+    policy: EvictionPolicy,
+    hooks: PassHooks,
+    now: float,
+) -> int:
+    """The evictor's pass (`hooks.ingest` first) when the tier holds more than `capacity` blocks; its victims
+    leave `present`.  Returns how many went."""
+    if len(present) <= capacity:
+        return 0
+    # Blocks used at `now` (this request) are protected: the planner's min_age 0 protects last_access >= now.
+    outcome = run_pass(
+        catalog,
+        "",
+        limits,
+        policy,
+        hooks=hooks,
+        now=now,
+        batch_size=1 << 30,
+        remover=CatalogOnly(),
+        log_evictions=False,
+    )
+    for victim in outcome.plan.victims:
+        present.discard(int(victim.key.block_hash, 16))
+    return len(outcome.plan.victims)

@@ -31,11 +31,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kvfs.catalog import BlockRow, Catalog
-from kvfs.eviction import CatalogOnly, Limits, PassHooks, run_pass
+from kvfs.eviction import Limits, PassHooks
 from kvfs.journal import JournalRecord, RecordKind
 from kvfs.policy import get_policy
 from kvfs.replay import simulate_policy
-from kvfs.replay.catalog_replay import BLOCK_UNIT, REPLAY_NAMESPACE, block_key
+from kvfs.replay.catalog_replay import BLOCK_UNIT, REPLAY_NAMESPACE, evict_over, request_records
 from kvfs.replay.sim import SimResult, leading_hits
 
 MODES = ("request", "per-file", "watcher-first")
@@ -91,16 +91,8 @@ def replay(
             for i, req in enumerate(requests):
                 now = float(i + 1)
                 result.count(leading_hits(req, present), len(req))
-                stores = []
-                for pos, block in enumerate(req):
-                    if block in present:
-                        pending.append(JournalRecord(RecordKind.ACCESS, block_key(block), now, 0, pos))
-                    else:
-                        parent = block_key(req[pos - 1]).block_hash if pos else None
-                        stores.append(
-                            JournalRecord(RecordKind.STORE, block_key(block), now, BLOCK_UNIT, pos, parent)
-                        )
-                        present.add(block)
+                records = request_records(req, present, now)
+                stores = [r for r in records if r.kind is RecordKind.STORE]
                 if mode == "per-file":
                     rng.shuffle(stores)  # finishing order; each stamped when it finished
                     stores = [
@@ -111,23 +103,12 @@ def replay(
                     ingest()  # what was journaled before; this request's records are still in its writer
                     mtime = now + 0.5
                     catalog.upsert_blocks([BlockRow(r.key, BLOCK_UNIT, mtime, mtime) for r in stores])
-                pending.extend(stores)
-                if len(present) <= capacity:
-                    continue
-                outcome = run_pass(
-                    catalog,
-                    "",
-                    limits,
-                    chosen,
-                    hooks=hooks,
-                    now=now,  # min_age 0 protects last access >= now: this request's blocks, as the replays do
-                    batch_size=1 << 30,
-                    remover=CatalogOnly(),
-                    log_evictions=False,
-                )
-                for victim in outcome.plan.victims:
-                    present.discard(int(victim.key.block_hash, 16))
-                result.evicted += len(outcome.plan.victims)
+                if mode == "request":
+                    pending.extend(records)  # as the catalog replay journals them
+                else:  # hits at lookup, stores after the forward pass
+                    pending.extend(r for r in records if r.kind is not RecordKind.STORE)
+                    pending.extend(stores)
+                result.evicted += evict_over(catalog, present, capacity, limits, chosen, hooks, now)
         finally:
             catalog.close()
     return result
