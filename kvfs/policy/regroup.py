@@ -25,6 +25,7 @@ bits) is the in-memory replay's and blocks of two namespaces never meet.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from kvfs.journal import JournalRecord, RecordKind
@@ -35,7 +36,7 @@ MAX_OPEN = 1024
 
 
 class _Run:
-    __slots__ = ("blocks", "positions", "members", "last_hash", "times")
+    __slots__ = ("blocks", "positions", "members", "last_hash", "times", "ordered")
 
     def __init__(self) -> None:
         self.blocks: list[int] = []
@@ -43,24 +44,29 @@ class _Run:
         self.members: set[int] = set()
         self.last_hash: str | None = None
         self.times: list[float] = []  # the record times that name this run
+        self.ordered = True  # positions came in ascending (or unknown)
 
     def add(self, block: int, pos: int, block_hash: str) -> None:
+        positions = self.positions
+        if positions and pos < positions[-1]:
+            self.ordered = False
         self.blocks.append(block)
-        self.positions.append(pos)
+        positions.append(pos)
         self.members.add(block)
         self.last_hash = block_hash
 
     def in_chain_order(self) -> list[int]:
-        if min(self.positions) < 0:
+        if self.ordered or min(self.positions) < 0:
             return self.blocks
-        return [b for _, b in sorted(zip(self.positions, self.blocks, strict=True), key=lambda pb: pb[0])]
+        order = sorted(range(len(self.blocks)), key=self.positions.__getitem__)
+        return [self.blocks[i] for i in order]
 
 
 class Regrouper:
     def __init__(self, sink: Callable[[list[int]], None]) -> None:
         self._sink = sink
         self._spaces: dict[tuple[str, int | None, int], int] = {}
-        self._open: dict[int, _Run] = {}  # in the order opened (id(run) -> run)
+        self._open: OrderedDict[int, _Run] = OrderedDict()  # id(run) -> run, in the order opened
         self._by_time: dict[float, _Run] = {}
         self._last: _Run | None = None
 
@@ -94,10 +100,10 @@ class Regrouper:
             by_time[rec.time] = run
             self._last = run
         while len(self._open) > MAX_OPEN:
-            self._hand_on(next(iter(self._open.values())))
+            self._hand_on(self._open.popitem(last=False)[1])
 
     def _hand_on(self, run: _Run) -> None:
-        del self._open[id(run)]
+        """Feed `run` (already out of `_open`) to the sink."""
         for t in run.times:
             if self._by_time.get(t) is run:
                 del self._by_time[t]
@@ -108,4 +114,4 @@ class Regrouper:
     def flush(self) -> None:
         """Hand on every open run, oldest first."""
         while self._open:
-            self._hand_on(next(iter(self._open.values())))
+            self._hand_on(self._open.popitem(last=False)[1])

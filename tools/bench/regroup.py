@@ -8,7 +8,7 @@ the hits as ACCESS and the rest as STORE records, every record at its request's 
 `--interleave N` journals every N requests' records in turn (a batch of concurrent requests).  The listener is
 `AdaptivePolicy`'s own (`kvfs.policy.regroup.Regrouper` feeding `kvfs.replay.chooser.Shadows`) with the shadows
 sized for `--tier-blocks` (their sample rate 1,000 / blocks); the baseline in the same run is the regrouping
-alone (a sink that drops each request), and decoding the same records from the journal is in
+alone (a sink that drops each request), both with the cyclic GC paused as ingest pauses it, and decoding the same records from the journal is in
 `python -m tools.bench.evictor --only ingest`.  Medians of `--runs`.
 """
 
@@ -20,6 +20,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
+from kvfs.gcpause import cyclic_gc_paused
 from kvfs.journal import JournalRecord, RecordKind
 from kvfs.layout import BlockKey
 from kvfs.policy.regroup import Regrouper
@@ -57,11 +58,12 @@ def records_of(count: int, seed: int) -> list[JournalRecord]:
 def rate(records: Sequence[JournalRecord], sink: Callable[[list[int]], None], batch: int = 5000) -> float:
     """Records per second through a Regrouper feeding `sink`, `batch` records an apply, flushed at the end."""
     grouper = Regrouper(sink)
-    started = time.perf_counter()
-    for first in range(0, len(records), batch):
-        grouper.add(records[first : first + batch])
-    grouper.flush()
-    return len(records) / (time.perf_counter() - started)
+    with cyclic_gc_paused():  # as the evictor's ingest runs its listeners
+        started = time.perf_counter()
+        for first in range(0, len(records), batch):
+            grouper.add(records[first : first + batch])
+        grouper.flush()
+        return len(records) / (time.perf_counter() - started)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
