@@ -6,8 +6,9 @@ orphans.  A kvfs file's row is its writer's journal's (the request's time, chain
 queue place of a new store): the watcher makes one only for a file still unknown once the journal had time to
 arrive (`journal_grace`: a writer killed before its flush), and never changes a journaled row.  (Upserted at
 once, a file's row was made before its STORE record in most ingests, with the file's mtime, at the small queue's
-head: `adaptive` on `sysprompt` replayed that way through the catalog hit 0.484 against 0.501.)  inotify sees only this host's writes; on NFS, Lustre or CephFS use `watch=polling`, whose every poll
-stats the whole tree (counted in `kvfs_evictor_metadata_ops_total{source="watch"}`).
+head: `adaptive` on `sysprompt` replayed that way through the catalog hit 0.484 against 0.501.)  inotify sees
+only this host's writes; on NFS, Lustre or CephFS use `watch=polling`, whose every poll stats the whole tree
+(counted in `kvfs_evictor_metadata_ops_total{source="watch"}`).
 """
 
 from __future__ import annotations
@@ -192,7 +193,8 @@ class TreeFeed:
         # One apply at a time (journal loop and pre-delete recheck both call it): a later "gone" must never be
         # overtaken by an earlier "present" for the same path.
         self._apply_lock = threading.Lock()
-        self._pending: dict[str, float] = {}  # path -> time of its latest event (monotonic)
+        # path -> (time of its latest event (monotonic), its kind: "present" or "gone")
+        self._pending: dict[str, tuple[float, str]] = {}
 
     def handler(self, on_lost: Callable[[], None] = lambda: None) -> FileSystemEventHandler:
         """`on_lost`: called when the watcher lost events (a scan must catch up)."""
@@ -201,7 +203,7 @@ class TreeFeed:
     def _queue(self, kind: str, rel: str) -> None:
         with self._lock:
             self._pending.pop(rel, None)  # newest last: the wait counts from the latest event
-            self._pending[rel] = time.monotonic()
+            self._pending[rel] = (time.monotonic(), kind)
 
     def pending(self) -> int:
         with self._lock:
@@ -221,10 +223,16 @@ class TreeFeed:
         if not pending:
             return 0
         rows, found, gone, orphan_gone = [], [], [], []
-        waiting: dict[str, float] = {}
+        waiting: dict[str, tuple[float, str]] = {}
         too_new = time.monotonic() - self.grace
-        for rel, queued in pending.items():  # the event kind no longer matters: the file now decides
+        for (
+            rel,
+            event,
+        ) in pending.items():  # past the grace, the event kind no longer matters: the file decides
             key = parse_block_relpath(rel)
+            if key is not None and key.fmt == "kvfs" and event[1] == "present" and event[0] > too_new:
+                waiting[rel] = event  # its journal may still be on the way (no stat until then)
+                continue
             # "gone" is checked too: a file deleted and re-created (an evicted block stored again) whose
             # creation event was lost (its directory was removed and made again, so unwatched) must keep the
             # row its writer's journal gave it; removing it hid the file from the catalog until the next scan.
@@ -242,8 +250,10 @@ class TreeFeed:
                     orphan_gone.append(rel)
                 continue
             if st is not None and key.fmt == "kvfs":
-                if queued > too_new:
-                    waiting[rel] = queued  # its journal may still be on the way
+                if (
+                    event[1] == "gone"
+                ):  # it came back since: a new event of its own is on the way, or was lost
+                    waiting[rel] = (event[0], "present")
                     continue
                 metrics.TREE_EVENTS.labels("upsert").inc()
                 # A row only where its journal made none: a writer killed between publishing a file and
@@ -277,11 +287,11 @@ class TreeFeed:
             raise
         return len(rows) + len(found) + len(gone)
 
-    def _requeue(self, events: dict[str, float]) -> None:
+    def _requeue(self, events: dict[str, tuple[float, str]]) -> None:
         """Put events back; a newer event for a path, queued meanwhile, wins."""
         with self._lock:
-            for rel, queued in events.items():
-                self._pending.setdefault(rel, queued)
+            for rel, event in events.items():
+                self._pending.setdefault(rel, event)
 
 
 class Watchers:

@@ -10,6 +10,7 @@ import pytest
 from evictor_helpers import files_on_disk, run_writer, wait_for
 from watchdog.events import FileCreatedEvent, FileDeletedEvent
 
+from evictor import metrics
 from evictor.watch import TempFileTracker, TreeFeed, Watchers
 from kvfs.catalog import Catalog
 from kvfs.layout import parse_block_relpath
@@ -131,11 +132,21 @@ def test_a_kvfs_files_row_is_its_journals_and_a_file_without_one_gets_one(
             3,
         )  # the journal's, not mtime's
         assert rows[keys[1]].last_access == paths[1].stat().st_mtime  # no record: the file's own time
-        # A later event (the file replaced) starts the wait again; a file gone is removed at once.
+        # A later event (the file replaced) starts the wait again, with no stat until then; a file gone is
+        # removed at once.
         handler.on_created(FileCreatedEvent(str(paths[1])))
         paths[0].unlink()
         handler.on_deleted(FileDeletedEvent(str(paths[0])))
+        stats = metrics.METADATA_OPS.labels("watch")._value.get()
         assert feed.apply() == 1 and set(catalog.get_blocks(keys)) == {keys[1]} and feed.pending() == 1
+        assert metrics.METADATA_OPS.labels("watch")._value.get() == stats + 1  # the deleted file's only
+        # A "gone" whose file is back (stored again, its creation event lost) waits as a creation would.
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
+        store_block(paths[0], b"y" * 4096, BlockIdentity(b"\1" * 32, b"k"))
+        handler.on_deleted(FileDeletedEvent(str(paths[0])))
+        assert feed.apply() == 0 and feed.pending() == 2
+        time.sleep(0.6)
+        assert feed.apply() == 2 and set(catalog.get_blocks(keys)) == set(keys)
 
 
 def test_an_inotify_queue_overflow_is_counted_and_scanned(root: Path, sqlite_url: str, start_evictor) -> None:
