@@ -25,7 +25,7 @@ bits) is the in-memory replay's and blocks of two namespaces never meet.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from kvfs.journal import JournalRecord, RecordKind
@@ -55,6 +55,15 @@ class _Run:
         self.members.add(block)
         self.last_hash = block_hash
 
+    def follows(self, block: int, rec: JournalRecord) -> bool:
+        """Whether `rec` (of `block`, at a time of its own) continues this run: the chain rule of the module."""
+        pos = rec.chain_pos
+        if block in self.members or pos == 0:
+            return False
+        if pos < 0 or pos == len(self.blocks):
+            return True
+        return rec.kind is RecordKind.STORE and rec.parent is not None and rec.parent == self.last_hash
+
     def in_chain_order(self) -> list[int]:
         if self.ordered or min(self.positions) < 0:
             return self.blocks
@@ -66,7 +75,7 @@ class Regrouper:
     def __init__(self, sink: Callable[[list[int]], None]) -> None:
         self._sink = sink
         self._spaces: dict[tuple[str, int | None, int], int] = {}
-        self._open: OrderedDict[int, _Run] = OrderedDict()  # id(run) -> run, in the order opened
+        self._open: deque[_Run] = deque()  # in the order opened
         self._by_time: dict[float, _Run] = {}
         self._last: _Run | None = None
 
@@ -86,21 +95,15 @@ class Regrouper:
                 self._last = run
                 continue
             run = self._last
-            follows = run is not None and block not in run.members and pos != 0
-            if follows and pos >= 0 and pos != len(run.blocks):  # type: ignore[union-attr]
-                follows = (
-                    rec.kind is RecordKind.STORE and rec.parent is not None and rec.parent == run.last_hash  # type: ignore[union-attr]
-                )
-            if not follows:
+            if run is None or not run.follows(block, rec):
                 run = _Run()
-                self._open[id(run)] = run
-            assert run is not None
+                self._open.append(run)
             run.add(block, pos, rec.key.block_hash)
             run.times.append(rec.time)
             by_time[rec.time] = run
             self._last = run
         while len(self._open) > MAX_OPEN:
-            self._hand_on(self._open.popitem(last=False)[1])
+            self._hand_on(self._open.popleft())
 
     def _hand_on(self, run: _Run) -> None:
         """Feed `run` (already out of `_open`) to the sink."""
@@ -114,4 +117,4 @@ class Regrouper:
     def flush(self) -> None:
         """Hand on every open run, oldest first."""
         while self._open:
-            self._hand_on(self._open.popitem(last=False)[1])
+            self._hand_on(self._open.popleft())
