@@ -225,13 +225,11 @@ class TreeFeed:
         rows, found, gone, orphan_gone = [], [], [], []
         waiting: dict[str, tuple[float, str]] = {}
         too_new = time.monotonic() - self.grace
-        for (
-            rel,
-            event,
-        ) in pending.items():  # past the grace, the event kind no longer matters: the file decides
+        # Past the grace, the event kind no longer matters: the file decides.
+        for rel, (queued, kind) in pending.items():
             key = parse_block_relpath(rel)
-            if key is not None and key.fmt == "kvfs" and event[1] == "present" and event[0] > too_new:
-                waiting[rel] = event  # its journal may still be on the way (no stat until then)
+            if key is not None and key.fmt == "kvfs" and kind == "present" and queued > too_new:
+                waiting[rel] = (queued, kind)  # its journal may still be on the way (no stat until then)
                 continue
             # "gone" is checked too: a file deleted and re-created (an evicted block stored again) whose
             # creation event was lost (its directory was removed and made again, so unwatched) must keep the
@@ -250,10 +248,8 @@ class TreeFeed:
                     orphan_gone.append(rel)
                 continue
             if st is not None and key.fmt == "kvfs":
-                if (
-                    event[1] == "gone"
-                ):  # it came back since: a new event of its own is on the way, or was lost
-                    waiting[rel] = (event[0], "present")
+                if kind == "gone":  # back since: its own creation event is on the way, or was lost
+                    waiting[rel] = (queued, "present")
                     continue
                 metrics.TREE_EVENTS.labels("upsert").inc()
                 # A row only where its journal made none: a writer killed between publishing a file and

@@ -123,10 +123,7 @@ class _Sql:
         self.upsert = _upsert_sql(values, greatest, _LAST_ACCESS)
         self.upsert_scanned = _upsert_sql(values, greatest, _SCANNED_LAST_ACCESS)
         # Rows for files found on disk that a writer's journal may already describe: the journal's row stays.
-        self.insert_new = (
-            f"INSERT INTO blocks ({_INSERT_COLS}) VALUES ({', '.join([p] * 15)}) "
-            f"ON CONFLICT ({_KEY_COLS}) DO NOTHING"
-        )
+        self.insert_new = f"{values} ON CONFLICT ({_KEY_COLS}) DO NOTHING"
         # The scan's pair (SQLite): mark every file seen, touching no indexed column, then rewrite only the
         # rows whose size changed or whose file times are newer.  SQLite re-indexes every index that holds a
         # column named in SET, whatever the values, so the one-statement upsert costs ~3x more on a rescan.
