@@ -149,6 +149,37 @@ def test_a_kvfs_files_row_is_its_journals_and_a_file_without_one_gets_one(
         assert feed.apply() == 2 and set(catalog.get_blocks(keys)) == set(keys)
 
 
+def test_a_catalog_error_puts_the_feeds_events_back(
+    root: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database gone mid-apply: the error reaches the caller (the service counts it and backs off) and no
+    event is lost: the next apply makes the rows, a newer event for a path queued meanwhile winning."""
+    from kvfs.blockfile import BlockIdentity, store_block
+    from kvfs.catalog import CatalogError
+    from kvfs.layout import BlockKey
+
+    keys = [BlockKey("org_model_0123456789ab", None, 0, f"{n:064x}", "kvfs") for n in (1, 2)]
+    for k in keys:
+        (root / k.relpath()).parent.mkdir(parents=True, exist_ok=True)
+        store_block(root / k.relpath(), b"x" * 4096, BlockIdentity(b"\1" * 32, b"k"))
+    with Catalog.open(sqlite_url, root=root) as catalog:
+        feed = TreeFeed(root, catalog, TempFileTracker(), grace=0.0)
+        handler = feed.handler()
+        for k in keys:
+            handler.on_created(FileCreatedEvent(str(root / k.relpath())))
+
+        def gone(rows):  # noqa: ANN001, ANN202
+            handler.on_created(FileCreatedEvent(str(root / keys[0].relpath())))  # a newer event meanwhile
+            raise CatalogError("database is gone")
+
+        monkeypatch.setattr(catalog, "add_found_blocks", gone)
+        with pytest.raises(CatalogError, match="gone"):
+            feed.apply()
+        assert feed.pending() == 2 and catalog.get_blocks(keys) == {}
+        monkeypatch.undo()
+        assert feed.apply() == 2 and set(catalog.get_blocks(keys)) == set(keys) and feed.pending() == 0
+
+
 def test_an_inotify_queue_overflow_is_counted_and_scanned(root: Path, sqlite_url: str, start_evictor) -> None:
     """A real overflow: the evictor is stopped (SIGSTOP) while more events than the kernel queues are made, then
     a stock writer stores files, whose events the full queue drops.  Before, the loss went uncounted (only
