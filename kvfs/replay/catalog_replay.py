@@ -64,70 +64,85 @@ def _run(
     policy: EvictionPolicy,
     progress: Callable[[int], None] | None,
 ) -> SimResult:
-    catalog.ensure_namespace(REPLAY_NAMESPACE, model="replay")
-    present: set[int] = set()
-    pending: list[JournalRecord] = []
+    tier = CatalogTier(catalog, capacity, slack, policy)
     result = SimResult()
-    limits = Limits(max_bytes=max(0, capacity - slack) * BLOCK_UNIT, min_age=0.0)
-
-    def apply_pending() -> None:
-        if pending:
-            catalog.apply_journal(pending, {})
-            pending.clear()
-
-    hooks = PassHooks(ingest=apply_pending)
     for i, req in enumerate(requests):
         now = float(i + 1)
-        result.count(leading_hits(req, present), len(req))
-        pending.extend(request_records(req, present, now))
+        result.count(leading_hits(req, tier.present), len(req))
+        tier.journal(tier.records(req, now))
         if progress is not None:
             progress(1)
-        result.evicted += evict_over(catalog, present, capacity, limits, policy, hooks, now)
+        result.evicted += tier.evict(now)
     return result
 
 
-def request_records(req: Sequence[int], present: set[int], now: float) -> list[JournalRecord]:
-    """The journal records a connector writes for request `req` at `now`: an ACCESS for every block already
-    present, a STORE with its parent for every new one (added to `present`), each with its chain position."""
-    records = []
-    for pos, block in enumerate(req):
-        key = block_key(block)
-        if block in present:
-            # With its chain position, as a STORE: the records of one request regroup exactly.
-            records.append(JournalRecord(RecordKind.ACCESS, key, now, 0, pos))
-        else:
-            # The parent, as a connector that knows the chain records it (orphans get marked).
-            parent = block_key(req[pos - 1]).block_hash if pos else None
-            records.append(JournalRecord(RecordKind.STORE, key, now, BLOCK_UNIT, pos, parent))
-            present.add(block)
-    return records
+class CatalogTier:
+    """The replay's tier on `catalog`: rows and no files (`CatalogOnly`), fed journal records, evicted by `policy`
+    when it holds more than `capacity` blocks, down to `capacity - slack`.  `order`: how the records journaled
+    since the last ingest reach `Catalog.apply_journal` (as journaled, by default)."""
 
+    def __init__(
+        self,
+        catalog: Catalog,
+        capacity: int,
+        slack: int,
+        policy: EvictionPolicy,
+        order: Callable[[list[JournalRecord]], list[JournalRecord]] | None = None,
+    ) -> None:
+        catalog.ensure_namespace(REPLAY_NAMESPACE, model="replay")
+        self.catalog = catalog
+        self.capacity = capacity
+        self.policy = policy
+        self.present: set[int] = set()
+        self._pending: list[JournalRecord] = []
+        self._order = order
+        self._limits = Limits(max_bytes=max(0, capacity - slack) * BLOCK_UNIT, min_age=0.0)
+        self._hooks = PassHooks(ingest=self.ingest)
 
-def evict_over(
-    catalog: Catalog,
-    present: set[int],
-    capacity: int,
-    limits: Limits,
-    policy: EvictionPolicy,
-    hooks: PassHooks,
-    now: float,
-) -> int:
-    """The evictor's pass (`hooks.ingest` first) when the tier holds more than `capacity` blocks; its victims
-    leave `present`.  Returns how many went."""
-    if len(present) <= capacity:
-        return 0
-    # Blocks used at `now` (this request) are protected: the planner's min_age 0 protects last_access >= now.
-    outcome = run_pass(
-        catalog,
-        "",
-        limits,
-        policy,
-        hooks=hooks,
-        now=now,
-        batch_size=1 << 30,
-        remover=CatalogOnly(),
-        log_evictions=False,
-    )
-    for victim in outcome.plan.victims:
-        present.discard(int(victim.key.block_hash, 16))
-    return len(outcome.plan.victims)
+    def records(self, req: Sequence[int], now: float) -> list[JournalRecord]:
+        """The journal records a connector writes for request `req` at `now`: an ACCESS for every block already
+        present, a STORE with its parent for every new one (now present), each with its chain position."""
+        present = self.present
+        records = []
+        for pos, block in enumerate(req):
+            key = block_key(block)
+            if block in present:
+                # With its chain position, as a STORE: the records of one request regroup exactly.
+                records.append(JournalRecord(RecordKind.ACCESS, key, now, 0, pos))
+            else:
+                # The parent, as a connector that knows the chain records it (orphans get marked).
+                parent = block_key(req[pos - 1]).block_hash if pos else None
+                records.append(JournalRecord(RecordKind.STORE, key, now, BLOCK_UNIT, pos, parent))
+                present.add(block)
+        return records
+
+    def journal(self, records: Sequence[JournalRecord]) -> None:
+        """Journal `records`; they reach the catalog at the next ingest (lazily: right before a pass)."""
+        self._pending.extend(records)
+
+    def ingest(self) -> None:
+        if self._pending:
+            pending = self._order(self._pending) if self._order is not None else self._pending
+            self.catalog.apply_journal(pending, {})
+            self._pending.clear()
+
+    def evict(self, now: float) -> int:
+        """The evictor's pass (ingest first) when the tier holds more than `capacity` blocks; its victims leave
+        `present`.  Returns how many went."""
+        if len(self.present) <= self.capacity:
+            return 0
+        # Blocks used at `now` (this request) are protected: the planner's min_age 0 protects last_access >= now.
+        outcome = run_pass(
+            self.catalog,
+            "",
+            self._limits,
+            self.policy,
+            hooks=self._hooks,
+            now=now,
+            batch_size=1 << 30,
+            remover=CatalogOnly(),
+            log_evictions=False,
+        )
+        for victim in outcome.plan.victims:
+            self.present.discard(int(victim.key.block_hash, 16))
+        return len(outcome.plan.victims)

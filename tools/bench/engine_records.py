@@ -31,11 +31,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kvfs.catalog import BlockRow, Catalog
-from kvfs.eviction import Limits, PassHooks
 from kvfs.journal import JournalRecord, RecordKind
 from kvfs.policy import get_policy
 from kvfs.replay import simulate_policy
-from kvfs.replay.catalog_replay import BLOCK_UNIT, REPLAY_NAMESPACE, evict_over, request_records
+from kvfs.replay.catalog_replay import BLOCK_UNIT, CatalogTier
 from kvfs.replay.sim import SimResult, leading_hits
 
 MODES = ("request", "per-file", "watcher-first")
@@ -76,22 +75,18 @@ def replay(
     with tempfile.TemporaryDirectory(prefix="kvfs-engine-records-") as tmp:
         catalog = Catalog.open(f"sqlite:///{Path(tmp) / 'catalog.db'}")
         try:
-            catalog.ensure_namespace(REPLAY_NAMESPACE, model="replay")
-            chosen = get_policy(policy)
-            limits = Limits(max_bytes=max(0, capacity - slack) * BLOCK_UNIT, min_age=0.0)
-            pending: list[JournalRecord] = []
-            present: set[int] = set()
-
-            def ingest() -> None:
-                if pending:
-                    catalog.apply_journal(interleaved(pending, interleave), {})
-                    pending.clear()
-
-            hooks = PassHooks(ingest=ingest)
+            tier = CatalogTier(
+                catalog, capacity, slack, get_policy(policy), order=lambda p: interleaved(p, interleave)
+            )
             for i, req in enumerate(requests):
                 now = float(i + 1)
-                result.count(leading_hits(req, present), len(req))
-                records = request_records(req, present, now)
+                result.count(leading_hits(req, tier.present), len(req))
+                records = tier.records(req, now)
+                if mode == "request":
+                    tier.journal(records)  # as the catalog replay journals them
+                    result.evicted += tier.evict(now)
+                    continue
+                # Hits at lookup, stores after the forward pass.
                 stores = [r for r in records if r.kind is RecordKind.STORE]
                 if mode == "per-file":
                     rng.shuffle(stores)  # finishing order; each stamped when it finished
@@ -99,16 +94,13 @@ def replay(
                         JournalRecord(r.kind, r.key, now + 0.001 * (k + 1), r.size, r.chain_pos, r.parent)
                         for k, r in enumerate(stores)
                     ]
-                elif mode == "watcher-first" and stores:
-                    ingest()  # what was journaled before; this request's records are still in its writer
+                elif stores:  # watcher-first
+                    tier.ingest()  # what was journaled before; this request's records are still in its writer
                     mtime = now + 0.5
                     catalog.upsert_blocks([BlockRow(r.key, BLOCK_UNIT, mtime, mtime) for r in stores])
-                if mode == "request":
-                    pending.extend(records)  # as the catalog replay journals them
-                else:  # hits at lookup, stores after the forward pass
-                    pending.extend(r for r in records if r.kind is not RecordKind.STORE)
-                    pending.extend(stores)
-                result.evicted += evict_over(catalog, present, capacity, limits, chosen, hooks, now)
+                tier.journal([r for r in records if r.kind is not RecordKind.STORE])
+                tier.journal(stores)
+                result.evicted += tier.evict(now)
         finally:
             catalog.close()
     return result
