@@ -213,7 +213,7 @@ static ssize_t read_span(int fd, unsigned char *pre, size_t pre_len, unsigned ch
 }
 
 /* mkdir -p of `dir`, each directory it creates given `mode` exactly (a chmod where the umask strips a bit of
- * it: `chmod_dirs`), the leaf tried first (its parent usually exists).  As kvfs.blockfile._makedirs: EEXIST is
+ * it: `chmod_dirs`), the leaf tried first (its parent usually exists).  As kvfs.layout.makedirs: EEXIST is
  * success (a file there fails the open that follows).  0, or -1 with errno. */
 static int make_dirs(char *dir, mode_t mode, int chmod_dirs, int depth) {
     if (mkdir(dir, mode) == 0) return chmod_dirs ? chmod(dir, mode) : 0;

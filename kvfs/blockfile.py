@@ -62,7 +62,7 @@ from kvfs.checksum import (
     payload_checksum,
     payload_hasher,
 )
-from kvfs.layout import dir_mode_for, temp_name_for
+from kvfs.layout import dir_mode_for, makedirs, temp_name_for
 
 log = logging.getLogger(__name__)
 
@@ -650,7 +650,7 @@ def _open_creating_dirs(tmp: str, flags: int, file_mode: int) -> int:
         except FileNotFoundError:
             pass
         try:
-            made = _makedirs(os.path.dirname(tmp), mode)
+            made = makedirs(os.path.dirname(tmp), mode)
             fd = os.open(tmp, flags, file_mode)
         except FileNotFoundError:
             continue  # removed again before the temp file was in it
@@ -663,27 +663,6 @@ def _open_creating_dirs(tmp: str, flags: int, file_mode: int) -> int:
                 raise
         return fd
     return os.open(tmp, flags, file_mode)
-
-
-def _makedirs(directory: str, mode: int) -> list[str]:
-    """mkdir -p; the directories it created, outermost first (the caller gives them their exact mode: the umask
-    strips group bits from `mode`).  The leaf is tried first: its parent usually exists, and a missing one
-    answers ENOENT (one stat less per new leaf than checking the parent first)."""
-    try:
-        os.mkdir(directory, mode)
-    except FileExistsError:
-        return []
-    except FileNotFoundError:
-        parent = os.path.dirname(directory)
-        if not parent or parent == directory:
-            raise
-        made = _makedirs(parent, mode)
-        try:
-            os.mkdir(directory, mode)
-        except FileExistsError:
-            return made
-        return [*made, directory]
-    return [directory]
 
 
 def _write_block(

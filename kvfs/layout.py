@@ -189,22 +189,33 @@ def dir_mode_for(file_mode: int) -> int:
     return file_mode | ((file_mode & 0o444) >> 2)
 
 
+def makedirs(directory: str, mode: int) -> list[str]:
+    """mkdir -p; the directories it created, outermost first (their mode is `mode` less the umask: the caller
+    gives them `mode` exactly where that matters).  The leaf is tried first: its parent usually exists, and a
+    missing one answers ENOENT (one stat less per new leaf than checking the parent first).  A directory another
+    writer made meanwhile is not counted: its mode is its creator's business."""
+    try:
+        os.mkdir(directory, mode)
+    except FileExistsError:
+        return []
+    except FileNotFoundError:
+        parent = os.path.dirname(directory)
+        if not parent or parent == directory:
+            raise
+        made = makedirs(parent, mode)
+        try:
+            os.mkdir(directory, mode)
+        except FileExistsError:
+            return made
+        return [*made, directory]
+    return [directory]
+
+
 def makedirs_exact(directory: str | os.PathLike[str], mode: int = DIR_MODE) -> None:
     """mkdir -p where every directory this call creates gets exactly `mode`, whatever the umask: under umask
     077 a parent left 0700 (`.kvfs/` above the journal) shut out every other writer uid of the group, and under
     umask 000 it was 0777.  Existing directories are left as they are."""
-    path = Path(directory)
-    missing: list[Path] = []
-    while not path.is_dir():
-        missing.append(path)
-        if path.parent == path:
-            break
-        path = path.parent
-    for path in reversed(missing):
-        try:
-            os.mkdir(path, mode)
-        except FileExistsError:
-            continue  # another writer made it: its mode is its creator's business
+    for path in makedirs(os.path.abspath(directory), mode):
         os.chmod(path, mode)
 
 
