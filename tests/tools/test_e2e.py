@@ -3,6 +3,8 @@ cannot rot between GPU runs; the engine phases themselves run only on the GPU ma
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tools.e2e import engine
@@ -53,7 +55,7 @@ RESULTS = {
                     {
                         "tokens": 32768,
                         "cold_ttft_s": 4.5,
-                        "host_limit": {"read": 30.0, "read_h2d": 25.0},
+                        "host_limit": {"read": 30.0, "read_h2d": 25.0, "read_first": 24.0, "read_h2d_first": 16.0},
                         "stores": {"stored": 127.0, "exists": 1.0, "dropped": 0.0},
                         "hits": [
                             _hit("default", 0.30),
@@ -88,6 +90,11 @@ def test_rows_take_medians_and_ratios_against_the_cpu_tier():
     assert row.vs_cpu == pytest.approx(1.2) and row.before_vs_cpu == pytest.approx(1.8)
     assert row.reader_vs_cpu == pytest.approx(2.0) and row.speedup == pytest.approx(15.0)
     assert row.load_gbps == 20.0 and row.tokens_equal
+    # the first hit reads files just written: its own load against the first-read limit; the later hits (both
+    # variants) against the limit of reading them again
+    assert row.first_load_gbps == 20.0 and row.first_limit_gbps == 16.0 and row.first_vs_limit == 1.25
+    assert row.limit_gbps == 25.0 and row.vs_limit == pytest.approx(0.8)
+    assert "| 20.0 / 20.0 | 16.0 / 25.0 | 1.25 / 0.80 |" in e2e.format_table([row])
     # a prompt without hits or CPU-tier figures has no ratios, and its drops are shown
     assert long.hit_s is None and long.vs_cpu is None and long.dropped == 56 and long.stored == 200
 
@@ -123,6 +130,11 @@ def test_host_limit_reads_the_files_with_the_threads(tmp_path):
     for key in ("read", "read_1t", "read_2mib", "read_pageable", "memcpy"):
         assert got[key] > 0, key
     assert "read_h2d" not in got and hostlimit.limit_of(got) == got["read"]
+    # the first-read figure reads fresh copies, written beside the files and removed again
+    assert got["first_files"] == 6 and got["read_first"] > 0 and hostlimit.first_limit_of(got) == got["read_first"]
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in paths)
+    few = hostlimit.measure(paths, 2, reps=1, first_files=2)
+    assert few["first_files"] == 2 and "read_h2d_first" not in few
     assert sorted(e2e.block_files(str(tmp_path))) == sorted(paths)
     assert e2e.host_limit([str(tmp_path / "missing.kvfs")], 2)["error"].startswith("FileNotFoundError")
     assert e2e.host_limit([str(tmp_path / "missing.kvfs")], 2, cold=True)["error"].startswith(
@@ -147,7 +159,7 @@ def test_table_prints_every_figure():
     assert len(lines) == 4 and lines[0].count("|") == lines[2].count("|") == 18
     assert (
         "| shm | 32,768 | 4.50 s | 0.300 s | 0.450 s | 0.500 s | 0.400 s | 0.250 s | 1.20× | 1.80× | 2.00× "
-        "| 15.0× | 128/128 | 20.0 | 25.0 | 0.80 | yes |" in table
+        "| 15.0× | 128/128 | 20.0 / 20.0 | 16.0 / 25.0 | 1.25 / 0.80 | yes |" in table
     )
     assert "128/128" in table and "200/256 (56 dropped)" in table and "—" in lines[3]
 

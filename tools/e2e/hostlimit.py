@@ -6,6 +6,11 @@ what kvfs's load GB/s is divided by in the end-to-end table.
 * `read_h2d`: the same, then each file copied to the GPU on the thread's own stream from two pinned slots (the
   read of the next file overlaps the copy of the last): the staged load with no checksum, no scatter, no Python
   of kvfs's — the bound for kvfs's staged path;
+* `read_first`, `read_h2d_first`: the same two, each on fresh copies of (up to `first_files` of) the files, written
+  as a store writes them (one buffered `pwritev` from pinned memory) and read once: the first read of a file
+  since it was written.  On tmpfs that read activates every page on the page cache's LRU lists under its lock
+  and runs 25-30% slower than later reads of the same bytes (docs/benchmarks.md), so a hit that reads files just
+  written is compared with these, later hits with `read` / `read_h2d`;
 * for what keeps one thread at its rate: `read_1t` (one thread alone), `read_2mib` (the same threads, 2 MiB
   `preadv`s instead of one per file), `read_pageable` (fresh pageable buffers: the page faults pinned staging
   avoids), and `memcpy` (the same threads copying pinned memory to pinned memory with `memmove`, the GIL released:
@@ -16,7 +21,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -107,6 +114,7 @@ def measure(
     device: torch.device | None = None,
     reps: int = 3,
     single_files: int = 16,
+    first_files: int = 128,
 ) -> dict[str, Any]:
     """The host-limit figures (GB/s, medians of `reps`) for reading `paths` with `threads` threads."""
     paths = list(paths)
@@ -143,7 +151,44 @@ def measure(
     if cuda:
         assert device is not None
         out["read_h2d"] = med(lambda: _read_h2d(paths, threads, device, size))
+    firsts = paths[:first_files]
+    if firsts:
+        out["first_files"] = len(firsts)
+        out["read_first"] = med(
+            lambda: _on_fresh_copies(
+                firsts, threads, views, lambda c: _parallel(c, threads, lambda i, p: _read_into(p, views[i]))
+            )
+        )
+        if cuda:
+            assert device is not None
+            out["read_h2d_first"] = med(
+                lambda: _on_fresh_copies(firsts, threads, views, lambda c: _read_h2d(c, threads, device, size))
+            )
     return out
+
+
+def _on_fresh_copies(
+    paths: Sequence[str], threads: int, views: Sequence[memoryview], probe: Callable[[list[str]], float]
+) -> float:
+    """`probe` run once on new copies of `paths`, written beside them (one directory of their filesystem, made
+    and removed here) as a store writes a file: read into pinned memory, then one buffered `pwritev`."""
+    scratch = tempfile.mkdtemp(prefix=".kvfs-hostlimit-", dir=os.path.dirname(os.path.abspath(paths[0])))
+    copies = [os.path.join(scratch, f"{i}.copy") for i in range(len(paths))]
+    sources = dict(zip(copies, paths, strict=True))
+
+    def copy(i: int, dst: str) -> int:
+        n = _read_into(sources[dst], views[i])
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            return os.pwritev(fd, [views[i][:n]], 0)
+        finally:
+            os.close(fd)
+
+    try:
+        _parallel(copies, threads, copy)
+        return probe(copies)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _read_h2d(paths: Sequence[str], threads: int, device: torch.device, size: int) -> float:
@@ -183,6 +228,11 @@ def limit_of(figures: dict[str, Any]) -> float | None:
     """The bound a staged load is compared with: raw read plus the copy to the GPU where measured, else the raw
     read."""
     return figures.get("read_h2d") or figures.get("read")
+
+
+def first_limit_of(figures: dict[str, Any]) -> float | None:
+    """The same bound for a load of files read for the first time since they were written."""
+    return figures.get("read_h2d_first") or figures.get("read_first")
 
 
 def drop_from_page_cache(paths: Sequence[str]) -> int:
