@@ -55,7 +55,12 @@ RESULTS = {
                     {
                         "tokens": 32768,
                         "cold_ttft_s": 4.5,
-                        "host_limit": {"read": 30.0, "read_h2d": 25.0, "read_first": 24.0, "read_h2d_first": 16.0},
+                        "host_limit": {
+                            "read": 30.0,
+                            "read_h2d": 25.0,
+                            "read_first": 24.0,
+                            "read_h2d_first": 16.0,
+                        },
                         "stores": {"stored": 127.0, "exists": 1.0, "dropped": 0.0},
                         "hits": [
                             _hit("default", 0.30),
@@ -131,7 +136,11 @@ def test_host_limit_reads_the_files_with_the_threads(tmp_path):
         assert got[key] > 0, key
     assert "read_h2d" not in got and hostlimit.limit_of(got) == got["read"]
     # the first-read figure reads fresh copies, written beside the files and removed again
-    assert got["first_files"] == 6 and got["read_first"] > 0 and hostlimit.first_limit_of(got) == got["read_first"]
+    assert (
+        got["first_files"] == 6
+        and got["read_first"] > 0
+        and hostlimit.first_limit_of(got) == got["read_first"]
+    )
     assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in paths)
     few = hostlimit.measure(paths, 2, reps=1, first_files=2)
     assert few["first_files"] == 2 and "read_h2d_first" not in few

@@ -162,7 +162,9 @@ def measure(
         if cuda:
             assert device is not None
             out["read_h2d_first"] = med(
-                lambda: _on_fresh_copies(firsts, threads, views, lambda c: _read_h2d(c, threads, device, size))
+                lambda: _on_fresh_copies(
+                    firsts, threads, views, lambda c: _read_h2d(c, threads, device, size)
+                )
             )
     return out
 
