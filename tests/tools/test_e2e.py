@@ -345,3 +345,17 @@ def test_cold_reader_drops_the_prompts_files_and_measures_the_raw_cold_read(tmp_
     line = e2e.format_cold({"roots": {"disk": {"reader": reader}}})
     assert line.startswith("disk 512, cold page cache: second engine's first hit") and "raw cold read" in line
     assert line.count("\n") == 0
+
+
+def test_host_limit_runs_alone_on_files_it_writes_and_removes(tmp_path, capsys):
+    from tools.e2e import hostlimit
+
+    where = tmp_path / "probe"
+    assert (
+        hostlimit.main(["--dir", str(where), "--files", "4", "--mib", "1", "--threads", "2", "--reps", "1"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert '"read_first"' in out and "first read of just-written files" in out and not where.exists()
+    with pytest.raises(FileExistsError):  # never into a directory that is there (it is removed after)
+        hostlimit.main(["--dir", str(tmp_path), "--files", "1", "--mib", "1"])

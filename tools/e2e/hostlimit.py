@@ -269,3 +269,46 @@ def measure_cold(paths: Sequence[str], threads: int, *, device: torch.device | N
         drop_from_page_cache(paths)
         out["cold_read_h2d"] = _read_h2d(paths, threads, device, size)
     return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The probe on its own, on files it writes (`--dir`, removed after): the host's read figures without an
+    engine, e.g. the first read of just-written files against reading them again.
+
+        python -m tools.e2e.hostlimit --dir /dev/shm/kvfs-hostlimit --files 32 --mib 32 --threads 2
+    """
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m tools.e2e.hostlimit", description=main.__doc__)
+    p.add_argument(
+        "--dir", required=True, help="a new directory on the filesystem to measure (removed after)"
+    )
+    p.add_argument("--files", type=int, default=32)
+    p.add_argument("--mib", type=int, default=32, help="file size")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--reps", type=int, default=3)
+    args = p.parse_args(argv)
+    os.makedirs(args.dir)
+    try:
+        payload = os.urandom(MIB) * args.mib
+        paths = [os.path.join(args.dir, f"{i}.kvfs") for i in range(args.files)]
+        for path in paths:
+            with open(path, "wb") as f:
+                f.write(payload)
+        _parallel(paths, args.threads, lambda i, p: os.path.getsize(p))  # start the threads' machinery once
+        device = torch.device("cuda", 0) if torch.cuda.is_available() else None
+        got = measure(paths, args.threads, device=device, reps=args.reps)
+    finally:
+        shutil.rmtree(args.dir, ignore_errors=True)
+    print(json.dumps(got, indent=1))
+    first, again = first_limit_of(got), limit_of(got)
+    if first and again:
+        print(
+            f"first read of just-written files {first:.2f} GB/s, read again {again:.2f} GB/s: {first / again:.2f}x"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
