@@ -296,7 +296,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in paths:
             with open(path, "wb") as f:
                 f.write(payload)
-        _parallel(paths, args.threads, lambda i, p: os.path.getsize(p))  # start the threads' machinery once
         device = torch.device("cuda", 0) if torch.cuda.is_available() else None
         got = measure(paths, args.threads, device=device, reps=args.reps)
     finally:
