@@ -31,10 +31,18 @@ def test_dry_run_measures_both_tiers_and_the_bound(tmp_path, capsys):
         for d in ("store", "load"):
             assert min(c[f"{k}_{d}"] for k in tier_bench.KINDS) > 0
             assert min(c[f"{k}_{d}_cpu_us"] for k in tier_bench.KINDS) > 0  # CPU per file, every tier
+            # the submitting thread's share of a file: part of the repetition's wall time
+            for k in tier_bench.KINDS:
+                assert (
+                    0
+                    < c[f"{k}_{d}_submit_us"] * c["chunks"] / 1e6
+                    < c["chunks"] * c["mib"] * 2**20 / (c[f"{k}_{d}"] * 1e9)
+                )
             # One repetition: the ratios are exactly that repetition's kvfs (or bound) over stock.
             assert c[f"{d}_ratio"] == pytest.approx(c[f"kvfs_{d}"] / c[f"stock_{d}"])
             assert c[f"{d}_bound"] == pytest.approx(c[f"bound_{d}"] / c[f"stock_{d}"])
             assert f"**{c[f'{d}_ratio']:.2f}**" in printed
+    assert "submitting, us a file store/load: kvfs" in printed
 
 
 def test_full_run_refuses_another_vllm_than_0_33(monkeypatch, capsys):

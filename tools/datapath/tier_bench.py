@@ -114,13 +114,15 @@ def make_tier(
     return SecondaryTierFactory.create_secondary_tier(cfg, primary.view, spec)
 
 
-def run_jobs(tier: SecondaryTierManager, jobs: list[TransferJob], load: bool) -> float:
-    """Submit every job, poll until all finished (as the scheduler does each step); wall seconds."""
+def run_jobs(tier: SecondaryTierManager, jobs: list[TransferJob], load: bool) -> tuple[float, float]:
+    """Submit every job, poll until all finished (as the scheduler does each step); wall seconds in all, and of
+    them the submitting (the scheduler thread's share of a file, during which it holds the GIL)."""
     pending = {j.job_id for j in jobs}
     failed: list[int] = []
     t0 = time.perf_counter()
     for j in jobs:
         (tier.submit_load if load else tier.submit_store)(j)
+    submit_s = time.perf_counter() - t0
     deadline = time.monotonic() + TIMEOUT_S
     while pending:
         for r in tier.get_finished_jobs():
@@ -133,7 +135,7 @@ def run_jobs(tier: SecondaryTierManager, jobs: list[TransferJob], load: bool) ->
     seconds = time.perf_counter() - t0
     if failed:
         raise RuntimeError(f"{len(failed)} {'load' if load else 'store'} jobs failed")
-    return seconds
+    return seconds, submit_s
 
 
 def evict(root: str) -> None:
@@ -176,12 +178,12 @@ def one_rep(kind: str, tier: Any, cell: Cell, root: str, primary: Primary, chunk
     primary.rows[chunks:] = 0
     store_jobs, load_jobs = jobs(0, 0, False), jobs(chunks, chunks, True)
     cpu0 = process_cpu_s()
-    store_s = run_jobs(tier, store_jobs, load=False)
+    store_s, store_submit_s = run_jobs(tier, store_jobs, load=False)
     cpu1 = process_cpu_s()
     if cell.root == "disk":
         evict(root)
     cpu2 = process_cpu_s()
-    load_s = run_jobs(tier, load_jobs, load=True)
+    load_s, load_submit_s = run_jobs(tier, load_jobs, load=True)
     cpu3 = process_cpu_s()
     clear(root)
     if not np.array_equal(primary.rows[:chunks], primary.rows[chunks:]):
@@ -192,6 +194,8 @@ def one_rep(kind: str, tier: Any, cell: Cell, root: str, primary: Primary, chunk
         # Every thread of the process (the polling loop included, as in a scheduler), per file.
         "store_cpu_us": (cpu1 - cpu0) / chunks * 1e6,
         "load_cpu_us": (cpu3 - cpu2) / chunks * 1e6,
+        "store_submit_us": store_submit_s / chunks * 1e6,
+        "load_submit_us": load_submit_s / chunks * 1e6,
     }
 
 
@@ -248,6 +252,7 @@ def measure(cell: Cell, base: str, gib: float, reps: int, kvfs_settings: dict[st
         for kind in KINDS:
             out[f"{kind}_{d}"] = statistics.median(r[d] for r in runs[kind])
             out[f"{kind}_{d}_cpu_us"] = statistics.median(r[f"{d}_cpu_us"] for r in runs[kind])
+            out[f"{kind}_{d}_submit_us"] = statistics.median(r[f"{d}_submit_us"] for r in runs[kind])
         for name, kind in (("ratio", "kvfs"), ("bound", "bound")):
             ratios = [k[d] / s[d] for k, s in zip(runs[kind], runs["stock"], strict=True)]
             out[f"{d}_{name}"] = statistics.median(ratios)
@@ -311,7 +316,9 @@ def run_root(
                     f"bound {r['store_bound']:.2f}x), load {r['kvfs_load']:.2f} vs {r['stock_load']:.2f} GB/s "
                     f"({r['load_ratio']:.2f}x, bound {r['load_bound']:.2f}x); CPU us a file store/load: kvfs "
                     f"{r['kvfs_store_cpu_us']:.0f}/{r['kvfs_load_cpu_us']:.0f}, stock {r['stock_store_cpu_us']:.0f}/"
-                    f"{r['stock_load_cpu_us']:.0f}",
+                    f"{r['stock_load_cpu_us']:.0f}; submitting, us a file store/load: kvfs "
+                    f"{r['kvfs_store_submit_us']:.1f}/{r['kvfs_load_submit_us']:.1f}, stock "
+                    f"{r['stock_store_submit_us']:.1f}/{r['stock_load_submit_us']:.1f}",
                     flush=True,
                 )
                 results.append(r)
