@@ -116,7 +116,7 @@ def make_tier(
 
 def run_jobs(tier: SecondaryTierManager, jobs: list[TransferJob], load: bool) -> tuple[float, float]:
     """Submit every job, poll until all finished (as the scheduler does each step); wall seconds in all, and of
-    them the submitting (the scheduler thread's share of a file, during which it holds the GIL)."""
+    them the submitting (the scheduler thread's own Python and its waits for the GIL while I/O threads run)."""
     pending = {j.job_id for j in jobs}
     failed: list[int] = []
     t0 = time.perf_counter()
