@@ -359,3 +359,36 @@ def test_host_limit_runs_alone_on_files_it_writes_and_removes(tmp_path, capsys):
     assert '"read_first"' in out and "first read of just-written files" in out and not where.exists()
     with pytest.raises(FileExistsError):  # never into a directory that is there (it is removed after)
         hostlimit.main(["--dir", str(tmp_path), "--files", "1", "--mib", "1"])
+
+
+def test_reader_warmup_is_an_option_and_reported_beside_the_first_hit():
+    assert e2e.parse_args(["--reader-warmup"]).reader_warmup and not e2e.parse_args([]).reader_warmup
+    reader = {
+        "prompts": [
+            {"tokens": 32768, "warmup_ttft_s": 0.9, "first_ttft_s": 0.25, "again_ttft_s": 0.24},
+            {"tokens": 65536, "first_ttft_s": 0.4, "again_ttft_s": 0.41},
+        ]
+    }
+    text = e2e.format_reader_warmup({"roots": {"shm": {"reader": reader}}})
+    assert text.splitlines() == [
+        "shm: second engine's warm-up request (1,024 tokens of its own) 0.900 s, then its first hit of 32,768 "
+        "tokens 0.250 s (later 0.240 s)"
+    ]
+    assert e2e.format_reader_warmup(RESULTS) == ""  # without the option: nothing
+
+
+def test_the_reader_serves_its_warmup_once_before_its_first_hit():
+    served: list[int] = []
+
+    class Recording(ScriptedEngine):
+        def generate(self, tokens):  # type: ignore[no-untyped-def]
+            served.append(len(tokens))
+            return super().generate(tokens)
+
+    spec = _spec(sizes=[512, 2048], seeds=[1, 2], warmup=True)
+    reader = e2e._reader(spec, Recording())
+    first, second = reader["prompts"]
+    assert served[0] == e2e.WARMUP_TOKENS and served.count(e2e.WARMUP_TOKENS) == 1
+    assert first["warmup_ttft_s"] == pytest.approx(0.1 * (e2e.WARMUP_TOKENS // engine.CHUNK_TOKENS))
+    assert "warmup_ttft_s" not in second
+    assert "warmup_ttft_s" not in e2e._reader(_spec(), ScriptedEngine())["prompts"][0]
