@@ -2,7 +2,7 @@
 # On the GPU machine, after vLLM 0.33 is installed (../shared/gpu/README.md, tools/gpu/install_vllm033.sh): issue 23's
 # tables for docs/benchmarks.md, one step per call so that each stays under ~6 minutes and lands in $OUT as it
 # goes.  Steps: tier (tier_bench on the host's cores + the load ladder), shm (direct spec, /dev/shm, 32k/64k with
-# the CPU tier and a second engine), shm128, disk (32k/64k, cold second engine), disk128, tiered (the 0.33 tiered
+# the CPU tier and a second engine, which serves a prompt of its own before its first hit), shm128, disk (32k/64k, cold second engine), disk128, tiered (the 0.33 tiered
 # path at 32k).  Each e2e writer is a new engine on an emptied root: its drops count as a fresh engine's.
 #   bash tools/gpu/datapath_tables.sh tier shm     (from the project root; OUT defaults to ./out)
 set -u
@@ -28,7 +28,7 @@ for step in "$@"; do
       run ladder 90 python3 -m tools.datapath.ladder --threads 16 --rounds 3
       run tier_bench 300 python3 -m tools.datapath.tier_bench --roots shm --mib 0.0625,2,32 --threads 4,16 \
         --reps 3 --gib 0.5 --json "$OUT/tier_bench.json" ;;
-    shm) e2e e2e_shm 380 --roots shm --prompts 32k,64k --reps 2 ;;
+    shm) e2e e2e_shm 380 --roots shm --prompts 32k,64k --reps 2 --reader-warmup ;;
     shm128) e2e e2e_shm128 280 --roots shm --prompts 128k --reps 2 --no-cpu-tier --no-reader ;;
     disk) e2e e2e_disk 400 --roots disk --disk-dir /var/tmp/kvfs-e2e --prompts 32k,64k --cold-reader --no-cpu-tier ;;
     disk128) e2e e2e_disk128 280 --roots disk --disk-dir /var/tmp/kvfs-e2e --prompts 128k --reps 2 --no-cpu-tier \
