@@ -2,8 +2,9 @@
 # On the GPU machine, after vLLM 0.33 is installed (../shared/gpu/README.md, tools/gpu/install_vllm033.sh): issue 23's
 # tables for docs/benchmarks.md, one step per call so that each stays under ~6 minutes and lands in $OUT as it
 # goes.  Steps: tier (tier_bench on the host's cores + the load ladder), shm (direct spec, /dev/shm, 32k/64k with
-# the CPU tier and a second engine, which serves a prompt of its own before its first hit), shm128, disk (32k/64k, cold second engine), disk128, tiered (the 0.33 tiered
-# path at 32k).  Each e2e writer is a new engine on an emptied root: its drops count as a fresh engine's.
+# the CPU tier and a second engine, which serves a prompt of its own before its first hit), shm128, disk
+# (32k/64k, cold second engine), disk128, tiered (the 0.33 tiered path at 32k).  Each e2e writer is a new engine
+# on an emptied root: its drops count as a fresh engine's.
 #   bash tools/gpu/datapath_tables.sh tier shm     (from the project root; OUT defaults to ./out)
 set -u
 OUT=${OUT:-out}
