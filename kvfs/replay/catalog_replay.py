@@ -104,6 +104,7 @@ class CatalogTier:
         present, a STORE with its parent for every new one (now present), each with its chain position."""
         present = self.present
         records = []
+        parent: str | None = None  # the previous block's hash
         for pos, block in enumerate(req):
             key = block_key(block)
             if block in present:
@@ -111,9 +112,9 @@ class CatalogTier:
                 records.append(JournalRecord(RecordKind.ACCESS, key, now, 0, pos))
             else:
                 # The parent, as a connector that knows the chain records it (orphans get marked).
-                parent = block_key(req[pos - 1]).block_hash if pos else None
                 records.append(JournalRecord(RecordKind.STORE, key, now, BLOCK_UNIT, pos, parent))
                 present.add(block)
+            parent = key.block_hash
         return records
 
     def journal(self, records: Sequence[JournalRecord]) -> None:
