@@ -71,7 +71,7 @@ _CHILD_OF = (
 # chain's head could become younger than its tail, and a rescan rewrote every unread row.  Other formats keep
 # no journal: their file times are all there is.
 _LAST_ACCESS = "{greatest}(blocks.last_access, excluded.last_access)"
-_SCANNED_LAST_ACCESS = "CASE WHEN blocks.fmt = 'kvfs' THEN blocks.last_access ELSE {greatest}(blocks.last_access, excluded.last_access) END"
+_SCANNED_LAST_ACCESS = f"CASE WHEN blocks.fmt = 'kvfs' THEN blocks.last_access ELSE {_LAST_ACCESS} END"
 
 
 def _upsert_sql(head: str, greatest: str, last_access: str) -> str:

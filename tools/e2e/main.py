@@ -520,6 +520,10 @@ def format_cold(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# The reader's warm-up prompt (`--reader-warmup`): a few chunks under a seed no measured prompt uses.
+WARMUP_TOKENS, WARMUP_SEED = 1024, 999
+
+
 def format_reader_warmup(results: Mapping[str, Any]) -> str:
     """With --reader-warmup: the second engine's own first request beside its first hit and its later ones."""
     lines = []
@@ -532,10 +536,6 @@ def format_reader_warmup(results: Mapping[str, Any]) -> str:
                     f"{_fmt(p.get('first_ttft_s'), '.3f', ' s')} (later {_fmt(p.get('again_ttft_s'), '.3f', ' s')})"
                 )
     return "\n".join(lines)
-
-
-# The reader's warm-up prompt (`--reader-warmup`): a few chunks under a seed no measured prompt uses.
-WARMUP_TOKENS, WARMUP_SEED = 1024, 999
 
 
 def _reader(spec: Mapping[str, Any], engine: Any = None) -> dict[str, Any]:
