@@ -392,3 +392,25 @@ def test_the_reader_serves_its_warmup_once_before_its_first_hit():
     assert first["warmup_ttft_s"] == pytest.approx(0.1 * (e2e.WARMUP_TOKENS // engine.CHUNK_TOKENS))
     assert "warmup_ttft_s" not in second
     assert "warmup_ttft_s" not in e2e._reader(_spec(), ScriptedEngine())["prompts"][0]
+
+
+def test_a_full_disk_while_copying_leaves_no_copies_and_is_recorded(tmp_path, monkeypatch):
+    """The first-read figure writes copies beside the prompt's files: a write that fails (ENOSPC) removes them
+    and the writer's phase records the probe's error instead of losing its figures."""
+    import errno
+
+    from tools.e2e import hostlimit
+
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"{i}.kvfs"
+        p.write_bytes(bytes([i]) * (1 << 20))
+        paths.append(str(p))
+
+    def full(fd, buffers, offset):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(hostlimit.os, "pwritev", full)
+    got = e2e.host_limit(paths, 2)
+    assert got["error"].startswith("OSError") and "No space left" in got["error"]
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in paths)
