@@ -196,3 +196,42 @@ def test_waiting_for_stores_ends_when_all_are_there_or_when_they_stop_coming(tmp
     stuck = _FilesPerStep(tmp_path, limit=2)  # 2 of 5 stored, then nothing: no wait until the deadline
     files, waited = tiered.wait_for_files(stuck, str(tmp_path), expected=5, timeout=60.0, stall_s=0.6)
     assert files == 2 and waited < 5.0
+
+
+def test_rounds_rotate_the_modes_so_that_none_always_starts_first():
+    modes = ["cpu", "kvfs", "fs"]
+    orders = [tiered.round_order(modes, r) for r in range(4)]
+    assert orders == [["cpu", "kvfs", "fs"], ["kvfs", "fs", "cpu"], ["fs", "cpu", "kvfs"], ["cpu", "kvfs", "fs"]]
+    assert {o[0] for o in orders[:3]} == set(modes)
+
+
+def test_rounds_pair_each_local_hit_with_the_cpu_tier_of_its_own_round():
+    results = _results(cross_kvfs=0.40)  # round 1: cpu 0.20, kvfs 0.21, fs 0.22 (medians)
+    second = _results(cross_kvfs=0.40)["modes"]
+    second["cpu"]["writer"]["prompts"][0]["hits"][0]["ttft_s"] = 0.30  # round 2's CPU tier alone: slower engine
+    third = _results(cross_kvfs=0.40)["modes"]
+    del third["cpu"]  # a round without the CPU tier alone pairs nothing
+    results["rounds"] = [second, third]
+    ratios = tiered.local_ratios(results)
+    assert ratios[("kvfs", 32768)] == pytest.approx([0.21 / 0.20, 0.21 / 0.30])
+    assert ratios[("fs", 32768)] == pytest.approx([0.22 / 0.20, 0.22 / 0.30])
+    assert ("cpu", 32768) not in ratios
+    table = tiered.format_rounds(results)
+    kvfs_line = next(line for line in table.splitlines() if line.startswith("| KvfsTier"))
+    assert "| 1.05, 0.70 |" in kvfs_line and kvfs_line.endswith("| 0.87× |")  # median of the two rounds (0.875, under)
+    assert tiered.format_rounds(_results(cross_kvfs=0.40)) == ""  # one round: the main table says it all
+
+
+def test_an_engine_that_failed_in_a_later_round_is_named_with_its_round():
+    results = _results(cross_kvfs=0.40)
+    later = _results(cross_kvfs=0.40)["modes"]
+    later["kvfs"]["writer"] = {"error": "RuntimeError('oom')"}
+    results["rounds"] = [later]
+    assert tiered.phase_errors(results) == ["kvfs writer, round 2: RuntimeError('oom')"]
+
+
+def test_rounds_must_be_positive():
+    assert tiered.parse_args(["--rounds", "3"]).rounds == 3
+    assert tiered.parse_args([]).rounds == 1
+    with pytest.raises(SystemExit):
+        tiered.parse_args(["--rounds", "0"])

@@ -9,11 +9,14 @@ Per mode and prompt, in one run:
     promotes the files into the CPU tier, then vLLM loads them — then its later (local) hits.
 Greedy tokens of every hit are compared with the first recompute's (dummy weights are fixed by the seed).  The
 table prints local hits ÷ CPU tier alone (goal ≤ 1.05) and kvfs's cross-replica hit ÷ the stock tier's (goal ≤
-1.0 in time, i.e. ≥ 1.0× its speed).  For the GPU machine with vLLM 0.33 (recipe: ../shared/gpu/README.md);
+1.0 in time, i.e. ≥ 1.0× its speed).  A local hit never reaches the secondary tier, yet the CPU tier alone's
+took 0.174-0.229 s in three engines of one machine (docs/benchmarks.md, session 11): `--rounds N` runs the
+writers N times, the modes' order rotated each round, and prints each round's local hits ÷ the same round's CPU
+tier alone and their median, so the ratio is read across engines, not from one pair.  For the GPU machine with vLLM 0.33 (recipe: ../shared/gpu/README.md);
 the pure parts (arguments, tier configuration, table) are tested on CPU.
 
     python -m tools.e2e.tiered [--modes cpu,kvfs,fs] [--prompts 32k,64k] [--root /dev/shm/kvfs-tiered]
-        [--reps 3] [--json out.json] [--markdown out.md]
+        [--reps 3] [--rounds 1] [--json out.json] [--markdown out.md]
 """
 
 from __future__ import annotations
@@ -194,10 +197,13 @@ def rows_of(results: Mapping[str, Any]) -> list[TierRow]:
 
 
 def phase_errors(results: Mapping[str, Any]) -> list[str]:
-    """Engines that failed as a whole (no prompt ran): `mode phase: error`."""
+    """Engines that failed as a whole (no prompt ran): `mode phase: error` (`mode phase, round N: error` after the
+    first round)."""
+    rounds = [results.get("modes", {}), *results.get("rounds", [])]
     return [
-        f"{mode} {name}: {phase['error']}"
-        for mode, phases in results.get("modes", {}).items()
+        f"{mode} {name}{f', round {i + 1}' if i else ''}: {phase['error']}"
+        for i, modes in enumerate(rounds)
+        for mode, phases in modes.items()
         for name, phase in phases.items()
         if isinstance(phase, Mapping) and phase.get("error")
     ]
@@ -226,6 +232,58 @@ def format_table(rows: Sequence[TierRow]) -> str:
     return "\n".join(out + (["", "Errors:", *errors] if errors else []))
 
 
+def round_order(modes: Sequence[str], round_index: int) -> list[str]:
+    """The modes' order in round `round_index` (0-based): rotated by one each round, so that no mode's engine
+    always starts first (or last) on the machine."""
+    k = round_index % len(modes) if modes else 0
+    return [*modes[k:], *modes[:k]]
+
+
+def _local_by_round(results: Mapping[str, Any]) -> list[dict[tuple[str, int], float]]:
+    """Each round's median local hit per (mode, prompt): round 1 from `modes`, later rounds from `rounds`."""
+    out = []
+    for modes in [results.get("modes", {}), *results.get("rounds", [])]:
+        local: dict[tuple[str, int], float] = {}
+        for mode, phases in modes.items():
+            for w in phases.get("writer", {}).get("prompts", []):
+                m = median([h["ttft_s"] for h in w.get("hits", [])])
+                if m is not None:
+                    local[(mode, w["tokens"])] = m
+        out.append(local)
+    return out
+
+
+def local_ratios(results: Mapping[str, Any]) -> dict[tuple[str, int], list[float]]:
+    """Per (mode, prompt) other than the CPU tier alone: each round's local hit ÷ the CPU tier alone's of the same
+    round (a round without either is left out)."""
+    ratios: dict[tuple[str, int], list[float]] = {}
+    for local in _local_by_round(results):
+        for (mode, tokens), value in local.items():
+            cpu = local.get(("cpu", tokens))
+            if mode != "cpu" and cpu:
+                ratios.setdefault((mode, tokens), []).append(value / cpu)
+    return ratios
+
+
+def format_rounds(results: Mapping[str, Any]) -> str:
+    """The paired local-hit ratios of every round and their median ('' with a single round)."""
+    if not results.get("rounds"):
+        return ""
+    names = {"kvfs": "KvfsTier", "fs": "vLLM fs tier"}
+    out = [
+        "| tier behind the CPU tier | prompt | local hit ÷ CPU tier alone, each round | median |",
+        "|---|---|---|---|",
+    ]
+    ratios = local_ratios(results)
+    for mode, tokens in sorted(ratios, key=lambda k: (k[1], MODES.index(k[0]))):
+        each = ratios[(mode, tokens)]
+        out.append(
+            f"| {names.get(mode, mode)} | {tokens:,} | {', '.join(f'{r:.2f}' for r in each)}"
+            f" | {_fmt(median(each), '.2f', '×')} |"
+        )
+    return "\n".join(out)
+
+
 # ---- orchestration (parent) ----
 
 
@@ -240,10 +298,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--root", default="/dev/shm/kvfs-tiered", help="the shared root (one directory per mode)")
     p.add_argument("--cpu-gib", type=float, default=16.0, help="vLLM's CPU tier size (cpu_bytes_to_use)")
     p.add_argument("--no-reader", action="store_true", help="skip the cross-replica engines")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the writers this many times, the modes' order rotated each round, and print each round's local "
+        "hits ÷ the same round's CPU tier alone (the reader engines run in the first round only)",
+    )
     args = p.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not args.modes or any(m not in MODES for m in args.modes):
         p.error(f"--modes takes some of {', '.join(MODES)}")
+    if args.rounds < 1:
+        p.error("--rounds takes a positive count")
     check_engine_arguments(p, args)
     return args
 
@@ -268,23 +335,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             with open(args.json_out, "w") as f:
                 json.dump(results, f, indent=1)
 
-    for mode in args.modes:
-        root = os.path.join(args.root, mode)
-        shutil.rmtree(root, ignore_errors=True)
-        os.makedirs(root)
-        phases: dict[str, Any] = {}
-        results["modes"][mode] = phases
-        spec = {**base, "mode": mode, "root": root, "name": f"tiered-writer-{mode}"}
-        phases["writer"] = run_child(args, {**spec, "phase": "tiered-writer"}, work, MODULE)
-        save()
-        if mode != "cpu" and not args.no_reader:
-            refs = [p.get("ref_tokens") for p in phases["writer"].get("prompts", [])]
-            if len(refs) == len(args.prompt_sizes):
-                reader = {**spec, "phase": "tiered-reader", "name": f"tiered-reader-{mode}", "refs": refs}
-                phases["reader"] = run_child(args, reader, work, MODULE)
-                save()
-        shutil.rmtree(root, ignore_errors=True)
+    if args.rounds > 1:
+        results["rounds"] = []
+    for round_index in range(args.rounds):
+        modes: dict[str, Any] = results["modes"] if round_index == 0 else {}
+        if round_index:
+            results["rounds"].append(modes)
+        for mode in round_order(args.modes, round_index):
+            root = os.path.join(args.root, mode)
+            shutil.rmtree(root, ignore_errors=True)
+            os.makedirs(root)
+            phases: dict[str, Any] = {}
+            modes[mode] = phases
+            spec = {**base, "mode": mode, "root": root, "name": f"tiered-writer-{mode}"}
+            phases["writer"] = run_child(args, {**spec, "phase": "tiered-writer"}, work, MODULE)
+            save()
+            if mode != "cpu" and not args.no_reader and round_index == 0:
+                refs = [p.get("ref_tokens") for p in phases["writer"].get("prompts", [])]
+                if len(refs) == len(args.prompt_sizes):
+                    reader = {**spec, "phase": "tiered-reader", "name": f"tiered-reader-{mode}", "refs": refs}
+                    phases["reader"] = run_child(args, reader, work, MODULE)
+                    save()
+            shutil.rmtree(root, ignore_errors=True)
     table = format_table(rows_of(results))
+    rounds = format_rounds(results)
+    if rounds:
+        table += "\n\nLocal hits, round by round (each ÷ the CPU tier alone of its own round):\n\n" + rounds
     failed = phase_errors(results)
     if failed:
         table += "\n\nEngines that failed:\n" + "\n".join(f"- {e}" for e in failed)
