@@ -201,14 +201,21 @@ def test_waiting_for_stores_ends_when_all_are_there_or_when_they_stop_coming(tmp
 def test_rounds_rotate_the_modes_so_that_none_always_starts_first():
     modes = ["cpu", "kvfs", "fs"]
     orders = [tiered.round_order(modes, r) for r in range(4)]
-    assert orders == [["cpu", "kvfs", "fs"], ["kvfs", "fs", "cpu"], ["fs", "cpu", "kvfs"], ["cpu", "kvfs", "fs"]]
+    assert orders == [
+        ["cpu", "kvfs", "fs"],
+        ["kvfs", "fs", "cpu"],
+        ["fs", "cpu", "kvfs"],
+        ["cpu", "kvfs", "fs"],
+    ]
     assert {o[0] for o in orders[:3]} == set(modes)
 
 
 def test_rounds_pair_each_local_hit_with_the_cpu_tier_of_its_own_round():
     results = _results(cross_kvfs=0.40)  # round 1: cpu 0.20, kvfs 0.21, fs 0.22 (medians)
     second = _results(cross_kvfs=0.40)["modes"]
-    second["cpu"]["writer"]["prompts"][0]["hits"][0]["ttft_s"] = 0.30  # round 2's CPU tier alone: slower engine
+    second["cpu"]["writer"]["prompts"][0]["hits"][0]["ttft_s"] = (
+        0.30  # round 2's CPU tier alone: slower engine
+    )
     third = _results(cross_kvfs=0.40)["modes"]
     del third["cpu"]  # a round without the CPU tier alone pairs nothing
     results["rounds"] = [second, third]
@@ -218,7 +225,9 @@ def test_rounds_pair_each_local_hit_with_the_cpu_tier_of_its_own_round():
     assert ("cpu", 32768) not in ratios
     table = tiered.format_rounds(results)
     kvfs_line = next(line for line in table.splitlines() if line.startswith("| KvfsTier"))
-    assert "| 1.05, 0.70 |" in kvfs_line and kvfs_line.endswith("| 0.87× |")  # median of the two rounds (0.875, under)
+    assert "| 1.05, 0.70 |" in kvfs_line and kvfs_line.endswith(
+        "| 0.87× |"
+    )  # median of the two rounds (0.875, under)
     assert tiered.format_rounds(_results(cross_kvfs=0.40)) == ""  # one round: the main table says it all
 
 
