@@ -3,7 +3,9 @@
 # tables for docs/benchmarks.md, one step per call so that each stays under ~6 minutes and lands in $OUT as it
 # goes.  Steps: tier (tier_bench on the host's cores + the load ladder), shm (direct spec, /dev/shm, 32k/64k with
 # the CPU tier and a second engine, which serves a prompt of its own before its first hit), shm128, disk
-# (32k/64k, cold second engine), disk128, tiered (the 0.33 tiered path at 32k).  Each e2e writer is a new engine
+# (32k/64k, cold second engine), disk128, tiered (the 0.33 tiered path at 32k), tiered_rounds (its local hits in
+# three rounds of fresh engines, each against the CPU tier alone of its own round: one pair of engines differs
+# by up to 25%, docs/benchmarks.md session 11).  Each e2e writer is a new engine
 # on an emptied root: its drops count as a fresh engine's.
 #   bash tools/gpu/datapath_tables.sh tier shm     (from the project root; OUT defaults to ./out)
 set -u
@@ -36,6 +38,8 @@ for step in "$@"; do
       --no-reader ;;
     tiered) run tiered 420 python3 -m tools.e2e.tiered --modes cpu,kvfs,fs --prompts 32k --reps 3 \
       --json "$OUT/tiered.json" --markdown "$OUT/tiered.md" ;;
-    *) echo "unknown step $step (tier, shm, shm128, disk, disk128, tiered)"; exit 2 ;;
+    tiered_rounds) run tiered_rounds 330 python3 -m tools.e2e.tiered --modes cpu,kvfs --prompts 32k --reps 3 \
+      --rounds 3 --no-reader --json "$OUT/tiered_rounds.json" --markdown "$OUT/tiered_rounds.md" ;;
+    *) echo "unknown step $step (tier, shm, shm128, disk, disk128, tiered, tiered_rounds)"; exit 2 ;;
   esac
 done
