@@ -199,10 +199,9 @@ def rows_of(results: Mapping[str, Any]) -> list[TierRow]:
 def phase_errors(results: Mapping[str, Any]) -> list[str]:
     """Engines that failed as a whole (no prompt ran): `mode phase: error` (`mode phase, round N: error` after the
     first round)."""
-    rounds = [results.get("modes", {}), *results.get("rounds", [])]
     return [
         f"{mode} {name}{f', round {i + 1}' if i else ''}: {phase['error']}"
-        for i, modes in enumerate(rounds)
+        for i, modes in enumerate(_rounds(results))
         for mode, phases in modes.items()
         for name, phase in phases.items()
         if isinstance(phase, Mapping) and phase.get("error")
@@ -239,29 +238,22 @@ def round_order(modes: Sequence[str], round_index: int) -> list[str]:
     return [*modes[k:], *modes[:k]]
 
 
-def _local_by_round(results: Mapping[str, Any]) -> list[dict[tuple[str, int], float]]:
-    """Each round's median local hit per (mode, prompt): round 1 from `modes`, later rounds from `rounds`."""
-    out = []
-    for modes in [results.get("modes", {}), *results.get("rounds", [])]:
-        local: dict[tuple[str, int], float] = {}
-        for mode, phases in modes.items():
-            for w in phases.get("writer", {}).get("prompts", []):
-                m = median([h["ttft_s"] for h in w.get("hits", [])])
-                if m is not None:
-                    local[(mode, w["tokens"])] = m
-        out.append(local)
-    return out
+def _rounds(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Each round's modes: round 1 in `modes` (the main table's), later rounds in `rounds`."""
+    return [results.get("modes", {}), *results.get("rounds", [])]
 
 
 def local_ratios(results: Mapping[str, Any]) -> dict[tuple[str, int], list[float]]:
     """Per (mode, prompt) other than the CPU tier alone: each round's local hit ÷ the CPU tier alone's of the same
     round (a round without either is left out)."""
     ratios: dict[tuple[str, int], list[float]] = {}
-    for local in _local_by_round(results):
-        for (mode, tokens), value in local.items():
-            cpu = local.get(("cpu", tokens))
-            if mode != "cpu" and cpu:
-                ratios.setdefault((mode, tokens), []).append(value / cpu)
+    for modes in _rounds(results):
+        rows = rows_of({"modes": modes})
+        cpu = {r.tokens: r.local_s for r in rows if r.mode == "cpu"}
+        for r in rows:
+            value = ratio(r.local_s, cpu.get(r.tokens))
+            if r.mode != "cpu" and value is not None:
+                ratios.setdefault((r.mode, r.tokens), []).append(value)
     return ratios
 
 
