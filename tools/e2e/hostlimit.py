@@ -129,7 +129,10 @@ def measure(
     def med(fn: Callable[[], float]) -> float:
         return statistics.median(fn() for _ in range(reps))
 
-    out["read"] = med(lambda: _parallel(paths, threads, lambda i, p: _read_into(p, views[i])))
+    def read(files: Sequence[str]) -> float:  # each thread into its own pinned view
+        return _parallel(files, threads, lambda i, p: _read_into(p, views[i]))
+
+    out["read"] = med(lambda: read(paths))
     out["read_1t"] = med(lambda: _parallel(paths[:single_files], 1, lambda i, p: _read_into(p, views[0])))
     out["read_2mib"] = med(lambda: _parallel(paths, threads, lambda i, p: _read_into(p, views[i], 2 * MIB)))
 
@@ -154,11 +157,7 @@ def measure(
     firsts = paths[:first_files]
     if firsts:
         out["first_files"] = len(firsts)
-        out["read_first"] = med(
-            lambda: _on_fresh_copies(
-                firsts, threads, views, lambda c: _parallel(c, threads, lambda i, p: _read_into(p, views[i]))
-            )
-        )
+        out["read_first"] = med(lambda: _on_fresh_copies(firsts, threads, views, read))
         if cuda:
             assert device is not None
             out["read_h2d_first"] = med(
