@@ -542,15 +542,16 @@ def _reader(spec: Mapping[str, Any], engine: Any = None) -> dict[str, Any]:
     """A second engine on the writer's root: its first hit (lookups unknown: RETRY once), then repeats.  With
     `warmup`, the engine first serves one short prompt of its own, so that the first hit is no longer the
     process's first request."""
-    warmup: dict[str, float] = {}
+    warm_up = bool(spec.get("warmup"))  # before the first prompt only
 
     def measure(engine: Any, tokens: list[int], ref: list[int] | None) -> dict[str, Any]:
+        nonlocal warm_up
         extra: dict[str, Any] = {}
-        if spec.get("warmup") and not warmup:
-            _out, warmup["ttft_s"], _wall = engine.generate(
+        if warm_up:
+            warm_up = False
+            _out, extra["warmup_ttft_s"], _wall = engine.generate(
                 prompt_tokens(WARMUP_TOKENS, WARMUP_SEED, spec["vocab"])
             )
-            extra["warmup_ttft_s"] = warmup["ttft_s"]
         files = (spec.get("prompt_files") or {}).get(str(len(tokens)), [])
         cold = bool(spec.get("cold") and files)
         if cold:
