@@ -395,8 +395,8 @@ def test_the_reader_serves_its_warmup_once_before_its_first_hit():
 
 
 def test_a_full_disk_while_copying_leaves_no_copies_and_is_recorded(tmp_path, monkeypatch):
-    """The first-read figure writes copies beside the prompt's files: a write that fails (ENOSPC) removes them
-    and the writer's phase records the probe's error instead of losing its figures."""
+    """The first-read figure writes copies beside the prompt's files: a write that fails (ENOSPC) removes them,
+    and the probe records the error beside its other figures instead of losing them."""
     import errno
 
     from tools.e2e import hostlimit
@@ -412,5 +412,7 @@ def test_a_full_disk_while_copying_leaves_no_copies_and_is_recorded(tmp_path, mo
 
     monkeypatch.setattr(hostlimit.os, "pwritev", full)
     got = e2e.host_limit(paths, 2)
-    assert got["error"].startswith("OSError") and "No space left" in got["error"]
+    assert got["first_error"].startswith("OSError") and "No space left" in got["first_error"]
+    assert "error" not in got and got["read"] > 0 and hostlimit.limit_of(got) == got["read"]
+    assert "read_first" not in got and hostlimit.first_limit_of(got) is None
     assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in paths)
