@@ -10,7 +10,8 @@ what kvfs's load GB/s is divided by in the end-to-end table.
   as a store writes them (one buffered `pwritev` from pinned memory) and read once: the first read of a file
   since it was written.  On tmpfs that read activates every page on the page cache's LRU lists under its lock
   and runs 20-35% slower than later reads of the same bytes (docs/benchmarks.md), so a hit that reads files just
-  written is compared with these, later hits with `read` / `read_h2d`;
+  written is compared with these, later hits with `read` / `read_h2d` (`first_error` instead where the copies
+  cannot be written: a full or read-only filesystem);
 * for what keeps one thread at its rate: `read_1t` (one thread alone), `read_2mib` (the same threads, 2 MiB
   `preadv`s instead of one per file), `read_pageable` (fresh pageable buffers: the page faults pinned staging
   avoids), and `memcpy` (the same threads copying pinned memory to pinned memory with `memmove`, the GIL released:
