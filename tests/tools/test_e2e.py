@@ -416,3 +416,27 @@ def test_a_full_disk_while_copying_leaves_no_copies_and_is_recorded(tmp_path, mo
     assert "error" not in got and got["read"] > 0 and hostlimit.limit_of(got) == got["read"]
     assert "read_first" not in got and hostlimit.first_limit_of(got) is None
     assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in paths)
+
+
+def test_a_read_only_root_keeps_the_later_figures_and_claims_no_first_read(tmp_path, monkeypatch):
+    """The copies' directory cannot be made (a read-only root): nothing is written, the error is recorded and
+    the later-read figures stand."""
+    import errno
+
+    from tools.e2e import hostlimit
+
+    paths = []
+    for i in range(2):
+        p = tmp_path / f"{i}.kvfs"
+        p.write_bytes(bytes([i]) * (1 << 20))
+        paths.append(str(p))
+
+    def read_only(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(hostlimit.tempfile, "mkdtemp", read_only)
+    got = e2e.host_limit(paths, 2)
+    assert "Read-only file system" in got["first_error"] and "error" not in got
+    assert got["read"] > 0 and hostlimit.limit_of(got) == got["read"]
+    assert "read_first" not in got and hostlimit.first_limit_of(got) is None
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in paths)

@@ -158,15 +158,19 @@ def measure(
     firsts = paths[:first_files]
     if firsts:
         out["first_files"] = len(firsts)
+        # Both first-read figures or neither: `first_limit_of` falls back from the H2D one to the raw one, so a
+        # raw figure left alone would stand in for a GPU load's bound.
+        first: dict[str, float] = {}
         try:
-            out["read_first"] = med(lambda: _on_fresh_copies(firsts, threads, views, read))
+            first["read_first"] = med(lambda: _on_fresh_copies(firsts, threads, views, read))
             if cuda:
                 assert device is not None
-                out["read_h2d_first"] = med(
+                first["read_h2d_first"] = med(
                     lambda: _on_fresh_copies(
                         firsts, threads, views, lambda c: _read_h2d(c, threads, device, size)
                     )
                 )
+            out.update(first)
         except OSError as exc:
             # The copies need room and a writable directory beside the files (a full or read-only root): the
             # figures above stand without them.
