@@ -244,3 +244,41 @@ def test_rounds_must_be_positive():
     assert tiered.parse_args([]).rounds == 1
     with pytest.raises(SystemExit):
         tiered.parse_args(["--rounds", "0"])
+
+
+def test_main_runs_each_round_in_its_rotated_order_and_the_readers_in_the_first_only(
+    tmp_path, monkeypatch, capsys
+):
+    """The orchestration without engines: `run_child` stands in for the engine processes (each a real vLLM on
+    the GPU machine), recording what it was asked to run and answering as a writer or reader does."""
+    import json
+
+    calls: list[tuple[str, str]] = []
+
+    def engine(args, spec, work, module):  # type: ignore[no-untyped-def]
+        calls.append((spec["phase"], spec["mode"]))
+        assert module == tiered.MODULE and os.path.isdir(spec["root"])
+        if spec["phase"] == "tiered-reader":
+            return {
+                "prompts": [{"tokens": 32768, "first_ttft_s": 0.4, "again_ttft_s": 0.2, "tokens_equal": True}]
+            }
+        local = 0.2 if spec["mode"] == "cpu" else 0.21
+        hit = {"variant": "local", "ttft_s": local, "tokens_equal": True}
+        prompt = {"tokens": 32768, "cold_ttft_s": 3.0, "chunks": 128, "ref_tokens": [1, 2], "hits": [hit]}
+        return {"prompts": [prompt]}
+
+    monkeypatch.setattr(tiered, "run_child", engine)
+    out = tmp_path / "out.json"
+    argv = ["--modes", "cpu,kvfs", "--prompts", "32k", "--rounds", "3", "--root", str(tmp_path / "root")]
+    assert tiered.main([*argv, "--json", str(out)]) == 0
+    assert calls == [
+        ("tiered-writer", "cpu"), ("tiered-writer", "kvfs"), ("tiered-reader", "kvfs"),  # round 1
+        ("tiered-writer", "kvfs"), ("tiered-writer", "cpu"),  # round 2, rotated, no reader
+        ("tiered-writer", "cpu"), ("tiered-writer", "kvfs"),  # round 3
+    ]  # fmt: skip
+    saved = json.loads(out.read_text())
+    assert set(saved["modes"]) == {"cpu", "kvfs"} and "reader" in saved["modes"]["kvfs"]
+    assert [set(r) for r in saved["rounds"]] == [{"cpu", "kvfs"}, {"cpu", "kvfs"}]
+    assert tiered.local_ratios(saved)[("kvfs", 32768)] == pytest.approx([1.05, 1.05, 1.05])
+    assert "round by round" in capsys.readouterr().out
+    assert os.listdir(tmp_path / "root") == []  # each mode's root removed after its engines
