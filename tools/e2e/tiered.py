@@ -47,6 +47,8 @@ from tools.e2e.main import (
 )
 
 MODES = ("cpu", "kvfs", "fs")
+# The tier behind the CPU tier as the tables name it.
+MODE_NAMES = {"cpu": "none (CPU tier alone)", "kvfs": "KvfsTier", "fs": "vLLM fs tier"}
 MODULE = "tools.e2e.tiered"  # what the engine processes run (`--child`)
 GIB = 1 << 30
 
@@ -217,12 +219,11 @@ def format_table(rows: Sequence[TierRow]) -> str:
         " | ÷ stock fs tier | reader's later hits | stored / chunks | tokens equal |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    names = {"cpu": "none (CPU tier alone)", "kvfs": "KvfsTier", "fs": "vLLM fs tier"}
     for r in sorted(rows, key=lambda r: (r.tokens, MODES.index(r.mode) if r.mode in MODES else 9)):
         c, f = cpu.get(r.tokens), fs.get(r.tokens)
         stored = "–" if r.stored is None else f"{r.stored} / {r.chunks}"
         out.append(
-            f"| {names.get(r.mode, r.mode)} | {r.tokens:,} | {_fmt(r.recompute_s, '.3f', ' s')}"
+            f"| {MODE_NAMES.get(r.mode, r.mode)} | {r.tokens:,} | {_fmt(r.recompute_s, '.3f', ' s')}"
             f" | {_fmt(r.local_s, '.3f', ' s')} | {_fmt(ratio(r.local_s, c.local_s if c else None), '.2f', '×')}"
             f" | {_fmt(r.cross_s, '.3f', ' s')} | {_fmt(ratio(r.cross_s, f.cross_s if f else None), '.2f', '×')}"
             f" | {_fmt(r.cross_again_s, '.3f', ' s')} | {stored} | {'yes' if r.tokens_equal else 'NO'} |"
@@ -261,7 +262,6 @@ def format_rounds(results: Mapping[str, Any]) -> str:
     """The paired local-hit ratios of every round and their median ('' with a single round)."""
     if not results.get("rounds"):
         return ""
-    names = {"kvfs": "KvfsTier", "fs": "vLLM fs tier"}
     out = [
         "| tier behind the CPU tier | prompt | local hit ÷ CPU tier alone, each round | median |",
         "|---|---|---|---|",
@@ -270,7 +270,7 @@ def format_rounds(results: Mapping[str, Any]) -> str:
     for mode, tokens in sorted(ratios, key=lambda k: (k[1], MODES.index(k[0]))):
         each = ratios[(mode, tokens)]
         out.append(
-            f"| {names.get(mode, mode)} | {tokens:,} | {', '.join(f'{r:.2f}' for r in each)}"
+            f"| {MODE_NAMES.get(mode, mode)} | {tokens:,} | {', '.join(f'{r:.2f}' for r in each)}"
             f" | {_fmt(median(each), '.2f', '×')} |"
         )
     return "\n".join(out)
@@ -328,11 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 json.dump(results, f, indent=1)
 
     if args.rounds > 1:
-        results["rounds"] = []
-    for round_index in range(args.rounds):
-        modes: dict[str, Any] = results["modes"] if round_index == 0 else {}
-        if round_index:
-            results["rounds"].append(modes)
+        results["rounds"] = [{} for _ in range(args.rounds - 1)]
+    for round_index, modes in enumerate(_rounds(results)):
         for mode in round_order(args.modes, round_index):
             root = os.path.join(args.root, mode)
             shutil.rmtree(root, ignore_errors=True)
