@@ -9,7 +9,8 @@ the hits as ACCESS and the rest as STORE records, every record at its request's 
 `AdaptivePolicy`'s own (`kvfs.policy.regroup.Regrouper` feeding `kvfs.replay.chooser.Shadows`) with the shadows
 sized for `--tier-blocks` (their sample rate `kvfs.policy.chooser.SHADOW_BLOCKS` / blocks); the baseline in
 the same run is the regrouping alone (a sink that drops each request), both with the cyclic GC paused as ingest
-pauses it, and decoding the same records from the journal is in `python -m tools.bench.evictor --only ingest`.  Medians of `--runs`.
+pauses it, and decoding the same records from the journal is in `python -m tools.bench.evictor --only ingest`.
+Medians of `--runs`.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ table prints local hits ÷ CPU tier alone (goal ≤ 1.05) and kvfs's cross-repli
 1.0 in time, i.e. ≥ 1.0× its speed).  A local hit never reaches the secondary tier, yet the CPU tier alone's
 took 0.174-0.229 s in three engines of one machine (docs/benchmarks.md, session 11): `--rounds N` runs the
 writers N times, the modes' order rotated each round, and prints each round's local hits ÷ the same round's CPU
-tier alone and their median, so the ratio is read across engines, not from one pair.  For the GPU machine with vLLM 0.33 (recipe: ../shared/gpu/README.md);
-the pure parts (arguments, tier configuration, table) are tested on CPU.
+tier alone and their median, so the ratio is read across engines, not from one pair.  For the GPU machine with
+vLLM 0.33 (recipe: ../shared/gpu/README.md); the pure parts (arguments, tier configuration, table, the
+orchestration with its engines stood in for) are tested on CPU.
 
     python -m tools.e2e.tiered [--modes cpu,kvfs,fs] [--prompts 32k,64k] [--root /dev/shm/kvfs-tiered]
         [--reps 3] [--rounds 1] [--json out.json] [--markdown out.md]
