@@ -67,6 +67,9 @@ class Backoff:
         self._lock = threading.Lock()
 
     def failed(self, exc: BaseException) -> None:
+        # Counted here, once per failed attempt, whoever met the outage: the election alone may see it (and then
+        # holds ingest off until `retry_at`), and an outage must never show in /readyz without the counter.
+        metrics.ERRORS.labels("catalog").inc()
         with self._lock:
             self.delay = self.first if self.delay == 0 else min(self.cap, self.delay * 2)
             self.retry_at = time.monotonic() + self.delay
@@ -185,7 +188,6 @@ class EvictorService:
             self.stopping.set()
             return False
         except Exception as exc:  # noqa: BLE001 - CatalogError or a driver error: retried with backoff
-            metrics.ERRORS.labels("catalog").inc()
             self.backoff.failed(exc)
             return False
         self.backoff.succeeded()
@@ -369,7 +371,6 @@ class EvictorService:
 
     def _failed(self, kind: str, exc: BaseException) -> None:
         if is_catalog_error(exc):
-            metrics.ERRORS.labels("catalog").inc()
             self.backoff.failed(exc)
         else:
             metrics.ERRORS.labels(kind).inc()

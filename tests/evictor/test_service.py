@@ -231,3 +231,23 @@ def test_bad_settings_exit_2_with_the_reason(
     ev = start_evictor(Path(argv[1]), argv[3], wait=False)
     assert ev.proc.wait(30) == 2
     assert message in ev.log()
+
+
+def test_a_catalog_outage_is_counted_whoever_meets_it() -> None:
+    """A follower's election may be the only thing that meets an outage (it then holds ingest off until the
+    retry time): /readyz turns red through the same backoff, so the counter must move with it."""
+    from prometheus_client import REGISTRY
+
+    from evictor.service import Backoff
+
+    def counted() -> float:
+        return REGISTRY.get_sample_value("kvfs_evictor_errors_total", {"kind": "catalog"}) or 0.0
+
+    before = counted()
+    backoff = Backoff()
+    backoff.failed(ConnectionError("election: connection refused"))
+    backoff.failed(ConnectionError("election: connection refused"))
+    assert backoff.failing and backoff.wait_needed() > 0
+    assert counted() == before + 2
+    backoff.succeeded()
+    assert not backoff.failing and counted() == before + 2
