@@ -31,7 +31,7 @@ from kvfs.cli.output import emit_json, table
     default=None,
     metavar="A,B,C",
     help="Several policies compared in one run (one table row each); the first is the JSON's `policy`; "
-    "`all`: every policy, the replay-only reference (arc) included.",
+    "`all`: every policy, the replay-only references (arc, wtinylfu) included.",
 )
 @click.option(
     "--through-catalog",

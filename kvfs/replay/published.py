@@ -1,4 +1,4 @@
-"""Published scan-resistant policies replayed under the replay's rules: S3-FIFO and ARC.
+"""Published scan-resistant policies replayed under the replay's rules: S3-FIFO, ARC and W-TinyLFU.
 
 They are the references the default is measured against (issue 22), as their papers define them, with the
 replay's rules: a request hits the leading run of its cached blocks, then every block is stored or touched
@@ -16,6 +16,13 @@ set aside and put back where it was).  Sizes are in blocks (one block, one unit)
   ghosts B1 and B2, and a target size `p` of T1 moved by each ghost hit: +max(1, |B2|/|B1|) for a B1 hit,
   -max(1, |B1|/|B2|) for a B2 hit; a ghost hit goes to T2.  A victim comes from T1 while T1 exceeds `p`,
   else from T2; |T1| + |B1| <= c and all four lists <= 2c.
+* W-TinyLFU (Einziger, Friedman and Manes, "TinyLFU: A Highly Efficient Cache Admission Policy", ACM ToS
+  2017; Caffeine's static configuration): new blocks enter an LRU window of 1% of the capacity; what leaves
+  the window is admitted to the main SLRU (probation, then protected, 80% of main) only if its frequency is
+  higher than that of the victim main would give up (probation's oldest), else it is the victim.  Every use
+  and store counts (4-bit counters, all halved after 10 x capacity counts).  The counts are exact here, an
+  idealised sketch: no collisions, so it never admits a block by another's count.  While main has room,
+  what leaves the window moves to probation without a contest.
 """
 
 from __future__ import annotations
@@ -154,3 +161,97 @@ def simulate_arc(
         while b2 and len(t1) + len(t2) + len(b1) + len(b2) > 2 * c:
             b2.popitem(last=False)
     return result
+
+
+WTINYLFU_WINDOW = 0.01  # the paper's window share
+WTINYLFU_PROTECTED = 0.8  # of main
+WTINYLFU_MAX_FREQ = 15  # 4-bit counters
+WTINYLFU_RESET = 10  # counts (x capacity) between halvings
+
+
+def simulate_wtinylfu(
+    requests: Sequence[Sequence[int]], capacity: int, slack: int = 0, *, progress: Progress | None = None
+) -> SimResult:
+    window: OrderedDict[int, int] = OrderedDict()  # block -> request index of last use, LRU first
+    probation: OrderedDict[int, int] = OrderedDict()
+    protected: OrderedDict[int, int] = OrderedDict()
+    where: dict[int, OrderedDict[int, int]] = {}  # cached block -> its list
+    freq: dict[int, int] = {}
+    counted = 0
+    window_max = max(1, round(WTINYLFU_WINDOW * capacity))
+    main_max = max(1, capacity - window_max)
+    protected_max = int(WTINYLFU_PROTECTED * main_max)
+    target = max(0, capacity - slack)
+    result = SimResult()
+    for i, req in enumerate(requests):
+        result.count(leading_hits(req, where), len(req))
+        for pos in range(len(req) - 1, -1, -1):
+            h = req[pos]
+            freq[h] = min(WTINYLFU_MAX_FREQ, freq.get(h, 0) + 1)
+            counted += 1
+            if counted >= WTINYLFU_RESET * capacity:
+                counted //= 2
+                freq = {k: v // 2 for k, v in freq.items() if v > 1}
+            src = where.get(h)
+            if src is probation:
+                del probation[h]
+                protected[h] = i
+                where[h] = protected
+                while len(protected) > protected_max:
+                    k, v = protected.popitem(last=False)
+                    probation[k] = v
+                    where[k] = probation
+            elif src is not None:
+                src[h] = i
+                src.move_to_end(h)
+            else:
+                window[h] = i
+                where[h] = window
+        while len(window) > window_max and len(probation) + len(protected) < main_max:
+            k, v = window.popitem(last=False)
+            probation[k] = v
+            where[k] = probation
+        if progress is not None:
+            progress(1)
+        if len(where) <= capacity:
+            continue
+        held: list[tuple[OrderedDict[int, int], int]] = []
+        while len(where) > target:
+            candidate = _oldest(window, i, held) if len(window) > window_max else None
+            victim = _oldest(probation, i, held)
+            if victim is None:
+                victim = _oldest(protected, i, held)
+            if candidate is not None and victim is not None:
+                if freq.get(candidate, 0) > freq.get(victim, 0):  # admitted: main's victim goes instead
+                    main = where[victim]
+                    del main[victim], where[victim]
+                    probation[candidate] = window.pop(candidate)
+                    where[candidate] = probation
+                else:
+                    del window[candidate], where[candidate]
+            elif candidate is not None or victim is not None:
+                h = candidate if candidate is not None else victim
+                del where[h][h], where[h]
+            else:
+                h = _oldest(window, i, held)
+                if h is None:
+                    break
+                del window[h], where[h]
+            result.evicted += 1
+        for queue, k in reversed(held):
+            queue[k] = i
+            queue.move_to_end(k, last=False)
+    return result
+
+
+def _oldest(
+    queue: OrderedDict[int, int], now: int, held: list[tuple[OrderedDict[int, int], int]]
+) -> int | None:
+    """The oldest block of `queue` not used by request `now` (those are set aside in `held`, to be put back)."""
+    while queue:
+        k, used = next(iter(queue.items()))
+        if used != now:
+            return k
+        del queue[k]
+        held.append((queue, k))
+    return None

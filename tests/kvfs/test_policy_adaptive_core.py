@@ -148,9 +148,11 @@ def test_adaptive_above_lru_over_every_workload(seed: int) -> None:
 def test_replay_all_runs_every_policy_in_memory() -> None:
     trace = [r.hash_ids for r in generate("chat", requests=150, seed=4)]
     result = replay(trace, 60, policy=["adaptive", "all"])
-    assert list(result.policies) == ["adaptive", "2q", "lru", "prefix", "s3fifo", "slru", "arc"]
+    assert list(result.policies) == ["adaptive", "2q", "lru", "prefix", "s3fifo", "slru", "arc", "wtinylfu"]
     with pytest.raises(ValueError, match="no catalog version"):
         replay(trace, 60, policy="arc", through_catalog=True)
+    with pytest.raises(ValueError, match="no catalog version"):
+        replay(trace, 60, policy="wtinylfu", through_catalog=True)
 
 
 def test_cli_policies_all(tmp_path) -> None:
@@ -169,7 +171,7 @@ def test_cli_policies_all(tmp_path) -> None:
     )
     assert out.exit_code == 0, out.output
     data = json.loads(out.output)
-    assert set(data["policies"]) == {"2q", "lru", "prefix", "slru", "adaptive", "s3fifo", "arc"}
+    assert set(data["policies"]) == {"2q", "lru", "prefix", "slru", "adaptive", "s3fifo", "arc", "wtinylfu"}
     refused = CliRunner().invoke(
         kvfs_cli, ["replay", str(trace), "--capacity", "5%", "--policies", "all", "--through-catalog"]
     )

@@ -117,6 +117,6 @@ def test_suite_prints_one_row_per_trace_and_capacity(tmp_path: Path, capsys) -> 
     # The envelope: the default's ratio to the best of the others, every policy compared.
     for d in data:
         others = {k: v for k, v in d["policies"].items() if k != "adaptive"}
-        assert set(others) == {"2q", "lru", "prefix", "slru", "s3fifo", "arc"}
+        assert set(others) == {"2q", "lru", "prefix", "slru", "s3fifo", "arc", "wtinylfu"}
         best = max(others.values())
         assert d["vs_best_other"] == round(d["hit_ratio"] / best, 4) and others[d["best_other"]] == best

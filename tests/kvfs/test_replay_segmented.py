@@ -1,5 +1,5 @@
 """`slru` and `2q` replayed in memory against their catalog replay (block for block), and the replay-only
-references S3-FIFO and ARC on hand-checked sequences."""
+references S3-FIFO, ARC and W-TinyLFU on hand-checked sequences."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from kvfs.replay import unique_blocks
+from kvfs.replay.baselines import simulate_lru
 from kvfs.replay.catalog_replay import simulate_catalog_policy
-from kvfs.replay.published import simulate_arc, simulate_s3fifo
+from kvfs.replay.published import simulate_arc, simulate_s3fifo, simulate_wtinylfu
 from kvfs.replay.segmented import simulate_2q, simulate_slru
 from kvfs.trace import read_trace
 from tools.bench.replay import SHARED as MOONCAKE  # the shared trace beside the checkout
@@ -74,3 +75,35 @@ def test_arc_adapts_between_recency_and_frequency() -> None:
     res = simulate_arc(seq, 4)
     assert res.hit_blocks == 2 + 40  # both hot blocks every time after the first two
     assert simulate_arc([[n] for n in range(50)], 4).hit_blocks == 0
+
+
+# W-TinyLFU at capacity 10: a window of 1 block, main 9 (protected 7); counts halve after 100.
+
+
+def test_wtinylfu_admission_keeps_a_frequent_block_through_a_flood_of_one_offs() -> None:
+    # Block 1 used 3 times, then 50 one-off blocks: each leaves the window with a count of 1 against main's
+    # oldest, block 1 with 3, and is the victim.  LRU of the same size loses block 1.
+    seq = [[1], [1], [1], *[[n] for n in range(100, 150)], [1]]
+    assert simulate_wtinylfu(seq, 10).hit_blocks == 3
+    assert simulate_lru(seq, 10).hit_blocks == 2
+
+
+def test_wtinylfu_a_tie_evicts_the_candidate_so_main_keeps_its_first_blocks() -> None:
+    # 30 one-offs: 0..8 fill main while it has room; from then each block leaving the window ties main's oldest
+    # (count 1 each) and goes.  So the early block 0 hits and the late block 28 does not.
+    seq = [*[[n] for n in range(30)], [0], [28]]
+    assert simulate_wtinylfu(seq, 10).per_request[-2:] == [1, 0]
+
+
+def test_wtinylfu_counts_age_so_old_popularity_fades() -> None:
+    # The same flood as above, four times as long: two halvings take block 1's count to 0, and a newcomer
+    # with a count of 1 wins main's place from it.
+    seq = [[1], [1], [1], *[[n] for n in range(100, 300)], [1]]
+    assert simulate_wtinylfu(seq, 10).per_request[-1] == 0
+
+
+def test_wtinylfu_window_hits_a_block_reused_at_once_and_never_evicts_the_request_just_served() -> None:
+    # A request of 6 blocks in a tier of 4 stays whole (the replay's rule: it was just served), and its
+    # repeat hits every block; a block reused right after its store hits in the window.
+    assert simulate_wtinylfu([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]], 4).hit_blocks == 6
+    assert simulate_wtinylfu([[7], [7], [8], [8]], 10).per_request == [0, 1, 0, 1]
