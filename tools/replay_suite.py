@@ -7,8 +7,8 @@
 Traces: the Mooncake trace (when `--mooncake` names it) and every `tools.tracegen` workload for each seed.
 Per trace and capacity: Belady's hit ratio, the default's (and × Belady), the best other policy's, the
 default's ratio to it (goal >= 0.995; below is marked `*`), LRU's (a default below LRU is marked `!`).  Then
-the envelope: cells below 0.995 of the best other policy, the worst ratio, cells where LRU is above the
-default, and the suite's wall time.  Same rules as `kvfs replay` (1% slack, the request just served is never
+the envelope: cells below 0.995 of the best other policy, the worst ratio, the geometric mean of the ratios,
+cells where LRU is above the default, and the suite's wall time.  Same rules as `kvfs replay` (1% slack, the request just served is never
 evicted); every policy replays in memory (`kvfs.replay.IN_MEMORY`).
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -45,6 +46,13 @@ def envelope(policies: dict[str, float], default: str) -> tuple[str, float, floa
     best = max(others, key=lambda name: (others[name], name))
     ratio = policies[default] / others[best] if others[best] else 1.0
     return best, others[best], ratio
+
+
+def geometric_mean(rows: Sequence[dict]) -> float:
+    """The geometric mean of the default's ratios to the best other policy (one figure for a whole draw: a
+    cell's loss and another's gain weigh alike)."""
+    ratios = [max(row["vs_best_other"], 1e-9) for row in rows]
+    return math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else 1.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     print(
         f"\n{len(rows)} cells, policies {', '.join(policies)}: {default} below {GOAL}× the best other in {below} "
-        f"(worst {worst[0]:.3f}, {worst[1]}); LRU above it in {lru_above}; {elapsed:.1f} s",
+        f"(worst {worst[0]:.3f}, {worst[1]}); geometric mean of its ratios {geometric_mean(rows):.5f}; "
+        f"LRU above it in {lru_above}; {elapsed:.1f} s",
         file=sys.stderr,
     )
     if args.json_out:

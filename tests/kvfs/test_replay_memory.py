@@ -4,6 +4,7 @@ Belady for the end-to-end benchmark, and `kvfs replay --policies`."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -106,9 +107,12 @@ def test_suite_prints_one_row_per_trace_and_capacity(tmp_path: Path, capsys) -> 
     assert (
         suite_main(["--requests", "120", "--seeds", "3", "--capacities", "0.1,0.25", "--json", str(out)]) == 0
     )
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "%" in line]
+    printed = capsys.readouterr()
+    rows = [line for line in printed.out.splitlines() if line.startswith("| ") and "%" in line]
     assert len(rows) == 2 * len(WORKLOADS)
     data = json.loads(out.read_text())
+    mean = math.exp(sum(math.log(d["vs_best_other"]) for d in data) / len(data))
+    assert f"geometric mean of its ratios {mean:.5f};" in printed.err
     assert {(d["trace"], d["fraction"]) for d in data} == {
         (f"{w}-3", f) for w in WORKLOADS for f in (0.1, 0.25)
     }
