@@ -1,0 +1,159 @@
+"""`adaptive` variants measured against a replay-suite draw, without touching the shipped policy.
+
+    python -m tools.probe_adaptive SUITE.json [--mooncake PATH] [--seeds 1,2] [--requests 4000]
+                                   [--variant align-fifo|plain]
+
+SUITE.json is what `python -m tools.replay_suite --json` wrote for the same traces (same `--mooncake`,
+`--seeds`, `--requests`): it gives each cell's other policies.  Each cell's `adaptive` is replayed in memory
+with the variant (`kvfs.replay.chooser`'s tier and shadows, the same rules as the suite), and its ratio to the
+best other policy is set beside the shipped one; then both envelopes (cells below 0.995x, worst, geometric
+mean).  A cell where the variant cannot act keeps the suite's figure (printed as such).
+
+Variants:
+
+* `plain`: the shipped `adaptive`, to check the probe reproduces the suite;
+* `align-fifo`: while S3-FIFO orders and the shadows are exact (tiers up to `SHADOW_BLOCKS`), each pass first
+  takes the tier's blocks that S3-FIFO's shadow does not hold, oldest first (deeper first on ties), then
+  S3-FIFO's order.  S3-FIFO's main queue keeps what it kept (a counter outlives sweeps), so a switch to it over
+  another order's blocks does not give its hits for thousands of requests; this gives it the contents at once
+  (docs/policy.md, "Five draws, and W-TinyLFU").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Iterator, Sequence
+
+from kvfs.policy.chooser import SHADOW_BLOCKS
+from kvfs.replay import DEFAULT_SLACK_FRACTION, unique_blocks
+from kvfs.replay.chooser import CANDIDATES, FIFO, OrdersRule, Shadows
+from kvfs.replay.memory import ChainTier, _Block
+from kvfs.replay.sim import SimResult
+from tools.replay_suite import GOAL, _traces
+
+VARIANTS = ("plain", "align-fifo")
+
+
+class AlignedRule(OrdersRule):
+    """`OrdersRule` whose passes, while S3-FIFO orders over exact shadows, first evict what its shadow lacks."""
+
+    def __init__(self, capacity: int, shadows: Shadows) -> None:
+        super().__init__(capacity, shadows=shadows)
+        self.tier: ChainTier | None = None
+
+    def order(
+        self,
+        orphans: list[_Block],
+        superseded: list[_Block],
+        live: tuple[Iterator[_Block], Iterator[_Block], Iterator[_Block]],
+        sizes: tuple[int, int, int],
+        total: int,
+        need: int,
+        span: float,
+        now: float,
+    ) -> Iterator[tuple[_Block, int | None]]:
+        base = super().order(orphans, superseded, live, sizes, total, need, span, now)
+        shadows, tier = self.shadows, self.tier
+        if self.choice != FIFO or shadows is None or tier is None or shadows.rate < 1.0:
+            return base
+        held = shadows.tiers[CANDIDATES.index(FIFO)].blocks
+        lacking = sorted(
+            (b for b in tier.blocks.values() if b.block not in held and b.last_access < now),
+            key=lambda b: (b.last_access, -b.chain_pos),
+        )
+        return _first_then(lacking, base, tier)
+
+
+def _first_then(
+    first: list[_Block], base: Iterator[tuple[_Block, int | None]], tier: ChainTier
+) -> Iterator[tuple[_Block, int | None]]:
+    taken: set[int] = set()
+    try:
+        for block in first:
+            taken.add(block.block)
+            dead = block.block in tier.orphans or block.block in tier.superseded
+            yield block, None if dead else min(block.hits, 2)
+        for block, cls in base:
+            if block.block not in taken:
+                yield block, cls
+    finally:
+        close = getattr(base, "close", None)
+        if close is not None:  # S3-FIFO's sweep puts back what it set aside
+            close()
+
+
+def simulate(requests: Sequence[Sequence[int]], capacity: int, slack: int, variant: str) -> SimResult:
+    """`adaptive` with `variant` (see the module) at `capacity` blocks."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} (one of {', '.join(VARIANTS)})")
+    shadows = Shadows()
+    rule = (
+        AlignedRule(capacity, shadows) if variant == "align-fifo" else OrdersRule(capacity, shadows=shadows)
+    )
+    real = ChainTier(capacity, slack, rule)
+    if isinstance(rule, AlignedRule):
+        rule.tier = real
+    for request in requests:
+        shadows.feed(request)
+        real.serve(request)
+    return real.result
+
+
+def _envelope(ratios: list[float]) -> str:
+    mean = math.exp(sum(math.log(max(r, 1e-9)) for r in ratios) / len(ratios)) if ratios else 1.0
+    return f"{sum(r < GOAL for r in ratios)} below {GOAL}×, worst {min(ratios, default=1.0):.3f}, geometric mean {mean:.5f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.probe_adaptive", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("suite_json", help="what tools.replay_suite --json wrote for the same traces")
+    parser.add_argument("--mooncake", default=None)
+    parser.add_argument("--seeds", default="1,2")
+    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--variant", choices=VARIANTS, default="align-fifo")
+    args = parser.parse_args(argv)
+    with open(args.suite_json) as fh:
+        cells = {(row["trace"], row["fraction"]): row for row in json.load(fh)}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    fractions = sorted({fraction for _, fraction in cells})
+    shipped: list[float] = []
+    probed: list[float] = []
+    for name, requests in _traces(args.mooncake, args.requests, seeds):
+        unique = unique_blocks(requests)
+        for fraction in fractions:
+            row = cells.get((name, fraction))
+            if row is None:
+                parser.error(
+                    f"{args.suite_json} has no cell {name} {fraction:.0%}: run the suite on these traces"
+                )
+            capacity = max(1, int(unique * fraction))
+            if row["capacity_blocks"] != capacity:
+                parser.error(
+                    f"{name} {fraction:.0%}: {capacity} blocks here, {row['capacity_blocks']} in the suite"
+                )
+            best = max(ratio for policy, ratio in row["policies"].items() if policy != "adaptive")
+            acts = args.variant == "plain" or capacity <= SHADOW_BLOCKS
+            if acts:
+                slack = max(1, int(capacity * DEFAULT_SLACK_FRACTION))
+                hit_ratio = simulate(requests, capacity, slack, args.variant).hit_ratio
+            else:
+                hit_ratio = row["policies"]["adaptive"]
+            ratio = hit_ratio / best if best else 1.0
+            shipped.append(row["vs_best_other"])
+            probed.append(round(ratio, 4))
+            note = "" if acts else " (sampled shadows: the variant does not act, the suite's figure)"
+            print(
+                f"{name} {fraction:.0%} ({capacity:,}): {row['vs_best_other']:.3f} -> {ratio:.3f}{note}",
+                flush=True,
+            )
+    print(f"\nshipped: {_envelope(shipped)}\n{args.variant}: {_envelope(probed)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
