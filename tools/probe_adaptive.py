@@ -15,8 +15,10 @@ Variants:
 * `align-fifo`: while S3-FIFO orders and the shadows are exact (tiers up to `SHADOW_BLOCKS`), each pass first
   takes the tier's blocks that S3-FIFO's shadow does not hold, oldest first (deeper first on ties), then
   S3-FIFO's order.  S3-FIFO's main queue keeps what it kept (a counter outlives sweeps), so a switch to it over
-  another order's blocks does not give its hits for thousands of requests; this gives it the contents at once
-  (docs/policy.md, "Five draws, and W-TinyLFU").
+  another order's blocks does not give its hits for thousands of requests; this moves the tier to S3-FIFO's
+  contents (a pass evicts only what it must, so over many passes: the tier tracks the shadow).  `--after C`:
+  only once S3-FIFO has ordered for C tier capacities of requested blocks (docs/policy.md, "Five draws, and
+  W-TinyLFU").
 """
 
 from __future__ import annotations
@@ -40,9 +42,13 @@ VARIANTS = ("plain", "align-fifo")
 class AlignedRule(OrdersRule):
     """`OrdersRule` whose passes, while S3-FIFO orders over exact shadows, first evict what its shadow lacks."""
 
-    def __init__(self, capacity: int, shadows: Shadows) -> None:
+    def __init__(self, capacity: int, shadows: Shadows, after: float = 0.0) -> None:
         super().__init__(capacity, shadows=shadows)
         self.tier: ChainTier | None = None
+        # Align only once S3-FIFO has ordered for `after` tier capacities of requested blocks.
+        self.after_blocks = after * capacity
+        self.requested = 0  # blocks requested since S3-FIFO began to order (the caller counts)
+        self._last = self.choice
 
     def order(
         self,
@@ -56,8 +62,13 @@ class AlignedRule(OrdersRule):
         now: float,
     ) -> Iterator[tuple[_Block, int | None]]:
         base = super().order(orphans, superseded, live, sizes, total, need, span, now)
+        if self.choice == FIFO and self._last != FIFO:
+            self.requested = 0
+        self._last = self.choice
         shadows, tier = self.shadows, self.tier
         if self.choice != FIFO or shadows is None or tier is None or shadows.rate < 1.0:
+            return base
+        if self.requested < self.after_blocks:
             return base
         held = shadows.tiers[CANDIDATES.index(FIFO)].blocks
         lacking = sorted(
@@ -85,20 +96,23 @@ def _first_then(
             close()
 
 
-def simulate(requests: Sequence[Sequence[int]], capacity: int, slack: int, variant: str) -> SimResult:
+def simulate(
+    requests: Sequence[Sequence[int]], capacity: int, slack: int, variant: str, *, after: float = 0.0
+) -> SimResult:
     """`adaptive` with `variant` (see the module) at `capacity` blocks."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r} (one of {', '.join(VARIANTS)})")
     shadows = Shadows()
-    rule = (
-        AlignedRule(capacity, shadows) if variant == "align-fifo" else OrdersRule(capacity, shadows=shadows)
-    )
+    aligned = AlignedRule(capacity, shadows, after) if variant == "align-fifo" else None
+    rule = aligned if aligned is not None else OrdersRule(capacity, shadows=shadows)
     real = ChainTier(capacity, slack, rule)
-    if isinstance(rule, AlignedRule):
-        rule.tier = real
+    if aligned is not None:
+        aligned.tier = real
     for request in requests:
         shadows.feed(request)
         real.serve(request)
+        if aligned is not None:
+            aligned.requested += len(request)
     return real.result
 
 
@@ -116,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="1,2")
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--variant", choices=VARIANTS, default="align-fifo")
+    parser.add_argument(
+        "--after",
+        type=float,
+        default=0.0,
+        help="align-fifo: align only once S3-FIFO has ordered for this many tier capacities of requested blocks",
+    )
     args = parser.parse_args(argv)
     with open(args.suite_json) as fh:
         cells = {(row["trace"], row["fraction"]): row for row in json.load(fh)}
@@ -140,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             acts = args.variant == "plain" or capacity <= SHADOW_BLOCKS
             if acts:
                 slack = max(1, int(capacity * DEFAULT_SLACK_FRACTION))
-                hit_ratio = simulate(requests, capacity, slack, args.variant).hit_ratio
+                hit_ratio = simulate(requests, capacity, slack, args.variant, after=args.after).hit_ratio
             else:
                 hit_ratio = row["policies"]["adaptive"]
             ratio = hit_ratio / best if best else 1.0

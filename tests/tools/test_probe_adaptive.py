@@ -42,6 +42,17 @@ def test_align_fifo_acts_where_s3fifo_orders() -> None:
         simulate(trace, capacity, slack, "nope")
 
 
+def test_align_fifo_after_waits_that_many_capacities_of_s3fifo_ordering() -> None:
+    trace, capacity, slack = _cell()
+    plain = simulate(trace, capacity, slack, "plain").per_request
+    at_once = simulate(trace, capacity, slack, "align-fifo").per_request
+    assert simulate(trace, capacity, slack, "align-fifo", after=0.0).per_request == at_once
+    # Longer than the trace: never aligns, the shipped order.
+    assert simulate(trace, capacity, slack, "align-fifo", after=1e9).per_request == plain
+    later = simulate(trace, capacity, slack, "align-fifo", after=4.0).per_request
+    assert later not in (plain, at_once)
+
+
 def test_first_then_yields_the_lacking_blocks_first_then_the_rest_once_and_closes_the_order() -> None:
     class Tier:
         orphans = {3: None}
