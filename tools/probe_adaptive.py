@@ -1,46 +1,47 @@
 """`adaptive` variants measured against a replay-suite draw, without touching the shipped policy.
 
     python -m tools.probe_adaptive SUITE.json [--mooncake PATH] [--seeds 1,2] [--requests 4000]
-                                   [--variant align-fifo|plain]
+                                   [--variant align-fifo|plain] [--after C]
 
 SUITE.json is what `python -m tools.replay_suite --json` wrote for the same traces (same `--mooncake`,
-`--seeds`, `--requests`): it gives each cell's other policies.  Each cell's `adaptive` is replayed in memory
-with the variant (`kvfs.replay.chooser`'s tier and shadows, the same rules as the suite), and its ratio to the
-best other policy is set beside the shipped one; then both envelopes (cells below 0.995x, worst, geometric
-mean).  A cell where the variant cannot act keeps the suite's figure (printed as such).
+`--seeds`, `--requests`): it gives each cell's other policies, capacity and slack.  Each cell's `adaptive` is
+replayed in memory with the variant (`kvfs.replay.chooser`'s tier and shadows, the same rules as the suite),
+and its ratio to the best other policy is set beside the shipped one; then both envelopes (cells below
+0.995x, worst, geometric mean).  A cell where the variant cannot act keeps the suite's figure (printed as
+such).
 
 Variants:
 
 * `plain`: the shipped `adaptive`, to check the probe reproduces the suite;
-* `align-fifo`: while S3-FIFO orders and the shadows are exact (tiers up to `SHADOW_BLOCKS`), each pass first
-  takes the tier's blocks that S3-FIFO's shadow does not hold, oldest first (deeper first on ties), then
-  S3-FIFO's order.  S3-FIFO's main queue keeps what it kept (a counter outlives sweeps), so a switch to it over
-  another order's blocks does not give its hits for thousands of requests; this moves the tier to S3-FIFO's
-  contents (a pass evicts only what it must, so over many passes: the tier tracks the shadow).  `--after C`:
-  only once S3-FIFO has ordered for C tier capacities of requested blocks (docs/policy.md, "Five draws, and
-  W-TinyLFU").
+* `align-fifo`: while S3-FIFO orders and the shadows are exact (tiers up to `SHADOW_BLOCKS`), each pass
+  first takes the tier's blocks that S3-FIFO's shadow does not hold, oldest first (deeper first on ties),
+  then S3-FIFO's order.  S3-FIFO's main queue keeps what it kept (a counter outlives sweeps), so a switch to
+  it over another order's blocks does not give its hits for thousands of requests; this moves the tier to
+  S3-FIFO's contents (a pass evicts only what it must, so over many passes: the tier tracks the shadow).
+  `--after C`: only once S3-FIFO has ordered for C tier capacities of requested blocks (docs/policy.md,
+  "Five draws, and W-TinyLFU").
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Iterator, Sequence
 
 from kvfs.policy.chooser import SHADOW_BLOCKS
-from kvfs.replay import DEFAULT_SLACK_FRACTION, unique_blocks
+from kvfs.replay import unique_blocks
 from kvfs.replay.chooser import CANDIDATES, FIFO, OrdersRule, Shadows
 from kvfs.replay.memory import ChainTier, _Block
 from kvfs.replay.sim import SimResult
-from tools.replay_suite import GOAL, _traces
+from tools.replay_suite import GOAL, _traces, envelope, geometric_mean
 
 VARIANTS = ("plain", "align-fifo")
 
 
 class AlignedRule(OrdersRule):
-    """`OrdersRule` whose passes, while S3-FIFO orders over exact shadows, first evict what its shadow lacks."""
+    """`OrdersRule` whose passes, while S3-FIFO orders over exact shadows, first evict what its shadow
+    lacks."""
 
     def __init__(self, capacity: int, shadows: Shadows, after: float = 0.0) -> None:
         super().__init__(capacity, shadows=shadows)
@@ -117,8 +118,8 @@ def simulate(
 
 
 def _envelope(ratios: list[float]) -> str:
-    mean = math.exp(sum(math.log(max(r, 1e-9)) for r in ratios) / len(ratios)) if ratios else 1.0
-    return f"{sum(r < GOAL for r in ratios)} below {GOAL}×, worst {min(ratios, default=1.0):.3f}, geometric mean {mean:.5f}"
+    below, worst = sum(r < GOAL for r in ratios), min(ratios, default=1.0)
+    return f"{below} below {GOAL}×, worst {worst:.3f}, geometric mean {geometric_mean(ratios):.5f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,11 +135,15 @@ def main(argv: list[str] | None = None) -> int:
         "--after",
         type=float,
         default=0.0,
-        help="align-fifo: align only once S3-FIFO has ordered for this many tier capacities of requested blocks",
+        help="align-fifo: align only once S3-FIFO has ordered for this many tier capacities of requested "
+        "blocks",
     )
     args = parser.parse_args(argv)
-    with open(args.suite_json) as fh:
-        cells = {(row["trace"], row["fraction"]): row for row in json.load(fh)}
+    try:
+        with open(args.suite_json) as fh:
+            cells = {(row["trace"], row["fraction"]): row for row in json.load(fh)}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        parser.error(f"{args.suite_json}: not a replay suite's JSON ({exc})")
     seeds = [int(s) for s in args.seeds.split(",")]
     fractions = sorted({fraction for _, fraction in cells})
     shipped: list[float] = []
@@ -151,19 +156,19 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(
                     f"{args.suite_json} has no cell {name} {fraction:.0%}: run the suite on these traces"
                 )
-            capacity = max(1, int(unique * fraction))
-            if row["capacity_blocks"] != capacity:
+            if (row["requests"], row["unique_blocks"]) != (len(requests), unique):
                 parser.error(
-                    f"{name} {fraction:.0%}: {capacity} blocks here, {row['capacity_blocks']} in the suite"
+                    f"{name}: {len(requests)} requests of {unique} unique blocks here, "
+                    f"{row['requests']} of {row['unique_blocks']} in the suite"
                 )
-            best = max(ratio for policy, ratio in row["policies"].items() if policy != "adaptive")
+            # The suite's own capacity and slack for the cell, so both replays run the same tier.
+            capacity, slack = row["capacity_blocks"], row["slack_blocks"]
             acts = args.variant == "plain" or capacity <= SHADOW_BLOCKS
             if acts:
-                slack = max(1, int(capacity * DEFAULT_SLACK_FRACTION))
                 hit_ratio = simulate(requests, capacity, slack, args.variant, after=args.after).hit_ratio
             else:
                 hit_ratio = row["policies"]["adaptive"]
-            ratio = hit_ratio / best if best else 1.0
+            _, _, ratio = envelope({**row["policies"], "adaptive": hit_ratio}, "adaptive")
             shipped.append(row["vs_best_other"])
             probed.append(round(ratio, 4))
             note = "" if acts else " (sampled shadows: the variant does not act, the suite's figure)"

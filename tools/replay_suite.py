@@ -8,8 +8,8 @@ Traces: the Mooncake trace (when `--mooncake` names it) and every `tools.tracege
 Per trace and capacity: Belady's hit ratio, the default's (and × Belady), the best other policy's, the
 default's ratio to it (goal >= 0.995; below is marked `*`), LRU's (a default below LRU is marked `!`).  Then
 the envelope: cells below 0.995 of the best other policy, the worst ratio, the geometric mean of the ratios,
-cells where LRU is above the default, and the suite's wall time.  Same rules as `kvfs replay` (1% slack, the request just served is never
-evicted); every policy replays in memory (`kvfs.replay.IN_MEMORY`).
+cells where LRU is above the default, and the suite's wall time.  Same rules as `kvfs replay` (1% slack, the
+request just served is never evicted); every policy replays in memory (`kvfs.replay.IN_MEMORY`).
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ def envelope(policies: dict[str, float], default: str) -> tuple[str, float, floa
     return best, others[best], ratio
 
 
-def geometric_mean(rows: Sequence[dict]) -> float:
+def geometric_mean(ratios: Sequence[float]) -> float:
     """The geometric mean of the default's ratios to the best other policy (one figure for a whole draw: a
     cell's loss and another's gain weigh alike)."""
-    ratios = [max(row["vs_best_other"], 1e-9) for row in rows]
-    return math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else 1.0
+    logs = [math.log(max(ratio, 1e-9)) for ratio in ratios]
+    return math.exp(sum(logs) / len(logs)) if logs else 1.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     print(
         f"\n{len(rows)} cells, policies {', '.join(policies)}: {default} below {GOAL}× the best other in {below} "
-        f"(worst {worst[0]:.3f}, {worst[1]}); geometric mean of its ratios {geometric_mean(rows):.5f}; "
+        f"(worst {worst[0]:.3f}, {worst[1]}); geometric mean of its ratios "
+        f"{geometric_mean([row['vs_best_other'] for row in rows]):.5f}; "
         f"LRU above it in {lru_above}; {elapsed:.1f} s",
         file=sys.stderr,
     )

@@ -88,3 +88,20 @@ def test_main_sets_the_variant_beside_the_suite(tmp_path: Path, capsys: pytest.C
     assert shipped.removeprefix("shipped: ") == plain.removeprefix("plain: ")
     with pytest.raises(SystemExit):
         main([str(suite), "--requests", "120", "--seeds", "4"])  # other traces than the suite's
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([str(suite), "--requests", "119", "--seeds", "3"])  # the same names, other requests
+    assert "in the suite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [None, "", "{not json", '[{"trace": "chat-3"}]', '{"a": 1}'])
+def test_main_refuses_a_missing_or_unreadable_suite_with_its_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None
+) -> None:
+    suite = tmp_path / "suite.json"
+    if content is not None:
+        suite.write_text(content)
+    with pytest.raises(SystemExit) as exc:
+        main([str(suite), "--requests", "120", "--seeds", "3"])
+    assert exc.value.code == 2
+    assert f"{suite}: not a replay suite's JSON" in capsys.readouterr().err
