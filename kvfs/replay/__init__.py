@@ -6,8 +6,8 @@ watermarks do).  How each runs (`simulate_policy`): every policy in memory throu
 `prefix` on the chain tier of `memory`, `s3fifo` on it in `s3fifo`, `slru` and `2q` in `segmented`, `lru` by
 the reference simulator, each identical to its catalog replay block for block; the adaptive default on that
 chain tier with its shadows (`chooser`); ARC and W-TinyLFU, replay-only references, in `published`), Belady
-and FIFO as reference simulators (`baselines`); `through_catalog=True` replays the registered policies through the evictor's real
-planner on a scratch catalog (`catalog_replay`).
+and FIFO as reference simulators (`baselines`); `through_catalog=True` replays the registered policies through
+the evictor's real planner on a scratch catalog (`catalog_replay`).
 
 `belady_prefix_hit_ratio(requests, capacity_blocks)` answers the one question the end-to-end benchmark needs:
 the prefix-hit ratio Belady reaches on a request sequence of block hashes.

@@ -17,12 +17,12 @@ set aside and put back where it was).  Sizes are in blocks (one block, one unit)
   -max(1, |B1|/|B2|) for a B2 hit; a ghost hit goes to T2.  A victim comes from T1 while T1 exceeds `p`,
   else from T2; |T1| + |B1| <= c and all four lists <= 2c.
 * W-TinyLFU (Einziger, Friedman and Manes, "TinyLFU: A Highly Efficient Cache Admission Policy", ACM ToS
-  2017; Caffeine's before its window adapted): new blocks enter an LRU window of 1% of the capacity; what leaves
-  the window is admitted to the main SLRU (probation, then protected, 80% of main) only if its frequency is
-  higher than that of the victim main would give up (probation's oldest), else it is the victim.  Every use
-  and store counts (4-bit counters, all halved after 10 x capacity counts).  The counts are exact here, an
-  idealised sketch: no collisions, so it never admits a block by another's count.  While main has room,
-  what leaves the window moves to probation without a contest.
+  2017; Caffeine's before its window adapted): new blocks enter an LRU window of 1% of the capacity; what
+  leaves the window is admitted to the main SLRU (probation, then protected, 80% of main) only if its
+  frequency is higher than that of the victim main would give up (probation's oldest), else it is the
+  victim.  Every use and store counts (4-bit counters, all halved after 10 x capacity counts).  The counts
+  are exact here, an idealised sketch: no collisions, so it never admits a block by another's count.  While
+  main has room, what leaves the window moves to probation without a contest.
 """
 
 from __future__ import annotations
@@ -247,7 +247,8 @@ def simulate_wtinylfu(
 def _oldest(
     queue: OrderedDict[int, int], now: int, held: list[tuple[OrderedDict[int, int], int]]
 ) -> int | None:
-    """The oldest block of `queue` not used by request `now` (those are set aside in `held`, to be put back)."""
+    """The oldest block of `queue` not used by request `now` (those are set aside in `held`, to be put
+    back)."""
     while queue:
         k, used = next(iter(queue.items()))
         if used != now:
