@@ -34,7 +34,7 @@ from kvfs.replay import unique_blocks
 from kvfs.replay.chooser import CANDIDATES, FIFO, OrdersRule, Shadows
 from kvfs.replay.memory import ChainTier, _Block
 from kvfs.replay.sim import SimResult
-from tools.replay_suite import GOAL, _traces, envelope, geometric_mean
+from tools.replay_suite import GOAL, envelope, geometric_mean, traces
 
 VARIANTS = ("plain", "align-fifo")
 
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     fractions = sorted({fraction for _, fraction in cells})
     shipped: list[float] = []
     probed: list[float] = []
-    for name, requests in _traces(args.mooncake, args.requests, seeds):
+    for name, requests in traces(args.mooncake, args.requests, seeds):
         unique = unique_blocks(requests)
         for fraction in fractions:
             row = cells.get((name, fraction))

@@ -29,7 +29,9 @@ from tools.tracegen import WORKLOADS, generate
 GOAL = 0.995
 
 
-def _traces(mooncake: str | None, requests: int, seeds: Sequence[int]) -> list[tuple[str, list[list[int]]]]:
+def traces(mooncake: str | None, requests: int, seeds: Sequence[int]) -> list[tuple[str, list[list[int]]]]:
+    """The suite's traces by name: the Mooncake trace if given, then every workload for each seed (also what
+    tools.probe_adaptive replays against a suite's JSON)."""
     out: list[tuple[str, list[list[int]]]] = []
     if mooncake:
         out.append(("mooncake", [list(r.hash_ids) for r in read_trace(mooncake)]))
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| trace | capacity (blocks) | Belady | {default} (× Belady) | best other | {default} ÷ best other "
         "| LRU |\n|---|---|---|---|---|---|---|"
     )
-    for name, requests in _traces(args.mooncake, args.requests, seeds):
+    for name, requests in traces(args.mooncake, args.requests, seeds):
         unique = unique_blocks(requests)
         for fraction in fractions:
             capacity = max(1, int(unique * fraction))
